@@ -1,0 +1,181 @@
+"""Waiting for a remote task: a schedule that starts slow and tightens, and two deadlines.
+
+kf2v tasks take minutes (1–5 in the real service), so polling every second, as the
+official SDK's ``wait`` does at first, spends the account's shared 20 queries/s on
+answers we already know ("still running"). We poll rarely until a finish becomes
+plausible, then often enough that a finished task is seen within a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Optional
+
+from pydantic import BaseModel, Field
+
+from kf2v_tasks import clock
+from kf2v_tasks.errors import (
+    QueueTimeoutError,
+    TaskCanceledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnsupportedOperationError,
+)
+from kf2v_tasks.models import StatusChange, TaskState, TaskStatus
+
+if TYPE_CHECKING:
+    from kf2v_tasks.client import Kf2vClient
+
+logger = logging.getLogger("kf2v_tasks.polling")
+
+#: The service itself gives up on a task after 3 hours (InternalError.Timeout).
+DEFAULT_DEADLINE = 3 * 3600.0
+DEFAULT_QUEUE_DEADLINE = 3600.0
+
+
+class PollSchedule(BaseModel):
+    """When to ask again, in service seconds.
+
+    Example:
+        ```python
+        from kf2v_tasks.polling import PollSchedule
+        fast = PollSchedule(min_interval=2.0)   # lower detection lag, more queries
+        ```
+    """
+
+    first_poll: float = Field(default=10.0, gt=0, description="Delay before the first query.")
+    pending_interval: float = Field(default=15.0, gt=0, description="Interval while PENDING.")
+    expected_min_runtime: float = Field(
+        default=60.0, ge=0, description="Tasks rarely finish sooner than this after starting."
+    )
+    min_interval: float = Field(
+        default=4.0, gt=0, description="Tightest interval, once a finish is plausible."
+    )
+    max_interval: float = Field(default=30.0, gt=0, description="Longest single wait.")
+
+    def next_interval(self, status: TaskStatus, running_for: Optional[float]) -> float:
+        """Seconds to wait before the next query, given what the last one said."""
+        if status is TaskStatus.PENDING or running_for is None:
+            return self.pending_interval
+        remaining = self.expected_min_runtime - running_for
+        return max(self.min_interval, min(self.max_interval, remaining))
+
+
+def _record(history: list[StatusChange], status: TaskStatus) -> None:
+    if not history or history[-1].status is not status:
+        history.append(StatusChange(status=status, seen_at=datetime.now(timezone.utc)))
+
+
+async def wait_for_task(
+    client: "Kf2vClient",
+    task_id: str,
+    *,
+    schedule: Optional[PollSchedule] = None,
+    deadline: float = DEFAULT_DEADLINE,
+    queue_deadline: float = DEFAULT_QUEUE_DEADLINE,
+    raise_on_failure: bool = True,
+    on_status: Optional[Callable[[TaskState], Awaitable[None]]] = None,
+) -> TaskState:
+    """Poll ``task_id`` until it ends; return its final state with the status history.
+
+    Args:
+        client: an open client (its ``AccountLimits`` shares the query budget).
+        task_id: the task to wait for.
+        schedule: the polling schedule.
+        deadline: service seconds after which we stop waiting (the task may still finish;
+            resuming later re-attaches to it).
+        queue_deadline: service seconds a task may stay PENDING before we cancel it
+            (a PENDING task was never started, so cancelling it costs nothing).
+        raise_on_failure: raise typed errors for FAILED, CANCELED and UNKNOWN.
+        on_status: awaited with every new status (progress reporting).
+
+    Raises:
+        TaskFailedError: FAILED, with the task's code and message.
+        TaskCanceledError: CANCELED.
+        TaskExpiredError: UNKNOWN (no such task, or older than 24 h).
+        QueueTimeoutError: still PENDING past ``queue_deadline``; it was cancelled.
+        TaskTimeoutError: still running past ``deadline``.
+    """
+    schedule = schedule or PollSchedule()
+    history: list[StatusChange] = []
+    started = clock.now()
+    running_since: Optional[float] = None
+    last_status: Optional[TaskStatus] = None
+    await clock.sleep(min(schedule.first_poll, deadline))
+
+    while True:
+        state = await client.get_task(task_id)
+        _record(history, state.status)
+        now = clock.now()
+        if state.status is TaskStatus.RUNNING and running_since is None:
+            running_since = now
+        if state.status is not last_status:
+            last_status = state.status
+            logger.debug("task %s is %s", task_id, state.status.value)
+            if on_status is not None:
+                await on_status(state)
+
+        if state.status.is_terminal:
+            state = state.model_copy(update={"history": history})
+            if raise_on_failure:
+                _raise_for_terminal(state)
+            return state
+
+        elapsed = now - started
+        if state.status is TaskStatus.PENDING and elapsed >= queue_deadline:
+            await _cancel_pending(client, task_id, history, queue_deadline)
+            # Cancel raced with the start: keep waiting for the now-running task.
+            running_since = running_since or clock.now()
+        if elapsed >= deadline:
+            raise TaskTimeoutError(
+                task_id,
+                f"task {task_id} still {state.status.value} after {deadline:.0f}s; "
+                "it may still finish — resume to re-attach without a second create",
+                history=history,
+            )
+        running_for = None if running_since is None else now - running_since
+        wait = schedule.next_interval(state.status, running_for)
+        # Wake at the deadlines rather than sleeping through them.
+        limit = deadline if state.status is not TaskStatus.PENDING else queue_deadline
+        await clock.sleep(max(0.0, min(wait, limit - elapsed + 1e-3)) or schedule.min_interval)
+
+
+async def _cancel_pending(
+    client: "Kf2vClient", task_id: str, history: list[StatusChange], queue_deadline: float
+) -> None:
+    try:
+        await client.cancel_task(task_id)
+    except UnsupportedOperationError:
+        logger.info("task %s left PENDING just as we cancelled it; waiting on", task_id)
+        return
+    _record(history, TaskStatus.CANCELED)
+    raise QueueTimeoutError(
+        task_id,
+        f"task {task_id} was still PENDING after {queue_deadline:.0f}s and was cancelled "
+        "(a task that never ran is not billed)",
+        history=history,
+    )
+
+
+def _raise_for_terminal(state: TaskState) -> None:
+    if state.status is TaskStatus.SUCCEEDED:
+        return
+    if state.status is TaskStatus.FAILED:
+        raise TaskFailedError(
+            state.task_id,
+            state.code or "Unknown",
+            state.message or "no message",
+            history=state.history,
+        )
+    if state.status is TaskStatus.CANCELED:
+        raise TaskCanceledError(
+            state.task_id, f"task {state.task_id} was CANCELED", history=state.history
+        )
+    raise TaskExpiredError(
+        state.task_id,
+        f"task {state.task_id} is UNKNOWN to the service (no such task, or older than 24 h)",
+        history=state.history,
+    )

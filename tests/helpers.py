@@ -1,0 +1,43 @@
+"""Small builders shared by tests: frame images and manifests."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+def make_frame(path: Path, size: tuple[int, int] = (320, 240), colour=(200, 80, 40), fmt=None):
+    """A simple gradient image with a shape, saved at ``path``."""
+    w, h = size
+    img = Image.new("RGB", size, colour)
+    d = ImageDraw.Draw(img)
+    for x in range(0, w, max(1, w // 16)):
+        d.line([(x, 0), (x, h)], fill=(x * 255 // w, 255 - colour[1], colour[2]), width=3)
+    d.ellipse([w // 4, h // 4, 3 * w // 4, 3 * h // 4], fill=(255 - colour[0], colour[1], 200))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+def make_pairs(folder: Path, n: int, size=(320, 240)) -> list[tuple[str, str]]:
+    """``n`` distinct frame pairs as paths relative to ``folder``."""
+    pairs = []
+    for i in range(n):
+        a = make_frame(folder / "frames" / f"f{i:03d}_a.png", size, ((i * 37) % 256, 90, 40))
+        b = make_frame(folder / "frames" / f"f{i:03d}_b.png", size, (30, (i * 53) % 256, 160))
+        pairs.append((str(a.relative_to(folder)), str(b.relative_to(folder))))
+    return pairs
+
+
+def manifest_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """CSV text for ``rows`` (dicts of column → value)."""
+    columns = columns or sorted({k for r in rows for k in r})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in columns})
+    return buf.getvalue()
