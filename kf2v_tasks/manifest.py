@@ -78,6 +78,8 @@ PROMPT_ABSURD_CHARS = 100_000
 OUTPUT_MAX_CHARS = 1024
 OUTPUT_SEGMENT_MAX_CHARS = 255
 OUTPUT_SUFFIX = ".mp4"
+#: Folder under the output root that holds run state (ledger, temp files); see fsutil.
+RESERVED_OUTPUT_DIR = ".kf2v"
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _DIGITS_RE = re.compile(r"[0-9]+")
@@ -337,26 +339,28 @@ def resolve_frame(value: str, base_dir: str) -> str:
         assert resolve_frame("https://x/a.png", "/data") == "https://x/a.png"
         ```
     """
+    from kf2v_tasks.fsutil import resolve_relative  # lazy: imports fsspec
+
     if not base_dir or _is_absolute(value):
         return value
     if base_dir.lower().startswith(("http://", "https://")):
         return urljoin(base_dir if base_dir.endswith("/") else base_dir + "/", value)
-    if _URL_RE.match(base_dir):
+    if "::" in base_dir.split("://", 1)[0]:
+        # fsspec chain ("simplecache::s3://b/dir"): keep the chain, join onto its path.
         prefix, path = _split_url(base_dir)
-        # normpath on a rooted path cannot climb above the bucket / netloc.
-        joined = posixpath.normpath(posixpath.join("/" + path.lstrip("/"), value))
-        return prefix + joined
-    return os.path.normpath(os.path.join(base_dir, value))
+        return prefix + posixpath.normpath(posixpath.join("/" + path.lstrip("/"), value))
+    # One resolver for the whole project (bucket-anchored "..", "~" expansion, file://).
+    return resolve_relative(value, base_dir)
 
 
 # --------------------------------------------------------------------------- internals
 
 
 def _read_bytes(url: str, storage_options: dict[str, Any]) -> bytes:
-    from fsspec.core import url_to_fs  # lazy: fsspec backends are heavy to import
+    from kf2v_tasks.fsutil import open_fs  # lazy: fsspec backends are heavy to import
 
     try:
-        fs, path = url_to_fs(url, **storage_options)
+        fs, path = open_fs(url, storage_options)
         return fs.cat_file(path)
     except (OSError, ValueError, ImportError) as exc:
         raise ManifestError(0, None, f"cannot read manifest {url!r}: {exc}") from exc
@@ -675,6 +679,10 @@ def _check_output(value: str) -> tuple[Optional[str], Optional[str]]:
     parts = [p for p in parts if p not in ("", ".")]
     if not parts:
         return None, f"{_show(value)} is not a file name"
+    if parts[0] == RESERVED_OUTPUT_DIR:
+        return None, f"{_show(value)} is inside {RESERVED_OUTPUT_DIR!r}, reserved for run state"
+    if value.startswith("~"):
+        return None, f"{_show(value)} starts with '~'; give a name relative to the output folder"
     if any(len(p) > OUTPUT_SEGMENT_MAX_CHARS for p in parts):
         return (
             None,
@@ -688,6 +696,13 @@ def _check_output(value: str) -> tuple[Optional[str], Optional[str]]:
         return None, f"{_show(value)} must end in {OUTPUT_SUFFIX} (videos are MP4)"
     if len(name) > OUTPUT_MAX_CHARS:
         return None, f"output name has {len(name)} characters (at most {OUTPUT_MAX_CHARS})"
+    from kf2v_tasks.fsutil import safe_child  # lazy: imports fsspec
+
+    try:
+        # Backstop: the runner writes through safe_child, so it must accept every name we do.
+        name = safe_child("the output folder", name)
+    except ValueError as exc:
+        return None, str(exc)
     return name, None
 
 

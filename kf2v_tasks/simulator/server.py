@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -97,8 +98,21 @@ class Simulator:
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until Ctrl-C / SIGTERM (uvicorn installs the handlers)."""
-        self._server.run(sockets=[self._sock])
+        """Serve until Ctrl-C / SIGTERM, then shut down cleanly (call from the main thread)."""
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                if self._thread is None or not self._thread.is_alive():
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
 
     def stop(self) -> None:
         """Stop serving and release the port."""

@@ -1,0 +1,329 @@
+"""What a batch will cost, and a budget that stops submitting before it overspends.
+
+kf2v is billed per generated second of video (always 5 s), on success only: failed
+tasks are free (reference §9). The built-in prices are partly documented and partly
+assumed — see :data:`DEFAULT_NOTES` — so a run that matters should pass its own table.
+
+Example:
+    ```python
+    from kf2v_tasks.models import GenerationOptions
+    from kf2v_tasks.pricing import Budget, PriceTable, estimate
+
+    table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}})  # patch one price
+    est = estimate([GenerationOptions(), GenerationOptions(resolution="480P")], table)
+    assert est.total == 1.75  # 5 s x 0.25 + 5 s x 0.10
+
+    budget = Budget(max_cost=2.0)
+    assert budget.try_reserve(1.25) and not budget.try_reserve(1.25)
+    ```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from pydantic import BaseModel, Field, field_validator
+
+from kf2v_tasks.errors import BudgetExceededError
+from kf2v_tasks.models import VIDEO_DURATION_SECONDS, GenerationOptions, Kf2vModel, Resolution
+
+if TYPE_CHECKING:
+    from kf2v_tasks.manifest import ManifestRow
+
+#: Assumed exchange rate for prices documented in USD only.
+ASSUMED_CNY_PER_USD = 7.0
+
+# Reference §9. flash: third-party "official price" quote (UNCERTAIN); wan2.1 plus:
+# documented $0.10/s (Singapore), converted at 7 CNY/USD; wanx2.1 plus: no published
+# price, assumed equal to wan2.1 plus.
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    Kf2vModel.WAN22_FLASH.value: {"480P": 0.10, "720P": 0.20, "1080P": 0.48},
+    Kf2vModel.WAN21_PLUS.value: {"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
+    Kf2vModel.WANX21_PLUS.value: {"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
+}
+
+#: Where each default price comes from.
+DEFAULT_NOTES: dict[str, str] = {
+    Kf2vModel.WAN22_FLASH.value: (
+        "0.10/0.20/0.48 CNY/s at 480P/720P/1080P from a third-party quote of the official "
+        "price; UNCERTAIN"
+    ),
+    Kf2vModel.WAN21_PLUS.value: (
+        "documented as USD 0.10/s (Singapore); 0.70 CNY/s ASSUMED at 7 CNY/USD"
+    ),
+    Kf2vModel.WANX21_PLUS.value: (
+        "no published price; 0.70 CNY/s ASSUMED (same as wan2.1-kf2v-plus)"
+    ),
+}
+
+_ModelLike = Union[Kf2vModel, str]
+_ResolutionLike = Union[Resolution, str]
+
+
+class PriceTable(BaseModel):
+    """Price per generated second, by model and resolution.
+
+    Example:
+        ```python
+        from kf2v_tasks.pricing import PriceTable
+        table = PriceTable.default()
+        assert table.price("wan2.2-kf2v-flash", "1080P") == 0.48
+        usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.10}})
+        ```
+    """
+
+    currency: str = Field(default="CNY", description="Currency of every price in the table.")
+    per_second: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="model -> resolution -> price per generated second."
+    )
+    notes: dict[str, str] = Field(
+        default_factory=dict, description="Where prices come from (documented or assumed)."
+    )
+
+    @field_validator("per_second")
+    @classmethod
+    def _normalise(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for model, by_res in value.items():
+            for res, price in by_res.items():
+                if not math.isfinite(price) or price < 0:
+                    raise ValueError(f"price for {model} at {res} must be >= 0, got {price}")
+                out.setdefault(model.strip(), {})[res.strip().upper()] = float(price)
+        return out
+
+    @classmethod
+    def default(cls) -> PriceTable:
+        """The built-in CNY table (see :data:`DEFAULT_NOTES` for what is assumed)."""
+        return cls(
+            currency="CNY",
+            per_second={m: dict(r) for m, r in DEFAULT_PRICES.items()},
+            notes=dict(DEFAULT_NOTES),
+        )
+
+    @classmethod
+    def from_value(
+        cls, value: Union[PriceTable, Mapping[str, Any], str, None] = None
+    ) -> PriceTable:
+        """Build a table from a flow parameter: a table, a dict, JSON text, or None.
+
+        A *full* table (a mapping with ``per_second``) replaces the defaults; a *bare*
+        ``{model: {resolution: price}}`` mapping patches the default (CNY) table.
+
+        Example:
+            ```python
+            from kf2v_tasks.pricing import PriceTable
+            t = PriceTable.from_value('{"wan2.2-kf2v-flash": {"1080P": 0.5}}')
+            assert t.price("wan2.2-kf2v-flash", "1080P") == 0.5
+            assert t.price("wan2.2-kf2v-flash", "480P") == 0.10  # kept from the defaults
+            ```
+        """
+        if value is None:
+            return cls.default()
+        if isinstance(value, PriceTable):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"price table is not valid JSON: {exc}") from None
+        if not isinstance(value, Mapping):
+            raise ValueError(f"price table must be a mapping, got {type(value).__name__}")
+        if "per_second" in value:
+            return cls.model_validate(dict(value))
+        patch = cls(per_second=dict(value))  # validates and normalises
+        table = cls.default()
+        for model, by_res in patch.per_second.items():
+            table.per_second.setdefault(model, {}).update(by_res)
+            table.notes[model] = "overridden by the caller"
+        return table
+
+    def price(self, model: _ModelLike, resolution: _ResolutionLike) -> float:
+        """Price per generated second of ``model`` at ``resolution``.
+
+        Raises:
+            ValueError: the table has no price for that combination.
+        """
+        m = model.value if isinstance(model, Kf2vModel) else str(model)
+        r = resolution.value if isinstance(resolution, Resolution) else str(resolution).upper()
+        try:
+            return self.per_second[m][r]
+        except KeyError:
+            raise ValueError(
+                f"no price for model {m} at resolution {r}; pass a price table"
+            ) from None
+
+
+def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> float:
+    """Cost of one successful generation: duration (5 s) x price per second.
+
+    Example:
+        ```python
+        from kf2v_tasks.models import GenerationOptions
+        from kf2v_tasks.pricing import estimate_row
+        assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
+        ```
+    """
+    table = table or PriceTable.default()
+    seconds = options.duration or VIDEO_DURATION_SECONDS
+    return round(seconds * table.price(options.model, options.resolution), 6)
+
+
+class CostEstimate(BaseModel):
+    """Expected cost of a batch if every row succeeds (failures are not billed)."""
+
+    rows: int = Field(description="Rows counted.")
+    seconds: int = Field(description="Video seconds that would be billed.")
+    total: float = Field(description="Total cost, in currency.")
+    currency: str
+    by_model: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="model -> {rows, seconds, cost, resolutions: {res: rows}}.",
+    )
+
+    def describe(self) -> str:
+        """One line for logs: ``"3 rows, 15 s of video, about 1.70 CNY"``."""
+        return (
+            f"{self.rows} rows, {self.seconds} s of video, about {self.total:.2f} {self.currency}"
+        )
+
+
+def estimate(
+    rows: Sequence[Union[ManifestRow, GenerationOptions]],
+    table: Optional[PriceTable] = None,
+) -> CostEstimate:
+    """Estimate a batch: ``rows`` are ManifestRows (anything with ``.options``) or options.
+
+    Example:
+        ```python
+        from kf2v_tasks.models import GenerationOptions
+        from kf2v_tasks.pricing import estimate
+        est = estimate([GenerationOptions()] * 3)
+        assert (est.rows, est.total, est.currency) == (3, 3.0, "CNY")
+        ```
+    """
+    table = table or PriceTable.default()
+    total = 0.0
+    seconds = 0
+    by_model: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        options: GenerationOptions = row if isinstance(row, GenerationOptions) else row.options
+        cost = estimate_row(options, table)
+        secs = options.duration or VIDEO_DURATION_SECONDS
+        total += cost
+        seconds += secs
+        entry = by_model.setdefault(
+            options.model.value, {"rows": 0, "seconds": 0, "cost": 0.0, "resolutions": {}}
+        )
+        entry["rows"] += 1
+        entry["seconds"] += secs
+        entry["cost"] = round(entry["cost"] + cost, 6)
+        res = entry["resolutions"]
+        res[options.resolution.value] = res.get(options.resolution.value, 0) + 1
+    return CostEstimate(
+        rows=len(rows),
+        seconds=seconds,
+        total=round(total, 6),
+        currency=table.currency,
+        by_model=by_model,
+    )
+
+
+class Budget:
+    """A spending cap shared by the tasks of one run.
+
+    Reserve a row's cost before submitting it; :meth:`commit` it when the task succeeds
+    (billed) or :meth:`release` it when the task fails (failed tasks are free). A row
+    that would take ``spent + reserved`` over ``max_cost`` is refused. ``max_cost=None``
+    never refuses but still tracks spending. The lock makes it safe from threads and,
+    as the critical sections never await, from tasks of one event loop.
+
+    Example:
+        ```python
+        from kf2v_tasks.pricing import Budget
+        b = Budget(max_cost=2.0)
+        assert b.try_reserve(1.0) and b.try_reserve(1.0) and not b.try_reserve(1.0)
+        b.release(1.0)              # that task failed: not billed
+        b.commit(1.0)               # that one succeeded
+        assert (b.spent, b.reserved) == (1.0, 0.0) and b.try_reserve(1.0)
+        ```
+    """
+
+    #: Relative slack so that 10 x 0.2 fits a 2.0 budget despite float rounding.
+    _EPSILON = 1e-9
+
+    def __init__(self, max_cost: Optional[float] = None) -> None:
+        if max_cost is not None and (not math.isfinite(max_cost) or max_cost < 0):
+            raise ValueError(f"max_cost must be a number >= 0 or None, got {max_cost}")
+        self.max_cost = None if max_cost is None else float(max_cost)
+        self._spent = 0.0
+        self._reserved = 0.0
+        self._refused = 0
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> float:
+        """Cost of committed (succeeded, billed) rows."""
+        return round(self._spent, 9)
+
+    @property
+    def reserved(self) -> float:
+        """Cost of rows submitted and not yet finished."""
+        return round(self._reserved, 9)
+
+    @property
+    def refused(self) -> int:
+        """How many reservations were refused."""
+        return self._refused
+
+    @property
+    def remaining(self) -> Optional[float]:
+        """What can still be reserved (None: unlimited)."""
+        if self.max_cost is None:
+            return None
+        with self._lock:
+            return max(0.0, round(self.max_cost - self._spent - self._reserved, 9))
+
+    def try_reserve(self, amount: float) -> bool:
+        """Reserve ``amount`` if it fits under ``max_cost``; False (and nothing held) if not."""
+        _check_amount(amount)
+        with self._lock:
+            if self.max_cost is not None:
+                after = self._spent + self._reserved + amount
+                if after > self.max_cost + self._EPSILON * max(1.0, self.max_cost):
+                    self._refused += 1
+                    return False
+            self._reserved += amount
+            return True
+
+    def reserve(self, amount: float) -> None:
+        """Like :meth:`try_reserve`, but raise :class:`BudgetExceededError` when it does not fit."""
+        if not self.try_reserve(amount):
+            raise BudgetExceededError(
+                f"a row costing {amount:g} would exceed max_cost {self.max_cost:g} "
+                f"(spent {self.spent:g}, reserved {self.reserved:g})"
+            )
+
+    def commit(self, amount: float) -> None:
+        """A reserved row succeeded and is billed: move ``amount`` from reserved to spent."""
+        _check_amount(amount)
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - amount)
+            self._spent += amount
+
+    def release(self, amount: float) -> None:
+        """A reserved row failed or was never submitted: it is not billed, free its reservation."""
+        _check_amount(amount)
+        with self._lock:
+            self._reserved = max(0.0, self._reserved - amount)
+
+    def __repr__(self) -> str:
+        return f"Budget(max_cost={self.max_cost}, spent={self.spent}, reserved={self.reserved})"
+
+
+def _check_amount(amount: float) -> None:
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"amount must be a finite number >= 0, got {amount}")
