@@ -16,7 +16,10 @@ def sky(top, bottom):
     d = ImageDraw.Draw(img)
     for y in range(H):
         t = y / (H - 1)
-        d.line([(0, y), (W, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        d.line(
+            [(0, y), (W, y)],
+            fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)),
+        )
     return img
 
 

@@ -129,5 +129,8 @@ async def generate_batch(
 def final_state(summary: BatchSummary):
     """Completed with the summary, or Failed saying how many rows failed."""
     if summary.failed:
-        return Failed(message=f"{summary.failed} of {summary.total} rows failed; {summary.headline()}", data=summary)
+        return Failed(
+            message=f"{summary.failed} of {summary.total} rows failed; {summary.headline()}",
+            data=summary,
+        )
     return Completed(message=summary.headline(), data=summary)

@@ -67,7 +67,9 @@ async def generate_video(
     ledger_root = parent(output)
     pair = await validate_frames(first_frame, last_frame, storage_options=opts)
     fingerprint = request_fingerprint(pair, prompt, negative_prompt, options)
-    kept = await find_persisted(Ledger(ledger_root, opts), fingerprint, output, storage_options=opts)
+    kept = await find_persisted(
+        Ledger(ledger_root, opts), fingerprint, output, storage_options=opts
+    )
     if kept is not None:  # an earlier run kept exactly this video here: no API call at all
         get_run_logger().info("Already persisted at %s; nothing to do", output)
         return kept

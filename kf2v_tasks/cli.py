@@ -22,7 +22,9 @@ EMBEDDED_SPEED = 60.0
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=["wan2.2-kf2v-flash", "wanx2.1-kf2v-plus", "wan2.1-kf2v-plus"])
+    p.add_argument(
+        "--model", choices=["wan2.2-kf2v-flash", "wanx2.1-kf2v-plus", "wan2.1-kf2v-plus"]
+    )
     p.add_argument("--resolution", choices=["480P", "720P", "1080P"])
     p.add_argument("--seed", type=int)
     p.add_argument("--negative-prompt")
@@ -39,7 +41,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-options",
         type=json.loads,
-        help="Non-secret fsspec options as JSON, e.g. '{\"client_kwargs\": {\"endpoint_url\": ...}}'.",
+        help='Non-secret fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": ...}}\'.',
     )
     p.add_argument("--storage-block", help="Saved block with storage credentials (slug/name).")
     p.add_argument(
@@ -79,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="Validate a manifest and estimate its cost.")
     val.add_argument("manifest")
-    val.add_argument("--output", help="Where results.csv of the dry run goes (default: a temp dir).")
+    val.add_argument(
+        "--output", help="Where results.csv of the dry run goes (default: a temp dir)."
+    )
     val.add_argument("--prompt")
     _add_common(val)
 
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--name", default=None, help="Limit name (default kf2v-dashscope-tasks).")
     limits_sub.add_parser("show", help="Show the limits.")
 
-    stack = sub.add_parser("stack", help="Start a local Prefect server, a worker and the simulator.")
+    stack = sub.add_parser(
+        "stack", help="Start a local Prefect server, a worker and the simulator."
+    )
     stack.add_argument("--prefect-port", type=int, default=4200)
     stack.add_argument("--simulator-port", type=int, default=8910)
     stack.add_argument("--speed", type=float, default=EMBEDDED_SPEED)
@@ -153,9 +159,9 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
+    from kf2v_flows.batch import generate_batch
     from rich.console import Console
 
-    from kf2v_flows.batch import generate_batch
     from kf2v_tasks.runner import ConcurrencySettings
 
     output = args.output or tempfile.mkdtemp(prefix="kf2v-validate-")
@@ -243,9 +249,9 @@ def _progress(console):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from kf2v_flows.single import generate_video
     from rich.console import Console
 
-    from kf2v_flows.single import generate_video
     from kf2v_tasks.models import GenerationOptions
 
     d = _defaults(args)

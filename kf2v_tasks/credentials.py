@@ -70,7 +70,7 @@ class DashScopeCredentials(CredentialsBlock):
         return (self.base_url or REGION_BASE_URLS[self.region]).rstrip("/")
 
     @classmethod
-    def from_env(cls) -> "DashScopeCredentials":
+    def from_env(cls) -> DashScopeCredentials:
         """Credentials from ``DASHSCOPE_API_KEY`` / ``DASHSCOPE_HTTP_BASE_URL`` / ``DASHSCOPE_WORKSPACE_ID``.
 
         Raises:
@@ -89,7 +89,7 @@ class DashScopeCredentials(CredentialsBlock):
             workspace=os.environ.get(WORKSPACE_ENV) or None,
         )
 
-    def get_client(self, limits: Optional["AccountLimits"] = None, **kwargs) -> "Kf2vClient":
+    def get_client(self, limits: Optional[AccountLimits] = None, **kwargs) -> Kf2vClient:
         """A new :class:`~kf2v_tasks.client.Kf2vClient` for these credentials.
 
         Args:

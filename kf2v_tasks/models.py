@@ -113,7 +113,7 @@ class GenerationOptions(BaseModel):
     duration: Literal[5] = Field(default=5, description="Video length in seconds (fixed at 5).")
 
     @model_validator(mode="after")
-    def _resolution_fits_model(self) -> "GenerationOptions":
+    def _resolution_fits_model(self) -> GenerationOptions:
         allowed = MODEL_RESOLUTIONS[self.model]
         if self.resolution not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
@@ -179,9 +179,7 @@ class Kf2vRequest(BaseModel):
     @property
     def uses_oss(self) -> bool:
         """Whether an ``oss://`` input needs ``X-DashScope-OssResourceResolve: enable``."""
-        return self.first_frame_url.startswith("oss://") or self.last_frame_url.startswith(
-            "oss://"
-        )
+        return self.first_frame_url.startswith("oss://") or self.last_frame_url.startswith("oss://")
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON body of ``POST /services/aigc/image2video/video-synthesis``."""
@@ -309,7 +307,7 @@ class TaskState(BaseModel):
     )
 
     @classmethod
-    def from_response(cls, body: dict[str, Any]) -> "TaskState":
+    def from_response(cls, body: dict[str, Any]) -> TaskState:
         """Build from a create or query response body (``{"output": {...}, "usage": ...}``)."""
         out = body.get("output") or {}
         raw_status = out.get("task_status") or "UNKNOWN"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -54,7 +54,7 @@ def build_sidecar(
     sha256: str,
     size: int,
     path: str,
-    submission: Optional["Submission"] = None,
+    submission: Optional[Submission] = None,
     timings: Optional[dict[str, Any]] = None,
     extra: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def build_sidecar(
             "service_submit_time": iso(state.submit_time),
             "service_scheduled_time": iso(state.scheduled_time),
             "service_end_time": iso(state.end_time),
-            "persisted_at": datetime.now(timezone.utc).isoformat(),
+            "persisted_at": datetime.now(UTC).isoformat(),
             **(timings or {}),
         },
         "status_history": [
@@ -103,9 +103,9 @@ async def persist_task_video(
     state: TaskState,
     destination: str,
     *,
-    client: Optional["Kf2vClient"] = None,
-    submission: Optional["Submission"] = None,
-    ledger: Optional["Ledger"] = None,
+    client: Optional[Kf2vClient] = None,
+    submission: Optional[Submission] = None,
+    ledger: Optional[Ledger] = None,
     storage_options: Optional[dict] = None,
     extra: Optional[dict[str, Any]] = None,
 ) -> PersistedVideo:
@@ -139,7 +139,9 @@ async def persist_task_video(
     if (
         existing
         and existing.get("task_id") == state.task_id
-        and await verify_file(destination, existing.get("sha256", ""), storage_options=storage_options)
+        and await verify_file(
+            destination, existing.get("sha256", ""), storage_options=storage_options
+        )
     ):
         result = PersistedVideo(
             path=destination,
@@ -156,7 +158,9 @@ async def persist_task_video(
 
     async def refresh_url() -> str:
         if client is None:
-            raise UrlExpiredError(f"video URL of task {state.task_id} expired and no client to refresh it")
+            raise UrlExpiredError(
+                f"video URL of task {state.task_id} expired and no client to refresh it"
+            )
         fresh = await client.get_task(state.task_id)
         if fresh.status is TaskStatus.SUCCEEDED and fresh.video_url:
             logger.info("refreshed the expired video URL of task %s", state.task_id)
@@ -205,7 +209,7 @@ async def _existing_sidecar(read_json, path: str, storage_options) -> Optional[d
 
 
 async def _mark_persisted(
-    ledger: Optional["Ledger"], submission: Optional["Submission"], video: PersistedVideo
+    ledger: Optional[Ledger], submission: Optional[Submission], video: PersistedVideo
 ) -> None:
     if ledger is None or submission is None:
         return
@@ -217,7 +221,7 @@ async def _mark_persisted(
     record.output_path = video.path
     record.sha256 = video.sha256
     record.bytes = video.bytes
-    record.persisted_at = datetime.now(timezone.utc)
+    record.persisted_at = datetime.now(UTC)
     record.events.append(
         {"at": record.persisted_at.isoformat(), "event": "persisted", "path": video.path}
     )
@@ -225,7 +229,7 @@ async def _mark_persisted(
 
 
 async def find_persisted(
-    ledger: Optional["Ledger"],
+    ledger: Optional[Ledger],
     fingerprint: str,
     destination: str,
     *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel, Field
@@ -66,11 +66,11 @@ class PollSchedule(BaseModel):
 
 def _record(history: list[StatusChange], status: TaskStatus) -> None:
     if not history or history[-1].status is not status:
-        history.append(StatusChange(status=status, seen_at=datetime.now(timezone.utc)))
+        history.append(StatusChange(status=status, seen_at=datetime.now(UTC)))
 
 
 async def wait_for_task(
-    client: "Kf2vClient",
+    client: Kf2vClient,
     task_id: str,
     *,
     schedule: Optional[PollSchedule] = None,
@@ -144,7 +144,7 @@ async def wait_for_task(
 
 
 async def _cancel_pending(
-    client: "Kf2vClient", task_id: str, history: list[StatusChange], queue_deadline: float
+    client: Kf2vClient, task_id: str, history: list[StatusChange], queue_deadline: float
 ) -> None:
     try:
         await client.cancel_task(task_id)

@@ -41,7 +41,7 @@ class PrefectReporter:
         self._done = 0
         self._total = 0
 
-    async def start(self, plan: "BatchPlan", cost: "CostEstimate", runner: "BatchRunner") -> None:
+    async def start(self, plan: BatchPlan, cost: CostEstimate, runner: BatchRunner) -> None:
         """Create the progress artifact and log the cost estimate."""
         from prefect.artifacts import acreate_progress_artifact
         from prefect.logging import get_run_logger
@@ -97,9 +97,7 @@ class PrefectReporter:
             await asyncio.gather(self._pending, return_exceptions=True)
         self._done = self._total
         await self._update()
-        table = [
-            {k: v for k, v in r.csv_row().items() if k not in ("sha256",)} for r in results
-        ]
+        table = [{k: v for k, v in r.csv_row().items() if k not in ("sha256",)} for r in results]
         await acreate_table_artifact(
             table=table,
             key=f"{self.key_prefix}-results",

@@ -26,7 +26,7 @@ from kf2v_tasks.manifest import ManifestRow, ParsedManifest, RowDefaults, load_m
 from kf2v_tasks.models import FramePair
 from kf2v_tasks.persistence import find_persisted
 from kf2v_tasks.polling import DEFAULT_DEADLINE, DEFAULT_QUEUE_DEADLINE, PollSchedule
-from kf2v_tasks.pricing import Budget, PriceTable, estimate
+from kf2v_tasks.pricing import Budget, PriceTable, estimate, estimate_row
 from kf2v_tasks.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.slots import SlotPool
 from kf2v_tasks.submission import AmbiguousPolicy, request_fingerprint
@@ -261,7 +261,7 @@ class BatchRunner:
                         id=row.id,
                         status=status,
                         output=output_path(self.output, row),
-                        cost=self.prices.price(row.options.model, row.options.resolution) * 5,
+                        cost=estimate_row(row.options, self.prices),
                         error_message=None
                         if self.dry_run
                         else "not run: fail_fast and invalid rows in the manifest",
@@ -310,10 +310,10 @@ class BatchRunner:
         """Rows with a live task first (re-attach), then the rest in manifest order."""
         records = await asyncio.gather(*(self.ledger.get(plan.fingerprints[r.id]) for r in rows))
         live, fresh = [], []
-        for row, rec in zip(rows, records):
-            (live if rec is not None and rec.task_id and Ledger.is_task_reusable(rec) else fresh).append(
-                (row, rec)
-            )
+        for row, rec in zip(rows, records, strict=True):
+            (
+                live if rec is not None and rec.task_id and Ledger.is_task_reusable(rec) else fresh
+            ).append((row, rec))
         return live + fresh
 
     def _finish(self, result: RowResult) -> None:
@@ -366,7 +366,7 @@ class _RowContext:
         r = self.runner
         fp = self.plan.fingerprints[row.id]
         dest = output_path(r.output, row)
-        price = r.prices.price(row.options.model, row.options.resolution) * 5
+        price = estimate_row(row.options, r.prices)
         base = dict(row=row.row_number, id=row.id, output=dest)
         leader = self.leaders.get(fp)
         if leader is not None:
@@ -548,4 +548,3 @@ def _shard(parsed: ParsedManifest, index: int, count: int) -> ParsedManifest:
             "errors": [e for e in parsed.errors if e.row_number in mine],
         }
     )
-

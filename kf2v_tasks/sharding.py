@@ -30,7 +30,9 @@ def shard_parameters(params: dict[str, Any], index: int, count: int) -> dict[str
         out["concurrency"] = data
     out.update(shards=1, shard_index=index, shard_count=count)
     out["results_name"] = shard_results_name(index)
-    return {k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in out.items()}
+    return {
+        k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in out.items()
+    }
 
 
 async def run_shards(
@@ -47,7 +49,7 @@ async def run_shards(
     from prefect.runtime import deployment
 
     from kf2v_tasks.fsutil import join
-    from kf2v_tasks.storage import read_text, write_text_atomic
+    from kf2v_tasks.storage import write_text_atomic
 
     log = get_run_logger()
     name = deployment.name
@@ -77,9 +79,13 @@ async def run_shards(
     for i, run in enumerate(runs):
         path = join(output, shard_results_name(i))
         try:
-            results.extend(from_csv(await read_text(path, storage_options=base.get("storage_options"))))
+            results.extend(
+                from_csv(await read_text(path, storage_options=base.get("storage_options")))
+            )
         except FileNotFoundError:
-            log.error("shard %d (%s) wrote no results: %s", i, run.id, run.state and run.state.message)
+            log.error(
+                "shard %d (%s) wrote no results: %s", i, run.id, run.state and run.state.message
+            )
     final = join(output, results_name)
     await write_text_atomic(final, to_csv(results), storage_options=base.get("storage_options"))
     shard_summaries = []
@@ -110,6 +116,17 @@ async def run_shards(
     log.info("Merged %d shard results: %s", shards, summary.headline())
     await PrefectReporter(key_prefix="kf2v-batch").finish(summary, results)
     return summary
+
+
+async def read_text(path: str, *, storage_options: dict | None = None) -> str:
+    """A small text file from any fsspec URL (FileNotFoundError if missing)."""
+    from kf2v_tasks.fsutil import open_fs, run_sync
+
+    def _read() -> str:
+        fs, p = open_fs(path, storage_options)
+        return fs.cat_file(p).decode("utf-8")
+
+    return await run_sync(_read)
 
 
 def shard_results_name(index: int) -> str:

@@ -73,10 +73,12 @@ class SlotPool:
         self.gcl_acquisitions = 0
 
     @classmethod
-    async def create(cls, size: int, gcl_name: Optional[str] = None) -> "SlotPool":
+    async def create(cls, size: int, gcl_name: Optional[str] = None) -> SlotPool:
         """A pool that uses ``gcl_name`` only if that limit exists on the Prefect server."""
         if gcl_name and not await gcl_exists(gcl_name):
-            logger.info("no global concurrency limit %r on the server; limiting in-process", gcl_name)
+            logger.info(
+                "no global concurrency limit %r on the server; limiting in-process", gcl_name
+            )
             gcl_name = None
         return cls(size, gcl_name)
 

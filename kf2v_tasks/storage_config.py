@@ -56,7 +56,9 @@ def options_from_block(block: Any) -> dict:
         if isinstance(value, str):
             value = json.loads(value)
         if not isinstance(value, dict):
-            raise ValueError("a Secret used as storage_block must hold a JSON object of fsspec options")
+            raise ValueError(
+                "a Secret used as storage_block must hold a JSON object of fsspec options"
+            )
         return value
     raise ValueError(
         f"storage_block of type {kind} is not supported; use aws-credentials/<name>, "

@@ -10,14 +10,14 @@ POST and recording its task id is seen on resume as an ambiguous create, never a
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.errors import AmbiguousCreateError
-from kf2v_tasks.models import FramePair, GenerationOptions, Kf2vRequest, fingerprint
+from kf2v_tasks.models import FramePair, GenerationOptions, Kf2vRequest, TaskStatus, fingerprint
 
 if TYPE_CHECKING:
     from kf2v_tasks.client import Kf2vClient
@@ -62,21 +62,21 @@ def request_fingerprint(
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def _event(record: "LedgerRecord", event: str, **data) -> None:
+def _event(record: LedgerRecord, event: str, **data) -> None:
     record.events.append({"at": _now().isoformat(), "event": event, **data})
 
 
 async def submit_generation(
-    client: "Kf2vClient",
+    client: Kf2vClient,
     frames: FramePair,
     prompt: Optional[str] = None,
     negative_prompt: Optional[str] = None,
     options: Optional[GenerationOptions] = None,
     *,
-    ledger: Optional["Ledger"] = None,
+    ledger: Optional[Ledger] = None,
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
     row_id: Optional[str] = None,
     storage_options: Optional[dict] = None,
@@ -105,6 +105,7 @@ async def submit_generation(
     from kf2v_tasks.ledger import Ledger, LedgerRecord
 
     options = options or GenerationOptions()
+    ambiguous_policy = AmbiguousPolicy(ambiguous_policy)
     fp = request_fingerprint(frames, prompt, negative_prompt, options)
     base = dict(
         fingerprint=fp,
@@ -115,6 +116,15 @@ async def submit_generation(
     )
 
     record: Optional[LedgerRecord] = await ledger.get(fp) if ledger else None
+    if record is not None and record.task_id and Ledger.is_task_reusable(record):
+        # One query makes reuse safe even when nobody recorded how the task ended.
+        current = await client.get_task(record.task_id)
+        if current.status in (TaskStatus.FAILED, TaskStatus.CANCELED, TaskStatus.UNKNOWN):
+            record.state = "terminal"
+            record.terminal_status = current.status
+            record.error_code, record.error_message = current.code, current.message
+            _event(record, "not_reusable", status=current.status.value)
+            await ledger.put(record)
     if record is not None and record.task_id and Ledger.is_task_reusable(record):
         logger.info("reusing task %s for fingerprint %s", record.task_id, fp[:12])
         return Submission(

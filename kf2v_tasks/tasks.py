@@ -34,10 +34,10 @@ from kf2v_tasks.submission import AmbiguousPolicy, Submission, submit_generation
 CredentialsLike = Union[DashScopeCredentials, str, None]
 
 
-def retry_transient(task, task_run, state) -> bool:
+async def retry_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors classified as transient."""
     try:
-        state.result()
+        await state.aresult()
     except TransientError:
         return True
     except Exception:
@@ -360,5 +360,7 @@ async def persist_video(
             storage_options=storage_options,
             extra=extra,
         )
-    get_run_logger().info("Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12])
+    get_run_logger().info(
+        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
+    )
     return video

@@ -84,8 +84,16 @@ class S3Server:
         return s3fs.S3FileSystem(**self.storage_options, use_listings_cache=False)
 
     def new_bucket(self) -> str:
+        import boto3
+
         name = f"kf2v-{uuid.uuid4().hex[:12]}"
-        self.filesystem().mkdir(name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=name)
         return name
 
 

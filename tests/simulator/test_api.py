@@ -117,7 +117,9 @@ def test_sdk_extra_fields_and_truncation(sim):
     assert "actual_prompt" not in done["output"]
 
 
-def test_lifecycle_and_usage_shapes(sim):
+def test_lifecycle_and_usage_shapes(make_sim):
+    # 600 service seconds = 0.6 s real: long enough that a loaded machine still sees RUNNING.
+    sim = make_sim(runtime=RuntimeDistribution(kind="fixed", low=600.0))
     r22 = create(sim).json()["output"]["task_id"]
     r21 = create(sim, body(model="wanx2.1-kf2v-plus", parameters={"resolution": "720P"}))
     r21 = r21.json()["output"]["task_id"]
@@ -132,8 +134,8 @@ def test_lifecycle_and_usage_shapes(sim):
     done21 = wait_status(sim, r21, {"SUCCEEDED"})
     assert done21["usage"] == {"video_count": 1, "video_duration": 5, "video_ratio": "standard"}
     rows = {row["task_id"]: row for row in sim.tasks()}
-    assert rows[r22]["run_seconds"] == 60.0
-    assert rows[r22]["ended"] - rows[r22]["started"] == pytest.approx(0.06, abs=1e-6)
+    assert rows[r22]["run_seconds"] == 600.0
+    assert rows[r22]["ended"] - rows[r22]["started"] == pytest.approx(0.6, abs=1e-6)
 
 
 def test_queueing_respects_max_concurrent(make_sim):

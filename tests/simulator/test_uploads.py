@@ -89,7 +89,9 @@ def test_upload_and_oss_resolution(sim):
 
 
 def test_upload_rejections(make_sim):
-    sim = make_sim(policy_ttl=100.0)  # 0.1 real seconds at speed 1000
+    # 1500 service seconds = 1.5 real seconds at speed 1000: the first checks must
+    # finish before the policy expires even on a loaded machine.
+    sim = make_sim(policy_ttl=1500.0)
     data = policy(sim)
     bad_sig = upload(data, "a.png", FIRST, Signature="AAAA")
     assert bad_sig.status_code == 403 and b"SignatureDoesNotMatch" in bad_sig.content
@@ -97,6 +99,6 @@ def test_upload_rejections(make_sim):
     assert bad_key.status_code == 403 and b"starts-with" in bad_key.content
     bad_id = upload(data, "a.png", FIRST, OSSAccessKeyId="nope")
     assert bad_id.status_code == 403
-    time.sleep(0.15)
+    time.sleep(1.6)
     expired = upload(data, "a.png", FIRST)
     assert expired.status_code == 403 and b"Policy expired" in expired.content

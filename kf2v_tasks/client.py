@@ -1,0 +1,704 @@
+"""Async HTTP client for the DashScope kf2v API (create, query, cancel, list, upload).
+
+One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient`. Errors come back typed
+(see :mod:`kf2v_tasks.errors`): transient ones are retried here with backoff, permanent
+ones raise at once, and a create whose outcome is unknown raises
+:class:`~kf2v_tasks.errors.AmbiguousCreateError` without ever being resent.
+
+The API key lives only in the ``Authorization`` header of DashScope requests. It is
+not in the client's repr, nor in any log line or error message this module produces
+(server text is scrubbed of it too), and httpx exceptions, which hold the request and
+so its headers, are never kept as a cause or context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import re
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any, Optional, TypeVar, Union
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from kf2v_tasks import __version__
+from kf2v_tasks.errors import (
+    AccessDeniedError,
+    AmbiguousCreateError,
+    ApiError,
+    AuthenticationError,
+    ConnectionFailedError,
+    ContentRejectedError,
+    InvalidRequestError,
+    QuotaExhaustedError,
+    ServerError,
+    ThrottledError,
+    UnsupportedOperationError,
+    is_transient,
+)
+from kf2v_tasks.limits import AccountLimits, RateLimiter
+from kf2v_tasks.models import (
+    CREATE_PATH,
+    SERVICE_TZ,
+    Kf2vModel,
+    Kf2vRequest,
+    TaskState,
+    TaskStatus,
+)
+from kf2v_tasks.retry import RetryPolicy, retry_call
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_HTTP_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "Kf2vClient",
+    "error_from_response",
+]
+
+logger = logging.getLogger("kf2v_tasks.client")
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+#: Enough for a batch polling at the account's 20 queries/s plus submits and uploads.
+DEFAULT_HTTP_LIMITS = httpx.Limits(
+    max_connections=64, max_keepalive_connections=32, keepalive_expiry=5.0
+)
+#: Longest excerpt of a non-JSON error body kept in an exception message.
+MAX_ERROR_TEXT = 200
+
+_TASKS_PATH = "/tasks"
+_UPLOADS_PATH = "/uploads"
+
+# Transport failures after which the request certainly never reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+
+_KEY_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII only: no whitespace, no CR/LF
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer <key>`` to DashScope requests; hides the key in repr."""
+
+    def __init__(self, api_key: str) -> None:
+        self._key = api_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        yield request
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the key blanked out (for server text that might echo it)."""
+        return text.replace(self._key, "[secure]")
+
+    def __repr__(self) -> str:
+        return "<BearerAuth [secure]>"
+
+
+class Kf2vClient:
+    """Async client for DashScope's Wan kf2v (first-and-last-frame to video) API.
+
+    Args:
+        api_key: DashScope API key (``sk-...``); sent only as ``Authorization: Bearer``.
+        base_url: API base ending in ``/api/v1`` (a region, workspace or simulator URL).
+        workspace: workspace id, sent as ``X-DashScope-WorkSpace``.
+        limits: the account quota shared by every caller; creates wait on its
+            ``submit_limiter`` and task queries on its ``query_limiter``.
+        retry: backoff for transient errors (default :class:`RetryPolicy()`).
+        timeout: httpx timeouts (default connect 10 s, read 60 s, write 60 s, pool 10 s).
+        transport: an httpx transport, e.g. ``httpx.MockTransport`` in tests.
+        user_agent: ``User-Agent`` header (default ``kf2v-tasks/<version> httpx/<version>``).
+
+    Example:
+        ```python
+        from kf2v_tasks.client import Kf2vClient
+        from kf2v_tasks.models import Kf2vRequest
+
+        async with Kf2vClient("sk-...", base_url="http://127.0.0.1:8000/api/v1") as client:
+            state = await client.create_task(Kf2vRequest(
+                first_frame_url="https://example.com/a.png",
+                last_frame_url="https://example.com/b.png",
+                prompt="a slow dolly shot",
+            ))
+            state = await client.get_task(state.task_id)
+        ```
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        workspace: Optional[str] = None,
+        limits: Optional[AccountLimits] = None,
+        retry: Optional[RetryPolicy] = None,
+        timeout: Optional[httpx.Timeout] = None,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        user_agent: Optional[str] = None,
+    ) -> None:
+        if not isinstance(api_key, str) or not _KEY_RE.fullmatch(api_key):
+            # Never echo the value: it is (almost) a secret.
+            raise ValueError("api_key must be a non-empty string of visible ASCII characters")
+        if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.workspace = workspace or None
+        self.limits = limits
+        self.retry = retry or RetryPolicy()
+        self._auth = _BearerAuth(api_key)
+        self._http = httpx.AsyncClient(
+            auth=self._auth,
+            headers={
+                "User-Agent": user_agent or f"kf2v-tasks/{__version__} httpx/{httpx.__version__}",
+                "Accept": "application/json",
+            },
+            timeout=timeout or DEFAULT_TIMEOUT,
+            limits=DEFAULT_HTTP_LIMITS,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"Kf2vClient(base_url={self.base_url!r}, workspace={self.workspace!r})"
+
+    async def __aenter__(self) -> Kf2vClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        await self._http.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`aclose` has been called."""
+        return self._http.is_closed
+
+    # ------------------------------------------------------------------ public API
+
+    async def create_task(self, request: Kf2vRequest) -> TaskState:
+        """Submit a generation: ``POST {base}/services/aigc/image2video/video-synthesis``.
+
+        Only failures that certainly created no task are retried (throttling, 503,
+        connection never established). Anything else that leaves the outcome open
+        raises :class:`AmbiguousCreateError` at once: the task may exist and be billed.
+
+        Returns:
+            The new task, normally ``PENDING``.
+
+        Raises:
+            AmbiguousCreateError: 500/502/504, timeouts or resets after sending, or an
+                unusable 200 answer.
+            PermanentError: the service refused (bad input, auth, quota, moderation).
+            TransientError: retries ran out on throttling / 503 / connect errors.
+
+        Example:
+            ```python
+            state = await client.create_task(request)
+            print(state.task_id, state.status)   # "...", TaskStatus.PENDING
+            ```
+        """
+        body = json.dumps(request.to_payload(), ensure_ascii=False).encode("utf-8")
+        headers = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
+        if request.uses_oss:
+            headers["X-DashScope-OssResourceResolve"] = "enable"
+        limiter = self.limits.submit_limiter if self.limits else None
+
+        async def attempt() -> TaskState:
+            response = await self._send(
+                "POST", CREATE_PATH, limiter=limiter, headers=headers, content=body, create=True
+            )
+            if not response.is_success:
+                error = self._error(response)
+                if _create_may_have_happened(error):
+                    raise AmbiguousCreateError(
+                        f"create answered HTTP {error.status_code} {error.code}; "
+                        f"a task may exist (request_id={error.request_id})",
+                        cause=error,
+                    )
+                raise error
+            state = _parse_state(response)
+            if state is None or not state.task_id:
+                raise AmbiguousCreateError(
+                    f"create answered HTTP {response.status_code} without a usable task id; "
+                    f"a task may exist (request_id={_request_id(response, None)})",
+                    cause=ServerError(
+                        "InvalidResponse",
+                        self._scrub(_excerpt(response)),
+                        status_code=response.status_code,
+                        request_id=_request_id(response, None),
+                    ),
+                )
+            return state
+
+        return await self._with_retries(
+            attempt, "POST", CREATE_PATH, limiter=limiter, is_retryable=_create_retryable
+        )
+
+    async def get_task(self, task_id: str) -> TaskState:
+        """Query a task: ``GET {base}/tasks/{task_id}``.
+
+        Any HTTP 200 body becomes a :class:`TaskState`, including ``FAILED`` (with
+        ``code``/``message``), ``CANCELED`` and ``UNKNOWN`` (no such task, or expired):
+        interpreting them is the caller's job. Transient errors are retried.
+
+        Example:
+            ```python
+            state = await client.get_task(task_id)
+            if state.status is TaskStatus.SUCCEEDED:
+                print(state.video_url)
+            ```
+        """
+        path = f"{_TASKS_PATH}/{_quote_id(task_id)}"
+        limiter = self.limits.query_limiter if self.limits else None
+
+        async def attempt() -> TaskState:
+            response = await self._send("GET", path, limiter=limiter)
+            if not response.is_success:
+                raise self._error(response)
+            state = _parse_state(response)
+            if state is None:
+                raise self._bad_body(response)
+            if not state.task_id:
+                state.task_id = task_id
+            return state
+
+        return await self._with_retries(attempt, "GET", path, limiter=limiter)
+
+    async def cancel_task(self, task_id: str) -> None:
+        """Cancel a PENDING task: ``POST {base}/tasks/{task_id}/cancel`` (empty body).
+
+        Raises:
+            UnsupportedOperationError: the task is no longer PENDING. (If an earlier
+                attempt was lost in transit and then retried, this can also mean that
+                attempt already cancelled it; query the task to know.)
+
+        Example:
+            ```python
+            await client.cancel_task(task_id)
+            ```
+        """
+        path = f"{_TASKS_PATH}/{_quote_id(task_id)}/cancel"
+        limiter = self.limits.query_limiter if self.limits else None
+
+        async def attempt() -> None:
+            response = await self._send("POST", path, limiter=limiter, content=b"")
+            if not response.is_success:
+                raise self._error(response)
+
+        await self._with_retries(attempt, "POST", path, limiter=limiter)
+
+    async def list_tasks(
+        self,
+        *,
+        status: Union[TaskStatus, str, None] = None,
+        model_name: Union[Kf2vModel, str, None] = None,
+        start_time: Union[datetime, str, None] = None,
+        end_time: Union[datetime, str, None] = None,
+        page_no: int = 1,
+        page_size: int = 10,
+    ) -> dict[str, Any]:
+        """List tasks: ``GET {base}/tasks``; returns the service's flat JSON as is.
+
+        ``start_time``/``end_time`` are ``YYYYMMDDhhmmss`` strings or datetimes (naive
+        ones are taken as service time, UTC+8). The answer looks like
+        ``{"total", "data": [...], "total_page", "page_no", "page_size", "request_id"}``
+        with epoch-millisecond times.
+
+        Example:
+            ```python
+            page = await client.list_tasks(status="RUNNING", model_name="wan2.2-kf2v-flash")
+            running = [row["task_id"] for row in page["data"]]
+            ```
+        """
+        params: dict[str, Any] = {"page_no": page_no, "page_size": page_size}
+        if start_time is not None:
+            params["start_time"] = _list_time(start_time)
+        if end_time is not None:
+            params["end_time"] = _list_time(end_time)
+        if model_name:
+            params["model_name"] = _enum_value(model_name)
+        if status is not None:
+            params["status"] = _enum_value(status)
+        limiter = self.limits.query_limiter if self.limits else None
+
+        async def attempt() -> dict[str, Any]:
+            response = await self._send("GET", _TASKS_PATH, limiter=limiter, params=params)
+            if not response.is_success:
+                raise self._error(response)
+            body = _json_object(response)
+            if body is None:
+                raise self._bad_body(response)
+            return body
+
+        return await self._with_retries(attempt, "GET", _TASKS_PATH, limiter=limiter)
+
+    async def upload_file(self, data: bytes, filename: str, model: Union[Kf2vModel, str]) -> str:
+        """Upload a local file to DashScope's temporary storage; returns its ``oss://`` URL.
+
+        Fetches an upload policy (``GET {base}/uploads?action=getPolicy&model=...``),
+        then posts the file to the policy's OSS host as multipart form data *without*
+        DashScope credentials. The URL is valid for 48 h, for ``model`` only, and needs
+        ``X-DashScope-OssResourceResolve: enable`` on create (``create_task`` adds it).
+        Transient failures retry the pair with a fresh policy (so a fresh object key).
+
+        Example:
+            ```python
+            url = await client.upload_file(png_bytes, "first.png", "wan2.2-kf2v-flash")
+            # "oss://dashscope-instant/.../first.png"
+            ```
+        """
+        name = os.path.basename(filename.replace("\\", "/"))
+        if not name:
+            raise ValueError(f"filename {filename!r} has no base name")
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        params = {"action": "getPolicy", "model": _enum_value(model)}
+
+        async def attempt() -> str:
+            response = await self._send("GET", _UPLOADS_PATH, params=params)
+            if not response.is_success:
+                raise self._error(response)
+            body = _json_object(response)
+            policy = body.get("data") if body else None
+            if not isinstance(policy, dict) or not policy.get("upload_host"):
+                raise self._bad_body(response)
+            key = f"{policy.get('upload_dir', '').rstrip('/')}/{name}".lstrip("/")
+            fields = {  # order as the official SDK sends them
+                "OSSAccessKeyId": str(policy.get("oss_access_key_id", "")),
+                "Signature": str(policy.get("signature", "")),
+                "policy": str(policy.get("policy", "")),
+                "key": key,
+                "x-oss-object-acl": str(policy.get("x_oss_object_acl", "private")),
+                "x-oss-forbid-overwrite": str(policy.get("x_oss_forbid_overwrite", "true")),
+                "success_action_status": "200",
+                "x-oss-content-type": content_type,
+            }
+            upload = await self._send(
+                "POST",
+                str(policy["upload_host"]),
+                dashscope=False,
+                data=fields,
+                files={"file": (name, data, content_type)},
+            )
+            if upload.status_code != 200:
+                raise self._error(upload, oss=True)
+            return f"oss://{key}"
+
+        return await self._with_retries(attempt, "upload", name)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _send(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        limiter: Optional[RateLimiter] = None,
+        dashscope: bool = True,
+        create: bool = False,
+        headers: Optional[Mapping[str, str]] = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One HTTP exchange; transport failures become our own typed errors.
+
+        ``dashscope=False`` sends ``path_or_url`` as an absolute URL with no credentials
+        and no DashScope headers (the OSS upload).
+        """
+        if limiter is not None:
+            await limiter.acquire()
+        all_headers: dict[str, str] = dict(headers or {})
+        if dashscope:
+            url = f"{self.base_url}{path_or_url}"
+            if self.workspace:
+                all_headers["X-DashScope-WorkSpace"] = self.workspace
+            shown = path_or_url
+        else:
+            url = path_or_url
+            parts = urlsplit(url)
+            shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        request = self._http.build_request(method, url, headers=all_headers, **kwargs)
+        failure: Optional[Exception] = None
+        try:
+            if dashscope:
+                response = await self._http.send(request)
+            else:
+                response = await self._http.send(request, auth=None)
+        except httpx.HTTPError as exc:
+            failure = self._transport_failure(exc, method, shown, create=create)
+        if failure is not None:
+            # Raised outside the ``except``: the httpx error (which holds the request
+            # and its Authorization header) is neither cause nor context.
+            raise failure
+        logger.debug(
+            "%s %s -> %s (request_id=%s)",
+            method,
+            shown,
+            response.status_code,
+            _request_id(response, None),
+        )
+        return response
+
+    def _transport_failure(
+        self, exc: httpx.HTTPError, method: str, shown: str, *, create: bool
+    ) -> Exception:
+        sent = not isinstance(exc, _NOT_SENT)
+        what = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        logger.debug(
+            "%s %s -> %s (request %s)", method, shown, what, "sent" if sent else "not sent"
+        )
+        if create and sent:
+            return AmbiguousCreateError(
+                f"create: {what} after the request was sent; a task may exist",
+                cause=ConnectionFailedError(what, request_sent=True),
+            )
+        return ConnectionFailedError(f"{method} {shown}: {what}", request_sent=sent)
+
+    async def _with_retries(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        method: str,
+        shown: str,
+        *,
+        limiter: Optional[RateLimiter] = None,
+        is_retryable: Callable[[BaseException], bool] = is_transient,
+    ) -> T:
+        def on_retry(n: int, error: BaseException, delay: float) -> None:
+            if limiter is not None and isinstance(error, ThrottledError):
+                limiter.penalize(delay)  # everyone sharing the quota backs off too
+            logger.info(
+                "%s %s failed (%s); retry %d/%d in %.2f service seconds",
+                method,
+                shown,
+                error,
+                n,
+                self.retry.max_attempts - 1,
+                delay,
+            )
+
+        return await retry_call(attempt, self.retry, is_retryable=is_retryable, on_retry=on_retry)
+
+    def _bad_body(self, response: httpx.Response) -> ServerError:
+        return ServerError(
+            "InvalidResponse",
+            f"unparsable answer: {self._scrub(_excerpt(response))}",
+            status_code=response.status_code,
+            request_id=_request_id(response, None),
+        )
+
+    def _error(self, response: httpx.Response, *, oss: bool = False) -> ApiError:
+        if oss:
+            return _oss_error(response, secret=self._auth._key)
+        return error_from_response(response, secret=self._auth._key)
+
+    def _scrub(self, text: str) -> str:
+        return self._auth.scrub(text)
+
+
+# ---------------------------------------------------------------------- classification
+
+
+def _create_retryable(exc: BaseException) -> bool:
+    """Create failures that certainly created no task."""
+    if isinstance(exc, ThrottledError):
+        return True
+    if isinstance(exc, ServerError):
+        return exc.status_code == 503
+    if isinstance(exc, ConnectionFailedError):
+        return not exc.request_sent
+    return False
+
+
+def _create_may_have_happened(error: ApiError) -> bool:
+    """An error answer to a create after which a task may still exist."""
+    if isinstance(error, ServerError):
+        return error.status_code != 503  # 500, 502, 504, 408 and other 5xx
+    return False
+
+
+_QUOTA_CODES = frozenset({"Arrearage", "CommodityNotPurchased", "AllocationQuota.FreeTierOnly"})
+_CONTENT_CODES = ("DataInspectionFailed", "IPInfringementSuspect")
+_INVALID_PREFIXES = ("InvalidParameter", "BadRequest", "InvalidURL", "InvalidImage")
+
+
+def error_from_response(response: httpx.Response, *, secret: Optional[str] = None) -> ApiError:
+    """The typed error for a non-2xx DashScope answer (flat ``{code, message, request_id}``).
+
+    Non-JSON bodies give code ``"Unknown"`` and a truncated excerpt as the message.
+    ``secret``, if given, is blanked out of the server's text.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.client import error_from_response
+        r = httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"},
+                           headers={"Retry-After": "3"})
+        err = error_from_response(r)   # ThrottledError, err.retry_after == 3.0
+        ```
+    """
+    status = response.status_code
+    body = _json_object(response)
+    if body is not None and (body.get("code") or body.get("message")):
+        code = str(body.get("code") or "Unknown")
+        message = str(body.get("message") or "")
+    else:
+        code, message = "Unknown", _excerpt(response)
+    if secret:
+        message = message.replace(secret, "[secure]")
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "request_id": _request_id(response, body),
+    }
+
+    cls: type[ApiError]
+    if code == "UnsupportedOperation":
+        cls = UnsupportedOperationError
+    elif code.startswith(_CONTENT_CODES):
+        cls = ContentRejectedError
+    elif (
+        code in _QUOTA_CODES
+        or code.endswith("BillOverdue")
+        or message.strip().startswith("Free allocated quota exceeded")
+    ):
+        cls = QuotaExhaustedError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = AccessDeniedError
+    elif status == 429:
+        cls = ThrottledError
+        kwargs["retry_after"] = _retry_after(response)
+    elif status == 408 or status >= 500:
+        cls = ServerError
+    elif code.startswith(_INVALID_PREFIXES) or 400 <= status < 500:
+        cls = InvalidRequestError
+    else:  # 1xx/3xx: not expected from the API
+        cls = ServerError
+    return cls(code, message, **kwargs)
+
+
+def _oss_error(response: httpx.Response, *, secret: Optional[str] = None) -> ApiError:
+    """Error for an OSS PostObject answer (XML ``<Code>``/``<Message>``, not JSON)."""
+    text = response.text if response.content else ""
+    code = _xml_tag(text, "Code") or "Unknown"
+    message = _xml_tag(text, "Message") or _excerpt(response)
+    if secret:
+        message = message.replace(secret, "[secure]")
+    request_id = _xml_tag(text, "RequestId") or response.headers.get("x-oss-request-id")
+    status = response.status_code
+    cls: type[ApiError]
+    if status == 429:
+        cls = ThrottledError
+    elif status == 403:
+        cls = AccessDeniedError
+    elif status == 408 or status >= 500 or status < 400:
+        cls = ServerError
+    else:
+        cls = InvalidRequestError
+    return cls(
+        f"OSS.{code}",
+        message,
+        status_code=status,
+        request_id=request_id,
+        retry_after=_retry_after(response) if status == 429 else None,
+    )
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _json_object(response: httpx.Response) -> Optional[dict[str, Any]]:
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _parse_state(response: httpx.Response) -> Optional[TaskState]:
+    body = _json_object(response)
+    if body is None or not isinstance(body.get("output"), dict):
+        return None
+    try:
+        return TaskState.from_response(body)
+    except ValueError:  # pydantic.ValidationError is a ValueError
+        return None
+
+
+def _request_id(response: httpx.Response, body: Optional[dict[str, Any]]) -> Optional[str]:
+    if body is None:
+        body = _json_object(response) if response.content[:1] == b"{" else None
+    rid = body.get("request_id") if body else None
+    return str(rid) if rid else response.headers.get("x-request-id")
+
+
+def _excerpt(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        text = response.content.decode("utf-8", "replace")
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 1] + "…"
+    return text or f"empty body (HTTP {response.status_code})"
+
+
+def _retry_after(response: httpx.Response) -> Optional[float]:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = response.headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = response.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+
+
+def _enum_value(value: Union[Enum, str]) -> str:
+    # str() of a str-Enum member is "Class.NAME" on Python 3.11+, not its value.
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def _quote_id(task_id: str) -> str:
+    if not task_id or not task_id.strip():
+        raise ValueError("task_id must be a non-empty string")
+    return quote(task_id, safe="")
+
+
+def _list_time(value: Union[datetime, str]) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(SERVICE_TZ)
+        return value.strftime("%Y%m%d%H%M%S")
+    return value
+
+
+def _xml_tag(text: str, tag: str) -> Optional[str]:
+    match = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
+    return match.group(1).strip() if match else None

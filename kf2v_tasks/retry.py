@@ -1,0 +1,131 @@
+"""Exponential backoff with jitter, in service seconds.
+
+:class:`RetryPolicy` says how long to wait before the next attempt; :func:`retry_call`
+runs an async callable until it succeeds, fails with an error that is not worth
+retrying, or runs out of attempts. Every wait goes through :func:`kf2v_tasks.clock.sleep`,
+so ``KF2V_TIME_SCALE`` compresses it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
+
+from kf2v_tasks import clock
+from kf2v_tasks.errors import is_transient
+
+T = TypeVar("T")
+
+#: ``on_retry(attempt, error, delay)``: called before each wait; may be sync or async.
+OnRetry = Callable[[int, BaseException, float], Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry.
+
+    The wait after the ``n``-th failed attempt is ``min(max_delay, base_delay * 2**(n-1))``
+    with its top ``jitter`` fraction randomised ("full jitter" when ``jitter=1``), and
+    never less than a ``Retry-After`` the server sent.
+
+    Args:
+        max_attempts: attempts in total, the first one included.
+        base_delay: wait after the first failure, in service seconds.
+        max_delay: ceiling of the exponential part, in service seconds.
+        jitter: fraction (0..1) of each wait that is drawn at random.
+        rand: source of uniform floats in ``[0, 1)``; inject one for deterministic tests.
+
+    Example:
+        ```python
+        from kf2v_tasks.retry import RetryPolicy
+        policy = RetryPolicy(max_attempts=5, base_delay=0.5, jitter=0.0)
+        assert [policy.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+        assert policy.delay(1, retry_after=7.0) == 7.0
+        ```
+    """
+
+    max_attempts: int = 8
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.5
+    rand: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("base_delay and max_delay must be >= 0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
+
+    def backoff(self, attempt: int) -> float:
+        """The un-jittered wait after failed attempt number ``attempt`` (1-based)."""
+        exponent = min(max(attempt, 1) - 1, 62)  # 2**62 already dwarfs any max_delay
+        return min(self.max_delay, self.base_delay * 2.0**exponent)
+
+    def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
+        """Service seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        Args:
+            attempt: how many attempts have failed so far.
+            retry_after: the server's ``Retry-After`` in seconds, if it sent one; the
+                result is never shorter than it.
+        """
+        base = self.backoff(attempt)
+        wait = base * (1.0 - self.jitter * self.rand())
+        if retry_after is not None and retry_after > wait:
+            wait = float(retry_after)
+        return max(0.0, wait)
+
+
+async def retry_call(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    is_retryable: Callable[[BaseException], bool] = is_transient,
+    on_retry: Optional[OnRetry] = None,
+) -> T:
+    """Await ``fn()`` until it succeeds, retrying the errors ``is_retryable`` accepts.
+
+    Between attempts it sleeps ``policy.delay(attempt, error.retry_after)`` service
+    seconds through :func:`kf2v_tasks.clock.sleep`. The last error is re-raised when it
+    is not retryable or ``policy.max_attempts`` attempts have failed. Cancellation is
+    never retried.
+
+    Args:
+        fn: a zero-argument coroutine function; each call is one attempt.
+        policy: the backoff schedule.
+        is_retryable: which errors to retry (default: :class:`~kf2v_tasks.errors.TransientError`).
+        on_retry: called as ``on_retry(attempt, error, delay)`` before each wait.
+
+    Example:
+        ```python
+        from kf2v_tasks.retry import RetryPolicy, retry_call
+
+        async def fetch():
+            return await client.get_task(task_id)
+
+        state = await retry_call(fetch, RetryPolicy(max_attempts=3))
+        ```
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        error: Optional[Exception] = None
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt >= policy.max_attempts or not is_retryable(exc):
+                raise
+            error = exc
+        # Outside the ``except`` block: the next attempt's errors get no stale context.
+        delay = policy.delay(attempt, getattr(error, "retry_after", None))
+        if on_retry is not None:
+            result = on_retry(attempt, error, delay)
+            if inspect.isawaitable(result):
+                await result
+        del error
+        await clock.sleep(delay)

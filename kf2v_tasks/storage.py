@@ -1,0 +1,541 @@
+"""Streaming persistence: download a video into any fsspec storage, resumably and atomically.
+
+The body is streamed in chunks into a hidden temp object next to the destination
+(``<dir>/.kf2v/tmp/<uuid>-<name>``) while its sha256 is computed; only a complete,
+length-checked file is committed to the final name (``os.replace`` on local disk, copy +
+delete on object stores, where the copy appears atomically). The final path therefore
+never holds a partial video, and an existing file is replaced only by a verified new one.
+
+Example:
+    ```python
+    from kf2v_tasks.storage import stream_to_storage, sidecar_path, write_json_atomic
+
+    res = await stream_to_storage(video_url, "s3://bucket/out/row-1.mp4", storage_options=opts)
+    await write_json_atomic(sidecar_path(res.path), {"sha256": res.sha256}, storage_options=opts)
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
+
+import fsspec
+import httpx
+from pydantic import BaseModel
+
+from kf2v_tasks import clock
+from kf2v_tasks.errors import DownloadError, UrlExpiredError
+from kf2v_tasks.fsutil import (
+    RESERVED_DIR,
+    forget_cached,
+    is_local,
+    is_object_store,
+    open_fs,
+    run_sync,
+)
+
+logger = logging.getLogger("kf2v_tasks.storage")
+
+MIB = 1024 * 1024
+#: s3fs part size: bounds the upload buffer (peak memory) while staying above S3's 5 MiB minimum.
+WRITE_BLOCK_SIZE = 8 * MIB
+_HTTP_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class PersistResult(BaseModel):
+    """A committed file: where, its sha256 and size, and how the download went."""
+
+    path: str
+    sha256: str
+    bytes: int
+    sidecar_path: Optional[str] = None
+    attempts: int = 1
+    resumed: bool = False
+
+
+def _redact(url: str) -> str:
+    """The URL without its query string (signatures must not reach logs or errors)."""
+    return url.split("?", 1)[0]
+
+
+def sidecar_path(video_path: str) -> str:
+    """The JSON sidecar beside a video: same folder, same stem, ``.json``.
+
+    Example:
+        ```python
+        assert sidecar_path("out/row-1.mp4") == "out/row-1.json"
+        assert sidecar_path("s3://b/x/clip.v2.mp4") == "s3://b/x/clip.v2.json"
+        ```
+    """
+    head, sep, name = video_path.rpartition("/")
+    stem, dot, _ext = name.rpartition(".")
+    stem = stem if dot and stem else name
+    return f"{head}{sep}{stem}.json"
+
+
+def _tmp_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A hidden temp name beside ``path`` on the same filesystem (same-device rename)."""
+    folder, _, name = path.rstrip("/").rpartition("/")
+    return f"{folder}/{RESERVED_DIR}/tmp/{uuid.uuid4().hex}-{name}"
+
+
+def _open_write(fs: fsspec.AbstractFileSystem, path: str):
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "wb")
+    return fs.open(path, "wb", block_size=WRITE_BLOCK_SIZE)
+
+
+def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str) -> None:
+    """Abandon a temp file: abort pending uploads, then delete whatever exists."""
+    try:
+        if hasattr(f, "discard") and not is_local(fs):
+            f.discard()  # s3fs: abort the multipart upload instead of completing it
+            f.closed = True  # else __del__ would try to complete the discarded upload
+        else:
+            f.close()
+    except Exception:  # cleanup is best-effort; the temp name is never read as a result
+        logger.debug("closing temp %s failed", path, exc_info=True)
+    _remove_quietly(fs, path)
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        if is_local(fs):
+            if os.path.exists(path):
+                os.remove(path)
+        else:
+            forget_cached(fs, path)
+            if fs.exists(path):
+                fs.rm_file(path)
+    except Exception:
+        logger.warning("could not remove temp file %s", path, exc_info=True)
+
+
+def _commit(fs: fsspec.AbstractFileSystem, tmp: str, dest: str) -> None:
+    """Move a finished temp file onto its final name, atomically where the store allows."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(tmp, dest)  # atomic rename on the same filesystem
+        return
+    # Object stores: the copy appears at ``dest`` in one step (server-side copy), then the
+    # temp is deleted; ``dest`` never holds a partial object.
+    fs.mv(tmp, dest)
+    forget_cached(fs, dest)
+
+
+def _fsync_close(f: Any, local: bool) -> None:
+    if local:
+        f.flush()
+        os.fsync(f.fileno())
+    f.close()
+
+
+class _Download:
+    """State of one resumable download into a temp file."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, tmp: str) -> None:
+        self.fs = fs
+        self.tmp = tmp
+        self.local = is_local(fs)
+        self.file: Any = None
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        self.total: Optional[int] = None
+
+    async def restart(self) -> None:
+        """Throw away what was written and start the temp file from zero."""
+        if self.file is not None:
+            if self.local:
+                await run_sync(self._truncate)
+            else:
+                await run_sync(_discard, self.fs, self.file, self.tmp)
+                self.file = None
+        if self.file is None:
+            self.file = await run_sync(_open_write, self.fs, self.tmp)
+        self.hasher = hashlib.sha256()
+        self.written = 0
+
+    def _truncate(self) -> None:
+        self.file.seek(0)
+        self.file.truncate()
+
+    async def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        await run_sync(self.file.write, chunk)
+        self.written += len(chunk)
+
+    async def consume(self, resp: httpx.Response, chunk_size: int) -> None:
+        """Write the body in ``chunk_size`` batches, keeping every byte received.
+
+        ``aiter_bytes(chunk_size)`` would drop its half-filled buffer when the connection
+        breaks; batching here keeps those bytes so the resume offset is exact.
+        """
+        buf = bytearray()
+        try:
+            async for piece in resp.aiter_bytes():
+                buf += piece
+                if len(buf) >= chunk_size:
+                    await self.write(bytes(buf))
+                    buf.clear()
+        finally:
+            if buf:
+                await self.write(bytes(buf))
+
+
+@contextlib.asynccontextmanager
+async def _get(http: httpx.AsyncClient, url: str, headers: dict[str, str]):
+    """A streamed GET that never carries credentials, whatever the client's defaults."""
+    request = http.build_request("GET", url, headers=headers)
+    # A signed OSS URL authenticates by its query; our API key must never travel there.
+    for name in ("Authorization", "Proxy-Authorization", "Cookie"):
+        request.headers.pop(name, None)
+    resp = await http.send(request, stream=True)
+    try:
+        yield resp
+    finally:
+        await resp.aclose()
+
+
+def _backoff(attempt: int, base: float) -> float:
+    return min(30.0, base * (2 ** (attempt - 1))) * (0.75 + random.random() / 2)
+
+
+async def stream_to_storage(
+    url: str,
+    dest: str,
+    *,
+    storage_options: Optional[dict] = None,
+    http: Optional[httpx.AsyncClient] = None,
+    refresh_url: Optional[Callable[[], Awaitable[str]]] = None,
+    chunk_size: int = MIB,
+    max_attempts: int = 6,
+    expected_bytes: Optional[int] = None,
+    backoff: float = 1.0,
+) -> PersistResult:
+    """Stream ``url`` into ``dest`` (any fsspec URL or local path) and commit it atomically.
+
+    Interrupted bodies resume with ``Range: bytes=<written>-`` (a server answering 200
+    instead of 206 restarts the file from zero); 403 (expired signed URL) asks
+    ``refresh_url`` for a fresh URL; 429/5xx and connection errors back off through
+    :func:`kf2v_tasks.clock.sleep`. Memory stays bounded by ``chunk_size`` plus the
+    filesystem's write block (8 MiB on object stores), whatever the video size.
+
+    Args:
+        url: the signed video URL; no Authorization header is ever sent to it.
+        dest: final path of the video.
+        storage_options: fsspec options of ``dest``.
+        http: an ``httpx.AsyncClient`` to use (a plain one with timeouts by default).
+        refresh_url: coroutine returning a fresh URL when the current one answers 403.
+        chunk_size: bytes per read/write.
+        max_attempts: HTTP requests allowed in total (first try, resumes, refreshes).
+        expected_bytes: size the video must have, when known from elsewhere.
+        backoff: base delay in service seconds (doubles per retry, capped at 30 s).
+
+    Returns:
+        :class:`PersistResult` (``sidecar_path`` is ``None``).
+
+    Raises:
+        UrlExpiredError: 403 and no ``refresh_url``.
+        DownloadError: attempts exhausted, or the size did not match.
+
+    Example:
+        ```python
+        res = await stream_to_storage(state.video_url, "out/row-1.mp4", refresh_url=refresh)
+        print(res.sha256, res.bytes, res.attempts)
+        ```
+    """
+    fs, path = open_fs(dest, storage_options)
+    dl = _Download(fs, _tmp_path(fs, path))
+    own_http = http is None
+    if http is None:
+        http = httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True)
+    attempts = 0
+    resumed = False
+    last_error = "no attempt made"
+    try:
+        await dl.restart()
+        while True:
+            if attempts >= max_attempts:
+                raise DownloadError(
+                    f"download of {_redact(url)} failed after {attempts} attempts: {last_error}"
+                )
+            attempts += 1
+            # identity: Range offsets and Content-Length must refer to the stored bytes.
+            headers = {"Accept-Encoding": "identity"}
+            if dl.written:
+                headers["Range"] = f"bytes={dl.written}-"
+            retry = False
+            try:
+                async with _get(http, url, headers) as resp:
+                    status = resp.status_code
+                    if status == 403:
+                        await resp.aread()
+                        if refresh_url is None:
+                            raise UrlExpiredError(
+                                f"video URL {_redact(url)} answered 403 (expired signature?)"
+                            )
+                        logger.info("video URL answered 403; asking for a fresh one")
+                        url = await refresh_url()
+                        last_error = "HTTP 403 (URL expired)"
+                        continue  # a fresh URL needs no backoff
+                    if status == 416 and dl.written:
+                        # Range past the end: fine if we already have every byte.
+                        total = _parse_total(resp.headers.get("content-range"))
+                        if total is not None and total == dl.written:
+                            dl.total = total
+                            break
+                        await dl.restart()
+                        last_error = "HTTP 416 on resume"
+                        retry = True
+                    elif status == 429 or status >= 500:
+                        last_error = f"HTTP {status}"
+                        retry = True
+                    elif status >= 400:
+                        raise DownloadError(f"HTTP {status} from {_redact(url)}")
+                    elif status not in (200, 206):
+                        last_error = f"unexpected HTTP {status}"
+                        retry = True
+                    else:
+                        if status == 206 and dl.written:
+                            start, total = _parse_content_range(resp.headers.get("content-range"))
+                            if start != dl.written:
+                                logger.warning("server resumed at %s, not %s", start, dl.written)
+                                await dl.restart()
+                                last_error = "resume offset mismatch"
+                                retry = True
+                            else:
+                                resumed = True
+                                dl.total = total if total is not None else dl.total
+                        else:
+                            if dl.written:
+                                # The server ignored Range (200): start over from byte 0.
+                                logger.info("server ignored Range; restarting from zero")
+                                await dl.restart()
+                            declared = resp.headers.get("content-length")
+                            dl.total = int(declared) if declared and declared.isdigit() else None
+                        if not retry:
+                            try:
+                                await dl.consume(resp, chunk_size)
+                            except (httpx.TransportError, httpx.StreamError) as exc:
+                                last_error = (
+                                    f"body interrupted at {dl.written} bytes ({type(exc).__name__})"
+                                )
+                                retry = True
+                            else:
+                                if dl.total is not None and dl.written < dl.total:
+                                    last_error = f"body ended at {dl.written} of {dl.total} bytes"
+                                    retry = True
+                                elif dl.total is not None and dl.written > dl.total:
+                                    await dl.restart()
+                                    last_error = "more bytes than Content-Length"
+                                    retry = True
+                                else:
+                                    break
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__} before the body"
+                retry = True
+            if retry:
+                logger.info("download attempt %d: %s; retrying", attempts, last_error)
+                if attempts < max_attempts:
+                    await clock.sleep(_backoff(attempts, backoff))
+
+        size = dl.written
+        if dl.total is not None and size != dl.total:  # defensive: loop exits only when equal
+            raise DownloadError(f"downloaded {size} bytes, expected {dl.total}")
+        if expected_bytes is not None and size != expected_bytes:
+            raise DownloadError(f"downloaded {size} bytes, expected {expected_bytes}")
+        await run_sync(_fsync_close, dl.file, dl.local)
+        dl.file = None
+        await run_sync(_commit, fs, dl.tmp, path)
+    except BaseException:
+        # Cancellation included: never leave the temp behind, never touch ``dest``.
+        if dl.file is not None:
+            await run_sync(_discard, fs, dl.file, dl.tmp)
+        else:
+            await run_sync(_remove_quietly, fs, dl.tmp)
+        raise
+    finally:
+        if own_http:
+            await http.aclose()
+    return PersistResult(
+        path=dest, sha256=dl.hasher.hexdigest(), bytes=size, attempts=attempts, resumed=resumed
+    )
+
+
+def _parse_content_range(value: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    m = _CONTENT_RANGE_RE.match(value or "")
+    if not m:
+        return None, None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), total
+
+
+def _parse_total(value: Optional[str]) -> Optional[int]:
+    m = re.match(r"bytes\s+\*/(\d+)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _write_bytes_atomic_sync(dest: str, data: bytes, storage_options: Optional[dict]) -> None:
+    fs, path = open_fs(dest, storage_options)
+    if is_object_store(fs):
+        fs.pipe_file(path, data)  # a single PUT replaces the object atomically
+        return
+    tmp = _tmp_path(fs, path)
+    f = _open_write(fs, tmp)
+    try:
+        f.write(data)
+        _fsync_close(f, is_local(fs))
+        _commit(fs, tmp, path)
+    except BaseException:
+        _discard(fs, f, tmp)
+        raise
+
+
+async def write_bytes_atomic(
+    dest: str, data: bytes, *, storage_options: Optional[dict] = None
+) -> None:
+    """Write small ``data`` to ``dest`` so readers see the old or the new content, never half."""
+    await run_sync(_write_bytes_atomic_sync, dest, data, storage_options)
+
+
+async def write_json_atomic(
+    dest: str, data: dict[str, Any], *, storage_options: Optional[dict] = None
+) -> None:
+    """Write a JSON document (e.g. a sidecar) atomically.
+
+    Example:
+        ```python
+        await write_json_atomic("out/row-1.json", {"sha256": "..."})
+        ```
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+
+
+async def write_text_atomic(
+    dest: str, text: str, *, storage_options: Optional[dict] = None
+) -> None:
+    """Write a UTF-8 text file (e.g. ``results.csv``) atomically."""
+    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+
+
+async def read_json(path: str, *, storage_options: Optional[dict] = None) -> Any:
+    """Read a JSON document.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON.
+    """
+
+    def _read() -> bytes:
+        fs, p = open_fs(path, storage_options)
+        forget_cached(fs, p)
+        return fs.cat_file(p)
+
+    return json.loads(await run_sync(_read))
+
+
+def _hash_sync(path: str, storage_options: Optional[dict]) -> tuple[str, int]:
+    fs, p = open_fs(path, storage_options)
+    forget_cached(fs, p)
+    h = hashlib.sha256()
+    n = 0
+    with fs.open(p, "rb", block_size=WRITE_BLOCK_SIZE) as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+async def verify_file(path: str, sha256: str, *, storage_options: Optional[dict] = None) -> bool:
+    """Whether ``path`` exists and hashes (streamed) to ``sha256``.
+
+    Example:
+        ```python
+        ok = await verify_file("out/row-1.mp4", record.sha256)
+        ```
+    """
+    if not sha256:
+        return False
+    try:
+        digest, _ = await run_sync(_hash_sync, path, storage_options)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return digest == sha256.lower()
+
+
+def _copy_sync(src: str, dest: str, storage_options: Optional[dict]) -> tuple[str, int]:
+    sfs, spath = open_fs(src, storage_options)
+    dfs, dpath = open_fs(dest, storage_options)
+    forget_cached(sfs, spath)
+    tmp = _tmp_path(dfs, dpath)
+    h = hashlib.sha256()
+    n = 0
+    out = _open_write(dfs, tmp)
+    try:
+        with sfs.open(spath, "rb", block_size=WRITE_BLOCK_SIZE) as f:
+            while chunk := f.read(MIB):
+                h.update(chunk)
+                out.write(chunk)
+                n += len(chunk)
+        _fsync_close(out, is_local(dfs))
+        _commit(dfs, tmp, dpath)
+    except BaseException:
+        _discard(dfs, out, tmp)
+        raise
+    return h.hexdigest(), n
+
+
+async def copy_video(
+    src: str,
+    dest: str,
+    *,
+    storage_options: Optional[dict] = None,
+    with_sidecar: bool = True,
+) -> PersistResult:
+    """Copy a committed video (and its sidecar, if any) to ``dest`` atomically, streamed.
+
+    Used when two manifest rows ask for identical work: the second gets a copy, not a
+    second paid generation. The copied sidecar names its own video and ``copied_from``.
+
+    Example:
+        ```python
+        res = await copy_video("out/row-1.mp4", "out/row-7.mp4")
+        ```
+    """
+    digest, size = await run_sync(_copy_sync, src, dest, storage_options)
+    side: Optional[str] = None
+    if with_sidecar:
+        try:
+            doc = await read_json(sidecar_path(src), storage_options=storage_options)
+        except (FileNotFoundError, ValueError):
+            doc = None
+        if isinstance(doc, dict):
+            doc.update(video=dest, copied_from=src, sha256=digest, bytes=size)
+            side = sidecar_path(dest)
+            await write_json_atomic(side, doc, storage_options=storage_options)
+    return PersistResult(path=dest, sha256=digest, bytes=size, sidecar_path=side, attempts=0)
+
+
+__all__ = [
+    "PersistResult",
+    "copy_video",
+    "read_json",
+    "sidecar_path",
+    "stream_to_storage",
+    "verify_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]

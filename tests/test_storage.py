@@ -1,0 +1,486 @@
+"""Streaming persistence against a real HTTP server with faults, on local disk, memory and S3.
+
+Also covers the fsspec helpers in ``kf2v_tasks.fsutil``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.server
+import os
+import re
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import fsspec
+import httpx
+import pytest
+
+from kf2v_tasks.errors import DownloadError, UrlExpiredError
+from kf2v_tasks.fsutil import join, parent, resolve_relative, safe_child
+from kf2v_tasks.storage import (
+    copy_video,
+    read_json,
+    sidecar_path,
+    stream_to_storage,
+    verify_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+MIB = 1024 * 1024
+
+
+def new_bucket(s3) -> str:
+    """A fresh bucket (``s3.new_bucket()`` sends LocationConstraint=us-east-1, which S3 rejects)."""
+    name = f"kf2v-{uuid.uuid4().hex[:12]}"
+    s3.filesystem().call_s3("create_bucket", Bucket=name)
+    return name
+
+
+class Body:
+    """A deterministic body of ``size`` bytes generated on the fly (no big buffer held)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.block = hashlib.sha256(str(seed).encode()).digest() * (64 * 1024 // 32)  # 64 KiB
+
+    def iter(self, start: int, end: int):
+        pos = start
+        n = len(self.block)
+        while pos < end:
+            off = pos % n
+            piece = self.block[off : min(n, off + end - pos)]
+            yield piece
+            pos += len(piece)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        for piece in self.iter(0, self.size):
+            h.update(piece)
+        return h.hexdigest()
+
+    def bytes(self) -> bytes:
+        return b"".join(self.iter(0, self.size))
+
+
+class FaultServer:
+    """Serves ``/video*`` with Range support; ``faults`` are consumed one per request.
+
+    Faults: ``"cut:N"`` (send N body bytes then drop the connection), ``"403"``, ``"500"``,
+    ``"ignore_range"`` (answer 200 with the whole body), ``"stall:N"`` (send N bytes, then
+    hang), ``"short"`` (declare the full length but send half and close cleanly).
+    """
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+        self.faults: list[str] = []
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a, **k):  # quiet
+                pass
+
+            def do_GET(self):  # noqa: N802
+                with outer.lock:
+                    fault = outer.faults.pop(0) if outer.faults else ""
+                    outer.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "fault": fault}
+                    )
+                if fault in ("403", "500"):
+                    self.send_response(int(fault))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = outer.body.size
+                start, status = 0, 200
+                m = re.match(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if m and fault != "ignore_range":
+                    start, status = int(m.group(1)), 206
+                self.send_response(status)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(size - start))
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                self.end_headers()
+                limit = size
+                if fault.startswith(("cut:", "stall:")):
+                    limit = min(size, start + int(fault.split(":")[1]))
+                elif fault == "short":
+                    limit = start + (size - start) // 2
+                for piece in outer.body.iter(start, limit):
+                    self.wfile.write(piece)
+                self.wfile.flush()
+                if fault.startswith("stall:"):
+                    time.sleep(3)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = (
+            f"http://127.0.0.1:{self.httpd.server_address[1]}/video.mp4?Expires=1&Signature=s"
+        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    srv = FaultServer(Body(3 * MIB + 12345))
+    yield srv
+    srv.close()
+
+
+def leftovers(root: Path) -> list[str]:
+    """Files under the hidden temp folder (must be empty after any outcome)."""
+    tmp = root / ".kf2v" / "tmp"
+    return os.listdir(tmp) if tmp.exists() else []
+
+
+async def test_complete_download(tmp_path, server):
+    dest = tmp_path / "out" / "row-1.mp4"
+    res = await stream_to_storage(server.url, str(dest), chunk_size=256 * 1024)
+    assert res.sha256 == server.body.sha256() == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert res.bytes == server.body.size and res.attempts == 1 and not res.resumed
+    assert res.sidecar_path is None and res.path == str(dest)
+    assert leftovers(dest.parent) == []
+    hdrs = {k.lower() for k in server.requests[0]["headers"]}
+    assert "authorization" not in hdrs and "range" not in hdrs
+
+
+async def test_no_credentials_sent_even_with_a_client_that_has_them(tmp_path, server):
+    async with httpx.AsyncClient(headers={"Authorization": "Bearer sk-kf2vtestsecret-0123"}) as c:
+        await stream_to_storage(server.url, str(tmp_path / "v.mp4"), http=c)
+        assert not c.is_closed  # a caller's client is left open
+    assert "authorization" not in {k.lower() for k in server.requests[0]["headers"]}
+
+
+async def test_resume_with_range_after_cut(tmp_path, server):
+    server.faults = ["cut:1000000"]
+    dest = tmp_path / "v.mp4"
+    res = await stream_to_storage(server.url, str(dest), backoff=0)
+    assert res.resumed and res.attempts == 2
+    assert res.sha256 == server.body.sha256()
+    assert len(server.requests) == 2
+    assert server.requests[1]["headers"]["Range"] == "bytes=1000000-"
+    assert leftovers(tmp_path) == []
+
+
+async def test_short_body_is_resumed(tmp_path, server):
+    server.faults = ["short"]
+    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), backoff=0)
+    assert res.resumed and res.sha256 == server.body.sha256()
+    assert server.requests[1]["headers"]["Range"].startswith("bytes=")
+
+
+async def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
+    server.faults = ["cut:700000", "ignore_range"]
+    dest = tmp_path / "v.mp4"
+    res = await stream_to_storage(server.url, str(dest), backoff=0)
+    assert not res.resumed and res.attempts == 2
+    assert res.sha256 == server.body.sha256() and dest.stat().st_size == server.body.size
+
+
+async def test_403_refreshes_url(tmp_path, server):
+    server.faults = ["403"]
+    calls = []
+
+    async def refresh() -> str:
+        calls.append(1)
+        return server.url.replace("Signature=s", "Signature=fresh")
+
+    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), refresh_url=refresh)
+    assert calls == [1] and res.attempts == 2
+    assert "Signature=fresh" in server.requests[1]["path"]
+    assert res.sha256 == server.body.sha256()
+
+
+async def test_403_mid_resume_refreshes_and_keeps_offset(tmp_path, server):
+    server.faults = ["cut:500000", "403"]
+
+    async def refresh() -> str:
+        return server.url
+
+    res = await stream_to_storage(
+        server.url, str(tmp_path / "v.mp4"), refresh_url=refresh, backoff=0
+    )
+    assert res.resumed and res.sha256 == server.body.sha256()
+    assert server.requests[2]["headers"]["Range"] == "bytes=500000-"
+
+
+async def test_403_without_refresh_raises_and_leaves_nothing(tmp_path, server):
+    server.faults = ["403"]
+    dest = tmp_path / "v.mp4"
+    with pytest.raises(UrlExpiredError) as ei:
+        await stream_to_storage(server.url, str(dest))
+    assert "Signature" not in str(ei.value)
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_5xx_backs_off_and_retries(tmp_path, server):
+    server.faults = ["500", "500"]
+    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), backoff=0)
+    assert res.attempts == 3 and res.sha256 == server.body.sha256()
+
+
+async def test_failure_never_touches_existing_destination(tmp_path, server):
+    dest = tmp_path / "v.mp4"
+    dest.write_bytes(b"previous good video")
+    server.faults = ["cut:1000", "cut:1000", "cut:1000"]
+    with pytest.raises(DownloadError, match="after 3 attempts") as ei:
+        await stream_to_storage(server.url, str(dest), max_attempts=3, backoff=0)
+    assert "Signature" not in str(ei.value)
+    assert dest.read_bytes() == b"previous good video"
+    assert leftovers(tmp_path) == []
+
+
+async def test_existing_destination_replaced_by_complete_file(tmp_path, server):
+    dest = tmp_path / "v.mp4"
+    dest.write_bytes(b"old")
+    res = await stream_to_storage(server.url, str(dest))
+    assert dest.stat().st_size == server.body.size and res.sha256 == server.body.sha256()
+
+
+async def test_expected_bytes_mismatch(tmp_path, server):
+    dest = tmp_path / "v.mp4"
+    with pytest.raises(DownloadError, match="expected 5"):
+        await stream_to_storage(server.url, str(dest), expected_bytes=5)
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_404_is_not_retried(tmp_path):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a, **k):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with pytest.raises(DownloadError, match="HTTP 404"):
+            await stream_to_storage(
+                f"http://127.0.0.1:{httpd.server_address[1]}/x.mp4", str(tmp_path / "v.mp4")
+            )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert leftovers(tmp_path) == []
+
+
+async def test_cancellation_removes_temp(tmp_path, server):
+    server.faults = ["stall:300000"]
+    dest = tmp_path / "v.mp4"
+    task = asyncio.create_task(stream_to_storage(server.url, str(dest)))
+    for _ in range(200):
+        if leftovers(tmp_path) and server.requests:
+            break
+        await asyncio.sleep(0.01)
+    assert leftovers(tmp_path), "the temp file should exist while downloading"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_memory_destination(server):
+    dest = f"memory://kf2v-{uuid.uuid4().hex[:8]}/out/v.mp4"
+    server.faults = ["cut:100000"]
+    res = await stream_to_storage(server.url, dest, backoff=0)
+    assert await verify_file(dest, res.sha256)
+    root = dest.split("://", 1)[1].split("/", 1)[0]
+    assert fsspec.filesystem("memory").find(f"/{root}") == [f"/{root}/out/v.mp4"]
+
+
+async def test_s3_destination_with_resume(s3_server, server):
+    bucket = new_bucket(s3_server)
+    opts = s3_server.storage_options
+    dest = f"s3://{bucket}/out/row-1.mp4"
+    server.faults = ["cut:2000000"]
+    res = await stream_to_storage(server.url, dest, storage_options=opts, backoff=0)
+    assert res.resumed and res.sha256 == server.body.sha256()
+    fs = s3_server.filesystem()
+    assert fs.find(f"{bucket}") == [f"{bucket}/out/row-1.mp4"]  # temp gone
+    assert hashlib.sha256(fs.cat_file(f"{bucket}/out/row-1.mp4")).hexdigest() == res.sha256
+    assert await verify_file(dest, res.sha256, storage_options=opts)
+
+
+async def test_s3_failure_leaves_no_object(s3_server, server):
+    bucket = new_bucket(s3_server)
+    opts = s3_server.storage_options
+    dest = f"s3://{bucket}/out/row-1.mp4"
+    server.faults = ["cut:1000"] * 2
+    with pytest.raises(DownloadError):
+        await stream_to_storage(server.url, dest, storage_options=opts, max_attempts=2, backoff=0)
+    fs = s3_server.filesystem()
+    assert fs.find(bucket) == []
+    uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
+    assert uploads == []  # aborted, not left to accrue storage
+
+
+async def test_s3_large_multipart_restart_from_zero(s3_server):
+    """Bigger than one 8 MiB part, with a restart from zero mid-way (multipart discarded)."""
+    srv = FaultServer(Body(20 * MIB + 7, seed=3))
+    try:
+        srv.faults = ["cut:12000000", "ignore_range"]
+        bucket = new_bucket(s3_server)
+        opts = s3_server.storage_options
+        dest = f"s3://{bucket}/big.mp4"
+        res = await stream_to_storage(srv.url, dest, storage_options=opts, backoff=0)
+        assert res.sha256 == srv.body.sha256() and res.bytes == srv.body.size
+        assert s3_server.filesystem().find(bucket) == [f"{bucket}/big.mp4"]
+    finally:
+        srv.close()
+
+
+async def test_50mb_stream_memory_stays_bounded(tmp_path):
+    srv = FaultServer(Body(50 * MIB))
+    try:
+        srv.faults = ["cut:20000000"]  # include a resume in the measured path
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        res = await stream_to_storage(srv.url, str(tmp_path / "big.mp4"), backoff=0)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert res.bytes == 50 * MIB and res.resumed
+        assert peak - base < 16 * MIB, f"peak grew by {(peak - base) / MIB:.1f} MiB"
+        assert res.sha256 == srv.body.sha256()
+    finally:
+        srv.close()
+
+
+# -- small files, sidecars, verification, copies ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "video,side",
+    [
+        ("out/row-1.mp4", "out/row-1.json"),
+        ("s3://b/x/clip.v2.mp4", "s3://b/x/clip.v2.json"),
+        ("row.mp4", "row.json"),
+        ("/abs/noext", "/abs/noext.json"),
+    ],
+)
+def test_sidecar_path(video, side):
+    assert sidecar_path(video) == side
+
+
+async def test_json_and_text_local(tmp_path):
+    p = tmp_path / "a" / "side.json"
+    await write_json_atomic(str(p), {"sha256": "x", "n": 1})
+    assert await read_json(str(p)) == {"sha256": "x", "n": 1}
+    await write_json_atomic(str(p), {"v": 2})
+    assert await read_json(str(p)) == {"v": 2}
+    assert leftovers(p.parent) == []
+    await write_text_atomic(str(tmp_path / "r.csv"), "a,b\n1,2\n")
+    assert (tmp_path / "r.csv").read_text() == "a,b\n1,2\n"
+    with pytest.raises(FileNotFoundError):
+        await read_json(str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError):
+        await read_json(str(tmp_path / "bad.json"))
+
+
+async def test_json_s3(s3_server):
+    bucket = new_bucket(s3_server)
+    opts = s3_server.storage_options
+    url = f"s3://{bucket}/out/row-1.json"
+    await write_json_atomic(url, {"a": 1}, storage_options=opts)
+    assert await read_json(url, storage_options=opts) == {"a": 1}
+    assert s3_server.filesystem().find(bucket) == [f"{bucket}/out/row-1.json"]
+
+
+async def test_verify_file(tmp_path):
+    p = tmp_path / "v.mp4"
+    p.write_bytes(b"hello")
+    good = hashlib.sha256(b"hello").hexdigest()
+    assert await verify_file(str(p), good)
+    assert await verify_file(str(p), good.upper())
+    assert not await verify_file(str(p), "0" * 64)
+    assert not await verify_file(str(p), "")
+    assert not await verify_file(str(tmp_path / "missing"), good)
+
+
+async def test_copy_video_with_sidecar(tmp_path):
+    src = tmp_path / "row-1.mp4"
+    src.write_bytes(b"video bytes" * 1000)
+    await write_json_atomic(str(tmp_path / "row-1.json"), {"video": str(src), "task_id": "t"})
+    res = await copy_video(str(src), str(tmp_path / "sub" / "row-2.mp4"))
+    assert (tmp_path / "sub" / "row-2.mp4").read_bytes() == src.read_bytes()
+    assert res.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    side = await read_json(str(tmp_path / "sub" / "row-2.json"))
+    assert side["video"].endswith("row-2.mp4") and side["copied_from"] == str(src)
+    assert side["task_id"] == "t"
+    assert leftovers(tmp_path / "sub") == []
+
+
+# -- fsutil -------------------------------------------------------------------------------
+
+
+def test_join_and_parent():
+    assert join("s3://bucket/out/", "a", "/b.mp4") == "s3://bucket/out/a/b.mp4"
+    assert join("memory://", "x", "y") == "memory://x/y"
+    assert join("out", "a.mp4") == os.path.join("out", "a.mp4")
+    assert join("s3://bucket") == "s3://bucket"
+    assert parent("s3://bucket/out/a.mp4") == "s3://bucket/out"
+
+
+@pytest.mark.parametrize(
+    "value,base,expected",
+    [
+        ("img/a.png", "s3://b/m", "s3://b/m/img/a.png"),
+        ("./img/a.png", "s3://b/m/", "s3://b/m/img/a.png"),
+        ("../img/a.png", "s3://b/m", "s3://b/img/a.png"),
+        ("../../../a.png", "s3://b/m", "s3://b/a.png"),  # never above the bucket
+        ("https://x/a.png?s=1", "s3://b/m", "https://x/a.png?s=1"),
+        ("s3://other/a.png", "/local", "s3://other/a.png"),
+        ("/abs/a.png", "s3://b/m", "/abs/a.png"),
+        ("a.png", "file:///data/m", "file:///data/m/a.png"),
+        ("img/../a.png", "/data/m", "/data/m/a.png"),
+        ("data:image/png;base64,AAAA", "/data", "data:image/png;base64,AAAA"),
+    ],
+)
+def test_resolve_relative(value, base, expected):
+    assert resolve_relative(value, base) == expected
+
+
+def test_safe_child_accepts_and_normalises():
+    assert safe_child("out", "row-1.mp4") == "row-1.mp4"
+    assert safe_child("s3://b/out", "clips/./row-1.mp4") == "clips/row-1.mp4"
+    assert safe_child("out", "a b/ünï.mp4") == "a b/ünï.mp4"
+
+
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("../x.mp4", "'..'"),
+        ("a/../../x.mp4", "'..'"),
+        ("/etc/passwd", "absolute"),
+        ("~/x.mp4", "absolute"),
+        ("a\\b.mp4", "backslash"),
+        ("a\x00b.mp4", "NUL"),
+        ("s3://b/x.mp4", "URL"),
+        ("C:/x.mp4", "drive letter"),
+        ("dir/", "folder"),
+        (".", "does not name a file"),
+        (".kf2v/ledger/x.json", "reserved"),
+    ],
+)
+def test_safe_child_rejects(name, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        safe_child("out", name)
