@@ -152,10 +152,21 @@ def _defaults(args: argparse.Namespace):
     return RowDefaults(**values)
 
 
-def _quiet_prefect(verbose: bool) -> None:
+@contextlib.contextmanager
+def _quiet_prefect(verbose: bool) -> Iterator[None]:
+    """Keep the terminal for the progress bar; Prefect's run logs still reach the API/UI."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if verbose:
+        yield
+        return
+    from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
+    # Prefect configured logging when it was imported; the ephemeral server configures it
+    # again on start, so the level must be a setting in force for the whole command.
+    with temporary_settings(updates={PREFECT_LOGGING_LEVEL: "WARNING"}):
+        setup_logging(incremental=False)
+        yield
 
 
 def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
@@ -307,15 +318,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         from kf2v_tasks.stack import run_stack
 
         return run_stack(args)
-    _quiet_prefect(getattr(args, "verbose", False))
-    if args.command == "run":
-        return cmd_run(args)
-    if args.command == "validate":
-        return cmd_run(args, dry_run=True)
-    if args.command == "generate":
-        return cmd_generate(args)
-    if args.command == "limits":
-        return cmd_limits(args)
+    with _quiet_prefect(getattr(args, "verbose", False)):
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "validate":
+            return cmd_run(args, dry_run=True)
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "limits":
+            return cmd_limits(args)
     return 2
 
 

@@ -35,6 +35,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kf2v_tasks import clock
 from kf2v_tasks.errors import PermanentError
 from kf2v_tasks.fsutil import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
 from kf2v_tasks.models import TaskStatus
@@ -260,4 +261,6 @@ class Ledger:
         if record.terminal_status in _DEAD:
             return False
         now = _utc(now) or datetime.now(UTC)
-        return now - record.submitted_at < ttl - margin
+        # Task lifetimes are service time: under KF2V_TIME_SCALE a rehearsal's tasks expire
+        # proportionally sooner, exactly as the simulator at the same speed expires them.
+        return (now - record.submitted_at) * clock.time_scale() < ttl - margin
