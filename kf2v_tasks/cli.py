@@ -170,9 +170,9 @@ def _quiet_prefect(verbose: bool) -> Iterator[None]:
 
 
 def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
-    from kf2v_flows.batch import generate_batch
     from rich.console import Console
 
+    from kf2v_flows.batch import generate_batch
     from kf2v_tasks.runner import ConcurrencySettings
 
     output = args.output or tempfile.mkdtemp(prefix="kf2v-validate-")
@@ -260,9 +260,9 @@ def _progress(console):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from kf2v_flows.single import generate_video
     from rich.console import Console
 
+    from kf2v_flows.single import generate_video
     from kf2v_tasks.models import GenerationOptions
 
     d = _defaults(args)

@@ -12,7 +12,6 @@ from typing import Any, Union
 
 import httpx
 import pytest
-from conftest import TEST_API_KEY
 
 import kf2v_tasks
 from kf2v_tasks import clock
@@ -35,6 +34,8 @@ from kf2v_tasks.errors import (
 from kf2v_tasks.limits import AccountLimits
 from kf2v_tasks.models import GenerationOptions, Kf2vRequest, TaskStatus
 from kf2v_tasks.retry import RetryPolicy
+
+from conftest import TEST_API_KEY
 
 BASE = "https://dashscope.test/api/v1"
 CREATE_URL = f"{BASE}/services/aigc/image2video/video-synthesis"

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import TEST_API_KEY
 from PIL import Image
 
 from kf2v_tasks import clock
@@ -24,6 +23,8 @@ from kf2v_tasks.errors import (
 from kf2v_tasks.limits import AccountLimits
 from kf2v_tasks.models import GenerationOptions, Kf2vRequest, TaskState, TaskStatus
 from kf2v_tasks.retry import RetryPolicy
+
+from conftest import TEST_API_KEY
 
 simulator = pytest.importorskip("kf2v_tasks.simulator")
 if not hasattr(simulator, "run_simulator"):  # pragma: no cover - simulator still being built

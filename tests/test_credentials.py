@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import TEST_API_KEY
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
@@ -22,6 +21,8 @@ from kf2v_tasks.credentials import (
 )
 from kf2v_tasks.limits import AccountLimits
 from kf2v_tasks.retry import RetryPolicy
+
+from conftest import TEST_API_KEY
 
 
 class TestDashScopeCredentialsStandards(BlockStandardTestSuite):

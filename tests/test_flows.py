@@ -15,17 +15,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import TEST_API_KEY
-from helpers import make_frame, make_pairs, manifest_text
-from kf2v_flows.batch import generate_batch
-from kf2v_flows.single import generate_video
 from prefect import flow
 
+from kf2v_flows.batch import generate_batch
+from kf2v_flows.single import generate_video
 from kf2v_tasks import clock
 from kf2v_tasks.manifest import RowDefaults
 from kf2v_tasks.models import Resolution
 from kf2v_tasks.runner import ConcurrencySettings
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
+
+from conftest import TEST_API_KEY
+from helpers import make_frame, make_pairs, manifest_text
 
 SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import TEST_API_KEY
-from helpers import make_frame
 from prefect import flow
 
 from kf2v_tasks import clock
@@ -25,6 +23,9 @@ from kf2v_tasks.ledger import Ledger
 from kf2v_tasks.models import GenerationOptions, TaskStatus
 from kf2v_tasks.simulator import FaultConfig, RuntimeDistribution, SimulatorConfig, run_simulator
 from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
+
+from conftest import TEST_API_KEY
+from helpers import make_frame
 
 SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")
