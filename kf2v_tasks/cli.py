@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     if summary is None:
         console.print(f"[red]Batch failed:[/red] {state.message}")
         return 2
-    _print_summary(console, summary)
+    _print_summary(console, summary, args.storage_options)
     return 1 if summary.failed else 0
 
 
@@ -217,7 +217,21 @@ def _summary_from_state(state):
     return value if isinstance(value, BatchSummary) else None
 
 
-def _print_summary(console, summary) -> None:
+def _print_summary(console, summary, storage_options=None, max_rows: int = 20) -> None:
+    from kf2v_tasks.results import FAILED_STATUSES, from_csv
+    from kf2v_tasks.sharding import read_text
+
+    try:
+        rows = from_csv(
+            asyncio.run(read_text(summary.results_path, storage_options=storage_options))
+        )
+    except Exception:  # the summary still says how many failed
+        rows = []
+    bad = [r for r in rows if r.status in FAILED_STATUSES]
+    for r in bad[:max_rows]:
+        console.print(f"[red]{r.status.value}[/red] {r.error_message or r.error_code}")
+    if len(bad) > max_rows:
+        console.print(f"… and {len(bad) - max_rows} more in {summary.results_path}")
     console.print(f"[bold]{summary.headline()}[/bold]")
     console.print(
         f"submitted {summary.submitted}, re-attached {summary.reattached}, "
