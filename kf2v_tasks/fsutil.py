@@ -194,3 +194,23 @@ def safe_child(root: str, name: str) -> str:
 async def run_sync(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run a blocking fsspec call in a worker thread."""
     return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def resolves_outside(root: str, dest: str) -> bool:
+    """Whether a *local* ``dest`` really lands outside ``root`` once symlinks are followed.
+
+    ``safe_child`` checks the text of a name; a symlinked folder inside a local output
+    root could still lead elsewhere. Object stores have no symlinks, so they never do.
+    """
+
+    def local(p: str) -> Optional[str]:
+        if p.startswith("file://"):
+            return p[len("file://") :]
+        return None if is_url(p) else p
+
+    lroot, ldest = local(root), local(dest)
+    if lroot is None or ldest is None:
+        return False
+    real_root = os.path.realpath(lroot)
+    real_dest = os.path.realpath(ldest)
+    return os.path.commonpath([real_root, real_dest]) != real_root

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
-from kf2v_tasks.errors import Kf2vError, ManifestError
+from kf2v_tasks.errors import AmbiguousCreateError, Kf2vError, ManifestError
 from kf2v_tasks.frames import FrameLimits
 from kf2v_tasks.ledger import Ledger
 from kf2v_tasks.limits import AccountLimits
@@ -197,6 +197,20 @@ class BatchRunner:
         gate = asyncio.Semaphore(self.concurrency.validate_concurrency)
 
         async def check(row: ManifestRow) -> None:
+            from kf2v_tasks.fsutil import resolves_outside
+
+            if resolves_outside(self.output, output_path(self.output, row)):
+                plan.invalid.append(
+                    RowResult(
+                        row=row.row_number,
+                        id=row.id,
+                        status=RowStatus.INVALID,
+                        error_code="InvalidRow",
+                        error_message=f"row {row.row_number}, column 'output': "
+                        f"{row.output!r} leads outside the output folder through a symlink",
+                    )
+                )
+                return
             async with gate:
                 try:
                     pair = await validate_frames.with_options(
@@ -226,7 +240,11 @@ class BatchRunner:
     # -- phase 2: run -------------------------------------------------------------------
     async def run(self) -> BatchSummary:
         """Validate, estimate, then generate every runnable row; write results.csv."""
+        from kf2v_tasks.storage import remove_stale_temps
+
         started = time.monotonic()
+        if not self.dry_run:
+            await remove_stale_temps(self.output)
         plan = await self.plan()
         rows = plan.runnable
         self._total = plan.manifest.total
@@ -401,6 +419,7 @@ class _RowContext:
                 task_id=kept.task_id,
                 sha256=kept.sha256,
                 bytes=kept.bytes,
+                possible_duplicate=bool(record and record.possible_duplicate),
             )
         reattach = bool(record is not None and record.task_id and Ledger.is_task_reusable(record))
         reserved = 0.0
@@ -500,14 +519,22 @@ class _RowContext:
 
 
 def _failure(base: dict, exc: BaseException, sub=None, cost: float = 0.0) -> RowResult:
+    message = str(exc)
+    history = getattr(exc, "history", None)
+    if history:
+        message += "; status history: " + ", ".join(
+            f"{h.status.value}@{h.seen_at:%H:%M:%S}" for h in history
+        )
     return RowResult(
         **base,
         status=RowStatus.FAILED,
         task_id=getattr(sub, "task_id", None) or getattr(exc, "task_id", None),
         error_code=getattr(exc, "code", None) or type(exc).__name__,
-        error_message=str(exc)[:1000],
+        error_message=message[:1000],
         cost=cost,
-        possible_duplicate=bool(getattr(sub, "possible_duplicate", False)),
+        # An ambiguous create may have left a billed task behind: say so.
+        possible_duplicate=bool(getattr(sub, "possible_duplicate", False))
+        or isinstance(exc, AmbiguousCreateError),
     )
 
 

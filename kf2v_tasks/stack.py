@@ -95,9 +95,23 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait(timeout=timeout)
 
 
-def prefect_env(
-    home: Path | str, api_url: Optional[str] = None, **extra: str
-) -> dict[str, str]:
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """Stop several processes at once: SIGTERM to every group, wait, then SIGKILL stragglers."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+
+
+def prefect_env(home: Path | str, api_url: Optional[str] = None, **extra: str) -> dict[str, str]:
     """The environment of a Prefect process of the stack (server, worker or CLI call)."""
     env = dict(os.environ)
     # A profile's settings must not leak in: this stack is self-contained.
@@ -216,7 +230,6 @@ class LocalStack:
             PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.home / 'prefect.db'}",
             PREFECT_SERVER_API_HOST=self.host,
             PREFECT_SERVER_API_PORT=str(self.prefect_port),
-            PREFECT_UI_ENABLED="true" if self.ui else "false",
             PREFECT_SERVER_UI_ENABLED="true" if self.ui else "false",
             PREFECT_UI_API_URL=self.api_url,
         )
@@ -293,14 +306,14 @@ class LocalStack:
         """Raise if a process of the stack has exited."""
         for p in self.processes:
             if not p.alive():
-                raise RuntimeError(
-                    f"{p.name} exited with code {p.proc.returncode}:\n{tail(p.log)}"
-                )
+                raise RuntimeError(f"{p.name} exited with code {p.proc.returncode}:\n{tail(p.log)}")
 
-    def close(self) -> None:
-        """Stop every process the stack started, workers first, by process id."""
-        for p in reversed(self.processes):
-            stop_process(p.proc)
+    def close(self, timeout: float = 15.0) -> None:
+        """Stop every process the stack started, by process id: workers first, then the rest."""
+        workers = [p.proc for p in self.workers]
+        others = [p.proc for p in reversed(self.processes) if p.proc not in workers]
+        for group in (workers, others):
+            stop_processes(group, timeout=timeout)
         self.processes.clear()
 
     def __enter__(self) -> LocalStack:
@@ -328,17 +341,34 @@ class LocalStack:
             )
         return result.stdout
 
-    def prepare(self, pool: str = DEFAULT_POOL, max_in_flight: int = 2) -> None:
-        """Work pool, account limit and block types (each step is idempotent)."""
+    def prepare(self, pool: str = DEFAULT_POOL, max_in_flight: int = 2) -> str:
+        """Work pool, account limit and block types (each step is idempotent).
+
+        Returns the output of ``prefect block register -m kf2v_tasks``.
+        """
         run(ensure_work_pool(self.api_url, pool))
         kf2v = str(Path(sys.executable).parent / "kf2v")
         if not Path(kf2v).exists():
             kf2v = shutil.which("kf2v") or "kf2v"
         self.cli(kf2v, "limits", "apply", "--max-in-flight", str(max_in_flight))
-        self.cli(prefect_bin(), "block", "register", "-m", "kf2v_tasks")
+        return self.cli(prefect_bin(), "block", "register", "-m", "kf2v_tasks")
 
-    def deploy(self, project_dir: Path | str, prefect_file: str = "deployments/prefect.yaml") -> str:
+    def deploy(
+        self, project_dir: Path | str, prefect_file: str = "deployments/prefect.yaml"
+    ) -> str:
         """``prefect deploy --all --prefect-file <file>`` from the project folder."""
+        try:
+            return self._deploy(project_dir, prefect_file)
+        except RuntimeError as exc:
+            if "workers/filter" in str(exc) and "422" in str(exc):
+                raise RuntimeError(
+                    f"{exc}\n\nThe Prefect server rejected a null limit/offset: FastAPI >= 0.151 "
+                    "validates explicit nulls in embedded bodies, which Prefect 3.8.8's own "
+                    "client sends. Install fastapi>=0.139,<0.151."
+                ) from None
+            raise
+
+    def _deploy(self, project_dir: Path | str, prefect_file: str) -> str:
         return self.cli(
             prefect_bin(),
             "deploy",
@@ -430,10 +460,11 @@ kf2v stack is up (Ctrl-C stops everything):
 In another shell, from {root}:
   export PREFECT_API_URL={stack.api_url}
   prefect deploy --all --prefect-file deployments/prefect.yaml
-  prefect deployment run kf2v-generate-batch/batch \\
+  prefect deployment run kf2v-generate-batch/batch --watch \\
       --param manifest={root / "examples" / "manifest.csv"} \\
-      --param output={root / "out" / "stack-example"} \\
-      --param credentials_block={SIMULATOR_BLOCK} --param shards=2
+      --param output={root / "out" / "stack-example"} --param shards=2
+(the workers' environment points at the simulator; to use the block instead add
+ --param credentials_block={SIMULATOR_BLOCK}).
 Or open the UI, Deployments -> batch -> Run -> Custom run, and fill in the form.
 """
 
@@ -457,7 +488,7 @@ def run_stack(args: Any) -> int:
     try:
         print(f"Starting Prefect server on {stack.ui_url} (PREFECT_HOME={home}) ...", flush=True)
         stack.start_server()
-        sim = stack.start_simulator(int(args.simulator_port), speed)
+        stack.start_simulator(int(args.simulator_port), speed)
         sim_url = f"http://{stack.host}:{args.simulator_port}/api/v1"
         stack.prepare(pool=pool)
         run(save_simulator_credentials(stack.api_url, sim_url))

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Optional
@@ -39,6 +40,7 @@ from kf2v_tasks.fsutil import (
     forget_cached,
     is_local,
     is_object_store,
+    is_url,
     open_fs,
     run_sync,
 )
@@ -539,3 +541,31 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+
+def _remove_stale_temps_sync(folder: str, older_than: float) -> int:
+    tmp = os.path.join(folder, RESERVED_DIR, "tmp")
+    removed = 0
+    if not os.path.isdir(tmp):
+        return 0
+    cutoff = time.time() - older_than
+    for entry in os.scandir(tmp):
+        # A temp still being written keeps a fresh mtime; only abandoned ones age.
+        if entry.is_file() and entry.stat().st_mtime < cutoff:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+                removed += 1
+    return removed
+
+
+async def remove_stale_temps(root: str, *, older_than: float = 900.0) -> int:
+    """Delete temp files a killed run left under ``<root>/.kf2v/tmp`` (local roots only).
+
+    Object stores need nothing: an interrupted multipart upload never becomes an object.
+    Files written to within ``older_than`` seconds are kept, since another shard of the
+    same run may still be writing them.
+    """
+    local = root[len("file://") :] if root.startswith("file://") else root
+    if is_url(local):
+        return 0
+    return await run_sync(_remove_stale_temps_sync, local, older_than)

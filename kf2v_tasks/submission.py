@@ -137,11 +137,37 @@ async def submit_generation(
             **base,
         )
 
-    if record is None or record.task_id:
-        # Fresh work, or the earlier task is no longer usable (failed/expired): a new
-        # create is legitimate and its attempt count starts again.
+    if record is None:
         record = LedgerRecord(fingerprint=fp, state="submitting", row_id=row_id)
-        record.create_attempts = 0
+    elif record.task_id:
+        # The earlier task is no longer usable (failed/expired): a new create is
+        # legitimate. Keep the record's history; only the attempt count starts again.
+        previous = record
+        record = LedgerRecord(
+            fingerprint=fp,
+            state="submitting",
+            row_id=row_id or previous.row_id,
+            events=list(previous.events),
+            extra={
+                **previous.extra,
+                "earlier_tasks": [
+                    *previous.extra.get("earlier_tasks", []),
+                    {
+                        "task_id": previous.task_id,
+                        "status": previous.terminal_status.value
+                        if previous.terminal_status
+                        else None,
+                        "possible_duplicate": previous.possible_duplicate,
+                    },
+                ],
+            },
+        )
+        _event(
+            record,
+            "recreate",
+            previous_task_id=previous.task_id,
+            previous_status=previous.terminal_status.value if previous.terminal_status else None,
+        )
     elif record.state in ("submitting", "ambiguous"):
         # A create was attempted and its outcome is unknown (crash or ambiguous answer).
         record.possible_duplicate = True

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks.credentials import DashScopeCredentials, resolve_credentials
-from kf2v_tasks.errors import TransientError
+from kf2v_tasks.errors import TaskTimeoutError, TransientError
 from kf2v_tasks.frames import FrameLimits, check_pair
 from kf2v_tasks.ledger import Ledger
 from kf2v_tasks.limits import AccountLimits
@@ -38,6 +38,9 @@ async def retry_transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry only errors classified as transient."""
     try:
         await state.aresult()
+    except TaskTimeoutError:
+        # Our own deadline passed; retrying would restart the clock and multiply it.
+        return False
     except TransientError:
         return True
     except Exception:
@@ -279,6 +282,14 @@ async def record_outcome(
             "TaskExpiredError": TaskStatus.UNKNOWN,
         }.get(type(outcome).__name__)
         if status is None:  # a timeout: the task may still finish; keep it reusable
+            record = await ledger.get(fingerprint)
+            if record is not None:
+                record.add_event(
+                    "timeout",
+                    error=str(outcome),
+                    history=[f"{h.status.value}@{h.seen_at.isoformat()}" for h in outcome.history],
+                )
+                await ledger.put(record)
             return
         code = getattr(outcome, "code", type(outcome).__name__)
         message = str(outcome)

@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kf2v_tasks.simulator import FaultConfig, RuntimeDistribution, SimulatorConfig  # noqa: E402
 from reliability.harness import (  # noqa: E402
     ambiguous_from_logs,
     audit,
@@ -28,7 +29,6 @@ from reliability.harness import (  # noqa: E402
 )
 
 from conftest import TEST_API_KEY  # noqa: E402
-from kf2v_tasks.simulator import FaultConfig, RuntimeDistribution, SimulatorConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -124,11 +124,6 @@ async def test_rerun_after_faults_delivers_the_rest_without_paying_twice(tmp_pat
     assert a.extra_creates_after_failed == len(failed_first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG runner._failure: a row that fails with AmbiguousCreateError reports "
-    "possible_duplicate=False in results.csv although a billed task may exist",
-)
 async def test_row_failing_on_ambiguity_is_reported_as_possible_duplicate(tmp_path: Path) -> None:
     manifest = make_dataset(tmp_path / "data", 1, seed=9)
     out = tmp_path / "out"
@@ -157,3 +152,21 @@ async def test_ambiguous_create_is_retried_once_and_never_more(tmp_path: Path) -
     for row in read_results(out):
         assert row["status"] == "failed" and row["error_code"] == "AmbiguousCreateError"
         assert "may have reached the service" in row["error_message"]
+
+
+async def test_recreate_after_failed_task_keeps_the_ledger_history(tmp_path: Path) -> None:
+    manifest = make_dataset(tmp_path / "data", 1, seed=12)
+    out = tmp_path / "out"
+    with simulated_service(
+        _config(FaultConfig(rates={"task.fail_moderation": 1.0}), seed=1)
+    ) as sim:
+        await run_batch(manifest, out, max_in_flight=1)
+        (failed,) = read_results(out)
+        assert failed["error_code"] == "DataInspectionFailed"
+        sim.set_faults(FaultConfig())
+        await run_batch(manifest, out, max_in_flight=1)
+        assert sim.stats()["creates"] == 2
+    (rec,) = read_ledger(out).values()
+    assert rec["state"] == "persisted"
+    submitted = [e.get("task_id") for e in rec["events"] if e["event"] == "submitted"]
+    assert failed["task_id"] in submitted, rec["events"]
