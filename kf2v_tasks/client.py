@@ -190,12 +190,23 @@ class Kf2vClient:
 
     # ------------------------------------------------------------------ public API
 
-    async def create_task(self, request: Kf2vRequest) -> TaskState:
+    async def create_task(
+        self,
+        request: Kf2vRequest,
+        *,
+        before_send: Optional[Callable[[], Awaitable[None]]] = None,
+    ) -> TaskState:
         """Submit a generation: ``POST {base}/services/aigc/image2video/video-synthesis``.
 
         Only failures that certainly created no task are retried (throttling, 503,
         connection never established). Anything else that leaves the outcome open
         raises :class:`AmbiguousCreateError` at once: the task may exist and be billed.
+
+        Args:
+            request: the generation to create.
+            before_send: awaited right before each POST leaves (after the rate-limit
+                wait), so a durable record of "a create may be in flight" is written
+                only when one really may be.
 
         Returns:
             The new task, normally ``PENDING``.
@@ -220,7 +231,13 @@ class Kf2vClient:
 
         async def attempt() -> TaskState:
             response = await self._send(
-                "POST", CREATE_PATH, limiter=limiter, headers=headers, content=body, create=True
+                "POST",
+                CREATE_PATH,
+                limiter=limiter,
+                headers=headers,
+                content=body,
+                create=True,
+                before_send=before_send,
             )
             if not response.is_success:
                 error = self._error(response)
@@ -411,6 +428,7 @@ class Kf2vClient:
         dashscope: bool = True,
         create: bool = False,
         headers: Optional[Mapping[str, str]] = None,
+        before_send: Optional[Callable[[], Awaitable[None]]] = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """One HTTP exchange; transport failures become our own typed errors.
@@ -420,6 +438,8 @@ class Kf2vClient:
         """
         if limiter is not None:
             await limiter.acquire()
+        if before_send is not None:
+            await before_send()
         all_headers: dict[str, str] = dict(headers or {})
         if dashscope:
             url = f"{self.base_url}{path_or_url}"

@@ -196,13 +196,23 @@ async def submit_generation(
     )
 
     while True:
-        record.state = "submitting"
-        record.create_attempts += 1
-        _event(record, "create", attempt=record.create_attempts)
-        if ledger:
-            await ledger.put(record)
+        sent = False
+
+        async def mark_submitting() -> None:
+            # Written only when the POST is about to leave (after the rate-limit wait):
+            # a crash before this point leaves nothing ambiguous behind.
+            nonlocal sent
+            if sent:  # a retry of a create that certainly did not happen
+                return
+            sent = True
+            record.state = "submitting"
+            record.create_attempts += 1
+            _event(record, "create", attempt=record.create_attempts)
+            if ledger:
+                await ledger.put(record)
+
         try:
-            state = await client.create_task(request)
+            state = await client.create_task(request, before_send=mark_submitting)
         except AmbiguousCreateError as exc:
             record.state = "ambiguous"
             record.possible_duplicate = True
@@ -221,7 +231,8 @@ async def submit_generation(
         except Exception as exc:
             # The create certainly did not happen (the client only raises these when
             # the service said no or the request never left): forget the attempt.
-            record.create_attempts -= 1
+            if sent:
+                record.create_attempts -= 1
             record.state = "ambiguous" if record.possible_duplicate else "terminal"
             record.error_code = getattr(exc, "code", type(exc).__name__)
             record.error_message = getattr(exc, "message", str(exc))
