@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 from prefect import flow
 from prefect.states import Completed, Failed
+from pydantic import Field
 
 from kf2v_tasks.manifest import RowDefaults
 from kf2v_tasks.pricing import PriceTable
@@ -36,9 +37,9 @@ async def generate_batch(
     storage_options: Optional[dict] = None,
     price_table: Optional[PriceTable] = None,
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
-    shards: int = 1,
-    shard_index: int = 0,
-    shard_count: int = 1,
+    shards: Annotated[int, Field(ge=1, le=256)] = 1,
+    shard_index: Annotated[int, Field(ge=0)] = 0,
+    shard_count: Annotated[int, Field(ge=1)] = 1,
     results_name: str = "results.csv",
 ):
     """Generate a video for every row of a CSV manifest.
@@ -60,8 +61,10 @@ async def generate_batch(
         fail_fast: if any row is invalid, submit nothing.
         credentials_block: name of a saved DashScopeCredentials block; empty for the
             DASHSCOPE_API_KEY environment variable.
-        storage_block: name of a saved Kf2vStorage block with credentials for S3 or other
-            fsspec storage (never put secrets in storage_options).
+        storage_block: a saved block with storage credentials, as
+            '<block-type-slug>/<name>': 'secret/kf2v-s3' (a Secret holding JSON fsspec
+            options), 'aws-credentials/prod' or 'remote-file-system/lake' (never put
+            secrets in storage_options).
         storage_options: non-secret fsspec options (e.g. an S3 endpoint_url).
         price_table: prices per model and resolution (per generated second).
         ambiguous_policy: after a create whose outcome is unknown: one guarded retry, or fail.
@@ -88,6 +91,7 @@ async def generate_batch(
             manifest,
             output,
             shards,
+            storage_options=await resolve_storage_options(storage_block, storage_options),
             parameters=dict(
                 defaults=defaults,
                 concurrency=concurrency,

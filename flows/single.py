@@ -48,7 +48,8 @@ async def generate_video(
         polling: deadlines and polling schedule.
         credentials_block: name of a saved DashScopeCredentials block; empty for the
             DASHSCOPE_API_KEY environment variable.
-        storage_block: name of a saved Kf2vStorage block with storage credentials.
+        storage_block: a saved block with storage credentials, as
+            '<block-type-slug>/<name>', e.g. 'secret/kf2v-s3' or 'aws-credentials/prod'.
         storage_options: non-secret fsspec options.
 
     Returns:

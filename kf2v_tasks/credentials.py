@@ -107,6 +107,15 @@ class DashScopeCredentials(CredentialsBlock):
         )
 
 
+async def aresolve_credentials(
+    credentials: Union[DashScopeCredentials, str, None] = None,
+) -> DashScopeCredentials:
+    """Async :func:`resolve_credentials`: loads a saved block without blocking the loop."""
+    if isinstance(credentials, str) and credentials:
+        return await DashScopeCredentials.aload(credentials)  # type: ignore[return-value]
+    return resolve_credentials(credentials)
+
+
 def resolve_credentials(
     credentials: Union[DashScopeCredentials, str, None] = None,
 ) -> DashScopeCredentials:
@@ -121,5 +130,6 @@ def resolve_credentials(
     if isinstance(credentials, DashScopeCredentials):
         return credentials
     if isinstance(credentials, str) and credentials:
-        return DashScopeCredentials.load(credentials)  # type: ignore[return-value]
+        # _sync: Block.load dispatches on the caller's context; this function is sync.
+        return DashScopeCredentials.load(credentials, _sync=True)  # type: ignore[return-value]
     return DashScopeCredentials.from_env()

@@ -106,8 +106,10 @@ class BatchSummary(BaseModel):
 
     @property
     def failed(self) -> int:
-        """Rows that failed or were invalid."""
-        return sum(self.counts.get(s.value, 0) for s in FAILED_STATUSES)
+        """Rows that failed or were invalid (plus shards that never reported)."""
+        return sum(self.counts.get(s.value, 0) for s in FAILED_STATUSES) + self.counts.get(
+            "shard_failed", 0
+        )
 
     @classmethod
     def count(cls, results: list[RowResult]) -> dict[str, int]:

@@ -41,9 +41,16 @@ async def run_shards(
     shards: int,
     *,
     parameters: dict[str, Any],
+    storage_options: dict | None = None,
     results_name: str = "results.csv",
 ) -> BatchSummary:
-    """Run ``shards`` flow runs of the current deployment and merge their results.csv."""
+    """Run ``shards`` flow runs of the current deployment and merge their results.csv.
+
+    ``parameters`` go to the shards and hold nothing secret; ``storage_options`` (which
+    may carry credentials resolved from a block) are used only here, to read the shards'
+    results and write the merged file. A shard that did not finish, or left no results,
+    counts as failed: the merged summary says so and the parent run ends Failed.
+    """
     from prefect.deployments import run_deployment
     from prefect.logging import get_run_logger
     from prefect.runtime import deployment
@@ -76,23 +83,28 @@ async def run_shards(
         )
     )
     results: list[RowResult] = []
+    broken: list[str] = []
     for i, run in enumerate(runs):
         path = join(output, shard_results_name(i))
+        state = run.state
         try:
-            results.extend(
-                from_csv(await read_text(path, storage_options=base.get("storage_options")))
-            )
+            results.extend(from_csv(await read_text(path, storage_options=storage_options)))
         except FileNotFoundError:
-            log.error(
-                "shard %d (%s) wrote no results: %s", i, run.id, run.state and run.state.message
-            )
+            broken.append(f"shard {i} ({run.id}) wrote no results: {state and state.message}")
+            continue
+        # A shard whose rows failed ends Failed but wrote its results: that is accounted
+        # for row by row. One that crashed or was cancelled may have left rows undone.
+        if state is None or not (state.is_completed() or state.is_failed()):
+            broken.append(f"shard {i} ({run.id}) ended {state and state.name}")
+    for message in broken:
+        log.error(message)
     final = join(output, results_name)
-    await write_text_atomic(final, to_csv(results), storage_options=base.get("storage_options"))
+    await write_text_atomic(final, to_csv(results), storage_options=storage_options)
     shard_summaries = []
     for i in range(shards):
         try:
             text = await read_text(
-                join(output, shard_summary_name(i)), storage_options=base.get("storage_options")
+                join(output, shard_summary_name(i)), storage_options=storage_options
             )
             shard_summaries.append(BatchSummary.model_validate_json(text))
         except FileNotFoundError:
@@ -113,6 +125,8 @@ async def run_shards(
         wall_seconds=round(time.monotonic() - started, 3),
         dry_run=bool(parameters.get("dry_run")),
     )
+    if broken:
+        summary.counts["shard_failed"] = len(broken)
     log.info("Merged %d shard results: %s", shards, summary.headline())
     await PrefectReporter(key_prefix="kf2v-batch").finish(summary, results)
     return summary

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from kf2v_tasks.credentials import DashScopeCredentials, resolve_credentials
+from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
 from kf2v_tasks.errors import TaskTimeoutError, TransientError
 from kf2v_tasks.frames import FrameLimits, check_pair
 from kf2v_tasks.ledger import Ledger
@@ -56,7 +56,8 @@ async def client_scope(
     if client is not None:
         yield client
         return
-    async with resolve_credentials(credentials).get_client(limits=limits) as owned:
+    resolved = await aresolve_credentials(credentials)
+    async with resolved.get_client(limits=limits) as owned:
         yield owned
 
 

@@ -1,0 +1,279 @@
+"""deployments/prefect.yaml on a real Prefect server with two process workers, S3 and sharding.
+
+One integration test (a couple of minutes): a real ``prefect server start`` on a free
+loopback port with a temporary PREFECT_HOME, a moto S3 server and the simulator; the
+blocks are registered and saved, ``prefect deploy --all`` deploys the YAML, two
+``prefect worker start`` processes serve the pool, and the batch deployment is
+triggered through the API the way the UI does, with the manifest and the outputs on
+S3 and sharding on. Everything the test starts it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
+from kf2v_tasks.stack import LocalStack, api, free_port, tail
+
+from conftest import TEST_API_KEY
+from helpers import make_pairs, manifest_text
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = "kf2v-process"
+SPEED = 600.0
+ROWS = 8
+SHARDS = 4
+MAX_IN_FLIGHT = 2
+WORKERS = ("kf2v-test-worker-a", "kf2v-test-worker-b")
+CREDENTIALS_BLOCK = "kf2v-test-simulator"
+STORAGE_SECRET = "kf2v-test-s3"
+RUN_TIMEOUT = 300.0
+
+
+def _diagnostics(stack: LocalStack, extra: str = "") -> str:
+    parts = [extra] if extra else []
+    for p in stack.processes:
+        parts.append(f"----- {p.name} (exit {p.proc.poll()}) {p.log}\n{tail(p.log, 80)}")
+    return "\n".join(parts)
+
+
+async def _save_blocks(sim_url: str, s3_options: dict) -> None:
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    from kf2v_tasks.credentials import DashScopeCredentials
+
+    await DashScopeCredentials(api_key=SecretStr(TEST_API_KEY), base_url=sim_url).asave(
+        CREDENTIALS_BLOCK, overwrite=True
+    )
+    # The storage secrets (S3 key and secret) live in a Secret block, never in parameters.
+    await Secret(value=json.dumps(s3_options)).asave(STORAGE_SECRET, overwrite=True)
+
+
+async def _wait_final(client, flow_run_id, stack: LocalStack, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        run = await client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                _diagnostics(stack, f"flow run {run.name} still {run.state} after {timeout}s")
+            )
+        for w in stack.workers:
+            if not w.alive():
+                raise AssertionError(_diagnostics(stack, f"{w.name} died"))
+        await asyncio.sleep(2.0)
+
+
+async def _runs_of(client, deployment_id) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        limit=200,
+    )
+
+
+def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
+    started = time.monotonic()
+    # ------------------------------------------------------------------ inputs on S3
+    bucket = s3_server.new_bucket()
+    fs = s3_server.filesystem()
+    src = tmp_path / "src"
+    pairs = make_pairs(src, ROWS)
+    for a, b in pairs:
+        for rel in (a, b):
+            fs.put_file(str(src / rel), f"{bucket}/batch/{rel}")
+    ids = [f"clip-{i:02d}" for i in range(ROWS)]
+    rows = [
+        {"id": ids[i], "first_frame": a, "last_frame": b, "prompt": f"scene {i}"}
+        for i, (a, b) in enumerate(pairs)
+    ]
+    fs.pipe_file(f"{bucket}/batch/manifest.csv", manifest_text(rows).encode())
+    manifest_url = f"s3://{bucket}/batch/manifest.csv"
+    output_url = f"s3://{bucket}/batch/out"
+
+    # Non-secret S3 options may be parameters; the key and secret may not.
+    public_options = {"client_kwargs": dict(s3_server.storage_options["client_kwargs"])}
+    worker_env = {"KF2V_TIME_SCALE": f"{SPEED:g}"}
+
+    sim_config = SimulatorConfig(
+        speed=SPEED,
+        max_concurrent=8,  # above the account limit, so a violation would be visible
+        runtime=RuntimeDistribution(kind="uniform", low=60, high=120),
+        render="tiny",
+        seed=5,
+    )
+    home = tmp_path / "prefect-home"
+    with (
+        run_simulator(sim_config) as sim,
+        LocalStack(home=home, prefect_port=free_port(), ui=False) as stack,
+    ):
+        # -------------------------------------------------------------- server and setup
+        stack.start_server()
+        registered = stack.prepare(pool=POOL, max_in_flight=MAX_IN_FLIGHT)
+        assert "DashScope Credentials" in registered, registered
+        with api(stack.api_url):
+            asyncio.run(_save_blocks(sim.base_url, s3_server.storage_options))
+        deploy_out = stack.deploy(ROOT)
+        assert "kf2v-generate-batch/batch" in deploy_out, deploy_out
+        for name in WORKERS:
+            stack.start_worker(POOL, name=name, limit=2, env=worker_env)
+        setup_seconds = time.monotonic() - started
+
+        parameters = {
+            "manifest": manifest_url,
+            "output": output_url,
+            "defaults": {"resolution": "480P"},
+            "concurrency": {
+                "max_in_flight": MAX_IN_FLIGHT,
+                "submits_per_second": 20.0,
+                "queries_per_second": 200.0,
+            },
+            "credentials_block": CREDENTIALS_BLOCK,
+            "storage_block": f"secret/{STORAGE_SECRET}",
+            "storage_options": public_options,
+            "shards": SHARDS,
+        }
+
+        async def scenario():
+            from prefect.client.orchestration import get_client
+            from prefect.deployments import run_deployment
+
+            async with get_client() as client:
+                # Trigger the deployment like the UI's "Custom run" does.
+                parent = await run_deployment(
+                    "kf2v-generate-batch/batch", parameters=parameters, timeout=0
+                )
+                parent = await _wait_final(client, parent.id, stack, RUN_TIMEOUT)
+                batch = await client.read_deployment_by_name("kf2v-generate-batch/batch")
+                runs = await _runs_of(client, batch.id)
+                nightly = await client.read_deployment_by_name("kf2v-generate-batch/nightly")
+                single = await client.read_deployment_by_name("kf2v-generate-video/single")
+                limit = await client.read_global_concurrency_limit_by_name("kf2v-dashscope-tasks")
+                return parent, batch, runs, nightly, single, limit
+
+        with api(stack.api_url):
+            parent, batch, runs, nightly, single, limit = asyncio.run(scenario())
+        run_seconds = time.monotonic() - started - setup_seconds
+        stats = sim.stats()
+        diag = _diagnostics(stack, f"parent: {parent.state}")
+
+    # ------------------------------------------------------------------ the run
+    assert parent.state.is_completed(), diag
+    shard_runs = [r for r in runs if r.id != parent.id]
+    assert sorted(r.name for r in shard_runs) == [
+        f"shard-{i}-of-{SHARDS}" for i in range(1, SHARDS + 1)
+    ], diag
+    assert all(r.state.is_completed() for r in shard_runs), [(r.name, r.state) for r in shard_runs]
+    assert all(r.parameters["shard_count"] == SHARDS for r in shard_runs)
+    assert sorted(r.parameters["shard_index"] for r in shard_runs) == list(range(SHARDS))
+    # The shards ran on both workers (the worker labels its flow runs with its name).
+    ran_on = {r.labels.get("prefect.worker.name") for r in shard_runs}
+    assert ran_on == set(WORKERS), (ran_on, diag)
+
+    # Nothing secret is a parameter of any run.
+    for r in runs:
+        text = json.dumps(r.parameters)
+        assert TEST_API_KEY not in text and '"secret"' not in text, r.parameters
+
+    # ------------------------------------------------------------------ the account limit
+    assert limit.limit == MAX_IN_FLIGHT and limit.active
+    assert stats["peak_concurrency"] <= MAX_IN_FLIGHT, stats
+    assert stats["creates"] == ROWS, stats
+    assert sorted(stats["creates_by_fingerprint"].values()) == [1] * ROWS, stats
+
+    # ------------------------------------------------------------------ outputs on S3
+    fs.invalidate_cache()
+    out = f"{bucket}/batch/out"
+    mp4s = sorted(p for p in fs.find(out) if p.endswith(".mp4") and "/.kf2v/" not in p)
+    assert mp4s == [f"{out}/{i}.mp4" for i in ids], mp4s
+    for i in ids:
+        side = json.loads(fs.cat_file(f"{out}/{i}.json"))
+        assert side["bytes"] == fs.size(f"{out}/{i}.mp4") > 0
+
+    from kf2v_tasks.results import from_csv
+
+    merged = from_csv(fs.cat_file(f"{out}/results.csv").decode())
+    assert sorted(r.id for r in merged) == ids
+    assert len(merged) == ROWS
+    assert {r.status.value for r in merged} == {"succeeded"}, merged
+    assert sorted(r.row for r in merged) == list(range(2, ROWS + 2))
+
+    # ------------------------------------------------------------------ the schedule
+    assert len(nightly.schedules) == 1, nightly.schedules
+    schedule = nightly.schedules[0].schedule
+    assert schedule.cron == "0 2 * * *" and schedule.timezone == "Asia/Singapore"
+    assert nightly.schedules[0].active is False  # created paused: edit, then resume
+    assert nightly.parameters["manifest"].startswith("s3://")
+    assert nightly.parameters["shards"] == 2
+    assert not batch.schedules
+
+    # ------------------------------------------------------------------ the UI's form
+    _check_batch_schema(batch.parameter_openapi_schema)
+    _check_single_schema(single.parameter_openapi_schema)
+    assert set(batch.tags) >= {"kf2v", "batch"} and batch.work_pool_name == POOL
+    assert batch.parameters["concurrency"]["global_limit"] == "kf2v-dashscope-tasks"
+    assert single.global_concurrency_limit.limit == 4
+    assert single.concurrency_options.collision_strategy.value == "ENQUEUE"
+
+    print(
+        f"\nsetup {setup_seconds:.1f}s, sharded run {run_seconds:.1f}s, "
+        f"total {time.monotonic() - started:.1f}s; workers {sorted(ran_on)}; "
+        f"peak concurrency {stats['peak_concurrency']}"
+    )
+
+
+def _enum_of(schema: dict, name: str) -> list:
+    return schema["definitions"][name]["enum"]
+
+
+def _check_batch_schema(schema: dict) -> None:
+    props = schema["properties"]
+    assert schema["required"] == ["manifest", "output"]
+    for field in (
+        "manifest",
+        "output",
+        "defaults",
+        "concurrency",
+        "polling",
+        "dry_run",
+        "max_cost",
+        "fail_fast",
+        "credentials_block",
+        "storage_block",
+        "storage_options",
+        "shards",
+    ):
+        assert props[field].get("description"), f"{field} has no description"
+    assert "fsspec URL" in props["manifest"]["description"]
+    assert props["defaults"]["$ref"] == "#/definitions/RowDefaults"
+    row_defaults = schema["definitions"]["RowDefaults"]["properties"]
+    assert row_defaults["model"]["$ref"] == "#/definitions/Kf2vModel"
+    assert row_defaults["resolution"]["$ref"] == "#/definitions/Resolution"
+    assert set(_enum_of(schema, "Kf2vModel")) == {
+        "wan2.2-kf2v-flash",
+        "wanx2.1-kf2v-plus",
+        "wan2.1-kf2v-plus",
+    }
+    assert _enum_of(schema, "Resolution") == ["480P", "720P", "1080P"]
+    assert set(_enum_of(schema, "AmbiguousPolicy")) == {"retry_once", "fail"}
+    conc = schema["definitions"]["ConcurrencySettings"]["properties"]
+    for field in ("max_in_flight", "submits_per_second", "queries_per_second", "global_limit"):
+        assert conc[field].get("description"), f"concurrency.{field} has no description"
+
+
+def _check_single_schema(schema: dict) -> None:
+    props = schema["properties"]
+    assert schema["required"] == ["first_frame", "last_frame", "output"]
+    for field in ("first_frame", "last_frame", "output", "prompt", "options"):
+        assert props[field].get("description"), f"{field} has no description"
+    assert "Kf2vModel" in schema["definitions"] and "Resolution" in schema["definitions"]
