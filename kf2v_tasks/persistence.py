@@ -12,7 +12,6 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
@@ -42,10 +41,9 @@ class PersistedVideo(BaseModel):
 
 def redact_url(url: Optional[str]) -> Optional[str]:
     """Drop the query string (signature, expiry) of a signed URL before it is written anywhere."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    from kf2v_tasks.storage import redact_query
+
+    return redact_query(url) if url else url
 
 
 def build_sidecar(

@@ -184,31 +184,33 @@ class BatchRunner:
         if self.shard_count > 1:
             parsed = _shard(parsed, self.shard_index, self.shard_count)
         plan = BatchPlan(manifest=parsed)
-        for err in parsed.errors:
+
+        def invalid(number: int, row_id, code: str, message: str) -> None:
             plan.invalid.append(
                 RowResult(
-                    row=err.row_number,
-                    id=err.id,
+                    row=number,
+                    id=row_id,
                     status=RowStatus.INVALID,
-                    error_code="InvalidRow",
-                    error_message=err.message(),
+                    error_code=code,
+                    error_message=message,
                 )
             )
+
+        for err in parsed.errors:
+            invalid(err.row_number, err.id, "InvalidRow", err.message())
         gate = asyncio.Semaphore(self.concurrency.validate_concurrency)
 
         async def check(row: ManifestRow) -> None:
             from kf2v_tasks.fsutil import resolves_outside
 
+            where = f"row {row.row_number}, column"
             if resolves_outside(self.output, output_path(self.output, row)):
-                plan.invalid.append(
-                    RowResult(
-                        row=row.row_number,
-                        id=row.id,
-                        status=RowStatus.INVALID,
-                        error_code="InvalidRow",
-                        error_message=f"row {row.row_number}, column 'output': "
-                        f"{row.output!r} leads outside the output folder through a symlink",
-                    )
+                invalid(
+                    row.row_number,
+                    row.id,
+                    "InvalidRow",
+                    f"{where} 'output': {row.output!r} leads outside the output folder "
+                    "through a symlink",
                 )
                 return
             async with gate:
@@ -218,15 +220,7 @@ class BatchRunner:
                     )(row.first_frame, row.last_frame, self.frame_limits, self.storage_options)
                 except Kf2vError as exc:
                     column = "last_frame" if getattr(exc, "role", None) == "last" else "first_frame"
-                    plan.invalid.append(
-                        RowResult(
-                            row=row.row_number,
-                            id=row.id,
-                            status=RowStatus.INVALID,
-                            error_code="InvalidFrame",
-                            error_message=f"row {row.row_number}, column {column!r}: {exc}",
-                        )
-                    )
+                    invalid(row.row_number, row.id, "InvalidFrame", f"{where} {column!r}: {exc}")
                     return
                 plan.frames[row.id] = pair
                 plan.fingerprints[row.id] = request_fingerprint(

@@ -65,8 +65,8 @@ class PersistResult(BaseModel):
     resumed: bool = False
 
 
-def _redact(url: str) -> str:
-    """The URL without its query string (signatures must not reach logs or errors)."""
+def redact_query(url: str) -> str:
+    """The URL without its query string (signatures must not reach logs, errors or files)."""
     return url.split("?", 1)[0]
 
 
@@ -270,7 +270,7 @@ async def stream_to_storage(
         while True:
             if attempts >= max_attempts:
                 raise DownloadError(
-                    f"download of {_redact(url)} failed after {attempts} attempts: {last_error}"
+                    f"download of {redact_query(url)} failed after {attempts} attempts: {last_error}"
                 )
             attempts += 1
             # identity: Range offsets and Content-Length must refer to the stored bytes.
@@ -285,7 +285,7 @@ async def stream_to_storage(
                         await resp.aread()
                         if refresh_url is None:
                             raise UrlExpiredError(
-                                f"video URL {_redact(url)} answered 403 (expired signature?)"
+                                f"video URL {redact_query(url)} answered 403 (expired signature?)"
                             )
                         logger.info("video URL answered 403; asking for a fresh one")
                         url = await refresh_url()
@@ -304,7 +304,7 @@ async def stream_to_storage(
                         last_error = f"HTTP {status}"
                         retry = True
                     elif status >= 400:
-                        raise DownloadError(f"HTTP {status} from {_redact(url)}")
+                        raise DownloadError(f"HTTP {status} from {redact_query(url)}")
                     elif status not in (200, 206):
                         last_error = f"unexpected HTTP {status}"
                         retry = True

@@ -6,8 +6,6 @@ Everything a test starts it stops again (servers by process id).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +14,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from kf2v_tasks.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -26,13 +26,6 @@ os.environ.pop("DASHSCOPE_HTTP_BASE_URL", None)
 
 #: A recognisable fake key: tests grep logs and outputs for it.
 TEST_API_KEY = "sk-kf2vtestsecret-0123456789abcdef"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_http(url: str, timeout: float = 60.0) -> None:
@@ -47,21 +40,6 @@ def wait_for_http(url: str, timeout: float = 60.0) -> None:
             last = exc
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up in {timeout}s: {last}")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stop a server we started, by process id (its whole process group)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 class S3Server:

@@ -243,9 +243,11 @@ async def test_canceled_task_raises(sim, creds, frames):
 
 
 async def test_429_storm_ends_in_success(frames, tmp_path):
+    # A 300 s task polled every few service seconds: dozens of queries, so the storm hits
+    # whatever the timing (the fault draws are seeded per endpoint).
     cfg = SimulatorConfig(
         speed=SPEED,
-        runtime=RuntimeDistribution(kind="fixed", low=60),
+        runtime=RuntimeDistribution(kind="fixed", low=300),
         render="tiny",
         faults=FaultConfig({"create.throttle": 0.6, "query.throttle": 0.6}),
         seed=5,
@@ -256,7 +258,7 @@ async def test_429_storm_ends_in_success(frames, tmp_path):
         _, state, _ = await one_video(*frames, "storm", f"{out}/s.mp4", out, c)
         stats = s.stats()
     assert state.status is TaskStatus.SUCCEEDED
-    assert stats["faults"].get("create.throttle", 0) + stats["faults"].get("query.throttle", 0) > 0
+    assert stats["faults"].get("query.throttle", 0) >= 5
     assert stats["creates"] == 1
 
 
