@@ -1,0 +1,170 @@
+"""B1 quota utilisation (and the data B2 reads): ours and the SDK against identical simulators.
+
+Utilisation = Σ remote run time / (concurrency × wall time), wall time being the client's
+whole batch (submit of the first row to the last video on disk). Both sides run at the
+same time, each against its own simulator process with the same config and seed, so both
+get the same sequence of run times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import tempfile
+from pathlib import Path
+
+from bench.common import API_KEY_OURS, API_KEY_PEER, SimProcess, log, make_inputs, start_side
+
+SPEED = 60.0
+
+
+def sim_config(concurrency: int, low: float = 60.0, high: float = 300.0, seed: int = 6) -> dict:
+    return dict(
+        speed=SPEED,
+        max_concurrent=concurrency,
+        render="tiny",
+        seed=seed,
+        runtime=dict(kind="uniform", low=low, high=high),
+    )
+
+
+def fifo_makespan(run_real: list[float], slots: int) -> float:
+    """Makespan of a zero-overhead scheduler starting tasks in order on the first free slot."""
+    free = [0.0] * slots
+    end = 0.0
+    for r in run_real:
+        t = heapq.heappop(free)
+        heapq.heappush(free, t + r)
+        end = max(end, t + r)
+    return end
+
+
+def occupancy(tasks: list[dict]) -> list[tuple[float, int]]:
+    """Step function (time, tasks RUNNING) from the simulator's task timeline."""
+    events = []
+    for t in tasks:
+        if t["started"] is not None and t["ended"] is not None:
+            events.append((t["started"], 1))
+            events.append((t["ended"], -1))
+    events.sort()
+    level, steps = 0, [(0.0, 0)]
+    for when, delta in events:
+        level += delta
+        steps.append((when, level))
+    return steps
+
+
+def analyse(side: dict, sim: SimProcess, concurrency: int) -> dict:
+    tasks = sim.tasks()
+    seen = sim.seen()
+    stats = sim.stats()
+    done, fingerprints = [], set()
+    for t in sorted(tasks, key=lambda t: t["created"]):
+        if t["status"] == "SUCCEEDED" and t["fingerprint"] not in fingerprints:
+            fingerprints.add(t["fingerprint"])
+            done.append(t)
+    duplicates = len(tasks) - len({t["fingerprint"] for t in tasks})
+    run_real = [t["run_seconds"] / SPEED for t in done]
+    busy = sum(run_real)
+    wall = side["wall_s"]
+    first_create = min(t["created"] for t in tasks)
+    last_end = max(t["ended"] for t in done)
+    lags = [
+        (seen["seen"][t["task_id"]] - t["ended"]) * SPEED
+        for t in done
+        if t["task_id"] in seen["seen"]
+    ]
+    queries = [seen["queries"].get(t["task_id"], 0) for t in done]
+    return {
+        "rows_succeeded": len(done),
+        "duplicate_tasks": duplicates,
+        "wall_s": round(wall, 3),
+        "busy_s": round(busy, 3),
+        "utilisation": round(busy / (concurrency * wall), 4),
+        "utilisation_remote_window": round(busy / (concurrency * (last_end - first_create)), 4),
+        "zero_overhead_fifo_utilisation": round(
+            busy / (concurrency * fifo_makespan(run_real, concurrency)), 4
+        ),
+        "peak_concurrency": stats["peak_concurrency"],
+        "throttled": stats["throttled"],
+        "creates": stats["creates"],
+        "queries": stats["queries"],
+        "lists": stats["lists"],
+        "policies": stats["policies"],
+        "uploads": stats["uploads"],
+        "cpu_s": round(side["cpu_s"], 3),
+        "throttle_retries": side.get("throttle_retries"),
+        "peak_rss_mb": side["sampled_peak_rss_mb"],
+        # B2 raw material
+        "queries_per_task": queries,
+        "lag_service_s": lags,
+        "occupancy": occupancy(tasks),
+    }
+
+
+class _Done:
+    def __init__(self, result: dict) -> None:
+        self.result = result
+
+    def wait(self) -> dict:
+        return self.result
+
+
+def run(rows: int, concurrency: int, prefect_env: dict, low=60.0, high=300.0,
+        prototypes: dict[str, list[str]] | None = None, parallel: bool = True) -> dict:
+    """Run ours and the peer (and prototypes of ours) side by side; return the analyses."""
+    work = Path(tempfile.mkdtemp(prefix=f"kf2v-b1-c{concurrency}-"))
+    manifest = make_inputs(work / "in", rows, f"b1c{concurrency}")
+    cfg = sim_config(concurrency, low, high)
+    log(f"B1: {rows} rows, concurrency {concurrency}, run time {low:g}-{high:g} s at {SPEED:g}x")
+    prototypes = prototypes or {}
+    with contextlib.ExitStack() as stack:
+        sim_ours = stack.enter_context(SimProcess(cfg))
+        sim_peer = stack.enter_context(SimProcess(cfg))
+        proto_sims = {name: stack.enter_context(SimProcess(cfg)) for name in prototypes}
+        common = dict(time_scale=SPEED, manifest=str(manifest), rows=rows, concurrency=concurrency)
+        def settle(side):
+            # Sequential mode: each side alone on the machine (needed when CPU is the limit).
+            return side if parallel else _Done(side.wait())
+
+        ours = settle(start_side(
+            "ours",
+            dict(common, mode="ours", api_key=API_KEY_OURS, base_url=sim_ours.base_url,
+                 output=str(work / "ours")),
+            prefect_env,
+        ))
+        peer = settle(start_side(
+            "peer",
+            dict(common, mode="peer", api_key=API_KEY_PEER, base_url=sim_peer.base_url,
+                 output=str(work / "peer"), tag=f"b1c{concurrency}"),
+        ))
+        protos = {
+            name: settle(start_side(
+                name,
+                dict(common, mode="ours", api_key=API_KEY_OURS, base_url=proto_sims[name].base_url,
+                     output=str(work / name), patches=patches),
+                prefect_env,
+            ))
+            for name, patches in prototypes.items()
+        }
+        r_ours, r_peer = ours.wait(), peer.wait()
+        r_protos = {name: side.wait() for name, side in protos.items()}
+        result = {
+            "rows": rows,
+            "concurrency": concurrency,
+            "speed": SPEED,
+            "runtime_service_s": [low, high],
+            "sides_ran": "side by side" if parallel else "one after the other",
+            "ours": analyse(r_ours, sim_ours, concurrency),
+            "peer": analyse(r_peer, sim_peer, concurrency),
+            "prototypes": {
+                name: dict(analyse(r, proto_sims[name], concurrency), patches=prototypes[name])
+                for name, r in r_protos.items()
+            },
+        }
+
+    for side in ("ours", "peer"):
+        r = result[side]
+        log(f"B1 c={concurrency} {side}: utilisation {r['utilisation']:.3f} "
+            f"(wall {r['wall_s']:.1f} s, {r['rows_succeeded']} rows)")
+    return result

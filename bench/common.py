@@ -1,0 +1,371 @@
+"""Helpers shared by the benchmarks: simulator and S3 processes, side runners, RSS sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+API_KEY_OURS = "sk-bench-ours-0123456789"
+API_KEY_PEER = "sk-bench-peer-0123456789"
+API_KEY_FLOOR = "sk-bench-floor-0123456789"
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr with a timestamp."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> Optional[float]:
+    """The q-quantile (0..1) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def mean(values: list[float]) -> Optional[float]:
+    return statistics.fmean(values) if values else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env(extra: Optional[dict] = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if extra:
+        env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a process we started (its own session/group), by id."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class SimProcess:
+    """An instrumented simulator (bench.simproc) in a subprocess."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.proc = subprocess.Popen(
+            [PY, "-m", "bench.simproc", json.dumps(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_child_env(),
+            cwd=ROOT,
+            start_new_session=True,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            stop_process(self.proc)
+            raise RuntimeError(f"simulator did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.origin}/api/v1"
+
+    def _get(self, path: str) -> Any:
+        r = httpx.get(f"{self.origin}{path}", timeout=60.0)
+        r.raise_for_status()
+        return r.json()
+
+    def stats(self) -> dict:
+        return self._get("/_sim/stats")
+
+    def tasks(self) -> list[dict]:
+        return self._get("/_sim/tasks")
+
+    def seen(self) -> dict:
+        return self._get("/_bench/seen")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class PeakSampler:
+    """Samples the RSS (and CPU) of a process tree every ``interval`` s in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05, tree: bool = False) -> None:
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.tree = tree
+        self.peak = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> int:
+        procs = [self.proc] + (self.proc.children(recursive=True) if self.tree else [])
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self._rss()
+            except psutil.Error:
+                break
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.monotonic(), rss))
+            self._stop.wait(self.interval)
+
+    def start(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak
+
+
+@dataclass
+class SideRun:
+    """A running ``python -m bench.side ...`` process."""
+
+    name: str
+    proc: subprocess.Popen
+    sampler: PeakSampler
+    out_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    def wait(self, timeout: float = 1800.0) -> dict:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.sampler.stop()
+            stop_process(self.proc)
+        if self.proc.returncode != 0 or not self.out_path.exists():
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"side {self.name} failed (rc={self.proc.returncode}):\n{err[-4000:]}")
+        result = json.loads(self.out_path.read_text())
+        result["sampled_peak_rss_mb"] = round(self.sampler.peak / 2**20, 1)
+        return result
+
+
+def start_side(name: str, args: dict, env: Optional[dict] = None) -> SideRun:
+    """Start one client side (ours / peer / floor / raw...) in its own process."""
+    out = Path(tempfile.mkdtemp(prefix=f"kf2v-bench-{name}-")) / "result.json"
+    args = dict(args, result_path=str(out))
+    proc = subprocess.Popen(
+        [PY, "-m", "bench.side", json.dumps(args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_child_env(env),
+        cwd=ROOT,
+        start_new_session=True,
+        text=True,
+    )
+    # Drain stderr in a thread so a chatty child never blocks on a full pipe.
+    buf: list[str] = []
+
+    def drain() -> None:
+        for line in proc.stderr:
+            buf.append(line)
+            if line.startswith("[bench]"):
+                print(f"    {name}: {line[8:].rstrip()}", file=sys.stderr, flush=True)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+
+    class _Err:
+        def read(self_inner) -> str:
+            t.join(timeout=5)
+            return "".join(buf)
+
+    run = SideRun(name, proc, PeakSampler(proc.pid).start(), out)
+    run.proc.stderr = _Err()  # type: ignore[assignment]
+    return run
+
+
+# --- Prefect server shared by every "ours" run --------------------------------------------
+
+
+class PrefectServer:
+    """One Prefect API server (temporary SQLite) for the whole benchmark run."""
+
+    def __init__(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="kf2v-bench-prefect-")
+        self.port = free_port()
+        env = _child_env(
+            {
+                "PREFECT_HOME": self.home,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.home}/prefect.db",
+                "PREFECT_UI_ENABLED": "false",
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+                # what Prefect's own ephemeral server sets (SubprocessASGIServer)
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+            }
+        )
+        self.proc = subprocess.Popen(
+            [PY, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "error"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Prefect server did not start")
+            time.sleep(0.2)
+
+    def env(self) -> dict:
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": self.home}
+
+    def cpu_seconds(self) -> float:
+        try:
+            p = psutil.Process(self.proc.pid)
+            total = 0.0
+            for q in [p] + p.children(recursive=True):
+                t = q.cpu_times()
+                total += t.user + t.system
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def wait_idle(self, quiet: float = 0.05, timeout: float = 120.0) -> None:
+        """Wait until the server spends < ``quiet`` CPU seconds per 0.5 s (done with events)."""
+        deadline = time.monotonic() + timeout
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last < quiet:
+                return
+            last = now
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+# --- S3 (moto server) --------------------------------------------------------------------
+
+
+class MotoS3:
+    """A moto S3 server subprocess on loopback (as tests/conftest.py does)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        env = _child_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        self.proc = subprocess.Popen(
+            [PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(self.endpoint + "/", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def storage_options(self) -> dict:
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+    def new_bucket(self) -> str:
+        import boto3
+
+        name = f"kf2v-bench-{uuid.uuid4().hex[:8]}"
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def make_inputs(folder: Path, rows: int, tag: str, resolution: str = "480P") -> Path:
+    """Two small frames and a manifest of ``rows`` distinct rows (distinct prompts)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, colour in (("first.png", (200, 80, 40)), ("last.png", (30, 160, 200))):
+        img = Image.new("RGB", (320, 240), colour)
+        d = ImageDraw.Draw(img)
+        d.ellipse([80, 60, 240, 180], fill=(255 - colour[0], colour[1], 200))
+        img.save(folder / name)
+    lines = ["id,first_frame,last_frame,prompt,resolution"]
+    for i in range(rows):
+        lines.append(f"r{i:05d},first.png,last.png,{tag} clip number {i},{resolution}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest

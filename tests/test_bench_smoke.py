@@ -1,0 +1,62 @@
+"""Smoke test of the benchmarks: every benchmark at a tiny size, so bench/ cannot rot.
+
+The real numbers come from ``python -m bench.run`` (BENCHMARKS.md); this only checks that
+each benchmark still runs end to end against the simulator and yields sane values.
+It starts its own Prefect API server, simulators and a moto S3 server (≈1 minute).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("dashscope")
+pytest.importorskip("matplotlib")
+pytest.importorskip("psutil")
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
+    out = tmp_path / "results"
+    md = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--markdown", str(md)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((out / "latest.json").read_text())
+
+    assert [r["concurrency"] for r in res["b1"]] == [2, 4]
+    for run in res["b1"]:
+        for side in ("ours", "peer"):
+            r = run[side]
+            assert r["rows_succeeded"] == run["rows"]
+            assert 0.2 < r["utilisation"] <= 1.05
+            assert r["peak_concurrency"] <= run["concurrency"]
+            assert len(r["lag_service_s"]) == run["rows"]
+    for key in ("c2", "c4"):
+        assert res["b2"][key]["ours"]["queries_per_task_mean"] >= 1
+        assert res["b2"][key]["peer"]["queries_per_task_mean"] >= 1
+    for name in ("raw", "local", "s3"):
+        assert res["b3"][name]["bytes"] == res["b3"]["bytes"]
+        assert res["b3"][name]["throughput_mib_s"] > 0
+    b4 = res["b4"]
+    assert b4["ours"]["counts"] == {"succeeded": b4["rows"]}
+    assert b4["floor"]["http_calls"]["creates"] == b4["rows"]
+    assert b4["cpu_ratio"] > 0
+    for proto in b4["prototypes"].values():
+        assert proto["ours"]["counts"] == {"succeeded": b4["rows"]}
+
+    assert (out / "b1_occupancy.png").stat().st_size > 1000
+    text = md.read_text()
+    for heading in ("## B1", "## B2", "## B3", "## B4", "## Targets"):
+        assert heading in text
