@@ -110,8 +110,15 @@ class _Done:
         return self.result
 
 
-def run(rows: int, concurrency: int, prefect_env: dict, low=60.0, high=300.0,
-        prototypes: dict[str, list[str]] | None = None, parallel: bool = True) -> dict:
+def run(
+    rows: int,
+    concurrency: int,
+    prefect_env: dict,
+    low=60.0,
+    high=300.0,
+    prototypes: dict[str, list[str]] | None = None,
+    parallel: bool = True,
+) -> dict:
     """Run ours and the peer (and prototypes of ours) side by side; return the analyses."""
     work = Path(tempfile.mkdtemp(prefix=f"kf2v-b1-c{concurrency}-"))
     manifest = make_inputs(work / "in", rows, f"b1c{concurrency}")
@@ -123,28 +130,52 @@ def run(rows: int, concurrency: int, prefect_env: dict, low=60.0, high=300.0,
         sim_peer = stack.enter_context(SimProcess(cfg))
         proto_sims = {name: stack.enter_context(SimProcess(cfg)) for name in prototypes}
         common = dict(time_scale=SPEED, manifest=str(manifest), rows=rows, concurrency=concurrency)
+
         def settle(side):
             # Sequential mode: each side alone on the machine (needed when CPU is the limit).
             return side if parallel else _Done(side.wait())
 
-        ours = settle(start_side(
-            "ours",
-            dict(common, mode="ours", api_key=API_KEY_OURS, base_url=sim_ours.base_url,
-                 output=str(work / "ours")),
-            prefect_env,
-        ))
-        peer = settle(start_side(
-            "peer",
-            dict(common, mode="peer", api_key=API_KEY_PEER, base_url=sim_peer.base_url,
-                 output=str(work / "peer"), tag=f"b1c{concurrency}"),
-        ))
-        protos = {
-            name: settle(start_side(
-                name,
-                dict(common, mode="ours", api_key=API_KEY_OURS, base_url=proto_sims[name].base_url,
-                     output=str(work / name), patches=patches),
+        ours = settle(
+            start_side(
+                "ours",
+                dict(
+                    common,
+                    mode="ours",
+                    api_key=API_KEY_OURS,
+                    base_url=sim_ours.base_url,
+                    output=str(work / "ours"),
+                ),
                 prefect_env,
-            ))
+            )
+        )
+        peer = settle(
+            start_side(
+                "peer",
+                dict(
+                    common,
+                    mode="peer",
+                    api_key=API_KEY_PEER,
+                    base_url=sim_peer.base_url,
+                    output=str(work / "peer"),
+                    tag=f"b1c{concurrency}",
+                ),
+            )
+        )
+        protos = {
+            name: settle(
+                start_side(
+                    name,
+                    dict(
+                        common,
+                        mode="ours",
+                        api_key=API_KEY_OURS,
+                        base_url=proto_sims[name].base_url,
+                        output=str(work / name),
+                        patches=patches,
+                    ),
+                    prefect_env,
+                )
+            )
             for name, patches in prototypes.items()
         }
         r_ours, r_peer = ours.wait(), peer.wait()
@@ -165,6 +196,8 @@ def run(rows: int, concurrency: int, prefect_env: dict, low=60.0, high=300.0,
 
     for side in ("ours", "peer"):
         r = result[side]
-        log(f"B1 c={concurrency} {side}: utilisation {r['utilisation']:.3f} "
-            f"(wall {r['wall_s']:.1f} s, {r['rows_succeeded']} rows)")
+        log(
+            f"B1 c={concurrency} {side}: utilisation {r['utilisation']:.3f} "
+            f"(wall {r['wall_s']:.1f} s, {r['rows_succeeded']} rows)"
+        )
     return result

@@ -33,7 +33,9 @@ def summarise(b1_runs: list[dict]) -> dict:
             "concurrency": c,
             "ours": ours,
             "peer": peer,
-            "query_ratio": round(ours["queries_per_task_with_lists"] / peer["queries_per_task_with_lists"], 3),
+            "query_ratio": round(
+                ours["queries_per_task_with_lists"] / peer["queries_per_task_with_lists"], 3
+            ),
             "lag_p95_ratio": round(ours["lag_p95_s"] / peer["lag_p95_s"], 3)
             if ours["lag_p95_s"] and peer["lag_p95_s"]
             else None,
@@ -42,8 +44,11 @@ def summarise(b1_runs: list[dict]) -> dict:
             pr = summarise_side(r)
             out[f"c{c}"].setdefault("prototypes", {})[name] = {
                 "ours": pr,
-                "query_ratio": round(pr["queries_per_task_with_lists"] / peer["queries_per_task_with_lists"], 3),
+                "query_ratio": round(
+                    pr["queries_per_task_with_lists"] / peer["queries_per_task_with_lists"], 3
+                ),
                 "lag_p95_ratio": round(pr["lag_p95_s"] / peer["lag_p95_s"], 3)
-                if pr["lag_p95_s"] and peer["lag_p95_s"] else None,
+                if pr["lag_p95_s"] and peer["lag_p95_s"]
+                else None,
             }
     return out

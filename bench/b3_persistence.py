@@ -16,8 +16,13 @@ from bench.common import API_KEY_OURS, MotoS3, SimProcess, log, make_inputs, sta
 def run(size_bytes: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="kf2v-b3-"))
     manifest = make_inputs(work / "in", 1, "b3")
-    cfg = dict(speed=6000, render="tiny", seed=3, video_bytes=size_bytes,
-               runtime=dict(kind="fixed", low=1.0, high=1.0))
+    cfg = dict(
+        speed=6000,
+        render="tiny",
+        seed=3,
+        video_bytes=size_bytes,
+        runtime=dict(kind="fixed", low=1.0, high=1.0),
+    )
     results: dict = {"bytes": size_bytes}
     s3 = MotoS3()
     try:
@@ -25,18 +30,33 @@ def run(size_bytes: int) -> dict:
         cases = [
             ("raw", dict(mode="raw", dest=str(work / "raw.mp4"))),
             ("local", dict(mode="persist", dest=str(work / "local.mp4"))),
-            ("s3", dict(mode="persist", dest=f"s3://{bucket}/b3/video.mp4",
-                        storage_options=s3.storage_options)),
-            ("raw_s3", dict(mode="raw", dest=f"s3://{bucket}/b3/raw.mp4",
-                            storage_options=s3.storage_options)),
+            (
+                "s3",
+                dict(
+                    mode="persist",
+                    dest=f"s3://{bucket}/b3/video.mp4",
+                    storage_options=s3.storage_options,
+                ),
+            ),
+            (
+                "raw_s3",
+                dict(
+                    mode="raw", dest=f"s3://{bucket}/b3/raw.mp4", storage_options=s3.storage_options
+                ),
+            ),
         ]
         for name, extra in cases:
             with SimProcess(cfg) as sim:
                 log(f"B3: {name} ({size_bytes / 2**20:.0f} MiB)")
                 side = start_side(
                     f"b3-{name}",
-                    dict(extra, api_key=API_KEY_OURS, base_url=sim.base_url,
-                         manifest=str(manifest), time_scale=6000),
+                    dict(
+                        extra,
+                        api_key=API_KEY_OURS,
+                        base_url=sim.base_url,
+                        manifest=str(manifest),
+                        time_scale=6000,
+                    ),
                 ).wait(timeout=900)
             mib_s = side["bytes"] / 2**20 / side["wall_s"]
             results[name] = {

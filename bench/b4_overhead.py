@@ -18,9 +18,16 @@ SPEED = 600.0
 
 def sim_config(concurrency: int) -> dict:
     # Rate limits lifted: B4 measures our overhead, not the account's quota.
-    return dict(speed=SPEED, max_concurrent=concurrency, render="tiny", seed=4, video_bytes=65536,
-                submits_per_second=10000, queries_per_second=10000,
-                runtime=dict(kind="fixed", low=0.0, high=0.0))
+    return dict(
+        speed=SPEED,
+        max_concurrent=concurrency,
+        render="tiny",
+        seed=4,
+        video_bytes=65536,
+        submits_per_second=10000,
+        queries_per_second=10000,
+        runtime=dict(kind="fixed", low=0.0, high=0.0),
+    )
 
 
 def _side_result(side: dict, rows: int, extra_cpu: float = 0.0) -> dict:
@@ -40,8 +47,14 @@ def _side_result(side: dict, rows: int, extra_cpu: float = 0.0) -> dict:
 def _setup(rows: int, concurrency: int):
     work = Path(tempfile.mkdtemp(prefix="kf2v-b4-"))
     manifest = make_inputs(work / "in", rows, "b4")
-    common = dict(time_scale=SPEED, manifest=str(manifest), rows=rows, concurrency=concurrency,
-                  submits_per_second=10000.0, queries_per_second=10000.0)
+    common = dict(
+        time_scale=SPEED,
+        manifest=str(manifest),
+        rows=rows,
+        concurrency=concurrency,
+        submits_per_second=10000.0,
+        queries_per_second=10000.0,
+    )
     return work, common
 
 
@@ -53,8 +66,13 @@ def run_floor(rows: int, concurrency: int) -> dict:
             log(f"B4 floor: {rows} rows, concurrency {concurrency}")
             side = start_side(
                 "floor",
-                dict(common, mode="floor", api_key=API_KEY_FLOOR, base_url=sim.base_url,
-                     output=str(work / "floor")),
+                dict(
+                    common,
+                    mode="floor",
+                    api_key=API_KEY_FLOOR,
+                    base_url=sim.base_url,
+                    output=str(work / "floor"),
+                ),
             ).wait(timeout=1200)
             out = _side_result(side, rows)
             out["http_calls"] = _calls(sim.stats())
@@ -65,8 +83,14 @@ def run_floor(rows: int, concurrency: int) -> dict:
     return out
 
 
-def run_ours(rows: int, concurrency: int, prefect, patches: list[str] | None = None,
-             label: str = "ours", profile: str | None = None) -> dict:
+def run_ours(
+    rows: int,
+    concurrency: int,
+    prefect,
+    patches: list[str] | None = None,
+    label: str = "ours",
+    profile: str | None = None,
+) -> dict:
     """Our batch flow (optionally with prototype patches); the Prefect server's CPU included."""
     work, common = _setup(rows, concurrency)
     try:
@@ -76,8 +100,15 @@ def run_ours(rows: int, concurrency: int, prefect, patches: list[str] | None = N
             server_cpu0 = prefect.cpu_seconds()
             side = start_side(
                 label,
-                dict(common, mode="ours", api_key=API_KEY_OURS, base_url=sim.base_url,
-                     output=str(work / "ours"), patches=patches or [], profile=profile),
+                dict(
+                    common,
+                    mode="ours",
+                    api_key=API_KEY_OURS,
+                    base_url=sim.base_url,
+                    output=str(work / "ours"),
+                    patches=patches or [],
+                    profile=profile,
+                ),
                 prefect.env(),
             ).wait(timeout=1800)
             # The server keeps working through the run's events after the client is done.
@@ -88,8 +119,10 @@ def run_ours(rows: int, concurrency: int, prefect, patches: list[str] | None = N
             out["patches"] = patches or []
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"B4 {label}: {out['rows_per_s']} rows/s, {out['cpu_ms_per_row']} ms CPU/row "
-        f"(+server {out['cpu_ms_per_row_incl_server']})")
+    log(
+        f"B4 {label}: {out['rows_per_s']} rows/s, {out['cpu_ms_per_row']} ms CPU/row "
+        f"(+server {out['cpu_ms_per_row_incl_server']})"
+    )
     return out
 
 

@@ -185,7 +185,9 @@ class SideRun:
             stop_process(self.proc)
         if self.proc.returncode != 0 or not self.out_path.exists():
             err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"side {self.name} failed (rc={self.proc.returncode}):\n{err[-4000:]}")
+            raise RuntimeError(
+                f"side {self.name} failed (rc={self.proc.returncode}):\n{err[-4000:]}"
+            )
         result = json.loads(self.out_path.read_text())
         result["sampled_peak_rss_mb"] = round(self.sampler.peak / 2**20, 1)
         return result
@@ -248,9 +250,21 @@ class PrefectServer:
             }
         )
         self.proc = subprocess.Popen(
-            [PY, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error"],
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(ROOT),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,

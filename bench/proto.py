@@ -164,13 +164,17 @@ def list_sweep() -> None:
             while self.waiting:
                 await clock.sleep(s.min_interval)
                 now = clock.now()
-                if not any(now - since >= s.expected_min_runtime for since, _ in self.waiting.values()):
+                if not any(
+                    now - since >= s.expected_min_runtime for since, _ in self.waiting.values()
+                ):
                     continue
                 running: set[str] = set()
                 page = 1
                 try:
                     while True:
-                        body = await self.client.list_tasks(status="RUNNING", page_no=page, page_size=100)
+                        body = await self.client.list_tasks(
+                            status="RUNNING", page_no=page, page_size=100
+                        )
                         running.update(row["task_id"] for row in body.get("data", []))
                         if page >= int(body.get("total_page") or 1):
                             break
@@ -185,9 +189,16 @@ def list_sweep() -> None:
                     if not fut.done():
                         fut.set_result(None)
 
-    async def wait_for_task(client, task_id, *, schedule=None, deadline=polling.DEFAULT_DEADLINE,
-                            queue_deadline=polling.DEFAULT_QUEUE_DEADLINE, raise_on_failure=True,
-                            on_status=None):
+    async def wait_for_task(
+        client,
+        task_id,
+        *,
+        schedule=None,
+        deadline=polling.DEFAULT_DEADLINE,
+        queue_deadline=polling.DEFAULT_QUEUE_DEADLINE,
+        raise_on_failure=True,
+        on_status=None,
+    ):
         schedule = schedule or polling.PollSchedule()
         history = []
         started = clock.now()
@@ -205,8 +216,9 @@ def list_sweep() -> None:
                     polling._raise_for_terminal(state)
                 return state
             if clock.now() - started >= deadline:
-                raise polling.TaskTimeoutError(task_id, f"task {task_id} still {state.status.value}",
-                                               history=history)
+                raise polling.TaskTimeoutError(
+                    task_id, f"task {task_id} still {state.status.value}", history=history
+                )
             if state.status is TaskStatus.RUNNING and since == started:
                 since = clock.now() - schedule.first_poll  # it may have started right away
             await watcher.register(task_id, since)

@@ -26,29 +26,66 @@ def targets(res: dict) -> list[dict]:
         if r:
             u, p = r["ours"]["utilisation"], r["peer"]["utilisation"]
             out.append(dict(name=f"B1 utilisation c={c} ≥ {goal}", value=u, met=u >= goal))
-            out.append(dict(name=f"B1 utilisation c={c} not below the peer ({p:.3f})", value=u, met=u >= p))
+            out.append(
+                dict(name=f"B1 utilisation c={c} not below the peer ({p:.3f})", value=u, met=u >= p)
+            )
     for key, r in res.get("b2", {}).items():
-        out.append(dict(name=f"B2 {key}: queries/task ≤ 0.5× peer", value=r["query_ratio"],
-                        met=r["query_ratio"] <= 0.5))
+        out.append(
+            dict(
+                name=f"B2 {key}: queries/task ≤ 0.5× peer",
+                value=r["query_ratio"],
+                met=r["query_ratio"] <= 0.5,
+            )
+        )
         if r["lag_p95_ratio"] is not None:
-            out.append(dict(name=f"B2 {key}: p95 lag ≤ peer", value=r["lag_p95_ratio"],
-                            met=r["ours"]["lag_p95_s"] <= r["peer"]["lag_p95_s"]))
+            out.append(
+                dict(
+                    name=f"B2 {key}: p95 lag ≤ peer",
+                    value=r["lag_p95_ratio"],
+                    met=r["ours"]["lag_p95_s"] <= r["peer"]["lag_p95_s"],
+                )
+            )
     b3 = res.get("b3")
     if b3:
         for dest in ("local", "s3"):
             d = b3[dest]
-            out.append(dict(name=f"B3 {dest}: throughput ≥ 0.8× raw", value=d["ratio_to_raw"],
-                            met=d["ratio_to_raw"] >= 0.8))
-            out.append(dict(name=f"B3 {dest}: RSS increase ≤ 64 MB", value=d["rss_increase_mb"],
-                            met=d["rss_increase_mb"] <= 64))
+            out.append(
+                dict(
+                    name=f"B3 {dest}: throughput ≥ 0.8× raw",
+                    value=d["ratio_to_raw"],
+                    met=d["ratio_to_raw"] >= 0.8,
+                )
+            )
+            out.append(
+                dict(
+                    name=f"B3 {dest}: RSS increase ≤ 64 MB",
+                    value=d["rss_increase_mb"],
+                    met=d["rss_increase_mb"] <= 64,
+                )
+            )
     b4 = res.get("b4")
     if b4:
-        out.append(dict(name="B4 CPU/row ≤ 3× floor (client process)", value=b4["cpu_ratio"],
-                        met=b4["cpu_ratio"] <= 3))
-        out.append(dict(name="B4 CPU/row ≤ 3× floor (client + Prefect server)",
-                        value=b4["cpu_ratio_incl_server"], met=b4["cpu_ratio_incl_server"] <= 3))
-        out.append(dict(name="B4 peak RSS ≤ 600 MB", value=b4["ours"]["peak_rss_mb"],
-                        met=b4["ours"]["peak_rss_mb"] <= 600))
+        out.append(
+            dict(
+                name="B4 CPU/row ≤ 3× floor (client process)",
+                value=b4["cpu_ratio"],
+                met=b4["cpu_ratio"] <= 3,
+            )
+        )
+        out.append(
+            dict(
+                name="B4 CPU/row ≤ 3× floor (client + Prefect server)",
+                value=b4["cpu_ratio_incl_server"],
+                met=b4["cpu_ratio_incl_server"] <= 3,
+            )
+        )
+        out.append(
+            dict(
+                name="B4 peak RSS ≤ 600 MB",
+                value=b4["ours"]["peak_rss_mb"],
+                met=b4["ours"]["peak_rss_mb"] <= 600,
+            )
+        )
     return out
 
 
@@ -64,7 +101,9 @@ def plot_occupancy(res: dict, path: Path) -> None:
         c = run["concurrency"]
         sides = [("ours", "tab:blue", run["ours"]), ("peer", "tab:orange", run["peer"])]
         colours = ["tab:green", "tab:purple", "tab:red", "tab:brown"]
-        sides += [(n, colours[i % 4], x) for i, (n, x) in enumerate(run.get("prototypes", {}).items())]
+        sides += [
+            (n, colours[i % 4], x) for i, (n, x) in enumerate(run.get("prototypes", {}).items())
+        ]
         for side, colour, data in sides:
             steps = data["occupancy"]
             t0 = steps[1][0] if len(steps) > 1 else 0.0
@@ -114,8 +153,16 @@ def markdown(res: dict) -> str:
             "order on the first free slot would reach: the tail of the batch (slots idle while "
             "the last tasks finish) keeps even a perfect client below 1.0.\n"
         )
-        L.append("Sides ran: " + "; ".join(f"c={r['concurrency']}: {r.get('sides_ran', 'side by side')}" for r in res["b1"]) + ". Prototypes are the shipped code with the changes of `bench/proto.py` monkeypatched in (see the notes).\n")
-        L.append("| rows | concurrency | ours | peer | ideal | FIFO bound | ours / peer | ours wall s | peer wall s | ours remote-window util. | 429s ours/peer | duplicate tasks ours/peer |")
+        L.append(
+            "Sides ran: "
+            + "; ".join(
+                f"c={r['concurrency']}: {r.get('sides_ran', 'side by side')}" for r in res["b1"]
+            )
+            + ". Prototypes are the shipped code with the changes of `bench/proto.py` monkeypatched in (see the notes).\n"
+        )
+        L.append(
+            "| rows | concurrency | ours | peer | ideal | FIFO bound | ours / peer | ours wall s | peer wall s | ours remote-window util. | 429s ours/peer | duplicate tasks ours/peer |"
+        )
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["b1"]:
             o, p = r["ours"], r["peer"]
@@ -143,7 +190,9 @@ def markdown(res: dict) -> str:
             "minus the task's end, in service seconds, both recorded inside the simulator. "
             "Same runs as B1.\n"
         )
-        L.append("| concurrency | ours q/task | peer q/task | ratio | ours lag p50 / p95 s | peer lag p50 / p95 s | p95 ratio |")
+        L.append(
+            "| concurrency | ours q/task | peer q/task | ratio | ours lag p50 / p95 s | peer lag p50 / p95 s | p95 ratio |"
+        )
         L.append("|---|---|---|---|---|---|---|")
         for r in res["b2"].values():
             o, p = r["ours"], r["peer"]
@@ -177,8 +226,12 @@ def markdown(res: dict) -> str:
         )
         L.append("| transfer | MiB/s | ratio to raw | RSS increase MB | wall s | CPU s |")
         L.append("|---|---|---|---|---|---|")
-        for name, label in (("raw", "raw httpx → local file"), ("local", "ours → local disk"),
-                            ("raw_s3", "raw httpx → plain fsspec S3 file (moto)"), ("s3", "ours → S3 (moto)")):
+        for name, label in (
+            ("raw", "raw httpx → local file"),
+            ("local", "ours → local disk"),
+            ("raw_s3", "raw httpx → plain fsspec S3 file (moto)"),
+            ("s3", "ours → S3 (moto)"),
+        ):
             d = b3[name]
             L.append(
                 f"| {label} | {d['throughput_mib_s']} | {_f(d.get('ratio_to_raw', 1.0), 3)} "
@@ -197,18 +250,29 @@ def markdown(res: dict) -> str:
             "machine; the floor (no Prefect) runs beside the B1 concurrency-2 run, which is "
             "mostly idle — CPU seconds, not wall time, are compared.\n"
         )
-        L.append("| side | rows/s | CPU ms/row | CPU ms/row + server | peak RSS MB | ratio to floor (client / + server) |")
+        L.append(
+            "| side | rows/s | CPU ms/row | CPU ms/row + server | peak RSS MB | ratio to floor (client / + server) |"
+        )
         L.append("|---|---|---|---|---|---|")
         f = b4["floor"]
         rows = [("ours (shipped)", b4["ours"], b4["cpu_ratio"], b4["cpu_ratio_incl_server"])]
         for name, p in b4.get("prototypes", {}).items():
-            rows.append((f"ours + prototype `{name}`", p["ours"], p["cpu_ratio"], p["cpu_ratio_incl_server"]))
+            rows.append(
+                (
+                    f"ours + prototype `{name}`",
+                    p["ours"],
+                    p["cpu_ratio"],
+                    p["cpu_ratio_incl_server"],
+                )
+            )
         for label, o, r1, r2 in rows:
             L.append(
                 f"| {label} | {o['rows_per_s']} | {o['cpu_ms_per_row']} | {o['cpu_ms_per_row_incl_server']} "
                 f"| {o['peak_rss_mb']} | {r1} / {r2} |"
             )
-        L.append(f"| floor (asyncio + httpx) | {f['rows_per_s']} | {f['cpu_ms_per_row']} | – | {f['peak_rss_mb']} | 1.0 |")
+        L.append(
+            f"| floor (asyncio + httpx) | {f['rows_per_s']} | {f['cpu_ms_per_row']} | – | {f['peak_rss_mb']} | 1.0 |"
+        )
         L.append("")
     if res.get("notes"):
         L.append("## What limits us, and what the numbers mean\n")

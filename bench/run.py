@@ -23,7 +23,9 @@ from pathlib import Path
 from bench import b1_utilisation, b2_polling, b3_persistence, b4_overhead, report
 from bench.common import ROOT, PrefectServer, log
 
-FULL = dict(b1_rows=200, b1_concurrency=(32, 2), b3_bytes=500 * 2**20, b4_rows=2000, b4_concurrency=64)
+FULL = dict(
+    b1_rows=200, b1_concurrency=(32, 2), b3_bytes=500 * 2**20, b4_rows=2000, b4_concurrency=64
+)
 QUICK = dict(b1_rows=8, b1_concurrency=(4, 2), b3_bytes=8 * 2**20, b4_rows=40, b4_concurrency=8)
 #: Prototype runner/storage changes measured in B4 (see bench/proto.py).
 LEAN = ["shared_download_client", "one_task_per_row", "poll_from_last_seen", "queue_ahead"]
@@ -34,8 +36,10 @@ PROTOTYPES = {"lean": LEAN}
 def _machine() -> str:
     import psutil
 
-    return (f"{platform.system()} {platform.machine()}, {psutil.cpu_count()} cores, "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}")
+    return (
+        f"{platform.system()} {platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
 
 
 def notes(res: dict) -> list[str]:
@@ -131,14 +135,23 @@ def notes(res: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes; results to a temp dir")
-    ap.add_argument("--out", help="results folder (default bench/results, or a temp dir with --quick)")
-    ap.add_argument("--markdown", help="where BENCHMARKS.md goes (default: repo root; none with --quick)")
+    ap.add_argument(
+        "--out", help="results folder (default bench/results, or a temp dir with --quick)"
+    )
+    ap.add_argument(
+        "--markdown", help="where BENCHMARKS.md goes (default: repo root; none with --quick)"
+    )
     ap.add_argument("--only", default="b1,b2,b3,b4", help="comma-separated subset")
     ap.add_argument("--no-prototypes", action="store_true", help="skip the prototype B4 runs")
-    ap.add_argument("--render-only", action="store_true",
-                    help="re-render BENCHMARKS.md and the plot from bench/results/latest.json")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render BENCHMARKS.md and the plot from bench/results/latest.json",
+    )
     args = ap.parse_args(argv)
     if args.render_only:
         out = Path(args.out) if args.out else ROOT / "bench" / "results"
@@ -147,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         res["targets"] = report.targets(res)
         report.plot_occupancy(res, out / "b1_occupancy.png")
         (out / "latest.json").write_text(json.dumps(res, indent=1, default=str))
-        (Path(args.markdown) if args.markdown else ROOT / "BENCHMARKS.md").write_text(report.markdown(res))
+        (Path(args.markdown) if args.markdown else ROOT / "BENCHMARKS.md").write_text(
+            report.markdown(res)
+        )
         return 0
     sizes = QUICK if args.quick else FULL
     only = set(args.only.split(","))
@@ -160,13 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    md_path = Path(args.markdown) if args.markdown else (None if args.quick else ROOT / "BENCHMARKS.md")
+    md_path = (
+        Path(args.markdown) if args.markdown else (None if args.quick else ROOT / "BENCHMARKS.md")
+    )
     os.environ.pop("DASHSCOPE_API_KEY", None)  # never a real key in a benchmark
 
     started = time.monotonic()
     command = "python -m bench.run" + (" --quick" if args.quick else "")
-    res: dict = {"meta": {"command": command, "sizes": sizes, "machine": _machine(),
-                          "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}}
+    res: dict = {
+        "meta": {
+            "command": command,
+            "sizes": sizes,
+            "machine": _machine(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+    }
     log(f"starting the Prefect API server ({'quick' if args.quick else 'full'} run)")
     prefect = PrefectServer()
     try:
@@ -175,16 +198,24 @@ def main(argv: list[str] | None = None) -> int:
         if "b1" in only or "b2" in only:
             c_big, c_small = sizes["b1_concurrency"]
             # At concurrency 32 the CPU is the limit: each side alone, one after the other.
-            res["b1"] = [b1_utilisation.run(sizes["b1_rows"], c_big, prefect.env(),
-                                            prototypes=protos_b1, parallel=False)]
+            res["b1"] = [
+                b1_utilisation.run(
+                    sizes["b1_rows"], c_big, prefect.env(), prototypes=protos_b1, parallel=False
+                )
+            ]
             # At concurrency 2 the sides mostly wait (~5 min): they run side by side, and
             # B3 and the B4 floor (no Prefect) run beside them.
             box: dict = {}
 
             def small() -> None:
                 try:
-                    box["r"] = b1_utilisation.run(sizes["b1_rows"], c_small, prefect.env(),
-                                                  prototypes=protos_b1, parallel=True)
+                    box["r"] = b1_utilisation.run(
+                        sizes["b1_rows"],
+                        c_small,
+                        prefect.env(),
+                        prototypes=protos_b1,
+                        parallel=True,
+                    )
                 except BaseException as exc:  # re-raised below
                     box["e"] = exc
 
@@ -193,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             if "b3" in only:
                 res["b3"] = b3_persistence.run(sizes["b3_bytes"])
             if "b4" in only:
-                floor_box["floor"] = b4_overhead.run_floor(sizes["b4_rows"], sizes["b4_concurrency"])
+                floor_box["floor"] = b4_overhead.run_floor(
+                    sizes["b4_rows"], sizes["b4_concurrency"]
+                )
             t.join()
             if "e" in box:
                 raise box["e"]
@@ -210,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_prototypes:
                 res["b4"]["prototypes"] = {}
                 for name, patches in PROTOTYPES.items():
-                    proto = b4_overhead.run_ours(rows, conc, prefect, patches=patches,
-                                                 label=f"ours+{name}")
+                    proto = b4_overhead.run_ours(
+                        rows, conc, prefect, patches=patches, label=f"ours+{name}"
+                    )
                     res["b4"]["prototypes"][name] = b4_overhead.compare(res["b4"], {"ours": proto})
     finally:
         prefect.stop()
@@ -225,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if md_path is not None:
         md_path.write_text(text)
     print(text)
-    log(f"done in {res['meta']['wall_s']:.0f} s; results in {out}"
-        + (f", {md_path}" if md_path else ""))
+    log(
+        f"done in {res['meta']['wall_s']:.0f} s; results in {out}"
+        + (f", {md_path}" if md_path else "")
+    )
     return 0
 
 

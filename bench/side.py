@@ -98,7 +98,9 @@ def run_ours(a: dict) -> dict:
     wall, cpu = time.monotonic() - t0, _cpu() - cpu0
     if profiler is not None:
         profiler.stop()
-        Path(a["profile"]).write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        Path(a["profile"]).write_text(
+            profiler.output_text(unicode=False, color=False, show_all=False)
+        )
     summary = state.result(raise_on_failure=False)
     counts = getattr(summary, "counts", None)
     return {
@@ -373,8 +375,14 @@ def run_raw(a: dict) -> dict:
     if remote:  # an fsspec S3 file uploads its last part on close
         wall = time.monotonic() - t0
     cpu = _cpu() - cpu0
-    return {"wall_s": wall, "cpu_s": cpu, "bytes": n, "fsync_s": fsync_s,
-            "rss_before_mb": rss0, "maxrss_mb": _maxrss_mb()}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "bytes": n,
+        "fsync_s": fsync_s,
+        "rss_before_mb": rss0,
+        "maxrss_mb": _maxrss_mb(),
+    }
 
 
 MODES = {
