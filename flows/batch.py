@@ -14,6 +14,7 @@ from kf2v_tasks.reporting import PrefectReporter
 from kf2v_tasks.results import BatchSummary
 from kf2v_tasks.runner import BatchRunner, ConcurrencySettings, PollingSettings
 from kf2v_tasks.sharding import run_shards
+from kf2v_tasks.steps import TaskRuns
 from kf2v_tasks.storage_config import resolve_storage_options
 from kf2v_tasks.submission import AmbiguousPolicy
 
@@ -41,6 +42,7 @@ async def generate_batch(
     shard_index: Annotated[int, Field(ge=0)] = 0,
     shard_count: Annotated[int, Field(ge=1)] = 1,
     results_name: str = "results.csv",
+    task_runs: TaskRuns = TaskRuns.PER_STEP,
 ):
     """Generate a video for every row of a CSV manifest.
 
@@ -73,6 +75,9 @@ async def generate_batch(
         shard_index: which shard this run handles (set by the parent run; 0-based).
         shard_count: how many shards the manifest is split into (set by the parent run).
         results_name: name of the results file in the output folder.
+        task_runs: 'per_step' (default): validate, submit, poll and persist are separate
+            Prefect task runs; 'per_row': one task run per row, lighter for batches of
+            thousands of rows.
 
     Returns:
         A BatchSummary; the flow run ends Failed (with the counts) if any row failed.
@@ -104,6 +109,7 @@ async def generate_batch(
                 storage_options=storage_options,
                 price_table=price_table,
                 ambiguous_policy=ambiguous_policy,
+                task_runs=task_runs,
             ),
             results_name=results_name,
         )
@@ -125,6 +131,7 @@ async def generate_batch(
         shard_count=shard_count,
         results_name=results_name,
         reporter=PrefectReporter(),
+        task_runs=task_runs,
     )
     summary = await runner.run()
     return final_state(summary)

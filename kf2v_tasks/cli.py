@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-cost", type=float, help="Stop submitting once this would be exceeded.")
     run.add_argument("--dry-run", action="store_true", help="Validate and estimate only.")
     run.add_argument("--fail-fast", action="store_true", help="Submit nothing if a row is invalid.")
+    run.add_argument(
+        "--task-runs",
+        choices=["per_step", "per_row"],
+        default="per_step",
+        help="Prefect task runs per row: one per step (default) or one per row (lighter).",
+    )
     _add_common(run)
 
     gen = sub.add_parser("generate", help="Generate one video.")
@@ -192,6 +198,7 @@ def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
                 dry_run=dry_run or getattr(args, "dry_run", False),
                 max_cost=getattr(args, "max_cost", None),
                 fail_fast=getattr(args, "fail_fast", False),
+                task_runs=getattr(args, "task_runs", "per_step"),
                 credentials_block=args.credentials_block,
                 storage_block=args.storage_block,
                 storage_options=args.storage_options,

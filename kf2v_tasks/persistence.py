@@ -174,6 +174,7 @@ async def persist_task_video(
         destination,
         storage_options=storage_options,
         refresh_url=refresh_url,
+        http=client.download_http if client is not None else None,
     )
     download_seconds = time.monotonic() - t0
     sidecar = build_sidecar(

@@ -103,6 +103,10 @@ async def wait_for_task(
     history: list[StatusChange] = []
     started = clock.now()
     running_since: Optional[float] = None
+    # The task may have started any time after it was last seen not running (at first:
+    # when we began waiting, right after submit). Counting its run time from there, not
+    # from the first RUNNING answer, tightens polling before the earliest possible end.
+    not_running_at = started
     last_status: Optional[TaskStatus] = None
     await clock.sleep(min(schedule.first_poll, deadline))
 
@@ -110,8 +114,10 @@ async def wait_for_task(
         state = await client.get_task(task_id)
         _record(history, state.status)
         now = clock.now()
-        if state.status is TaskStatus.RUNNING and running_since is None:
-            running_since = now
+        if state.status is TaskStatus.PENDING:
+            not_running_at = now
+        elif running_since is None:
+            running_since = not_running_at
         if state.status is not last_status:
             last_status = state.status
             logger.debug("task %s is %s", task_id, state.status.value)

@@ -29,6 +29,7 @@ from kf2v_tasks.polling import DEFAULT_DEADLINE, DEFAULT_QUEUE_DEADLINE, PollSch
 from kf2v_tasks.pricing import Budget, PriceTable, estimate, estimate_row
 from kf2v_tasks.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.slots import SlotPool
+from kf2v_tasks.steps import TaskRuns, run_row_task
 from kf2v_tasks.submission import AmbiguousPolicy, request_fingerprint
 
 logger = logging.getLogger("kf2v_tasks.runner")
@@ -151,7 +152,10 @@ class BatchRunner:
         shard_count: int = 1,
         results_name: str = "results.csv",
         reporter: Any = None,
+        task_runs: str = "per_step",
     ) -> None:
+        from kf2v_tasks.steps import TaskRuns
+
         self.manifest_url = manifest
         self.output = output.rstrip("/") if "://" in output else output
         self.defaults = defaults or RowDefaults()
@@ -169,14 +173,23 @@ class BatchRunner:
         self.shard_count = shard_count
         self.results_name = results_name
         self.reporter = reporter
+        self.task_runs = TaskRuns(task_runs)
         self.ledger = Ledger(self.output, storage_options=storage_options)
         self.results: dict[int, RowResult] = {}
         self._total = 0
 
     # -- phase 1: validate everything before the first submit -------------------------
+    def steps(self, client: Any = None):
+        """The row steps for this run's ``task_runs`` setting."""
+        from kf2v_tasks.steps import PlainSteps, TaskRuns, TaskSteps
+
+        if self.task_runs is TaskRuns.PER_ROW:
+            return PlainSteps(self, client)
+        return TaskSteps(self, client)
+
     async def plan(self) -> BatchPlan:
         """Parse the manifest and validate every row and its frames; submit nothing."""
-        from kf2v_tasks.tasks import validate_frames
+        steps = self.steps()
 
         parsed = await load_manifest(
             self.manifest_url, defaults=self.defaults, storage_options=self.storage_options
@@ -215,9 +228,7 @@ class BatchRunner:
                 return
             async with gate:
                 try:
-                    pair = await validate_frames.with_options(
-                        task_run_name=f"validate-{row.id}", retries=0
-                    )(row.first_frame, row.last_frame, self.frame_limits, self.storage_options)
+                    pair = await steps.validate(row)
                 except Kf2vError as exc:
                     column = "last_frame" if getattr(exc, "role", None) == "last" else "first_frame"
                     invalid(row.row_number, row.id, "InvalidFrame", f"{where} {column!r}: {exc}")
@@ -312,6 +323,7 @@ class BatchRunner:
         try:
             async with client_scope(None, self.credentials, limits) as client:
                 ctx = _RowContext(self, plan, client, limits, pool, budget, leaders, summary)
+                ctx.steps = self.steps(client)
                 await asyncio.gather(*(ctx.run_row(row, state) for row, state in order))
         finally:
             await pool.close()
@@ -388,7 +400,12 @@ class _RowContext:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.leaders[fp] = done
         try:
-            result = await self._generate(row, record, fp, dest, price, base)
+            if self.runner.task_runs is TaskRuns.PER_ROW:
+                result = await run_row_task(
+                    row.id, lambda: self._generate(row, record, fp, dest, price, base)
+                )
+            else:
+                result = await self._generate(row, record, fp, dest, price, base)
         except Exception as exc:  # never let one row take the batch down
             logger.exception("row %s failed unexpectedly", row.id)
             result = RowResult(
@@ -401,8 +418,6 @@ class _RowContext:
         r._finish(result)
 
     async def _generate(self, row, record, fp, dest, price, base) -> RowResult:
-        from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v
-
         r = self.runner
         # Already persisted by an earlier run and still there: nothing to pay, nothing to call.
         kept = await find_persisted(r.ledger, fp, dest, storage_options=r.storage_options)
@@ -431,31 +446,12 @@ class _RowContext:
                     )
                 reserved = price
             try:
-                sub = await submit_kf2v.with_options(task_run_name=f"submit-{row.id}")(
-                    self.plan.frames[row.id],
-                    row.prompt,
-                    row.negative_prompt,
-                    row.options,
-                    ledger_root=r.output,
-                    storage_options=r.storage_options,
-                    ambiguous_policy=r.ambiguous_policy,
-                    row_id=row.id,
-                    client=self.client,
-                )
+                sub = await self.steps.submit(row, self.plan.frames[row.id], fp)
                 if sub.reused:
                     self.reattached += 1
                 else:
                     self.submitted += 1
-                state = await poll_until_done.with_options(task_run_name=f"poll-{row.id}")(
-                    sub.task_id,
-                    schedule=r.polling.schedule,
-                    deadline_seconds=r.polling.deadline_seconds,
-                    queue_deadline_seconds=r.polling.queue_deadline_seconds,
-                    client=self.client,
-                    ledger_root=r.output,
-                    fingerprint=fp,
-                    storage_options=r.storage_options,
-                )
+                state = await self.steps.poll(row, sub)
             except Exception as exc:
                 if reserved:
                     self.budget.release(reserved)  # failed tasks are not billed
@@ -463,15 +459,7 @@ class _RowContext:
         if reserved:
             self.budget.commit(reserved)
         try:
-            video = await persist_video.with_options(task_run_name=f"persist-{row.id}")(
-                state,
-                dest,
-                submission=sub,
-                ledger_root=r.output,
-                storage_options=r.storage_options,
-                extra={"row": row.row_number, "id": row.id, "manifest": r.manifest_url},
-                client=self.client,
-            )
+            video = await self.steps.persist(row, state, sub, dest)
         except Exception as exc:  # the task succeeded (and is billed); only keeping it failed
             return _failure(base, exc, sub, cost=price)
         await _emit_persisted(row, video, sub)

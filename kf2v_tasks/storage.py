@@ -48,8 +48,8 @@ from kf2v_tasks.fsutil import (
 logger = logging.getLogger("kf2v_tasks.storage")
 
 MIB = 1024 * 1024
-#: s3fs part size: bounds the upload buffer (peak memory) while staying above S3's 5 MiB minimum.
-WRITE_BLOCK_SIZE = 8 * MIB
+#: s3fs part size: bounds the upload buffer (peak memory); S3 parts must be at least 5 MiB.
+WRITE_BLOCK_SIZE = 5 * MIB + 64 * 1024
 _HTTP_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 

@@ -78,6 +78,7 @@ async def validate_frames(
     last_frame: str,
     limits: Optional[FrameLimits] = None,
     storage_options: Optional[dict] = None,
+    row_id: Optional[str] = None,
 ) -> FramePair:
     """Validate a first/last frame pair before any DashScope call is made.
 
@@ -90,6 +91,7 @@ async def validate_frames(
         last_frame: where the last frame is.
         limits: size and dimension limits (default: 240..8000 px, ≤ 10 MB).
         storage_options: fsspec options for remote frames (e.g. S3 credentials).
+        row_id: the manifest row, for task run names and logs.
 
     Returns:
         A :class:`~kf2v_tasks.models.FramePair` with warnings (alpha, aspect mismatch).
@@ -210,6 +212,7 @@ async def poll_until_done(
     ledger_root: Optional[str] = None,
     fingerprint: Optional[str] = None,
     storage_options: Optional[dict] = None,
+    row_id: Optional[str] = None,
 ) -> TaskState:
     """Poll a task until SUCCEEDED, FAILED, CANCELED or UNKNOWN.
 
@@ -231,6 +234,7 @@ async def poll_until_done(
             it is never reused.
         fingerprint: the submission's fingerprint.
         storage_options: fsspec options of the ledger.
+        row_id: the manifest row, for task run names and logs.
 
     Returns:
         The final :class:`~kf2v_tasks.models.TaskState`, with its status history.
@@ -326,6 +330,7 @@ async def persist_video(
     extra: Optional[dict] = None,
     client: Any = None,
     limits: Optional[AccountLimits] = None,
+    row_id: Optional[str] = None,
 ) -> PersistedVideo:
     """Stream a SUCCEEDED task's video to any fsspec destination, atomically.
 
@@ -346,6 +351,7 @@ async def persist_video(
         extra: more fields for the sidecar.
         client: an open client to share; else one is opened.
         limits: the account quota shared with other tasks of the run.
+        row_id: the manifest row, for task run names and logs.
 
     Returns:
         A :class:`~kf2v_tasks.persistence.PersistedVideo` (path, sha256, bytes, sidecar).

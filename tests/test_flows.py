@@ -327,3 +327,29 @@ def test_resume_after_sigkill_makes_no_extra_creates(tmp_path):
         assert Path(r["output"]).stat().st_size == int(r["bytes"])
     dupes = [r for r in results if r["possible_duplicate"] == "True"]
     assert len(dupes) == sum(n - 1 for n in fps.values())
+
+
+async def test_one_task_run_per_row_mode(sim, tmp_path):
+    """task_runs="per_row": same outputs and ledger, one Prefect task run per row."""
+    from prefect.client.orchestration import get_client
+
+    folder = tmp_path / "in"
+    pairs = make_pairs(folder, 4)
+    rows = [{"id": f"p{i}", "first_frame": a, "last_frame": b} for i, (a, b) in enumerate(pairs)]
+    (folder / "m.csv").write_text(manifest_text(rows))
+    out = tmp_path / "out"
+    state = await generate_batch(
+        str(folder / "m.csv"), str(out), concurrency=FAST, task_runs="per_row", return_state=True
+    )
+    summary = await state.aresult()
+    assert summary.counts == {"succeeded": 4}
+    assert len(list((out / ".kf2v" / "ledger").glob("*.json"))) == 4
+    async with get_client() as client:
+        resp = await client._client.post(
+            "/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}},
+        )
+    names = sorted(t["name"] for t in resp.json())
+    assert names == ["row-p0", "row-p1", "row-p2", "row-p3"]
+    again = await generate_batch(str(folder / "m.csv"), str(out), task_runs="per_row")
+    assert again.counts == {"skipped": 4}
