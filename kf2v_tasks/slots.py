@@ -67,6 +67,7 @@ class SlotPool:
         self.gcl_name = gcl_name
         self._local = asyncio.Semaphore(size)
         self._idle: deque[_Lease] = deque()
+        self._all: list[_Lease] = []
         self._held = 0
         self.in_use = 0
         self.peak = 0
@@ -88,6 +89,7 @@ class SlotPool:
         if self._idle:
             return self._idle.popleft()
         lease = _Lease(self.gcl_name)
+        self._all.append(lease)
         await lease.acquired.wait()
         if lease.error is not None:
             raise lease.error
@@ -125,13 +127,15 @@ class SlotPool:
             self._local.release()
 
     async def close(self) -> None:
-        """Give every held GCL slot back to the server."""
+        """Give every held GCL slot back to the server, and wait until it has them."""
         while self._idle:
-            lease = self._idle.popleft()
-            lease.release.set()
+            self._idle.popleft().release.set()
             self._held -= 1
+        for lease in self._all:
+            lease.release.set()
             with contextlib.suppress(BaseException):
                 await lease.task
+        self._all.clear()
 
 
 async def gcl_exists(name: str) -> bool:
