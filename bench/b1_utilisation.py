@@ -116,19 +116,27 @@ def run(
     prefect_env: dict,
     low=60.0,
     high=300.0,
-    prototypes: dict[str, list[str]] | None = None,
+    variants: dict[str, dict] | None = None,
     parallel: bool = True,
 ) -> dict:
-    """Run ours and the peer (and prototypes of ours) side by side; return the analyses."""
+    """Run ours, the peer and variants of ours (e.g. ``task_runs="per_row"``); analyse them.
+
+    ``variants`` maps a label to extra flow arguments for our side (real flow parameters,
+    no patching). With ``parallel`` every side runs at once against its own simulator;
+    otherwise one after the other, each alone on the machine.
+    """
     work = Path(tempfile.mkdtemp(prefix=f"kf2v-b1-c{concurrency}-"))
     manifest = make_inputs(work / "in", rows, f"b1c{concurrency}")
     cfg = sim_config(concurrency, low, high)
-    log(f"B1: {rows} rows, concurrency {concurrency}, run time {low:g}-{high:g} s at {SPEED:g}x")
-    prototypes = prototypes or {}
+    variants = variants or {}
+    log(
+        f"B1: {rows} rows, concurrency {concurrency}, run time {low:g}-{high:g} s at {SPEED:g}x, "
+        f"{2 + len(variants)} sides {'side by side' if parallel else 'one after the other'}"
+    )
     with contextlib.ExitStack() as stack:
         sim_ours = stack.enter_context(SimProcess(cfg))
         sim_peer = stack.enter_context(SimProcess(cfg))
-        proto_sims = {name: stack.enter_context(SimProcess(cfg)) for name in prototypes}
+        variant_sims = {name: stack.enter_context(SimProcess(cfg)) for name in variants}
         common = dict(time_scale=SPEED, manifest=str(manifest), rows=rows, concurrency=concurrency)
 
         def settle(side):
@@ -161,25 +169,25 @@ def run(
                 ),
             )
         )
-        protos = {
+        others = {
             name: settle(
                 start_side(
-                    name,
+                    name.replace(" ", "-"),
                     dict(
                         common,
                         mode="ours",
                         api_key=API_KEY_OURS,
-                        base_url=proto_sims[name].base_url,
-                        output=str(work / name),
-                        patches=patches,
+                        base_url=variant_sims[name].base_url,
+                        output=str(work / name.replace(" ", "-")),
+                        **extra,
                     ),
                     prefect_env,
                 )
             )
-            for name, patches in prototypes.items()
+            for name, extra in variants.items()
         }
         r_ours, r_peer = ours.wait(), peer.wait()
-        r_protos = {name: side.wait() for name, side in protos.items()}
+        r_others = {name: side.wait() for name, side in others.items()}
         result = {
             "rows": rows,
             "concurrency": concurrency,
@@ -188,14 +196,17 @@ def run(
             "sides_ran": "side by side" if parallel else "one after the other",
             "ours": analyse(r_ours, sim_ours, concurrency),
             "peer": analyse(r_peer, sim_peer, concurrency),
-            "prototypes": {
-                name: dict(analyse(r, proto_sims[name], concurrency), patches=prototypes[name])
-                for name, r in r_protos.items()
+            "variants": {
+                name: dict(analyse(r, variant_sims[name], concurrency), flow_args=variants[name])
+                for name, r in r_others.items()
             },
         }
 
-    for side in ("ours", "peer"):
-        r = result[side]
+    for side, r in [
+        ("ours", result["ours"]),
+        ("peer", result["peer"]),
+        *result["variants"].items(),
+    ]:
         log(
             f"B1 c={concurrency} {side}: utilisation {r['utilisation']:.3f} "
             f"(wall {r['wall_s']:.1f} s, {r['rows_succeeded']} rows)"

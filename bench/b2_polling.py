@@ -40,9 +40,9 @@ def summarise(b1_runs: list[dict]) -> dict:
             if ours["lag_p95_s"] and peer["lag_p95_s"]
             else None,
         }
-        for name, r in run.get("prototypes", {}).items():
+        for name, r in run.get("variants", {}).items():
             pr = summarise_side(r)
-            out[f"c{c}"].setdefault("prototypes", {})[name] = {
+            out[f"c{c}"].setdefault("variants", {})[name] = {
                 "ours": pr,
                 "query_ratio": round(
                     pr["queries_per_task_with_lists"] / peer["queries_per_task_with_lists"], 3

@@ -87,11 +87,11 @@ def run_ours(
     rows: int,
     concurrency: int,
     prefect,
-    patches: list[str] | None = None,
+    flow_args: dict | None = None,
     label: str = "ours",
     profile: str | None = None,
 ) -> dict:
-    """Our batch flow (optionally with prototype patches); the Prefect server's CPU included."""
+    """Our batch flow (``flow_args``: extra flow parameters); the Prefect server's CPU included."""
     work, common = _setup(rows, concurrency)
     try:
         with SimProcess(sim_config(concurrency)) as sim:
@@ -106,8 +106,8 @@ def run_ours(
                     api_key=API_KEY_OURS,
                     base_url=sim.base_url,
                     output=str(work / "ours"),
-                    patches=patches or [],
                     profile=profile,
+                    **(flow_args or {}),
                 ),
                 prefect.env(),
             ).wait(timeout=1800)
@@ -116,7 +116,7 @@ def run_ours(
             out = _side_result(side, rows, prefect.cpu_seconds() - server_cpu0)
             out["http_calls"] = _calls(sim.stats())
             out["simulator_cpu_s"] = round(_cpu_of(sim.proc.pid), 3)
-            out["patches"] = patches or []
+            out["flow_args"] = flow_args or {}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(
@@ -146,7 +146,7 @@ def _cpu_of(pid: int) -> float:
 
 
 def compare(base: dict, proto: dict) -> dict:
-    """Put a prototype's ``ours`` next to the floor of the main B4 run."""
+    """Put a variant's ``ours`` next to the floor of the main B4 run."""
     f = base["floor"]
     o = proto["ours"]
     return {

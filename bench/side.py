@@ -46,15 +46,6 @@ def _maxrss_mb() -> float:
 # --- ours ----------------------------------------------------------------------------------
 
 
-def apply_patches(names: list[str]) -> None:
-    """Prototype changes to code we do not own, applied by monkeypatching (see bench/proto.py)."""
-    if names:
-        from bench import proto
-
-        for name in names:
-            getattr(proto, name)()
-
-
 def run_ours(a: dict) -> dict:
     os.environ["DASHSCOPE_API_KEY"] = a["api_key"]
     os.environ["DASHSCOPE_HTTP_BASE_URL"] = a["base_url"]
@@ -64,8 +55,8 @@ def run_ours(a: dict) -> dict:
     clock.set_time_scale(a["time_scale"])
     from kf2v_flows.batch import generate_batch
     from kf2v_tasks.runner import ConcurrencySettings, add_progress_listener
+    from kf2v_tasks.steps import TaskRuns
 
-    apply_patches(a.get("patches", []))
     total = a["rows"]
     step = max(1, total // 10)
 
@@ -92,6 +83,7 @@ def run_ours(a: dict) -> dict:
                 submits_per_second=a.get("submits_per_second", 2.0),
                 queries_per_second=a.get("queries_per_second", 20.0),
             ),
+            task_runs=TaskRuns(a.get("task_runs", "per_step")),
             return_state=True,
         )
     )

@@ -50,13 +50,25 @@ async def retry_transient(task, task_run, state) -> bool:
 
 @asynccontextmanager
 async def client_scope(
-    client=None, credentials: CredentialsLike = None, limits: Optional[AccountLimits] = None
+    client=None,
+    credentials: CredentialsLike = None,
+    limits: Optional[AccountLimits] = None,
+    optional: bool = False,
 ) -> AsyncIterator[Any]:
-    """Use ``client`` if given, else open one from ``credentials`` (block, block name or env)."""
+    """Use ``client`` if given, else open one from ``credentials`` (block, block name or env).
+
+    With ``optional``, no credentials anywhere yields ``None`` instead of raising.
+    """
     if client is not None:
         yield client
         return
-    resolved = await aresolve_credentials(credentials)
+    try:
+        resolved = await aresolve_credentials(credentials)
+    except ValueError:
+        if not optional or credentials is not None:
+            raise
+        yield None
+        return
     async with resolved.get_client(limits=limits) as owned:
         yield owned
 
@@ -368,7 +380,8 @@ async def persist_video(
             print(video.sha256)
         ```
     """
-    async with client_scope(client, credentials, limits) as c:
+    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
+    async with client_scope(client, credentials, limits, optional=True) as c:
         video = await persist_task_video(
             state,
             destination,

@@ -37,8 +37,8 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
 
     assert [r["concurrency"] for r in res["b1"]] == [2, 4]
     for run in res["b1"]:
-        for side in ("ours", "peer"):
-            r = run[side]
+        assert set(run["variants"]) == {"ours per_row"}
+        for r in (run["ours"], run["peer"], *run["variants"].values()):
             assert r["rows_succeeded"] == run["rows"]
             assert 0.2 < r["utilisation"] <= 1.05
             assert r["peak_concurrency"] <= run["concurrency"]
@@ -46,6 +46,7 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     for key in ("c2", "c4"):
         assert res["b2"][key]["ours"]["queries_per_task_mean"] >= 1
         assert res["b2"][key]["peer"]["queries_per_task_mean"] >= 1
+        assert res["b2"][key]["variants"]["ours per_row"]["ours"]["queries_per_task_mean"] >= 1
     for name in ("raw", "local", "s3"):
         assert res["b3"][name]["bytes"] == res["b3"]["bytes"]
         assert res["b3"][name]["throughput_mib_s"] > 0
@@ -53,8 +54,10 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     assert b4["ours"]["counts"] == {"succeeded": b4["rows"]}
     assert b4["floor"]["http_calls"]["creates"] == b4["rows"]
     assert b4["cpu_ratio"] > 0
-    for proto in b4["prototypes"].values():
-        assert proto["ours"]["counts"] == {"succeeded": b4["rows"]}
+    assert set(b4["variants"]) == {"ours per_row"}
+    for variant in b4["variants"].values():
+        assert variant["ours"]["counts"] == {"succeeded": b4["rows"]}
+        assert variant["ours"]["flow_args"] == {"task_runs": "per_row"}
 
     assert (out / "b1_occupancy.png").stat().st_size > 1000
     text = md.read_text()
