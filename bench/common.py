@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import httpx
 import psutil
+
+from kf2v_tasks.stack import free_port, stop_process
+from kf2v_tasks.testing import MotoS3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -49,12 +49,6 @@ def mean(values: list[float]) -> Optional[float]:
     return statistics.fmean(values) if values else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child_env(extra: Optional[dict] = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -62,21 +56,6 @@ def _child_env(extra: Optional[dict] = None) -> dict:
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stop a process we started (its own session/group), by id."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 class SimProcess:
@@ -315,56 +294,8 @@ class PrefectServer:
 # --- S3 (moto server) --------------------------------------------------------------------
 
 
-class MotoS3:
-    """A moto S3 server subprocess on loopback (as tests/conftest.py does)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        env = _child_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-        self.proc = subprocess.Popen(
-            [PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(self.endpoint + "/", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto did not start") from None
-                time.sleep(0.1)
-
-    @property
-    def storage_options(self) -> dict:
-        return {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
-        }
-
-    def new_bucket(self) -> str:
-        import boto3
-
-        name = f"kf2v-bench-{uuid.uuid4().hex[:8]}"
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=name)
-        return name
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-
-# --- inputs ------------------------------------------------------------------------------
+#: A moto S3 server subprocess on loopback (the same helper the tests use).
+MotoS3 = MotoS3Server
 
 
 def make_inputs(folder: Path, rows: int, tag: str, resolution: str = "480P") -> Path:

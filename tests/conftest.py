@@ -6,20 +6,20 @@ Everything a test starts it stops again (servers by process id).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from kf2v_tasks.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
+from kf2v_tasks.testing import MotoS3Server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# Some tests run the batch's planning (validate_frames task runs) outside a flow run.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # Tests talk to the simulator only; a developer's real key must never be used here.
 os.environ.pop("DASHSCOPE_API_KEY", None)
 os.environ.pop("DASHSCOPE_HTTP_BASE_URL", None)
@@ -42,56 +42,14 @@ def wait_for_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout}s: {last}")
 
 
-class S3Server:
-    """A moto S3 server on loopback, reached through s3fs with ``storage_options``."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-
-    @property
-    def storage_options(self) -> dict:
-        return {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
-        }
-
-    def filesystem(self):
-        import s3fs
-
-        return s3fs.S3FileSystem(**self.storage_options, use_listings_cache=False)
-
-    def new_bucket(self) -> str:
-        import boto3
-
-        name = f"kf2v-{uuid.uuid4().hex[:12]}"
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket=name)
-        return name
-
-
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+def s3_server() -> Iterator[MotoS3Server]:
     """A real S3 endpoint (moto server subprocess) on a free loopback port."""
-    port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    server = MotoS3Server()
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/")
-        yield S3Server(f"http://127.0.0.1:{port}")
+        yield server
     finally:
-        stop_process(proc)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

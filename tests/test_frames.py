@@ -9,7 +9,6 @@ import io
 import os
 import struct
 import threading
-import uuid
 import zlib
 from functools import partial
 from pathlib import Path
@@ -59,13 +58,6 @@ async def reject(source, match: str, **kw) -> FrameValidationError:
         await inspect_frame(str(source), **kw)
     assert match in ei.value.reason, ei.value.reason
     return ei.value
-
-
-def new_bucket(s3) -> str:
-    """A fresh bucket (``s3.new_bucket()`` sends LocationConstraint=us-east-1, which S3 rejects)."""
-    name = f"kf2v-{uuid.uuid4().hex[:12]}"
-    s3.filesystem().call_s3("create_bucket", Bucket=name)
-    return name
 
 
 class FakeClient:
@@ -260,7 +252,7 @@ async def test_memory_filesystem():
 
 
 async def test_s3_source(tmp_path, s3_server):
-    bucket = new_bucket(s3_server)
+    bucket = s3_server.new_bucket()
     p = make_image(tmp_path / "a.jpg", (640, 480), fmt="JPEG")
     s3_server.filesystem().put(str(p), f"{bucket}/frames/a.jpg")
     url = f"s3://{bucket}/frames/a.jpg"

@@ -17,13 +17,6 @@ FP = "a" * 64
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 
 
-def new_bucket(s3) -> str:
-    """A fresh bucket (``s3.new_bucket()`` sends LocationConstraint=us-east-1, which S3 rejects)."""
-    name = f"kf2v-{uuid.uuid4().hex[:12]}"
-    s3.filesystem().call_s3("create_bucket", Bucket=name)
-    return name
-
-
 def full_record(fp: str = FP) -> LedgerRecord:
     rec = LedgerRecord(
         fingerprint=fp,
@@ -147,7 +140,7 @@ async def test_memory_roundtrip():
 
 
 async def test_s3_roundtrip(s3_server):
-    bucket = new_bucket(s3_server)
+    bucket = s3_server.new_bucket()
     opts = s3_server.storage_options
     ledger = Ledger(f"s3://{bucket}/run-1", storage_options=opts)
     assert await ledger.get(FP) is None

@@ -35,13 +35,6 @@ from kf2v_tasks.storage import (
 MIB = 1024 * 1024
 
 
-def new_bucket(s3) -> str:
-    """A fresh bucket (``s3.new_bucket()`` sends LocationConstraint=us-east-1, which S3 rejects)."""
-    name = f"kf2v-{uuid.uuid4().hex[:12]}"
-    s3.filesystem().call_s3("create_bucket", Bucket=name)
-    return name
-
-
 class Body:
     """A deterministic body of ``size`` bytes generated on the fly (no big buffer held)."""
 
@@ -305,7 +298,7 @@ async def test_memory_destination(server):
 
 
 async def test_s3_destination_with_resume(s3_server, server):
-    bucket = new_bucket(s3_server)
+    bucket = s3_server.new_bucket()
     opts = s3_server.storage_options
     dest = f"s3://{bucket}/out/row-1.mp4"
     server.faults = ["cut:2000000"]
@@ -318,7 +311,7 @@ async def test_s3_destination_with_resume(s3_server, server):
 
 
 async def test_s3_failure_leaves_no_object(s3_server, server):
-    bucket = new_bucket(s3_server)
+    bucket = s3_server.new_bucket()
     opts = s3_server.storage_options
     dest = f"s3://{bucket}/out/row-1.mp4"
     server.faults = ["cut:1000"] * 2
@@ -335,7 +328,7 @@ async def test_s3_large_multipart_restart_from_zero(s3_server):
     srv = FaultServer(Body(20 * MIB + 7, seed=3))
     try:
         srv.faults = ["cut:12000000", "ignore_range"]
-        bucket = new_bucket(s3_server)
+        bucket = s3_server.new_bucket()
         opts = s3_server.storage_options
         dest = f"s3://{bucket}/big.mp4"
         res = await stream_to_storage(srv.url, dest, storage_options=opts, backoff=0)
@@ -395,7 +388,7 @@ async def test_json_and_text_local(tmp_path):
 
 
 async def test_json_s3(s3_server):
-    bucket = new_bucket(s3_server)
+    bucket = s3_server.new_bucket()
     opts = s3_server.storage_options
     url = f"s3://{bucket}/out/row-1.json"
     await write_json_atomic(url, {"a": 1}, storage_options=opts)
