@@ -322,8 +322,7 @@ class BatchRunner:
         order = await self._resume_order(plan, rows)
         try:
             async with client_scope(None, self.credentials, limits) as client:
-                ctx = _RowContext(self, plan, client, limits, pool, budget, leaders, summary)
-                ctx.steps = self.steps(client)
+                ctx = _RowContext(self, plan, self.steps(client), pool, budget, leaders)
                 await asyncio.gather(*(ctx.run_row(row, state) for row, state in order))
         finally:
             await pool.close()
@@ -374,15 +373,13 @@ class BatchRunner:
 class _RowContext:
     """What every row coroutine of one run shares."""
 
-    def __init__(self, runner, plan, client, limits, pool, budget, leaders, summary):
+    def __init__(self, runner, plan, steps, pool, budget, leaders):
         self.runner: BatchRunner = runner
         self.plan: BatchPlan = plan
-        self.client = client
-        self.limits: AccountLimits = limits
+        self.steps = steps
         self.pool: SlotPool = pool
         self.budget: Budget = budget
         self.leaders: dict[str, asyncio.Future] = leaders
-        self.summary: BatchSummary = summary
         self.submitted = 0
         self.reattached = 0
 

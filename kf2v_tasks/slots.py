@@ -68,7 +68,6 @@ class SlotPool:
         self._local = asyncio.Semaphore(size)
         self._idle: deque[_Lease] = deque()
         self._all: list[_Lease] = []
-        self._held = 0
         self.in_use = 0
         self.peak = 0
         self.gcl_acquisitions = 0
@@ -93,7 +92,6 @@ class SlotPool:
         await lease.acquired.wait()
         if lease.error is not None:
             raise lease.error
-        self._held += 1
         self.gcl_acquisitions += 1
         return lease
 
@@ -106,7 +104,6 @@ class SlotPool:
             self._idle.append(lease)
         else:
             lease.release.set()
-            self._held -= 1
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -130,7 +127,6 @@ class SlotPool:
         """Give every held GCL slot back to the server, and wait until it has them."""
         while self._idle:
             self._idle.popleft().release.set()
-            self._held -= 1
         for lease in self._all:
             lease.release.set()
             with contextlib.suppress(BaseException):
