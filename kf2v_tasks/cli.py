@@ -254,7 +254,12 @@ def _progress(console):
     """A live progress bar fed by the runner's row listener."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kf2v_tasks.runner import add_progress_listener, remove_progress_listener
+    from kf2v_tasks.runner import (
+        add_plan_listener,
+        add_progress_listener,
+        remove_plan_listener,
+        remove_progress_listener,
+    )
 
     progress = Progress(
         TextColumn("[bold]kf2v"),
@@ -271,13 +276,23 @@ def _progress(console):
         text = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
         progress.update(task_id, completed=sum(counts.values()), total=total, description=text)
 
+    def on_plan(plan, cost, dry_run):
+        # Said before anything is spent: what will run and what it should cost.
+        progress.console.print(
+            f"{len(plan.runnable)} valid rows, {len(plan.invalid)} invalid; estimated cost "
+            f"{cost.total:.2f} {cost.currency}"
+            + (" (dry run: nothing is submitted)" if dry_run else "")
+        )
+
     add_progress_listener(listener)
+    add_plan_listener(on_plan)
     progress.start()
     try:
         yield progress
     finally:
         progress.stop()
         remove_progress_listener(listener)
+        remove_plan_listener(on_plan)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -98,6 +98,23 @@ def remove_progress_listener(listener: ProgressListener) -> None:
         _progress_listeners.remove(listener)
 
 
+PlanListener = Callable[["BatchPlan", Any, bool], None]
+
+#: Told the plan and the cost estimate before anything is submitted (the CLI prints it).
+_plan_listeners: list[PlanListener] = []
+
+
+def add_plan_listener(listener: PlanListener) -> None:
+    """Call ``listener(plan, cost_estimate, dry_run)`` once validation is done, before spending."""
+    _plan_listeners.append(listener)
+
+
+def remove_plan_listener(listener: PlanListener) -> None:
+    """Stop calling ``listener``."""
+    if listener in _plan_listeners:
+        _plan_listeners.remove(listener)
+
+
 class BatchPlan(BaseModel):
     """A validated manifest: runnable rows with their frames, and the rest with reasons."""
 
@@ -271,6 +288,11 @@ class BatchRunner:
             currency=cost.currency,
             dry_run=self.dry_run,
         )
+        for listener in list(_plan_listeners):
+            try:
+                listener(plan, cost, self.dry_run)
+            except Exception:  # printing the estimate must not break the batch
+                logger.exception("plan listener failed")
         if self.reporter:
             await self.reporter.start(plan, cost, self)
 

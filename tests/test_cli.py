@@ -82,7 +82,9 @@ def test_run_exits_zero_and_reruns_skip(env, tmp_path):
     args = ("run", str(tmp_path / "m.csv"), "--output", str(tmp_path / "out"), "--concurrency", "2")
     first = kf2v(*args, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "3 rows: 3 succeeded" in first.stderr
+    # The estimate is printed before anything is spent (720P default: 0.20/s x 5 s x 3).
+    assert "3 valid rows, 0 invalid; estimated cost 3.00 CNY" in first.stderr
+    assert first.stderr.index("estimated cost") < first.stderr.index("3 rows: 3 succeeded")
     second = kf2v(*args, env=env)
     assert second.returncode == 0 and "3 rows: 3 skipped" in second.stderr
     assert sorted(Path(tmp_path / "out").glob("*.mp4")) == [
