@@ -221,9 +221,7 @@ async def _mark_persisted(
     record.sha256 = video.sha256
     record.bytes = video.bytes
     record.persisted_at = datetime.now(UTC)
-    record.events.append(
-        {"at": record.persisted_at.isoformat(), "event": "persisted", "path": video.path}
-    )
+    record.add_event("persisted", path=video.path)
     await ledger.put(record)
 
 

@@ -65,10 +65,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _event(record: LedgerRecord, event: str, **data) -> None:
-    record.events.append({"at": _now().isoformat(), "event": event, **data})
-
-
 async def submit_generation(
     client: Kf2vClient,
     frames: FramePair,
@@ -123,7 +119,7 @@ async def submit_generation(
             record.state = "terminal"
             record.terminal_status = current.status
             record.error_code, record.error_message = current.code, current.message
-            _event(record, "not_reusable", status=current.status.value)
+            record.add_event("not_reusable", status=current.status.value)
             await ledger.put(record)
     if record is not None and record.task_id and Ledger.is_task_reusable(record):
         logger.info("reusing task %s for fingerprint %s", record.task_id, fp[:12])
@@ -162,8 +158,7 @@ async def submit_generation(
                 ],
             },
         )
-        _event(
-            record,
+        record.add_event(
             "recreate",
             previous_task_id=previous.task_id,
             previous_status=previous.terminal_status.value if previous.terminal_status else None,
@@ -207,7 +202,7 @@ async def submit_generation(
             sent = True
             record.state = "submitting"
             record.create_attempts += 1
-            _event(record, "create", attempt=record.create_attempts)
+            record.add_event("create", attempt=record.create_attempts)
             if ledger:
                 await ledger.put(record)
 
@@ -216,7 +211,7 @@ async def submit_generation(
         except AmbiguousCreateError as exc:
             record.state = "ambiguous"
             record.possible_duplicate = True
-            _event(record, "ambiguous_create", error=str(exc))
+            record.add_event("ambiguous_create", error=str(exc))
             if ledger:
                 await ledger.put(record)
             if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
@@ -236,7 +231,7 @@ async def submit_generation(
             record.state = "ambiguous" if record.possible_duplicate else "terminal"
             record.error_code = getattr(exc, "code", type(exc).__name__)
             record.error_message = getattr(exc, "message", str(exc))
-            _event(record, "create_rejected", error=record.error_code)
+            record.add_event("create_rejected", error=record.error_code)
             if ledger:
                 await ledger.put(record)
             raise
@@ -248,7 +243,7 @@ async def submit_generation(
     record.submitted_at = _now()
     record.terminal_status = None
     record.error_code = record.error_message = None
-    _event(record, "submitted", task_id=state.task_id)
+    record.add_event("submitted", task_id=state.task_id)
     if ledger:
         await ledger.put(record)
     return Submission(
