@@ -284,42 +284,48 @@ async def poll_until_done(
 async def record_outcome(
     ledger: Optional[Ledger], fingerprint: Optional[str], outcome: Union[TaskState, Exception]
 ) -> None:
-    """Write a task's terminal status (or definitive error) into its ledger record."""
+    """Write how a task ended into its ledger record, so a dead task is never reused.
+
+    A deadline timeout is only logged as an event: the task may still finish, and a
+    resume re-attaches to it.
+    """
+    from kf2v_tasks.errors import (
+        QueueTimeoutError,
+        TaskCanceledError,
+        TaskExpiredError,
+        TaskFailedError,
+        TaskTimeoutError,
+    )
+
     if ledger is None or not fingerprint:
         return
-    from kf2v_tasks.errors import TaskError
-
-    if isinstance(outcome, TaskState):
+    dead = {
+        TaskFailedError: TaskStatus.FAILED,
+        TaskCanceledError: TaskStatus.CANCELED,
+        QueueTimeoutError: TaskStatus.CANCELED,
+        TaskExpiredError: TaskStatus.UNKNOWN,
+    }
+    if isinstance(outcome, TaskState) and outcome.status.is_terminal:
         status, code, message = outcome.status, outcome.code, outcome.message
-    elif isinstance(outcome, TaskError):
-        status = {
-            "TaskFailedError": TaskStatus.FAILED,
-            "TaskCanceledError": TaskStatus.CANCELED,
-            "QueueTimeoutError": TaskStatus.CANCELED,
-            "TaskExpiredError": TaskStatus.UNKNOWN,
-        }.get(type(outcome).__name__)
-        if status is None:  # a timeout: the task may still finish; keep it reusable
-            record = await ledger.get(fingerprint)
-            if record is not None:
-                record.add_event(
-                    "timeout",
-                    error=str(outcome),
-                    history=[f"{h.status.value}@{h.seen_at.isoformat()}" for h in outcome.history],
-                )
-                await ledger.put(record)
-            return
-        code = getattr(outcome, "code", type(outcome).__name__)
-        message = str(outcome)
-    else:
-        return
-    if not status.is_terminal:
+    elif type(outcome) in dead:
+        status = dead[type(outcome)]
+        code, message = getattr(outcome, "code", type(outcome).__name__), str(outcome)
+    elif not isinstance(outcome, TaskTimeoutError):
         return
     record = await ledger.get(fingerprint)
     if record is None:
         return
-    record.state = "terminal" if record.state != "persisted" else record.state
-    record.terminal_status = status
-    record.error_code, record.error_message = code, message
+    if isinstance(outcome, TaskTimeoutError):
+        record.add_event(
+            "timeout",
+            error=str(outcome),
+            history=[f"{h.status.value}@{h.seen_at.isoformat()}" for h in outcome.history],
+        )
+    else:
+        if record.state != "persisted":
+            record.state = "terminal"
+        record.terminal_status = status
+        record.error_code, record.error_message = code, message
     await ledger.put(record)
 
 
