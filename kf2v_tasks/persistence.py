@@ -225,23 +225,29 @@ async def _mark_persisted(
     await ledger.put(record)
 
 
+_UNREAD = object()
+
+
 async def find_persisted(
     ledger: Optional[Ledger],
     fingerprint: str,
     destination: str,
     *,
     storage_options: Optional[dict] = None,
+    record: Any = _UNREAD,
 ) -> Optional[PersistedVideo]:
     """The video of this work if an earlier run already kept it at ``destination``, intact.
 
     Checked without any DashScope call: the ledger says "persisted" at this path and the
-    file still hashes to the recorded sha256.
+    file still hashes to the recorded sha256. Pass ``record`` (possibly ``None``) when the
+    caller has already read the ledger, to skip reading it again.
     """
     from kf2v_tasks.storage import sidecar_path, verify_file
 
     if ledger is None:
         return None
-    record = await ledger.get(fingerprint)
+    if record is _UNREAD:
+        record = await ledger.get(fingerprint)
     if record is None or record.state != "persisted" or record.output_path != destination:
         return None
     if not record.sha256 or not await verify_file(

@@ -439,7 +439,10 @@ class _RowContext:
     async def _generate(self, row, record, fp, dest, price, base) -> RowResult:
         r = self.runner
         # Already persisted by an earlier run and still there: nothing to pay, nothing to call.
-        kept = await find_persisted(r.ledger, fp, dest, storage_options=r.storage_options)
+        # The ledger record was read once for the whole run (_resume_order).
+        kept = await find_persisted(
+            r.ledger, fp, dest, storage_options=r.storage_options, record=record
+        )
         if kept is not None:
             return RowResult(
                 **base,
