@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -29,6 +30,14 @@ from helpers import make_frame
 
 SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@contextmanager
+def own_sim(**config):
+    """A simulator for one test (tiny renders, at SPEED) and credentials for it."""
+    config.setdefault("render", "tiny")
+    with run_simulator(SimulatorConfig(speed=SPEED, **config)) as s:
+        yield s, DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +160,11 @@ def env_creds(sim, monkeypatch):
 
 
 async def test_download_cut_halfway_ends_complete_without_regeneration(creds, frames, tmp_path):
-    cfg = SimulatorConfig(
-        speed=SPEED,
+    with own_sim(
         runtime=RuntimeDistribution(kind="fixed", low=60),
-        render="tiny",
         faults=FaultConfig({"download.cut": 0.5, "download.expired": 0.3}),
         seed=11,
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    ) as (s, c):
         out = tmp_path / "out"
         _, _, video = await one_video(*frames, "cut", str(out / "c.mp4"), str(out), c)
         stats = s.stats()
@@ -172,14 +177,10 @@ async def test_download_cut_halfway_ends_complete_without_regeneration(creds, fr
 
 
 async def test_failed_task_raises_with_code_and_is_never_reused(creds, frames, tmp_path):
-    cfg = SimulatorConfig(
-        speed=SPEED,
+    with own_sim(
         runtime=RuntimeDistribution(kind="fixed", low=60),
-        render="tiny",
         faults=FaultConfig({"task.fail_moderation": 1.0}),
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    ) as (s, c):
         out = str(tmp_path / "out")
         with pytest.raises(TaskFailedError) as info:
             await one_video(*frames, "fail", f"{out}/f.mp4", out, c)
@@ -200,14 +201,7 @@ async def test_unknown_task_is_expired_error(sim, creds):
 
 
 async def test_pending_past_queue_deadline_is_canceled(frames, tmp_path):
-    cfg = SimulatorConfig(
-        speed=SPEED,
-        max_concurrent=1,
-        runtime=RuntimeDistribution(kind="fixed", low=3000),
-        render="tiny",
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    with own_sim(max_concurrent=1, runtime=RuntimeDistribution(kind="fixed", low=3000)) as (s, c):
 
         @flow
         async def two():
@@ -222,12 +216,8 @@ async def test_pending_past_queue_deadline_is_canceled(frames, tmp_path):
         assert s.stats()["tasks_by_status"].get("CANCELED") == 1
 
 
-async def test_canceled_task_raises(sim, creds, frames):
-    cfg = SimulatorConfig(
-        speed=SPEED, max_concurrent=1, runtime=RuntimeDistribution(kind="fixed", low=3000)
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+async def test_canceled_task_raises(frames):
+    with own_sim(max_concurrent=1, runtime=RuntimeDistribution(kind="fixed", low=3000)) as (s, c):
 
         @flow
         async def cancel_then_poll():
@@ -245,15 +235,11 @@ async def test_canceled_task_raises(sim, creds, frames):
 async def test_429_storm_ends_in_success(frames, tmp_path):
     # A 300 s task polled every few service seconds: dozens of queries, so the storm hits
     # whatever the timing (the fault draws are seeded per endpoint).
-    cfg = SimulatorConfig(
-        speed=SPEED,
+    with own_sim(
         runtime=RuntimeDistribution(kind="fixed", low=300),
-        render="tiny",
         faults=FaultConfig({"create.throttle": 0.6, "query.throttle": 0.6}),
         seed=5,
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    ) as (s, c):
         out = str(tmp_path / "out")
         _, state, _ = await one_video(*frames, "storm", f"{out}/s.mp4", out, c)
         stats = s.stats()
@@ -263,14 +249,10 @@ async def test_429_storm_ends_in_success(frames, tmp_path):
 
 
 async def test_ambiguous_create_retried_once_and_reported(frames, tmp_path):
-    cfg = SimulatorConfig(
-        speed=SPEED,
+    with own_sim(
         runtime=RuntimeDistribution(kind="fixed", low=60),
-        render="tiny",
         faults=FaultConfig({"create.ambiguous": 1.0}),
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    ) as (s, c):
         out = str(tmp_path / "out")
 
         @flow
@@ -314,15 +296,11 @@ async def test_bad_frame_makes_no_api_call(sim, creds, tmp_path):
 
 async def test_key_never_in_logs_or_errors(creds, frames, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
-    cfg = SimulatorConfig(
-        speed=SPEED,
+    with own_sim(
         runtime=RuntimeDistribution(kind="fixed", low=60),
-        render="tiny",
         faults=FaultConfig({"task.fail_internal": 1.0}),
         api_key=TEST_API_KEY,
-    )
-    with run_simulator(cfg) as s:
-        c = DashScopeCredentials(api_key=TEST_API_KEY, base_url=s.base_url)
+    ) as (s, c):
         wrong = DashScopeCredentials(api_key=TEST_API_KEY + "-wrong", base_url=s.base_url)
         out = str(tmp_path / "out")
         texts = []
