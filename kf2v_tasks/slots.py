@@ -68,6 +68,7 @@ class SlotPool:
         self._local = asyncio.Semaphore(size)
         self._idle: deque[_Lease] = deque()
         self._all: list[_Lease] = []
+        self._waiting = 0
         self.in_use = 0
         self.peak = 0
         self.gcl_acquisitions = 0
@@ -99,8 +100,7 @@ class SlotPool:
         if lease is None:
             return
         # Keep it for the next local waiter; give it back only when nobody here waits.
-        waiters = getattr(self._local, "_waiters", None) or ()
-        if any(not w.done() for w in waiters):
+        if self._waiting:
             self._idle.append(lease)
         else:
             lease.release.set()
@@ -108,7 +108,12 @@ class SlotPool:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one in-flight slot for the body (submit until the remote task ends)."""
-        await self._local.acquire()
+        # Counted here rather than read from asyncio.Semaphore's private waiter list.
+        self._waiting += 1
+        try:
+            await self._local.acquire()
+        finally:
+            self._waiting -= 1
         lease = None
         try:
             lease = await self._take_lease()
