@@ -3,7 +3,9 @@
 kf2v tasks take minutes (1–5 in the real service), so polling every second, as the
 official SDK's ``wait`` does at first, spends the account's shared 20 queries/s on
 answers we already know ("still running"). We poll rarely until a finish becomes
-plausible, then often enough that a finished task is seen within a few seconds.
+plausible, then often enough that a finished task is seen within a few seconds. When
+several tasks wait on one client, :mod:`kf2v_tasks.watcher` answers for all of them
+with one ``GET /tasks?status=RUNNING`` and fetches only the ones that ended.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from kf2v_tasks.errors import (
     UnsupportedOperationError,
 )
 from kf2v_tasks.models import StatusChange, TaskState, TaskStatus
+from kf2v_tasks.watcher import watcher_for
 
 if TYPE_CHECKING:
     from kf2v_tasks.client import Kf2vClient
@@ -55,6 +58,17 @@ class PollSchedule(BaseModel):
         default=4.0, gt=0, description="Tightest interval, once a finish is plausible."
     )
     max_interval: float = Field(default=30.0, gt=0, description="Longest single wait.")
+    sweep: bool = Field(
+        default=True,
+        description="When several tasks are due, ask for all of them with one "
+        "``GET /tasks?status=RUNNING`` and fetch only those that left it.",
+    )
+    sweep_min_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Shortest interval between sweeps; sweeps come more often than "
+        "``min_interval`` only when they answer for more than two tasks.",
+    )
 
     def next_interval(self, status: TaskStatus, running_for: Optional[float]) -> float:
         """Seconds to wait before the next query, given what the last one said."""
@@ -101,52 +115,37 @@ async def wait_for_task(
     """
     schedule = schedule or PollSchedule()
     history: list[StatusChange] = []
-    started = clock.now()
-    running_since: Optional[float] = None
-    # The task may have started any time after it was last seen not running (at first:
-    # when we began waiting, right after submit). Counting its run time from there, not
-    # from the first RUNNING answer, tightens polling before the earliest possible end.
-    not_running_at = started
     last_status: Optional[TaskStatus] = None
-    await clock.sleep(min(schedule.first_poll, deadline))
+    async with watcher_for(client).watch(
+        task_id, schedule, deadline=deadline, queue_deadline=queue_deadline
+    ) as watch:
+        while True:
+            state = await watch.next_state()
+            _record(history, state.status)
+            if state.status is not last_status:
+                last_status = state.status
+                logger.debug("task %s is %s", task_id, state.status.value)
+                if on_status is not None:
+                    await on_status(state)
 
-    while True:
-        state = await client.get_task(task_id)
-        _record(history, state.status)
-        now = clock.now()
-        if state.status is TaskStatus.PENDING:
-            not_running_at = now
-        elif running_since is None:
-            running_since = not_running_at
-        if state.status is not last_status:
-            last_status = state.status
-            logger.debug("task %s is %s", task_id, state.status.value)
-            if on_status is not None:
-                await on_status(state)
+            if state.status.is_terminal:
+                state = state.model_copy(update={"history": history})
+                if raise_on_failure:
+                    _raise_for_terminal(state)
+                return state
 
-        if state.status.is_terminal:
-            state = state.model_copy(update={"history": history})
-            if raise_on_failure:
-                _raise_for_terminal(state)
-            return state
-
-        elapsed = now - started
-        if state.status is TaskStatus.PENDING and elapsed >= queue_deadline:
-            await _cancel_pending(client, task_id, history, queue_deadline)
-            # Cancel raced with the start: keep waiting for the now-running task.
-            running_since = running_since or clock.now()
-        if elapsed >= deadline:
-            raise TaskTimeoutError(
-                task_id,
-                f"task {task_id} still {state.status.value} after {deadline:.0f}s; "
-                "it may still finish — resume to re-attach without a second create",
-                history=history,
-            )
-        running_for = None if running_since is None else now - running_since
-        wait = schedule.next_interval(state.status, running_for)
-        # Wake at the deadlines rather than sleeping through them.
-        limit = deadline if state.status is not TaskStatus.PENDING else queue_deadline
-        await clock.sleep(max(0.0, min(wait, limit - elapsed + 1e-3)) or schedule.min_interval)
+            elapsed = clock.now() - watch.started
+            if state.status is TaskStatus.PENDING and elapsed >= queue_deadline:
+                await _cancel_pending(client, task_id, history, queue_deadline)
+                # Cancel raced with the start: keep waiting for the now-running task.
+                watch.mark_running(clock.now())
+            if elapsed >= deadline:
+                raise TaskTimeoutError(
+                    task_id,
+                    f"task {task_id} still {state.status.value} after {deadline:.0f}s; "
+                    "it may still finish — resume to re-attach without a second create",
+                    history=history,
+                )
 
 
 async def _cancel_pending(

@@ -1,0 +1,299 @@
+"""One poller per client for every task it waits on: shared list sweeps, then one GET each.
+
+Polling each task on its own costs one ``GET /tasks/{id}`` per task per interval, from
+the account's shared 20 queries/s. When two or more waiting tasks are due at once the
+watcher asks ``GET /tasks?status=RUNNING`` instead: one query answers for all of them.
+A task that was running and is missing from that list has ended (or never showed up
+there): only then is it fetched with ``GET /tasks/{id}``, which carries the result.
+Tasks due alone are fetched directly, which costs the same single query and answers
+at once. Due times of tasks in the tight phase are snapped to one shared grid, so
+they fall due together.
+
+The list is a convenience, never a source of truth: a task is only ever declared ended
+by its own ``GET``. A task that a ``GET`` shows RUNNING twice while the list left it
+out is polled on its own from then on, and a list endpoint that refuses us (4xx)
+switches sweeping off for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Union
+
+from kf2v_tasks import clock
+from kf2v_tasks.errors import Kf2vError, PermanentError
+from kf2v_tasks.models import TaskState, TaskStatus
+
+if TYPE_CHECKING:
+    from kf2v_tasks.client import Kf2vClient
+    from kf2v_tasks.polling import PollSchedule
+
+logger = logging.getLogger("kf2v_tasks.watcher")
+
+#: Tasks per page of the list sweep (the service's maximum) and pages read at most.
+SWEEP_PAGE_SIZE = 100
+SWEEP_MAX_PAGES = 10
+#: A GET showed RUNNING this many times for a task the list left out: stop trusting the list for it.
+LIST_MISSES_BEFORE_BLIND = 2
+
+
+@dataclass(eq=False)
+class Watch:
+    """What the watcher knows about one task one caller is waiting for."""
+
+    task_id: str
+    schedule: PollSchedule
+    deadline: float
+    queue_deadline: float
+    started: float
+    next_check: float
+    not_running_at: float
+    running_since: Optional[float] = None
+    status: Optional[TaskStatus] = None
+    list_misses: int = 0
+    list_blind: bool = False
+    fetching: bool = False
+    inbox: asyncio.Queue[Union[TaskState, BaseException]] = field(default_factory=asyncio.Queue)
+
+    @property
+    def sweepable(self) -> bool:
+        return self.schedule.sweep and not self.list_blind
+
+    def mark_running(self, now: float) -> None:
+        """The task is running; it may have started any time since last seen not running."""
+        if self.running_since is None:
+            self.running_since = self.not_running_at
+        self.status = TaskStatus.RUNNING
+
+    def plausibly_done(self, now: float) -> bool:
+        """Running long enough that it may have ended (the tight phase of the schedule)."""
+        return (
+            self.running_since is not None
+            and now - self.running_since >= self.schedule.expected_min_runtime
+        )
+
+    async def next_state(self) -> TaskState:
+        """The next observation (a ``GET`` answer or a sweep's RUNNING); raises its error."""
+        item = await self.inbox.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class TaskWatcher:
+    """Polls every task a :class:`~kf2v_tasks.client.Kf2vClient` waits on, in one loop.
+
+    Use :func:`watcher_for` to get the client's watcher; :func:`~kf2v_tasks.polling.wait_for_task`
+    does, so callers rarely touch this class.
+
+    Example:
+        ```python
+        from kf2v_tasks.watcher import watcher_for
+        watcher = watcher_for(client)
+        async with watcher.watch("task-id", schedule, deadline=3600, queue_deadline=600) as w:
+            state = await w.next_state()
+        ```
+    """
+
+    def __init__(self, client: Kf2vClient) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._watches: dict[int, Watch] = {}
+        self._wakeup = asyncio.Event()
+        self._loop_task: Optional[asyncio.Task[None]] = None
+        self._grid_origin = clock.now()
+        self._sweeps_enabled = True
+        self._fetches: set[asyncio.Task[None]] = set()
+        self._sharing = 0  # tasks in their tight phase that one sweep answers for
+        self.sweeps = 0
+        self.gets = 0
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self,
+        task_id: str,
+        schedule: PollSchedule,
+        *,
+        deadline: float,
+        queue_deadline: float,
+    ) -> AsyncIterator[Watch]:
+        """Register ``task_id`` for the duration of the block; observations arrive in its inbox."""
+        now = clock.now()
+        first = now + min(schedule.first_poll, deadline)
+        w = Watch(
+            task_id=task_id,
+            schedule=schedule,
+            deadline=deadline,
+            queue_deadline=queue_deadline,
+            started=now,
+            next_check=self._snap(w_schedule=schedule, now=now, when=first, limit=now + deadline),
+            not_running_at=now,
+        )
+        self._watches[id(w)] = w
+        self._ensure_loop()
+        self._wakeup.set()
+        try:
+            yield w
+        finally:
+            self._watches.pop(id(w), None)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._run(), name="kf2v-task-watcher"
+            )
+
+    async def _run(self) -> None:
+        try:
+            while self._watches:
+                now = clock.now()
+                wake = min(w.next_check for w in self._watches.values())
+                if wake > now:
+                    self._wakeup.clear()
+                    timeout = None if math.isinf(wake) else clock.real_seconds(wake - now)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+                    continue
+                await self._check(now)
+        except Exception as exc:  # never leave a waiter hanging on a dead loop
+            logger.exception("task watcher stopped")
+            for w in list(self._watches.values()):
+                w.inbox.put_nowait(exc)
+
+    async def _check(self, now: float) -> None:
+        watches = list(self._watches.values())
+        self._sharing = sum(w.sweepable and w.plausibly_done(now) for w in watches)
+        due = [w for w in watches if w.next_check <= now]
+        running: Optional[set[str]] = None
+        if self._sweeps_enabled and sum(w.sweepable for w in due) >= 2:
+            running = await self._running_task_ids()
+        seen = clock.now()
+        fetch: list[Watch] = []
+        for w in watches:
+            if w.fetching:
+                continue
+            if running is not None and w.sweepable:
+                if w.task_id in running:
+                    w.mark_running(seen)
+                    w.inbox.put_nowait(TaskState(task_id=w.task_id, status=TaskStatus.RUNNING))
+                    self._schedule(w, seen)
+                    continue
+                if w.status is TaskStatus.RUNNING:
+                    fetch.append(w)  # was running, now missing: ended (or the list lags)
+                    continue
+            if w.next_check <= now:
+                fetch.append(w)
+        for w in fetch:
+            # In the background: the next sweep must not wait for these answers.
+            w.fetching = True
+            w.next_check = math.inf
+            task = asyncio.get_running_loop().create_task(
+                self._fetch(w, listed=running is not None)
+            )
+            self._fetches.add(task)
+            task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self, w: Watch, *, listed: bool) -> None:
+        self.gets += 1
+        try:
+            state = await self._client.get_task(w.task_id)
+        except Exception as exc:  # the waiter raises it and unregisters
+            w.inbox.put_nowait(exc)
+            return
+        finally:
+            w.fetching = False
+            self._wakeup.set()  # its next check may come before the loop's planned wake
+        now = clock.now()
+        if state.status is TaskStatus.PENDING:
+            w.not_running_at = now
+            w.status = TaskStatus.PENDING
+        elif state.status is TaskStatus.RUNNING:
+            if listed and w.sweepable:
+                w.list_misses += 1
+                if w.list_misses >= LIST_MISSES_BEFORE_BLIND:
+                    w.list_blind = True
+                    logger.info(
+                        "task %s is missing from the RUNNING list; polling it alone", w.task_id
+                    )
+            w.mark_running(now)
+        else:
+            w.status = state.status
+        if state.status.is_terminal:
+            w.next_check = math.inf
+        else:
+            self._schedule(w, now)
+        w.inbox.put_nowait(state)
+
+    async def _running_task_ids(self) -> Optional[set[str]]:
+        """Every task the account has RUNNING, or ``None`` when the list is unavailable."""
+        ids: set[str] = set()
+        try:
+            for page_no in range(1, SWEEP_MAX_PAGES + 1):
+                self.sweeps += 1
+                page = await self._client.list_tasks(
+                    status=TaskStatus.RUNNING, page_no=page_no, page_size=SWEEP_PAGE_SIZE
+                )
+                rows = page.get("data") or []
+                ids.update(str(r.get("task_id")) for r in rows if isinstance(r, dict))
+                if len(rows) < SWEEP_PAGE_SIZE or page_no * SWEEP_PAGE_SIZE >= int(
+                    page.get("total") or 0
+                ):
+                    return ids
+        except PermanentError as exc:
+            self._sweeps_enabled = False
+            logger.warning("listing tasks failed (%s); polling each task on its own", exc)
+            return None
+        except Kf2vError as exc:
+            logger.info("listing tasks failed for now (%s); polling due tasks on their own", exc)
+            return None
+        return None  # more running tasks than we page through: do not trust an incomplete list
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self, w: Watch, now: float) -> None:
+        status = w.status or TaskStatus.PENDING
+        running_for = None if w.running_since is None else now - w.running_since
+        wait = w.schedule.next_interval(status, running_for)
+        if w.sweepable and w.plausibly_done(now):
+            wait = min(wait, self._step(w.schedule))
+        # Wake at the deadlines rather than sleeping through them.
+        limit = w.started + (w.deadline if status is not TaskStatus.PENDING else w.queue_deadline)
+        w.next_check = self._snap(w_schedule=w.schedule, now=now, when=now + wait, limit=limit)
+
+    def _step(self, schedule: PollSchedule) -> float:
+        """Sweep interval: one sweep answers for every task in the tight phase, so with
+        more of them it can come more often (lower detection lag) and still cost each
+        task fewer queries than polling it alone every ``min_interval``."""
+        share = min(1.0, 2.0 / self._sharing) if self._sharing else 1.0
+        return max(schedule.sweep_min_interval, schedule.min_interval * share)
+
+    def _snap(self, *, w_schedule: PollSchedule, now: float, when: float, limit: float) -> float:
+        """Round ``when`` to the nearest tick of the shared grid, so due tasks coincide."""
+        if w_schedule.sweep:
+            step = self._step(w_schedule)
+            k = math.floor((when - self._grid_origin) / step + 0.5)
+            snapped = self._grid_origin + k * step
+            when = snapped if snapped > now else snapped + step
+        if limit <= now:
+            limit = now + 1e-3
+        return min(when, limit + 1e-3)
+
+
+_watchers: weakref.WeakKeyDictionary[Kf2vClient, TaskWatcher] = weakref.WeakKeyDictionary()
+
+
+def watcher_for(client: Kf2vClient) -> TaskWatcher:
+    """The client's watcher on the running event loop (one per client and loop)."""
+    loop = asyncio.get_running_loop()
+    w = _watchers.get(client)
+    if w is None or w._loop is not loop:
+        w = _watchers[client] = TaskWatcher(client)
+    return w

@@ -1,0 +1,158 @@
+"""The shared task watcher: one list sweep answers for every running task, a GET per end.
+
+A scripted service (httpx.MockTransport) ends each task at a known service time; the
+clock runs 200× so a 100-second task takes half a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kf2v_tasks import clock  # noqa: E402
+from kf2v_tasks.client import Kf2vClient  # noqa: E402
+from kf2v_tasks.errors import InvalidRequestError  # noqa: E402
+from kf2v_tasks.models import TaskStatus  # noqa: E402
+from kf2v_tasks.polling import PollSchedule, wait_for_task  # noqa: E402
+from kf2v_tasks.retry import RetryPolicy  # noqa: E402
+
+from conftest import TEST_API_KEY  # noqa: E402
+
+BASE = "https://dashscope.test/api/v1"
+SCALE = 200.0
+SCHEDULE = PollSchedule(first_poll=10, expected_min_runtime=60, min_interval=4)
+
+
+class Service:
+    """Tasks that start at once and end ``runtime`` service seconds after ``begin()``."""
+
+    def __init__(self, runtimes: dict[str, float], *, list_status: int = 200) -> None:
+        self.runtimes = runtimes
+        self.t0 = clock.now()
+        self.list_status = list_status
+        self.hidden: set[str] = set()  # running tasks the list leaves out
+        self.broken: set[str] = set()  # tasks whose GET answers 400
+        self.gets: Counter[str] = Counter()
+        self.lists = 0
+        self.ended_seen: dict[str, float] = {}
+
+    def status(self, task_id: str) -> str:
+        return "SUCCEEDED" if clock.now() - self.t0 >= self.runtimes[task_id] else "RUNNING"
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/tasks"):
+            self.lists += 1
+            if self.list_status != 200:
+                return httpx.Response(
+                    self.list_status, json={"code": "AccessDenied", "message": "no list for you"}
+                )
+            assert request.url.params["status"] == "RUNNING"
+            rows = [
+                {"task_id": t, "status": "RUNNING"}
+                for t in self.runtimes
+                if self.status(t) == "RUNNING" and t not in self.hidden
+            ]
+            return httpx.Response(200, json={"total": len(rows), "data": rows, "page_no": 1})
+        task_id = re.fullmatch(r".*/tasks/([^/]+)", path).group(1)
+        self.gets[task_id] += 1
+        if task_id in self.broken:
+            return httpx.Response(400, json={"code": "InvalidParameter", "message": "bad id"})
+        status = self.status(task_id)
+        out = {"task_id": task_id, "task_status": status}
+        if status == "SUCCEEDED":
+            out["video_url"] = f"https://oss.test/{task_id}.mp4"
+            self.ended_seen.setdefault(task_id, clock.now() - self.t0 - self.runtimes[task_id])
+        return httpx.Response(200, json={"request_id": "r", "output": out})
+
+
+@pytest.fixture(autouse=True)
+def fast_clock():
+    clock.set_time_scale(SCALE)
+    yield
+    clock.set_time_scale(None)
+
+
+def client_for(service: Service) -> Kf2vClient:
+    return Kf2vClient(
+        TEST_API_KEY,
+        base_url=BASE,
+        transport=httpx.MockTransport(service),
+        retry=RetryPolicy(base_delay=1.0, jitter=0.0, max_attempts=1),
+    )
+
+
+async def wait_all(service: Service, schedule: PollSchedule = SCHEDULE):
+    async with client_for(service) as client:
+        return await asyncio.gather(
+            *(wait_for_task(client, t, schedule=schedule) for t in service.runtimes),
+            return_exceptions=True,
+        )
+
+
+RUNTIMES = {f"t{i}": 70.0 + 8 * i for i in range(6)}
+
+
+async def test_one_list_answers_for_all_running_tasks() -> None:
+    swept = Service(dict(RUNTIMES))
+    states = await wait_all(swept)
+    assert [s.status for s in states] == [TaskStatus.SUCCEEDED] * 6
+    assert all(s.video_url for s in states)
+
+    alone = Service(dict(RUNTIMES))
+    await wait_all(alone, SCHEDULE.model_copy(update={"sweep": False}))
+    assert alone.lists == 0
+
+    alone_total = sum(alone.gets.values())
+    # Each task still needs its own final GET; the waiting in between is shared: sweeps
+    # come more often with more tasks due, but at most half as often as per-task GETs.
+    assert swept.lists > 0
+    assert max(swept.gets.values()) <= 3, swept.gets
+    assert swept.lists * 2 <= alone_total, (swept.lists, alone_total)
+    assert swept.lists + sum(swept.gets.values()) < 0.6 * alone_total
+    # Found within about one interval of ending (plus scheduling slack at 200×).
+    assert max(swept.ended_seen.values()) <= 3 * SCHEDULE.min_interval, swept.ended_seen
+
+
+async def test_a_refused_list_switches_sweeping_off() -> None:
+    service = Service(dict(RUNTIMES), list_status=403)
+    states = await wait_all(service)
+    assert [s.status for s in states] == [TaskStatus.SUCCEEDED] * 6
+    assert service.lists == 1  # asked once, then each task was polled on its own
+
+
+async def test_a_task_the_list_leaves_out_is_polled_on_its_own() -> None:
+    service = Service(dict(RUNTIMES))
+    service.hidden.add("t5")
+    states = await wait_all(service)
+    assert [s.status for s in states] == [TaskStatus.SUCCEEDED] * 6
+    # t5 was never listed: after two GETs showing RUNNING it is polled on its own
+    # schedule, so it costs what polling it alone costs, not that plus a GET per sweep.
+    alone = Service({"t5": RUNTIMES["t5"]})
+    await wait_all(alone, SCHEDULE.model_copy(update={"sweep": False}))
+    assert service.gets["t5"] <= alone.gets["t5"] + 2, (service.gets, alone.gets)
+    assert service.ended_seen["t5"] <= 3 * SCHEDULE.min_interval
+
+
+async def test_an_error_for_one_task_leaves_the_others_waiting() -> None:
+    service = Service(dict(RUNTIMES))
+    service.broken.add("t2")
+    states = await wait_all(service)
+    assert isinstance(states[2], InvalidRequestError)
+    others = [s for i, s in enumerate(states) if i != 2]
+    assert [s.status for s in others] == [TaskStatus.SUCCEEDED] * 5
+
+
+async def test_a_single_task_is_polled_with_gets_only() -> None:
+    service = Service({"solo": 75.0})
+    (state,) = await wait_all(service)
+    assert state.status is TaskStatus.SUCCEEDED
+    assert service.lists == 0  # a list would cost as much as the GET and answer less
