@@ -266,8 +266,7 @@ def markdown(res: dict) -> str:
             "lifted. Floor = bare asyncio + httpx making the same HTTP calls (create, query, "
             "download). CPU = the client process; *+ server* adds the Prefect API server's CPU "
             "from the start of our run until it is idle again. Our two runs (ours, ours per_row) "
-            "are each alone on the machine; the floor (no Prefect) runs beside the B1 concurrency-2 run, which is "
-            "mostly idle — CPU seconds, not wall time, are compared.\n"
+            "and the floor are each alone on the machine.\n"
         )
         L.append(
             "| side | rows/s | CPU ms/row | CPU ms/row + server | peak RSS MB | ratio to floor (client / + server) |"
