@@ -3,8 +3,14 @@
 The body is streamed in chunks into a hidden temp object next to the destination
 (``<dir>/.kf2v/tmp/<uuid>-<name>``) while its sha256 is computed; only a complete,
 length-checked file is committed to the final name (``os.replace`` on local disk, copy +
-delete on object stores, where the copy appears atomically). The final path therefore
-never holds a partial video, and an existing file is replaced only by a verified new one.
+delete on object stores, where the copy appears atomically). On S3 the hidden temp is a
+multipart upload to the final key itself: no object exists until the upload is completed,
+which happens only after the same checks (and saves a server-side copy of the whole video).
+The final path therefore never holds a partial video, and an existing file is replaced
+only by a verified new one.
+
+Hashing and writing (or uploading) run in a worker thread, one batch at a time, while the
+event loop receives the next batch: at most two batches are in memory.
 
 Example:
     ```python
@@ -17,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -50,6 +58,12 @@ logger = logging.getLogger("kf2v_tasks.storage")
 MIB = 1024 * 1024
 #: s3fs part size: bounds the upload buffer (peak memory); S3 parts must be at least 5 MiB.
 WRITE_BLOCK_SIZE = 5 * MIB + 64 * 1024
+#: Part size of streamed S3 uploads, also their batch size: one part uploads while the next
+#: is received, so peak memory is a few parts; fewer, larger parts cost fewer requests.
+S3_PART_SIZE = 8 * MIB
+#: Protocols whose files defer their commit (``autocommit=False``): a multipart upload that
+#: becomes an object only on ``commit()`` and is aborted by ``discard()``.
+_DEFERRED_COMMIT_PROTOCOLS = frozenset({"s3", "s3a"})
 _HTTP_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
@@ -98,8 +112,12 @@ def _open_write(fs: fsspec.AbstractFileSystem, path: str):
     return fs.open(path, "wb", block_size=WRITE_BLOCK_SIZE)
 
 
-def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str) -> None:
-    """Abandon a temp file: abort pending uploads, then delete whatever exists."""
+def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str, direct: bool = False) -> None:
+    """Abandon a temp file: abort pending uploads, then delete whatever exists.
+
+    ``direct``: ``f`` is a deferred-commit upload to the final ``path`` itself; aborting it
+    is all there is to do (deleting ``path`` would delete the previous good video).
+    """
     try:
         if hasattr(f, "discard") and not is_local(fs):
             f.discard()  # s3fs: abort the multipart upload instead of completing it
@@ -108,7 +126,8 @@ def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str) -> None:
             f.close()
     except Exception:  # cleanup is best-effort; the temp name is never read as a result
         logger.debug("closing temp %s failed", path, exc_info=True)
-    _remove_quietly(fs, path)
+    if not direct:
+        _remove_quietly(fs, path)
 
 
 def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
@@ -143,28 +162,123 @@ def _fsync_close(f: Any, local: bool) -> None:
     f.close()
 
 
-class _Download:
-    """State of one resumable download into a temp file."""
+def _defers_commit(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` (S3) can upload straight to the final key and publish it on commit."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in _DEFERRED_COMMIT_PROTOCOLS for p in protocols)
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, tmp: str) -> None:
+
+class _S3Upload:
+    """A file-like, deferred-commit S3 multipart upload straight to the final key.
+
+    Nothing exists at the key until :meth:`commit` (after the caller's checks); abandoned
+    uploads are aborted by :meth:`discard`, or never become objects. s3fs's own file would
+    copy each part twice more (its buffer, then a read of it); here a part is joined from
+    the received pieces once, so memory stays near two parts.
+    """
+
+    def __init__(self, fs: Any, path: str) -> None:
         self.fs = fs
-        self.tmp = tmp
+        self.bucket, self.key, _ = fs.split_path(path)
+        self.upload_id: Optional[str] = None
+        self.parts: list[dict[str, Any]] = []
+        self.pending: list[bytes] = []  # received, not yet uploaded (less than a part)
+        self.pending_size = 0
+        self.closed = False
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+
+    def writelines(self, batch: list[bytes]) -> None:
+        """Take the pieces of ``batch`` (it is left empty, so a part is held only here)."""
+        self.pending.extend(batch)
+        self.pending_size += sum(map(len, batch))
+        batch.clear()
+        if self.pending_size >= S3_PART_SIZE:
+            self._upload_part()
+
+    def _upload_part(self) -> None:
+        body = b"".join(self.pending)
+        self.pending.clear()  # the pieces can go: ``body`` holds the only copy
+        self.pending_size = 0
+        if self.upload_id is None:
+            self.upload_id = self._call("create_multipart_upload")["UploadId"]
+        number = len(self.parts) + 1
+        out = self._call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=body)
+        self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
+    def close(self) -> None:
+        # The last part may be smaller than 5 MiB; a file smaller than one part is one PUT.
+        if self.pending and self.upload_id is not None:
+            self._upload_part()
+        self.closed = True
+
+    def commit(self) -> None:
+        """Publish the object: complete the upload, or PUT a file smaller than one part."""
+        if self.upload_id is None:
+            self._call("put_object", Body=b"".join(self.pending))
+            self.pending.clear()
+        else:
+            self._call(
+                "complete_multipart_upload",
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        self.upload_id = None
+
+    def discard(self) -> None:
+        self.pending.clear()
+        self.pending_size = 0
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            self._call("abort_multipart_upload", UploadId=upload_id)
+
+
+class _Download:
+    """State of one resumable download into a temp file.
+
+    Received bytes are grouped into batches; a worker thread hashes and writes one batch
+    while the event loop receives the next (``hashlib`` and file writes release the GIL).
+    ``written`` and ``hasher`` are only touched by that worker while a batch is pending,
+    and only read by the loop after :meth:`drain`.
+    """
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        self.fs = fs
+        self.path = path
         self.local = is_local(fs)
+        # S3: the multipart upload to ``path`` is the hidden temp (see the module doc).
+        self.direct = _defers_commit(fs)
+        self.tmp = path if self.direct else _tmp_path(fs, path)
         self.file: Any = None
         self.hasher = hashlib.sha256()
         self.written = 0
         self.total: Optional[int] = None
+        # One thread of our own: batches stay in order, and its allocations stay in one
+        # malloc arena (the shared pool spreads them over several, raising peak RSS).
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf2v-sink")
+        self._pending: Optional[asyncio.Future[None]] = None
+
+    def batch_size(self, chunk_size: int) -> int:
+        # On S3 a batch is a whole part, so a part uploads while the next one is received.
+        return max(chunk_size, S3_PART_SIZE) if self.direct else chunk_size
+
+    def _open(self) -> Any:
+        if self.direct:
+            return _S3Upload(self.fs, self.tmp)
+        return _open_write(self.fs, self.tmp)
 
     async def restart(self) -> None:
         """Throw away what was written and start the temp file from zero."""
+        await self.drain()
         if self.file is not None:
             if self.local:
                 await run_sync(self._truncate)
             else:
-                await run_sync(_discard, self.fs, self.file, self.tmp)
+                await run_sync(_discard, self.fs, self.file, self.tmp, self.direct)
                 self.file = None
         if self.file is None:
-            self.file = await run_sync(_open_write, self.fs, self.tmp)
+            self.file = await run_sync(self._open)
         self.hasher = hashlib.sha256()
         self.written = 0
 
@@ -172,27 +286,83 @@ class _Download:
         self.file.seek(0)
         self.file.truncate()
 
-    async def write(self, chunk: bytes) -> None:
-        self.hasher.update(chunk)
-        await run_sync(self.file.write, chunk)
-        self.written += len(chunk)
+    def _sink(self, batch: list[bytes]) -> None:
+        """Worker thread: hash and write one batch, in order."""
+        size = 0
+        for piece in batch:
+            self.hasher.update(piece)
+            size += len(piece)
+        self.file.writelines(batch)
+        self.written += size
+
+    async def drain(self) -> None:
+        """Wait until the batch in the worker (if any) is hashed and written.
+
+        Shielded: a cancelled caller leaves ``_pending`` set, so :meth:`abandon` still waits
+        for the thread before deleting the file it writes to.
+        """
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+            self._pending = None
+
+    async def _submit(self, batch: list[bytes]) -> None:
+        await self.drain()  # one batch in the worker at a time: memory stays bounded
+        self._pending = asyncio.get_running_loop().run_in_executor(self._worker, self._sink, batch)
 
     async def consume(self, resp: httpx.Response, chunk_size: int) -> None:
-        """Write the body in ``chunk_size`` batches, keeping every byte received.
+        """Write the body in batches of at least ``batch_size(chunk_size)`` bytes.
 
         ``aiter_bytes(chunk_size)`` would drop its half-filled buffer when the connection
-        breaks; batching here keeps those bytes so the resume offset is exact.
+        breaks; batching here keeps every byte received, so the resume offset is exact.
         """
-        buf = bytearray()
+        limit = self.batch_size(chunk_size)
+        batch: list[bytes] = []
+        size = 0
         try:
             async for piece in resp.aiter_bytes():
-                buf += piece
-                if len(buf) >= chunk_size:
-                    await self.write(bytes(buf))
-                    buf.clear()
-        finally:
-            if buf:
-                await self.write(bytes(buf))
+                batch.append(piece)
+                size += len(piece)
+                if size >= limit:
+                    await self._submit(batch)
+                    batch, size = [], 0
+        except (httpx.TransportError, httpx.StreamError):
+            await self._flush(batch)  # keep what arrived before the break
+            raise
+        await self._flush(batch)
+
+    async def _flush(self, batch: list[bytes]) -> None:
+        if batch:
+            await self._submit(batch)
+        await self.drain()
+
+    async def finish(self) -> None:
+        """Close the complete temp (fsync on local disk) and commit it at the final path."""
+        await self.drain()
+        await run_sync(_fsync_close, self.file, self.local)
+        if self.direct:
+            await run_sync(self.file.commit)  # completes the multipart upload: object appears
+            self.file = None
+            forget_cached(self.fs, self.path)
+        else:
+            self.file = None
+            await run_sync(_commit, self.fs, self.tmp, self.path)
+
+    async def abandon(self) -> None:
+        """Failure or cancellation: stop the worker, then drop the temp; never touch dest."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+            if not self._pending.cancelled():
+                self._pending.exception()  # already reported by the caller's failure
+            self._pending = None
+        if self.file is not None:
+            await run_sync(_discard, self.fs, self.file, self.tmp, self.direct)
+            self.file = None
+        elif not self.direct:  # a direct upload never creates the temp as an object
+            await run_sync(_remove_quietly, self.fs, self.tmp)
+
+    def close(self) -> None:
+        """Let the worker thread end (it is idle after :meth:`finish` or :meth:`abandon`)."""
+        self._worker.shutdown(wait=False)
 
 
 @contextlib.asynccontextmanager
@@ -230,8 +400,9 @@ async def stream_to_storage(
     Interrupted bodies resume with ``Range: bytes=<written>-`` (a server answering 200
     instead of 206 restarts the file from zero); 403 (expired signed URL) asks
     ``refresh_url`` for a fresh URL; 429/5xx and connection errors back off through
-    :func:`kf2v_tasks.clock.sleep`. Memory stays bounded by ``chunk_size`` plus the
-    filesystem's write block (8 MiB on object stores), whatever the video size.
+    :func:`kf2v_tasks.clock.sleep`. Memory stays bounded by two batches (one being
+    received, one being hashed and written by a worker thread) plus the filesystem's write
+    block, whatever the video size: a batch is ``chunk_size``, or one 8 MiB part on S3.
 
     Args:
         url: the signed video URL; no Authorization header is ever sent to it.
@@ -239,7 +410,7 @@ async def stream_to_storage(
         storage_options: fsspec options of ``dest``.
         http: an ``httpx.AsyncClient`` to use (a plain one with timeouts by default).
         refresh_url: coroutine returning a fresh URL when the current one answers 403.
-        chunk_size: bytes per read/write.
+        chunk_size: bytes per write batch (S3 batches are at least one upload part).
         max_attempts: HTTP requests allowed in total (first try, resumes, refreshes).
         expected_bytes: size the video must have, when known from elsewhere.
         backoff: base delay in service seconds (doubles per retry, capped at 30 s).
@@ -258,7 +429,7 @@ async def stream_to_storage(
         ```
     """
     fs, path = open_fs(dest, storage_options)
-    dl = _Download(fs, _tmp_path(fs, path))
+    dl = _Download(fs, path)
     own_http = http is None
     if http is None:
         http = httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True)
@@ -357,17 +528,13 @@ async def stream_to_storage(
             raise DownloadError(f"downloaded {size} bytes, expected {dl.total}")
         if expected_bytes is not None and size != expected_bytes:
             raise DownloadError(f"downloaded {size} bytes, expected {expected_bytes}")
-        await run_sync(_fsync_close, dl.file, dl.local)
-        dl.file = None
-        await run_sync(_commit, fs, dl.tmp, path)
+        await dl.finish()
     except BaseException:
         # Cancellation included: never leave the temp behind, never touch ``dest``.
-        if dl.file is not None:
-            await run_sync(_discard, fs, dl.file, dl.tmp)
-        else:
-            await run_sync(_remove_quietly, fs, dl.tmp)
+        await dl.abandon()
         raise
     finally:
+        dl.close()
         if own_http:
             await http.aclose()
     return PersistResult(
