@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -189,17 +190,16 @@ class _S3Upload:
     def _call(self, method: str, **kwargs: Any) -> Any:
         return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
 
-    def writelines(self, batch: list[bytes]) -> None:
-        """Take the pieces of ``batch`` (it is left empty, so a part is held only here)."""
-        self.pending.extend(batch)
-        self.pending_size += sum(map(len, batch))
-        batch.clear()
+    def write(self, data: bytes) -> None:
+        """Take one batch; upload a part once a part's worth is pending."""
+        self.pending.append(data)
+        self.pending_size += len(data)
         if self.pending_size >= S3_PART_SIZE:
             self._upload_part()
 
     def _upload_part(self) -> None:
-        body = b"".join(self.pending)
-        self.pending.clear()  # the pieces can go: ``body`` holds the only copy
+        body = b"".join(self.pending)  # one batch: the same object, no copy
+        self.pending.clear()
         self.pending_size = 0
         if self.upload_id is None:
             self.upload_id = self._call("create_multipart_upload")["UploadId"]
@@ -237,10 +237,10 @@ class _S3Upload:
 class _Download:
     """State of one resumable download into a temp file.
 
-    Received bytes are grouped into batches; a worker thread hashes and writes one batch
-    while the event loop receives the next (``hashlib`` and file writes release the GIL).
-    ``written`` and ``hasher`` are only touched by that worker while a batch is pending,
-    and only read by the loop after :meth:`drain`.
+    Received bytes are grouped into batches; a writer thread and a hash thread each take
+    every batch in order while the event loop receives the next (``hashlib`` and file
+    writes release the GIL). ``written`` and ``hasher`` are only touched by those threads
+    while a batch is pending, and only read by the loop after :meth:`drain`.
     """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
@@ -254,10 +254,15 @@ class _Download:
         self.hasher = hashlib.sha256()
         self.written = 0
         self.total: Optional[int] = None
-        # One thread of our own: batches stay in order, and its allocations stay in one
-        # malloc arena (the shared pool spreads them over several, raising peak RSS).
-        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf2v-sink")
-        self._pending: Optional[asyncio.Future[None]] = None
+        # Threads of our own, one for writes and one for the hash: each sees the batches in
+        # order, the two run side by side (both release the GIL), and their allocations stay
+        # in few malloc arenas (the shared pool spreads them over several, raising peak RSS).
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf2v-write")
+        self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kf2v-hash")
+        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Batches in flight: two keep both threads busy on local disk; on S3 a batch is a
+        # whole part, so one at a time keeps memory bounded.
+        self._depth = 1 if self.direct else 2
 
     def batch_size(self, chunk_size: int) -> int:
         # On S3 a batch is a whole part, so a part uploads while the next one is received.
@@ -286,28 +291,41 @@ class _Download:
         self.file.seek(0)
         self.file.truncate()
 
-    def _sink(self, batch: list[bytes]) -> None:
-        """Worker thread: hash and write one batch, in order."""
-        size = 0
-        for piece in batch:
-            self.hasher.update(piece)
-            size += len(piece)
-        self.file.writelines(batch)
-        self.written += size
+    def _write(self, data: bytes) -> None:
+        """Writer thread: write one batch, in order."""
+        self.file.write(data)
+        self.written += len(data)
+
+    def _hash(self, data: bytes) -> None:
+        """Hash thread: hash one batch, in order."""
+        self.hasher.update(data)
 
     async def drain(self) -> None:
-        """Wait until the batch in the worker (if any) is hashed and written.
+        """Wait until every batch in the threads is hashed and written.
 
-        Shielded: a cancelled caller leaves ``_pending`` set, so :meth:`abandon` still waits
-        for the thread before deleting the file it writes to.
+        Shielded: a cancelled caller leaves the batch in ``_pending``, so :meth:`abandon`
+        still waits for the threads before deleting the file they write to.
         """
-        if self._pending is not None:
-            await asyncio.shield(self._pending)
-            self._pending = None
+        while self._pending:
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
 
     async def _submit(self, batch: list[bytes]) -> None:
-        await self.drain()  # one batch in the worker at a time: memory stays bounded
-        self._pending = asyncio.get_running_loop().run_in_executor(self._worker, self._sink, batch)
+        while len(self._pending) >= self._depth:  # memory stays bounded
+            await asyncio.shield(self._pending[0])
+            self._pending.popleft()
+        # One buffer per batch: each thread then takes the GIL back once per batch, not
+        # once per 64 KiB piece (with the loop busy parsing, every re-take can wait for
+        # the interpreter's switch interval).
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        loop = asyncio.get_running_loop()
+        self._pending.append(
+            asyncio.gather(
+                loop.run_in_executor(self._writer, self._write, data),
+                loop.run_in_executor(self._hasher, self._hash, data),
+            )
+        )
 
     async def consume(self, resp: httpx.Response, chunk_size: int) -> None:
         """Write the body in batches of at least ``batch_size(chunk_size)`` bytes.
@@ -349,11 +367,12 @@ class _Download:
 
     async def abandon(self) -> None:
         """Failure or cancellation: stop the worker, then drop the temp; never touch dest."""
-        if self._pending is not None:
-            await asyncio.wait([self._pending])
-            if not self._pending.cancelled():
-                self._pending.exception()  # already reported by the caller's failure
-            self._pending = None
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+            for fut in self._pending:
+                if not fut.cancelled():
+                    fut.exception()  # already reported by the caller's failure
+            self._pending.clear()
         if self.file is not None:
             await run_sync(_discard, self.fs, self.file, self.tmp, self.direct)
             self.file = None
@@ -362,7 +381,8 @@ class _Download:
 
     def close(self) -> None:
         """Let the worker thread end (it is idle after :meth:`finish` or :meth:`abandon`)."""
-        self._worker.shutdown(wait=False)
+        self._writer.shutdown(wait=False)
+        self._hasher.shutdown(wait=False)
 
 
 @contextlib.asynccontextmanager
@@ -390,7 +410,7 @@ async def stream_to_storage(
     storage_options: Optional[dict] = None,
     http: Optional[httpx.AsyncClient] = None,
     refresh_url: Optional[Callable[[], Awaitable[str]]] = None,
-    chunk_size: int = MIB,
+    chunk_size: int = 4 * MIB,
     max_attempts: int = 6,
     expected_bytes: Optional[int] = None,
     backoff: float = 1.0,
@@ -400,9 +420,10 @@ async def stream_to_storage(
     Interrupted bodies resume with ``Range: bytes=<written>-`` (a server answering 200
     instead of 206 restarts the file from zero); 403 (expired signed URL) asks
     ``refresh_url`` for a fresh URL; 429/5xx and connection errors back off through
-    :func:`kf2v_tasks.clock.sleep`. Memory stays bounded by two batches (one being
-    received, one being hashed and written by a worker thread) plus the filesystem's write
-    block, whatever the video size: a batch is ``chunk_size``, or one 8 MiB part on S3.
+    :func:`kf2v_tasks.clock.sleep`. Memory stays bounded by three batches (one being
+    received, up to two being hashed and written by worker threads; one on S3) plus the
+    filesystem's write block, whatever the video size: a batch is ``chunk_size``, or one
+    8 MiB part on S3.
 
     Args:
         url: the signed video URL; no Authorization header is ever sent to it.

@@ -30,16 +30,15 @@ class FailingFile:
         self.count = 0
         self.writing = threading.Event()
 
-    def writelines(self, pieces: list[bytes]) -> None:
-        for piece in pieces:
-            if self.count + len(piece) > self.limit:
-                if self.stall:
-                    self.writing.set()
-                    time.sleep(self.stall)  # still "writing" when the caller is cancelled
-                else:
-                    raise OSError(28, "No space left on device")
-            self.real.write(piece)
-            self.count += len(piece)
+    def write(self, data: bytes) -> int:
+        if self.count + len(data) > self.limit:
+            if self.stall:
+                self.writing.set()
+                time.sleep(self.stall)  # still "writing" when the caller is cancelled
+            else:
+                raise OSError(28, "No space left on device")
+        self.count += len(data)
+        return self.real.write(data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
