@@ -49,8 +49,12 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.state = SimState(self.config)
         self.app = build_app(self.state)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not 0: asyncio only turns Nagle off (TCP_NODELAY) on accepted
+        # sockets whose proto says TCP; with 0 every keep-alive answer sent in two writes
+        # waited ~40 ms for the client's delayed ACK.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Binding here (not in uvicorn) makes the port known and race-free before start.
         self._sock.bind((self.config.host, self.config.port))
         self.host, self.port = self._sock.getsockname()[:2]
