@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Optional
 
 logger = logging.getLogger("kf2v_tasks.slots")
@@ -41,6 +41,22 @@ class _Lease:
         except BaseException as exc:  # surfaced to the waiter, never swallowed
             self.error = exc
             self.acquired.set()
+
+
+class HeldSlot:
+    """One taken slot; :meth:`release` gives it back (once, however often it is called)."""
+
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._give_back: Optional[Callable[[], None]] = give_back
+
+    @property
+    def released(self) -> bool:
+        return self._give_back is None
+
+    def release(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
 
 
 class SlotPool:
@@ -106,8 +122,12 @@ class SlotPool:
             lease.release.set()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one in-flight slot for the body (submit until the remote task ends)."""
+    async def slot(self) -> AsyncIterator[HeldSlot]:
+        """Hold one in-flight slot for the body (submit until the remote task ends).
+
+        The body may hand the slot back early with ``held.release()`` (the moment the
+        remote task is seen ended, before the bookkeeping that follows).
+        """
         # Counted here rather than read from asyncio.Semaphore's private waiter list.
         self._waiting += 1
         try:
@@ -115,18 +135,28 @@ class SlotPool:
         finally:
             self._waiting -= 1
         lease = None
+        taken = False
         try:
             lease = await self._take_lease()
             self.in_use += 1
             self.peak = max(self.peak, self.in_use)
-            try:
-                yield
-            finally:
-                self.in_use -= 1
+            taken = True
         finally:
+            if not taken:
+                self._return_lease(lease)
+                self._local.release()
+
+        def give_back() -> None:
+            self.in_use -= 1
             # Hand the lease on first, so the waiter woken by release() finds it idle.
             self._return_lease(lease)
             self._local.release()
+
+        held = HeldSlot(give_back)
+        try:
+            yield held
+        finally:
+            held.release()
 
     async def close(self) -> None:
         """Give every held GCL slot back to the server, and wait until it has them."""

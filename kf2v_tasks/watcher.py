@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -110,6 +110,7 @@ class TaskWatcher:
         self._grid_origin = clock.now()
         self._sweeps_enabled = True
         self._fetches: set[asyncio.Task[None]] = set()
+        self._on_end: dict[str, list[Callable[[TaskState], None]]] = {}
         self._sharing = 0  # tasks in their tight phase that one sweep answers for
         self.sweeps = 0
         self.gets = 0
@@ -142,6 +143,18 @@ class TaskWatcher:
             yield w
         finally:
             self._watches.pop(id(w), None)
+
+    def on_end(self, task_id: str, callback: Callable[[TaskState], None]) -> None:
+        """Call ``callback(state)`` the moment a GET shows ``task_id`` ended.
+
+        It runs in the watcher, before the waiter wakes: the batch frees the task's slot
+        there, ahead of the ledger write and the Prefect task run's end.
+        """
+        self._on_end.setdefault(task_id, []).append(callback)
+
+    def forget(self, task_id: str) -> None:
+        """Drop the callbacks of ``task_id`` (its waiter is done)."""
+        self._on_end.pop(task_id, None)
 
     # ------------------------------------------------------------------ the loop
 
@@ -228,6 +241,11 @@ class TaskWatcher:
             w.status = state.status
         if state.status.is_terminal:
             w.next_check = math.inf
+            for callback in self._on_end.pop(w.task_id, []):
+                try:
+                    callback(state)
+                except Exception:  # a hook must not cost the waiter its answer
+                    logger.exception("on_end callback for task %s failed", w.task_id)
         else:
             self._schedule(w, now)
         w.inbox.put_nowait(state)

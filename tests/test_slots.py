@@ -58,3 +58,25 @@ async def test_missing_gcl_falls_back_to_local_limiting():
     assert pool.gcl_name is None
     await _run_jobs(pool, 4, 0.01)
     assert pool.peak == 2
+
+
+async def test_a_slot_given_back_early_wakes_the_next_row_once():
+    pool = SlotPool(1)
+    order: list[str] = []
+
+    async def first():
+        async with pool.slot() as held:
+            order.append("first in")
+            held.release()  # the remote task was seen ended
+            held.release()  # idempotent: the exit must not give back a second slot
+            await asyncio.sleep(0.05)  # bookkeeping still going on
+            order.append("first out")
+
+    async def second():
+        await asyncio.sleep(0.01)
+        async with pool.slot():
+            order.append("second in")
+
+    await asyncio.gather(first(), second())
+    assert order == ["first in", "second in", "first out"]
+    assert pool.in_use == 0 and pool._local._value == 1

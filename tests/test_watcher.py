@@ -157,3 +157,17 @@ async def test_a_single_task_is_polled_with_gets_only() -> None:
     (state,) = await wait_all(service)
     assert state.status is TaskStatus.SUCCEEDED
     assert service.lists == 0  # a list would cost as much as the GET and answer less
+
+
+async def test_on_end_runs_when_the_end_is_seen_before_the_waiter_wakes() -> None:
+    from kf2v_tasks.watcher import watcher_for
+
+    service = Service({"a": 70.0, "b": 78.0})
+    seen: list[tuple[str, TaskStatus]] = []
+    async with client_for(service) as client:
+        watcher = watcher_for(client)
+        watcher.on_end("a", lambda s: seen.append((s.task_id, s.status)))
+        watcher.on_end("b", lambda s: seen.append((s.task_id, s.status)))
+        watcher.forget("b")  # its waiter gave up: no call
+        await asyncio.gather(*(wait_for_task(client, t, schedule=SCHEDULE) for t in "ab"))
+    assert seen == [("a", TaskStatus.SUCCEEDED)]
