@@ -174,8 +174,8 @@ def markdown(res: dict) -> str:
             + "; ".join(
                 f"c={r['concurrency']}: {r.get('sides_ran', 'side by side')}" for r in res["b1"]
             )
-            + '. *ours* = the flow\'s defaults (`task_runs="per_step"`: validate, submit, poll '
-            "and persist are four Prefect task runs per row); *ours per_row* = the same flow with "
+            + '. *ours* = the flow\'s defaults (`task_runs="per_step"`: one task run validates '
+            "the manifest, then submit, poll and persist are three Prefect task runs per row); *ours per_row* = the same flow with "
             'the flow parameter `task_runs="per_row"` (one task run per row). Nothing is '
             "monkeypatched.\n"
         )

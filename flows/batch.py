@@ -75,9 +75,9 @@ async def generate_batch(
         shard_index: which shard this run handles (set by the parent run; 0-based).
         shard_count: how many shards the manifest is split into (set by the parent run).
         results_name: name of the results file in the output folder.
-        task_runs: 'per_step' (default): validate, submit, poll and persist are separate
-            Prefect task runs; 'per_row': one task run per row, lighter for batches of
-            thousands of rows.
+        task_runs: 'per_step' (default): submit, poll and persist are separate Prefect
+            task runs per row; 'per_row': one task run per row, lighter for batches of
+            thousands of rows. Either way, one task run validates the whole manifest first.
 
     Returns:
         A BatchSummary; the flow run ends Failed (with the counts) if any row failed.

@@ -55,10 +55,10 @@ class PollSchedule(BaseModel):
         default=60.0, ge=0, description="Tasks rarely finish sooner than this after starting."
     )
     min_interval: float = Field(
-        default=4.5,
+        default=4.6,
         gt=0,
         description="Tightest interval once a finish is plausible. The SDK settles at 5 s "
-        "per task; 4.5 s keeps the detection lag below it, and sweeps shared by two or more "
+        "per task; 4.6 s keeps the detection lag below it, and sweeps shared by two or more "
         "tasks make each check cost a fraction of a query.",
     )
     max_interval: float = Field(default=30.0, gt=0, description="Longest single wait.")

@@ -1,7 +1,10 @@
 """How a batch runs each row step: as its own Prefect task run, or inside one per row.
 
-``per_step`` (the default) makes validate, submit, poll and persist separate task runs:
-each is visible, retried and logged on its own in the Prefect UI. ``per_row`` runs the
+``per_step`` (the default) makes submit, poll and persist separate task runs per row:
+each is visible, retried and logged on its own in the Prefect UI. Validation is one task
+run for the whole manifest in both modes (``validate-frames-<n>-rows``): it gates
+the batch, reports every bad row by number, column and reason, and a task run per row
+would cost milliseconds of CPU per row before the first submit. ``per_row`` runs the
 same plain coroutines inside a single task run per row; a Prefect task run costs
 several milliseconds of CPU in the flow process and as much again in the API server,
 so for batches of thousands of rows on a small machine that is the lighter choice.
@@ -16,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kf2v_tasks.frames import check_pair
 from kf2v_tasks.models import FramePair, TaskState
 from kf2v_tasks.persistence import PersistedVideo, persist_task_video
 from kf2v_tasks.polling import wait_for_task
@@ -42,20 +44,13 @@ class TaskSteps:
     """Each step is one Prefect task run (validate-, submit-, poll-, persist-<row id>)."""
 
     def __init__(self, runner: BatchRunner, client: Any) -> None:
-        from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
+        from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v
 
         self.runner = runner
         self.client = client
-        self._validate = validate_frames.with_options(task_run_name="validate-{row_id}", retries=0)
         self._submit = submit_kf2v.with_options(task_run_name="submit-{row_id}")
         self._poll = poll_until_done.with_options(task_run_name="poll-{row_id}")
         self._persist = persist_video.with_options(task_run_name="persist-{row_id}")
-
-    async def validate(self, row: ManifestRow) -> FramePair:
-        r = self.runner
-        return await self._validate(
-            row.first_frame, row.last_frame, r.frame_limits, r.storage_options, row_id=row.id
-        )
 
     async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
         r = self.runner
@@ -107,15 +102,6 @@ class PlainSteps:
     def __init__(self, runner: BatchRunner, client: Any) -> None:
         self.runner = runner
         self.client = client
-
-    async def validate(self, row: ManifestRow) -> FramePair:
-        r = self.runner
-        return await check_pair(
-            row.first_frame,
-            row.last_frame,
-            limits=r.frame_limits,
-            storage_options=r.storage_options,
-        )
 
     async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
         r = self.runner
@@ -172,4 +158,15 @@ class PlainSteps:
 )
 async def run_row_task(row_id: str, work: Any) -> Any:
     """One task run for a whole row (``task_runs="per_row"``); ``work`` is the row coroutine."""
+    return await work()
+
+
+@task(
+    name="Validate kf2v manifest frames",
+    description="Checks every row's frames (type, size, dimensions) before the first submit.",
+    cache_policy=NO_CACHE,
+    task_run_name="validate-frames-{rows}-rows",
+)
+async def validate_manifest_task(rows: int, work: Any) -> Any:
+    """One task run for the batch's validation; ``work`` checks every row."""
     return await work()

@@ -330,7 +330,8 @@ def test_resume_after_sigkill_makes_no_extra_creates(tmp_path):
 
 
 async def test_one_task_run_per_row_mode(sim, tmp_path):
-    """task_runs="per_row": same outputs and ledger, one Prefect task run per row."""
+    """task_runs="per_row": same outputs and ledger, one Prefect task run per row (plus the
+    one that validates the whole manifest first)."""
     from prefect.client.orchestration import get_client
 
     folder = tmp_path / "in"
@@ -350,6 +351,35 @@ async def test_one_task_run_per_row_mode(sim, tmp_path):
             json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}},
         )
     names = sorted(t["name"] for t in resp.json())
-    assert names == ["row-p0", "row-p1", "row-p2", "row-p3"]
+    assert names == ["row-p0", "row-p1", "row-p2", "row-p3", "validate-frames-4-rows"]
     again = await generate_batch(str(folder / "m.csv"), str(out), task_runs="per_row")
     assert again.counts == {"skipped": 4}
+
+
+async def test_per_step_mode_names_each_row_step_and_validates_once(sim, tmp_path):
+    """The default: one task run validates the manifest, then submit/poll/persist per row."""
+    from prefect.client.orchestration import get_client
+
+    folder = tmp_path / "in"
+    pairs = make_pairs(folder, 2)
+    rows = [{"id": f"s{i}", "first_frame": a, "last_frame": b} for i, (a, b) in enumerate(pairs)]
+    (folder / "m.csv").write_text(manifest_text(rows))
+    state = await generate_batch(
+        str(folder / "m.csv"), str(tmp_path / "out"), concurrency=FAST, return_state=True
+    )
+    assert (await state.aresult()).counts == {"succeeded": 2}
+    async with get_client() as client:
+        resp = await client._client.post(
+            "/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}}},
+        )
+    names = sorted(t["name"] for t in resp.json())
+    assert names == [
+        "persist-s0",
+        "persist-s1",
+        "poll-s0",
+        "poll-s1",
+        "submit-s0",
+        "submit-s1",
+        "validate-frames-2-rows",
+    ]
