@@ -38,6 +38,7 @@ class PrefectReporter:
         self._progress_id: Optional[UUID] = None
         self._last_update = 0.0
         self._pending: Optional[asyncio.Task] = None
+        self._creating: Optional[asyncio.Future] = None
         self._done = 0
         self._total = 0
 
@@ -59,11 +60,17 @@ class PrefectReporter:
         )
         for err in plan.invalid:
             get_run_logger().warning("Invalid: %s", err.error_message)
-        self._progress_id = await acreate_progress_artifact(
-            progress=0.0,
-            key=f"{self.key_prefix}-progress",
-            description=f"Rows finished of {plan.manifest.total} in {runner.manifest_url}",
-        )
+
+        async def create() -> None:
+            self._progress_id = await acreate_progress_artifact(
+                progress=0.0,
+                key=f"{self.key_prefix}-progress",
+                description=f"Rows finished of {plan.manifest.total} in {runner.manifest_url}",
+            )
+
+        # In the background: the first submit must not wait for an API round trip;
+        # updates start once the artifact exists, and finish() waits for it.
+        self._creating = asyncio.ensure_future(create())
 
     def row_finished(self, result: RowResult, counts: dict[str, int], total: int) -> None:
         """Called for every finished row; schedules a throttled progress update."""
@@ -93,6 +100,11 @@ class PrefectReporter:
         """Final progress, the results table and the markdown summary."""
         from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
+        if self._creating is not None:
+            try:
+                await self._creating
+            except Exception:  # reporting must never fail the batch
+                logger.warning("progress artifact creation failed", exc_info=True)
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
         self._done = self._total
