@@ -142,7 +142,7 @@ async def wait_for_task(
             if state.status is TaskStatus.PENDING and elapsed >= queue_deadline:
                 await _cancel_pending(client, task_id, history, queue_deadline)
                 # Cancel raced with the start: keep waiting for the now-running task.
-                watch.mark_running(clock.now())
+                watch.mark_running()
             if elapsed >= deadline:
                 raise TaskTimeoutError(
                     task_id,

@@ -2,10 +2,11 @@
 
 One coroutine per row on the flow's event loop; every row and frame is validated first
 (one Prefect task run for the whole manifest), then each row step is one Prefect task
-run (submit, poll, persist) — never a subflow per row, which costs about a second each. Rows share one client, one :class:`~kf2v_tasks.limits.AccountLimits`
-(submits/s, queries/s) and one :class:`~kf2v_tasks.slots.SlotPool` (tasks in flight), so
-the run stays under the account's quota instead of finding it through 429s, and a slot
-freed by a finished task goes straight to the next row.
+run (submit, poll, persist) — never a subflow per row, which costs about a second each.
+Rows share one client, one :class:`~kf2v_tasks.limits.AccountLimits` (submits/s,
+queries/s) and one :class:`~kf2v_tasks.slots.SlotPool` (tasks in flight), so the run
+stays under the account's quota instead of finding it through 429s, and a slot freed by
+a finished task goes straight to the next row.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.errors import AmbiguousCreateError, Kf2vError, ManifestError
-from kf2v_tasks.frames import FrameLimits
+from kf2v_tasks.frames import FrameLimits, check_pair
 from kf2v_tasks.ledger import Ledger
 from kf2v_tasks.limits import AccountLimits
 from kf2v_tasks.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
@@ -197,7 +198,7 @@ class BatchRunner:
         self._total = 0
 
     # -- phase 1: validate everything before the first submit -------------------------
-    def steps(self, client: Any = None):
+    def steps(self, client: Any):
         """The row steps for this run's ``task_runs`` setting."""
         from kf2v_tasks.steps import PlainSteps, TaskRuns, TaskSteps
 
@@ -207,8 +208,6 @@ class BatchRunner:
 
     async def plan(self) -> BatchPlan:
         """Parse the manifest and validate every row and its frames; submit nothing."""
-        from kf2v_tasks.frames import check_pair
-
         parsed = await load_manifest(
             self.manifest_url, defaults=self.defaults, storage_options=self.storage_options
         )

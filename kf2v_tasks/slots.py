@@ -49,10 +49,6 @@ class HeldSlot:
     def __init__(self, give_back: Callable[[], None]) -> None:
         self._give_back: Optional[Callable[[], None]] = give_back
 
-    @property
-    def released(self) -> bool:
-        return self._give_back is None
-
     def release(self) -> None:
         give_back, self._give_back = self._give_back, None
         if give_back is not None:
@@ -134,17 +130,13 @@ class SlotPool:
             await self._local.acquire()
         finally:
             self._waiting -= 1
-        lease = None
-        taken = False
         try:
             lease = await self._take_lease()
-            self.in_use += 1
-            self.peak = max(self.peak, self.in_use)
-            taken = True
-        finally:
-            if not taken:
-                self._return_lease(lease)
-                self._local.release()
+        except BaseException:
+            self._local.release()
+            raise
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
 
         def give_back() -> None:
             self.in_use -= 1

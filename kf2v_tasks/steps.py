@@ -41,7 +41,7 @@ def _extra(runner: BatchRunner, row: ManifestRow) -> dict[str, Any]:
 
 
 class TaskSteps:
-    """Each step is one Prefect task run (validate-, submit-, poll-, persist-<row id>)."""
+    """Each step is one Prefect task run (submit-, poll-, persist-<row id>)."""
 
     def __init__(self, runner: BatchRunner, client: Any) -> None:
         from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v

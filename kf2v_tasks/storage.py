@@ -9,8 +9,9 @@ which happens only after the same checks (and saves a server-side copy of the wh
 The final path therefore never holds a partial video, and an existing file is replaced
 only by a verified new one.
 
-Hashing and writing (or uploading) run in a worker thread, one batch at a time, while the
-event loop receives the next batch: at most two batches are in memory.
+Hashing and writing (or uploading) run on two threads of their own while the event loop
+receives the next batch: at most three batches are in memory (two on S3, where a batch is
+a whole part).
 
 Example:
     ```python
@@ -366,7 +367,7 @@ class _Download:
             await run_sync(_commit, self.fs, self.tmp, self.path)
 
     async def abandon(self) -> None:
-        """Failure or cancellation: stop the worker, then drop the temp; never touch dest."""
+        """Failure or cancellation: wait for the threads, then drop the temp; never touch dest."""
         if self._pending:
             await asyncio.wait(list(self._pending))
             for fut in self._pending:
@@ -380,7 +381,7 @@ class _Download:
             await run_sync(_remove_quietly, self.fs, self.tmp)
 
     def close(self) -> None:
-        """Let the worker thread end (it is idle after :meth:`finish` or :meth:`abandon`)."""
+        """Let the threads end (they are idle after :meth:`finish` or :meth:`abandon`)."""
         self._writer.shutdown(wait=False)
         self._hasher.shutdown(wait=False)
 

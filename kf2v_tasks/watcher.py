@@ -65,7 +65,7 @@ class Watch:
     def sweepable(self) -> bool:
         return self.schedule.sweep and not self.list_blind
 
-    def mark_running(self, now: float) -> None:
+    def mark_running(self) -> None:
         """The task is running; it may have started any time since last seen not running."""
         if self.running_since is None:
             self.running_since = self.not_running_at
@@ -112,8 +112,6 @@ class TaskWatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._on_end: dict[str, list[Callable[[TaskState], None]]] = {}
         self._sharing = 0  # tasks in their tight phase that one sweep answers for
-        self.sweeps = 0
-        self.gets = 0
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -133,7 +131,7 @@ class TaskWatcher:
             deadline=deadline,
             queue_deadline=queue_deadline,
             started=now,
-            next_check=self._snap(w_schedule=schedule, now=now, when=first, limit=now + deadline),
+            next_check=self._snap(schedule=schedule, now=now, when=first, limit=now + deadline),
             not_running_at=now,
         )
         self._watches[id(w)] = w
@@ -195,7 +193,7 @@ class TaskWatcher:
                 continue
             if running is not None and w.sweepable:
                 if w.task_id in running:
-                    w.mark_running(seen)
+                    w.mark_running()
                     w.inbox.put_nowait(TaskState(task_id=w.task_id, status=TaskStatus.RUNNING))
                     self._schedule(w, seen)
                     continue
@@ -215,7 +213,6 @@ class TaskWatcher:
             task.add_done_callback(self._fetches.discard)
 
     async def _fetch(self, w: Watch, *, listed: bool) -> None:
-        self.gets += 1
         try:
             state = await self._client.get_task(w.task_id)
         except Exception as exc:  # the waiter raises it and unregisters
@@ -236,7 +233,7 @@ class TaskWatcher:
                     logger.info(
                         "task %s is missing from the RUNNING list; polling it alone", w.task_id
                     )
-            w.mark_running(now)
+            w.mark_running()
         else:
             w.status = state.status
         if state.status.is_terminal:
@@ -255,7 +252,6 @@ class TaskWatcher:
         ids: set[str] = set()
         try:
             for page_no in range(1, SWEEP_MAX_PAGES + 1):
-                self.sweeps += 1
                 page = await self._client.list_tasks(
                     status=TaskStatus.RUNNING, page_no=page_no, page_size=SWEEP_PAGE_SIZE
                 )
@@ -284,7 +280,7 @@ class TaskWatcher:
             wait = min(wait, self._step(w.schedule))
         # Wake at the deadlines rather than sleeping through them.
         limit = w.started + (w.deadline if status is not TaskStatus.PENDING else w.queue_deadline)
-        w.next_check = self._snap(w_schedule=w.schedule, now=now, when=now + wait, limit=limit)
+        w.next_check = self._snap(schedule=w.schedule, now=now, when=now + wait, limit=limit)
 
     def _step(self, schedule: PollSchedule) -> float:
         """Sweep interval: one sweep answers for every task in the tight phase, so with
@@ -293,10 +289,10 @@ class TaskWatcher:
         share = min(1.0, 2.0 / self._sharing) if self._sharing else 1.0
         return max(schedule.sweep_min_interval, schedule.min_interval * share)
 
-    def _snap(self, *, w_schedule: PollSchedule, now: float, when: float, limit: float) -> float:
+    def _snap(self, *, schedule: PollSchedule, now: float, when: float, limit: float) -> float:
         """Round ``when`` to the nearest tick of the shared grid, so due tasks coincide."""
-        if w_schedule.sweep:
-            step = self._step(w_schedule)
+        if schedule.sweep:
+            step = self._step(schedule)
             k = math.floor((when - self._grid_origin) / step + 0.5)
             snapped = self._grid_origin + k * step
             when = snapped if snapped > now else snapped + step
