@@ -17,7 +17,7 @@ from typing import Any, Optional
 import httpx
 import psutil
 
-from kf2v_tasks.stack import free_port, stop_process
+from kf2v_tasks._cli.stack import free_port, stop_process
 from kf2v_tasks.testing import MotoS3Server
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -237,7 +237,7 @@ def markdown(res: dict) -> str:
             f"One {b3['bytes'] / 2**20:.0f} MiB video served by the simulator, each transfer in a "
             "fresh process, every case run several times interleaved (all wall times listed; "
             "the median run is shown); RSS increase = sampled peak RSS (every 50 ms) minus RSS "
-            "just before the transfer, worst run. Ours = `kf2v_tasks.storage.stream_to_storage` "
+            "just before the transfer, worst run. Ours = `kf2v_tasks.storage.download.stream_to_storage` "
             "(atomic: temp file + rename locally, a multipart upload completed only after the "
             "checks on S3; sha256, fsync, resumable); raw = `httpx.stream` → `open(...).write` (no fsync; "
             f"its fsync, timed apart, took {_f(b3['raw'].get('fsync_s'), 2)} s). S3 is a moto "

@@ -54,8 +54,8 @@ def run_ours(a: dict) -> dict:
 
     clock.set_time_scale(a["time_scale"])
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.runner import ConcurrencySettings, add_progress_listener
-    from kf2v_tasks.steps import TaskRuns
+    from kf2v_tasks.batch.runner import ConcurrencySettings, add_progress_listener
+    from kf2v_tasks.batch.steps import TaskRuns
 
     total = a["rows"]
     step = max(1, total // 10)
@@ -206,7 +206,7 @@ def run_peer(a: dict) -> dict:
 async def _floor(a: dict) -> dict:
     import httpx
 
-    from kf2v_tasks.polling import PollSchedule
+    from kf2v_tasks.dashscope.polling import PollSchedule
 
     scale = float(a["time_scale"])
     sched = PollSchedule()
@@ -290,8 +290,8 @@ def run_floor(a: dict) -> dict:
 
 async def _video_url(a: dict) -> str:
     """Create one task and wait for its signed URL (not timed)."""
-    from kf2v_tasks.client import Kf2vClient
-    from kf2v_tasks.models import Kf2vRequest, TaskStatus
+    from kf2v_tasks.dashscope.client import Kf2vClient
+    from kf2v_tasks.dashscope.models import Kf2vRequest, TaskStatus
 
     folder = Path(a["manifest"]).parent
     data = [
@@ -310,8 +310,8 @@ async def _video_url(a: dict) -> str:
 
 
 def run_persist(a: dict) -> dict:
-    from kf2v_tasks.fsutil import open_fs
-    from kf2v_tasks.storage import stream_to_storage
+    from kf2v_tasks.storage.download import stream_to_storage
+    from kf2v_tasks.storage.paths import open_fs
 
     url = asyncio.run(_video_url(a))
     # Warm-up (not timed): load the fsspec backend (s3fs/botocore load ~40-60 MB of code and

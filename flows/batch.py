@@ -8,15 +8,15 @@ from prefect import flow
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from kf2v_tasks.manifest import RowDefaults
-from kf2v_tasks.pricing import PriceTable
-from kf2v_tasks.reporting import PrefectReporter
-from kf2v_tasks.results import BatchSummary
-from kf2v_tasks.runner import BatchRunner, ConcurrencySettings, PollingSettings
-from kf2v_tasks.sharding import run_shards
-from kf2v_tasks.steps import TaskRuns
-from kf2v_tasks.storage_config import resolve_storage_options
-from kf2v_tasks.submission import AmbiguousPolicy
+from kf2v_tasks.batch.manifest import RowDefaults
+from kf2v_tasks.batch.pricing import PriceTable
+from kf2v_tasks.batch.reporting import PrefectReporter
+from kf2v_tasks.batch.results import BatchSummary
+from kf2v_tasks.batch.runner import BatchRunner, ConcurrencySettings, PollingSettings
+from kf2v_tasks.batch.sharding import run_shards
+from kf2v_tasks.batch.steps import TaskRuns
+from kf2v_tasks.generation.submit import AmbiguousPolicy
+from kf2v_tasks.storage.options import resolve_storage_options
 
 
 @flow(

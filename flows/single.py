@@ -7,13 +7,13 @@ from typing import Optional
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from kf2v_tasks.fsutil import parent
-from kf2v_tasks.ledger import Ledger
-from kf2v_tasks.models import GenerationOptions
-from kf2v_tasks.persistence import PersistedVideo, find_persisted
-from kf2v_tasks.runner import PollingSettings
-from kf2v_tasks.storage_config import resolve_storage_options
-from kf2v_tasks.submission import request_fingerprint
+from kf2v_tasks.batch.runner import PollingSettings
+from kf2v_tasks.dashscope.models import GenerationOptions
+from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
+from kf2v_tasks.generation.submit import request_fingerprint
+from kf2v_tasks.storage.options import resolve_storage_options
+from kf2v_tasks.storage.paths import parent
 from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
 
 

@@ -12,16 +12,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Kf2vClient": "kf2v_tasks.client",
+    "Kf2vClient": "kf2v_tasks.dashscope.client",
     "validate_frames": "kf2v_tasks.tasks",
     "submit_kf2v": "kf2v_tasks.tasks",
     "poll_until_done": "kf2v_tasks.tasks",
     "persist_video": "kf2v_tasks.tasks",
-    "AccountLimits": "kf2v_tasks.limits",
-    "GenerationOptions": "kf2v_tasks.models",
-    "Kf2vRequest": "kf2v_tasks.models",
-    "TaskState": "kf2v_tasks.models",
-    "TaskStatus": "kf2v_tasks.models",
+    "AccountLimits": "kf2v_tasks.dashscope.limits",
+    "GenerationOptions": "kf2v_tasks.dashscope.models",
+    "Kf2vRequest": "kf2v_tasks.dashscope.models",
+    "TaskState": "kf2v_tasks.dashscope.models",
+    "TaskStatus": "kf2v_tasks.dashscope.models",
 }
 
 # Imported eagerly so `prefect block register -m kf2v_tasks` (and the prefect.collections

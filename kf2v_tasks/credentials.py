@@ -9,8 +9,8 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
-    from kf2v_tasks.limits import AccountLimits
+    from kf2v_tasks.dashscope.client import Kf2vClient
+    from kf2v_tasks.dashscope.limits import AccountLimits
 
 REGION_BASE_URLS = {
     "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
@@ -90,13 +90,13 @@ class DashScopeCredentials(CredentialsBlock):
         )
 
     def get_client(self, limits: Optional[AccountLimits] = None, **kwargs) -> Kf2vClient:
-        """A new :class:`~kf2v_tasks.client.Kf2vClient` for these credentials.
+        """A new :class:`~kf2v_tasks.dashscope.client.Kf2vClient` for these credentials.
 
         Args:
             limits: the account quota to respect (shared by every caller in a run).
-            **kwargs: passed to :class:`~kf2v_tasks.client.Kf2vClient`.
+            **kwargs: passed to :class:`~kf2v_tasks.dashscope.client.Kf2vClient`.
         """
-        from kf2v_tasks.client import Kf2vClient
+        from kf2v_tasks.dashscope.client import Kf2vClient
 
         return Kf2vClient(
             api_key=self.api_key.get_secret_value(),

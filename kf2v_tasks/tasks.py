@@ -17,19 +17,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
-from kf2v_tasks.errors import TaskTimeoutError, TransientError
-from kf2v_tasks.frames import FrameLimits, check_pair
-from kf2v_tasks.ledger import Ledger
-from kf2v_tasks.limits import AccountLimits
-from kf2v_tasks.models import FramePair, GenerationOptions, TaskState, TaskStatus
-from kf2v_tasks.persistence import PersistedVideo, persist_task_video
-from kf2v_tasks.polling import (
+from kf2v_tasks.dashscope.limits import AccountLimits
+from kf2v_tasks.dashscope.models import FramePair, GenerationOptions, TaskState, TaskStatus
+from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
     DEFAULT_QUEUE_DEADLINE,
     PollSchedule,
     wait_for_task,
 )
-from kf2v_tasks.submission import AmbiguousPolicy, Submission, submit_generation
+from kf2v_tasks.errors import TaskTimeoutError, TransientError
+from kf2v_tasks.generation.frames import FrameLimits, check_pair
+from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
 
 CredentialsLike = Union[DashScopeCredentials, str, None]
 
@@ -106,7 +106,7 @@ async def validate_frames(
         row_id: the manifest row, for task run names and logs.
 
     Returns:
-        A :class:`~kf2v_tasks.models.FramePair` with warnings (alpha, aspect mismatch).
+        A :class:`~kf2v_tasks.dashscope.models.FramePair` with warnings (alpha, aspect mismatch).
 
     Example:
         ```python
@@ -249,7 +249,7 @@ async def poll_until_done(
         row_id: the manifest row, for task run names and logs.
 
     Returns:
-        The final :class:`~kf2v_tasks.models.TaskState`, with its status history.
+        The final :class:`~kf2v_tasks.dashscope.models.TaskState`, with its status history.
 
     Example:
         ```python
@@ -372,7 +372,7 @@ async def persist_video(
         row_id: the manifest row, for task run names and logs.
 
     Returns:
-        A :class:`~kf2v_tasks.persistence.PersistedVideo` (path, sha256, bytes, sidecar).
+        A :class:`~kf2v_tasks.generation.persist.PersistedVideo` (path, sha256, bytes, sidecar).
 
     Example:
         ```python

@@ -445,7 +445,7 @@ def cli_command(
     return [
         sys.executable,
         "-m",
-        "kf2v_tasks.cli",
+        "kf2v_tasks._cli.main",
         "run",
         str(manifest),
         "--output",
@@ -544,7 +544,7 @@ def run_with_kills(
 async def run_batch(manifest: Path, output: Path, *, max_in_flight: int = 4, **flow_kwargs):
     """Run the batch flow in this process (inside a Prefect server/harness); return its state."""
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.runner import ConcurrencySettings
+    from kf2v_tasks.batch.runner import ConcurrencySettings
 
     return await generate_batch(
         manifest=str(manifest),

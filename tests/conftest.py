@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from kf2v_tasks.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
+from kf2v_tasks._cli.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
 from kf2v_tasks.testing import MotoS3Server
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -30,8 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kf2v_tasks.batch.runner import BatchRunner  # noqa: E402
 from kf2v_tasks.errors import ManifestError  # noqa: E402
-from kf2v_tasks.runner import BatchRunner  # noqa: E402
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig  # noqa: E402
 from reliability.harness import make_dataset, read_results, run_batch, simulated_service  # noqa: E402
 

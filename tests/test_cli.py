@@ -39,7 +39,7 @@ def env():
 
 def kf2v(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kf2v_tasks.cli", *args],
+        [sys.executable, "-m", "kf2v_tasks._cli.main", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -15,7 +15,9 @@ import pytest
 
 import kf2v_tasks
 from kf2v_tasks import clock
-from kf2v_tasks.client import DEFAULT_TIMEOUT, Kf2vClient, error_from_response
+from kf2v_tasks.dashscope.client import DEFAULT_TIMEOUT, Kf2vClient, error_from_response
+from kf2v_tasks.dashscope.limits import AccountLimits
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskStatus
 from kf2v_tasks.errors import (
     AccessDeniedError,
     AmbiguousCreateError,
@@ -31,8 +33,6 @@ from kf2v_tasks.errors import (
     TransientError,
     UnsupportedOperationError,
 )
-from kf2v_tasks.limits import AccountLimits
-from kf2v_tasks.models import GenerationOptions, Kf2vRequest, TaskStatus
 from kf2v_tasks.retry import RetryPolicy
 
 from conftest import TEST_API_KEY
@@ -355,7 +355,7 @@ async def test_upload_file_protocol() -> None:
 
 
 async def test_upload_and_list_accept_model_enum() -> None:
-    from kf2v_tasks.models import Kf2vModel
+    from kf2v_tasks.dashscope.models import Kf2vModel
 
     server = Server(ok(_policy()), httpx.Response(200), ok({"total": 0, "data": []}))
     async with make_client(server) as client:
@@ -768,15 +768,15 @@ async def test_api_key_never_in_errors_or_logs(
     assert TEST_API_KEY not in logged
     # Request headers are never logged (httpx would show Headers({... 'authorization': ...})).
     assert "headers(" not in logged.lower() and "'authorization'" not in logged.lower()
-    assert any(r.name == "kf2v_tasks.client" for r in caplog.records)
+    assert any(r.name == "kf2v_tasks.dashscope.client" for r in caplog.records)
 
 
 async def test_debug_log_lines(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="kf2v_tasks.client")
+    caplog.set_level(logging.DEBUG, logger="kf2v_tasks.dashscope.client")
     server = Server(ok())
     async with make_client(server) as client:
         await client.create_task(request())
-    (record,) = [r for r in caplog.records if r.name == "kf2v_tasks.client"]
+    (record,) = [r for r in caplog.records if r.name == "kf2v_tasks.dashscope.client"]
     assert record.getMessage() == (
         "POST /services/aigc/image2video/video-synthesis -> 200 (request_id=r-create)"
     )

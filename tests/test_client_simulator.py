@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from kf2v_tasks import clock
-from kf2v_tasks.client import Kf2vClient
+from kf2v_tasks.dashscope.client import Kf2vClient
+from kf2v_tasks.dashscope.limits import AccountLimits
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskState, TaskStatus
 from kf2v_tasks.errors import (
     AmbiguousCreateError,
     AuthenticationError,
@@ -20,8 +22,6 @@ from kf2v_tasks.errors import (
     InvalidRequestError,
     UnsupportedOperationError,
 )
-from kf2v_tasks.limits import AccountLimits
-from kf2v_tasks.models import GenerationOptions, Kf2vRequest, TaskState, TaskStatus
 from kf2v_tasks.retry import RetryPolicy
 
 from conftest import TEST_API_KEY

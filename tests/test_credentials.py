@@ -9,7 +9,6 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
 import kf2v_tasks
-from kf2v_tasks.client import Kf2vClient
 from kf2v_tasks.credentials import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -19,7 +18,8 @@ from kf2v_tasks.credentials import (
     DashScopeCredentials,
     resolve_credentials,
 )
-from kf2v_tasks.limits import AccountLimits
+from kf2v_tasks.dashscope.client import Kf2vClient
+from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.retry import RetryPolicy
 
 from conftest import TEST_API_KEY

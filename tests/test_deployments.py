@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from kf2v_tasks._cli.stack import LocalStack, api, free_port, tail
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
-from kf2v_tasks.stack import LocalStack, api, free_port, tail
 
 from conftest import TEST_API_KEY
 from helpers import make_pairs, manifest_text
@@ -200,7 +200,7 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
         side = json.loads(fs.cat_file(f"{out}/{i}.json"))
         assert side["bytes"] == fs.size(f"{out}/{i}.mp4") > 0
 
-    from kf2v_tasks.results import from_csv
+    from kf2v_tasks.batch.results import from_csv
 
     merged = from_csv(fs.cat_file(f"{out}/results.csv").decode())
     assert sorted(r.id for r in merged) == ids

@@ -20,9 +20,9 @@ from prefect import flow
 from kf2v_flows.batch import generate_batch
 from kf2v_flows.single import generate_video
 from kf2v_tasks import clock
-from kf2v_tasks.manifest import RowDefaults
-from kf2v_tasks.models import Resolution
-from kf2v_tasks.runner import ConcurrencySettings
+from kf2v_tasks.batch.manifest import RowDefaults
+from kf2v_tasks.batch.runner import ConcurrencySettings
+from kf2v_tasks.dashscope.models import Resolution
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
@@ -252,7 +252,7 @@ async def test_flows_as_subflows_of_a_user_flow(sim, tmp_path):
 
 def _run_cli(manifest: Path, out: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kf2v_tasks.cli", "run", str(manifest), "--output", str(out)]
+        [sys.executable, "-m", "kf2v_tasks._cli.main", "run", str(manifest), "--output", str(out)]
         + ["--concurrency", "2", "--submits-per-second", "20", "--queries-per-second", "200"],
         env=env,
         stdout=subprocess.PIPE,

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kf2v_tasks.dashscope.models import FrameTransport, Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.frames import (
+from kf2v_tasks.generation.frames import (
     FrameLimits,
     check_pair,
     inspect_frame,
     prepare_frame,
     read_frame_bytes,
 )
-from kf2v_tasks.models import FrameTransport, Kf2vModel
 
 
 def make_image(path: Path, size=(320, 240), mode="RGB", fmt="PNG", **save) -> Path:

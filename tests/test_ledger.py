@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from kf2v_tasks.ledger import Ledger, LedgerError, LedgerRecord, scrub
-from kf2v_tasks.models import TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.generation.ledger import Ledger, LedgerError, LedgerRecord, scrub
 
 FP = "a" * 64
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)

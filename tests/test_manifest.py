@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kf2v_tasks.errors import ManifestError
-from kf2v_tasks.manifest import (
+from kf2v_tasks.batch.manifest import (
     KNOWN_COLUMNS,
     ManifestRow,
     ParsedManifest,
@@ -22,7 +21,8 @@ from kf2v_tasks.manifest import (
     parse_manifest,
     resolve_frame,
 )
-from kf2v_tasks.models import Kf2vModel, Resolution
+from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
+from kf2v_tasks.errors import ManifestError
 
 HEADER = "id,first_frame,last_frame"
 

@@ -8,10 +8,8 @@ import threading
 
 import pytest
 
-from kf2v_tasks.errors import BudgetExceededError
-from kf2v_tasks.manifest import parse_manifest
-from kf2v_tasks.models import MODEL_RESOLUTIONS, GenerationOptions, Kf2vModel, Resolution
-from kf2v_tasks.pricing import (
+from kf2v_tasks.batch.manifest import parse_manifest
+from kf2v_tasks.batch.pricing import (
     DEFAULT_NOTES,
     Budget,
     CostEstimate,
@@ -19,6 +17,8 @@ from kf2v_tasks.pricing import (
     estimate,
     estimate_row,
 )
+from kf2v_tasks.dashscope.models import MODEL_RESOLUTIONS, GenerationOptions, Kf2vModel, Resolution
+from kf2v_tasks.errors import BudgetExceededError
 
 # ----------------------------------------------------------------- price table
 

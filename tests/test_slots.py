@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from kf2v_tasks.limits_admin import apply_limits, show_limits
-from kf2v_tasks.slots import SlotPool
+from kf2v_tasks.batch.gcl import apply_limits, show_limits
+from kf2v_tasks.batch.slots import SlotPool
 
 
 async def _run_jobs(pool: SlotPool, n: int, seconds: float) -> float:

@@ -1,6 +1,6 @@
 """Streaming persistence against a real HTTP server with faults, on local disk, memory and S3.
 
-Also covers the fsspec helpers in ``kf2v_tasks.fsutil``.
+Also covers the fsspec helpers in ``kf2v_tasks.storage.paths``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import httpx
 import pytest
 
 from kf2v_tasks.errors import DownloadError, UrlExpiredError
-from kf2v_tasks.fsutil import join, parent, resolve_relative, safe_child
-from kf2v_tasks.storage import (
+from kf2v_tasks.storage.download import (
     copy_video,
     read_json,
     sidecar_path,
@@ -31,6 +30,7 @@ from kf2v_tasks.storage import (
     write_json_atomic,
     write_text_atomic,
 )
+from kf2v_tasks.storage.paths import join, parent, resolve_relative, safe_child
 
 MIB = 1024 * 1024
 

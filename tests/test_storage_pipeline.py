@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from test_storage import MIB, Body, FaultServer, leftovers
 
-from kf2v_tasks import storage
 from kf2v_tasks.errors import DownloadError
-from kf2v_tasks.storage import stream_to_storage
+from kf2v_tasks.storage import download as storage
+from kf2v_tasks.storage.download import stream_to_storage
 
 
 class FailingFile:

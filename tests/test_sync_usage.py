@@ -10,7 +10,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from kf2v_flows.batch import generate_batch
 from kf2v_tasks import validate_frames
-from kf2v_tasks.models import FramePair
+from kf2v_tasks.dashscope.models import FramePair
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -13,6 +13,7 @@ from prefect import flow
 
 from kf2v_tasks import clock
 from kf2v_tasks.credentials import DashScopeCredentials
+from kf2v_tasks.dashscope.models import GenerationOptions, TaskStatus
 from kf2v_tasks.errors import (
     AmbiguousCreateError,
     FrameValidationError,
@@ -20,8 +21,7 @@ from kf2v_tasks.errors import (
     TaskExpiredError,
     TaskFailedError,
 )
-from kf2v_tasks.ledger import Ledger
-from kf2v_tasks.models import GenerationOptions, TaskStatus
+from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.simulator import FaultConfig, RuntimeDistribution, SimulatorConfig, run_simulator
 from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
 

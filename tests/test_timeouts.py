@@ -12,10 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kf2v_tasks.batch.runner import PollingSettings  # noqa: E402
+from kf2v_tasks.dashscope.models import TaskStatus  # noqa: E402
+from kf2v_tasks.dashscope.polling import PollSchedule, wait_for_task  # noqa: E402
 from kf2v_tasks.errors import QueueTimeoutError, TaskTimeoutError  # noqa: E402
-from kf2v_tasks.models import TaskStatus  # noqa: E402
-from kf2v_tasks.polling import PollSchedule, wait_for_task  # noqa: E402
-from kf2v_tasks.runner import PollingSettings  # noqa: E402
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig  # noqa: E402
 from reliability.harness import (  # noqa: E402
     make_dataset,
@@ -86,7 +86,7 @@ async def test_wait_for_task_cancels_pending_with_history() -> None:
         async with resolve_credentials(None).get_client() as client:
             from simulator.simkit import FIRST, LAST, data_uri
 
-            from kf2v_tasks.models import Kf2vRequest
+            from kf2v_tasks.dashscope.models import Kf2vRequest
 
             blocker = await client.create_task(
                 Kf2vRequest(
@@ -114,7 +114,7 @@ async def test_wait_for_task_times_out_running_with_history() -> None:
     from simulator.simkit import FIRST, LAST, data_uri
 
     from kf2v_tasks.credentials import resolve_credentials
-    from kf2v_tasks.models import Kf2vRequest
+    from kf2v_tasks.dashscope.models import Kf2vRequest
 
     with simulated_service(_cfg(runtime=5000)):
         async with resolve_credentials(None).get_client() as client:

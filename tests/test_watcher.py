@@ -19,10 +19,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kf2v_tasks import clock  # noqa: E402
-from kf2v_tasks.client import Kf2vClient  # noqa: E402
+from kf2v_tasks.dashscope.client import Kf2vClient  # noqa: E402
+from kf2v_tasks.dashscope.models import TaskStatus  # noqa: E402
+from kf2v_tasks.dashscope.polling import PollSchedule, wait_for_task  # noqa: E402
 from kf2v_tasks.errors import InvalidRequestError  # noqa: E402
-from kf2v_tasks.models import TaskStatus  # noqa: E402
-from kf2v_tasks.polling import PollSchedule, wait_for_task  # noqa: E402
 from kf2v_tasks.retry import RetryPolicy  # noqa: E402
 
 from conftest import TEST_API_KEY  # noqa: E402
@@ -160,7 +160,7 @@ async def test_a_single_task_is_polled_with_gets_only() -> None:
 
 
 async def test_on_end_runs_when_the_end_is_seen_before_the_waiter_wakes() -> None:
-    from kf2v_tasks.watcher import watcher_for
+    from kf2v_tasks.dashscope.watcher import watcher_for
 
     service = Service({"a": 70.0, "b": 78.0})
     seen: list[tuple[str, TaskStatus]] = []

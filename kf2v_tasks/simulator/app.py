@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kf2v_tasks.models import (
+from kf2v_tasks.dashscope.models import (
     CREATE_PATH,
     MODEL_RESOLUTIONS,
     NEGATIVE_PROMPT_MAX_CHARS,

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from kf2v_tasks.models import RESOLUTION_PIXELS, Resolution
+from kf2v_tasks.dashscope.models import RESOLUTION_PIXELS, Resolution
 
 #: Chunk size of generated filler payloads (also the unit a Range start is aligned to).
 CHUNK = 1 << 20

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from kf2v_tasks.models import CREATE_PATH
+from kf2v_tasks.dashscope.models import CREATE_PATH
 from kf2v_tasks.simulator import RuntimeDistribution, Simulator, SimulatorConfig
 
 KEY = "sk-sim-test-key"

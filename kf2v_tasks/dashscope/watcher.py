@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Union
 
 from kf2v_tasks import clock
+from kf2v_tasks.dashscope.models import TaskState, TaskStatus
 from kf2v_tasks.errors import Kf2vError, PermanentError
-from kf2v_tasks.models import TaskState, TaskStatus
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
-    from kf2v_tasks.polling import PollSchedule
+    from kf2v_tasks.dashscope.client import Kf2vClient
+    from kf2v_tasks.dashscope.polling import PollSchedule
 
-logger = logging.getLogger("kf2v_tasks.watcher")
+logger = logging.getLogger("kf2v_tasks.dashscope.watcher")
 
 #: Tasks per page of the list sweep (the service's maximum) and pages read at most.
 SWEEP_PAGE_SIZE = 100
@@ -87,14 +87,14 @@ class Watch:
 
 
 class TaskWatcher:
-    """Polls every task a :class:`~kf2v_tasks.client.Kf2vClient` waits on, in one loop.
+    """Polls every task a :class:`~kf2v_tasks.dashscope.client.Kf2vClient` waits on, in one loop.
 
-    Use :func:`watcher_for` to get the client's watcher; :func:`~kf2v_tasks.polling.wait_for_task`
+    Use :func:`watcher_for` to get the client's watcher; :func:`~kf2v_tasks.dashscope.polling.wait_for_task`
     does, so callers rarely touch this class.
 
     Example:
         ```python
-        from kf2v_tasks.watcher import watcher_for
+        from kf2v_tasks.dashscope.watcher import watcher_for
         watcher = watcher_for(client)
         async with watcher.watch("task-id", schedule, deadline=3600, queue_deadline=600) as w:
             state = await w.next_state()

@@ -22,7 +22,7 @@ class RateLimiter:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.limits import RateLimiter
+        from kf2v_tasks.dashscope.limits import RateLimiter
 
         async def main():
             limiter = RateLimiter(rate=2)
@@ -75,7 +75,7 @@ class AccountLimits:
 
     Example:
         ```python
-        from kf2v_tasks.limits import AccountLimits
+        from kf2v_tasks.dashscope.limits import AccountLimits
         limits = AccountLimits(max_in_flight=2, submits_per_second=2, queries_per_second=20)
         ```
     """

@@ -12,7 +12,7 @@ are also what the deployment integration test uses.
 
 Example:
     ```python
-    from kf2v_tasks.stack import LocalStack
+    from kf2v_tasks._cli.stack import LocalStack
 
     with LocalStack(home="/tmp/kf2v-stack", prefect_port=4200) as stack:
         stack.start_server()

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from kf2v_tasks.models import FramePair, TaskState
-from kf2v_tasks.persistence import PersistedVideo, persist_task_video
-from kf2v_tasks.polling import wait_for_task
-from kf2v_tasks.submission import Submission, submit_generation
+from kf2v_tasks.dashscope.models import FramePair, TaskState
+from kf2v_tasks.dashscope.polling import wait_for_task
+from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.submit import Submission, submit_generation
 
 if TYPE_CHECKING:
-    from kf2v_tasks.manifest import ManifestRow
-    from kf2v_tasks.runner import BatchRunner
+    from kf2v_tasks.batch.manifest import ManifestRow
+    from kf2v_tasks.batch.runner import BatchRunner
 
 
 class TaskRuns(str, Enum):

@@ -29,6 +29,15 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from kf2v_tasks import __version__
+from kf2v_tasks.dashscope.limits import AccountLimits, RateLimiter
+from kf2v_tasks.dashscope.models import (
+    CREATE_PATH,
+    SERVICE_TZ,
+    Kf2vModel,
+    Kf2vRequest,
+    TaskState,
+    TaskStatus,
+)
 from kf2v_tasks.errors import (
     AccessDeniedError,
     AmbiguousCreateError,
@@ -43,15 +52,6 @@ from kf2v_tasks.errors import (
     UnsupportedOperationError,
     is_transient,
 )
-from kf2v_tasks.limits import AccountLimits, RateLimiter
-from kf2v_tasks.models import (
-    CREATE_PATH,
-    SERVICE_TZ,
-    Kf2vModel,
-    Kf2vRequest,
-    TaskState,
-    TaskStatus,
-)
 from kf2v_tasks.retry import RetryPolicy, retry_call
 
 __all__ = [
@@ -62,7 +62,7 @@ __all__ = [
     "error_from_response",
 ]
 
-logger = logging.getLogger("kf2v_tasks.client")
+logger = logging.getLogger("kf2v_tasks.dashscope.client")
 
 T = TypeVar("T")
 
@@ -118,8 +118,8 @@ class Kf2vClient:
 
     Example:
         ```python
-        from kf2v_tasks.client import Kf2vClient
-        from kf2v_tasks.models import Kf2vRequest
+        from kf2v_tasks.dashscope.client import Kf2vClient
+        from kf2v_tasks.dashscope.models import Kf2vRequest
 
         async with Kf2vClient("sk-...", base_url="http://127.0.0.1:8000/api/v1") as client:
             state = await client.create_task(Kf2vRequest(
@@ -584,7 +584,7 @@ def error_from_response(response: httpx.Response, *, secret: Optional[str] = Non
     Example:
         ```python
         import httpx
-        from kf2v_tasks.client import error_from_response
+        from kf2v_tasks.dashscope.client import error_from_response
         r = httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"},
                            headers={"Retry-After": "3"})
         err = error_from_response(r)   # ThrottledError, err.retry_after == 3.0

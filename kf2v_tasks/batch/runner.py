@@ -3,8 +3,8 @@
 One coroutine per row on the flow's event loop; every row and frame is validated first
 (one Prefect task run for the whole manifest), then each row step is one Prefect task
 run (submit, poll, persist) — never a subflow per row, which costs about a second each.
-Rows share one client, one :class:`~kf2v_tasks.limits.AccountLimits` (submits/s,
-queries/s) and one :class:`~kf2v_tasks.slots.SlotPool` (tasks in flight), so the run
+Rows share one client, one :class:`~kf2v_tasks.dashscope.limits.AccountLimits` (submits/s,
+queries/s) and one :class:`~kf2v_tasks.batch.slots.SlotPool` (tasks in flight), so the run
 stays under the account's quota instead of finding it through 429s, and a slot freed by
 a finished task goes straight to the next row.
 """
@@ -19,22 +19,22 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
+from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
+from kf2v_tasks.batch.pricing import Budget, PriceTable, estimate, estimate_row
+from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.slots import SlotPool
+from kf2v_tasks.batch.steps import TaskRuns, run_row_task, validate_manifest_task
+from kf2v_tasks.dashscope.limits import AccountLimits
+from kf2v_tasks.dashscope.models import FramePair
+from kf2v_tasks.dashscope.polling import DEFAULT_DEADLINE, DEFAULT_QUEUE_DEADLINE, PollSchedule
+from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import AmbiguousCreateError, Kf2vError, ManifestError
-from kf2v_tasks.frames import FrameLimits, check_pair
-from kf2v_tasks.ledger import Ledger
-from kf2v_tasks.limits import AccountLimits
-from kf2v_tasks.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
-from kf2v_tasks.models import FramePair
-from kf2v_tasks.persistence import find_persisted
-from kf2v_tasks.polling import DEFAULT_DEADLINE, DEFAULT_QUEUE_DEADLINE, PollSchedule
-from kf2v_tasks.pricing import Budget, PriceTable, estimate, estimate_row
-from kf2v_tasks.results import BatchSummary, RowResult, RowStatus
-from kf2v_tasks.slots import SlotPool
-from kf2v_tasks.steps import TaskRuns, run_row_task, validate_manifest_task
-from kf2v_tasks.submission import AmbiguousPolicy, request_fingerprint
-from kf2v_tasks.watcher import watcher_for
+from kf2v_tasks.generation.frames import FrameLimits, check_pair
+from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.persist import find_persisted
+from kf2v_tasks.generation.submit import AmbiguousPolicy, request_fingerprint
 
-logger = logging.getLogger("kf2v_tasks.runner")
+logger = logging.getLogger("kf2v_tasks.batch.runner")
 
 #: Name of the Prefect global concurrency limit that stands for the account's task quota.
 DEFAULT_GLOBAL_LIMIT = "kf2v-dashscope-tasks"
@@ -133,7 +133,7 @@ class BatchPlan(BaseModel):
 
 def output_path(output_root: str, row: ManifestRow) -> str:
     """Where a row's video goes (its ``output`` name is already checked to stay inside)."""
-    from kf2v_tasks.fsutil import join, safe_child
+    from kf2v_tasks.storage.paths import join, safe_child
 
     return join(output_root, safe_child(output_root, row.output))
 
@@ -144,7 +144,7 @@ class BatchRunner:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.runner import BatchRunner
+        from kf2v_tasks.batch.runner import BatchRunner
 
         runner = BatchRunner("examples/manifest.csv", "out/")
         summary = asyncio.run(runner.run())   # normally called by the batch flow
@@ -173,7 +173,7 @@ class BatchRunner:
         reporter: Any = None,
         task_runs: str = "per_step",
     ) -> None:
-        from kf2v_tasks.steps import TaskRuns
+        from kf2v_tasks.batch.steps import TaskRuns
 
         self.manifest_url = manifest
         self.output = output.rstrip("/") if "://" in output else output
@@ -200,7 +200,7 @@ class BatchRunner:
     # -- phase 1: validate everything before the first submit -------------------------
     def steps(self, client: Any):
         """The row steps for this run's ``task_runs`` setting."""
-        from kf2v_tasks.steps import PlainSteps, TaskRuns, TaskSteps
+        from kf2v_tasks.batch.steps import PlainSteps, TaskRuns, TaskSteps
 
         if self.task_runs is TaskRuns.PER_ROW:
             return PlainSteps(self, client)
@@ -231,7 +231,7 @@ class BatchRunner:
         gate = asyncio.Semaphore(self.concurrency.validate_concurrency)
 
         async def check(row: ManifestRow) -> None:
-            from kf2v_tasks.fsutil import resolves_outside
+            from kf2v_tasks.storage.paths import resolves_outside
 
             where = f"row {row.row_number}, column"
             if resolves_outside(self.output, output_path(self.output, row)):
@@ -272,7 +272,7 @@ class BatchRunner:
     # -- phase 2: run -------------------------------------------------------------------
     async def run(self) -> BatchSummary:
         """Validate, estimate, then generate every runnable row; write results.csv."""
-        from kf2v_tasks.storage import remove_stale_temps
+        from kf2v_tasks.storage.download import remove_stale_temps
 
         started = time.monotonic()
         if not self.dry_run:
@@ -383,9 +383,9 @@ class BatchRunner:
             self.reporter.row_finished(result, counts, self._total)
 
     async def _write_shard_summary(self, summary: BatchSummary) -> None:
-        from kf2v_tasks.fsutil import join
-        from kf2v_tasks.sharding import shard_summary_name
-        from kf2v_tasks.storage import write_text_atomic
+        from kf2v_tasks.batch.sharding import shard_summary_name
+        from kf2v_tasks.storage.download import write_text_atomic
+        from kf2v_tasks.storage.paths import join
 
         path = join(self.output, shard_summary_name(self.shard_index))
         await write_text_atomic(
@@ -393,9 +393,9 @@ class BatchRunner:
         )
 
     async def _write_results(self, results: list[RowResult]) -> str:
-        from kf2v_tasks.fsutil import join
-        from kf2v_tasks.results import to_csv
-        from kf2v_tasks.storage import write_text_atomic
+        from kf2v_tasks.batch.results import to_csv
+        from kf2v_tasks.storage.download import write_text_atomic
+        from kf2v_tasks.storage.paths import join
 
         path = join(self.output, self.results_name)
         await write_text_atomic(path, to_csv(results), storage_options=self.storage_options)
@@ -515,7 +515,7 @@ class _RowContext:
 
     async def _follow(self, leader: asyncio.Future, row, dest, base) -> RowResult:
         """A row identical to an earlier one: copy the earlier row's video."""
-        from kf2v_tasks.storage import copy_video
+        from kf2v_tasks.storage.download import copy_video
 
         first: RowResult = await leader
         if first.status not in (RowStatus.SUCCEEDED, RowStatus.SKIPPED) or not first.output:

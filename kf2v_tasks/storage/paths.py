@@ -45,7 +45,7 @@ def open_fs(
 
     Example:
         ```python
-        from kf2v_tasks.fsutil import open_fs
+        from kf2v_tasks.storage.paths import open_fs
         fs, path = open_fs("s3://bucket/out/a.mp4", {"anon": False})
         fs, path = open_fs("frames/first.png")   # local, absolute path returned
         ```
@@ -88,7 +88,7 @@ def join(root: str, *parts: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.fsutil import join
+        from kf2v_tasks.storage.paths import join
         assert join("s3://bucket/out/", "a", "b.mp4") == "s3://bucket/out/a/b.mp4"
         ```
     """
@@ -127,7 +127,7 @@ def resolve_relative(value: str, base_dir_url: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.fsutil import resolve_relative
+        from kf2v_tasks.storage.paths import resolve_relative
         assert resolve_relative("img/a.png", "s3://b/m") == "s3://b/m/img/a.png"
         assert resolve_relative("../img/a.png", "s3://b/m") == "s3://b/img/a.png"
         assert resolve_relative("https://x/a.png", "s3://b/m") == "https://x/a.png"
@@ -161,7 +161,7 @@ def safe_child(root: str, name: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.fsutil import join, safe_child
+        from kf2v_tasks.storage.paths import join, safe_child
         dest = join("s3://bucket/out", safe_child("s3://bucket/out", "clips/row-1.mp4"))
         safe_child("out", "../escape.mp4")   # ValueError: ... '..' ...
         ```

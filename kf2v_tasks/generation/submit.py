@@ -16,14 +16,20 @@ from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel, Field
 
+from kf2v_tasks.dashscope.models import (
+    FramePair,
+    GenerationOptions,
+    Kf2vRequest,
+    TaskStatus,
+    fingerprint,
+)
 from kf2v_tasks.errors import AmbiguousCreateError
-from kf2v_tasks.models import FramePair, GenerationOptions, Kf2vRequest, TaskStatus, fingerprint
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
-    from kf2v_tasks.ledger import Ledger, LedgerRecord
+    from kf2v_tasks.dashscope.client import Kf2vClient
+    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
 
-logger = logging.getLogger("kf2v_tasks.submission")
+logger = logging.getLogger("kf2v_tasks.generation.submit")
 
 
 class AmbiguousPolicy(str, Enum):
@@ -80,7 +86,7 @@ async def submit_generation(
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
 
     Args:
-        client: an open :class:`~kf2v_tasks.client.Kf2vClient`.
+        client: an open :class:`~kf2v_tasks.dashscope.client.Kf2vClient`.
         frames: the validated pair from ``validate_frames``.
         prompt: text prompt.
         negative_prompt: what to avoid.
@@ -97,8 +103,8 @@ async def submit_generation(
         AmbiguousCreateError: when the policy forbids (another) retry.
         PermanentError / TransientError: from the client, as classified there.
     """
-    from kf2v_tasks.frames import prepare_frame
-    from kf2v_tasks.ledger import Ledger, LedgerRecord
+    from kf2v_tasks.generation.frames import prepare_frame
+    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
 
     options = options or GenerationOptions()
     ambiguous_policy = AmbiguousPolicy(ambiguous_policy)

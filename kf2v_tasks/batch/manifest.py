@@ -21,7 +21,7 @@ numbering; ``0`` means "the file as a whole" (e.g. it cannot be read).
 
 Example:
     ```python
-    from kf2v_tasks.manifest import parse_manifest
+    from kf2v_tasks.batch.manifest import parse_manifest
     text = "id,first_frame,last_frame,seed\\nshot1,a.png,b.png,7\\nshot2,c.png,d.png,-3\\n"
     parsed = parse_manifest(text, source="m.csv", base_dir="s3://bucket/batch")
     assert [r.first_frame for r in parsed.rows] == ["s3://bucket/batch/a.png"]
@@ -45,8 +45,7 @@ from urllib.parse import urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kf2v_tasks.errors import ManifestError
-from kf2v_tasks.models import (
+from kf2v_tasks.dashscope.models import (
     MODEL_RESOLUTIONS,
     NEGATIVE_PROMPT_MAX_CHARS,
     PROMPT_MAX_CHARS,
@@ -55,6 +54,7 @@ from kf2v_tasks.models import (
     Kf2vModel,
     Resolution,
 )
+from kf2v_tasks.errors import ManifestError
 
 #: Columns the parser understands; anything else is ignored with a warning.
 KNOWN_COLUMNS: tuple[str, ...] = (
@@ -101,7 +101,7 @@ class RowDefaults(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.manifest import RowDefaults
+        from kf2v_tasks.batch.manifest import RowDefaults
         defaults = RowDefaults(resolution="480P", seed=42, prompt="slow camera move")
         ```
     """
@@ -174,7 +174,7 @@ class RowError(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.manifest import RowError
+        from kf2v_tasks.batch.manifest import RowError
         err = RowError(row_number=7, id=None, column="seed",
                        reason="'-3' is not an integer in 0..2147483647")
         assert err.message() == "row 7, column 'seed': '-3' is not an integer in 0..2147483647"
@@ -248,7 +248,7 @@ def parse_manifest(
 
     Example:
         ```python
-        from kf2v_tasks.manifest import parse_manifest
+        from kf2v_tasks.batch.manifest import parse_manifest
         parsed = parse_manifest(b"first_frame,last_frame\\na.png,b.png\\n",
                                 source="m.csv", base_dir="/data")
         assert parsed.rows[0].output == "row-0002.mp4"
@@ -303,7 +303,7 @@ async def load_manifest(
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.manifest import load_manifest
+        from kf2v_tasks.batch.manifest import load_manifest
         parsed = asyncio.run(load_manifest("s3://bucket/batch/manifest.csv",
                                            storage_options={"anon": False}))
         ```
@@ -317,7 +317,7 @@ def manifest_base_dir(url: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.manifest import manifest_base_dir
+        from kf2v_tasks.batch.manifest import manifest_base_dir
         assert manifest_base_dir("s3://bucket/dir/m.csv") == "s3://bucket/dir/"
         ```
     """
@@ -334,12 +334,12 @@ def resolve_frame(value: str, base_dir: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.manifest import resolve_frame
+        from kf2v_tasks.batch.manifest import resolve_frame
         assert resolve_frame("../f/a.png", "s3://b/dir/sub") == "s3://b/dir/f/a.png"
         assert resolve_frame("https://x/a.png", "/data") == "https://x/a.png"
         ```
     """
-    from kf2v_tasks.fsutil import resolve_relative  # lazy: imports fsspec
+    from kf2v_tasks.storage.paths import resolve_relative  # lazy: imports fsspec
 
     if not base_dir or _is_absolute(value):
         return value
@@ -357,7 +357,7 @@ def resolve_frame(value: str, base_dir: str) -> str:
 
 
 def _read_bytes(url: str, storage_options: dict[str, Any]) -> bytes:
-    from kf2v_tasks.fsutil import open_fs  # lazy: fsspec backends are heavy to import
+    from kf2v_tasks.storage.paths import open_fs  # lazy: fsspec backends are heavy to import
 
     try:
         fs, path = open_fs(url, storage_options)
@@ -696,7 +696,7 @@ def _check_output(value: str) -> tuple[Optional[str], Optional[str]]:
         return None, f"{_show(value)} must end in {OUTPUT_SUFFIX} (videos are MP4)"
     if len(name) > OUTPUT_MAX_CHARS:
         return None, f"output name has {len(name)} characters (at most {OUTPUT_MAX_CHARS})"
-    from kf2v_tasks.fsutil import safe_child  # lazy: imports fsspec
+    from kf2v_tasks.storage.paths import safe_child  # lazy: imports fsspec
 
     try:
         # Backstop: the runner writes through safe_child, so it must accept every name we do.

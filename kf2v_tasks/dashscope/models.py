@@ -86,7 +86,7 @@ class GenerationOptions(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.models import GenerationOptions
+        from kf2v_tasks.dashscope.models import GenerationOptions
         opts = GenerationOptions(model="wan2.2-kf2v-flash", resolution="480P", seed=7)
         ```
     """
@@ -144,7 +144,7 @@ class Kf2vRequest(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.models import Kf2vRequest
+        from kf2v_tasks.dashscope.models import Kf2vRequest
         req = Kf2vRequest(
             first_frame_url="https://example.com/a.png",
             last_frame_url="https://example.com/b.png",
@@ -227,7 +227,7 @@ def fingerprint(
 
     Example:
         ```python
-        from kf2v_tasks.models import GenerationOptions, fingerprint
+        from kf2v_tasks.dashscope.models import GenerationOptions, fingerprint
         fp = fingerprint(GenerationOptions(), "a cat", None, "ab" * 32, "cd" * 32)
         ```
     """
@@ -284,7 +284,7 @@ class TaskState(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.models import TaskState
+        from kf2v_tasks.dashscope.models import TaskState
         st = TaskState.from_response({"request_id": "r", "output": {"task_id": "t", "task_status": "PENDING"}})
         assert not st.status.is_terminal
         ```

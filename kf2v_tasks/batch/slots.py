@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Optional
 
-logger = logging.getLogger("kf2v_tasks.slots")
+logger = logging.getLogger("kf2v_tasks.batch.slots")
 
 
 class _Lease:
@@ -61,7 +61,7 @@ class SlotPool:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.slots import SlotPool
+        from kf2v_tasks.batch.slots import SlotPool
 
         async def main():
             pool = SlotPool(2)

@@ -15,7 +15,7 @@ a whole part).
 
 Example:
     ```python
-    from kf2v_tasks.storage import stream_to_storage, sidecar_path, write_json_atomic
+    from kf2v_tasks.storage.download import stream_to_storage, sidecar_path, write_json_atomic
 
     res = await stream_to_storage(video_url, "s3://bucket/out/row-1.mp4", storage_options=opts)
     await write_json_atomic(sidecar_path(res.path), {"sha256": res.sha256}, storage_options=opts)
@@ -45,7 +45,7 @@ from pydantic import BaseModel
 
 from kf2v_tasks import clock
 from kf2v_tasks.errors import DownloadError, UrlExpiredError
-from kf2v_tasks.fsutil import (
+from kf2v_tasks.storage.paths import (
     RESERVED_DIR,
     forget_cached,
     is_local,
@@ -55,7 +55,7 @@ from kf2v_tasks.fsutil import (
     run_sync,
 )
 
-logger = logging.getLogger("kf2v_tasks.storage")
+logger = logging.getLogger("kf2v_tasks.storage.download")
 
 MIB = 1024 * 1024
 #: s3fs part size: bounds the upload buffer (peak memory); S3 parts must be at least 5 MiB.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kf2v_tasks.runner import DEFAULT_GLOBAL_LIMIT
+from kf2v_tasks.batch.runner import DEFAULT_GLOBAL_LIMIT
 
 
 async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) -> dict:
@@ -17,7 +17,7 @@ async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) ->
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.limits_admin import apply_limits
+        from kf2v_tasks.batch.gcl import apply_limits
         asyncio.run(apply_limits(2))
         ```
     """

@@ -14,13 +14,13 @@ import time
 from typing import TYPE_CHECKING, Optional
 from uuid import UUID
 
-from kf2v_tasks.results import BatchSummary, RowResult
+from kf2v_tasks.batch.results import BatchSummary, RowResult
 
 if TYPE_CHECKING:
-    from kf2v_tasks.pricing import CostEstimate
-    from kf2v_tasks.runner import BatchPlan, BatchRunner
+    from kf2v_tasks.batch.pricing import CostEstimate
+    from kf2v_tasks.batch.runner import BatchPlan, BatchRunner
 
-logger = logging.getLogger("kf2v_tasks.reporting")
+logger = logging.getLogger("kf2v_tasks.batch.reporting")
 
 
 def artifact_key(text: str) -> str:

@@ -8,7 +8,7 @@ upload (§10), public ``http(s)`` URLs are passed through untouched.
 Example:
     ```python
     import asyncio
-    from kf2v_tasks.frames import check_pair
+    from kf2v_tasks.generation.frames import check_pair
 
     pair = asyncio.run(check_pair("first.png", "s3://bucket/last.jpg"))
     print(pair.first.transport, pair.warnings)
@@ -33,14 +33,14 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kf2v_tasks import clock
+from kf2v_tasks.dashscope.models import FrameInfo, FramePair, FrameTransport, Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.fsutil import basename, forget_cached, open_fs, run_sync
-from kf2v_tasks.models import FrameInfo, FramePair, FrameTransport, Kf2vModel
+from kf2v_tasks.storage.paths import basename, forget_cached, open_fs, run_sync
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
+    from kf2v_tasks.dashscope.client import Kf2vClient
 
-logger = logging.getLogger("kf2v_tasks.frames")
+logger = logging.getLogger("kf2v_tasks.generation.frames")
 
 MIB = 1024 * 1024
 
@@ -81,7 +81,7 @@ class FrameLimits(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.frames import FrameLimits
+        from kf2v_tasks.generation.frames import FrameLimits
         strict = FrameLimits(min_side=360, max_side=2000)   # the older documented bounds
         ```
     """
@@ -323,7 +323,7 @@ async def inspect_frame(
         storage_options: fsspec options for remote filesystems.
 
     Returns:
-        A :class:`~kf2v_tasks.models.FrameInfo`; an alpha channel gives a warning, not an error.
+        A :class:`~kf2v_tasks.dashscope.models.FrameInfo`; an alpha channel gives a warning, not an error.
 
     Raises:
         FrameValidationError: the frame is unusable; ``reason`` says why in plain words.

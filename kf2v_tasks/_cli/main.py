@@ -145,7 +145,7 @@ def service_or_simulator(speed: float, time_scale: Optional[float]) -> Iterator[
 
 
 def _defaults(args: argparse.Namespace):
-    from kf2v_tasks.manifest import RowDefaults
+    from kf2v_tasks.batch.manifest import RowDefaults
 
     values: dict[str, Any] = {}
     for name in ("model", "resolution", "seed", "negative_prompt", "prompt"):
@@ -179,7 +179,7 @@ def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     from rich.console import Console
 
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.runner import ConcurrencySettings
+    from kf2v_tasks.batch.runner import ConcurrencySettings
 
     output = args.output or tempfile.mkdtemp(prefix="kf2v-validate-")
     concurrency = ConcurrencySettings(
@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace, *, dry_run: bool = False) -> int:
 
 
 def _summary_from_state(state):
-    from kf2v_tasks.results import BatchSummary
+    from kf2v_tasks.batch.results import BatchSummary
 
     try:
         value = state.result(raise_on_failure=False)
@@ -225,8 +225,8 @@ def _summary_from_state(state):
 
 
 def _print_summary(console, summary, storage_options=None, max_rows: int = 20) -> None:
-    from kf2v_tasks.results import FAILED_STATUSES, from_csv
-    from kf2v_tasks.sharding import read_text
+    from kf2v_tasks.batch.results import FAILED_STATUSES, from_csv
+    from kf2v_tasks.batch.sharding import read_text
 
     try:
         rows = from_csv(
@@ -254,7 +254,7 @@ def _progress(console):
     """A live progress bar fed by the runner's row listener."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kf2v_tasks.runner import (
+    from kf2v_tasks.batch.runner import (
         add_plan_listener,
         add_progress_listener,
         remove_plan_listener,
@@ -299,7 +299,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kf2v_flows.single import generate_video
-    from kf2v_tasks.models import GenerationOptions
+    from kf2v_tasks.dashscope.models import GenerationOptions
 
     d = _defaults(args)
     options = GenerationOptions(
@@ -334,7 +334,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_limits(args: argparse.Namespace) -> int:
-    from kf2v_tasks.limits_admin import apply_limits, show_limits
+    from kf2v_tasks.batch.gcl import apply_limits, show_limits
 
     if args.limits_command == "apply":
         print(json.dumps(asyncio.run(apply_limits(args.max_in_flight, name=args.name)), indent=2))
@@ -351,7 +351,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         return simulator_cli.run(args)
     if args.command == "stack":
-        from kf2v_tasks.stack import run_stack
+        from kf2v_tasks._cli.stack import run_stack
 
         return run_stack(args)
     with _quiet_prefect(getattr(args, "verbose", False)):

@@ -6,8 +6,8 @@ assumed — see :data:`DEFAULT_NOTES` — so a run that matters should pass its 
 
 Example:
     ```python
-    from kf2v_tasks.models import GenerationOptions
-    from kf2v_tasks.pricing import Budget, PriceTable, estimate
+    from kf2v_tasks.dashscope.models import GenerationOptions
+    from kf2v_tasks.batch.pricing import Budget, PriceTable, estimate
 
     table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}})  # patch one price
     est = estimate([GenerationOptions(), GenerationOptions(resolution="480P")], table)
@@ -28,11 +28,16 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pydantic import BaseModel, Field, field_validator
 
+from kf2v_tasks.dashscope.models import (
+    VIDEO_DURATION_SECONDS,
+    GenerationOptions,
+    Kf2vModel,
+    Resolution,
+)
 from kf2v_tasks.errors import BudgetExceededError
-from kf2v_tasks.models import VIDEO_DURATION_SECONDS, GenerationOptions, Kf2vModel, Resolution
 
 if TYPE_CHECKING:
-    from kf2v_tasks.manifest import ManifestRow
+    from kf2v_tasks.batch.manifest import ManifestRow
 
 #: Assumed exchange rate for prices documented in USD only.
 ASSUMED_CNY_PER_USD = 7.0
@@ -69,7 +74,7 @@ class PriceTable(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.pricing import PriceTable
+        from kf2v_tasks.batch.pricing import PriceTable
         table = PriceTable.default()
         assert table.price("wan2.2-kf2v-flash", "1080P") == 0.48
         usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.10}})
@@ -115,7 +120,7 @@ class PriceTable(BaseModel):
 
         Example:
             ```python
-            from kf2v_tasks.pricing import PriceTable
+            from kf2v_tasks.batch.pricing import PriceTable
             t = PriceTable.from_value('{"wan2.2-kf2v-flash": {"1080P": 0.5}}')
             assert t.price("wan2.2-kf2v-flash", "1080P") == 0.5
             assert t.price("wan2.2-kf2v-flash", "480P") == 0.10  # kept from the defaults
@@ -162,8 +167,8 @@ def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None)
 
     Example:
         ```python
-        from kf2v_tasks.models import GenerationOptions
-        from kf2v_tasks.pricing import estimate_row
+        from kf2v_tasks.dashscope.models import GenerationOptions
+        from kf2v_tasks.batch.pricing import estimate_row
         assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
         ```
     """
@@ -199,8 +204,8 @@ def estimate(
 
     Example:
         ```python
-        from kf2v_tasks.models import GenerationOptions
-        from kf2v_tasks.pricing import estimate
+        from kf2v_tasks.dashscope.models import GenerationOptions
+        from kf2v_tasks.batch.pricing import estimate
         est = estimate([GenerationOptions()] * 3)
         assert (est.rows, est.total, est.currency) == (3, 3.0, "CNY")
         ```
@@ -243,7 +248,7 @@ class Budget:
 
     Example:
         ```python
-        from kf2v_tasks.pricing import Budget
+        from kf2v_tasks.batch.pricing import Budget
         b = Budget(max_cost=2.0)
         assert b.try_reserve(1.0) and b.try_reserve(1.0) and not b.try_reserve(1.0)
         b.release(1.0)              # that task failed: not billed

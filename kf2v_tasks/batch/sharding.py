@@ -13,10 +13,10 @@ import logging
 import time
 from typing import Any
 
-from kf2v_tasks.reporting import PrefectReporter
-from kf2v_tasks.results import BatchSummary, RowResult, RowStatus, from_csv, to_csv
+from kf2v_tasks.batch.reporting import PrefectReporter
+from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, from_csv, to_csv
 
-logger = logging.getLogger("kf2v_tasks.sharding")
+logger = logging.getLogger("kf2v_tasks.batch.sharding")
 
 
 def shard_parameters(params: dict[str, Any], index: int, count: int) -> dict[str, Any]:
@@ -55,8 +55,8 @@ async def run_shards(
     from prefect.logging import get_run_logger
     from prefect.runtime import deployment
 
-    from kf2v_tasks.fsutil import join
-    from kf2v_tasks.storage import write_text_atomic
+    from kf2v_tasks.storage.download import write_text_atomic
+    from kf2v_tasks.storage.paths import join
 
     log = get_run_logger()
     name = deployment.name
@@ -134,7 +134,7 @@ async def run_shards(
 
 async def read_text(path: str, *, storage_options: dict | None = None) -> str:
     """A small text file from any fsspec URL (FileNotFoundError if missing)."""
-    from kf2v_tasks.fsutil import open_fs, run_sync
+    from kf2v_tasks.storage.paths import open_fs, run_sync
 
     def _read() -> str:
         fs, p = open_fs(path, storage_options)

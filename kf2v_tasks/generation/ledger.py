@@ -15,7 +15,7 @@ Secrets never land here: strings are scrubbed of URL query strings (the signatur
 
 Example:
     ```python
-    from kf2v_tasks.ledger import Ledger, LedgerRecord
+    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
 
     ledger = Ledger("s3://bucket/out", storage_options={...})
     rec = await ledger.get(fp) or LedgerRecord(fingerprint=fp, state="submitting")
@@ -36,11 +36,11 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kf2v_tasks import clock
+from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.errors import PermanentError
-from kf2v_tasks.fsutil import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
-from kf2v_tasks.models import TaskStatus
+from kf2v_tasks.storage.paths import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
 
-logger = logging.getLogger("kf2v_tasks.ledger")
+logger = logging.getLogger("kf2v_tasks.generation.ledger")
 
 LedgerState = Literal["submitting", "submitted", "ambiguous", "terminal", "persisted"]
 

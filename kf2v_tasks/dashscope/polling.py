@@ -4,7 +4,7 @@ kf2v tasks take minutes (1–5 in the real service), so polling every second, as
 official SDK's ``wait`` does at first, spends the account's shared 20 queries/s on
 answers we already know ("still running"). We poll rarely until a finish becomes
 plausible, then often enough that a finished task is seen within a few seconds. When
-several tasks wait on one client, :mod:`kf2v_tasks.watcher` answers for all of them
+several tasks wait on one client, :mod:`kf2v_tasks.dashscope.watcher` answers for all of them
 with one ``GET /tasks?status=RUNNING`` and fetches only the ones that ended.
 """
 
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks import clock
+from kf2v_tasks.dashscope.models import StatusChange, TaskState, TaskStatus
+from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import (
     QueueTimeoutError,
     TaskCanceledError,
@@ -26,13 +28,11 @@ from kf2v_tasks.errors import (
     TaskTimeoutError,
     UnsupportedOperationError,
 )
-from kf2v_tasks.models import StatusChange, TaskState, TaskStatus
-from kf2v_tasks.watcher import watcher_for
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
+    from kf2v_tasks.dashscope.client import Kf2vClient
 
-logger = logging.getLogger("kf2v_tasks.polling")
+logger = logging.getLogger("kf2v_tasks.dashscope.polling")
 
 #: The service itself gives up on a task after 3 hours (InternalError.Timeout).
 DEFAULT_DEADLINE = 3 * 3600.0
@@ -44,7 +44,7 @@ class PollSchedule(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.polling import PollSchedule
+        from kf2v_tasks.dashscope.polling import PollSchedule
         fast = PollSchedule(min_interval=2.0)   # lower detection lag, more queries
         ```
     """

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel
 
+from kf2v_tasks.dashscope.models import TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
-from kf2v_tasks.models import TaskState, TaskStatus
 
 if TYPE_CHECKING:
-    from kf2v_tasks.client import Kf2vClient
-    from kf2v_tasks.ledger import Ledger
-    from kf2v_tasks.submission import Submission
+    from kf2v_tasks.dashscope.client import Kf2vClient
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.submit import Submission
 
-logger = logging.getLogger("kf2v_tasks.persistence")
+logger = logging.getLogger("kf2v_tasks.generation.persist")
 
 
 class PersistedVideo(BaseModel):
@@ -41,7 +41,7 @@ class PersistedVideo(BaseModel):
 
 def redact_url(url: Optional[str]) -> Optional[str]:
     """Drop the query string (signature, expiry) of a signed URL before it is written anywhere."""
-    from kf2v_tasks.storage import redact_query
+    from kf2v_tasks.storage.download import redact_query
 
     return redact_query(url) if url else url
 
@@ -118,7 +118,7 @@ async def persist_task_video(
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar (e.g. the manifest row).
     """
-    from kf2v_tasks.storage import (
+    from kf2v_tasks.storage.download import (
         read_json,
         sidecar_path,
         stream_to_storage,
@@ -242,7 +242,7 @@ async def find_persisted(
     file still hashes to the recorded sha256. Pass ``record`` (possibly ``None``) when the
     caller has already read the ledger, to skip reading it again.
     """
-    from kf2v_tasks.storage import sidecar_path, verify_file
+    from kf2v_tasks.storage.download import sidecar_path, verify_file
 
     if ledger is None:
         return None

@@ -1,0 +1,1 @@
+"""The ``kf2v`` command line."""

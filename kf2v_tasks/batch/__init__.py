@@ -1,0 +1,1 @@
+"""A manifest of rows: parse, plan, run within the account quota, report and shard."""

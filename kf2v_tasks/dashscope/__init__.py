@@ -1,0 +1,1 @@
+"""The DashScope wire protocol: client, wire models, response-to-error table, limits, polling. No Prefect."""

@@ -1,0 +1,1 @@
+"""One video as plain async functions: frames, the ledger, submit, persist."""

@@ -1,0 +1,1 @@
+"""fsspec I/O: paths, atomic writes, resumable downloads, storage options. Knows nothing of DashScope."""
