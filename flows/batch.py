@@ -9,12 +9,12 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from kf2v_tasks.batch.manifest import RowDefaults
-from kf2v_tasks.batch.pricing import PriceTable
 from kf2v_tasks.batch.reporting import PrefectReporter
 from kf2v_tasks.batch.results import BatchSummary
 from kf2v_tasks.batch.runner import BatchRunner, ConcurrencySettings, PollingSettings
 from kf2v_tasks.batch.sharding import run_shards
 from kf2v_tasks.batch.steps import TaskRuns
+from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.storage.options import resolve_storage_options
 

@@ -180,3 +180,32 @@ class BudgetExceededError(PermanentError):
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying (see :class:`TransientError`)."""
     return isinstance(exc, TransientError)
+
+
+class BatchFailedError(PermanentError):
+    """A batch ended with failed or invalid rows; ``summary`` says which and why.
+
+    Raised by the batch flow so a parent flow gets a typed error instead of a result it
+    must dig out of a Failed state. The message is the batch's one-line headline.
+
+    Example:
+        ```python
+        from kf2v_tasks import BatchFailedError
+
+        try:
+            summary = generate_batch("manifest.csv", "out/")
+        except BatchFailedError as exc:
+            for row in exc.summary.results:
+                print(row.row, row.status.value, row.error_message)
+        ```
+    """
+
+    def __init__(self, summary: Any) -> None:
+        self.summary = summary
+        failed = getattr(summary, "failed", "some")
+        total = getattr(summary, "total", "?")
+        headline = summary.headline() if hasattr(summary, "headline") else str(summary)
+        super().__init__(f"{failed} of {total} rows failed ({headline})")
+
+    def __reduce__(self):  # results may be pickled by Prefect: keep the summary
+        return (type(self), (self.summary,))

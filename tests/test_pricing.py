@@ -9,7 +9,9 @@ import threading
 import pytest
 
 from kf2v_tasks.batch.manifest import parse_manifest
-from kf2v_tasks.batch.pricing import (
+from kf2v_tasks.dashscope.models import MODEL_RESOLUTIONS, GenerationOptions, Kf2vModel, Resolution
+from kf2v_tasks.errors import BudgetExceededError
+from kf2v_tasks.generation.pricing import (
     DEFAULT_NOTES,
     Budget,
     CostEstimate,
@@ -17,8 +19,6 @@ from kf2v_tasks.batch.pricing import (
     estimate,
     estimate_row,
 )
-from kf2v_tasks.dashscope.models import MODEL_RESOLUTIONS, GenerationOptions, Kf2vModel, Resolution
-from kf2v_tasks.errors import BudgetExceededError
 
 # ----------------------------------------------------------------- price table
 

@@ -17,8 +17,8 @@ from uuid import UUID
 from kf2v_tasks.batch.results import BatchSummary, RowResult
 
 if TYPE_CHECKING:
-    from kf2v_tasks.batch.pricing import CostEstimate
     from kf2v_tasks.batch.runner import BatchPlan, BatchRunner
+    from kf2v_tasks.generation.pricing import CostEstimate
 
 logger = logging.getLogger("kf2v_tasks.batch.reporting")
 

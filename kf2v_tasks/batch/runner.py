@@ -20,7 +20,6 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
-from kf2v_tasks.batch.pricing import Budget, PriceTable, estimate, estimate_row
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.batch.slots import SlotPool
 from kf2v_tasks.batch.steps import TaskRuns, run_row_task, validate_manifest_task
@@ -32,6 +31,7 @@ from kf2v_tasks.errors import AmbiguousCreateError, Kf2vError, ManifestError
 from kf2v_tasks.generation.frames import FrameLimits, check_pair
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.persist import find_persisted
+from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate, estimate_row
 from kf2v_tasks.generation.submit import AmbiguousPolicy, request_fingerprint
 
 logger = logging.getLogger("kf2v_tasks.batch.runner")

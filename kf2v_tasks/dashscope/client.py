@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from kf2v_tasks import __version__
+from kf2v_tasks._version import __version__
 from kf2v_tasks.dashscope.limits import AccountLimits, RateLimiter
 from kf2v_tasks.dashscope.models import (
     CREATE_PATH,

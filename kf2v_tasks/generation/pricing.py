@@ -7,7 +7,7 @@ assumed — see :data:`DEFAULT_NOTES` — so a run that matters should pass its 
 Example:
     ```python
     from kf2v_tasks.dashscope.models import GenerationOptions
-    from kf2v_tasks.batch.pricing import Budget, PriceTable, estimate
+    from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
 
     table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}})  # patch one price
     est = estimate([GenerationOptions(), GenerationOptions(resolution="480P")], table)
@@ -74,7 +74,7 @@ class PriceTable(BaseModel):
 
     Example:
         ```python
-        from kf2v_tasks.batch.pricing import PriceTable
+        from kf2v_tasks.generation.pricing import PriceTable
         table = PriceTable.default()
         assert table.price("wan2.2-kf2v-flash", "1080P") == 0.48
         usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.10}})
@@ -120,7 +120,7 @@ class PriceTable(BaseModel):
 
         Example:
             ```python
-            from kf2v_tasks.batch.pricing import PriceTable
+            from kf2v_tasks.generation.pricing import PriceTable
             t = PriceTable.from_value('{"wan2.2-kf2v-flash": {"1080P": 0.5}}')
             assert t.price("wan2.2-kf2v-flash", "1080P") == 0.5
             assert t.price("wan2.2-kf2v-flash", "480P") == 0.10  # kept from the defaults
@@ -168,7 +168,7 @@ def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None)
     Example:
         ```python
         from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.batch.pricing import estimate_row
+        from kf2v_tasks.generation.pricing import estimate_row
         assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
         ```
     """
@@ -205,7 +205,7 @@ def estimate(
     Example:
         ```python
         from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.batch.pricing import estimate
+        from kf2v_tasks.generation.pricing import estimate
         est = estimate([GenerationOptions()] * 3)
         assert (est.rows, est.total, est.currency) == (3, 3.0, "CNY")
         ```
@@ -248,7 +248,7 @@ class Budget:
 
     Example:
         ```python
-        from kf2v_tasks.batch.pricing import Budget
+        from kf2v_tasks.generation.pricing import Budget
         b = Budget(max_cost=2.0)
         assert b.try_reserve(1.0) and b.try_reserve(1.0) and not b.try_reserve(1.0)
         b.release(1.0)              # that task failed: not billed
