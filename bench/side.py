@@ -54,18 +54,19 @@ def run_ours(a: dict) -> dict:
 
     clock.set_time_scale(a["time_scale"])
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.batch.runner import ConcurrencySettings, add_progress_listener
+    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.batch.reporting import BatchObserver, observing
     from kf2v_tasks.batch.steps import TaskRuns
 
     total = a["rows"]
     step = max(1, total // 10)
 
-    def progress(result, counts, n):
-        done = sum(counts.values())
-        if done % step == 0 or done == n:
-            _say(f"{done}/{n} rows")
+    class Progress(BatchObserver):
+        def on_row(self, result, counts, n):
+            done = sum(counts.values())
+            if done % step == 0 or done == n:
+                _say(f"{done}/{n} rows")
 
-    add_progress_listener(progress)
     rss0 = _rss_mb()
     profiler = None
     if a.get("profile"):
@@ -74,19 +75,20 @@ def run_ours(a: dict) -> dict:
         profiler = Profiler(async_mode="disabled", interval=0.002)
         profiler.start()
     cpu0, t0 = _cpu(), time.monotonic()
-    state = asyncio.run(
-        generate_batch(
-            manifest=a["manifest"],
-            output=a["output"],
-            concurrency=ConcurrencySettings(
-                max_in_flight=a["concurrency"],
-                submits_per_second=a.get("submits_per_second", 2.0),
-                queries_per_second=a.get("queries_per_second", 20.0),
-            ),
-            task_runs=TaskRuns(a.get("task_runs", "per_step")),
-            return_state=True,
+    with observing(Progress()):
+        state = asyncio.run(
+            generate_batch(
+                manifest=a["manifest"],
+                output=a["output"],
+                concurrency=ConcurrencySettings(
+                    max_in_flight=a["concurrency"],
+                    submits_per_second=a.get("submits_per_second", 2.0),
+                    queries_per_second=a.get("queries_per_second", 20.0),
+                ),
+                task_runs=TaskRuns(a.get("task_runs", "per_step")),
+                return_state=True,
+            )
         )
-    )
     wall, cpu = time.monotonic() - t0, _cpu() - cpu0
     if profiler is not None:
         profiler.stop()
@@ -94,6 +96,7 @@ def run_ours(a: dict) -> dict:
             profiler.output_text(unicode=False, color=False, show_all=False)
         )
     summary = state.result(raise_on_failure=False)
+    summary = getattr(summary, "summary", summary)  # a failed batch raises BatchFailedError
     counts = getattr(summary, "counts", None)
     return {
         "wall_s": wall,

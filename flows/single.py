@@ -2,41 +2,63 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional, Union
 
-from prefect import flow
 from prefect.logging import get_run_logger
+from pydantic import Field
 
-from kf2v_tasks.batch.runner import PollingSettings
+from kf2v_tasks._twins import twin_flow
+from kf2v_tasks.credentials import DashScopeCredentials, resolve_storage_options
 from kf2v_tasks.dashscope.models import GenerationOptions
+from kf2v_tasks.dashscope.polling import PollSchedule
+from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
-from kf2v_tasks.generation.submit import request_fingerprint
-from kf2v_tasks.storage.options import resolve_storage_options
 from kf2v_tasks.storage.paths import parent
-from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
+from kf2v_tasks.tasks import apersist_video, apoll_until_done, asubmit_kf2v, avalidate_frames
 
 
-@flow(
+@twin_flow(
     name="kf2v-generate-video",
-    description="Generate one kf2v video from a first frame, a last frame and a prompt.",
+    description="Generate one video that moves from a first frame to a last frame.",
 )
 async def generate_video(
-    first_frame: str,
-    last_frame: str,
-    output: str,
-    prompt: Optional[str] = None,
-    negative_prompt: Optional[str] = None,
+    first_frame: Annotated[str, Field(description="First frame: a path or URL (s3://, https://).")],
+    last_frame: Annotated[str, Field(description="Last frame: a path or URL.")],
+    output: Annotated[str, Field(description="Where the MP4 goes: a path or URL ending in .mp4.")],
+    prompt: Annotated[
+        Optional[str], Field(description="What should happen (up to 800 characters).")
+    ] = None,
+    negative_prompt: Annotated[
+        Optional[str], Field(description="What to avoid (up to 500 characters).")
+    ] = None,
     options: GenerationOptions = GenerationOptions(),
-    polling: PollingSettings = PollingSettings(),
-    credentials_block: Optional[str] = None,
-    storage_block: Optional[str] = None,
-    storage_options: Optional[dict] = None,
+    deadline_seconds: Annotated[
+        float, Field(gt=0, description="Give up waiting for the video after this many seconds.")
+    ] = 3 * 3600.0,
+    credentials_block: Annotated[
+        Union[DashScopeCredentials, str, None],
+        Field(
+            description="DashScope credentials: a saved block, or its name. Empty: the "
+            "DASHSCOPE_API_KEY environment variable."
+        ),
+    ] = None,
+    storage_block: Annotated[
+        Optional[str],
+        Field(
+            description="A saved block with storage credentials, as `type/name`, e.g. "
+            "`aws-credentials/prod` or `secret/kf2v-s3`."
+        ),
+    ] = None,
+    storage_options: Annotated[
+        Optional[dict], Field(description="Non-secret fsspec options, e.g. an S3 endpoint_url.")
+    ] = None,
 ) -> PersistedVideo:
     """Validate the frames, submit, wait and keep the video (with a JSON sidecar).
 
     Re-running with the same inputs reuses the earlier task (or skips the download if
-    the video is already there), so a retry never pays twice.
+    the video is already there), so a retry never pays twice. Callable from a sync parent
+    flow (it returns the video) and awaitable from an async one.
 
     Args:
         first_frame: first frame: local path, file://, http(s):// or any fsspec URL.
@@ -45,28 +67,31 @@ async def generate_video(
         prompt: text prompt (up to 800 characters).
         negative_prompt: what to avoid (up to 500 characters).
         options: model, resolution, seed, prompt_extend, watermark.
-        polling: deadlines and polling schedule.
-        credentials_block: name of a saved DashScopeCredentials block; empty for the
-            DASHSCOPE_API_KEY environment variable.
-        storage_block: a saved block with storage credentials, as
-            '<block-type-slug>/<name>', e.g. 'secret/kf2v-s3' or 'aws-credentials/prod'.
+        deadline_seconds: total wait for the task, in service seconds.
+        credentials_block: a DashScopeCredentials block or a saved block's name; empty
+            for the DASHSCOPE_API_KEY environment variable.
+        storage_block: a saved block with storage credentials, as `type/name`.
         storage_options: non-secret fsspec options.
 
     Returns:
-        The persisted video: path, sha256, bytes and sidecar path.
+        The persisted video: path, sha256, bytes, sidecar, model, resolution, cost.
 
     Example:
         ```python
-        import asyncio
+        from prefect import flow
         from kf2v_flows.single import generate_video
 
-        video = asyncio.run(generate_video("first.png", "last.png", "out/clip.mp4", "a slow pan"))
-        print(video.path, video.sha256)
+        @flow
+        def clip():
+            video = generate_video("first.png", "last.png", "out/clip.mp4", "a slow pan")
+            print(video.path, video.sha256)
+
+        clip()
         ```
     """
     opts = await resolve_storage_options(storage_block, storage_options)
     ledger_root = parent(output)
-    pair = await validate_frames(first_frame, last_frame, storage_options=opts)
+    pair = await avalidate_frames(first_frame, last_frame, storage_options=opts)
     fingerprint = request_fingerprint(pair, prompt, negative_prompt, options)
     kept = await find_persisted(
         Ledger(ledger_root, opts), fingerprint, output, storage_options=opts
@@ -74,7 +99,7 @@ async def generate_video(
     if kept is not None:  # an earlier run kept exactly this video here: no API call at all
         get_run_logger().info("Already persisted at %s; nothing to do", output)
         return kept
-    submission = await submit_kf2v(
+    submission = await asubmit_kf2v(
         pair,
         prompt,
         negative_prompt,
@@ -83,17 +108,15 @@ async def generate_video(
         credentials=credentials_block,
         storage_options=opts,
     )
-    state = await poll_until_done(
-        submission.task_id,
+    state = await apoll_until_done(
+        submission,
         credentials=credentials_block,
-        schedule=polling.schedule,
-        deadline_seconds=polling.deadline_seconds,
-        queue_deadline_seconds=polling.queue_deadline_seconds,
+        schedule=PollSchedule(),
+        deadline_seconds=deadline_seconds,
         ledger_root=ledger_root,
-        fingerprint=submission.fingerprint,
         storage_options=opts,
     )
-    return await persist_video(
+    return await apersist_video(
         state,
         output,
         submission=submission,

@@ -1,7 +1,20 @@
-"""kf2v_tasks: Prefect tasks, blocks and a client for Alibaba DashScope Wan kf2v.
+"""kf2v_tasks: Prefect tasks, flows' building blocks, a block and a client for Alibaba DashScope Wan kf2v.
 
-Heavy modules (Prefect, fsspec backends, PyAV) load lazily, so ``import kf2v_tasks``
-stays cheap; the names below resolve on first use.
+The public surface is what ``__all__`` lists. Heavy modules (the tasks, fsspec backends)
+load lazily on first use, so ``import kf2v_tasks`` stays cheap.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import validate_frames, submit_kf2v, poll_until_done, persist_video
+
+    @flow
+    def one_clip():
+        pair = validate_frames("first.png", "last.png")
+        sub = submit_kf2v(pair, "a slow pan", ledger_root="out/")
+        state = poll_until_done(sub)
+        return persist_video(state, "out/clip.mp4", submission=sub, ledger_root="out/")
+    ```
 """
 
 from __future__ import annotations
@@ -12,23 +25,48 @@ from typing import Any
 from kf2v_tasks._version import __version__
 
 _EXPORTS = {
-    "Kf2vClient": "kf2v_tasks.dashscope.client",
+    # the block
+    "DashScopeCredentials": "kf2v_tasks.credentials",
+    # the Prefect tasks (async, and their sync twins)
+    "avalidate_frames": "kf2v_tasks.tasks",
+    "asubmit_kf2v": "kf2v_tasks.tasks",
+    "apoll_until_done": "kf2v_tasks.tasks",
+    "apersist_video": "kf2v_tasks.tasks",
     "validate_frames": "kf2v_tasks.tasks",
     "submit_kf2v": "kf2v_tasks.tasks",
     "poll_until_done": "kf2v_tasks.tasks",
     "persist_video": "kf2v_tasks.tasks",
-    "AccountLimits": "kf2v_tasks.dashscope.limits",
+    # results and requests
+    "FramePair": "kf2v_tasks.generation.models",
+    "Submission": "kf2v_tasks.generation.submit",
+    "PersistedVideo": "kf2v_tasks.generation.persist",
+    "BatchSummary": "kf2v_tasks.batch.results",
+    "RowResult": "kf2v_tasks.batch.results",
+    "RowStatus": "kf2v_tasks.batch.results",
     "GenerationOptions": "kf2v_tasks.dashscope.models",
     "Kf2vRequest": "kf2v_tasks.dashscope.models",
     "TaskState": "kf2v_tasks.dashscope.models",
     "TaskStatus": "kf2v_tasks.dashscope.models",
+    "PriceTable": "kf2v_tasks.generation.pricing",
+    # the client and the account's quota
+    "Kf2vClient": "kf2v_tasks.dashscope.client",
+    "AccountLimits": "kf2v_tasks.dashscope.limits",
+    # errors a caller catches
+    "Kf2vError": "kf2v_tasks.errors",
+    "TransientError": "kf2v_tasks.errors",
+    "PermanentError": "kf2v_tasks.errors",
+    "AmbiguousCreateError": "kf2v_tasks.errors",
+    "BatchFailedError": "kf2v_tasks.errors",
+    "FrameValidationError": "kf2v_tasks.errors",
+    "ManifestError": "kf2v_tasks.errors",
+    "TaskFailedError": "kf2v_tasks.errors",
+    "TaskTimeoutError": "kf2v_tasks.errors",
 }
 
-# Imported eagerly so `prefect block register -m kf2v_tasks` (and the prefect.collections
-# entry point) find the block class in this module's namespace.
-from kf2v_tasks.credentials import DashScopeCredentials  # noqa: E402
-
-__all__ = ["__version__", "DashScopeCredentials", *_EXPORTS]
+# Nothing of Prefect loads until a name is used: `kf2v --help` stays instant. The block
+# is still found by `prefect block register -m kf2v_tasks` (through __dir__) and by the
+# prefect.collections entry point (kf2v_tasks.credentials).
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -36,3 +74,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'kf2v_tasks' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

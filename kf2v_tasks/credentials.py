@@ -1,12 +1,20 @@
-"""The ``DashScopeCredentials`` block: API key, region, endpoint and workspace."""
+"""Credentials from Prefect blocks: the ``DashScopeCredentials`` block, and storage options.
+
+``DashScopeCredentials`` holds the API key, region, endpoint and workspace;
+:func:`resolve_storage_options` turns a saved storage block (AWS credentials, a remote
+file system, a secret) into fsspec options, so storage secrets are never parameters.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Literal, Optional, Union
 
 from prefect.blocks.abstract import CredentialsBlock
+from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+from kf2v_tasks.settings import get_settings
+from kf2v_tasks.storage.options import merge_options, options_from_block
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
@@ -17,10 +25,18 @@ REGION_BASE_URLS = {
     "beijing": "https://dashscope.aliyuncs.com/api/v1",
 }
 
+# The variables users already set (read through kf2v_tasks.settings, which also accepts
+# PREFECT_INTEGRATIONS_KF2V_API_KEY, _BASE_URL, _WORKSPACE and _REGION).
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_HTTP_BASE_URL"
 WORKSPACE_ENV = "DASHSCOPE_WORKSPACE_ID"
 REGION_ENV = "KF2V_REGION"
+
+#: The error when neither a block nor a key in the environment is given.
+NO_CREDENTIALS_MESSAGE = (
+    f"no DashScope credentials: set {API_KEY_ENV} (and {BASE_URL_ENV} for another endpoint, "
+    "e.g. the simulator) or pass a DashScopeCredentials block"
+)
 
 
 class DashScopeCredentials(CredentialsBlock):
@@ -28,7 +44,8 @@ class DashScopeCredentials(CredentialsBlock):
 
     The API key is a secret: it is only unwrapped inside :meth:`get_client`, and never
     appears in logs, parameters or results. With no block, :meth:`from_env` reads
-    ``DASHSCOPE_API_KEY`` and ``DASHSCOPE_HTTP_BASE_URL`` as the official SDK does.
+    ``DASHSCOPE_API_KEY`` and ``DASHSCOPE_HTTP_BASE_URL`` as the official SDK does
+    (or their ``PREFECT_INTEGRATIONS_KF2V_*`` names, see :mod:`kf2v_tasks.settings`).
 
     Example:
         Load a saved block and get a client:
@@ -43,7 +60,9 @@ class DashScopeCredentials(CredentialsBlock):
     _block_type_name = "DashScope Credentials"
     _block_type_slug = "dashscope-credentials"
     _logo_url = "https://img.alicdn.com/imgextra/i4/O1CN01EfJVFQ1uZPd7W4W6i_!!6000000006051-2-tps-112-112.png"  # noqa: E501
-    _documentation_url = "https://github.com/kf2v/kf2v-tasks#credentials"  # type: ignore[assignment]
+    _documentation_url = (  # type: ignore[assignment]
+        "https://github.com/kf2v/kf2v-tasks#credentials"
+    )
 
     api_key: SecretStr = Field(
         default=...,
@@ -57,7 +76,9 @@ class DashScopeCredentials(CredentialsBlock):
     base_url: Optional[str] = Field(
         default=None,
         title="Base URL",
-        description="Override of the API base (…/api/v1), e.g. a workspace endpoint or a simulator.",
+        description=(
+            "Override of the API base (…/api/v1), e.g. a workspace endpoint or a simulator."
+        ),
     )
     workspace: Optional[str] = Field(
         default=None,
@@ -71,22 +92,33 @@ class DashScopeCredentials(CredentialsBlock):
 
     @classmethod
     def from_env(cls) -> DashScopeCredentials:
-        """Credentials from ``DASHSCOPE_API_KEY`` / ``DASHSCOPE_HTTP_BASE_URL`` / ``DASHSCOPE_WORKSPACE_ID``.
+        """Credentials from the settings (:func:`kf2v_tasks.settings.get_settings`).
+
+        The key comes from ``DASHSCOPE_API_KEY`` (or ``PREFECT_INTEGRATIONS_KF2V_API_KEY``),
+        the endpoint from ``DASHSCOPE_HTTP_BASE_URL`` or ``KF2V_REGION``, the workspace
+        from ``DASHSCOPE_WORKSPACE_ID``; also from ``.env`` and Prefect's config files.
 
         Raises:
-            ValueError: when ``DASHSCOPE_API_KEY`` is not set.
+            ValueError: no API key is configured (the message says what to set), or a
+                setting is invalid (the message names it).
+
+        Example:
+            ```python
+            from kf2v_tasks.credentials import DashScopeCredentials
+
+            # with DASHSCOPE_API_KEY (and, for the simulator, DASHSCOPE_HTTP_BASE_URL) set
+            credentials = DashScopeCredentials.from_env()
+            print(credentials.resolved_base_url)
+            ```
         """
-        key = os.environ.get(API_KEY_ENV, "").strip()
-        if not key:
-            raise ValueError(
-                f"no DashScope credentials: set {API_KEY_ENV} or pass a DashScopeCredentials block"
-            )
-        region = os.environ.get(REGION_ENV, "singapore").strip().lower() or "singapore"
+        settings = get_settings()
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise ValueError(NO_CREDENTIALS_MESSAGE)
         return cls(
-            api_key=SecretStr(key),
-            region=region,  # type: ignore[arg-type]
-            base_url=os.environ.get(BASE_URL_ENV) or None,
-            workspace=os.environ.get(WORKSPACE_ENV) or None,
+            api_key=settings.api_key,
+            region=settings.region,
+            base_url=settings.base_url,
+            workspace=settings.workspace,
         )
 
     def get_client(self, limits: Optional[AccountLimits] = None, **kwargs) -> Kf2vClient:
@@ -133,3 +165,33 @@ def resolve_credentials(
         # _sync: Block.load dispatches on the caller's context; this function is sync.
         return DashScopeCredentials.load(credentials, _sync=True)  # type: ignore[return-value]
     return DashScopeCredentials.from_env()
+
+
+async def resolve_storage_options(
+    storage_block: Optional[str], storage_options: Optional[dict]
+) -> Optional[dict]:
+    """Load ``storage_block`` (``"slug/name"``) and merge ``storage_options`` on top.
+
+    ``storage_block`` names a saved ``aws-credentials``, ``remote-file-system`` or
+    ``secret`` block (see :mod:`kf2v_tasks.storage.options`); without one,
+    ``storage_options`` is returned as is.
+
+    Raises:
+        ValueError: ``storage_block`` is not ``"<block-type-slug>/<block-name>"``, or the
+            block is of a kind that holds no storage options.
+
+    Example:
+        ```python
+        from kf2v_tasks.credentials import resolve_storage_options
+        opts = await resolve_storage_options("aws-credentials/prod", {"client_kwargs": {}})
+        ```
+    """
+    if not storage_block:
+        return storage_options
+    if "/" not in storage_block:
+        raise ValueError(
+            f"storage_block {storage_block!r} must be '<block-type-slug>/<block-name>', "
+            "e.g. 'aws-credentials/prod'"
+        )
+    block = await Block.aload(storage_block)
+    return merge_options(options_from_block(block), storage_options)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from kf2v_tasks.redaction import redact_text
+
 
 class Kf2vError(Exception):
     """Base of every error this package raises."""
@@ -171,6 +173,36 @@ class ManifestError(PermanentError, ValueError):
         self.reason = reason
         where = f"row {row}" + (f", column {column!r}" if column else "")
         super().__init__(f"{where}: {reason}")
+
+
+class ManifestFileError(PermanentError, ValueError):
+    """The manifest as a whole is unusable: it cannot be read, is not text, or its header is wrong.
+
+    Nothing in it can run, so it is one error for the file (row problems are
+    :class:`RowError`). The message is ``manifest <path>: <reason>``; signed-URL queries
+    and URL credentials are left out of it (:func:`~kf2v_tasks.redaction.redact_text`).
+
+    Attributes:
+        path: the manifest as the caller named it (query string removed).
+        reason: what is wrong, in words a user can act on.
+        line: the line of the file the problem is on, when it has one.
+
+    Example:
+        ```python
+        from kf2v_tasks.errors import ManifestFileError
+        err = ManifestFileError("m.csv", "no such file")
+        assert str(err) == "manifest m.csv: no such file"
+        ```
+    """
+
+    def __init__(self, path: str, reason: str, *, line: Optional[int] = None) -> None:
+        self.path = redact_text(path)
+        self.reason = reason
+        self.line = line
+        super().__init__(f"manifest {self.path}: {reason}")
+
+    def __reduce__(self):  # Prefect may pickle a failed state's exception: keep the fields
+        return (type(self), (self.path, self.reason), {"line": self.line})
 
 
 class BudgetExceededError(PermanentError):

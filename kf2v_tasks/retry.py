@@ -1,17 +1,21 @@
-"""Exponential backoff with jitter, in service seconds.
+"""Exponential backoff with jitter, in service seconds: the package's one retry layer.
 
-:class:`RetryPolicy` says how long to wait before the next attempt; :func:`retry_call`
-runs an async callable until it succeeds, fails with an error that is not worth
-retrying, or runs out of attempts. Every wait goes through :func:`kf2v_tasks.clock.sleep`,
-so ``KF2V_TIME_SCALE`` compresses it.
+:class:`RetryPolicy` says how many attempts an I/O call gets and how long to wait between
+them; :func:`retry_call` runs an async callable until it succeeds, fails with an error
+that is not worth retrying, or runs out of attempts. It sits at the I/O call (every
+DashScope request, the video download), never around a whole step: Prefect tasks do not
+retry on top of it, so a budget of ``max_attempts`` means exactly that many attempts.
+Every wait goes through :func:`kf2v_tasks.clock.sleep`, so the time scale compresses it.
 """
 
 from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Optional, TypeVar
 
 from kf2v_tasks import clock
@@ -31,6 +35,10 @@ class RetryPolicy:
     with its top ``jitter`` fraction randomised ("full jitter" when ``jitter=1``), and
     never less than a ``Retry-After`` the server sent.
 
+    With the defaults: at most 8 attempts in total, the first included, and waits of
+    at most 1, 2, 4, 8, 16, 32 and 60 service seconds between them (123 s in all, see
+    :meth:`worst_case_wait`), longer only when a server's ``Retry-After`` asks for it.
+
     Args:
         max_attempts: attempts in total, the first one included.
         base_delay: wait after the first failure, in service seconds.
@@ -44,6 +52,7 @@ class RetryPolicy:
         policy = RetryPolicy(max_attempts=5, base_delay=0.5, jitter=0.0)
         assert [policy.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
         assert policy.delay(1, retry_after=7.0) == 7.0
+        assert policy.worst_case_wait() == 0.5 + 1.0 + 2.0 + 4.0
         ```
     """
 
@@ -62,7 +71,14 @@ class RetryPolicy:
             raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
 
     def backoff(self, attempt: int) -> float:
-        """The un-jittered wait after failed attempt number ``attempt`` (1-based)."""
+        """The un-jittered wait after failed attempt number ``attempt`` (1-based).
+
+        Example:
+            ```python
+            from kf2v_tasks.retry import RetryPolicy
+            assert RetryPolicy(base_delay=1.0, max_delay=5.0).backoff(4) == 5.0
+            ```
+        """
         exponent = min(max(attempt, 1) - 1, 62)  # 2**62 already dwarfs any max_delay
         return min(self.max_delay, self.base_delay * 2.0**exponent)
 
@@ -73,12 +89,33 @@ class RetryPolicy:
             attempt: how many attempts have failed so far.
             retry_after: the server's ``Retry-After`` in seconds, if it sent one; the
                 result is never shorter than it.
+
+        Example:
+            ```python
+            from kf2v_tasks.retry import RetryPolicy
+            policy = RetryPolicy(base_delay=2.0, jitter=0.5)
+            assert 2.0 <= policy.delay(2) <= 4.0   # backoff 4, its top half random
+            ```
         """
         base = self.backoff(attempt)
         wait = base * (1.0 - self.jitter * self.rand())
         if retry_after is not None and retry_after > wait:
             wait = float(retry_after)
         return max(0.0, wait)
+
+    def worst_case_wait(self) -> float:
+        """The longest total wait of a call that fails every attempt, in service seconds.
+
+        The sum of the un-jittered backoffs between the ``max_attempts`` attempts (jitter
+        only shortens a wait); a server's ``Retry-After`` can only lengthen it.
+
+        Example:
+            ```python
+            from kf2v_tasks.retry import RetryPolicy
+            assert RetryPolicy().worst_case_wait() == 123.0   # 1+2+4+8+16+32+60
+            ```
+        """
+        return sum(self.backoff(n) for n in range(1, self.max_attempts))
 
 
 async def retry_call(
@@ -90,10 +127,12 @@ async def retry_call(
 ) -> T:
     """Await ``fn()`` until it succeeds, retrying the errors ``is_retryable`` accepts.
 
-    Between attempts it sleeps ``policy.delay(attempt, error.retry_after)`` service
-    seconds through :func:`kf2v_tasks.clock.sleep`. The last error is re-raised when it
-    is not retryable or ``policy.max_attempts`` attempts have failed. Cancellation is
-    never retried.
+    ``fn`` is called at most ``policy.max_attempts`` times in total, the first call
+    included. Between calls it sleeps ``policy.delay(attempt, error.retry_after)``
+    service seconds through :func:`kf2v_tasks.clock.sleep`: at most
+    ``policy.worst_case_wait()`` in all, unless a ``Retry-After`` asks for longer. The
+    last error is re-raised when it is not retryable or the attempts are used up.
+    Cancellation (``BaseException``) is never retried.
 
     Args:
         fn: a zero-argument coroutine function; each call is one attempt.
@@ -129,3 +168,40 @@ async def retry_call(
                 await result
         del error
         await clock.sleep(delay)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    """Seconds a server asked us to wait: ``retry-after-ms``, else ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP date. Unparsable or absent values give
+    ``None``; past dates and negative values give ``0``. ``headers`` is any mapping with
+    lower-case keys or a case-insensitive one (``httpx.Headers``).
+
+    Example:
+        ```python
+        from kf2v_tasks.retry import parse_retry_after
+        assert parse_retry_after({"retry-after": "7"}) == 7.0
+        assert parse_retry_after({"retry-after-ms": "2500", "retry-after": "9"}) == 2.5
+        assert parse_retry_after({}) is None
+        ```
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())

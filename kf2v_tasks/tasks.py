@@ -1,124 +1,79 @@
 """The four Prefect tasks: validate frames, submit, poll until done, persist the video.
 
-Each is a thin wrapper over a plain async function (``frames``, ``submission``,
-``polling``, ``persistence``), usable on its own in any flow. None of them caches
-(``NO_CACHE``): idempotency comes from the durable ledger, which survives crashes,
-workers and Prefect transactions alike, not from Prefect's result cache.
+In the prefect-aws / prefect-gcp convention each comes twice: ``avalidate_frames``,
+``asubmit_kf2v``, ``apoll_until_done`` and ``apersist_video`` are async tasks, and
+``validate_frames``, ``submit_kf2v``, ``poll_until_done`` and ``persist_video`` are their
+sync twins, which return values in a sync flow and can be awaited in an async one.
+``.submit()`` and ``.map()`` work on all eight.
+
+They take a ``DashScopeCredentials`` block or its saved name (``None``: the
+``DASHSCOPE_API_KEY`` environment), never a client. Every task that talks to DashScope
+shares the account's one quota in this process (:mod:`kf2v_tasks.account`): a ``.map``
+over 100 pairs keeps within the account's tasks in flight. None of them caches
+(``NO_CACHE``): idempotency comes from the ledger under ``ledger_root``, which survives
+crashes, workers and Prefect transactions alike.
+
+Retries: one layer, the client's (:class:`kf2v_tasks.retry.RetryPolicy`: at most 8 attempts
+per request, only for errors that are safe to repeat, never a create whose outcome is
+unknown). The tasks themselves set no Prefect retries, so a request is never sent 8×4
+times and a retried poll never restarts its deadline.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any, Optional, Union
+import re
+from typing import Optional, Union
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.utilities.asyncutils import run_coro_as_sync
 
-from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
-from kf2v_tasks.dashscope.limits import AccountLimits
-from kf2v_tasks.dashscope.models import FramePair, GenerationOptions, TaskState, TaskStatus
+from kf2v_tasks._twins import async_twin
+from kf2v_tasks.account import CredentialsLike, open_account
+from kf2v_tasks.dashscope.models import GenerationOptions, TaskState
 from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
     DEFAULT_QUEUE_DEADLINE,
     PollSchedule,
     wait_for_task,
 )
-from kf2v_tasks.errors import TaskTimeoutError, TransientError
+from kf2v_tasks.errors import TaskError, TaskTimeoutError
+from kf2v_tasks.events import emit_video_persisted
 from kf2v_tasks.generation.frames import FrameLimits, check_pair
-from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.ledger import Ledger, record_outcome
+from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
 
-CredentialsLike = Union[DashScopeCredentials, str, None]
+__all__ = [
+    "apersist_video",
+    "apoll_until_done",
+    "asubmit_kf2v",
+    "avalidate_frames",
+    "persist_video",
+    "poll_until_done",
+    "submit_kf2v",
+    "validate_frames",
+]
 
-
-async def retry_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors classified as transient."""
-    try:
-        await state.aresult()
-    except TaskTimeoutError:
-        # Our own deadline passed; retrying would restart the clock and multiply it.
-        return False
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-@asynccontextmanager
-async def client_scope(
-    client=None,
-    credentials: CredentialsLike = None,
-    limits: Optional[AccountLimits] = None,
-    optional: bool = False,
-) -> AsyncIterator[Any]:
-    """Use ``client`` if given, else open one from ``credentials`` (block, block name or env).
-
-    With ``optional``, no credentials anywhere yields ``None`` instead of raising.
-    """
-    if client is not None:
-        yield client
-        return
-    try:
-        resolved = await aresolve_credentials(credentials)
-    except ValueError:
-        if not optional or credentials is not None:
-            raise
-        yield None
-        return
-    async with resolved.get_client(limits=limits) as owned:
-        yield owned
+TaskRef = Union[Submission, str]
 
 
 def _ledger(ledger_root: Optional[str], storage_options: Optional[dict]) -> Optional[Ledger]:
     return Ledger(ledger_root, storage_options=storage_options) if ledger_root else None
 
 
-@task(
-    name="Validate kf2v frames",
-    description="Reads both frames and checks format, size, dimensions and decodability.",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_transient,
-)
-async def validate_frames(
+# ------------------------------------------------------------------ the cores
+
+
+async def _validate(
     first_frame: str,
     last_frame: str,
-    limits: Optional[FrameLimits] = None,
-    storage_options: Optional[dict] = None,
-    row_id: Optional[str] = None,
+    limits: Optional[FrameLimits],
+    storage_options: Optional[dict],
 ) -> FramePair:
-    """Validate a first/last frame pair before any DashScope call is made.
-
-    Frames may be local paths, ``file://``, ``http(s)://`` or any fsspec URL. Each
-    frame's sha256, size and the form it will be sent in are returned; a bad frame
-    raises :class:`~kf2v_tasks.errors.FrameValidationError` naming it and the reason.
-
-    Args:
-        first_frame: where the first frame is.
-        last_frame: where the last frame is.
-        limits: size and dimension limits (default: 240..8000 px, ≤ 10 MB).
-        storage_options: fsspec options for remote frames (e.g. S3 credentials).
-        row_id: the manifest row, for task run names and logs.
-
-    Returns:
-        A :class:`~kf2v_tasks.dashscope.models.FramePair` with warnings (alpha, aspect mismatch).
-
-    Example:
-        ```python
-        from prefect import flow
-        from kf2v_tasks import validate_frames
-
-        @flow
-        async def check():
-            pair = await validate_frames("first.png", "last.png")
-            print(pair.first.sha256, pair.warnings)
-        ```
-    """
     pair = await check_pair(
         first_frame, last_frame, limits=limits or FrameLimits(), storage_options=storage_options
     )
@@ -128,16 +83,233 @@ async def validate_frames(
     return pair
 
 
-@task(
+async def _submit(
+    frames: FramePair,
+    prompt: Optional[str],
+    negative_prompt: Optional[str],
+    options: Optional[GenerationOptions],
+    ledger_root: Optional[str],
+    credentials: CredentialsLike,
+    storage_options: Optional[dict],
+    ambiguous_policy: AmbiguousPolicy,
+) -> Submission:
+    async with open_account(credentials) as account:
+        slot = await account.take_slot()
+        try:
+            sub = await submit_generation(
+                account.client,
+                frames,
+                prompt,
+                negative_prompt,
+                options,
+                ledger=_ledger(ledger_root, storage_options),
+                ambiguous_policy=ambiguous_policy,
+                storage_options=storage_options,
+            )
+        except BaseException:
+            account.limits.in_flight.release(slot)
+            raise
+        # The slot now belongs to the task: whoever sees it end frees it.
+        account.limits.in_flight.bind(slot, sub.task_id)
+    logger = get_run_logger()
+    if sub.reused:
+        logger.info("Reused task %s (the same work was submitted before)", sub.task_id)
+    else:
+        logger.info("Created task %s", sub.task_id)
+    if sub.possible_duplicate:
+        logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
+    return sub
+
+
+async def _poll(
+    task_id: TaskRef,
+    credentials: CredentialsLike,
+    schedule: Optional[PollSchedule],
+    deadline_seconds: float,
+    queue_deadline_seconds: float,
+    raise_on_failure: bool,
+    ledger_root: Optional[str],
+    storage_options: Optional[dict],
+) -> TaskState:
+    fingerprint = task_id.fingerprint if isinstance(task_id, Submission) else None
+    tid = task_id.task_id if isinstance(task_id, Submission) else task_id
+    ledger = _ledger(ledger_root, storage_options) if fingerprint else None
+    async with open_account(credentials) as account:
+        try:
+            state = await wait_for_task(
+                account.client,
+                tid,
+                schedule=schedule,
+                deadline=deadline_seconds,
+                queue_deadline=queue_deadline_seconds,
+                raise_on_failure=raise_on_failure,
+            )
+        except Exception as exc:
+            if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
+                account.limits.in_flight.release(tid)  # it ended; a timeout is still running
+            await record_outcome(ledger, fingerprint, exc)
+            raise
+        account.limits.in_flight.release(tid)
+    await record_outcome(ledger, fingerprint, state)
+    get_run_logger().info("Task %s ended %s", tid, state.status.value)
+    return state
+
+
+async def _persist(
+    state: TaskState,
+    destination: str,
+    submission: Optional[Submission],
+    credentials: CredentialsLike,
+    ledger_root: Optional[str],
+    storage_options: Optional[dict],
+    extra: Optional[dict],
+    price_table: Optional[PriceTable],
+) -> PersistedVideo:
+    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
+    async with open_account(credentials, optional=True) as account:
+        video = await persist_task_video(
+            state,
+            destination,
+            client=account.client if account else None,
+            submission=submission,
+            ledger=_ledger(ledger_root, storage_options),
+            storage_options=storage_options,
+            extra=extra,
+            price_table=price_table,
+        )
+    get_run_logger().info(
+        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
+    )
+    emit_video_persisted(video)
+    await _video_artifact(video)
+    return video
+
+
+def _md(text: object) -> str:
+    """Text from users or the service, safe inside a markdown table cell."""
+    value = re.sub(r"\s+", " ", str(text))
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|])", r"\\\1", value)
+
+
+async def _video_artifact(video: PersistedVideo) -> None:
+    """A markdown artifact describing the video, in the running flow (best effort)."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    cost = getattr(video, "cost", None)
+    rows = [
+        ("path", video.path),
+        ("bytes", video.bytes),
+        ("sha256", video.sha256),
+        ("task id", video.task_id),
+        ("model", getattr(video, "model", None)),
+        ("resolution", getattr(video, "resolution", None)),
+        ("duration (s)", getattr(video, "duration_seconds", None)),
+        ("cost", None if cost is None else f"{cost:.2f} {getattr(video, 'currency', '')}"),
+        ("prompt", getattr(video, "prompt", None)),
+        ("actual prompt", getattr(video, "actual_prompt", None)),
+    ]
+    table = "\n".join(f"| {k} | {_md(v)} |" for k, v in rows if v not in (None, ""))
+    name = video.path.rsplit("/", 1)[-1]
+    key = re.sub(r"[^a-z0-9-]+", "-", f"kf2v-video-{name}".lower()).strip("-")[:100]
+    try:
+        await acreate_markdown_artifact(
+            markdown=f"# kf2v video `{_md(name)}`\n\n| | |\n|---|---|\n{table}\n",
+            key=key,
+            description=f"kf2v video {name}",
+        )
+    except Exception:  # the video is already safe; an artifact is a convenience
+        get_run_logger().warning("could not create the artifact for %s", video.path)
+
+
+# ------------------------------------------------------------------ validate_frames
+
+_VALIDATE = dict(
+    name="Validate kf2v frames",
+    description="Reads both frames and checks format, size, dimensions and decodability.",
+    cache_policy=NO_CACHE,
+)
+
+
+@task(**_VALIDATE)
+async def avalidate_frames(
+    first_frame: str,
+    last_frame: str,
+    limits: Optional[FrameLimits] = None,
+    storage_options: Optional[dict] = None,
+) -> FramePair:
+    """Validate a first/last frame pair before any DashScope call is made (async).
+
+    Frames may be local paths, ``file://``, ``http(s)://`` or any fsspec URL. Each
+    frame's sha256, size and the form it will be sent in are returned; a bad frame
+    raises :class:`~kf2v_tasks.errors.FrameValidationError` naming it and the reason.
+
+    Args:
+        first_frame: where the first frame is.
+        last_frame: where the last frame is.
+        limits: size and dimension limits (default: 240..8000 px, ≤ 10 MB).
+        storage_options: fsspec options for remote frames (e.g. an S3 endpoint).
+
+    Returns:
+        A :class:`~kf2v_tasks.generation.models.FramePair` with warnings (alpha, aspect mismatch).
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import avalidate_frames
+
+        @flow
+        async def check():
+            pair = await avalidate_frames("first.png", "last.png")
+            print(pair.first.sha256, pair.warnings)
+
+        asyncio.run(check())
+        ```
+    """
+    return await _validate(first_frame, last_frame, limits, storage_options)
+
+
+@async_twin(avalidate_frames)
+@task(**_VALIDATE)
+def validate_frames(
+    first_frame: str,
+    last_frame: str,
+    limits: Optional[FrameLimits] = None,
+    storage_options: Optional[dict] = None,
+) -> FramePair:
+    """Validate a first/last frame pair; the sync twin of :func:`avalidate_frames`.
+
+    Returns the :class:`~kf2v_tasks.generation.models.FramePair` in a sync flow; in an
+    async flow it is the async task and must be awaited.
+
+    Example:
+        ```python
+        from prefect import flow
+        from kf2v_tasks import validate_frames
+
+        @flow
+        def check():
+            pair = validate_frames("first.png", "last.png")
+            pairs = validate_frames.map(["a1.png", "b1.png"], ["a2.png", "b2.png"]).result()
+            return pair, pairs
+
+        check()
+        ```
+    """
+    return run_coro_as_sync(_validate(first_frame, last_frame, limits, storage_options))
+
+
+# ------------------------------------------------------------------ submit_kf2v
+
+_SUBMIT = dict(
     name="Submit kf2v task",
     description="Creates the kf2v task, or reuses a still-valid task for the same work.",
     cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
 )
-async def submit_kf2v(
+
+
+@task(**_SUBMIT)
+async def asubmit_kf2v(
     frames: FramePair,
     prompt: Optional[str] = None,
     negative_prompt: Optional[str] = None,
@@ -146,29 +318,72 @@ async def submit_kf2v(
     credentials: CredentialsLike = None,
     storage_options: Optional[dict] = None,
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
-    row_id: Optional[str] = None,
-    client: Any = None,
-    limits: Optional[AccountLimits] = None,
 ) -> Submission:
-    """Create the remote task — never paying twice for the same work.
+    """Create the remote task, never paying twice for the same work (async).
 
-    The request's fingerprint (model, parameters, prompts, both frames' sha256) is looked
-    up in the ledger under ``ledger_root`` first; a task submitted less than 24 h ago that
-    has not FAILED is reused instead of creating another.
+    The work's fingerprint (model, parameters, prompts, both frames' sha256) is looked up
+    in the ledger under ``ledger_root`` first; a task submitted less than 24 h ago that
+    has not failed is reused instead of creating another. The create waits for one of the
+    account's in-flight slots, shared by every kf2v task in this process; the slot is freed
+    when :func:`apoll_until_done` sees the task end (or, if nobody polls it, when a later
+    submitter finds it ended).
 
     Args:
-        frames: the pair returned by :func:`validate_frames`.
+        frames: the pair returned by :func:`avalidate_frames`.
         prompt: text prompt (≤ 800 characters; longer is truncated by the service).
         negative_prompt: what to avoid (≤ 500 characters).
         options: model, resolution, seed, prompt_extend, watermark.
-        ledger_root: folder or URL for the durable record (usually the output folder).
+        ledger_root: folder or URL for the durable record (usually the output folder);
+            without it nothing protects a re-run from paying again.
         credentials: a ``DashScopeCredentials`` block, a saved block's name, or ``None``
             for ``DASHSCOPE_API_KEY``.
         storage_options: fsspec options, for the ledger and for re-reading frames.
-        ambiguous_policy: what an ambiguous create (the POST may have arrived) leads to.
-        row_id: recorded in the ledger for readers.
-        client: an open ``Kf2vClient`` to share (flows pass one); else one is opened.
-        limits: the account quota shared with other tasks of the run.
+        ambiguous_policy: after a create whose outcome is unknown: one guarded retry
+            (reported as a possible duplicate), or fail.
+
+    Returns:
+        The :class:`~kf2v_tasks.generation.submit.Submission` (task id, fingerprint, reused?).
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import avalidate_frames, asubmit_kf2v
+
+        @flow
+        async def one():
+            pair = await avalidate_frames("first.png", "last.png")
+            sub = await asubmit_kf2v(pair, "a slow pan", ledger_root="out/")
+            print(sub.task_id, sub.reused)
+
+        asyncio.run(one())
+        ```
+    """
+    return await _submit(
+        frames,
+        prompt,
+        negative_prompt,
+        options,
+        ledger_root,
+        credentials,
+        storage_options,
+        ambiguous_policy,
+    )
+
+
+@async_twin(asubmit_kf2v)
+@task(**_SUBMIT)
+def submit_kf2v(
+    frames: FramePair,
+    prompt: Optional[str] = None,
+    negative_prompt: Optional[str] = None,
+    options: Optional[GenerationOptions] = None,
+    ledger_root: Optional[str] = None,
+    credentials: CredentialsLike = None,
+    storage_options: Optional[dict] = None,
+    ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
+) -> Submission:
+    """Create the remote task; the sync twin of :func:`asubmit_kf2v`.
 
     Example:
         ```python
@@ -176,80 +391,111 @@ async def submit_kf2v(
         from kf2v_tasks import validate_frames, submit_kf2v
 
         @flow
-        async def one():
-            pair = await validate_frames("first.png", "last.png")
-            sub = await submit_kf2v(pair, "a slow pan", ledger_root="out/")
-            print(sub.task_id, sub.reused)
+        def one():
+            pair = validate_frames("first.png", "last.png")
+            return submit_kf2v(pair, "a slow pan", ledger_root="out/")
+
+        one()
         ```
     """
-    async with client_scope(client, credentials, limits) as c:
-        sub = await submit_generation(
-            c,
+    return run_coro_as_sync(
+        _submit(
             frames,
             prompt,
             negative_prompt,
             options,
-            ledger=_ledger(ledger_root, storage_options),
-            ambiguous_policy=ambiguous_policy,
-            row_id=row_id,
-            storage_options=storage_options,
+            ledger_root,
+            credentials,
+            storage_options,
+            ambiguous_policy,
         )
-    logger = get_run_logger()
-    if sub.reused:
-        logger.info("Reused task %s (same work submitted before)", sub.task_id)
-    else:
-        logger.info("Created task %s", sub.task_id)
-    if sub.possible_duplicate:
-        logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
-    return sub
+    )
 
 
-@task(
+# ------------------------------------------------------------------ poll_until_done
+
+_POLL = dict(
     name="Poll kf2v task until done",
-    description="Waits for the task to end, with a tightening schedule and deadlines.",
+    description="Waits for the task to end, polling rarely at first and more often later.",
     cache_policy=NO_CACHE,
-    retries=3,
-    retry_delay_seconds=[5, 30, 60],
-    retry_condition_fn=retry_transient,
 )
-async def poll_until_done(
-    task_id: str,
+
+
+@task(**_POLL)
+async def apoll_until_done(
+    task_id: TaskRef,
     credentials: CredentialsLike = None,
     schedule: Optional[PollSchedule] = None,
     deadline_seconds: float = DEFAULT_DEADLINE,
     queue_deadline_seconds: float = DEFAULT_QUEUE_DEADLINE,
     raise_on_failure: bool = True,
-    client: Any = None,
-    limits: Optional[AccountLimits] = None,
     ledger_root: Optional[str] = None,
-    fingerprint: Optional[str] = None,
     storage_options: Optional[dict] = None,
-    row_id: Optional[str] = None,
 ) -> TaskState:
-    """Poll a task until SUCCEEDED, FAILED, CANCELED or UNKNOWN.
+    """Poll a task until SUCCEEDED, FAILED, CANCELED or UNKNOWN (async).
 
-    Polling starts slow and tightens (tasks take minutes), shares the account's query
-    budget through ``limits``, retries transient errors, cancels a task still PENDING
-    past ``queue_deadline_seconds`` and gives up after ``deadline_seconds``. All
-    durations are service seconds (divided by ``KF2V_TIME_SCALE``).
+    Polling starts slow and tightens (tasks take minutes) and shares the account's query
+    budget. A task still PENDING after ``queue_deadline_seconds`` is cancelled (never
+    billed); after ``deadline_seconds`` in all it raises
+    :class:`~kf2v_tasks.errors.TaskTimeoutError` (the task may still finish: a later
+    poll or re-run re-attaches to it). Durations are service seconds (divided by
+    ``KF2V_TIME_SCALE``). The deadline is exact: the task has no Prefect retries that
+    would restart it.
 
     Args:
-        task_id: the task id from :func:`submit_kf2v`.
+        task_id: the task id, or the :class:`~kf2v_tasks.generation.submit.Submission`
+            from :func:`asubmit_kf2v` (then, with ``ledger_root``, how the task ended is
+            recorded so a failed task is never reused).
         credentials: block, block name, or ``None`` for the environment.
         schedule: polling schedule.
-        deadline_seconds: total wait before :class:`~kf2v_tasks.errors.TaskTimeoutError`.
-        queue_deadline_seconds: PENDING time before the task is cancelled.
+        deadline_seconds: total wait before giving up.
+        queue_deadline_seconds: time PENDING before the task is cancelled.
         raise_on_failure: raise for FAILED / CANCELED / UNKNOWN (default) or return the state.
-        client: an open client to share; else one is opened.
-        limits: the account quota shared with other tasks of the run.
-        ledger_root: when given with ``fingerprint``, a failed task is recorded there so
-            it is never reused.
-        fingerprint: the submission's fingerprint.
+        ledger_root: the ledger's folder (with a Submission).
         storage_options: fsspec options of the ledger.
-        row_id: the manifest row, for task run names and logs.
 
     Returns:
         The final :class:`~kf2v_tasks.dashscope.models.TaskState`, with its status history.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import apoll_until_done
+
+        @flow
+        async def wait(task_id: str):
+            state = await apoll_until_done(task_id)
+            print(state.status, state.actual_prompt)
+
+        asyncio.run(wait("a-task-id"))
+        ```
+    """
+    return await _poll(
+        task_id,
+        credentials,
+        schedule,
+        deadline_seconds,
+        queue_deadline_seconds,
+        raise_on_failure,
+        ledger_root,
+        storage_options,
+    )
+
+
+@async_twin(apoll_until_done)
+@task(**_POLL)
+def poll_until_done(
+    task_id: TaskRef,
+    credentials: CredentialsLike = None,
+    schedule: Optional[PollSchedule] = None,
+    deadline_seconds: float = DEFAULT_DEADLINE,
+    queue_deadline_seconds: float = DEFAULT_QUEUE_DEADLINE,
+    raise_on_failure: bool = True,
+    ledger_root: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+) -> TaskState:
+    """Poll a task until it ends; the sync twin of :func:`apoll_until_done`.
 
     Example:
         ```python
@@ -257,88 +503,38 @@ async def poll_until_done(
         from kf2v_tasks import poll_until_done
 
         @flow
-        async def wait(task_id: str):
-            state = await poll_until_done(task_id)
-            print(state.video_url)
+        def wait(task_ids: list[str]):
+            return poll_until_done.map(task_ids).result()
+
+        wait(["task-1", "task-2"])
         ```
     """
-    ledger = _ledger(ledger_root, storage_options) if fingerprint else None
-    async with client_scope(client, credentials, limits) as c:
-        try:
-            state = await wait_for_task(
-                c,
-                task_id,
-                schedule=schedule,
-                deadline=deadline_seconds,
-                queue_deadline=queue_deadline_seconds,
-                raise_on_failure=raise_on_failure,
-            )
-        except Exception as exc:
-            await record_outcome(ledger, fingerprint, exc)
-            raise
-    await record_outcome(ledger, fingerprint, state)
-    get_run_logger().info("Task %s ended %s", task_id, state.status.value)
-    return state
-
-
-async def record_outcome(
-    ledger: Optional[Ledger], fingerprint: Optional[str], outcome: Union[TaskState, Exception]
-) -> None:
-    """Write how a task ended into its ledger record, so a dead task is never reused.
-
-    A deadline timeout is only logged as an event: the task may still finish, and a
-    resume re-attaches to it.
-    """
-    from kf2v_tasks.errors import (
-        QueueTimeoutError,
-        TaskCanceledError,
-        TaskExpiredError,
-        TaskFailedError,
-        TaskTimeoutError,
+    return run_coro_as_sync(
+        _poll(
+            task_id,
+            credentials,
+            schedule,
+            deadline_seconds,
+            queue_deadline_seconds,
+            raise_on_failure,
+            ledger_root,
+            storage_options,
+        )
     )
 
-    if ledger is None or not fingerprint:
-        return
-    dead = {
-        TaskFailedError: TaskStatus.FAILED,
-        TaskCanceledError: TaskStatus.CANCELED,
-        QueueTimeoutError: TaskStatus.CANCELED,
-        TaskExpiredError: TaskStatus.UNKNOWN,
-    }
-    if isinstance(outcome, TaskState) and outcome.status.is_terminal:
-        status, code, message = outcome.status, outcome.code, outcome.message
-    elif type(outcome) in dead:
-        status = dead[type(outcome)]
-        code, message = getattr(outcome, "code", type(outcome).__name__), str(outcome)
-    elif not isinstance(outcome, TaskTimeoutError):
-        return
-    record = await ledger.get(fingerprint)
-    if record is None:
-        return
-    if isinstance(outcome, TaskTimeoutError):
-        record.add_event(
-            "timeout",
-            error=str(outcome),
-            history=[f"{h.status.value}@{h.seen_at.isoformat()}" for h in outcome.history],
-        )
-    else:
-        if record.state != "persisted":
-            record.state = "terminal"
-        record.terminal_status = status
-        record.error_code, record.error_message = code, message
-    await ledger.put(record)
 
+# ------------------------------------------------------------------ persist_video
 
-@task(
+_PERSIST = dict(
     name="Persist kf2v video",
     description="Streams the video to storage atomically with a sha256 and a JSON sidecar.",
     cache_policy=NO_CACHE,
     cache_result_in_memory=False,
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_transient,
 )
-async def persist_video(
+
+
+@task(**_PERSIST)
+async def apersist_video(
     state: TaskState,
     destination: str,
     submission: Optional[Submission] = None,
@@ -346,33 +542,72 @@ async def persist_video(
     ledger_root: Optional[str] = None,
     storage_options: Optional[dict] = None,
     extra: Optional[dict] = None,
-    client: Any = None,
-    limits: Optional[AccountLimits] = None,
-    row_id: Optional[str] = None,
+    price_table: Optional[PriceTable] = None,
 ) -> PersistedVideo:
-    """Stream a SUCCEEDED task's video to any fsspec destination, atomically.
+    """Stream a SUCCEEDED task's video to any fsspec destination, atomically (async).
 
     The video is written under a temporary name and committed only when complete and
     hashed, so the final path never holds a partial file. An interrupted download
-    resumes (HTTP Range) or restarts — never the generation; an expired URL (403) is
-    refreshed by querying the task again. A JSON sidecar (task id, request ids, prompts
-    incl. ``actual_prompt``, parameters, usage, timings, sha256, bytes) is written beside
-    the video, e.g. ``out/cat.mp4`` → ``out/cat.json``.
+    resumes (HTTP Range) or restarts, never the generation; an expired URL is refreshed by
+    querying the task again. A JSON sidecar (task id, request ids, prompts incl.
+    ``actual_prompt``, parameters, usage, cost, timings, sha256, bytes) is written beside
+    the video (``out/cat.mp4`` → ``out/cat.json``), a ``kf2v.video.persisted`` event is
+    emitted and a markdown artifact describes the video, as the batch does.
 
     Args:
-        state: the final state from :func:`poll_until_done`.
+        state: the final state from :func:`apoll_until_done`.
         destination: video path or URL (``out/cat.mp4``, ``s3://bucket/cat.mp4``…).
-        submission: the :func:`submit_kf2v` result, for the sidecar and ledger.
+        submission: the :func:`asubmit_kf2v` result, for the sidecar and ledger.
         credentials: block, block name or ``None``; used only to refresh an expired URL.
         ledger_root: the ledger's folder, to mark the work persisted.
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar.
-        client: an open client to share; else one is opened.
-        limits: the account quota shared with other tasks of the run.
-        row_id: the manifest row, for task run names and logs.
+        price_table: prices per model and resolution, for the video's cost.
 
     Returns:
-        A :class:`~kf2v_tasks.generation.persist.PersistedVideo` (path, sha256, bytes, sidecar).
+        A :class:`~kf2v_tasks.generation.persist.PersistedVideo`: path, sha256, bytes,
+        sidecar, model, resolution, duration, prompts and cost.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import apoll_until_done, apersist_video
+
+        @flow
+        async def keep(task_id: str):
+            state = await apoll_until_done(task_id)
+            video = await apersist_video(state, "s3://my-bucket/videos/cat.mp4")
+            print(video.sha256, video.cost)
+
+        asyncio.run(keep("a-task-id"))
+        ```
+    """
+    return await _persist(
+        state,
+        destination,
+        submission,
+        credentials,
+        ledger_root,
+        storage_options,
+        extra,
+        price_table,
+    )
+
+
+@async_twin(apersist_video)
+@task(**_PERSIST)
+def persist_video(
+    state: TaskState,
+    destination: str,
+    submission: Optional[Submission] = None,
+    credentials: CredentialsLike = None,
+    ledger_root: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+    extra: Optional[dict] = None,
+    price_table: Optional[PriceTable] = None,
+) -> PersistedVideo:
+    """Stream a SUCCEEDED task's video to storage; the sync twin of :func:`apersist_video`.
 
     Example:
         ```python
@@ -380,24 +615,22 @@ async def persist_video(
         from kf2v_tasks import poll_until_done, persist_video
 
         @flow
-        async def keep(task_id: str):
-            state = await poll_until_done(task_id)
-            video = await persist_video(state, "s3://my-bucket/videos/cat.mp4")
-            print(video.sha256)
+        def keep(task_id: str):
+            state = poll_until_done(task_id)
+            return persist_video(state, "out/cat.mp4")
+
+        keep("a-task-id")
         ```
     """
-    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
-    async with client_scope(client, credentials, limits, optional=True) as c:
-        video = await persist_task_video(
+    return run_coro_as_sync(
+        _persist(
             state,
             destination,
-            client=c,
-            submission=submission,
-            ledger=_ledger(ledger_root, storage_options),
-            storage_options=storage_options,
-            extra=extra,
+            submission,
+            credentials,
+            ledger_root,
+            storage_options,
+            extra,
+            price_table,
         )
-    get_run_logger().info(
-        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
     )
-    return video

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import httpx
 
-from kf2v_tasks._cli.stack import free_port, stop_process
+from kf2v_tasks._cli.processes import free_port, stop_process
 
 #: moto accepts any credentials; these are what the helpers use.
 MOTO_KEY = "testing"

@@ -544,7 +544,7 @@ def run_with_kills(
 async def run_batch(manifest: Path, output: Path, *, max_in_flight: int = 4, **flow_kwargs):
     """Run the batch flow in this process (inside a Prefect server/harness); return its state."""
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.batch.runner import ConcurrencySettings
+    from kf2v_tasks.batch.config import ConcurrencySettings
 
     return await generate_batch(
         manifest=str(manifest),

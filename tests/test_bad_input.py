@@ -1,8 +1,8 @@
 """Bad input, end to end: every bad row or frame becomes a row-level error, never a create.
 
-Property-based (hypothesis) over whole manifests and frame files, through the batch
-runner's planning phase (manifest parsing + frame validation, exactly what runs before
-the first submit), plus one real batch on the simulator with a catalogue of bad rows
+Property-based (hypothesis) over whole manifests and frame files, through the batch's
+planning phase (``plan_batch``: manifest parsing + frame validation, exactly what runs
+before the first submit), plus one real batch on the simulator with a catalogue of bad rows
 mixed with good ones: the bad rows end as ``invalid`` naming row, column and reason, the
 simulator sees zero creates for them, and the good rows are delivered.
 
@@ -30,8 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kf2v_tasks.batch.runner import BatchRunner  # noqa: E402
-from kf2v_tasks.errors import ManifestError  # noqa: E402
+from kf2v_tasks.batch.manifest import ManifestFileError  # noqa: E402
+from kf2v_tasks.batch.plan import plan_batch  # noqa: E402
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig  # noqa: E402
 from reliability.harness import make_dataset, read_results, run_batch, simulated_service  # noqa: E402
 
@@ -215,7 +215,8 @@ def _good_row(i: int, folder: Path) -> dict:
 
 
 async def _plan(manifest: Path, out: Path):
-    return await BatchRunner(str(manifest), str(out)).plan()
+    # Plain planning, no Prefect: what `kf2v validate` and the batch flow both run first.
+    return await plan_batch(str(manifest), str(out))
 
 
 def _line_numbers(text: str) -> list[int]:
@@ -371,9 +372,9 @@ async def test_missing_required_column_is_a_clear_file_error(tmp_path_factory, d
     rows = [_good_row(i, folder) for i in range(2)]
     text = _csv(rows, [c for c in HEADER if c != drop])
     (folder / "m.csv").write_bytes(text.encode(encoding))
-    with pytest.raises(ManifestError) as info:
+    with pytest.raises(ManifestFileError) as info:
         await _plan(folder / "m.csv", folder / "out")
-    assert info.value.row == 1 and drop in str(info.value)
+    assert info.value.line == 1 and drop in str(info.value)
 
 
 async def test_non_utf8_manifest_is_a_clear_file_error(tmp_path: Path) -> None:
@@ -381,9 +382,9 @@ async def test_non_utf8_manifest_is_a_clear_file_error(tmp_path: Path) -> None:
     rows = [_good_row(0, folder)]
     rows[0]["prompt"] = "café crème"
     (folder / "m.csv").write_bytes(_csv(rows).encode("latin-1"))
-    with pytest.raises(ManifestError) as info:
+    with pytest.raises(ManifestFileError) as info:
         await _plan(folder / "m.csv", folder / "out")
-    assert info.value.row == 2 and "UTF-8" in str(info.value)
+    assert info.value.line == 2 and "UTF-8" in str(info.value)
 
 
 async def test_short_and_long_rows_are_row_errors(tmp_path: Path) -> None:

@@ -785,3 +785,160 @@ async def test_debug_log_lines(caplog: pytest.LogCaptureFixture) -> None:
 def test_error_classes_are_api_errors() -> None:
     for _, _, _, cls, _ in ERROR_TABLE:
         assert issubclass(cls, ApiError)
+
+
+# --------------------------------------------------------------------------- retry budget
+# The client's RetryPolicy is the only retry layer: ``max_attempts`` is the exact number
+# of requests (pairs, for an upload) a call may make, the first included.
+
+_RUNNING = {"request_id": "r", "output": {"task_id": "t-1", "task_status": "RUNNING"}}
+_OPERATIONS: dict[str, Callable[[Kf2vClient], Any]] = {
+    "get": lambda c: c.get_task("t-1"),
+    "cancel": lambda c: c.cancel_task("t-1"),
+    "list": lambda c: c.list_tasks(),
+    "upload": lambda c: c.upload_file(b"x", "a.png", "wan2.2-kf2v-flash"),
+}
+_TRANSIENT: list[tuple[str, Step]] = [
+    ("429", err(429, "Throttling")),
+    ("500", err(500, "InternalError")),
+    ("502", err(502, "BadGateway")),
+    ("503", err(503, "ServiceUnavailable")),
+    ("504", err(504, "GatewayTimeout")),
+    ("connect", httpx.ConnectError),
+    ("read-timeout", httpx.ReadTimeout),
+    ("reset", httpx.RemoteProtocolError),
+]
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3, 8])
+@pytest.mark.parametrize("name, step", _TRANSIENT, ids=[n for n, _ in _TRANSIENT])
+@pytest.mark.parametrize("op", list(_OPERATIONS))
+async def test_transient_retried_exactly_max_attempts(
+    sleeps: list[float], op: str, name: str, step: Step, max_attempts: int
+) -> None:
+    server = Server(step)
+    policy = RetryPolicy(max_attempts=max_attempts, base_delay=1.0, jitter=0.0)
+    async with make_client(server, retry=policy) as client:
+        with pytest.raises(TransientError):
+            await _OPERATIONS[op](client)
+    # Every attempt of an upload fails at its first step (getPolicy) here.
+    assert len(server.requests) == max_attempts
+    assert len(sleeps) == max_attempts - 1
+    if name != "429":  # Retry-After-free waits add up to the policy's worst case
+        assert sum(sleeps) == policy.worst_case_wait()
+
+
+@pytest.mark.parametrize("op", list(_OPERATIONS))
+async def test_transient_then_success_counts(sleeps: list[float], op: str) -> None:
+    good = {
+        "get": ok(_RUNNING),
+        "cancel": ok({"request_id": "r"}),
+        "list": ok({"total": 0, "data": []}),
+        "upload": ok(_policy()),
+    }[op]
+    steps: list[Step] = [err(503, "ServiceUnavailable")] * 3 + [good, httpx.Response(200)]
+    server = Server(*steps)
+    async with make_client(server, retry=RetryPolicy(max_attempts=4, jitter=0.0)) as client:
+        await _OPERATIONS[op](client)
+    assert len(server.requests) == (5 if op == "upload" else 4)
+    assert sleeps == [1.0, 2.0, 4.0]
+
+
+async def test_upload_oss_failures_use_the_pair_budget(sleeps: list[float]) -> None:
+    oss_500 = httpx.Response(500, text="<Error><Code>InternalError</Code></Error>")
+
+    def handler(r: httpx.Request) -> httpx.Response:
+        return ok(_policy()) if r.url.path.endswith("/uploads") else oss_500
+
+    server = Server(handler)
+    async with make_client(server, retry=RetryPolicy(max_attempts=3, jitter=0.0)) as client:
+        with pytest.raises(ServerError) as info:
+            await client.upload_file(b"x", "a.png", "wan2.2-kf2v-flash")
+    assert info.value.code == "OSS.InternalError"
+    assert len(server.requests) == 6 and len(sleeps) == 2  # 3 pairs of getPolicy + POST
+
+
+@pytest.mark.parametrize("op", list(_OPERATIONS))
+@pytest.mark.parametrize("status, code", [(400, "InvalidParameter"), (401, "InvalidApiKey")])
+async def test_permanent_errors_are_one_request(
+    sleeps: list[float], op: str, status: int, code: str
+) -> None:
+    server = Server(err(status, code))
+    async with make_client(server) as client:
+        with pytest.raises(PermanentError):
+            await _OPERATIONS[op](client)
+    assert len(server.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("429", err(429, "Throttling")),
+        ("503", err(503, "ModelUnavailable")),
+        ("connect", httpx.ConnectError),
+        ("connect-timeout", httpx.ConnectTimeout),
+        ("pool-timeout", httpx.PoolTimeout),
+    ],
+)
+@pytest.mark.parametrize("max_attempts", [1, 2, 8])
+async def test_create_not_sent_or_throttled_retried_exactly(
+    sleeps: list[float], name: str, step: Step, max_attempts: int
+) -> None:
+    server = Server(step)
+    async with make_client(
+        server, retry=RetryPolicy(max_attempts=max_attempts, jitter=0.0)
+    ) as client:
+        with pytest.raises(TransientError):
+            await client.create_task(request())
+    assert len(server.posts) == max_attempts and len(sleeps) == max_attempts - 1
+
+
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("500", err(500, "InternalError")),
+        ("502", err(502, "BadGateway")),
+        ("504", err(504, "GatewayTimeout")),
+        ("408", err(408, "RequestTimeout")),
+        ("read-timeout", httpx.ReadTimeout),
+        ("write-timeout", httpx.WriteTimeout),
+        ("read-error", httpx.ReadError),
+        ("reset", httpx.RemoteProtocolError),
+        ("unusable-200", httpx.Response(200, text="<html>")),
+        ("no-task-id", ok({"output": {"task_status": "PENDING"}})),
+    ],
+)
+async def test_create_never_resent_after_an_ambiguous_answer(
+    sleeps: list[float], name: str, step: Step
+) -> None:
+    sends: list[int] = []
+
+    async def before_send() -> None:
+        sends.append(1)
+
+    server = Server(step, ok())  # a resend would succeed: it must not happen
+    async with make_client(server, retry=RetryPolicy(max_attempts=8)) as client:
+        with pytest.raises(AmbiguousCreateError):
+            await client.create_task(request(), before_send=before_send)
+    assert len(server.posts) == 1 and sends == [1] and sleeps == []
+
+
+async def test_create_ambiguous_after_throttling_stops_there(sleeps: list[float]) -> None:
+    """429, 429, then 500: two resends (no task yet), then ambiguous and never again."""
+    server = Server(err(429, "Throttling"), err(429, "Throttling"), err(500, "InternalError"), ok())
+    async with make_client(server) as client:
+        with pytest.raises(AmbiguousCreateError):
+            await client.create_task(request())
+    assert len(server.posts) == 3 and sleeps == [1.0, 2.0]
+
+
+async def test_default_policy_budget(sleeps: list[float]) -> None:
+    """The documented default: 8 attempts in total, waits of at most 123 service seconds."""
+    server = Server(err(503, "ServiceUnavailable"))
+    client = Kf2vClient(TEST_API_KEY, base_url=BASE, transport=httpx.MockTransport(server))
+    async with client:
+        with pytest.raises(ServerError):
+            await client.get_task("t-1")
+    assert client.retry == RetryPolicy()
+    assert len(server.requests) == 8 and len(sleeps) == 7
+    assert sum(sleeps) <= RetryPolicy().worst_case_wait() == 123.0

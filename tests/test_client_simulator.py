@@ -54,10 +54,11 @@ def data_uri(data: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def fast_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+def fast_clock() -> Iterator[None]:
     """Client waits run at the simulator's speed."""
-    monkeypatch.setattr(clock, "_override", None)
-    monkeypatch.setenv(clock.ENV_VAR, str(SPEED))
+    clock.set_time_scale(SPEED)
+    yield
+    clock.set_time_scale(None)
 
 
 def config(**kw: object) -> SimulatorConfig:

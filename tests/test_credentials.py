@@ -21,6 +21,7 @@ from kf2v_tasks.credentials import (
 from kf2v_tasks.dashscope.client import Kf2vClient
 from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.retry import RetryPolicy
+from kf2v_tasks.settings import ENV_PREFIX
 
 from conftest import TEST_API_KEY
 
@@ -39,6 +40,8 @@ class TestDashScopeCredentialsStandards(BlockStandardTestSuite):
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in (API_KEY_ENV, BASE_URL_ENV, WORKSPACE_ENV, REGION_ENV):
         monkeypatch.delenv(name, raising=False)
+    for field in ("API_KEY", "BASE_URL", "WORKSPACE", "REGION"):
+        monkeypatch.delenv(f"{ENV_PREFIX}{field}", raising=False)
     return monkeypatch
 
 
@@ -113,12 +116,44 @@ def test_from_env_minimal(clean_env: pytest.MonkeyPatch) -> None:
     assert creds.resolved_base_url == REGION_BASE_URLS["singapore"]
 
 
+def test_from_env_prefect_namespaced_names(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(f"{ENV_PREFIX}API_KEY", TEST_API_KEY)
+    clean_env.setenv(f"{ENV_PREFIX}BASE_URL", "http://127.0.0.1:8001/api/v1")
+    clean_env.setenv(f"{ENV_PREFIX}WORKSPACE", "ws-prefect")
+    clean_env.setenv(API_KEY_ENV, "sk-the-other-one-0000")  # the namespaced name wins
+    creds = DashScopeCredentials.from_env()
+    assert creds.api_key.get_secret_value() == TEST_API_KEY
+    assert creds.resolved_base_url == "http://127.0.0.1:8001/api/v1"
+    assert creds.workspace == "ws-prefect"
+
+
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_from_env_without_key(clean_env: pytest.MonkeyPatch, value: str | None) -> None:
     if value is not None:
         clean_env.setenv(API_KEY_ENV, value)
-    with pytest.raises(ValueError, match=API_KEY_ENV):
+    with pytest.raises(ValueError) as info:
         DashScopeCredentials.from_env()
+    assert str(info.value) == (
+        "no DashScope credentials: set DASHSCOPE_API_KEY (and DASHSCOPE_HTTP_BASE_URL for "
+        "another endpoint, e.g. the simulator) or pass a DashScopeCredentials block"
+    )
+
+
+def test_from_env_bad_region_is_named(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv(API_KEY_ENV, TEST_API_KEY)
+    clean_env.setenv(REGION_ENV, "mars")
+    with pytest.raises(ValueError) as info:
+        DashScopeCredentials.from_env()
+    assert "region" in str(info.value) and TEST_API_KEY not in str(info.value)
+
+
+def test_from_env_never_writes_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    import os
+
+    clean_env.setenv(API_KEY_ENV, TEST_API_KEY)
+    before = dict(os.environ)
+    DashScopeCredentials.from_env()
+    assert dict(os.environ) == before
 
 
 def test_resolve_credentials_instance_and_env(clean_env: pytest.MonkeyPatch) -> None:
@@ -152,3 +187,61 @@ def test_save_and_load_round_trip(prefect_server: None) -> None:
     assert loaded.api_key.get_secret_value() == TEST_API_KEY
     assert loaded.region == "beijing" and loaded.workspace == "ws-9"
     assert TEST_API_KEY not in repr(loaded)
+
+
+# --------------------------------------------------------------------------- storage blocks
+
+
+class AwsCredentials:  # duck-typed like prefect-aws's block (not installed here)
+    def __init__(self) -> None:
+        self.aws_access_key_id = "AKID"
+        self.aws_secret_access_key = SecretStr("s3-secret")
+        self.aws_session_token = None
+        self.region_name = "eu-west-1"
+        self.aws_client_parameters = type("P", (), {"endpoint_url": "http://127.0.0.1:9000"})()
+
+
+def test_options_from_blocks() -> None:
+    from prefect.blocks.system import Secret
+    from prefect.filesystems import RemoteFileSystem
+
+    from kf2v_tasks.storage.options import options_from_block
+
+    assert options_from_block(AwsCredentials()) == {
+        "key": "AKID",
+        "secret": "s3-secret",
+        "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9000"},
+    }
+    fs_block = RemoteFileSystem(basepath="s3://b/", settings={"anon": True})
+    assert options_from_block(fs_block) == {"anon": True}
+    assert options_from_block(Secret(value='{"key": "k"}')) == {"key": "k"}
+    with pytest.raises(ValueError, match="JSON object"):
+        options_from_block(Secret(value='["not", "an", "object"]'))
+    with pytest.raises(ValueError, match="not supported"):
+        options_from_block(DashScopeCredentials(api_key=TEST_API_KEY))
+
+
+async def test_resolve_storage_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.blocks.core import Block
+
+    from kf2v_tasks.credentials import resolve_storage_options
+
+    assert await resolve_storage_options(None, {"anon": True}) == {"anon": True}
+    with pytest.raises(ValueError, match="<block-type-slug>/<block-name>"):
+        await resolve_storage_options("prod", None)
+    names: list[str] = []
+
+    async def fake_aload(cls, name: str, **kwargs):
+        names.append(name)
+        return AwsCredentials()
+
+    monkeypatch.setattr(Block, "aload", classmethod(fake_aload))
+    opts = await resolve_storage_options(
+        "aws-credentials/prod", {"client_kwargs": {"endpoint_url": "http://minio:9000"}}
+    )
+    assert names == ["aws-credentials/prod"]
+    assert opts == {
+        "key": "AKID",
+        "secret": "s3-secret",
+        "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://minio:9000"},
+    }

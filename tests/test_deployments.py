@@ -174,8 +174,11 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
         f"shard-{i}-of-{SHARDS}" for i in range(1, SHARDS + 1)
     ], diag
     assert all(r.state.is_completed() for r in shard_runs), [(r.name, r.state) for r in shard_runs]
-    assert all(r.parameters["shard_count"] == SHARDS for r in shard_runs)
-    assert sorted(r.parameters["shard_index"] for r in shard_runs) == list(range(SHARDS))
+    # A shard learns its slice from its tag; nothing internal is a parameter.
+    assert all(r.parameters["shards"] == 1 for r in shard_runs)
+    assert not any({"shard_index", "shard_count", "results_name"} & set(r.parameters) for r in runs)
+    shard_tags = sorted(t for r in shard_runs for t in r.tags if t.startswith("kf2v-shard:"))
+    assert shard_tags == [f"kf2v-shard:{i}-of-{SHARDS}" for i in range(SHARDS)], shard_tags
     # The shards ran on both workers (the worker labels its flow runs with its name).
     ran_on = {r.labels.get("prefect.worker.name") for r in shard_runs}
     assert ran_on == set(WORKERS), (ran_on, diag)
@@ -254,6 +257,8 @@ def _check_batch_schema(schema: dict) -> None:
         "shards",
     ):
         assert props[field].get("description"), f"{field} has no description"
+    assert not {"shard_index", "shard_count", "results_name"} & set(props)
+    assert {"$ref": "#/definitions/DashScopeCredentials"} in props["credentials_block"]["anyOf"]
     assert "fsspec URL" in props["manifest"]["description"]
     assert props["defaults"]["$ref"] == "#/definitions/RowDefaults"
     row_defaults = schema["definitions"]["RowDefaults"]["properties"]

@@ -20,9 +20,10 @@ from prefect import flow
 from kf2v_flows.batch import generate_batch
 from kf2v_flows.single import generate_video
 from kf2v_tasks import clock
+from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.batch.manifest import RowDefaults
-from kf2v_tasks.batch.runner import ConcurrencySettings
 from kf2v_tasks.dashscope.models import Resolution
+from kf2v_tasks.errors import BatchFailedError
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
@@ -113,9 +114,12 @@ async def test_fifty_rows_with_invalid_ones(sim, tmp_path):
     out = tmp_path / "out"
     before = sim.stats()
     state = await generate_batch(str(manifest), str(out), concurrency=FAST, return_state=True)
-    summary = await state.aresult(raise_on_failure=False)
+    error = await state.aresult(raise_on_failure=False)
     assert state.is_failed() and "10 of 50 rows failed" in state.message
+    assert isinstance(error, BatchFailedError)
+    summary = error.summary
     assert summary.counts == {"succeeded": 40, "invalid": 10}
+    assert [r.row for r in summary.results] == list(range(2, 52))
     assert creates_for(sim, before) == 40  # invalid rows were never submitted
     results = read_results(out / "results.csv")
     assert len(results) == 50

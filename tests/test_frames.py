@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kf2v_tasks.dashscope.models import FrameTransport, Kf2vModel
+from kf2v_tasks.dashscope.models import Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
 from kf2v_tasks.generation.frames import (
     FrameLimits,
@@ -27,6 +27,7 @@ from kf2v_tasks.generation.frames import (
     prepare_frame,
     read_frame_bytes,
 )
+from kf2v_tasks.generation.models import FrameTransport
 
 
 def make_image(path: Path, size=(320, 240), mode="RGB", fmt="PNG", **save) -> Path:
@@ -378,3 +379,9 @@ async def test_prepare_detects_changed_file(tmp_path):
     p.unlink()
     with pytest.raises(FrameValidationError, match="file not found"):
         await prepare_frame(info, client=FakeClient(), model="m")
+
+
+async def test_credentials_in_a_frame_url_never_reach_the_error():
+    err = await reject("memory://user:hunter2@nowhere/missing.png?sig=abc", "file not found")
+    assert "hunter2" not in str(err) and "sig=abc" not in str(err)
+    assert err.frame == "memory://nowhere/missing.png"

@@ -1,4 +1,9 @@
-"""The durable ledger: roundtrips on local disk, S3 and memory, atomicity, secrets, reuse rules."""
+"""The durable ledger store: roundtrips on local disk, S3 and memory, atomicity, secrets, reuse
+rules, old records, and ``record_outcome`` (how a task ended, written to its record).
+
+The state machine itself (every transition, legal and illegal) is in
+tests/test_generation_ledger_record.py.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +15,32 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from kf2v_tasks.dashscope.models import TaskStatus
-from kf2v_tasks.generation.ledger import Ledger, LedgerError, LedgerRecord, scrub
+from kf2v_tasks.dashscope.models import StatusChange, TaskState, TaskStatus
+from kf2v_tasks.errors import (
+    QueueTimeoutError,
+    TaskCanceledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskTimeoutError,
+    ThrottledError,
+)
+from kf2v_tasks.generation.ledger import (
+    Ledger,
+    LedgerError,
+    LedgerRecord,
+    LedgerState,
+    record_outcome,
+)
 
 FP = "a" * 64
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)
 
 
 def full_record(fp: str = FP) -> LedgerRecord:
-    rec = LedgerRecord(
-        fingerprint=fp,
-        state="submitted",
-        task_id="task-1",
-        request_id="req-1",
-        submitted_at=T0,
-        create_attempts=1,
-        row_id="row-1",
-        extra={"model": "wan2.2-kf2v-flash"},
-    )
-    rec.add_event("submitted", task_id="task-1")
+    rec = LedgerRecord.new(fp, row_id="row-1")
+    rec.extra = {"model": "wan2.2-kf2v-flash"}
+    rec.begin_create()
+    rec.submitted("task-1", "req-1", at=T0)
     return rec
 
 
@@ -48,24 +60,26 @@ async def test_put_replaces_whole_record(tmp_path):
     ledger = Ledger(str(tmp_path))
     rec = full_record()
     await ledger.put(rec)
-    rec.state = "persisted"
-    rec.sha256, rec.bytes = "f" * 64, 123
+    rec.persisted("out/a.mp4", "f" * 64, 123)
     await ledger.put(rec)
     got = await ledger.get(FP)
     assert got.state == "persisted" and got.bytes == 123
     assert os.listdir(tmp_path / ".kf2v" / "ledger") == [f"{FP}.json"]
 
 
-async def test_update(tmp_path):
+async def test_update_changes_fields_but_never_the_state(tmp_path):
     ledger = Ledger(str(tmp_path))
     await ledger.put(full_record())
-    rec = await ledger.update(FP, state="terminal", terminal_status=TaskStatus.FAILED)
-    assert rec.terminal_status is TaskStatus.FAILED
-    assert (await ledger.get(FP)).state == "terminal"
+    rec = await ledger.update(FP, row_id="sunrise")
+    assert rec.row_id == "sunrise" and (await ledger.get(FP)).row_id == "sunrise"
     with pytest.raises(KeyError):
-        await ledger.update("b" * 64, state="submitted")
+        await ledger.update("b" * 64, row_id="x")
+    for field in ("state", "fingerprint"):
+        with pytest.raises(ValueError, match=f"cannot change {field}; use a LedgerRecord"):
+            await ledger.update(FP, **{field: "terminal"})
     with pytest.raises(ValueError):
-        await ledger.update(FP, state="bogus")
+        await ledger.update(FP, create_attempts="many")
+    assert (await ledger.get(FP)).state is LedgerState.SUBMITTED
 
 
 async def test_corrupt_record_is_an_error_not_absent(tmp_path):
@@ -120,11 +134,23 @@ async def test_no_signed_urls_or_keys_stored(tmp_path):
     got = await ledger.get(FP)
     assert got.events[-1]["url"] == "https://dashscope-result.oss.aliyuncs.com/x/v.mp4"
     assert got.extra["nested"] == ["see https://h/p#frag"]
+    assert (
+        got.error_message.startswith("Authorization: Bearer ") and "[secure]" in got.error_message
+    )
 
 
-def test_scrub_leaves_plain_text_alone():
-    assert scrub("oss://dashscope-instant/a/b.png") == "oss://dashscope-instant/a/b.png"
-    assert scrub({"a": 1, "b": None}) == {"a": 1, "b": None}
+async def test_every_field_is_scrubbed_and_plain_values_kept(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    rec = full_record()
+    rec.error_code = "sk-kf2vtestsecret-0123456789abcdef"
+    rec.row_id = "row-1"
+    rec.extra = {"plain": "oss://dashscope-instant/a/b.png", "n": 1, "none": None}
+    await ledger.put(rec)
+    raw = (tmp_path / ".kf2v" / "ledger" / f"{FP}.json").read_text()
+    assert "kf2vtestsecret" not in raw
+    got = await ledger.get(FP)
+    assert got.extra == {"plain": "oss://dashscope-instant/a/b.png", "n": 1, "none": None}
+    assert (got.fingerprint, got.task_id, got.row_id) == (FP, "task-1", "row-1")
 
 
 def test_repr_hides_storage_options():
@@ -148,7 +174,8 @@ async def test_s3_roundtrip(s3_server):
     rec = full_record()
     await ledger.put(rec)
     assert await ledger.get(FP) == rec
-    await ledger.update(FP, state="persisted", output_path=f"s3://{bucket}/run-1/a.mp4")
+    rec.persisted(f"s3://{bucket}/run-1/a.mp4", "f" * 64, 10)
+    await ledger.put(rec)
     keys = s3_server.filesystem().find(f"{bucket}/run-1")
     assert keys == [f"{bucket}/run-1/.kf2v/ledger/{FP}.json"]
     assert [r.state for r in await ledger.list()] == ["persisted"]
@@ -159,7 +186,7 @@ async def test_s3_roundtrip(s3_server):
 
 
 def test_datetimes_are_aware_utc():
-    rec = LedgerRecord(fingerprint=FP, state="submitting", submitted_at=datetime(2025, 1, 1, 8))
+    rec = LedgerRecord(fingerprint=FP, state="submitted", submitted_at=datetime(2025, 1, 1, 8))
     assert rec.submitted_at.tzinfo is not None and rec.submitted_at.hour == 8
     cst = timezone(timedelta(hours=8))
     rec.persisted_at = datetime(2025, 1, 1, 8, tzinfo=cst)
@@ -207,3 +234,159 @@ def test_is_task_reusable_needs_submitted_at_and_honours_ttl():
         fingerprint=FP, state="submitted", task_id="t", submitted_at=datetime.now(UTC)
     )
     assert Ledger.is_task_reusable(recent)  # default now
+
+
+# -- records written before the state machine -------------------------------------------
+
+#: A record exactly as the ledger wrote it before LedgerState existed (no cost fields).
+OLD_RECORD = {
+    "bytes": 2048,
+    "create_attempts": 1,
+    "error_code": None,
+    "error_message": None,
+    "events": [
+        {"at": "2025-07-01T12:00:00+00:00", "attempt": 1, "event": "create"},
+        {"at": "2025-07-01T12:00:01+00:00", "event": "submitted", "task_id": "t-old"},
+        {"at": "2025-07-01T12:03:00+00:00", "event": "persisted", "path": "out/a.mp4"},
+    ],
+    "extra": {},
+    "fingerprint": FP,
+    "output_path": "out/a.mp4",
+    "persisted_at": "2025-07-01T12:03:00Z",
+    "possible_duplicate": False,
+    "request_id": "r-old",
+    "row_id": "row-1",
+    "sha256": "e" * 64,
+    "state": "persisted",
+    "submitted_at": "2025-07-01T12:00:01Z",
+    "task_id": "t-old",
+    "terminal_status": "SUCCEEDED",
+}
+
+
+@pytest.mark.parametrize("state", [s.value for s in LedgerState])
+async def test_old_record_with_a_plain_string_state_loads(tmp_path, state):
+    folder = tmp_path / ".kf2v" / "ledger"
+    folder.mkdir(parents=True)
+    (folder / f"{FP}.json").write_text(json.dumps({**OLD_RECORD, "state": state}))
+    ledger = Ledger(str(tmp_path))
+    rec = await ledger.get(FP)
+    assert rec.state is LedgerState(state) and rec.state == state
+    assert (rec.model, rec.resolution, rec.cost, rec.currency) == (None, None, None, None)
+    assert [e["event"] for e in rec.events] == ["create", "submitted", "persisted"]
+    await ledger.put(rec)  # written back: the same plain string on disk
+    assert json.loads((folder / f"{FP}.json").read_text())["state"] == state
+
+
+async def test_old_persisted_record_moves_on_through_transitions(tmp_path):
+    folder = tmp_path / ".kf2v" / "ledger"
+    folder.mkdir(parents=True)
+    (folder / f"{FP}.json").write_text(json.dumps(OLD_RECORD))
+    ledger = Ledger(str(tmp_path))
+    rec = await ledger.get(FP)
+    rec.not_reusable(TaskStatus.UNKNOWN)  # expired since
+    rec = LedgerRecord.recreate_after(rec)
+    rec.begin_create()
+    await ledger.put(rec)
+    got = await ledger.get(FP)
+    assert got.state is LedgerState.SUBMITTING and got.create_attempts == 1
+    assert got.extra["earlier_tasks"] == [
+        {"task_id": "t-old", "status": "UNKNOWN", "possible_duplicate": False}
+    ]
+
+
+# -- record_outcome ------------------------------------------------------------------------
+
+
+async def submitted_ledger(tmp_path, task_id="task-1") -> Ledger:
+    ledger = Ledger(str(tmp_path))
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted(task_id, "req-1")
+    await ledger.put(rec)
+    return ledger
+
+
+def state_of(status: TaskStatus, task_id="task-1", **out) -> TaskState:
+    return TaskState(task_id=task_id, status=status, **out)
+
+
+HISTORY = [StatusChange(status=TaskStatus.RUNNING, seen_at=T0)]
+
+
+@pytest.mark.parametrize(
+    "outcome,status,code",
+    [
+        (state_of(TaskStatus.SUCCEEDED), TaskStatus.SUCCEEDED, None),
+        (
+            state_of(TaskStatus.FAILED, code="InternalError", message="boom"),
+            TaskStatus.FAILED,
+            "InternalError",
+        ),
+        (
+            TaskFailedError("task-1", "DataInspectionFailed", "no"),
+            TaskStatus.FAILED,
+            "DataInspectionFailed",
+        ),
+        (TaskCanceledError("task-1", "canceled"), TaskStatus.CANCELED, "TaskCanceledError"),
+        (QueueTimeoutError("task-1", "queued too long"), TaskStatus.CANCELED, "QueueTimeoutError"),
+        (TaskExpiredError("task-1", "gone"), TaskStatus.UNKNOWN, "TaskExpiredError"),
+    ],
+)
+async def test_record_outcome_writes_how_the_task_ended(tmp_path, outcome, status, code):
+    ledger = await submitted_ledger(tmp_path)
+    await record_outcome(ledger, FP, outcome)
+    rec = await ledger.get(FP)
+    assert rec.state is LedgerState.TERMINAL and rec.terminal_status is status
+    assert rec.events[-1]["event"] == "ended" and rec.events[-1]["status"] == status.value
+    assert rec.error_code == code
+    # A dead task is never reused; a SUCCEEDED one still can be (its video is not kept yet).
+    assert Ledger.is_task_reusable(rec) is (status is TaskStatus.SUCCEEDED)
+
+
+async def test_record_outcome_timeout_is_only_an_event(tmp_path):
+    ledger = await submitted_ledger(tmp_path)
+    await record_outcome(ledger, FP, TaskTimeoutError("task-1", "deadline", history=HISTORY))
+    rec = await ledger.get(FP)
+    assert rec.state is LedgerState.SUBMITTED and rec.terminal_status is None
+    assert rec.events[-1]["event"] == "timeout"
+    assert rec.events[-1]["history"] == [f"RUNNING@{T0.isoformat()}"]
+    assert Ledger.is_task_reusable(rec)
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        state_of(TaskStatus.RUNNING),  # not over: nothing to say
+        ThrottledError("Throttling", "slow down", status_code=429),  # says nothing about the task
+        ValueError("a bug elsewhere"),
+        state_of(TaskStatus.FAILED, task_id="an-older-task"),  # the record follows task-1
+        TaskFailedError("an-older-task", "InternalError", "x"),
+    ],
+)
+async def test_record_outcome_writes_nothing_when_it_has_nothing_to_say(tmp_path, outcome):
+    ledger = await submitted_ledger(tmp_path)
+    path = tmp_path / ".kf2v" / "ledger" / f"{FP}.json"
+    before = path.read_bytes()
+    await record_outcome(ledger, FP, outcome)
+    assert path.read_bytes() == before
+
+
+async def test_record_outcome_without_ledger_record_or_fingerprint(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    failed = state_of(TaskStatus.FAILED)
+    await record_outcome(None, FP, failed)
+    await record_outcome(ledger, None, failed)
+    await record_outcome(ledger, FP, failed)  # no record: nothing to move
+    assert await ledger.list() == []
+
+
+async def test_record_outcome_keeps_a_persisted_video_persisted(tmp_path):
+    ledger = await submitted_ledger(tmp_path)
+    rec = await ledger.get(FP)
+    rec.persisted("out/a.mp4", "f" * 64, 10)
+    await ledger.put(rec)
+    await record_outcome(ledger, FP, TaskExpiredError("task-1", "expired"))
+    rec = await ledger.get(FP)
+    assert rec.state is LedgerState.PERSISTED and rec.terminal_status is TaskStatus.UNKNOWN
+    assert rec.output_path == "out/a.mp4" and not Ledger.is_task_reusable(rec)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kf2v_tasks.batch.manifest import (
     KNOWN_COLUMNS,
+    ManifestFileError,
     ManifestRow,
     ParsedManifest,
     RowDefaults,
@@ -22,7 +23,7 @@ from kf2v_tasks.batch.manifest import (
     resolve_frame,
 )
 from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
-from kf2v_tasks.errors import ManifestError
+from kf2v_tasks.errors import ManifestError, PermanentError
 
 HEADER = "id,first_frame,last_frame"
 
@@ -140,9 +141,10 @@ def test_encodings(data):
 
 def test_non_utf8_is_a_file_level_error_with_line():
     data = "first_frame,last_frame\na.png,é.png\n".encode("latin-1")
-    with pytest.raises(ManifestError, match="not UTF-8") as info:
+    with pytest.raises(ManifestFileError, match="not UTF-8") as info:
         parse(data)
-    assert info.value.row == 2 and info.value.column is None
+    assert info.value.line == 2
+    assert str(info.value).startswith("manifest m.csv: line 2 is not UTF-8 text (byte 0xe9")
 
 
 def test_semicolon_separated_export_is_understood():
@@ -154,22 +156,25 @@ def test_semicolon_separated_export_is_understood():
 
 
 def test_missing_required_columns():
-    with pytest.raises(ManifestError) as info:
+    with pytest.raises(ManifestFileError) as info:
         parse("id,first_frame,prompt\na,b,c\n")
-    assert info.value.row == 1
-    assert "last_frame" in info.value.reason and "first_frame," not in info.value.reason
+    assert info.value.line == 1
+    assert str(info.value) == (
+        "manifest m.csv: line 1 (header): missing required column(s) last_frame "
+        "(header has: 'id', 'first_frame', 'prompt')"
+    )
 
 
 def test_empty_manifest():
     for text in ("", "\n\n  \n", b""):
-        with pytest.raises(ManifestError, match="empty"):
+        with pytest.raises(ManifestFileError, match="^manifest m.csv: is empty"):
             parse(text)
 
 
 def test_duplicate_header_column():
-    with pytest.raises(ManifestError, match="more than once") as info:
+    with pytest.raises(ManifestFileError, match="column 'seed' appears more than once") as info:
         parse("first_frame,last_frame,Seed,seed\n")
-    assert info.value.column == "seed"
+    assert info.value.line == 1
 
 
 def test_unknown_columns_are_ignored_with_a_warning():
@@ -186,15 +191,15 @@ def test_header_only_gives_no_rows():
 
 
 def test_unclosed_quote_is_a_file_level_error():
-    with pytest.raises(ManifestError, match="malformed CSV") as info:
+    with pytest.raises(ManifestFileError, match="line 3: malformed CSV") as info:
         parse(f'{HEADER}\na,a.png,b.png\nb,"c.png,d.png\ne,f,g\n')
-    assert info.value.row == 3
+    assert info.value.line == 3
 
 
 def test_cell_over_the_csv_field_limit_is_a_file_level_error():
-    with pytest.raises(ManifestError, match="field larger than field limit") as info:
+    with pytest.raises(ManifestFileError, match="field larger than field limit") as info:
         parse(f"{HEADER},prompt\na,a.png,b.png,{'x' * 200_000}\n")
-    assert info.value.row == 2
+    assert info.value.line == 2
 
 
 # ----------------------------------------------------------------- cells
@@ -472,9 +477,29 @@ async def test_load_manifest_from_memory_fs():
 
 
 async def test_load_manifest_missing_file(tmp_path):
-    with pytest.raises(ManifestError, match="cannot read manifest") as info:
-        await load_manifest(str(tmp_path / "nope.csv"))
-    assert info.value.row == 0
+    missing = str(tmp_path / "nope.csv")
+    with pytest.raises(ManifestFileError) as info:
+        await load_manifest(missing)
+    assert str(info.value) == f"manifest {missing}: no such file"
+    assert info.value.path == missing and info.value.line is None
+
+
+async def test_load_manifest_folder_and_unknown_protocol(tmp_path):
+    with pytest.raises(ManifestFileError, match="is a folder, not a CSV file"):
+        await load_manifest(str(tmp_path))
+    with pytest.raises(ManifestFileError, match="^manifest nosuchproto://b/m.csv: cannot be read"):
+        await load_manifest("nosuchproto://b/m.csv")
+
+
+def test_manifest_file_error_is_permanent_hides_signatures_and_pickles():
+    import pickle
+
+    err = ManifestFileError("https://host/m.csv?X-Amz-Signature=s3cr3t", "no such file", line=4)
+    assert isinstance(err, PermanentError) and isinstance(err, ValueError)
+    assert not isinstance(err, ManifestError)  # row errors and file errors are told apart
+    assert "s3cr3t" not in str(err) and str(err) == "manifest https://host/m.csv: no such file"
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.reason, again.line) == (str(err), "no such file", 4)
 
 
 # ----------------------------------------------------------------- fuzzing
@@ -498,8 +523,9 @@ def _check(result: ParsedManifest) -> None:
 def _parse_or_manifest_error(data: str | bytes) -> None:
     try:
         result = parse_manifest(data, source="fuzz.csv", base_dir="s3://bucket/dir/")
-    except ManifestError as exc:
-        assert exc.reason and exc.row >= 0
+    except ManifestFileError as exc:
+        assert exc.reason and str(exc).startswith("manifest fuzz.csv: ")
+        assert exc.line is None or exc.line >= 1
         return
     _check(result)
 

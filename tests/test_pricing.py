@@ -18,6 +18,7 @@ from kf2v_tasks.generation.pricing import (
     PriceTable,
     estimate,
     estimate_row,
+    video_cost,
 )
 
 # ----------------------------------------------------------------- price table
@@ -101,6 +102,26 @@ def test_estimate_row_is_five_seconds_times_price():
     assert estimate_row(GenerationOptions()) == 1.0
     assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
     assert estimate_row(GenerationOptions(model="wan2.1-kf2v-plus")) == 3.5
+
+
+def test_video_cost_is_seconds_times_price_in_the_tables_currency():
+    assert video_cost("wan2.2-kf2v-flash", "480P", 5) == 0.5
+    assert video_cost(Kf2vModel.WAN22_FLASH, Resolution.P1080) == 2.4  # 5 s by default
+    assert video_cost("wan2.2-kf2v-flash", "720p", 3) == 0.6  # resolution case does not matter
+    usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.1}})
+    assert video_cost("wan2.1-kf2v-plus", "720P", 5, usd) == 0.5
+    assert video_cost("wan2.2-kf2v-flash", "480P", 0) == 0.0
+    with pytest.raises(ValueError, match="no price for model wan2.2-kf2v-flash at resolution 480P"):
+        video_cost("wan2.2-kf2v-flash", "480P", 5, usd)
+    with pytest.raises(ValueError, match=">= 0 seconds"):
+        video_cost("wan2.2-kf2v-flash", "480P", -1)
+
+
+def test_estimate_row_and_video_cost_agree():
+    for model, resolutions in MODEL_RESOLUTIONS.items():
+        for res in resolutions:
+            opts = GenerationOptions(model=model, resolution=res)
+            assert estimate_row(opts) == video_cost(model, res, opts.duration)
 
 
 def test_estimate_totals_and_breakdown():

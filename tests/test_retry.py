@@ -164,10 +164,8 @@ async def test_cancellation_propagates() -> None:
         await retry_call(fn, RetryPolicy(), is_retryable=lambda e: True)
 
 
-async def test_sleeps_through_clock_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_sleeps_through_clock_scale() -> None:
     """With a large time scale, the real wait is the service delay divided by it."""
-    monkeypatch.setattr(clock, "_override", None)
-    monkeypatch.setenv(clock.ENV_VAR, "1000")
     calls = 0
 
     async def fn() -> None:
@@ -176,7 +174,41 @@ async def test_sleeps_through_clock_scale(monkeypatch: pytest.MonkeyPatch) -> No
         if calls == 1:
             raise TransientError("once")
 
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await retry_call(fn, RetryPolicy(base_delay=50.0, jitter=0.0))  # 50 service s = 0.05 s
-    assert 0.04 <= loop.time() - t0 < 1.0
+    clock.set_time_scale(1000)
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await retry_call(fn, RetryPolicy(base_delay=50.0, jitter=0.0))  # 50 service s = 0.05 s
+        assert 0.04 <= loop.time() - t0 < 1.0
+    finally:
+        clock.set_time_scale(None)
+
+
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        (RetryPolicy(), 123.0),  # 1+2+4+8+16+32+60: the client's default budget
+        (RetryPolicy(max_attempts=1), 0.0),
+        (RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=1.0), 2.5),  # 0.5+1+1
+        (RetryPolicy(max_attempts=6, base_delay=0.0), 0.0),
+    ],
+)
+def test_worst_case_wait(policy: RetryPolicy, expected: float) -> None:
+    assert policy.worst_case_wait() == expected
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 5, 8])
+async def test_exact_attempt_budget(sleeps: list[float], max_attempts: int) -> None:
+    """``max_attempts`` is the total number of calls, the first included."""
+    calls = 0
+
+    async def fn() -> None:
+        nonlocal calls
+        calls += 1
+        raise ServerError("InternalError", "boom", status_code=500)
+
+    policy = RetryPolicy(max_attempts=max_attempts, jitter=0.0)
+    with pytest.raises(ServerError):
+        await retry_call(fn, policy)
+    assert calls == max_attempts and len(sleeps) == max_attempts - 1
+    assert sum(sleeps) == policy.worst_case_wait()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kf2v_tasks.batch.manifest import parse_manifest  # noqa: E402
-from kf2v_tasks.batch.runner import output_path  # noqa: E402
+from kf2v_tasks.batch.plan import output_path  # noqa: E402
 from kf2v_tasks.simulator import FaultConfig, RuntimeDistribution, SimulatorConfig  # noqa: E402
 from reliability.harness import make_dataset, read_results, run_batch, simulated_service  # noqa: E402
 

@@ -20,12 +20,16 @@ import fsspec
 import httpx
 import pytest
 
+from kf2v_tasks import clock
 from kf2v_tasks.errors import DownloadError, UrlExpiredError
-from kf2v_tasks.storage.download import (
+from kf2v_tasks.retry import RetryPolicy
+from kf2v_tasks.storage.download import DOWNLOAD_RETRY, stream_to_storage
+from kf2v_tasks.storage.files import (
+    StoredFile,
     copy_video,
     read_json,
+    read_text,
     sidecar_path,
-    stream_to_storage,
     verify_file,
     write_json_atomic,
     write_text_atomic,
@@ -33,6 +37,8 @@ from kf2v_tasks.storage.download import (
 from kf2v_tasks.storage.paths import join, parent, resolve_relative, safe_child
 
 MIB = 1024 * 1024
+#: The default budget (6 requests) without the waits, so fault tests run fast.
+NO_WAIT = RetryPolicy(max_attempts=6, base_delay=0)
 
 
 class Body:
@@ -160,7 +166,7 @@ async def test_no_credentials_sent_even_with_a_client_that_has_them(tmp_path, se
 async def test_resume_with_range_after_cut(tmp_path, server):
     server.faults = ["cut:1000000"]
     dest = tmp_path / "v.mp4"
-    res = await stream_to_storage(server.url, str(dest), backoff=0)
+    res = await stream_to_storage(server.url, str(dest), retry=NO_WAIT)
     assert res.resumed and res.attempts == 2
     assert res.sha256 == server.body.sha256()
     assert len(server.requests) == 2
@@ -170,7 +176,7 @@ async def test_resume_with_range_after_cut(tmp_path, server):
 
 async def test_short_body_is_resumed(tmp_path, server):
     server.faults = ["short"]
-    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), backoff=0)
+    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), retry=NO_WAIT)
     assert res.resumed and res.sha256 == server.body.sha256()
     assert server.requests[1]["headers"]["Range"].startswith("bytes=")
 
@@ -178,7 +184,7 @@ async def test_short_body_is_resumed(tmp_path, server):
 async def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
     server.faults = ["cut:700000", "ignore_range"]
     dest = tmp_path / "v.mp4"
-    res = await stream_to_storage(server.url, str(dest), backoff=0)
+    res = await stream_to_storage(server.url, str(dest), retry=NO_WAIT)
     assert not res.resumed and res.attempts == 2
     assert res.sha256 == server.body.sha256() and dest.stat().st_size == server.body.size
 
@@ -204,7 +210,7 @@ async def test_403_mid_resume_refreshes_and_keeps_offset(tmp_path, server):
         return server.url
 
     res = await stream_to_storage(
-        server.url, str(tmp_path / "v.mp4"), refresh_url=refresh, backoff=0
+        server.url, str(tmp_path / "v.mp4"), refresh_url=refresh, retry=NO_WAIT
     )
     assert res.resumed and res.sha256 == server.body.sha256()
     assert server.requests[2]["headers"]["Range"] == "bytes=500000-"
@@ -221,7 +227,7 @@ async def test_403_without_refresh_raises_and_leaves_nothing(tmp_path, server):
 
 async def test_5xx_backs_off_and_retries(tmp_path, server):
     server.faults = ["500", "500"]
-    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), backoff=0)
+    res = await stream_to_storage(server.url, str(tmp_path / "v.mp4"), retry=NO_WAIT)
     assert res.attempts == 3 and res.sha256 == server.body.sha256()
 
 
@@ -230,7 +236,9 @@ async def test_failure_never_touches_existing_destination(tmp_path, server):
     dest.write_bytes(b"previous good video")
     server.faults = ["cut:1000", "cut:1000", "cut:1000"]
     with pytest.raises(DownloadError, match="after 3 attempts") as ei:
-        await stream_to_storage(server.url, str(dest), max_attempts=3, backoff=0)
+        await stream_to_storage(
+            server.url, str(dest), retry=RetryPolicy(max_attempts=3, base_delay=0)
+        )
     assert "Signature" not in str(ei.value)
     assert dest.read_bytes() == b"previous good video"
     assert leftovers(tmp_path) == []
@@ -291,7 +299,7 @@ async def test_cancellation_removes_temp(tmp_path, server):
 async def test_memory_destination(server):
     dest = f"memory://kf2v-{uuid.uuid4().hex[:8]}/out/v.mp4"
     server.faults = ["cut:100000"]
-    res = await stream_to_storage(server.url, dest, backoff=0)
+    res = await stream_to_storage(server.url, dest, retry=NO_WAIT)
     assert await verify_file(dest, res.sha256)
     root = dest.split("://", 1)[1].split("/", 1)[0]
     assert fsspec.filesystem("memory").find(f"/{root}") == [f"/{root}/out/v.mp4"]
@@ -302,7 +310,7 @@ async def test_s3_destination_with_resume(s3_server, server):
     opts = s3_server.storage_options
     dest = f"s3://{bucket}/out/row-1.mp4"
     server.faults = ["cut:2000000"]
-    res = await stream_to_storage(server.url, dest, storage_options=opts, backoff=0)
+    res = await stream_to_storage(server.url, dest, storage_options=opts, retry=NO_WAIT)
     assert res.resumed and res.sha256 == server.body.sha256()
     fs = s3_server.filesystem()
     assert fs.find(f"{bucket}") == [f"{bucket}/out/row-1.mp4"]  # temp gone
@@ -316,7 +324,9 @@ async def test_s3_failure_leaves_no_object(s3_server, server):
     dest = f"s3://{bucket}/out/row-1.mp4"
     server.faults = ["cut:1000"] * 2
     with pytest.raises(DownloadError):
-        await stream_to_storage(server.url, dest, storage_options=opts, max_attempts=2, backoff=0)
+        await stream_to_storage(
+            server.url, dest, storage_options=opts, retry=RetryPolicy(max_attempts=2, base_delay=0)
+        )
     fs = s3_server.filesystem()
     assert fs.find(bucket) == []
     uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
@@ -331,7 +341,7 @@ async def test_s3_large_multipart_restart_from_zero(s3_server):
         bucket = s3_server.new_bucket()
         opts = s3_server.storage_options
         dest = f"s3://{bucket}/big.mp4"
-        res = await stream_to_storage(srv.url, dest, storage_options=opts, backoff=0)
+        res = await stream_to_storage(srv.url, dest, storage_options=opts, retry=NO_WAIT)
         assert res.sha256 == srv.body.sha256() and res.bytes == srv.body.size
         assert s3_server.filesystem().find(bucket) == [f"{bucket}/big.mp4"]
     finally:
@@ -345,7 +355,7 @@ async def test_50mb_stream_memory_stays_bounded(tmp_path):
         tracemalloc.start()
         tracemalloc.reset_peak()
         base, _ = tracemalloc.get_traced_memory()
-        res = await stream_to_storage(srv.url, str(tmp_path / "big.mp4"), backoff=0)
+        res = await stream_to_storage(srv.url, str(tmp_path / "big.mp4"), retry=NO_WAIT)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert res.bytes == 50 * MIB and res.resumed
@@ -353,6 +363,102 @@ async def test_50mb_stream_memory_stays_bounded(tmp_path):
         assert res.sha256 == srv.body.sha256()
     finally:
         srv.close()
+
+
+# -- the retry budget (one RetryPolicy, every request counts) ----------------------------
+
+
+class Scripted:
+    """An httpx MockTransport handler playing ``steps`` in order (the last one repeats)."""
+
+    def __init__(self, *steps) -> None:
+        self.steps = list(steps)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if isinstance(step, type) and issubclass(step, httpx.TransportError):
+            raise step("simulated", request=request)
+        return step
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record clock.sleep calls (service seconds) instead of sleeping."""
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(clock, "sleep", fake_sleep)
+    return recorded
+
+
+async def _download(tmp_path: Path, handler: Scripted, **kw):
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        return await stream_to_storage(
+            "https://oss.test/v.mp4?Signature=s", str(tmp_path / "v.mp4"), http=http, **kw
+        )
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3, 6])
+@pytest.mark.parametrize(
+    "step",
+    [httpx.Response(500), httpx.Response(429), httpx.Response(503), httpx.ConnectError],
+    ids=["500", "429", "503", "connect"],
+)
+async def test_download_makes_exactly_max_attempts_requests(
+    tmp_path, sleeps, step, max_attempts
+) -> None:
+    handler = Scripted(step)
+    policy = RetryPolicy(max_attempts=max_attempts, base_delay=1.0, jitter=0.0)
+    with pytest.raises(DownloadError, match=f"after {max_attempts} attempts") as ei:
+        await _download(tmp_path, handler, retry=policy)
+    assert len(handler.requests) == max_attempts
+    assert sleeps == [policy.backoff(n) for n in range(1, max_attempts)]
+    assert "Signature" not in str(ei.value)
+    assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []
+
+
+async def test_download_default_budget(tmp_path, sleeps) -> None:
+    handler = Scripted(httpx.Response(502))
+    with pytest.raises(DownloadError, match="after 6 attempts"):
+        await _download(tmp_path, handler)
+    assert DOWNLOAD_RETRY.max_attempts == 6 and len(handler.requests) == 6
+    assert len(sleeps) == 5 and sum(sleeps) <= DOWNLOAD_RETRY.worst_case_wait() == 31.0
+
+
+async def test_download_honours_retry_after(tmp_path, sleeps) -> None:
+    handler = Scripted(
+        httpx.Response(503, headers={"Retry-After": "9"}), httpx.Response(200, content=b"video")
+    )
+    res = await _download(tmp_path, handler, retry=RetryPolicy(base_delay=1.0, jitter=0.0))
+    assert res.attempts == 2 and sleeps == [9.0]
+    assert isinstance(res, StoredFile) and res.bytes == 5
+
+
+async def test_download_refresh_counts_but_does_not_wait(tmp_path, sleeps) -> None:
+    handler = Scripted(httpx.Response(403), httpx.Response(403), httpx.Response(200, content=b"v"))
+
+    async def refresh() -> str:
+        return "https://oss.test/v.mp4?Signature=fresh"
+
+    with pytest.raises(DownloadError, match="after 2 attempts"):
+        await _download(tmp_path, handler, refresh_url=refresh, retry=RetryPolicy(max_attempts=2))
+    assert len(handler.requests) == 2 and sleeps == []
+    handler = Scripted(httpx.Response(403), httpx.Response(200, content=b"v"))
+    res = await _download(tmp_path, handler, refresh_url=refresh, retry=RetryPolicy(max_attempts=2))
+    assert res.attempts == 2 and sleeps == []
+    assert "Signature=fresh" in str(handler.requests[1].url)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 410])
+async def test_download_4xx_is_one_request(tmp_path, sleeps, status: int) -> None:
+    handler = Scripted(httpx.Response(status))
+    with pytest.raises(DownloadError, match=f"HTTP {status}"):
+        await _download(tmp_path, handler)
+    assert len(handler.requests) == 1 and sleeps == []
 
 
 # -- small files, sidecars, verification, copies ------------------------------------------
@@ -385,6 +491,29 @@ async def test_json_and_text_local(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError):
         await read_json(str(tmp_path / "bad.json"))
+
+
+async def test_read_text(tmp_path):
+    p = tmp_path / "r.csv"
+    await write_text_atomic(str(p), "row,status\n1,café\n")
+    assert await read_text(str(p)) == "row,status\n1,café\n"
+    with pytest.raises(FileNotFoundError):
+        await read_text(str(tmp_path / "none.csv"))
+
+
+async def test_read_text_memory_filesystem():
+    url = f"memory://kf2v-{uuid.uuid4().hex}/results.csv"
+    await write_text_atomic(url, "a\n")
+    assert await read_text(url) == "a\n"
+
+
+def test_download_re_exports_the_file_helpers():
+    from kf2v_tasks.storage import download, files
+
+    for name in files.__all__:
+        assert getattr(download, name) is getattr(files, name), name
+    for gone in ("redact_query", "PersistResult", "_backoff"):
+        assert not hasattr(download, gone), gone
 
 
 async def test_json_s3(s3_server):

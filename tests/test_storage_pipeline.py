@@ -13,10 +13,11 @@ import time
 from typing import Any
 
 import pytest
-from test_storage import MIB, Body, FaultServer, leftovers
+from test_storage import MIB, NO_WAIT, Body, FaultServer, leftovers
 
 from kf2v_tasks.errors import DownloadError
-from kf2v_tasks.storage import download as storage
+from kf2v_tasks.retry import RetryPolicy
+from kf2v_tasks.storage import pipeline as storage
 from kf2v_tasks.storage.download import stream_to_storage
 
 
@@ -61,7 +62,7 @@ async def test_write_error_midway_leaves_nothing_and_keeps_old_video(
         storage, "_open_write", lambda fs, p: FailingFile(real_open(fs, p), limit=3 * MIB)
     )
     with pytest.raises(OSError, match="No space"):
-        await stream_to_storage(big_server.url, str(dest), chunk_size=256 * 1024, backoff=0)
+        await stream_to_storage(big_server.url, str(dest), chunk_size=256 * 1024, retry=NO_WAIT)
     assert dest.read_bytes() == b"previous good video"
     assert leftovers(tmp_path) == []
     assert len(big_server.requests) == 1  # a disk error is not a network error: no retry
@@ -95,7 +96,7 @@ async def test_cancel_while_worker_writes_waits_for_it_then_cleans_up(
 async def test_resume_offset_is_exact_across_batch_boundaries(tmp_path, big_server, cut):
     big_server.faults = [f"cut:{cut}"]
     dest = tmp_path / "v.mp4"
-    res = await stream_to_storage(big_server.url, str(dest), chunk_size=MIB, backoff=0)
+    res = await stream_to_storage(big_server.url, str(dest), chunk_size=MIB, retry=NO_WAIT)
     assert big_server.requests[1]["headers"]["Range"] == f"bytes={cut}-"
     assert res.sha256 == big_server.body.sha256() == hashlib.sha256(dest.read_bytes()).hexdigest()
     assert res.bytes == big_server.body.size and res.resumed
@@ -117,7 +118,10 @@ async def test_s3_uploads_straight_to_the_key_and_publishes_only_when_verified(
         srv.faults = ["cut:7000000", "cut:1000"]  # fails after the first part was uploaded
         with pytest.raises(DownloadError):
             await stream_to_storage(
-                srv.url, f"s3://{key}", storage_options=opts, max_attempts=2, backoff=0
+                srv.url,
+                f"s3://{key}",
+                storage_options=opts,
+                retry=RetryPolicy(max_attempts=2, base_delay=0),
             )
         fs.invalidate_cache()
         assert fs.cat_file(key) == b"previous good video"
@@ -125,7 +129,7 @@ async def test_s3_uploads_straight_to_the_key_and_publishes_only_when_verified(
         assert fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []) == []
 
         srv.faults = ["cut:6000000"]
-        res = await stream_to_storage(srv.url, f"s3://{key}", storage_options=opts, backoff=0)
+        res = await stream_to_storage(srv.url, f"s3://{key}", storage_options=opts, retry=NO_WAIT)
         fs.invalidate_cache()
         assert res.resumed and res.sha256 == srv.body.sha256()
         assert hashlib.sha256(fs.cat_file(key)).hexdigest() == res.sha256

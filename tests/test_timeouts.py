@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kf2v_tasks.batch.runner import PollingSettings  # noqa: E402
+from kf2v_tasks.batch.config import PollingSettings  # noqa: E402
 from kf2v_tasks.dashscope.models import TaskStatus  # noqa: E402
 from kf2v_tasks.dashscope.polling import PollSchedule, wait_for_task  # noqa: E402
 from kf2v_tasks.errors import QueueTimeoutError, TaskTimeoutError  # noqa: E402
@@ -174,15 +174,11 @@ async def test_timed_out_row_reports_its_status_history(tmp_path: Path) -> None:
     assert "history" in reported.lower() and "RUNNING" in reported
 
 
-async def test_poll_task_does_not_retry_a_deadline_timeout() -> None:
-    import inspect
+def test_poll_task_does_not_retry_a_deadline_timeout() -> None:
+    """The client's RetryPolicy is the only retry layer: a poll task that hit its
+    deadline is not run again by Prefect (which would restart the deadline)."""
+    from kf2v_tasks.tasks import apoll_until_done, poll_until_done
 
-    from prefect.states import Failed
-
-    from kf2v_tasks.tasks import retry_transient
-
-    state = Failed(data=TaskTimeoutError("t-1", "task t-1 still RUNNING after 300s"))
-    verdict = retry_transient(None, None, state)
-    if inspect.isawaitable(verdict):
-        verdict = await verdict
-    assert verdict is False
+    for poll in (apoll_until_done, poll_until_done):
+        assert not poll.retries, poll.name
+        assert poll.retry_condition_fn is None, poll.name

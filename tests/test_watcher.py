@@ -171,3 +171,39 @@ async def test_on_end_runs_when_the_end_is_seen_before_the_waiter_wakes() -> Non
         watcher.forget("b")  # its waiter gave up: no call
         await asyncio.gather(*(wait_for_task(client, t, schedule=SCHEDULE) for t in "ab"))
     assert seen == [("a", TaskStatus.SUCCEEDED)]
+
+
+class Flaky(Service):
+    """Like Service, but the first ``failures`` GETs of each task answer 503."""
+
+    def __init__(self, runtimes: dict[str, float], failures: int) -> None:
+        super().__init__(runtimes)
+        self.failures = failures
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/tasks"):
+            task_id = request.url.path.rsplit("/", 1)[-1]
+            if self.gets[task_id] < self.failures:
+                self.gets[task_id] += 1
+                return httpx.Response(503, json={"code": "ServiceUnavailable", "message": "busy"})
+        return super().__call__(request)
+
+
+async def test_failed_queries_are_asked_again_on_schedule_not_fatal() -> None:
+    # The client may try each query once; three failed queries in a row cost no answer.
+    service = Flaky({"t0": 70.0}, failures=3)
+    (state,) = await wait_all(service, SCHEDULE.model_copy(update={"sweep": False}))
+    assert not isinstance(state, BaseException), state
+    assert state.status is TaskStatus.SUCCEEDED
+    assert service.gets["t0"] >= 4
+
+
+async def test_queries_failing_past_the_deadline_raise_the_last_error() -> None:
+    from kf2v_tasks.errors import ServerError
+
+    service = Flaky({"t0": 70.0}, failures=10_000)
+    async with client_for(service) as client:
+        with pytest.raises(ServerError):
+            await wait_for_task(
+                client, "t0", schedule=SCHEDULE.model_copy(update={"sweep": False}), deadline=40
+            )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kf2v_tasks.batch.runner import DEFAULT_GLOBAL_LIMIT
+from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT
 
 
 async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) -> dict:
@@ -53,7 +53,16 @@ async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) ->
 
 
 async def show_limits() -> list[dict]:
-    """Every kf2v global concurrency limit on the server."""
+    """Every kf2v global concurrency limit on the server.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.gcl import show_limits
+        for limit in asyncio.run(show_limits()):
+            print(limit["name"], limit["limit"], limit["active_slots"])
+        ```
+    """
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:

@@ -8,16 +8,17 @@ cell means "use the default" (:class:`RowDefaults`).
 
 Problems are split in two kinds:
 
-* **file-level** (not text, no header, missing required columns, broken quoting):
-  :func:`parse_manifest` raises :class:`~kf2v_tasks.errors.ManifestError`;
+* **file-level** (cannot be read, not text, no header, missing required columns, broken
+  quoting): :func:`parse_manifest` and :func:`load_manifest` raise
+  :class:`ManifestFileError`, whose message is ``manifest <path>: <reason>``;
 * **row-level** (a bad seed, an unknown model, a duplicate id …): the row becomes one
   :class:`RowError` per bad column and is left out of :attr:`ParsedManifest.rows`; the
-  rest of the batch still runs.
+  rest of the batch still runs. Its message is ``row N, column 'x': reason``.
 
 Row numbers are **line numbers in the file as an editor shows them**: the header is
 normally line 1 and the first data row line 2. A row whose quoted cell spans several
-lines is numbered by the line it starts on. ``ManifestError.row`` uses the same
-numbering; ``0`` means "the file as a whole" (e.g. it cannot be read).
+lines is numbered by the line it starts on. ``ManifestFileError.line`` uses the same
+numbering when the problem has a place in the file (``None`` otherwise).
 
 Example:
     ```python
@@ -54,7 +55,8 @@ from kf2v_tasks.dashscope.models import (
     Kf2vModel,
     Resolution,
 )
-from kf2v_tasks.errors import ManifestError
+from kf2v_tasks.errors import ManifestFileError
+from kf2v_tasks.redaction import redact_text
 
 #: Columns the parser understands; anything else is ignored with a warning.
 KNOWN_COLUMNS: tuple[str, ...] = (
@@ -93,6 +95,9 @@ _FALSE = frozenset({"false", "0", "no"})
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
+# --------------------------------------------------------------------------- errors
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -106,7 +111,9 @@ class RowDefaults(BaseModel):
         ```
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"description": "Values for the columns a row leaves empty."}
+    )
 
     prompt: Optional[str] = Field(
         default=None, description="Prompt for rows whose prompt cell is empty."
@@ -243,7 +250,7 @@ def parse_manifest(
         The valid rows plus one :class:`RowError` per bad cell of the invalid rows.
 
     Raises:
-        ManifestError: file-level problems only (encoding, header, missing required
+        ManifestFileError: file-level problems only (encoding, header, missing required
             columns, malformed quoting). Row problems never raise.
 
     Example:
@@ -255,13 +262,13 @@ def parse_manifest(
         ```
     """
     defaults = defaults or RowDefaults()
-    text = _decode(data)
+    text = _decode(data, source)
     delimiter = _guess_delimiter(text)
-    records = _records(text, delimiter)
+    records = _records(text, delimiter, source)
 
-    header_line, header = _read_header(records)
+    header_line, header = _read_header(records, source)
     columns = [_normalise_header(h) for h in header]
-    _check_header(columns, header_line)
+    _check_header(columns, header_line, source)
 
     warnings: list[str] = []
     unknown = [c for c in columns if c and c not in KNOWN_COLUMNS]
@@ -298,7 +305,7 @@ async def load_manifest(
     Relative frame paths are resolved against the manifest's own folder.
 
     Raises:
-        ManifestError: the file cannot be read (``row`` 0) or has a file-level problem.
+        ManifestFileError: the file cannot be read or has a file-level problem.
 
     Example:
         ```python
@@ -362,11 +369,22 @@ def _read_bytes(url: str, storage_options: dict[str, Any]) -> bytes:
     try:
         fs, path = open_fs(url, storage_options)
         return fs.cat_file(path)
+    except FileNotFoundError:
+        raise ManifestFileError(url, "no such file") from None
+    except IsADirectoryError:
+        raise ManifestFileError(url, "is a folder, not a CSV file") from None
+    except PermissionError:
+        raise ManifestFileError(url, "permission denied") from None
     except (OSError, ValueError, ImportError) as exc:
-        raise ManifestError(0, None, f"cannot read manifest {url!r}: {exc}") from exc
+        raise ManifestFileError(url, f"cannot be read: {_first_line(exc)}") from exc
 
 
-def _decode(data: Union[bytes, str]) -> str:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return redact_text(text[0]) if text else type(exc).__name__
+
+
+def _decode(data: Union[bytes, str], source: str) -> str:
     if isinstance(data, str):
         return data.removeprefix("\ufeff")
     try:
@@ -376,15 +394,15 @@ def _decode(data: Union[bytes, str]) -> str:
             try:
                 return data.decode("utf-16").removeprefix("\ufeff")
             except UnicodeDecodeError:
-                raise ManifestError(
-                    0, None, "manifest has a UTF-16 BOM but is not UTF-16 text"
+                raise ManifestFileError(
+                    source, "starts with a UTF-16 byte order mark but is not UTF-16 text"
                 ) from None
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ManifestError(
-            line,
-            None,
-            f"manifest is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "save it as CSV UTF-8",
+        raise ManifestFileError(
+            source,
+            f"line {line} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}); save the file as CSV UTF-8",
+            line=line,
         ) from None
 
 
@@ -399,8 +417,8 @@ def _guess_delimiter(text: str) -> str:
     return ","
 
 
-def _records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield (start line, cells) per non-blank record; csv errors become ManifestError."""
+def _records(text: str, delimiter: str, source: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (start line, cells) per non-blank record; csv errors become ManifestFileError."""
     # strict: an unclosed quote must fail loudly instead of swallowing the rest of the file.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     end = 0
@@ -411,20 +429,22 @@ def _records(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ManifestError(
-                start, None, f"malformed CSV in the record starting on this line: {exc}"
+            raise ManifestFileError(
+                source,
+                f"line {start}: malformed CSV in the record starting there ({exc})",
+                line=start,
             ) from None
         end = reader.line_num
         if cells and any(c.strip() for c in cells):
             yield start, cells
 
 
-def _read_header(records: Iterator[tuple[int, list[str]]]) -> tuple[int, list[str]]:
+def _read_header(records: Iterator[tuple[int, list[str]]], source: str) -> tuple[int, list[str]]:
     try:
         return next(records)
     except StopIteration:
-        raise ManifestError(
-            1, None, f"manifest is empty: expected a header with {', '.join(REQUIRED_COLUMNS)}"
+        raise ManifestFileError(
+            source, f"is empty: expected a header with {', '.join(REQUIRED_COLUMNS)}", line=1
         ) from None
 
 
@@ -432,23 +452,27 @@ def _normalise_header(name: str) -> str:
     return name.strip().lstrip("\ufeff").strip().lower()
 
 
-def _check_header(columns: list[str], line: int) -> None:
+def _check_header(columns: list[str], line: int, source: str) -> None:
     seen: dict[str, int] = {}
     for i, c in enumerate(columns, start=1):
         if not c:
             continue
         if c in seen:
-            raise ManifestError(
-                line, c, f"column appears more than once (columns {seen[c]} and {i})"
+            raise ManifestFileError(
+                source,
+                f"line {line} (header): column {c!r} appears more than once "
+                f"(columns {seen[c]} and {i})",
+                line=line,
             )
         seen[c] = i
     missing = [c for c in REQUIRED_COLUMNS if c not in seen]
     if missing:
         found = ", ".join(repr(c) for c in columns if c) or "none"
-        raise ManifestError(
-            line,
-            None,
-            f"missing required column(s) {', '.join(missing)} (header has: {found})",
+        raise ManifestFileError(
+            source,
+            f"line {line} (header): missing required column(s) {', '.join(missing)} "
+            f"(header has: {found})",
+            line=line,
         )
 
 

@@ -1,36 +1,288 @@
-"""Prefect-native reporting of a batch: progress, results table and a markdown summary.
+"""Reporting a batch as one observer: the plan, each finished row, and the final summary.
 
-Artifact keys may only hold lowercase letters, digits and dashes. Progress updates are
-throttled (at most one API call per second) so a 2,000-row batch does not spend its
-time reporting.
+The runner calls one :class:`BatchObserver`. :class:`PrefectReporter` turns the calls into
+Prefect artifacts (progress, a results table, a markdown summary); the CLI's progress bar
+registers itself for the whole process with :func:`observing`, because a flow cannot take
+a callable as a parameter. An observer that fails is logged and ignored: reporting never
+fails a batch.
+
+The Prefect UI renders artifact descriptions, markdown artifacts and the string cells of
+table artifacts as markdown, so text that comes from users or from the service (ids,
+paths, error messages) goes through :func:`md_escape` first. Artifact keys may only hold
+lowercase letters, digits and dashes (:func:`artifact_key`). Progress updates are
+throttled (at most one API call per second) so a 10,000-row batch does not spend its time
+reporting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import quote
 from uuid import UUID
 
-from kf2v_tasks.batch.results import BatchSummary, RowResult
+from kf2v_tasks.batch.results import FAILED_STATUSES, BatchSummary, RowResult, RowStatus
+from kf2v_tasks.redaction import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from kf2v_tasks.batch.runner import BatchPlan, BatchRunner
+    from kf2v_tasks.batch.plan import BatchPlan
     from kf2v_tasks.generation.pricing import CostEstimate
 
 logger = logging.getLogger("kf2v_tasks.batch.reporting")
 
+#: Longest error text shown in a results-table cell (results.csv has the whole message).
+ERROR_CELL_CHARS = 120
+
+
+class BatchObserver:
+    """Told what a batch does; every method is a no-op here, override the ones you need.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import BatchObserver, observing
+
+        class Printer(BatchObserver):
+            def on_row(self, result, counts, total):
+                print(f"{sum(counts.values())}/{total}: row {result.row} {result.status.value}")
+
+        with observing(Printer()):
+            summary = asyncio.run(generate_batch("manifest.csv", "out/"))
+        ```
+    """
+
+    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
+        """Every row is validated and the cost estimated; nothing is spent yet."""
+
+    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
+        """A row finished (``counts``: rows per status so far, ``total``: rows in all)."""
+
+    async def on_finish(self, summary: BatchSummary) -> None:
+        """The batch is done; ``summary.results`` has every row, in row order."""
+
+
+class ObserverGroup(BatchObserver):
+    """Several observers as one; a failing observer is logged and the others still run.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import ObserverGroup, PrefectReporter
+        observer = ObserverGroup([PrefectReporter(), my_observer])
+        ```
+    """
+
+    def __init__(self, observers: Iterable[BatchObserver]) -> None:
+        self.observers = list(observers)
+
+    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
+        """Tell every observer the plan."""
+        for o in self.observers:
+            try:
+                await o.on_plan(plan, cost, dry_run)
+            except Exception:  # reporting must never fail the batch
+                logger.exception("observer %r failed in on_plan", o)
+
+    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
+        """Tell every observer a row finished."""
+        for o in self.observers:
+            try:
+                o.on_row(result, counts, total)
+            except Exception:  # a broken progress bar must not break the batch
+                logger.exception("observer %r failed in on_row", o)
+
+    async def on_finish(self, summary: BatchSummary) -> None:
+        """Tell every observer the batch is done."""
+        for o in self.observers:
+            try:
+                await o.on_finish(summary)
+            except Exception:  # reporting must never fail the batch
+                logger.exception("observer %r failed in on_finish", o)
+
+
+#: Observers registered for every batch run in this process (the CLI's progress bar).
+_registered: list[BatchObserver] = []
+
+
+@contextlib.contextmanager
+def observing(observer: BatchObserver) -> Iterator[BatchObserver]:
+    """Tell ``observer`` about every batch that runs in this process while inside the block.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import BatchObserver, observing
+
+        with observing(BatchObserver()) as watcher:
+            ...  # run batches; watcher.on_row is called for each finished row
+        ```
+    """
+    _registered.append(observer)
+    try:
+        yield observer
+    finally:
+        with contextlib.suppress(ValueError):
+            _registered.remove(observer)
+
+
+def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
+    """The one observer a run calls: ``extra`` plus every :func:`observing` registration.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import PrefectReporter, run_observer
+        observer = run_observer(PrefectReporter())
+        ```
+    """
+    return ObserverGroup([o for o in extra if o is not None] + list(_registered))
+
+
+# -- text that the Prefect UI renders as markdown ---------------------------------------------
+
+
+def md_escape(text: object) -> str:
+    """``text`` on one line, safe inside markdown (and the HTML markdown may carry).
+
+    Signed-URL query strings and key-shaped strings are removed first
+    (:func:`~kf2v_tasks.redaction.redact_text`): artifacts are visible to everyone who
+    can see the flow run.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import md_escape
+        assert md_escape("<b>x</b> | *y*") == "&lt;b&gt;x&lt;/b&gt; \\\\| \\\\*y\\\\*"
+        ```
+    """
+    value = re.sub(r"\s+", " ", redact_text(str(text))).strip()
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", value)
+
 
 def artifact_key(text: str) -> str:
-    """A valid artifact key derived from ``text``."""
+    """A valid artifact key derived from ``text``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import artifact_key
+        assert artifact_key("KF2V batch #1") == "kf2v-batch-1"
+        ```
+    """
     key = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return (key or "kf2v")[:100]
 
 
-class PrefectReporter:
-    """Creates and updates the batch's artifacts in the current flow run."""
+def _short_error(r: RowResult) -> str:
+    text = ": ".join(x for x in (r.error_code, r.error_message) if x)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= ERROR_CELL_CHARS else text[: ERROR_CELL_CHARS - 1] + "…"
+
+
+def results_table(results: list[RowResult]) -> list[dict[str, Any]]:
+    """The results table artifact's rows: the columns that fit a screen, text escaped.
+
+    ``row``, ``id``, ``status``, ``output``, ``task_id``, ``cost``, a short ``error`` and
+    ``possible_duplicate``; the sha256 and the whole message stay in ``results.csv``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import results_table
+        from kf2v_tasks.batch.results import RowResult, RowStatus
+        rows = results_table([RowResult(row=2, id="a_b", status=RowStatus.SUCCEEDED)])
+        assert rows[0]["id"] == "a\\\\_b" and rows[0]["status"] == "succeeded"
+        ```
+    """
+    return [
+        {
+            "row": r.row,
+            "id": md_escape(r.id or ""),
+            "status": r.status.value,
+            "output": md_escape(r.output or ""),
+            "task_id": md_escape(r.task_id or ""),
+            "cost": round(r.cost, 4),
+            "error": md_escape(_short_error(r)),
+            "possible_duplicate": r.possible_duplicate,
+        }
+        for r in results
+    ]
+
+
+_LINK_SCHEMES = ("file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
+
+
+def _link(path: str) -> Optional[str]:
+    """A link target for an output path, or ``None`` when it should not be a link."""
+    scheme, sep, _ = path.partition("://")
+    if sep and scheme.lower() not in _LINK_SCHEMES:
+        return None
+    url = path if sep else f"file://{path}" if path.startswith("/") else path
+    return quote(url, safe="/:@")
+
+
+def summary_markdown(summary: BatchSummary, max_links: int = 50, max_failures: int = 100) -> str:
+    """The markdown summary: counts, cost, time, links to the videos and the failures.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import summary_markdown
+        from kf2v_tasks.batch.results import BatchSummary
+        text = summary_markdown(BatchSummary(manifest="m.csv", output="out", total=0))
+        assert text.startswith("# kf2v batch")
+        ```
+    """
+    s = summary
+    lines = [
+        f"# kf2v batch: {md_escape(s.headline())}",
+        "",
+        f"- Manifest: {md_escape(s.manifest)}",
+        f"- Output: {md_escape(s.output)}",
+        f"- Results: {md_escape(s.results_path or '')}",
+        f"- Submitted {s.submitted}, re-attached {s.reattached}, skipped (already persisted) "
+        f"{s.skipped}, possible duplicates {s.possible_duplicates}",
+        f"- Cost: estimated {s.estimated_cost:.2f} {md_escape(s.currency)}, "
+        f"spent {s.spent:.2f} {md_escape(s.currency)}",
+        f"- Wall time: {s.wall_seconds:.1f} s",
+        "",
+        "| status | rows |",
+        "|---|---|",
+        *[f"| {md_escape(k)} | {v} |" for k, v in sorted(s.counts.items())],
+        "",
+    ]
+    done = [
+        r for r in s.results if r.output and r.status in (RowStatus.SUCCEEDED, RowStatus.SKIPPED)
+    ]
+    if done:
+        lines += ["## Videos", ""]
+        for r in done[:max_links]:
+            name, target = md_escape(r.id or r.output), _link(r.output or "")
+            lines.append(f"- [{name}]({target})" if target else f"- {name}: {md_escape(r.output)}")
+        if len(done) > max_links:
+            lines.append(f"- … and {len(done) - max_links} more in results.csv")
+    failed = [r for r in s.results if r.status in FAILED_STATUSES]
+    if failed:
+        lines += ["", "## Failures", ""]
+        lines += [
+            f"- row {r.row} {md_escape(r.id or '')}: {md_escape(r.error_code or r.status.value)}: "
+            f"{md_escape(r.error_message or '')}"
+            for r in failed[:max_failures]
+        ]
+        if len(failed) > max_failures:
+            lines.append(f"- … and {len(failed) - max_failures} more in results.csv")
+    return "\n".join(lines) + "\n"
+
+
+class PrefectReporter(BatchObserver):
+    """Creates and updates the batch's artifacts in the current flow run.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import PrefectReporter
+        from kf2v_tasks.batch.runner import BatchRunner
+
+        runner = BatchRunner("manifest.csv", "out/", observer=PrefectReporter())
+        ```
+    """
 
     def __init__(self, key_prefix: str = "kf2v-batch", min_interval: float = 1.0) -> None:
         self.key_prefix = artifact_key(key_prefix)
@@ -42,38 +294,40 @@ class PrefectReporter:
         self._done = 0
         self._total = 0
 
-    async def start(self, plan: BatchPlan, cost: CostEstimate, runner: BatchRunner) -> None:
-        """Create the progress artifact and log the cost estimate."""
+    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
+        """Log the plan and the estimate, and create the progress artifact."""
         from prefect.artifacts import acreate_progress_artifact
         from prefect.logging import get_run_logger
 
+        log = get_run_logger()
+        source = redact_url(plan.manifest.source)
         self._total = plan.manifest.total
-        get_run_logger().info(
+        log.info(
             "Manifest %s: %d rows, %d valid, %d invalid. Estimated cost: %.2f %s%s",
-            runner.manifest_url,
+            source,
             plan.manifest.total,
             len(plan.runnable),
             len(plan.invalid),
             cost.total,
             cost.currency,
-            " (dry run: nothing will be submitted)" if runner.dry_run else "",
+            " (dry run: nothing will be submitted)" if dry_run else "",
         )
         for err in plan.invalid:
-            get_run_logger().warning("Invalid: %s", err.error_message)
+            log.warning("Invalid: %s", err.error_message)
 
         async def create() -> None:
             self._progress_id = await acreate_progress_artifact(
                 progress=0.0,
                 key=f"{self.key_prefix}-progress",
-                description=f"Rows finished of {plan.manifest.total} in {runner.manifest_url}",
+                description=f"Rows finished of {plan.manifest.total} in {md_escape(source)}",
             )
 
         # In the background: the first submit must not wait for an API round trip;
-        # updates start once the artifact exists, and finish() waits for it.
+        # updates start once the artifact exists, and on_finish waits for it.
         self._creating = asyncio.ensure_future(create())
 
-    def row_finished(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """Called for every finished row; schedules a throttled progress update."""
+    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
+        """Schedule a throttled progress update."""
         self._done = sum(counts.values())
         self._total = total or self._total
         now = time.monotonic()
@@ -96,7 +350,7 @@ class PrefectReporter:
         except Exception:  # reporting must never fail the batch
             logger.warning("progress artifact update failed", exc_info=True)
 
-    async def finish(self, summary: BatchSummary, results: list[RowResult]) -> None:
+    async def on_finish(self, summary: BatchSummary) -> None:
         """Final progress, the results table and the markdown summary."""
         from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
@@ -107,55 +361,15 @@ class PrefectReporter:
                 logger.warning("progress artifact creation failed", exc_info=True)
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
-        self._done = self._total
+        self._done = self._total = self._total or summary.total
         await self._update()
-        table = [{k: v for k, v in r.csv_row().items() if k not in ("sha256",)} for r in results]
         await acreate_table_artifact(
-            table=table,
+            table=results_table(summary.results),
             key=f"{self.key_prefix}-results",
-            description=f"One line per manifest row ({summary.results_path})",
+            description=f"One line per manifest row ({md_escape(summary.results_path or '')})",
         )
         await acreate_markdown_artifact(
-            markdown=summary_markdown(summary, results),
+            markdown=summary_markdown(summary),
             key=f"{self.key_prefix}-summary",
-            description=summary.headline(),
+            description=md_escape(summary.headline()),
         )
-
-
-def summary_markdown(summary: BatchSummary, results: list[RowResult], max_links: int = 50) -> str:
-    """The markdown summary: counts, cost, time and links to the outputs."""
-    lines = [
-        f"# kf2v batch: {summary.headline()}",
-        "",
-        f"- Manifest: `{summary.manifest}`",
-        f"- Output: `{summary.output}`",
-        f"- Results: `{summary.results_path}`",
-        f"- Submitted {summary.submitted}, re-attached {summary.reattached}, "
-        f"skipped (already persisted) {summary.skipped}, possible duplicates "
-        f"{summary.possible_duplicates}",
-        f"- Cost: estimated {summary.estimated_cost:.2f} {summary.currency}, "
-        f"spent {summary.spent:.2f} {summary.currency}",
-        f"- Wall time: {summary.wall_seconds:.1f} s",
-        "",
-        "| status | rows |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in sorted(summary.counts.items())],
-        "",
-    ]
-    done = [r for r in results if r.output and r.status.value in ("succeeded", "skipped")]
-    if done:
-        lines += ["## Videos", ""]
-        lines += [f"- [{r.id}]({_link(r.output)})" for r in done[:max_links]]
-        if len(done) > max_links:
-            lines.append(f"- … and {len(done) - max_links} more in results.csv")
-    failed = [r for r in results if r.status.value in ("failed", "invalid")]
-    if failed:
-        lines += ["", "## Failures", ""]
-        lines += [
-            f"- row {r.row} `{r.id}`: {r.error_code}: {r.error_message}" for r in failed[:100]
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _link(path: str) -> str:
-    return path if "://" in path else f"file://{path}" if path.startswith("/") else path

@@ -1,26 +1,120 @@
 """Scale-out: split a batch into shard runs of the same deployment and merge their results.
 
-Each shard is a flow run of the deployment that is running now (``run_deployment``),
-so any worker of the pool picks it up. The account's tasks-in-flight quota holds across
-shards through the Prefect global concurrency limit; the per-second rates are split
-evenly between shards so that together they never exceed the account's.
+Each shard is a flow run of the deployment that is running now, so any worker of the pool
+picks it up. A shard learns which slice it runs from its flow-run tag
+``kf2v-shard:<i>-of-<n>`` (set by the parent), not from parameters, so the deployment's
+form shows nothing internal. The account's tasks-in-flight quota holds across shards
+through the Prefect global concurrency limit; the per-second rates are split evenly
+between shards so that together they never exceed the account's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Optional
 
-from kf2v_tasks.batch.reporting import PrefectReporter
+from kf2v_tasks.batch.reporting import BatchObserver
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, from_csv, to_csv
+from kf2v_tasks.storage.files import read_text, write_text_atomic
+from kf2v_tasks.storage.paths import join
 
 logger = logging.getLogger("kf2v_tasks.batch.sharding")
 
+#: The batch flow's name: shard runs are runs of its current deployment.
+BATCH_FLOW_NAME = "kf2v-generate-batch"
+#: Name of the merged results file (and of an unsharded run's).
+RESULTS_NAME = "results.csv"
 
-def shard_parameters(params: dict[str, Any], index: int, count: int) -> dict[str, Any]:
-    """Parameters of shard ``index``: its slice, its results file, its share of the rates."""
+_TAG = re.compile(r"^kf2v-shard:(\d+)-of-(\d+)$")
+
+
+def shard_tag(index: int, count: int) -> str:
+    """The flow-run tag that tells a run it is shard ``index`` (0-based) of ``count``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import shard_tag
+        assert shard_tag(0, 4) == "kf2v-shard:0-of-4"
+        ```
+    """
+    return f"kf2v-shard:{index}-of-{count}"
+
+
+def shard_from_tags(tags: Iterable[str]) -> tuple[int, int]:
+    """``(index, count)`` from a run's tags; ``(0, 1)`` when it is not a shard.
+
+    Raises:
+        ValueError: a shard tag whose index is not in ``0..count-1``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import shard_from_tags
+        assert shard_from_tags(["kf2v", "kf2v-shard:2-of-4"]) == (2, 4)
+        assert shard_from_tags(["kf2v"]) == (0, 1)
+        ```
+    """
+    for tag in tags:
+        m = _TAG.match(tag)
+        if m:
+            index, count = int(m.group(1)), int(m.group(2))
+            if not 0 <= index < count:
+                raise ValueError(f"flow-run tag {tag!r}: shard {index} is not in 0..{count - 1}")
+            return index, count
+    return 0, 1
+
+
+def results_name_for(index: int, count: int) -> str:
+    """Where a run writes its results under the output folder: a shard's own file, or
+    ``results.csv``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import results_name_for
+        assert results_name_for(0, 1) == "results.csv"
+        assert results_name_for(1, 4) == ".kf2v/shards/results-001.csv"
+        ```
+    """
+    return shard_results_name(index) if count > 1 else RESULTS_NAME
+
+
+def shard_results_name(index: int) -> str:
+    """Where shard ``index`` writes its results.csv, under the output folder.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import shard_results_name
+        assert shard_results_name(3) == ".kf2v/shards/results-003.csv"
+        ```
+    """
+    return f".kf2v/shards/results-{index:03d}.csv"
+
+
+def shard_summary_name(index: int) -> str:
+    """Where shard ``index`` writes its BatchSummary JSON, under the output folder.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import shard_summary_name
+        assert shard_summary_name(3) == ".kf2v/shards/summary-003.json"
+        ```
+    """
+    return f".kf2v/shards/summary-{index:03d}.json"
+
+
+def shard_parameters(params: dict[str, Any], count: int) -> dict[str, Any]:
+    """Parameters of a shard run: the parent's, one shard each, and its share of the rates.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.sharding import shard_parameters
+        p = shard_parameters({"manifest": "m.csv", "concurrency": {"submits_per_second": 2.0}}, 2)
+        assert p["shards"] == 1 and p["concurrency"]["submits_per_second"] == 1.0
+        ```
+    """
     out = dict(params)
     conc = out.get("concurrency")
     if conc is not None:
@@ -28,8 +122,7 @@ def shard_parameters(params: dict[str, Any], index: int, count: int) -> dict[str
         data["submits_per_second"] = data.get("submits_per_second", 2.0) / count
         data["queries_per_second"] = data.get("queries_per_second", 20.0) / count
         out["concurrency"] = data
-    out.update(shards=1, shard_index=index, shard_count=count)
-    out["results_name"] = shard_results_name(index)
+    out["shards"] = 1
     return {
         k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in out.items()
     }
@@ -41,40 +134,46 @@ async def run_shards(
     shards: int,
     *,
     parameters: dict[str, Any],
-    storage_options: dict | None = None,
-    results_name: str = "results.csv",
+    storage_options: Optional[dict] = None,
+    observer: Optional[BatchObserver] = None,
 ) -> BatchSummary:
-    """Run ``shards`` flow runs of the current deployment and merge their results.csv.
+    """Run ``shards`` flow runs of the current deployment and merge their results.
 
     ``parameters`` go to the shards and hold nothing secret; ``storage_options`` (which
     may carry credentials resolved from a block) are used only here, to read the shards'
     results and write the merged file. A shard that did not finish, or left no results,
-    counts as failed: the merged summary says so and the parent run ends Failed.
+    counts as failed: the merged summary says so.
+
+    Raises:
+        ValueError: the current run is not a run of a deployment.
+
+    Example:
+        ```python
+        # inside the batch flow, run from its deployment
+        summary = await run_shards("s3://b/m.csv", "s3://b/out", 4, parameters={})
+        ```
     """
-    from prefect.deployments import run_deployment
+    from prefect.deployments.flow_runs import arun_deployment
     from prefect.logging import get_run_logger
     from prefect.runtime import deployment
 
-    from kf2v_tasks.storage.download import write_text_atomic
-    from kf2v_tasks.storage.paths import join
-
     log = get_run_logger()
     name = deployment.name
-    flow_name = "kf2v-generate-batch"
     if not name:
         raise ValueError(
             "shards > 1 needs a deployment to run the shards on; deploy the flow "
-            "(deployments/prefect.yaml) and trigger the deployment"
+            "(deployments/prefect.yaml) and run the deployment"
         )
     started = time.monotonic()
-    base = dict(parameters, manifest=manifest, output=output)
-    log.info("Splitting %s into %d shard runs of %s/%s", manifest, shards, flow_name, name)
+    base = shard_parameters(dict(parameters, manifest=manifest, output=output), shards)
+    log.info("Splitting %s into %d shard runs of %s/%s", manifest, shards, BATCH_FLOW_NAME, name)
     runs = await asyncio.gather(
         *(
-            run_deployment(
-                name=f"{flow_name}/{name}",
-                parameters=shard_parameters(base, i, shards),
+            arun_deployment(
+                name=f"{BATCH_FLOW_NAME}/{name}",
+                parameters=base,
                 flow_run_name=f"shard-{i + 1}-of-{shards}",
+                tags=[shard_tag(i, shards)],
                 timeout=None,
                 poll_interval=2,
                 as_subflow=True,
@@ -84,24 +183,21 @@ async def run_shards(
     )
     results: list[RowResult] = []
     broken: list[str] = []
+    shard_summaries: list[BatchSummary] = []
     for i, run in enumerate(runs):
-        path = join(output, shard_results_name(i))
         state = run.state
         try:
-            results.extend(from_csv(await read_text(path, storage_options=storage_options)))
+            text = await read_text(
+                join(output, shard_results_name(i)), storage_options=storage_options
+            )
         except FileNotFoundError:
             broken.append(f"shard {i} ({run.id}) wrote no results: {state and state.message}")
             continue
+        results.extend(from_csv(text))
         # A shard whose rows failed ends Failed but wrote its results: that is accounted
         # for row by row. One that crashed or was cancelled may have left rows undone.
         if state is None or not (state.is_completed() or state.is_failed()):
             broken.append(f"shard {i} ({run.id}) ended {state and state.name}")
-    for message in broken:
-        log.error(message)
-    final = join(output, results_name)
-    await write_text_atomic(final, to_csv(results), storage_options=storage_options)
-    shard_summaries = []
-    for i in range(shards):
         try:
             text = await read_text(
                 join(output, shard_summary_name(i)), storage_options=storage_options
@@ -109,6 +205,11 @@ async def run_shards(
             shard_summaries.append(BatchSummary.model_validate_json(text))
         except FileNotFoundError:
             pass
+    for message in broken:
+        log.error(message)
+    results.sort(key=lambda r: r.row)
+    final = join(output, RESULTS_NAME)
+    await write_text_atomic(final, to_csv(results), storage_options=storage_options)
     summary = BatchSummary(
         manifest=manifest,
         output=output,
@@ -124,30 +225,11 @@ async def run_shards(
         currency=shard_summaries[0].currency if shard_summaries else "CNY",
         wall_seconds=round(time.monotonic() - started, 3),
         dry_run=bool(parameters.get("dry_run")),
+        results=results,
     )
     if broken:
         summary.counts["shard_failed"] = len(broken)
     log.info("Merged %d shard results: %s", shards, summary.headline())
-    await PrefectReporter(key_prefix="kf2v-batch").finish(summary, results)
+    if observer is not None:
+        await observer.on_finish(summary)
     return summary
-
-
-async def read_text(path: str, *, storage_options: dict | None = None) -> str:
-    """A small text file from any fsspec URL (FileNotFoundError if missing)."""
-    from kf2v_tasks.storage.paths import open_fs, run_sync
-
-    def _read() -> str:
-        fs, p = open_fs(path, storage_options)
-        return fs.cat_file(p).decode("utf-8")
-
-    return await run_sync(_read)
-
-
-def shard_results_name(index: int) -> str:
-    """Where shard ``index`` writes its results.csv, under the output folder."""
-    return f".kf2v/shards/results-{index:03d}.csv"
-
-
-def shard_summary_name(index: int) -> str:
-    """Where shard ``index`` writes its BatchSummary JSON, under the output folder."""
-    return f".kf2v/shards/summary-{index:03d}.json"

@@ -44,12 +44,23 @@ class _Lease:
 
 
 class HeldSlot:
-    """One taken slot; :meth:`release` gives it back (once, however often it is called)."""
+    """One taken slot; :meth:`release` gives it back (once, however often it is called).
+
+    Example:
+        ```python
+        given_back = []
+        held = HeldSlot(lambda: given_back.append(1))
+        held.release()
+        held.release()
+        assert given_back == [1]
+        ```
+    """
 
     def __init__(self, give_back: Callable[[], None]) -> None:
         self._give_back: Optional[Callable[[], None]] = give_back
 
     def release(self) -> None:
+        """Give the slot back now; later calls do nothing."""
         give_back, self._give_back = self._give_back, None
         if give_back is not None:
             give_back()
@@ -87,7 +98,13 @@ class SlotPool:
 
     @classmethod
     async def create(cls, size: int, gcl_name: Optional[str] = None) -> SlotPool:
-        """A pool that uses ``gcl_name`` only if that limit exists on the Prefect server."""
+        """A pool that uses ``gcl_name`` only if that limit exists on the Prefect server.
+
+        Example:
+            ```python
+            pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
+            ```
+        """
         if gcl_name and not await gcl_exists(gcl_name):
             logger.info(
                 "no global concurrency limit %r on the server; limiting in-process", gcl_name
@@ -151,7 +168,18 @@ class SlotPool:
             held.release()
 
     async def close(self) -> None:
-        """Give every held GCL slot back to the server, and wait until it has them."""
+        """Give every held global-limit slot back to the server, and wait until it has them.
+
+        Example:
+            ```python
+            pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
+            try:
+                async with pool.slot():
+                    ...
+            finally:
+                await pool.close()
+            ```
+        """
         while self._idle:
             self._idle.popleft().release.set()
         for lease in self._all:
@@ -162,7 +190,15 @@ class SlotPool:
 
 
 async def gcl_exists(name: str) -> bool:
-    """Whether the Prefect API knows a global concurrency limit called ``name``."""
+    """Whether the Prefect API knows an active global concurrency limit called ``name``.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.slots import gcl_exists
+        print(asyncio.run(gcl_exists("kf2v-dashscope-tasks")))
+        ```
+    """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 

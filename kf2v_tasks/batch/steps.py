@@ -1,32 +1,44 @@
 """How a batch runs each row step: as its own Prefect task run, or inside one per row.
 
-``per_step`` (the default) makes submit, poll and persist separate task runs per row:
-each is visible, retried and logged on its own in the Prefect UI. Validation is one task
-run for the whole manifest in both modes (``validate-frames-<n>-rows``): it gates
-the batch, reports every bad row by number, column and reason, and a task run per row
-would cost milliseconds of CPU per row before the first submit. ``per_row`` runs the
-same plain coroutines inside a single task run per row; a Prefect task run costs
-several milliseconds of CPU in the flow process and as much again in the API server,
-so for batches of thousands of rows on a small machine that is the lighter choice.
-Both build their Prefect tasks once per run (``with_options`` per row is costly too).
+The steps are the plain generation functions (submit, wait, persist) with the run's one
+client and its :class:`~kf2v_tasks.batch.config.RowConfig`; they never see the runner.
+
+``per_step`` (the default) makes submit, poll and persist separate task runs per row
+(``submit-<row id>``, ``poll-…``, ``persist-…``): each is visible and logged on its own in
+the Prefect UI. ``per_row`` runs the same coroutines inside one task run per row
+(``row-<row id>``): a Prefect task run costs several milliseconds of CPU in the flow
+process and as much again in the API server, so for batches of thousands of rows on a
+small machine that is the lighter choice. Validation is one task run for the whole
+manifest in both modes (``validate-frames-<n>-rows``).
+
+The step tasks are private and take ``(row_id, work)``: they await the closure. The
+public tasks of :mod:`kf2v_tasks.tasks` are not used here: they open a client per call
+and create an artifact per video, which a 10,000-row batch must not pay for. Retries
+happen in one layer, the client's, as for the public tasks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
-from kf2v_tasks.dashscope.models import FramePair, TaskState
+from kf2v_tasks.batch.config import RowConfig
+from kf2v_tasks.batch.manifest import ManifestRow
+from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import wait_for_task
+from kf2v_tasks.events import emit_video_persisted
+from kf2v_tasks.generation.ledger import record_outcome
+from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.submit import Submission, submit_generation
 
-if TYPE_CHECKING:
-    from kf2v_tasks.batch.manifest import ManifestRow
-    from kf2v_tasks.batch.runner import BatchRunner
+T = TypeVar("T")
+Work = Callable[[], Awaitable[T]]
 
 
 class TaskRuns(str, Enum):
@@ -36,128 +48,177 @@ class TaskRuns(str, Enum):
     PER_ROW = "per_row"
 
 
-def _extra(runner: BatchRunner, row: ManifestRow) -> dict[str, Any]:
-    return {"row": row.row_number, "id": row.id, "manifest": runner.manifest_url}
+class RowSteps:
+    """Submit, poll and persist one row as plain coroutines (``per_row`` mode, and the core).
 
+    Example:
+        ```python
+        from kf2v_tasks.batch.config import RowConfig
+        from kf2v_tasks.batch.steps import RowSteps
 
-class TaskSteps:
-    """Each step is one Prefect task run (submit-, poll-, persist-<row id>)."""
+        steps = RowSteps(RowConfig.build("out/"), client)
+        sub = await steps.submit(row, frames, fingerprint)
+        state = await steps.poll(row, sub)
+        video = await steps.persist(row, state, sub, "out/clip.mp4")
+        ```
+    """
 
-    def __init__(self, runner: BatchRunner, client: Any) -> None:
-        from kf2v_tasks.tasks import persist_video, poll_until_done, submit_kf2v
-
-        self.runner = runner
-        self.client = client
-        self._submit = submit_kf2v.with_options(task_run_name="submit-{row_id}")
-        self._poll = poll_until_done.with_options(task_run_name="poll-{row_id}")
-        self._persist = persist_video.with_options(task_run_name="persist-{row_id}")
-
-    async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
-        r = self.runner
-        return await self._submit(
-            frames,
-            row.prompt,
-            row.negative_prompt,
-            row.options,
-            ledger_root=r.output,
-            storage_options=r.storage_options,
-            ambiguous_policy=r.ambiguous_policy,
-            row_id=row.id,
-            client=self.client,
-        )
-
-    async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
-        r = self.runner
-        return await self._poll(
-            sub.task_id,
-            schedule=r.polling.schedule,
-            deadline_seconds=r.polling.deadline_seconds,
-            queue_deadline_seconds=r.polling.queue_deadline_seconds,
-            client=self.client,
-            ledger_root=r.output,
-            fingerprint=sub.fingerprint,
-            storage_options=r.storage_options,
-            row_id=row.id,
-        )
-
-    async def persist(
-        self, row: ManifestRow, state: TaskState, sub: Submission, dest: str
-    ) -> PersistedVideo:
-        r = self.runner
-        return await self._persist(
-            state,
-            dest,
-            submission=sub,
-            ledger_root=r.output,
-            storage_options=r.storage_options,
-            extra=_extra(r, row),
-            client=self.client,
-            row_id=row.id,
-        )
-
-
-class PlainSteps:
-    """The same steps as plain coroutines, for use inside one task run per row."""
-
-    def __init__(self, runner: BatchRunner, client: Any) -> None:
-        self.runner = runner
+    def __init__(self, config: RowConfig, client: Any) -> None:
+        self.config = config
         self.client = client
 
+    def _extra(self, row: ManifestRow) -> dict[str, Any]:
+        """What the sidecar says about the row it came from."""
+        return {"row": row.row_number, "id": row.id, "manifest": self.config.manifest_url}
+
     async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
-        r = self.runner
+        """Create the row's remote task, or re-attach to the one the ledger knows."""
+        c = self.config
         return await submit_generation(
             self.client,
             frames,
             row.prompt,
             row.negative_prompt,
             row.options,
-            ledger=r.ledger,
-            ambiguous_policy=r.ambiguous_policy,
+            ledger=c.ledger,
+            ambiguous_policy=c.ambiguous_policy,
             row_id=row.id,
-            storage_options=r.storage_options,
+            storage_options=c.storage_options,
         )
 
     async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
-        from kf2v_tasks.tasks import record_outcome
-
-        r = self.runner
+        """Wait for the task to end; record how it ended so a dead task is never reused."""
+        c = self.config
         try:
             state = await wait_for_task(
                 self.client,
                 sub.task_id,
-                schedule=r.polling.schedule,
-                deadline=r.polling.deadline_seconds,
-                queue_deadline=r.polling.queue_deadline_seconds,
+                schedule=c.polling.schedule,
+                deadline=c.polling.deadline_seconds,
+                queue_deadline=c.polling.queue_deadline_seconds,
             )
         except Exception as exc:
-            await record_outcome(r.ledger, sub.fingerprint, exc)
+            await record_outcome(c.ledger, sub.fingerprint, exc)
             raise
-        await record_outcome(r.ledger, sub.fingerprint, state)
+        await record_outcome(c.ledger, sub.fingerprint, state)
         return state
 
     async def persist(
         self, row: ManifestRow, state: TaskState, sub: Submission, dest: str
     ) -> PersistedVideo:
-        r = self.runner
-        return await persist_task_video(
+        """Keep the video and its sidecar at ``dest``, then emit ``kf2v.video.persisted``."""
+        c = self.config
+        video = await persist_task_video(
             state,
             dest,
             client=self.client,
             submission=sub,
-            ledger=r.ledger,
-            storage_options=r.storage_options,
-            extra=_extra(r, row),
+            ledger=c.ledger,
+            storage_options=c.storage_options,
+            extra=self._extra(row),
+            price_table=c.prices,
         )
+        emit_video_persisted(video, row_id=row.id, row=row.row_number)
+        return video
+
+
+class TaskSteps(RowSteps):
+    """The same steps, each one Prefect task run (``submit-``, ``poll-``, ``persist-<row id>``).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.config import RowConfig
+        from kf2v_tasks.batch.steps import TaskSteps
+
+        steps = TaskSteps(RowConfig.build("out/"), client)   # inside a flow run
+        sub = await steps.submit(row, frames, fingerprint)    # task run "submit-<row id>"
+        ```
+    """
+
+    async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
+        """:meth:`RowSteps.submit` as the task run ``submit-<row id>``."""
+        work = super().submit
+        return await _submit_step(row.id, lambda: work(row, frames, fingerprint))
+
+    async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
+        """:meth:`RowSteps.poll` as the task run ``poll-<row id>``."""
+        work = super().poll
+        return await _poll_step(row.id, lambda: work(row, sub))
+
+    async def persist(
+        self, row: ManifestRow, state: TaskState, sub: Submission, dest: str
+    ) -> PersistedVideo:
+        """:meth:`RowSteps.persist` as the task run ``persist-<row id>``."""
+        work = super().persist
+        return await _persist_step(row.id, lambda: work(row, state, sub, dest))
+
+
+def make_steps(task_runs: TaskRuns, config: RowConfig, client: Any) -> RowSteps:
+    """The row steps for ``task_runs``: task runs per step, or plain (inside one per row).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.steps import TaskRuns, make_steps
+        steps = make_steps(TaskRuns.PER_STEP, config, client)
+        ```
+    """
+    return RowSteps(config, client) if task_runs is TaskRuns.PER_ROW else TaskSteps(config, client)
+
+
+# The step tasks run the closure they are given; NO_CACHE because a closure has no stable
+# cache key, and idempotency comes from the ledger, not from Prefect's result cache.
+
+
+@task(
+    name="kf2v submit",
+    description="Creates the row's kf2v task, or re-attaches to the one already created.",
+    cache_policy=NO_CACHE,
+    task_run_name="submit-{row_id}",
+)
+async def _submit_step(row_id: str, work: Work[Submission]) -> Submission:
+    sub = await work()
+    log = get_run_logger()
+    log.info("%s task %s", "Re-attached to" if sub.reused else "Created", sub.task_id)
+    if sub.possible_duplicate:
+        log.warning("Task %s may be a duplicate (after an ambiguous create)", sub.task_id)
+    return sub
+
+
+@task(
+    name="kf2v poll",
+    description="Waits for the row's kf2v task to end, within the polling deadlines.",
+    cache_policy=NO_CACHE,
+    task_run_name="poll-{row_id}",
+)
+async def _poll_step(row_id: str, work: Work[TaskState]) -> TaskState:
+    return await work()
+
+
+@task(
+    name="kf2v persist",
+    description="Streams the row's video and its JSON sidecar to the output folder.",
+    cache_policy=NO_CACHE,
+    cache_result_in_memory=False,
+    task_run_name="persist-{row_id}",
+)
+async def _persist_step(row_id: str, work: Work[PersistedVideo]) -> PersistedVideo:
+    return await work()
 
 
 @task(
     name="kf2v row",
-    description="Validate-free row pipeline: submit, poll and persist in one task run.",
+    description="Submits, polls and persists one manifest row in one task run.",
     cache_policy=NO_CACHE,
     task_run_name="row-{row_id}",
 )
-async def run_row_task(row_id: str, work: Any) -> Any:
-    """One task run for a whole row (``task_runs="per_row"``); ``work`` is the row coroutine."""
+async def run_row_task(row_id: str, work: Work[Any]) -> Any:
+    """One task run for a whole row (``task_runs="per_row"``); awaits ``work()``.
+
+    Example:
+        ```python
+        result = await run_row_task("shot1", lambda: generate_row(row))
+        ```
+    """
     return await work()
 
 
@@ -167,6 +228,14 @@ async def run_row_task(row_id: str, work: Any) -> Any:
     cache_policy=NO_CACHE,
     task_run_name="validate-frames-{rows}-rows",
 )
-async def validate_manifest_task(rows: int, work: Any) -> Any:
-    """One task run for the batch's validation; ``work`` checks every row."""
+async def validate_manifest_task(rows: int, work: Work[Any]) -> Any:
+    """One task run for the batch's validation: the ``gate`` of :func:`plan_batch`.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.plan import plan_batch
+        from kf2v_tasks.batch.steps import validate_manifest_task
+        plan = await plan_batch("manifest.csv", "out/", gate=validate_manifest_task)
+        ```
+    """
     return await work()

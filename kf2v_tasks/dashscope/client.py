@@ -1,9 +1,12 @@
 """Async HTTP client for the DashScope kf2v API (create, query, cancel, list, upload).
 
-One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient`. Errors come back typed
-(see :mod:`kf2v_tasks.errors`): transient ones are retried here with backoff, permanent
-ones raise at once, and a create whose outcome is unknown raises
-:class:`~kf2v_tasks.errors.AmbiguousCreateError` without ever being resent.
+One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient`. Answers become typed errors
+through the one table in :mod:`kf2v_tasks.dashscope.responses`. Every request goes through
+the client's :class:`~kf2v_tasks.retry.RetryPolicy` (the only retry layer: Prefect tasks do
+not retry on top of it): at most ``retry.max_attempts`` attempts in total, the first
+included (8 by default). A create is resent only when it certainly created no task
+(429, 503, connection never established); anything that leaves its outcome open raises
+:class:`~kf2v_tasks.errors.AmbiguousCreateError` at once and is never resent.
 
 The API key lives only in the ``Authorization`` header of DashScope requests. It is
 not in the client's repr, nor in any log line or error message this module produces
@@ -20,7 +23,6 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from enum import Enum
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union
@@ -38,28 +40,29 @@ from kf2v_tasks.dashscope.models import (
     TaskState,
     TaskStatus,
 )
-from kf2v_tasks.errors import (
-    AccessDeniedError,
-    AmbiguousCreateError,
-    ApiError,
-    AuthenticationError,
-    ConnectionFailedError,
-    ContentRejectedError,
-    InvalidRequestError,
-    QuotaExhaustedError,
-    ServerError,
-    ThrottledError,
-    UnsupportedOperationError,
-    is_transient,
+from kf2v_tasks.dashscope.responses import (
+    MAX_ERROR_TEXT,
+    bad_body_error,
+    create_error,
+    create_retryable,
+    error_from_oss_response,
+    error_from_response,
+    error_from_transport,
+    json_object,
+    request_id_of,
+    unusable_create_answer,
 )
+from kf2v_tasks.errors import ThrottledError, is_transient
+from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.retry import RetryPolicy, retry_call
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_HTTP_LIMITS",
     "DEFAULT_TIMEOUT",
+    "MAX_ERROR_TEXT",
     "Kf2vClient",
-    "error_from_response",
+    "error_from_response",  # re-exported from kf2v_tasks.dashscope.responses
 ]
 
 logger = logging.getLogger("kf2v_tasks.dashscope.client")
@@ -72,14 +75,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 DEFAULT_HTTP_LIMITS = httpx.Limits(
     max_connections=64, max_keepalive_connections=32, keepalive_expiry=5.0
 )
-#: Longest excerpt of a non-JSON error body kept in an exception message.
-MAX_ERROR_TEXT = 200
-
 _TASKS_PATH = "/tasks"
 _UPLOADS_PATH = "/uploads"
-
-# Transport failures after which the request certainly never reached the server.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 _KEY_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII only: no whitespace, no CR/LF
 
@@ -94,10 +91,6 @@ class _BearerAuth(httpx.Auth):
         request.headers["Authorization"] = f"Bearer {self._key}"
         yield request
 
-    def scrub(self, text: str) -> str:
-        """``text`` with the key blanked out (for server text that might echo it)."""
-        return text.replace(self._key, "[secure]")
-
     def __repr__(self) -> str:
         return "<BearerAuth [secure]>"
 
@@ -111,7 +104,10 @@ class Kf2vClient:
         workspace: workspace id, sent as ``X-DashScope-WorkSpace``.
         limits: the account quota shared by every caller; creates wait on its
             ``submit_limiter`` and task queries on its ``query_limiter``.
-        retry: backoff for transient errors (default :class:`RetryPolicy()`).
+        retry: the one retry budget of every request (default :class:`RetryPolicy()`: at
+            most 8 attempts in total, the first included, with waits of 1, 2, 4, 8, 16, 32
+            and 60 service seconds between them, at most 123 s in all unless the server's
+            ``Retry-After`` asks for longer). Each attempt is bounded by ``timeout``.
         timeout: httpx timeouts (default connect 10 s, read 60 s, write 60 s, pool 10 s).
         transport: an httpx transport, e.g. ``httpx.MockTransport`` in tests.
         user_agent: ``User-Agent`` header (default ``kf2v-tasks/<version> httpx/<version>``).
@@ -184,6 +180,11 @@ class Kf2vClient:
             )
         return self._downloads
 
+    @property
+    def _secrets(self) -> tuple[str]:
+        # Blanked out of any server text we keep; a property, so never in vars(client).
+        return (self._auth._key,)
+
     def __repr__(self) -> str:
         return f"Kf2vClient(base_url={self.base_url!r}, workspace={self.workspace!r})"
 
@@ -219,9 +220,12 @@ class Kf2vClient:
     ) -> TaskState:
         """Submit a generation: ``POST {base}/services/aigc/image2video/video-synthesis``.
 
-        Only failures that certainly created no task are retried (throttling, 503,
-        connection never established). Anything else that leaves the outcome open
-        raises :class:`AmbiguousCreateError` at once: the task may exist and be billed.
+        Only failures that certainly created no task are retried (429 throttling, 503,
+        connection never established), at most ``self.retry.max_attempts`` POSTs in total,
+        the first included (8 by default). Anything that leaves the outcome open (500, 502,
+        504, 408, a timeout or reset after sending, an unusable 200) raises
+        :class:`AmbiguousCreateError` after that one POST: it is never resent, because the
+        task may exist and be billed. Refusals (4xx) raise at once, after one POST.
 
         Args:
             request: the generation to create.
@@ -261,30 +265,14 @@ class Kf2vClient:
                 before_send=before_send,
             )
             if not response.is_success:
-                error = self._error(response)
-                if _create_may_have_happened(error):
-                    raise AmbiguousCreateError(
-                        f"create answered HTTP {error.status_code} {error.code}; "
-                        f"a task may exist (request_id={error.request_id})",
-                        cause=error,
-                    )
-                raise error
+                raise create_error(response, secrets=self._secrets) from None
             state = _parse_state(response)
             if state is None or not state.task_id:
-                raise AmbiguousCreateError(
-                    f"create answered HTTP {response.status_code} without a usable task id; "
-                    f"a task may exist (request_id={_request_id(response, None)})",
-                    cause=ServerError(
-                        "InvalidResponse",
-                        self._scrub(_excerpt(response)),
-                        status_code=response.status_code,
-                        request_id=_request_id(response, None),
-                    ),
-                )
+                raise unusable_create_answer(response, secrets=self._secrets) from None
             return state
 
         return await self._with_retries(
-            attempt, "POST", CREATE_PATH, limiter=limiter, is_retryable=_create_retryable
+            attempt, "POST", CREATE_PATH, limiter=limiter, is_retryable=create_retryable
         )
 
     async def get_task(self, task_id: str) -> TaskState:
@@ -292,7 +280,9 @@ class Kf2vClient:
 
         Any HTTP 200 body becomes a :class:`TaskState`, including ``FAILED`` (with
         ``code``/``message``), ``CANCELED`` and ``UNKNOWN`` (no such task, or expired):
-        interpreting them is the caller's job. Transient errors are retried.
+        interpreting them is the caller's job. Transient errors (429, 5xx, transport
+        failures, an unreadable 200) are retried: at most ``self.retry.max_attempts``
+        GETs in total, the first included (8 by default); other errors raise at once.
 
         Example:
             ```python
@@ -307,10 +297,10 @@ class Kf2vClient:
         async def attempt() -> TaskState:
             response = await self._send("GET", path, limiter=limiter)
             if not response.is_success:
-                raise self._error(response)
+                raise error_from_response(response, secrets=self._secrets) from None
             state = _parse_state(response)
             if state is None:
-                raise self._bad_body(response)
+                raise bad_body_error(response, secrets=self._secrets) from None
             if not state.task_id:
                 state.task_id = task_id
             return state
@@ -319,6 +309,9 @@ class Kf2vClient:
 
     async def cancel_task(self, task_id: str) -> None:
         """Cancel a PENDING task: ``POST {base}/tasks/{task_id}/cancel`` (empty body).
+
+        Transient errors are retried: at most ``self.retry.max_attempts`` POSTs in total,
+        the first included (8 by default). Resending a cancel is harmless.
 
         Raises:
             UnsupportedOperationError: the task is no longer PENDING. (If an earlier
@@ -336,7 +329,7 @@ class Kf2vClient:
         async def attempt() -> None:
             response = await self._send("POST", path, limiter=limiter, content=b"")
             if not response.is_success:
-                raise self._error(response)
+                raise error_from_response(response, secrets=self._secrets) from None
 
         await self._with_retries(attempt, "POST", path, limiter=limiter)
 
@@ -355,7 +348,8 @@ class Kf2vClient:
         ``start_time``/``end_time`` are ``YYYYMMDDhhmmss`` strings or datetimes (naive
         ones are taken as service time, UTC+8). The answer looks like
         ``{"total", "data": [...], "total_page", "page_no", "page_size", "request_id"}``
-        with epoch-millisecond times.
+        with epoch-millisecond times. Transient errors are retried: at most
+        ``self.retry.max_attempts`` GETs in total, the first included (8 by default).
 
         Example:
             ```python
@@ -377,10 +371,10 @@ class Kf2vClient:
         async def attempt() -> dict[str, Any]:
             response = await self._send("GET", _TASKS_PATH, limiter=limiter, params=params)
             if not response.is_success:
-                raise self._error(response)
-            body = _json_object(response)
+                raise error_from_response(response, secrets=self._secrets) from None
+            body = json_object(response)
             if body is None:
-                raise self._bad_body(response)
+                raise bad_body_error(response, secrets=self._secrets) from None
             return body
 
         return await self._with_retries(attempt, "GET", _TASKS_PATH, limiter=limiter)
@@ -392,7 +386,9 @@ class Kf2vClient:
         then posts the file to the policy's OSS host as multipart form data *without*
         DashScope credentials. The URL is valid for 48 h, for ``model`` only, and needs
         ``X-DashScope-OssResourceResolve: enable`` on create (``create_task`` adds it).
-        Transient failures retry the pair with a fresh policy (so a fresh object key).
+        Transient failures of either step retry the pair with a fresh policy (so a fresh
+        object key): at most ``self.retry.max_attempts`` pairs in total, the first
+        included (8 by default), so at most twice that many requests.
 
         Example:
             ```python
@@ -409,11 +405,11 @@ class Kf2vClient:
         async def attempt() -> str:
             response = await self._send("GET", _UPLOADS_PATH, params=params)
             if not response.is_success:
-                raise self._error(response)
-            body = _json_object(response)
+                raise error_from_response(response, secrets=self._secrets) from None
+            body = json_object(response)
             policy = body.get("data") if body else None
             if not isinstance(policy, dict) or not policy.get("upload_host"):
-                raise self._bad_body(response)
+                raise bad_body_error(response, secrets=self._secrets) from None
             key = f"{policy.get('upload_dir', '').rstrip('/')}/{name}".lstrip("/")
             fields = {  # order as the official SDK sends them
                 "OSSAccessKeyId": str(policy.get("oss_access_key_id", "")),
@@ -433,7 +429,7 @@ class Kf2vClient:
                 files={"file": (name, data, content_type)},
             )
             if upload.status_code != 200:
-                raise self._error(upload, oss=True)
+                raise error_from_oss_response(upload, secrets=self._secrets) from None
             return f"oss://{key}"
 
         return await self._with_retries(attempt, "upload", name)
@@ -469,8 +465,7 @@ class Kf2vClient:
             shown = path_or_url
         else:
             url = path_or_url
-            parts = urlsplit(url)
-            shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+            shown = redact_url(url)
         request = self._http.build_request(method, url, headers=all_headers, **kwargs)
         failure: Optional[Exception] = None
         try:
@@ -479,34 +474,22 @@ class Kf2vClient:
             else:
                 response = await self._http.send(request, auth=None)
         except httpx.HTTPError as exc:
-            failure = self._transport_failure(exc, method, shown, create=create)
+            failure = error_from_transport(
+                exc, method=method, shown=shown, create=create, secrets=self._secrets
+            )
+            logger.debug("%s %s -> %s", method, shown, failure)
         if failure is not None:
             # Raised outside the ``except``: the httpx error (which holds the request
             # and its Authorization header) is neither cause nor context.
-            raise failure
+            raise failure from None
         logger.debug(
             "%s %s -> %s (request_id=%s)",
             method,
             shown,
             response.status_code,
-            _request_id(response, None),
+            request_id_of(response, None),
         )
         return response
-
-    def _transport_failure(
-        self, exc: httpx.HTTPError, method: str, shown: str, *, create: bool
-    ) -> Exception:
-        sent = not isinstance(exc, _NOT_SENT)
-        what = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
-        logger.debug(
-            "%s %s -> %s (request %s)", method, shown, what, "sent" if sent else "not sent"
-        )
-        if create and sent:
-            return AmbiguousCreateError(
-                f"create: {what} after the request was sent; a task may exist",
-                cause=ConnectionFailedError(what, request_sent=True),
-            )
-        return ConnectionFailedError(f"{method} {shown}: {what}", request_sent=sent)
 
     async def _with_retries(
         self,
@@ -532,193 +515,18 @@ class Kf2vClient:
 
         return await retry_call(attempt, self.retry, is_retryable=is_retryable, on_retry=on_retry)
 
-    def _bad_body(self, response: httpx.Response) -> ServerError:
-        return ServerError(
-            "InvalidResponse",
-            f"unparsable answer: {self._scrub(_excerpt(response))}",
-            status_code=response.status_code,
-            request_id=_request_id(response, None),
-        )
-
-    def _error(self, response: httpx.Response, *, oss: bool = False) -> ApiError:
-        if oss:
-            return _oss_error(response, secret=self._auth._key)
-        return error_from_response(response, secret=self._auth._key)
-
-    def _scrub(self, text: str) -> str:
-        return self._auth.scrub(text)
-
-
-# ---------------------------------------------------------------------- classification
-
-
-def _create_retryable(exc: BaseException) -> bool:
-    """Create failures that certainly created no task."""
-    if isinstance(exc, ThrottledError):
-        return True
-    if isinstance(exc, ServerError):
-        return exc.status_code == 503
-    if isinstance(exc, ConnectionFailedError):
-        return not exc.request_sent
-    return False
-
-
-def _create_may_have_happened(error: ApiError) -> bool:
-    """An error answer to a create after which a task may still exist."""
-    if isinstance(error, ServerError):
-        return error.status_code != 503  # 500, 502, 504, 408 and other 5xx
-    return False
-
-
-_QUOTA_CODES = frozenset({"Arrearage", "CommodityNotPurchased", "AllocationQuota.FreeTierOnly"})
-_CONTENT_CODES = ("DataInspectionFailed", "IPInfringementSuspect")
-_INVALID_PREFIXES = ("InvalidParameter", "BadRequest", "InvalidURL", "InvalidImage")
-
-
-def error_from_response(response: httpx.Response, *, secret: Optional[str] = None) -> ApiError:
-    """The typed error for a non-2xx DashScope answer (flat ``{code, message, request_id}``).
-
-    Non-JSON bodies give code ``"Unknown"`` and a truncated excerpt as the message.
-    ``secret``, if given, is blanked out of the server's text.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.client import error_from_response
-        r = httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"},
-                           headers={"Retry-After": "3"})
-        err = error_from_response(r)   # ThrottledError, err.retry_after == 3.0
-        ```
-    """
-    status = response.status_code
-    body = _json_object(response)
-    if body is not None and (body.get("code") or body.get("message")):
-        code = str(body.get("code") or "Unknown")
-        message = str(body.get("message") or "")
-    else:
-        code, message = "Unknown", _excerpt(response)
-    if secret:
-        message = message.replace(secret, "[secure]")
-    kwargs: dict[str, Any] = {
-        "status_code": status,
-        "request_id": _request_id(response, body),
-    }
-
-    cls: type[ApiError]
-    if code == "UnsupportedOperation":
-        cls = UnsupportedOperationError
-    elif code.startswith(_CONTENT_CODES):
-        cls = ContentRejectedError
-    elif (
-        code in _QUOTA_CODES
-        or code.endswith("BillOverdue")
-        or message.strip().startswith("Free allocated quota exceeded")
-    ):
-        cls = QuotaExhaustedError
-    elif status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = AccessDeniedError
-    elif status == 429:
-        cls = ThrottledError
-        kwargs["retry_after"] = _retry_after(response)
-    elif status == 408 or status >= 500:
-        cls = ServerError
-    elif code.startswith(_INVALID_PREFIXES) or 400 <= status < 500:
-        cls = InvalidRequestError
-    else:  # 1xx/3xx: not expected from the API
-        cls = ServerError
-    return cls(code, message, **kwargs)
-
-
-def _oss_error(response: httpx.Response, *, secret: Optional[str] = None) -> ApiError:
-    """Error for an OSS PostObject answer (XML ``<Code>``/``<Message>``, not JSON)."""
-    text = response.text if response.content else ""
-    code = _xml_tag(text, "Code") or "Unknown"
-    message = _xml_tag(text, "Message") or _excerpt(response)
-    if secret:
-        message = message.replace(secret, "[secure]")
-    request_id = _xml_tag(text, "RequestId") or response.headers.get("x-oss-request-id")
-    status = response.status_code
-    cls: type[ApiError]
-    if status == 429:
-        cls = ThrottledError
-    elif status == 403:
-        cls = AccessDeniedError
-    elif status == 408 or status >= 500 or status < 400:
-        cls = ServerError
-    else:
-        cls = InvalidRequestError
-    return cls(
-        f"OSS.{code}",
-        message,
-        status_code=status,
-        request_id=request_id,
-        retry_after=_retry_after(response) if status == 429 else None,
-    )
-
 
 # ---------------------------------------------------------------------- small helpers
 
 
-def _json_object(response: httpx.Response) -> Optional[dict[str, Any]]:
-    try:
-        body = response.json()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _parse_state(response: httpx.Response) -> Optional[TaskState]:
-    body = _json_object(response)
+    body = json_object(response)
     if body is None or not isinstance(body.get("output"), dict):
         return None
     try:
         return TaskState.from_response(body)
     except ValueError:  # pydantic.ValidationError is a ValueError
         return None
-
-
-def _request_id(response: httpx.Response, body: Optional[dict[str, Any]]) -> Optional[str]:
-    if body is None:
-        body = _json_object(response) if response.content[:1] == b"{" else None
-    rid = body.get("request_id") if body else None
-    return str(rid) if rid else response.headers.get("x-request-id")
-
-
-def _excerpt(response: httpx.Response) -> str:
-    try:
-        text = response.text
-    except (UnicodeDecodeError, LookupError):
-        text = response.content.decode("utf-8", "replace")
-    text = " ".join(text.split())
-    if len(text) > MAX_ERROR_TEXT:
-        text = text[: MAX_ERROR_TEXT - 1] + "…"
-    return text or f"empty body (HTTP {response.status_code})"
-
-
-def _retry_after(response: httpx.Response) -> Optional[float]:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    raw_ms = response.headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = response.headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
 def _enum_value(value: Union[Enum, str]) -> str:
@@ -738,8 +546,3 @@ def _list_time(value: Union[datetime, str]) -> str:
             value = value.astimezone(SERVICE_TZ)
         return value.strftime("%Y%m%d%H%M%S")
     return value
-
-
-def _xml_tag(text: str, tag: str) -> Optional[str]:
-    match = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
-    return match.group(1).strip() if match else None

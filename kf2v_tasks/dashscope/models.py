@@ -1,4 +1,4 @@
-"""Typed models of the kf2v wire protocol: requests, task states, usage and frames.
+"""Typed models of the kf2v wire protocol: requests, task states and usage.
 
 The simulator imports the *constants and enums* from here (model names, resolutions,
 limits) so both sides agree on the documented protocol; it never uses the client's
@@ -7,11 +7,9 @@ request building or parsing code, so it can still catch the client's mistakes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from datetime import datetime, timedelta, timezone
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,7 +27,7 @@ SERVICE_TZ = timezone(timedelta(hours=8))
 SERVICE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-class Kf2vModel(str, Enum):
+class Kf2vModel(StrEnum):
     """The kf2v models the service offers."""
 
     WAN22_FLASH = "wan2.2-kf2v-flash"
@@ -37,7 +35,7 @@ class Kf2vModel(str, Enum):
     WAN21_PLUS = "wan2.1-kf2v-plus"  # Singapore (international) name
 
 
-class Resolution(str, Enum):
+class Resolution(StrEnum):
     """Resolution tier: it sets the pixel count; the aspect ratio follows the first frame."""
 
     P480 = "480P"
@@ -60,7 +58,7 @@ RESOLUTION_PIXELS: dict[Resolution, int] = {
 }
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(StrEnum):
     """Lifecycle of a remote task: PENDING → RUNNING → SUCCEEDED | FAILED; CANCELED; UNKNOWN."""
 
     PENDING = "PENDING"
@@ -91,7 +89,13 @@ class GenerationOptions(BaseModel):
         ```
     """
 
-    model_config = ConfigDict(frozen=True, use_enum_values=False)
+    model_config = ConfigDict(
+        frozen=True,
+        use_enum_values=False,
+        json_schema_extra={
+            "description": "Model, resolution, seed, prompt rewriting and watermark."
+        },
+    )
 
     model: Kf2vModel = Field(
         default=Kf2vModel.WAN22_FLASH, description="kf2v model to generate with."
@@ -213,36 +217,6 @@ def warn_if_truncated(field: str, value: Optional[str], limit: int) -> None:
         )
 
 
-def fingerprint(
-    options: GenerationOptions,
-    prompt: Optional[str],
-    negative_prompt: Optional[str],
-    first_sha256: str,
-    last_sha256: str,
-) -> str:
-    """Content fingerprint of a piece of work: same fingerprint, same (paid) video.
-
-    It hashes the frames' bytes (not their URLs, which differ between a data URI and
-    an upload of the same file), the prompts and every generation parameter.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions, fingerprint
-        fp = fingerprint(GenerationOptions(), "a cat", None, "ab" * 32, "cd" * 32)
-        ```
-    """
-    doc = {
-        "v": 1,
-        "model": options.model.value,
-        "parameters": options.parameters(),
-        "prompt": prompt or "",
-        "negative_prompt": negative_prompt or "",
-        "first": first_sha256,
-        "last": last_sha256,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
 def parse_service_time(value: Any) -> Optional[datetime]:
     """Parse DashScope's ``"YYYY-MM-DD HH:mm:ss.SSS"`` (UTC+8) into an aware datetime."""
     if not value or not isinstance(value, str):
@@ -262,7 +236,15 @@ def format_service_time(value: datetime) -> str:
 
 
 class Usage(BaseModel):
-    """Billing usage of a SUCCEEDED task (``SR`` on 2.2 models, ``video_ratio`` on 2.1)."""
+    """Billing usage of a SUCCEEDED task (``SR`` on 2.2 models, ``video_ratio`` on 2.1).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.models import Usage
+        usage = Usage.model_validate({"video_duration": 5, "video_count": 1, "SR": 480})
+        assert usage.resolution == "480P" and usage.video_duration == 5
+        ```
+    """
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
@@ -270,6 +252,16 @@ class Usage(BaseModel):
     video_count: Optional[int] = None
     sr: Optional[int] = Field(default=None, alias="SR")
     video_ratio: Optional[str] = None
+
+    @property
+    def resolution(self) -> Optional[Resolution]:
+        """The tier ``SR`` reports (2.2 models); ``None`` on 2.1 models or an unknown value."""
+        if self.sr is None:
+            return None
+        try:
+            return Resolution(f"{self.sr}P")
+        except ValueError:
+            return None
 
 
 class StatusChange(BaseModel):
@@ -330,43 +322,3 @@ class TaskState(BaseModel):
             message=out.get("message"),
             usage=Usage.model_validate(usage) if isinstance(usage, dict) else None,
         )
-
-
-class FrameTransport(str, Enum):
-    """How a validated frame travels to the service."""
-
-    URL = "url"  # public http(s) URL passed through
-    DATA_URI = "data_uri"  # small file inlined as base64
-    UPLOAD = "upload"  # larger file through the temporary (oss://) upload
-
-
-class FrameInfo(BaseModel):
-    """A frame that passed validation: where it is, what it is, how it will be sent.
-
-    The bytes are not kept here (results stay small); ``prepare_frame`` re-reads the
-    source at submit time and checks its sha256 against this record.
-    """
-
-    source: str = Field(description="The frame as the user gave it (path or URL).")
-    sha256: str
-    size_bytes: int
-    width: int
-    height: int
-    format: str = Field(description="Image format as Pillow names it (JPEG, PNG, BMP, WEBP).")
-    mode: str = Field(description="Pillow colour mode, e.g. RGB, RGBA, L.")
-    has_alpha: bool = False
-    transport: FrameTransport
-    warnings: list[str] = Field(default_factory=list)
-
-    @property
-    def aspect_ratio(self) -> float:
-        """Width over height."""
-        return self.width / self.height
-
-
-class FramePair(BaseModel):
-    """The first and last frame of one generation, both validated."""
-
-    first: FrameInfo
-    last: FrameInfo
-    warnings: list[str] = Field(default_factory=list)

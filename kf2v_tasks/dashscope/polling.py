@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import StatusChange, TaskState, TaskStatus
@@ -48,6 +48,11 @@ class PollSchedule(BaseModel):
         fast = PollSchedule(min_interval=2.0)   # lower detection lag, more queries
         ```
     """
+
+    # One line for the Prefect UI form (the docstring carries an example).
+    model_config = ConfigDict(
+        json_schema_extra={"description": "When to ask again, in seconds of service time."}
+    )
 
     first_poll: float = Field(default=10.0, gt=0, description="Delay before the first query.")
     pending_interval: float = Field(default=15.0, gt=0, description="Interval while PENDING.")
@@ -116,6 +121,9 @@ async def wait_for_task(
         TaskExpiredError: UNKNOWN (no such task, or older than 24 h).
         QueueTimeoutError: still PENDING past ``queue_deadline``; it was cancelled.
         TaskTimeoutError: still running past ``deadline``.
+        TransientError: queries kept failing (each after the client's own retries) until
+            ``deadline``; a query that fails earlier is simply asked again on schedule.
+        PermanentError: a query the service refused (bad id, auth).
     """
     schedule = schedule or PollSchedule()
     history: list[StatusChange] = []

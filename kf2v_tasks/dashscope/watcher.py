@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import TaskState, TaskStatus
-from kf2v_tasks.errors import Kf2vError, PermanentError
+from kf2v_tasks.errors import Kf2vError, PermanentError, TransientError
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
@@ -58,6 +58,7 @@ class Watch:
     status: Optional[TaskStatus] = None
     list_misses: int = 0
     list_blind: bool = False
+    failed_queries: int = 0
     fetching: bool = False
     inbox: asyncio.Queue[Union[TaskState, BaseException]] = field(default_factory=asyncio.Queue)
 
@@ -89,8 +90,8 @@ class Watch:
 class TaskWatcher:
     """Polls every task a :class:`~kf2v_tasks.dashscope.client.Kf2vClient` waits on, in one loop.
 
-    Use :func:`watcher_for` to get the client's watcher; :func:`~kf2v_tasks.dashscope.polling.wait_for_task`
-    does, so callers rarely touch this class.
+    Use :func:`watcher_for` to get the client's watcher;
+    :func:`~kf2v_tasks.dashscope.polling.wait_for_task` does, so callers rarely touch it.
 
     Example:
         ```python
@@ -215,6 +216,19 @@ class TaskWatcher:
     async def _fetch(self, w: Watch, *, listed: bool) -> None:
         try:
             state = await self._client.get_task(w.task_id)
+        except TransientError as exc:
+            # The client spent its retries on this query. The task itself is unharmed: ask
+            # again on the schedule, until the waiter's own deadline (which stays exact).
+            now = clock.now()
+            if now - w.started >= w.deadline:
+                w.inbox.put_nowait(exc)
+            else:
+                w.failed_queries += 1
+                logger.info(
+                    "query of task %s failed for now (%s); asking again later", w.task_id, exc
+                )
+                self._schedule(w, now)
+            return
         except Exception as exc:  # the waiter raises it and unregisters
             w.inbox.put_nowait(exc)
             return

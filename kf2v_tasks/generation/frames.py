@@ -26,23 +26,26 @@ import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any, Optional, Union
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kf2v_tasks import clock
-from kf2v_tasks.dashscope.models import FrameInfo, FramePair, FrameTransport, Kf2vModel
+from kf2v_tasks.dashscope.models import Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.storage.paths import basename, forget_cached, open_fs, run_sync
+from kf2v_tasks.generation.frame_source import (
+    MIB,
+    display_source,
+    is_http,
+    read_frame_bytes,
+    too_large,
+)
+from kf2v_tasks.generation.models import FrameInfo, FramePair, FrameTransport
+from kf2v_tasks.storage.paths import basename
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
 logger = logging.getLogger("kf2v_tasks.generation.frames")
-
-MIB = 1024 * 1024
 
 #: MIME type of each accepted format, for ``data:`` URIs and uploads.
 MIME_TYPES: dict[str, str] = {
@@ -71,9 +74,6 @@ _MODE_NOTES = {
 
 # Decoding a max-size frame can take ~200 MB; bound how many decode at once per process.
 _DECODE_SLOTS = threading.BoundedSemaphore(max(2, min(8, os.cpu_count() or 2)))
-
-_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-_HTTP_ATTEMPTS = 3
 
 
 class FrameLimits(BaseModel):
@@ -109,135 +109,6 @@ class FrameLimits(BaseModel):
         if unknown:
             raise ValueError(f"formats {unknown} are not supported by the service")
         return self
-
-
-def _display(source: str) -> str:
-    """``source`` without a URL query string (signed URLs must not end up in messages)."""
-    if source.startswith(("http://", "https://")):
-        p = urlsplit(source)
-        return urlunsplit((p.scheme, p.netloc, p.path, "", ""))
-    return source
-
-
-def _is_http(source: str) -> bool:
-    return source.lower().startswith(("http://", "https://"))
-
-
-def _human_bytes(n: int) -> str:
-    if n >= MIB:
-        return f"{n / MIB:.1f} MiB".replace(".0 MiB", " MiB")
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB".replace(".0 KiB", " KiB")
-    return f"{n} bytes"
-
-
-def _too_large(size: Optional[int], max_bytes: int) -> str:
-    what = f"file is {_human_bytes(size)}" if size is not None else "file is larger than that"
-    return f"{what}; frames may be at most {_human_bytes(max_bytes)}"
-
-
-async def read_frame_bytes(
-    source: str,
-    *,
-    storage_options: Optional[dict] = None,
-    max_bytes: Optional[int] = None,
-) -> bytes:
-    """Read a frame's bytes from a local path, ``file://``, ``http(s)://`` or any fsspec URL.
-
-    At most ``max_bytes + 1`` bytes are read, so an oversized file cannot exhaust memory
-    (the caller sees ``len(data) > max_bytes``); when the size is known up front
-    (file size, ``Content-Length``) an oversized file is rejected without reading it.
-
-    Args:
-        source: the frame as the user gave it.
-        storage_options: fsspec options (credentials) for remote filesystems; never logged.
-        max_bytes: stop reading after this many bytes (plus one).
-
-    Returns:
-        The bytes read.
-
-    Raises:
-        FrameValidationError: missing file, HTTP error, unreadable source.
-
-    Example:
-        ```python
-        data = await read_frame_bytes("s3://bucket/a.png", storage_options={"anon": True})
-        ```
-    """
-    if _is_http(source):
-        return await _read_http(source, max_bytes)
-    return await run_sync(_read_fs, source, storage_options, max_bytes)
-
-
-def _read_fs(source: str, storage_options: Optional[dict], max_bytes: Optional[int]) -> bytes:
-    try:
-        fs, path = open_fs(source, storage_options)
-        forget_cached(fs, path)
-        if max_bytes is not None:
-            try:
-                size = fs.size(path)
-            except (FileNotFoundError, IsADirectoryError, PermissionError):
-                raise
-            except Exception:  # size unknown on this filesystem: the bounded read decides
-                size = None
-            if size is not None and size > max_bytes:
-                raise FrameValidationError(_display(source), _too_large(size, max_bytes))
-        if fs.isdir(path):
-            raise IsADirectoryError(path)
-        with fs.open(path, "rb") as f:
-            return f.read(max_bytes + 1) if max_bytes is not None else f.read()
-    except FrameValidationError:
-        raise
-    except FileNotFoundError:
-        raise FrameValidationError(_display(source), "file not found") from None
-    except IsADirectoryError:
-        raise FrameValidationError(_display(source), "is a folder, not a file") from None
-    except PermissionError:
-        raise FrameValidationError(_display(source), "permission denied") from None
-    except ImportError as exc:  # e.g. gcsfs not installed for gs://
-        raise FrameValidationError(
-            _display(source), f"cannot open this kind of URL: {exc}"
-        ) from None
-    except (OSError, ValueError) as exc:
-        # Name the error type only: some backends echo request details in messages.
-        raise FrameValidationError(
-            _display(source), f"cannot read the file ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-async def _read_http(url: str, max_bytes: Optional[int]) -> bytes:
-    shown = _display(url)
-    last = ""
-    # No credentials of ours go to a user's frame URL: a plain client, no auth headers.
-    async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True) as http:
-        for attempt in range(1, _HTTP_ATTEMPTS + 1):
-            try:
-                async with http.stream("GET", url) as resp:
-                    if resp.status_code == 404:
-                        raise FrameValidationError(shown, f"HTTP 404 from {shown} (not found)")
-                    if resp.status_code == 429 or resp.status_code >= 500:
-                        last = f"HTTP {resp.status_code} from {shown}"
-                    elif resp.status_code >= 400:
-                        raise FrameValidationError(shown, f"HTTP {resp.status_code} from {shown}")
-                    else:
-                        declared = resp.headers.get("content-length")
-                        if max_bytes is not None and declared and declared.isdigit():
-                            if int(declared) > max_bytes:
-                                raise FrameValidationError(
-                                    shown, _too_large(int(declared), max_bytes)
-                                )
-                        buf = bytearray()
-                        async for chunk in resp.aiter_bytes(256 * 1024):
-                            buf += chunk
-                            if max_bytes is not None and len(buf) > max_bytes:
-                                del buf[max_bytes + 1 :]
-                                break  # enough to know it is too large
-                        return bytes(buf)
-            except httpx.TransportError as exc:
-                last = f"could not download {shown} ({type(exc).__name__})"
-            if attempt < _HTTP_ATTEMPTS:
-                await clock.sleep(float(attempt))
-    raise FrameValidationError(shown, f"{last} after {_HTTP_ATTEMPTS} attempts")
 
 
 class _Decoded(BaseModel):
@@ -323,7 +194,7 @@ async def inspect_frame(
         storage_options: fsspec options for remote filesystems.
 
     Returns:
-        A :class:`~kf2v_tasks.dashscope.models.FrameInfo`; an alpha channel gives a warning, not an error.
+        A :class:`~kf2v_tasks.generation.models.FrameInfo`; an alpha channel gives a warning, not an error.
 
     Raises:
         FrameValidationError: the frame is unusable; ``reason`` says why in plain words.
@@ -335,7 +206,7 @@ async def inspect_frame(
         ```
     """
     limits = limits or FrameLimits()
-    shown = _display(source)
+    shown = display_source(source)
     try:
         data = await read_frame_bytes(
             source, storage_options=storage_options, max_bytes=limits.max_bytes
@@ -345,7 +216,7 @@ async def inspect_frame(
     if not data:
         raise FrameValidationError(shown, "file is empty", role=role)
     if len(data) > limits.max_bytes:
-        raise FrameValidationError(shown, _too_large(None, limits.max_bytes), role=role)
+        raise FrameValidationError(shown, too_large(None, limits.max_bytes), role=role)
     digest = hashlib.sha256(data).hexdigest()
     try:
         dec = await asyncio.to_thread(_decode, data, limits)
@@ -358,7 +229,7 @@ async def inspect_frame(
             f"image has an alpha channel ({dec.mode}); the service expects images without "
             "transparency, so transparent areas may render unpredictably"
         )
-    if _is_http(source):
+    if is_http(source):
         transport = FrameTransport.URL
     elif len(data) <= limits.inline_max_bytes:
         transport = FrameTransport.DATA_URI
@@ -462,7 +333,7 @@ async def prepare_frame(
     """
     if info.transport is FrameTransport.URL:
         return info.source
-    shown = _display(info.source)
+    shown = display_source(info.source)
     # One byte more than validated is enough to see that the file grew.
     data = await read_frame_bytes(
         info.source, storage_options=storage_options, max_bytes=info.size_bytes

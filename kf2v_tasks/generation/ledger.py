@@ -5,20 +5,26 @@ fsspec URL). Every write replaces the whole record atomically — a temp file pl
 ``os.replace`` on local disk, a single PUT on object stores — so a reader sees the old
 record or the new one, never half of one.
 
+The record and its state machine live in :mod:`kf2v_tasks.generation.ledger_record`
+(re-exported here); this module stores records and writes how a task ended
+(:func:`record_outcome`).
+
 Concurrency: the flow deduplicates rows by fingerprint before submitting, so two workers
 of one run never write the same record at the same time; atomic replace is all the
 locking needed. Two *separate* runs on the same output root at the same time are not
 supported (last writer wins).
 
-Secrets never land here: strings are scrubbed of URL query strings (the signatures of
-``video_url``) and anything shaped like an API key before every write.
+Secrets never land here: every string is passed through :func:`kf2v_tasks.redaction.scrub`
+(URL query strings such as the signatures of ``video_url``, and anything shaped like an
+API key) before every write.
 
 Example:
     ```python
     from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
 
     ledger = Ledger("s3://bucket/out", storage_options={...})
-    rec = await ledger.get(fp) or LedgerRecord(fingerprint=fp, state="submitting")
+    rec = await ledger.get(fp) or LedgerRecord.new(fp)
+    rec.begin_create()
     await ledger.put(rec)
     ```
 """
@@ -30,92 +36,42 @@ import logging
 import os
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Optional
+from datetime import datetime, timedelta
+from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from kf2v_tasks import clock
-from kf2v_tasks.dashscope.models import TaskStatus
-from kf2v_tasks.errors import PermanentError
+from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.errors import (
+    QueueTimeoutError,
+    TaskCanceledError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from kf2v_tasks.generation.ledger_record import (
+    TASK_TTL,
+    TASK_TTL_MARGIN,
+    IllegalTransitionError,
+    LedgerError,
+    LedgerRecord,
+    LedgerState,
+)
+from kf2v_tasks.redaction import scrub
 from kf2v_tasks.storage.paths import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
+
+__all__ = [
+    "IllegalTransitionError",
+    "Ledger",
+    "LedgerError",
+    "LedgerRecord",
+    "LedgerState",
+    "record_outcome",
+]
 
 logger = logging.getLogger("kf2v_tasks.generation.ledger")
 
-LedgerState = Literal["submitting", "submitted", "ambiguous", "terminal", "persisted"]
-
-#: Terminal statuses after which the task can never yield a video.
-_DEAD = frozenset({TaskStatus.FAILED, TaskStatus.UNKNOWN, TaskStatus.CANCELED})
-
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_URL_QUERY_RE = re.compile(r"((?:https?|oss)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
-_KEY_RE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
-_BEARER_RE = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
-
-
-class LedgerError(PermanentError, ValueError):
-    """A ledger record exists but cannot be read as valid; fix or remove the named file."""
-
-
-def scrub(value: Any) -> Any:
-    """Remove URL query strings and API-key-shaped tokens from strings, recursively."""
-    if isinstance(value, str):
-        value = _URL_QUERY_RE.sub(r"\1", value)
-        value = _KEY_RE.sub("sk-***", value)
-        return _BEARER_RE.sub("Bearer ***", value)
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return value
-
-
-def _utc(value: Optional[datetime]) -> Optional[datetime]:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # naive times in this package are UTC
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-class LedgerRecord(BaseModel):
-    """What is known about one piece of work (one fingerprint).
-
-    ``state``: ``submitting`` (create about to be sent — outcome unknown if we crash),
-    ``submitted`` (task id known), ``ambiguous`` (create may or may not exist),
-    ``terminal`` (the task ended; see ``terminal_status``), ``persisted`` (video kept).
-    """
-
-    model_config = ConfigDict(validate_assignment=True, extra="ignore")
-
-    fingerprint: str
-    state: LedgerState
-    task_id: Optional[str] = None
-    request_id: Optional[str] = None
-    submitted_at: Optional[datetime] = Field(default=None, description="Aware UTC.")
-    create_attempts: int = 0
-    possible_duplicate: bool = False
-    terminal_status: Optional[TaskStatus] = None
-    error_code: Optional[str] = None
-    error_message: Optional[str] = None
-    output_path: Optional[str] = None
-    sha256: Optional[str] = None
-    bytes: Optional[int] = None
-    persisted_at: Optional[datetime] = None
-    row_id: Optional[str] = None
-    events: list[dict[str, Any]] = Field(
-        default_factory=list, description='Append-only log: {"at": iso, "event": ..., ...}.'
-    )
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("submitted_at", "persisted_at")
-    @classmethod
-    def _aware_utc(cls, v: Optional[datetime]) -> Optional[datetime]:
-        return _utc(v)
-
-    def add_event(self, event: str, **data: Any) -> None:
-        """Append ``{"at": now, "event": event, **data}`` to the log."""
-        self.events.append({"at": datetime.now(UTC).isoformat(), "event": event, **data})
 
 
 class Ledger:
@@ -128,7 +84,9 @@ class Ledger:
     Example:
         ```python
         ledger = Ledger("out")
-        await ledger.update(fp, state="submitted", task_id="t-1")
+        rec = await ledger.get(fp)
+        if rec is not None and Ledger.is_task_reusable(rec):
+            ...  # re-attach to rec.task_id instead of paying again
         ```
     """
 
@@ -142,13 +100,30 @@ class Ledger:
         return f"Ledger({self.root!r})"
 
     def path_of(self, fingerprint: str) -> str:
-        """The record's path inside the filesystem."""
+        """The record's path inside the filesystem.
+
+        Raises:
+            ValueError: ``fingerprint`` is not a safe file name.
+
+        Example:
+            ```python
+            from kf2v_tasks.generation.ledger import Ledger
+            assert Ledger("out").path_of("ab" * 32).endswith("ledger/" + "ab" * 32 + ".json")
+            ```
+        """
         if not _FP_RE.match(fingerprint or ""):
             raise ValueError(f"fingerprint {fingerprint!r} is not a safe file name")
         return f"{self._dir.rstrip('/')}/{fingerprint}.json"
 
     def url_of(self, fingerprint: str) -> str:
-        """The record's URL (or local path), for messages."""
+        """The record's URL (or local path), for messages.
+
+        Example:
+            ```python
+            from kf2v_tasks.generation.ledger import Ledger
+            assert Ledger("memory://b/run").url_of("ab" * 32).endswith("/ledger/" + "ab" * 32 + ".json")
+            ```
+        """
         self.path_of(fingerprint)
         return join(self.dir_url, f"{fingerprint}.json")
 
@@ -158,6 +133,11 @@ class Ledger:
         Raises:
             LedgerError: the file exists but is not a valid record (never treated as absent,
                 because "absent" would allow paying again).
+
+        Example:
+            ```python
+            rec = await Ledger("out").get(fp)
+            ```
         """
         path = self.path_of(fingerprint)
         return await run_sync(self._get_sync, path)
@@ -178,11 +158,18 @@ class Ledger:
             raise LedgerError(f"ledger record {where} is unreadable: {exc}") from None
 
     async def put(self, record: LedgerRecord) -> None:
-        """Write ``record`` atomically (whole-record replace), scrubbed of secrets."""
+        """Write ``record`` atomically (whole-record replace), scrubbed of secrets.
+
+        Example:
+            ```python
+            rec = LedgerRecord.new(fp)
+            rec.begin_create()
+            await Ledger("out").put(rec)
+            ```
+        """
         path = self.path_of(record.fingerprint)
-        doc = record.model_dump(mode="json")
-        for key in ("events", "extra", "error_message", "output_path"):
-            doc[key] = scrub(doc[key])
+        # Every string, not a list of fields: a new field must not be a new way to leak.
+        doc = scrub(record.model_dump(mode="json"))
         data = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
         await run_sync(self._put_sync, path, data)
 
@@ -203,12 +190,24 @@ class Ledger:
             # One PUT replaces an object atomically on object stores; no temp needed.
             self._fs.pipe_file(path, data)
 
-    async def update(self, fingerprint: str, **changes: Any) -> LedgerRecord:
-        """Apply ``changes`` to an existing record and write it back.
+    async def update(self, fingerprint: str, /, **changes: Any) -> LedgerRecord:
+        """Apply field ``changes`` (not the state) to an existing record and write it back.
 
         Raises:
             KeyError: no record for ``fingerprint``.
+            ValueError: ``changes`` name ``state`` or ``fingerprint`` (states move only
+                through the record's transitions) or are not valid field values.
+
+        Example:
+            ```python
+            await Ledger("out").update(fp, row_id="sunrise")
+            ```
         """
+        fixed = sorted({"state", "fingerprint"} & changes.keys())
+        if fixed:
+            raise ValueError(
+                f"update() cannot change {', '.join(fixed)}; use a LedgerRecord transition"
+            )
         record = await self.get(fingerprint)
         if record is None:
             raise KeyError(f"no ledger record for fingerprint {fingerprint}")
@@ -217,7 +216,13 @@ class Ledger:
         return merged
 
     async def list(self) -> list[LedgerRecord]:
-        """Every record under this root (temp files ignored)."""
+        """Every record under this root, in fingerprint order (temp files ignored).
+
+        Example:
+            ```python
+            done = [r for r in await Ledger("out").list() if r.state == "persisted"]
+            ```
+        """
         return await run_sync(self._list_sync)
 
     def _list_sync(self) -> list[LedgerRecord]:
@@ -241,26 +246,91 @@ class Ledger:
     def is_task_reusable(
         record: LedgerRecord,
         now: Optional[datetime] = None,
-        ttl: timedelta = timedelta(hours=24),
-        margin: timedelta = timedelta(minutes=30),
+        ttl: timedelta = TASK_TTL,
+        margin: timedelta = TASK_TTL_MARGIN,
     ) -> bool:
         """Whether the recorded task can still deliver its video (no new create needed).
 
-        True when it has a task id, was submitted less than ``ttl - margin`` ago (tasks
-        and their video URLs expire 24 h after submission) and did not end FAILED,
-        CANCELED or UNKNOWN.
+        The same as :meth:`LedgerRecord.is_reusable`: a task id, submitted less than
+        ``ttl - margin`` ago, and not ended FAILED, CANCELED or UNKNOWN.
 
         Example:
             ```python
-            if rec and Ledger.is_task_reusable(rec):
-                ...  # re-attach to rec.task_id instead of paying again
+            from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
+            rec = LedgerRecord.new("ab" * 32)
+            rec.begin_create()
+            rec.submitted("t-1")
+            assert Ledger.is_task_reusable(rec)  # re-attach to t-1 instead of paying again
             ```
         """
-        if not record.task_id or record.submitted_at is None:
-            return False
-        if record.terminal_status in _DEAD:
-            return False
-        now = _utc(now) or datetime.now(UTC)
-        # Task lifetimes are service time: under KF2V_TIME_SCALE a rehearsal's tasks expire
-        # proportionally sooner, exactly as the simulator at the same speed expires them.
-        return (now - record.submitted_at) * clock.time_scale() < ttl - margin
+        return record.is_reusable(now, ttl, margin)
+
+
+#: How each "ended without a video" error reads as a task status.
+_DEAD_ERRORS: dict[type, TaskStatus] = {
+    TaskFailedError: TaskStatus.FAILED,
+    TaskCanceledError: TaskStatus.CANCELED,
+    QueueTimeoutError: TaskStatus.CANCELED,
+    TaskExpiredError: TaskStatus.UNKNOWN,
+}
+
+
+async def record_outcome(
+    ledger: Optional[Ledger],
+    fingerprint: Optional[str],
+    outcome: Union[TaskState, BaseException],
+) -> None:
+    """Write how a task ended into its ledger record, so a dead task is never reused.
+
+    ``outcome`` is the final :class:`~kf2v_tasks.dashscope.models.TaskState` or the error
+    that polling raised. A terminal state or a task error moves the record with
+    :meth:`LedgerRecord.ended`; a :class:`~kf2v_tasks.errors.TaskTimeoutError` is only
+    logged as an event (the task may still finish, and a resume re-attaches to it); any
+    other error says nothing about the task and writes nothing. Nothing is written when
+    there is no ledger, no record, or the record now follows another task (the work was
+    re-created since).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.ledger import Ledger, record_outcome
+
+        try:
+            state = await wait_for_task(client, sub.task_id)
+        except Exception as exc:
+            await record_outcome(ledger, sub.fingerprint, exc)
+            raise
+        await record_outcome(ledger, sub.fingerprint, state)
+        ```
+    """
+    if ledger is None or not fingerprint:
+        return
+    timed_out = isinstance(outcome, TaskTimeoutError)
+    if isinstance(outcome, TaskState):
+        if not outcome.status.is_terminal:
+            return
+        status, code, message = outcome.status, outcome.code, outcome.message
+    elif type(outcome) in _DEAD_ERRORS:
+        status = _DEAD_ERRORS[type(outcome)]
+        code, message = getattr(outcome, "code", type(outcome).__name__), str(outcome)
+    elif not timed_out:
+        return
+    task_id = getattr(outcome, "task_id", None)
+    record = await ledger.get(fingerprint)
+    if record is None or not record.task_id:
+        return
+    if task_id and task_id != record.task_id:
+        logger.info(
+            "fingerprint %s now follows task %s; not recording how task %s ended",
+            fingerprint[:12],
+            record.task_id,
+            task_id,
+        )
+        return
+    if timed_out:
+        history = getattr(outcome, "history", [])
+        record.timed_out(
+            str(outcome), [f"{h.status.value}@{h.seen_at.isoformat()}" for h in history]
+        )
+    else:
+        record.ended(status, code, message)
+    await ledger.put(record)

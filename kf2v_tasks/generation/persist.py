@@ -4,30 +4,56 @@ Order matters for crash safety: the video is committed first (atomically), then 
 sidecar, then the ledger says "persisted". A crash anywhere in between leaves the ledger
 at "submitted", so a re-run re-attaches to the same task and downloads again — it never
 generates again.
+
+Example:
+    ```python
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.persist import persist_task_video
+
+    video = await persist_task_video(state, "out/clip.mp4", client=client, submission=sub,
+                                     ledger=Ledger("out"))
+    print(video.path, video.resolution, video.cost, video.currency)
+    ```
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
+from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.pricing import PriceTable
+from kf2v_tasks.generation.sidecar import VideoFacts, as_resolution, build_sidecar, video_facts
+from kf2v_tasks.generation.submit import Submission
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
-    from kf2v_tasks.generation.ledger import Ledger
-    from kf2v_tasks.generation.submit import Submission
+
+# build_sidecar lives in generation.sidecar; re-exported for callers of the old home.
+__all__ = ["PersistedVideo", "build_sidecar", "find_persisted", "persist_task_video"]
 
 logger = logging.getLogger("kf2v_tasks.generation.persist")
 
 
 class PersistedVideo(BaseModel):
-    """Where a video was kept and how to check it."""
+    """A kept video: where it is, how to check it, what it is and what it cost.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.persist import PersistedVideo
+        video = PersistedVideo(
+            path="out/a.mp4", sidecar_path="out/a.json", sha256="ff" * 32, bytes=1234,
+            task_id="t-1", model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5,
+            cost=0.5, currency="CNY",
+        )
+        assert video.resolution == "480P" and not video.reused_existing
+        ```
+    """
 
     path: str
     sidecar_path: str
@@ -35,66 +61,20 @@ class PersistedVideo(BaseModel):
     bytes: int
     task_id: str
     fingerprint: Optional[str] = None
+    model: Optional[str] = Field(default=None, description="Model that generated it.")
+    resolution: Optional[Resolution] = Field(default=None, description="Resolution tier.")
+    duration_seconds: Optional[int] = Field(default=None, description="Length, as billed (s).")
+    prompt: Optional[str] = Field(default=None, description="Prompt as asked.")
+    negative_prompt: Optional[str] = None
+    actual_prompt: Optional[str] = Field(
+        default=None, description="Prompt the service actually used (after prompt_extend)."
+    )
+    cost: Optional[float] = Field(
+        default=None, description="Cost from the price table; empty when it has no price."
+    )
+    currency: Optional[str] = None
     download_attempts: int = 1
     reused_existing: bool = False
-
-
-def redact_url(url: Optional[str]) -> Optional[str]:
-    """Drop the query string (signature, expiry) of a signed URL before it is written anywhere."""
-    from kf2v_tasks.storage.download import redact_query
-
-    return redact_query(url) if url else url
-
-
-def build_sidecar(
-    state: TaskState,
-    *,
-    sha256: str,
-    size: int,
-    path: str,
-    submission: Optional[Submission] = None,
-    timings: Optional[dict[str, Any]] = None,
-    extra: Optional[dict[str, Any]] = None,
-) -> dict[str, Any]:
-    """The JSON document kept beside each video."""
-
-    def iso(d: Optional[datetime]) -> Optional[str]:
-        return d.isoformat() if d else None
-
-    doc: dict[str, Any] = {
-        "kf2v_sidecar_version": 1,
-        "video": path,
-        "sha256": sha256,
-        "bytes": size,
-        "task_id": state.task_id,
-        "task_status": state.status.value,
-        "query_request_id": state.request_id,
-        "create_request_id": submission.request_id if submission else None,
-        "fingerprint": submission.fingerprint if submission else None,
-        "model": submission.model if submission else None,
-        "parameters": submission.parameters if submission else None,
-        "prompt": submission.prompt if submission else state.orig_prompt,
-        "negative_prompt": submission.negative_prompt if submission else None,
-        "orig_prompt": state.orig_prompt,
-        "actual_prompt": state.actual_prompt,
-        "usage": state.usage.model_dump(by_alias=True, exclude_none=True) if state.usage else None,
-        "possible_duplicate": submission.possible_duplicate if submission else False,
-        "video_source": redact_url(state.video_url),
-        "timings": {
-            "submitted_at": iso(submission.submitted_at) if submission else None,
-            "service_submit_time": iso(state.submit_time),
-            "service_scheduled_time": iso(state.scheduled_time),
-            "service_end_time": iso(state.end_time),
-            "persisted_at": datetime.now(UTC).isoformat(),
-            **(timings or {}),
-        },
-        "status_history": [
-            {"status": h.status.value, "seen_at": h.seen_at.isoformat()} for h in state.history
-        ],
-    }
-    if extra:
-        doc["extra"] = extra
-    return doc
 
 
 async def persist_task_video(
@@ -106,6 +86,7 @@ async def persist_task_video(
     ledger: Optional[Ledger] = None,
     storage_options: Optional[dict] = None,
     extra: Optional[dict[str, Any]] = None,
+    price_table: Optional[PriceTable] = None,
 ) -> PersistedVideo:
     """Stream ``state.video_url`` to ``destination`` atomically and record it.
 
@@ -117,29 +98,39 @@ async def persist_task_video(
         ledger: marks the fingerprint "persisted" once the files are committed.
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar (e.g. the manifest row).
+        price_table: prices for the video's cost (default: the built-in table).
+
+    Returns:
+        The :class:`PersistedVideo`, with its model, resolution, length, prompts and cost.
+
+    Raises:
+        ValueError: ``state`` is not SUCCEEDED with a video URL.
+        DownloadError / TaskExpiredError: the video could not be fetched.
+
+    Example:
+        ```python
+        video = await persist_task_video(state, "s3://bucket/a.mp4", client=client,
+                                         submission=sub, storage_options={"anon": False})
+        ```
     """
-    from kf2v_tasks.storage.download import (
-        read_json,
-        sidecar_path,
-        stream_to_storage,
-        verify_file,
-        write_json_atomic,
-    )
+    from kf2v_tasks.storage.download import stream_to_storage
+    from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file, write_json_atomic
 
     if state.status is not TaskStatus.SUCCEEDED or not state.video_url:
         raise ValueError(
             f"task {state.task_id} is {state.status.value}; only SUCCEEDED tasks have a video"
         )
+    prices = price_table
     side = sidecar_path(destination)
+    fingerprint = submission.fingerprint if submission else None
+    facts = video_facts(state, submission, prices).model_dump()
 
     # A crash after the video was committed but before the ledger said so: keep the file.
-    existing = await _existing_sidecar(read_json, side, storage_options)
+    existing = await _read_sidecar(read_json, side, storage_options)
     if (
-        existing
-        and existing.get("task_id") == state.task_id
-        and await verify_file(
-            destination, existing.get("sha256", ""), storage_options=storage_options
-        )
+        existing.get("task_id") == state.task_id
+        and existing.get("sha256")
+        and await verify_file(destination, existing["sha256"], storage_options=storage_options)
     ):
         result = PersistedVideo(
             path=destination,
@@ -147,11 +138,12 @@ async def persist_task_video(
             sha256=existing["sha256"],
             bytes=int(existing.get("bytes", 0)),
             task_id=state.task_id,
-            fingerprint=submission.fingerprint if submission else None,
+            fingerprint=fingerprint,
             download_attempts=0,
             reused_existing=True,
+            **facts,
         )
-        await _mark_persisted(ledger, submission, result)
+        await _mark_persisted(ledger, fingerprint, result)
         return result
 
     async def refresh_url() -> str:
@@ -169,7 +161,7 @@ async def persist_task_video(
         )
 
     t0 = time.monotonic()
-    result = await stream_to_storage(
+    stored = await stream_to_storage(
         state.video_url,
         destination,
         storage_options=storage_options,
@@ -179,49 +171,65 @@ async def persist_task_video(
     download_seconds = time.monotonic() - t0
     sidecar = build_sidecar(
         state,
-        sha256=result.sha256,
-        size=result.bytes,
+        sha256=stored.sha256,
+        size=stored.bytes,
         path=destination,
         submission=submission,
         timings={"download_seconds": round(download_seconds, 3)},
         extra=extra,
+        price_table=prices,
     )
     await write_json_atomic(side, sidecar, storage_options=storage_options)
     persisted = PersistedVideo(
         path=destination,
         sidecar_path=side,
-        sha256=result.sha256,
-        bytes=result.bytes,
+        sha256=stored.sha256,
+        bytes=stored.bytes,
         task_id=state.task_id,
-        fingerprint=submission.fingerprint if submission else None,
-        download_attempts=result.attempts,
+        fingerprint=fingerprint,
+        download_attempts=stored.attempts,
+        **facts,
     )
-    await _mark_persisted(ledger, submission, persisted)
+    await _mark_persisted(ledger, fingerprint, persisted)
     return persisted
 
 
-async def _existing_sidecar(read_json, path: str, storage_options) -> Optional[dict]:
+async def _read_sidecar(read_json, path: str, storage_options) -> dict[str, Any]:
+    """The sidecar at ``path`` as a dict; ``{}`` when it is missing or unreadable."""
     try:
-        return await read_json(path, storage_options=storage_options)
+        doc = await read_json(path, storage_options=storage_options)
     except (FileNotFoundError, OSError, ValueError):
-        return None
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 async def _mark_persisted(
-    ledger: Optional[Ledger], submission: Optional[Submission], video: PersistedVideo
+    ledger: Optional[Ledger], fingerprint: Optional[str], video: PersistedVideo
 ) -> None:
-    if ledger is None or submission is None:
+    if ledger is None or not fingerprint:
         return
-    record = await ledger.get(submission.fingerprint)
+    record = await ledger.get(fingerprint)
     if record is None:
         return
-    record.state = "persisted"
-    record.terminal_status = TaskStatus.SUCCEEDED
-    record.output_path = video.path
-    record.sha256 = video.sha256
-    record.bytes = video.bytes
-    record.persisted_at = datetime.now(UTC)
-    record.add_event("persisted", path=video.path)
+    if record.task_id != video.task_id:
+        # The work was re-created since: this record follows another task now.
+        logger.warning(
+            "fingerprint %s follows task %s, not %s; the ledger is left as it is",
+            fingerprint[:12],
+            record.task_id,
+            video.task_id,
+        )
+        return
+    record.persisted(
+        video.path,
+        video.sha256,
+        video.bytes,
+        model=video.model,
+        resolution=video.resolution,
+        duration_seconds=video.duration_seconds,
+        cost=video.cost,
+        currency=video.currency,
+    )
     await ledger.put(record)
 
 
@@ -235,32 +243,66 @@ async def find_persisted(
     *,
     storage_options: Optional[dict] = None,
     record: Any = _UNREAD,
+    price_table: Optional[PriceTable] = None,
 ) -> Optional[PersistedVideo]:
     """The video of this work if an earlier run already kept it at ``destination``, intact.
 
     Checked without any DashScope call: the ledger says "persisted" at this path and the
-    file still hashes to the recorded sha256. Pass ``record`` (possibly ``None``) when the
-    caller has already read the ledger, to skip reading it again.
+    file still hashes to the recorded sha256. Its model, resolution, length and cost come
+    from the ledger record, the prompts (and anything an older record lacks) from the
+    sidecar; a cost neither holds is priced with ``price_table`` (default: the built-in table).
+    Pass ``record`` (possibly ``None``) when the caller has already read the ledger, to
+    skip reading it again.
+
+    Example:
+        ```python
+        kept = await find_persisted(Ledger("out"), fp, "out/clip.mp4")
+        if kept is not None:
+            print("already there:", kept.path, kept.cost, kept.currency)
+        ```
     """
-    from kf2v_tasks.storage.download import sidecar_path, verify_file
+    from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file
 
     if ledger is None:
         return None
     if record is _UNREAD:
         record = await ledger.get(fingerprint)
-    if record is None or record.state != "persisted" or record.output_path != destination:
+    if (
+        not isinstance(record, LedgerRecord)
+        or record.state is not LedgerState.PERSISTED
+        or record.output_path != destination
+    ):
         return None
     if not record.sha256 or not await verify_file(
         destination, record.sha256, storage_options=storage_options
     ):
         return None
+    side = sidecar_path(destination)
+    sidecar = await _read_sidecar(read_json, side, storage_options)
+    if sidecar.get("sha256") != record.sha256:  # another video's sidecar: trust none of it
+        sidecar = {}
+    facts = VideoFacts(
+        model=record.model or sidecar.get("model"),
+        resolution=record.resolution
+        or as_resolution(sidecar.get("resolution"))
+        or as_resolution((sidecar.get("parameters") or {}).get("resolution")),
+        duration_seconds=record.duration_seconds
+        or sidecar.get("duration_seconds")
+        or (sidecar.get("usage") or {}).get("video_duration"),
+        prompt=sidecar.get("prompt"),
+        negative_prompt=sidecar.get("negative_prompt"),
+        actual_prompt=sidecar.get("actual_prompt"),
+        cost=record.cost if record.cost is not None else sidecar.get("cost"),
+        currency=record.currency or sidecar.get("currency"),
+    )
     return PersistedVideo(
         path=destination,
-        sidecar_path=sidecar_path(destination),
+        sidecar_path=side,
         sha256=record.sha256,
         bytes=record.bytes or 0,
         task_id=record.task_id or "",
         fingerprint=fingerprint,
         download_attempts=0,
         reused_existing=True,
+        **facts.priced(price_table).model_dump(),
     )

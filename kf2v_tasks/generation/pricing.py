@@ -24,9 +24,9 @@ import json
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kf2v_tasks.dashscope.models import (
     VIDEO_DURATION_SECONDS,
@@ -36,8 +36,16 @@ from kf2v_tasks.dashscope.models import (
 )
 from kf2v_tasks.errors import BudgetExceededError
 
-if TYPE_CHECKING:
-    from kf2v_tasks.batch.manifest import ManifestRow
+__all__ = [
+    "DEFAULT_NOTES",
+    "DEFAULT_PRICES",
+    "Budget",
+    "CostEstimate",
+    "PriceTable",
+    "estimate",
+    "estimate_row",
+    "video_cost",
+]
 
 #: Assumed exchange rate for prices documented in USD only.
 ASSUMED_CNY_PER_USD = 7.0
@@ -69,6 +77,13 @@ _ModelLike = Union[Kf2vModel, str]
 _ResolutionLike = Union[Resolution, str]
 
 
+class _HasOptions(Protocol):
+    """Anything that carries generation options (a manifest row, say)."""
+
+    @property
+    def options(self) -> GenerationOptions: ...
+
+
 class PriceTable(BaseModel):
     """Price per generated second, by model and resolution.
 
@@ -80,6 +95,11 @@ class PriceTable(BaseModel):
         usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.10}})
         ```
     """
+
+    # One line for the Prefect UI form (the docstring carries an example).
+    model_config = ConfigDict(
+        json_schema_extra={"description": "Price per generated second, by model and resolution."}
+    )
 
     currency: str = Field(default="CNY", description="Currency of every price in the table.")
     per_second: dict[str, dict[str, float]] = Field(
@@ -162,6 +182,30 @@ class PriceTable(BaseModel):
             ) from None
 
 
+def video_cost(
+    model: _ModelLike,
+    resolution: _ResolutionLike,
+    seconds: int = VIDEO_DURATION_SECONDS,
+    table: Optional[PriceTable] = None,
+) -> float:
+    """Cost of one kept video: ``seconds`` x the table's price per second (default table).
+
+    Raises:
+        ValueError: the table has no price for that model and resolution, or ``seconds``
+            is negative.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.pricing import video_cost
+        assert video_cost("wan2.2-kf2v-flash", "480P", 5) == 0.5
+        ```
+    """
+    if seconds < 0:
+        raise ValueError(f"video length must be >= 0 seconds, got {seconds}")
+    table = table or PriceTable.default()
+    return round(seconds * table.price(model, resolution), 6)
+
+
 def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> float:
     """Cost of one successful generation: duration (5 s) x price per second.
 
@@ -172,13 +216,21 @@ def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None)
         assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
         ```
     """
-    table = table or PriceTable.default()
     seconds = options.duration or VIDEO_DURATION_SECONDS
-    return round(seconds * table.price(options.model, options.resolution), 6)
+    return video_cost(options.model, options.resolution, seconds, table)
 
 
 class CostEstimate(BaseModel):
-    """Expected cost of a batch if every row succeeds (failures are not billed)."""
+    """Expected cost of a batch if every row succeeds (failures are not billed).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.models import GenerationOptions
+        from kf2v_tasks.generation.pricing import estimate
+        est = estimate([GenerationOptions(resolution="480P")] * 2)
+        assert est.describe() == "2 rows, 10 s of video, about 1.00 CNY"
+        ```
+    """
 
     rows: int = Field(description="Rows counted.")
     seconds: int = Field(description="Video seconds that would be billed.")
@@ -197,7 +249,7 @@ class CostEstimate(BaseModel):
 
 
 def estimate(
-    rows: Sequence[Union[ManifestRow, GenerationOptions]],
+    rows: Sequence[Union[_HasOptions, GenerationOptions]],
     table: Optional[PriceTable] = None,
 ) -> CostEstimate:
     """Estimate a batch: ``rows`` are ManifestRows (anything with ``.options``) or options.

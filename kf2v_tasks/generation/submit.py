@@ -4,43 +4,65 @@ Before a create, the ledger is asked whether this fingerprint already has a vali
 task (submitted < 24 h ago, not FAILED/UNKNOWN/CANCELED): if so it is reused. The
 intent to create is written *before* the POST ("submitting"), so a crash between the
 POST and recording its task id is seen on resume as an ambiguous create, never as
-"nothing happened".
+"nothing happened". Every change of the record goes through its transitions
+(:mod:`kf2v_tasks.generation.ledger_record`).
+
+Example:
+    ```python
+    from kf2v_tasks.generation.frames import check_pair
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.submit import submit_generation
+
+    pair = await check_pair("first.png", "last.png")
+    sub = await submit_generation(client, pair, "a slow pan", ledger=Ledger("out"))
+    print(sub.task_id, sub.reused, sub.resolution)
+    ```
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel, Field
 
-from kf2v_tasks.dashscope.models import (
-    FramePair,
-    GenerationOptions,
-    Kf2vRequest,
-    TaskStatus,
-    fingerprint,
-)
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution
 from kf2v_tasks.errors import AmbiguousCreateError
+from kf2v_tasks.generation.fingerprint import request_fingerprint
+from kf2v_tasks.generation.frames import prepare_frame
+from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.ledger_record import DEAD_STATUSES
+from kf2v_tasks.generation.models import FramePair
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
-    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
+
+__all__ = ["AmbiguousPolicy", "Submission", "request_fingerprint", "submit_generation"]
 
 logger = logging.getLogger("kf2v_tasks.generation.submit")
 
 
-class AmbiguousPolicy(str, Enum):
-    """What to do when a create may or may not have reached the service."""
+class AmbiguousPolicy(StrEnum):
+    """After a create whose outcome is unknown: retry once (maybe a duplicate), or fail."""
 
     RETRY_ONCE = "retry_once"  # one guarded retry, reported as a possible duplicate
     FAIL = "fail"  # never resubmit; the row fails with the ambiguity recorded
 
 
 class Submission(BaseModel):
-    """The remote task that does a piece of work, new or reused."""
+    """The remote task that does a piece of work, new or reused.
+
+    Example:
+        ```python
+        from datetime import UTC, datetime
+        from kf2v_tasks.generation.submit import Submission
+        sub = Submission(task_id="t-1", fingerprint="ab" * 32, submitted_at=datetime.now(UTC),
+                         model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5)
+        assert sub.resolution == "480P" and not sub.reused
+        ```
+    """
 
     task_id: str
     fingerprint: str
@@ -52,19 +74,11 @@ class Submission(BaseModel):
     )
     create_attempts: int = 0
     model: str
+    resolution: Optional[Resolution] = Field(default=None, description="Resolution tier asked.")
+    duration_seconds: Optional[int] = Field(default=None, description="Video length asked (s).")
     prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
     parameters: dict = Field(default_factory=dict)
-
-
-def request_fingerprint(
-    frames: FramePair,
-    prompt: Optional[str],
-    negative_prompt: Optional[str],
-    options: GenerationOptions,
-) -> str:
-    """Fingerprint of a generation from its validated frames, prompts and options."""
-    return fingerprint(options, prompt, negative_prompt, frames.first.sha256, frames.last.sha256)
 
 
 def _now() -> datetime:
@@ -102,32 +116,41 @@ async def submit_generation(
     Raises:
         AmbiguousCreateError: when the policy forbids (another) retry.
         PermanentError / TransientError: from the client, as classified there.
-    """
-    from kf2v_tasks.generation.frames import prepare_frame
-    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
 
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.models import GenerationOptions
+        from kf2v_tasks.generation.ledger import Ledger
+        from kf2v_tasks.generation.submit import submit_generation
+
+        async with credentials.get_client() as client:
+            sub = await submit_generation(
+                client, pair, "a slow pan", options=GenerationOptions(resolution="480P"),
+                ledger=Ledger("out"), row_id="sunrise",
+            )
+        ```
+    """
     options = options or GenerationOptions()
     ambiguous_policy = AmbiguousPolicy(ambiguous_policy)
     fp = request_fingerprint(frames, prompt, negative_prompt, options)
     base = dict(
         fingerprint=fp,
         model=options.model.value,
+        resolution=options.resolution,
+        duration_seconds=options.duration,
         prompt=prompt,
         negative_prompt=negative_prompt,
         parameters=options.parameters(),
     )
 
     record: Optional[LedgerRecord] = await ledger.get(fp) if ledger else None
-    if record is not None and record.task_id and Ledger.is_task_reusable(record):
+    if ledger and record is not None and Ledger.is_task_reusable(record):
         # One query makes reuse safe even when nobody recorded how the task ended.
         current = await client.get_task(record.task_id)
-        if current.status in (TaskStatus.FAILED, TaskStatus.CANCELED, TaskStatus.UNKNOWN):
-            record.state = "terminal"
-            record.terminal_status = current.status
-            record.error_code, record.error_message = current.code, current.message
-            record.add_event("not_reusable", status=current.status.value)
+        if current.status in DEAD_STATUSES:
+            record.not_reusable(current.status, current.code, current.message)
             await ledger.put(record)
-    if record is not None and record.task_id and Ledger.is_task_reusable(record):
+    if ledger and record is not None and Ledger.is_task_reusable(record):
         logger.info("reusing task %s for fingerprint %s", record.task_id, fp[:12])
         return Submission(
             task_id=record.task_id,
@@ -140,39 +163,16 @@ async def submit_generation(
         )
 
     if record is None:
-        record = LedgerRecord(fingerprint=fp, state="submitting", row_id=row_id)
+        record = LedgerRecord.new(fp, row_id=row_id)
     elif record.task_id:
         # The earlier task is no longer usable (failed/expired): a new create is
-        # legitimate. Keep the record's history; only the attempt count starts again.
-        previous = record
-        record = LedgerRecord(
-            fingerprint=fp,
-            state="submitting",
-            row_id=row_id or previous.row_id,
-            events=list(previous.events),
-            extra={
-                **previous.extra,
-                "earlier_tasks": [
-                    *previous.extra.get("earlier_tasks", []),
-                    {
-                        "task_id": previous.task_id,
-                        "status": previous.terminal_status.value
-                        if previous.terminal_status
-                        else None,
-                        "possible_duplicate": previous.possible_duplicate,
-                    },
-                ],
-            },
-        )
-        record.add_event(
-            "recreate",
-            previous_task_id=previous.task_id,
-            previous_status=previous.terminal_status.value if previous.terminal_status else None,
-        )
-    elif record.state in ("submitting", "ambiguous"):
+        # legitimate. The record keeps its history; only the attempt count starts again.
+        record = LedgerRecord.recreate_after(record, row_id=row_id)
+    elif record.state in (LedgerState.SUBMITTING, LedgerState.AMBIGUOUS):
         # A create was attempted and its outcome is unknown (crash or ambiguous answer).
-        record.possible_duplicate = True
+        record.create_outcome_unknown()
         if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
+            await ledger.put(record)  # ledger is set: only it can hold an earlier create
             raise AmbiguousCreateError(
                 f"an earlier create for fingerprint {fp[:12]} may have reached the service; "
                 f"not resubmitting after {record.create_attempts} attempt(s) "
@@ -206,18 +206,14 @@ async def submit_generation(
             if sent:  # a retry of a create that certainly did not happen
                 return
             sent = True
-            record.state = "submitting"
-            record.create_attempts += 1
-            record.add_event("create", attempt=record.create_attempts)
+            record.begin_create()
             if ledger:
                 await ledger.put(record)
 
         try:
             state = await client.create_task(request, before_send=mark_submitting)
         except AmbiguousCreateError as exc:
-            record.state = "ambiguous"
-            record.possible_duplicate = True
-            record.add_event("ambiguous_create", error=str(exc))
+            record.create_ambiguous(str(exc))
             if ledger:
                 await ledger.put(record)
             if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
@@ -232,24 +228,17 @@ async def submit_generation(
         except Exception as exc:
             # The create certainly did not happen (the client only raises these when
             # the service said no or the request never left): forget the attempt.
-            if sent:
-                record.create_attempts -= 1
-            record.state = "ambiguous" if record.possible_duplicate else "terminal"
-            record.error_code = getattr(exc, "code", type(exc).__name__)
-            record.error_message = getattr(exc, "message", str(exc))
-            record.add_event("create_rejected", error=record.error_code)
+            record.create_rejected(
+                getattr(exc, "code", None) or type(exc).__name__,
+                getattr(exc, "message", None) or str(exc),
+                sent=sent,
+            )
             if ledger:
                 await ledger.put(record)
             raise
         break
 
-    record.state = "submitted"
-    record.task_id = state.task_id
-    record.request_id = state.request_id
-    record.submitted_at = _now()
-    record.terminal_status = None
-    record.error_code = record.error_message = None
-    record.add_event("submitted", task_id=state.task_id)
+    record.submitted(state.task_id, state.request_id)
     if ledger:
         await ledger.put(record)
     return Submission(

@@ -44,7 +44,6 @@ from kf2v_tasks.dashscope.models import (
     GenerationOptions,
     Kf2vModel,
     Resolution,
-    fingerprint,
     format_service_time,
 )
 from kf2v_tasks.simulator.faults import FaultConfig, FaultInjector, Injection
@@ -58,6 +57,31 @@ from kf2v_tasks.simulator.wire import (
     dashscope_json,
     oss_error,
 )
+
+
+def fingerprint(
+    options: GenerationOptions,
+    prompt: str | None,
+    negative_prompt: str | None,
+    first_sha256: str,
+    last_sha256: str,
+) -> str:
+    """The work fingerprint (document version 1), computed on the server's side.
+
+    A copy of the documented hash, not the client's function: the simulator must catch
+    a client that hashes the wrong thing, not share its mistake.
+    """
+    doc = {
+        "v": 1,
+        "model": options.model.value,
+        "parameters": options.parameters(),
+        "prompt": prompt or "",
+        "negative_prompt": negative_prompt or "",
+        "first": first_sha256,
+        "last": last_sha256,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
 
 API = "/api/v1"
 OSS_ACCESS_KEY_ID = "LTAI5tSimulatorAccessKey"

@@ -1,6 +1,9 @@
-"""fsspec ``storage_options`` from a saved Prefect block, so storage secrets are never parameters.
+"""fsspec ``storage_options`` from a loaded Prefect block, so storage secrets are never parameters.
 
-``storage_block`` is ``"<block-type-slug>/<block-name>"`` of a block the user already has:
+Loading the block by name (``"<block-type-slug>/<block-name>"``) needs Prefect, so it
+happens one layer up, in :func:`kf2v_tasks.credentials.resolve_storage_options`; this
+module only reads a block already loaded, by duck typing, and imports nothing of Prefect.
+The kinds understood:
 
 * ``aws-credentials/<name>`` — prefect-aws ``AwsCredentials`` (key, secret, session
   token, region, endpoint URL from its client parameters);
@@ -17,18 +20,43 @@ import json
 from typing import Any, Optional
 
 
-def _merge(base: dict, extra: Optional[dict]) -> dict:
+def merge_options(base: dict, extra: Optional[dict]) -> dict:
+    """``base`` with ``extra`` merged on top, nested dicts merged key by key.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.options import merge_options
+        base = {"key": "AK", "client_kwargs": {"region_name": "eu-west-1"}}
+        extra = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+        assert merge_options(base, extra) == {
+            "key": "AK",
+            "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9000"},
+        }
+        ```
+    """
     out = dict(base)
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_options(out[key], value)
         else:
             out[key] = value
     return out
 
 
 def options_from_block(block: Any) -> dict:
-    """fsspec options from a loaded block (see the module docstring for the kinds)."""
+    """fsspec options from a loaded block (see the module docstring for the kinds).
+
+    Raises:
+        ValueError: a block of another type, or a Secret that is not a JSON object.
+
+    Example:
+        ```python
+        from prefect.filesystems import RemoteFileSystem
+        from kf2v_tasks.storage.options import options_from_block
+        block = RemoteFileSystem(basepath="s3://bucket/", settings={"anon": True})
+        assert options_from_block(block) == {"anon": True}
+        ```
+    """
     kind = type(block).__name__
     if kind == "AwsCredentials":
         opts: dict[str, Any] = {}
@@ -64,26 +92,3 @@ def options_from_block(block: Any) -> dict:
         f"storage_block of type {kind} is not supported; use aws-credentials/<name>, "
         "remote-file-system/<name> or secret/<name>"
     )
-
-
-async def resolve_storage_options(
-    storage_block: Optional[str], storage_options: Optional[dict]
-) -> Optional[dict]:
-    """Load ``storage_block`` (``"slug/name"``) and merge ``storage_options`` on top.
-
-    Example:
-        ```python
-        opts = await resolve_storage_options("aws-credentials/prod", {"client_kwargs": {}})
-        ```
-    """
-    if not storage_block:
-        return storage_options
-    from prefect.blocks.core import Block
-
-    if "/" not in storage_block:
-        raise ValueError(
-            f"storage_block {storage_block!r} must be '<block-type-slug>/<block-name>', "
-            "e.g. 'aws-credentials/prod'"
-        )
-    block = await Block.aload(storage_block)
-    return _merge(options_from_block(block), storage_options)

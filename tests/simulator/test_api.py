@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from kf2v_tasks.dashscope.models import GenerationOptions, Resolution, fingerprint
+from kf2v_tasks.dashscope.models import GenerationOptions, Resolution
+from kf2v_tasks.generation.fingerprint import fingerprint
 from kf2v_tasks.simulator import RuntimeDistribution
 
 from .simkit import FIRST, HEADERS, LAST, body, create, data_uri, query, wait_status

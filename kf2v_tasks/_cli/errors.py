@@ -1,0 +1,72 @@
+"""How the ``kf2v`` command reports a failure: one line on stderr and an exit code.
+
+Exit codes: 0 done, 1 the work ran and something failed, 2 the command was asked for
+something it cannot do (a bad flag, an unusable manifest or frame, a missing extra),
+130 interrupted. ``--debug`` re-raises instead, so the traceback is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kf2v_tasks.batch.manifest import ManifestFileError
+from kf2v_tasks.errors import FrameValidationError
+
+#: Longest error line printed; the rest is in the traceback (``--debug``).
+MAX_CHARS = 600
+
+
+class UsageError(Exception):
+    """What the user asked for cannot be done as asked; the message says why (exit code 2).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.errors import UsageError
+        raise UsageError("out/results.csv already exists; choose another --output")
+        ```
+    """
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for problems with the input (fix it and run again), 1 for anything else.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.errors import UsageError, exit_code
+        assert exit_code(UsageError("bad")) == 2
+        ```
+    """
+    from pydantic import ValidationError
+
+    bad_input = (UsageError, ManifestFileError, FrameValidationError, ValidationError)
+    return 2 if isinstance(exc, bad_input) else 1
+
+
+def describe(exc: BaseException) -> str:
+    """One line for ``exc``: its message, or for pydantic errors ``field: reason`` per error.
+
+    Input values are never shown (a pydantic error would echo a key it failed to validate).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.errors import describe
+        assert describe(ValueError("line one\\n  line two")) == "line one line two"
+        ```
+    """
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = [_pydantic_line(e) for e in exc.errors(include_input=False, include_url=False)]
+        text = f"invalid {exc.title}: " + "; ".join(parts)
+    elif isinstance(exc, (UsageError, ManifestFileError, FrameValidationError)):
+        text = str(exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS - 1] + "…"
+
+
+def _pydantic_line(error: Any) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg"))

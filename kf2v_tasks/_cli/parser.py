@@ -1,0 +1,306 @@
+"""The ``kf2v`` argument parser: every option explained, every value checked while parsing.
+
+Building it imports neither Prefect nor the simulator's server, so ``kf2v --help`` and
+``kf2v --version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
+
+from kf2v_tasks._cli import argtypes
+from kf2v_tasks._version import __version__
+from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
+
+#: Speed of the simulator ``run``/``generate`` start when no key is set.
+EMBEDDED_SPEED = 60.0
+
+_DESCRIPTION = """\
+Wan kf2v (first-and-last-frame video) on Prefect.
+
+With no DASHSCOPE_API_KEY (and no --credentials-block), `run` and `generate` start the
+built-in DashScope simulator and say so: nothing is billed.
+"""
+
+
+class KfParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``kf2v run: error: argument --x: reason``.
+
+    The usage block argparse would print first is left out: ``--help`` shows it.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import KfParser
+        parser = KfParser(prog="kf2v")
+        parser.error("argument --concurrency: must be >= 1, got 0")   # exits 2
+        ```
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def version_text() -> str:
+    """``kf2v <version> (Prefect <version>)``, read without importing Prefect.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import version_text
+        assert version_text().startswith("kf2v ")
+        ```
+    """
+    try:
+        prefect = version("prefect")
+    except PackageNotFoundError:  # pragma: no cover - prefect is a dependency
+        prefect = "not installed"
+    python = ".".join(str(n) for n in sys.version_info[:3])
+    return f"kf2v {__version__} (Prefect {prefect}, Python {python})"
+
+
+def _debug(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    # SUPPRESS on subcommands: their default must not undo a `kf2v --debug run ...`.
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="Show the full traceback when something fails.",
+    )
+
+
+def _generation_options(p: argparse.ArgumentParser) -> None:
+    """What every row or video may override: model, resolution, seed, prompts, flags."""
+    p.add_argument(
+        "--model",
+        choices=[m.value for m in Kf2vModel],
+        help="Model (default wan2.2-kf2v-flash; the 2.1 plus models offer 720P only).",
+    )
+    p.add_argument(
+        "--resolution",
+        choices=[r.value for r in Resolution],
+        help="Resolution tier (default 720P); the aspect ratio follows the first frame.",
+    )
+    p.add_argument(
+        "--seed", type=argtypes.seed, help="Seed in 0..2147483647 (default: random per task)."
+    )
+    p.add_argument("--negative-prompt", help="What to avoid (the service keeps 500 characters).")
+    p.add_argument(
+        "--no-prompt-extend", action="store_true", help="Do not let the service rewrite prompts."
+    )
+    p.add_argument("--watermark", action="store_true", help='Add the "AI生成" watermark.')
+
+
+def _storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options",
+        type=argtypes.json_object,
+        help='Non-secret fsspec options as a JSON object, e.g. \'{"client_kwargs": '
+        '{"endpoint_url": "http://127.0.0.1:9000"}}\'.',
+    )
+    p.add_argument(
+        "--storage-block",
+        type=argtypes.block_slug,
+        help="Saved block with storage credentials, as <block-type-slug>/<name>, "
+        "e.g. aws-credentials/prod.",
+    )
+
+
+def _service_options(p: argparse.ArgumentParser) -> None:
+    """How ``run`` and ``generate`` reach DashScope (or the built-in simulator)."""
+    p.add_argument(
+        "--credentials-block",
+        help="Saved DashScopeCredentials block name (default: DASHSCOPE_API_KEY, else the "
+        "built-in simulator).",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=argtypes.number(above=0),
+        help="Divide every wait by this factor (KF2V_TIME_SCALE); for rehearsals on a "
+        "simulator running at the same --speed.",
+    )
+    p.add_argument(
+        "--simulator-speed",
+        type=argtypes.number(above=0),
+        default=EMBEDDED_SPEED,
+        help=f"Speed of the built-in simulator (default {EMBEDDED_SPEED:g}); used only "
+        "when no key and no --credentials-block is given.",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="Show Prefect's run logs on the terminal."
+    )
+
+
+def _add_run(sub) -> None:
+    run = sub.add_parser(
+        "run",
+        help="Generate every row of a CSV manifest.",
+        description="Generate every row "
+        "of a CSV manifest; rows already made by an earlier run are skipped.",
+    )
+    run.add_argument("manifest", help="CSV manifest (path or fsspec URL).")
+    run.add_argument("--output", required=True, help="Output folder (path or fsspec URL).")
+    run.add_argument(
+        "--concurrency",
+        type=argtypes.integer(1, 1024),
+        default=2,
+        help="Remote tasks in flight at once (default 2, the account default).",
+    )
+    run.add_argument(
+        "--submits-per-second",
+        type=argtypes.number(above=0),
+        default=2.0,
+        help="Create calls per second (default 2, the account default).",
+    )
+    run.add_argument(
+        "--queries-per-second",
+        type=argtypes.number(above=0),
+        default=20.0,
+        help="Task queries per second (default 20, the account default).",
+    )
+    run.add_argument("--prompt", help="Prompt for rows whose prompt cell is empty.")
+    run.add_argument(
+        "--max-cost",
+        type=argtypes.number(at_least=0),
+        help="Stop submitting once this much (in the price table's currency) would be spent.",
+    )
+    run.add_argument("--dry-run", action="store_true", help="Validate and estimate only.")
+    run.add_argument("--fail-fast", action="store_true", help="Submit nothing if a row is invalid.")
+    run.add_argument(
+        "--task-runs",
+        choices=["per_step", "per_row"],
+        default="per_step",
+        help="Prefect task runs per row: one per step (default) or one per row (lighter).",
+    )
+    _generation_options(run)
+    _storage_options(run)
+    _service_options(run)
+    _debug(run)
+
+
+def _add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="Generate one video.", description="Generate one video.")
+    gen.add_argument("--first", required=True, help="First frame (path or URL).")
+    gen.add_argument("--last", required=True, help="Last frame (path or URL).")
+    gen.add_argument("--prompt", help="Text prompt (the service keeps 800 characters).")
+    gen.add_argument("--output", required=True, help="Output .mp4 (path or fsspec URL).")
+    _generation_options(gen)
+    _storage_options(gen)
+    _service_options(gen)
+    _debug(gen)
+
+
+def _add_validate(sub) -> None:
+    val = sub.add_parser(
+        "validate",
+        help="Check a manifest and its frames and estimate the cost; submits nothing.",
+        description="Check every row and frame of a manifest and estimate its cost. Starts "
+        "neither Prefect nor the simulator; exits 1 if a row is invalid.",
+    )
+    val.add_argument("manifest", help="CSV manifest (path or fsspec URL).")
+    val.add_argument(
+        "--output",
+        help="Folder to write results.csv of planned and invalid rows to (default: write "
+        "nothing). An existing results.csv is never overwritten.",
+    )
+    val.add_argument("--prompt", help="Prompt for rows whose prompt cell is empty.")
+    _generation_options(val)
+    _storage_options(val)
+    _debug(val)
+
+
+def _add_simulator(sub) -> None:
+    from kf2v_tasks.simulator import cli as simulator_cli  # its options only: no server code
+
+    sim = sub.add_parser(
+        "simulator",
+        help="Serve the local DashScope simulator (needs the simulator extra).",
+        description="Serve the local DashScope simulator and print the environment a flow "
+        'needs to use it. Needs: pip install "kf2v-tasks[simulator]".',
+    )
+    simulator_cli.add_arguments(sim)
+    _debug(sim)
+
+
+def _add_limits(sub) -> None:
+    limits = sub.add_parser(
+        "limits",
+        help="Prefect global concurrency limits for the account.",
+        description="Prefect global concurrency limits that hold the account's quota across "
+        "runs and workers.",
+    )
+    _debug(limits)
+    limits_sub = limits.add_subparsers(
+        dest="limits_command", required=True, metavar="ACTION", help="What to do."
+    )
+    apply = limits_sub.add_parser("apply", help="Create or update the limits (idempotent).")
+    apply.add_argument(
+        "--max-in-flight",
+        type=argtypes.integer(1, 1024),
+        default=2,
+        help="Tasks the account may have in flight (default 2, the account default).",
+    )
+    apply.add_argument("--name", default=None, help="Limit name (default kf2v-dashscope-tasks).")
+    _debug(apply)
+    show = limits_sub.add_parser("show", help="Show the limits.")
+    _debug(show)
+
+
+def _add_stack(sub) -> None:
+    stack = sub.add_parser(
+        "stack",
+        help="Start a local Prefect server, workers and the simulator.",
+        description="Start a local Prefect server, process workers and the simulator; "
+        "Ctrl-C stops them all.",
+    )
+    stack.add_argument(
+        "--prefect-port", type=argtypes.port, default=4200, help="Prefect server port."
+    )
+    stack.add_argument("--simulator-port", type=argtypes.port, default=8910, help="Simulator port.")
+    stack.add_argument(
+        "--speed",
+        type=argtypes.number(above=0),
+        default=EMBEDDED_SPEED,
+        help=f"Simulator speed; the workers' KF2V_TIME_SCALE matches it (default "
+        f"{EMBEDDED_SPEED:g}).",
+    )
+    stack.add_argument("--pool", default="kf2v-process", help="Work pool name.")
+    stack.add_argument(
+        "--workers",
+        type=argtypes.integer(1, 64),
+        default=1,
+        help="Process workers to start (default 1).",
+    )
+    _debug(stack)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kf2v``.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import build_parser
+        args = build_parser().parse_args(["validate", "m.csv"])
+        assert args.command == "validate"
+        ```
+    """
+    parser = KfParser(
+        prog="kf2v",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_text(), help="Show the versions and exit."
+    )
+    _debug(parser, default=False)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="What to do."
+    )
+    _add_run(sub)
+    _add_generate(sub)
+    _add_validate(sub)
+    _add_simulator(sub)
+    _add_limits(sub)
+    _add_stack(sub)
+    return parser

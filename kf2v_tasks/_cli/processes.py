@@ -1,0 +1,250 @@
+"""Processes the local stack starts: spawn in their own session, wait for health, stop by id.
+
+Every process is started with ``start_new_session=True`` so it can be stopped with its
+children by signalling its process group, by process id, never by name.
+
+Example:
+    ```python
+    from kf2v_tasks._cli.processes import free_port, spawn, stop_process
+    from pathlib import Path
+    port = free_port()
+    proc = spawn("http", ["python", "-m", "http.server", str(port)], {}, Path("/tmp/http.log"))
+    stop_process(proc.proc)
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+
+def prefect_bin() -> str:
+    """The ``prefect`` executable next to this Python (the same virtualenv).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import prefect_bin
+        cmd = [prefect_bin(), "version"]
+        ```
+    """
+    here = Path(sys.executable).parent / "prefect"
+    return str(here) if here.exists() else (shutil.which("prefect") or "prefect")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port``.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import port_is_free
+        if not port_is_free(4200):
+            print("port 4200 is taken")
+        ```
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on ``host`` (free now; bind it soon).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import free_port
+        port = free_port()
+        ```
+    """
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path | str, lines: int = 60) -> str:
+    """The last ``lines`` lines of a log file ('' if missing).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import tail
+        print(tail("/tmp/kf2v-stack/logs/server.log", lines=20))
+        ```
+    """
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a process we started, by its id: SIGTERM to its process group, then SIGKILL.
+
+    Example:
+        ```python
+        import subprocess
+        from kf2v_tasks._cli.processes import stop_process
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        stop_process(proc)
+        ```
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """Stop several processes at once: SIGTERM to every group, wait, then SIGKILL stragglers.
+
+    Example:
+        ```python
+        import subprocess
+        from kf2v_tasks._cli.processes import stop_processes
+        procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+        stop_processes(procs, timeout=5)
+        ```
+    """
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+
+
+def prefect_env(home: Path | str, api_url: Optional[str] = None, **extra: str) -> dict[str, str]:
+    """The environment of a Prefect process of the stack (server, worker or CLI call).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import prefect_env
+        env = prefect_env("/tmp/kf2v-stack", "http://127.0.0.1:4200/api", KF2V_TIME_SCALE="60")
+        ```
+    """
+    env = dict(os.environ)
+    # A profile's settings must not leak in: this stack is self-contained.
+    env.pop("PREFECT_PROFILE", None)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_CLI_PROMPT="false",
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    else:
+        env.pop("PREFECT_API_URL", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class StackProcess:
+    """One process the stack started, with its log file.
+
+    Example:
+        ```python
+        from pathlib import Path
+        from kf2v_tasks._cli.processes import spawn
+        sim = spawn("simulator", ["python", "-m", "kf2v_tasks.simulator"], {}, Path("sim.log"))
+        assert sim.alive()
+        ```
+    """
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+
+def spawn(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    cwd: Optional[Path | str] = None,
+) -> StackProcess:
+    """Start ``cmd`` in its own session (so it can be stopped with its children).
+
+    Example:
+        ```python
+        from pathlib import Path
+        from kf2v_tasks._cli.processes import spawn, stop_process
+        server = spawn("http", ["python", "-m", "http.server", "0"], {}, Path("/tmp/http.log"))
+        stop_process(server.proc)
+        ```
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+        )
+    return StackProcess(name, proc, log)
+
+
+def wait_for_health(
+    api_url: str, timeout: float = 120.0, process: Optional[StackProcess] = None
+) -> None:
+    """Wait until ``<api_url>/health`` answers 200 (fail early if ``process`` exits).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.processes import wait_for_health
+        wait_for_health("http://127.0.0.1:4200/api", timeout=60)
+        ```
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(
+                f"{process.name} exited with code {process.proc.returncode}:\n{tail(process.log)}"
+            )
+        try:
+            response = httpx.get(f"{api_url}/health", timeout=3.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.3)
+    log = f":\n{tail(process.log)}" if process is not None else ""
+    raise RuntimeError(f"{api_url} not healthy after {timeout:.0f}s ({last}){log}")

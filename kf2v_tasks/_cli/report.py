@@ -1,0 +1,106 @@
+"""What ``kf2v run`` shows: a live progress bar, the estimate before spending, the summary."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from kf2v_tasks.batch.reporting import BatchObserver, observing
+
+
+class ProgressBar(BatchObserver):
+    """A rich progress bar fed by the batch runs of this process.
+
+    Example:
+        ```python
+        from rich.console import Console
+        from kf2v_tasks._cli.report import ProgressBar
+        from kf2v_tasks.batch.reporting import observing
+
+        with ProgressBar(Console(stderr=True)) as bar, observing(bar):
+            ...  # run the batch flow in this process
+        ```
+    """
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]kf2v"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task_id = self.bar.add_task("starting", total=None)
+
+    async def on_plan(self, plan: Any, cost: Any, dry_run: bool) -> None:
+        """Say what will run and what it should cost, before anything is spent."""
+        self.bar.console.print(
+            f"{len(plan.runnable)} valid rows, {len(plan.invalid)} invalid; estimated cost "
+            f"{cost.total:.2f} {cost.currency}"
+            + (" (dry run: nothing is submitted)" if dry_run else "")
+        )
+
+    def on_row(self, result: Any, counts: dict[str, int], total: int) -> None:
+        """Advance the bar; its text is the count per status so far."""
+        text = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        self.bar.update(self.task_id, completed=sum(counts.values()), total=total, description=text)
+
+    def __enter__(self) -> ProgressBar:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+@contextlib.contextmanager
+def progress(console: Any) -> Iterator[ProgressBar]:
+    """A :class:`ProgressBar` shown and registered for every batch run inside the block.
+
+    Example:
+        ```python
+        with progress(Console(stderr=True)):
+            state = asyncio.run(generate_batch("m.csv", "out/", return_state=True))
+        ```
+    """
+    with ProgressBar(console) as bar, observing(bar):
+        yield bar
+
+
+def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
+    """The failed rows (at most ``max_rows``), the headline, the counts and where results are.
+
+    Example:
+        ```python
+        print_summary(Console(stderr=True), summary)
+        ```
+    """
+    from rich.markup import escape  # messages and paths may hold "[...]"
+
+    from kf2v_tasks.batch.results import FAILED_STATUSES
+
+    bad = [r for r in summary.results if r.status in FAILED_STATUSES]
+    for r in bad[:max_rows]:
+        text = escape(r.error_message or r.error_code or "")
+        console.print(f"[red]{r.status.value}[/red] {text}")
+    if len(bad) > max_rows:
+        console.print(f"… and {len(bad) - max_rows} more in {escape(str(summary.results_path))}")
+    console.print(f"[bold]{escape(summary.headline())}[/bold]")
+    console.print(
+        f"submitted {summary.submitted}, re-attached {summary.reattached}, "
+        f"skipped {summary.skipped}; cost estimated {summary.estimated_cost:.2f} "
+        f"{summary.currency}, spent {summary.spent:.2f} {summary.currency}; "
+        f"{summary.wall_seconds:.1f} s"
+    )
+    console.print(f"results: {escape(str(summary.results_path))}")

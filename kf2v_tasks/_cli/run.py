@@ -1,0 +1,136 @@
+"""``kf2v run`` and ``kf2v generate``: check the input, pick the service, run the flow.
+
+The flows (and with them Prefect's engine) are imported only here, inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from kf2v_tasks._cli.inputs import check_manifest, defaults_from_args
+from kf2v_tasks._cli.service import dashscope_service, quiet_prefect
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Generate every row of a manifest; 0 if no row failed, 1 otherwise.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import build_parser
+        cmd_run(build_parser().parse_args(["run", "m.csv", "--output", "out/"]))
+        ```
+    """
+    from rich.console import Console
+
+    from kf2v_tasks._cli.report import print_summary, progress
+    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.errors import BatchFailedError
+
+    defaults = defaults_from_args(args)
+    check_manifest(args, defaults)  # before Prefect or the simulator start
+    concurrency = ConcurrencySettings(
+        max_in_flight=args.concurrency,
+        submits_per_second=args.submits_per_second,
+        queries_per_second=args.queries_per_second,
+    )
+    console = Console(stderr=True, soft_wrap=True)
+    with (
+        dashscope_service(
+            args.credentials_block,
+            simulator_speed=args.simulator_speed,
+            time_scale=args.time_scale,
+        ) as credentials,
+        quiet_prefect(args.verbose),
+    ):
+        from kf2v_flows.batch import generate_batch
+
+        with progress(console):
+            state = asyncio.run(
+                generate_batch(
+                    manifest=args.manifest,
+                    output=args.output,
+                    defaults=defaults,
+                    concurrency=concurrency,
+                    dry_run=args.dry_run,
+                    max_cost=args.max_cost,
+                    fail_fast=args.fail_fast,
+                    task_runs=args.task_runs,
+                    credentials_block=credentials,
+                    storage_block=args.storage_block,
+                    storage_options=args.storage_options,
+                    return_state=True,
+                )
+            )
+    try:
+        summary = _result(state)
+    except BatchFailedError as exc:  # some rows failed: the summary says which and why
+        summary = exc.summary
+    print_summary(console, summary)
+    return 1 if summary.failed else 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate one video; 0 when it is kept, else the one-line reason (exit 1).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import build_parser
+        cmd_generate(build_parser().parse_args(
+            ["generate", "--first", "a.png", "--last", "b.png", "--output", "clip.mp4"]))
+        ```
+    """
+    from rich.console import Console
+
+    from kf2v_tasks.dashscope.models import GenerationOptions
+    from kf2v_tasks.generation.frames import check_pair
+
+    d = defaults_from_args(args)
+    options = GenerationOptions(
+        model=d.model,
+        resolution=d.resolution,
+        seed=d.seed,
+        prompt_extend=d.prompt_extend,
+        watermark=d.watermark,
+    )
+    if not args.storage_block:  # unusable frames are said before anything starts
+        asyncio.run(check_pair(args.first, args.last, storage_options=args.storage_options))
+    console = Console(stderr=True, soft_wrap=True)
+    with (
+        dashscope_service(
+            args.credentials_block,
+            simulator_speed=args.simulator_speed,
+            time_scale=args.time_scale,
+        ) as credentials,
+        quiet_prefect(args.verbose),
+    ):
+        from kf2v_flows.single import generate_video
+
+        state = asyncio.run(
+            generate_video(
+                first_frame=args.first,
+                last_frame=args.last,
+                output=args.output,
+                prompt=args.prompt,
+                negative_prompt=d.negative_prompt,
+                options=options,
+                credentials_block=credentials,
+                storage_block=args.storage_block,
+                storage_options=args.storage_options,
+                return_state=True,
+            )
+        )
+    video = _result(state)
+    console.print(f"{video.path} {video.bytes} bytes sha256 {video.sha256}", markup=False)
+    return 0
+
+
+def _result(state: Any) -> Any:
+    """The flow's return value; the exception it failed with is raised (main prints it)."""
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    if value is None and not state.is_completed():
+        raise RuntimeError(state.message or f"the flow run ended {state.name}")
+    return value

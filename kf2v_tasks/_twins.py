@@ -1,0 +1,131 @@
+"""Sync twins of async Prefect tasks and flows, in the prefect-aws / prefect-gcp ``async_dispatch`` convention.
+
+``validate_frames`` is a sync Prefect task whose call dispatches like ``async_dispatch``
+does: in async code (an async flow or task, or a running event loop) it returns the async
+twin's coroutine, so ``await validate_frames(...)`` works; in sync code it runs and returns
+the value. prefect-aws decorates a plain function with ``@async_dispatch``, which loses
+``.submit()``/``.map()``; a :class:`TwinTask` is a real ``Task``, so both work, on either
+twin, in either kind of flow.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import Flow, Task, flow
+from prefect._internal.compatibility.async_dispatch import is_in_async_context
+from prefect.utilities.asyncutils import run_coro_as_sync
+
+R = TypeVar("R")
+
+
+class TwinTask(Task):
+    """A sync Prefect task that stands for its async twin (``.aio``) when called in async code."""
+
+    aio: Task
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        force = kwargs.pop("_sync", None)
+        run_sync = bool(force) if force is not None else not is_in_async_context()
+        if run_sync:
+            return super().__call__(*args, **kwargs)
+        return self.aio(*args, **kwargs)
+
+    def with_options(self, **options: Any) -> TwinTask:
+        """Like ``Task.with_options``, applied to both twins."""
+        return _pair(self.aio.with_options(**options), Task.with_options(self, **options))
+
+
+def _pair(aio: Task, sync: Task) -> TwinTask:
+    twin = TwinTask.__new__(TwinTask)
+    twin.__dict__.update(sync.__dict__)
+    twin.aio = aio
+    return twin
+
+
+def async_twin(aio: Task) -> Callable[[Task], TwinTask]:
+    """Make the decorated sync ``Task`` the twin of the async task ``aio``.
+
+    Example:
+        ```python
+        @task
+        async def aping() -> str:
+            return "pong"
+
+        @async_twin(aping)
+        @task
+        def ping() -> str:
+            return run_coro_as_sync(aping.fn())
+        ```
+    """
+
+    def decorate(sync: Task) -> TwinTask:
+        if not isinstance(sync, Task) or sync.isasync:
+            raise TypeError("async_twin decorates a sync Prefect task")
+        return _pair(aio, sync)
+
+    return decorate
+
+
+def _in_sync_run() -> bool:
+    """Inside a sync flow or task run (outside any run, Prefect's own behaviour is kept)."""
+    from prefect.context import get_run_context
+    from prefect.exceptions import MissingContextError
+
+    try:
+        ctx = get_run_context()
+    except MissingContextError:
+        return False
+    parent = getattr(ctx, "task", None) or getattr(ctx, "flow", None)
+    return parent is not None and not parent.isasync
+
+
+class TwinFlow(Flow):
+    """An async flow that a sync parent can call like a sync one.
+
+    Prefect returns a coroutine when a sync flow calls an async flow; a scheduled parent
+    would then "succeed" having run nothing. Called inside a sync flow or task run, a
+    :class:`TwinFlow` runs the subflow to the end and returns its value (or raises its
+    error); anywhere else it behaves as Prefect does (a coroutine to await, so
+    ``asyncio.run(generate_batch(...))`` keeps working).
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().__call__(*args, **kwargs)
+        if inspect.iscoroutine(result) and _in_sync_run():
+            return run_coro_as_sync(result)
+        return result
+
+    def with_options(self, **options: Any) -> TwinFlow:
+        """Like ``Flow.with_options``, keeping the sync-callable behaviour."""
+        plain = Flow.with_options(self, **options)
+        twin = TwinFlow.__new__(TwinFlow)
+        twin.__dict__.update(plain.__dict__)
+        return twin
+
+
+def twin_flow(**flow_options: Any) -> Callable[[Callable[..., Any]], TwinFlow]:
+    """``@flow(...)`` for an async flow that sync parents can call too.
+
+    Example:
+        ```python
+        @twin_flow(name="kf2v-generate-video")
+        async def generate_video(...): ...
+
+        @flow
+        def nightly():
+            video = generate_video("a.png", "b.png", "out/clip.mp4")   # a value, not a coroutine
+        ```
+    """
+
+    def decorate(fn: Callable[..., Any]) -> TwinFlow:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError("twin_flow decorates an async function")
+        plain = flow(**flow_options)(fn)
+        twin = TwinFlow.__new__(TwinFlow)
+        twin.__dict__.update(plain.__dict__)
+        return twin
+
+    return decorate

@@ -1,0 +1,543 @@
+"""What an answer from DashScope (or its OSS upload host) means: one table, read in one place.
+
+Every non-2xx answer becomes a typed error (see :mod:`kf2v_tasks.errors`) through
+:data:`ERROR_RULES`, a list of rows read top to bottom, first match wins. A row says which
+statuses and which ``code``/``message`` it matches, the exception class, and what the
+answer means for a *create* (``POST .../video-synthesis``):
+
+* ``create_retryable`` — the service certainly created no task (throttling, 503): the
+  create may be sent again after a backoff;
+* ``create_may_have_happened`` — a task may exist and be billed (500, 502, 504, 408, an
+  unexpected status): the create is never resent; the caller gets
+  :class:`~kf2v_tasks.errors.AmbiguousCreateError`;
+* neither — the service refused (bad input, auth, quota, moderation): no task, and
+  resending cannot help.
+
+Transport failures are mapped here too (:func:`error_from_transport`): a request that
+certainly never left (connect error, pool timeout) is safe to resend; one that may have
+reached the server is not, for a create. The table, as rows of *status · code → class ·
+create*::
+
+    any     UnsupportedOperation                  → UnsupportedOperationError   refused
+    any     DataInspectionFailed*, IPInfringement* → ContentRejectedError        refused
+    any     Arrearage, CommodityNotPurchased, …   → QuotaExhaustedError         refused
+            *BillOverdue, "Free allocated quota exceeded…"
+    401     any                                   → AuthenticationError         refused
+    403     any                                   → AccessDeniedError           refused
+    429     any                                   → ThrottledError              retried
+    503     any                                   → ServerError                 retried
+    408,5xx any                                   → ServerError                 ambiguous
+    4xx     any                                   → InvalidRequestError         refused
+    other   InvalidParameter*, BadRequest*, …     → InvalidRequestError         refused
+    other   any (1xx, 3xx)                        → ServerError                 ambiguous
+
+OSS answers (XML ``<Code>``/``<Message>``) go through the same rows, their code prefixed
+``OSS.`` so no DashScope code row matches them by accident.
+
+Error messages carry the server's words with every given secret blanked and signed-URL
+queries dropped (:func:`kf2v_tasks.redaction.redact_text`). Nothing here keeps an httpx
+object: a request, and so its ``Authorization`` header, never rides along in an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import httpx
+
+from kf2v_tasks.errors import (
+    AccessDeniedError,
+    AmbiguousCreateError,
+    ApiError,
+    AuthenticationError,
+    ConnectionFailedError,
+    ContentRejectedError,
+    InvalidRequestError,
+    Kf2vError,
+    QuotaExhaustedError,
+    ServerError,
+    ThrottledError,
+    UnsupportedOperationError,
+)
+from kf2v_tasks.redaction import redact_text
+from kf2v_tasks.retry import parse_retry_after
+
+__all__ = [
+    "ERROR_RULES",
+    "MAX_ERROR_TEXT",
+    "TRANSPORT_NOT_SENT",
+    "ErrorRule",
+    "bad_body_error",
+    "create_error",
+    "create_may_have_happened",
+    "create_retryable",
+    "error_from_oss_response",
+    "error_from_response",
+    "error_from_transport",
+    "excerpt",
+    "json_object",
+    "request_id_of",
+    "retry_after_seconds",
+    "rule_for",
+    "unusable_create_answer",
+]
+
+#: Longest excerpt of a non-JSON error body kept in an exception message.
+MAX_ERROR_TEXT = 200
+
+#: Transport failures after which the request certainly never reached the server.
+TRANSPORT_NOT_SENT: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+)
+
+StatusMatch = Callable[[int], bool]
+CodeMatch = Callable[[str, str], bool]  # (code, message) -> bool
+
+
+# ---------------------------------------------------------------------- row predicates
+
+
+def _any_status(status: int) -> bool:
+    return True
+
+
+def _any_code(code: str, message: str) -> bool:
+    return True
+
+
+def _status_in(*statuses: int) -> StatusMatch:
+    wanted = frozenset(statuses)
+    return lambda status: status in wanted
+
+
+def _status_from(low: int, high: int = 1000) -> StatusMatch:
+    return lambda status: low <= status < high
+
+
+def _code_in(*codes: str) -> CodeMatch:
+    wanted = frozenset(codes)
+    return lambda code, message: code in wanted
+
+
+def _code_prefix(*prefixes: str) -> CodeMatch:
+    return lambda code, message: code.startswith(prefixes)
+
+
+def _quota_gone(code: str, message: str) -> bool:
+    # 429 Throttling.AllocationQuota is a rate limit, except with this message: then the
+    # free quota is spent and waiting will not bring it back.
+    return (
+        code in {"Arrearage", "CommodityNotPurchased", "AllocationQuota.FreeTierOnly"}
+        or code.endswith("BillOverdue")
+        or message.strip().startswith("Free allocated quota exceeded")
+    )
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """One row of :data:`ERROR_RULES`: what it matches, which error, what a create may do.
+
+    Args:
+        name: a short label for logs and tests.
+        error: the exception class raised for a matching answer.
+        status: predicate over the HTTP status (default: any).
+        code: predicate over ``(code, message)`` of the error body (default: any).
+        create_retryable: a create that got this answer created no task and may be resent.
+        create_may_have_happened: a create that got this answer may have created a task.
+        reads_retry_after: the error carries the server's ``Retry-After``.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.responses import rule_for
+        rule = rule_for(503, "ModelUnavailable", "Model is unavailable")
+        assert rule.create_retryable and not rule.create_may_have_happened
+        ```
+    """
+
+    name: str
+    error: type[ApiError]
+    status: StatusMatch = _any_status
+    code: CodeMatch = _any_code
+    create_retryable: bool = False
+    create_may_have_happened: bool = False
+    reads_retry_after: bool = False
+
+    def __post_init__(self) -> None:
+        if self.create_retryable and self.create_may_have_happened:
+            raise ValueError(f"rule {self.name}: a create cannot be both retryable and ambiguous")
+
+    def matches(self, status: int, code: str, message: str) -> bool:
+        """Whether an answer with this status, code and message falls under this row."""
+        return self.status(status) and self.code(code, message)
+
+
+#: The rows, read top to bottom; the first match wins and the last row matches anything.
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        "unsupported-operation", UnsupportedOperationError, code=_code_in("UnsupportedOperation")
+    ),
+    ErrorRule(
+        "content-rejected",
+        ContentRejectedError,
+        code=_code_prefix("DataInspectionFailed", "IPInfringementSuspect"),
+    ),
+    ErrorRule("quota-exhausted", QuotaExhaustedError, code=_quota_gone),
+    ErrorRule("authentication", AuthenticationError, status=_status_in(401)),
+    ErrorRule("access-denied", AccessDeniedError, status=_status_in(403)),
+    ErrorRule(
+        "throttled",
+        ThrottledError,
+        status=_status_in(429),
+        create_retryable=True,
+        reads_retry_after=True,
+    ),
+    ErrorRule(
+        "unavailable",
+        ServerError,
+        status=_status_in(503),
+        create_retryable=True,
+        reads_retry_after=True,
+    ),
+    ErrorRule(
+        "server-error",
+        ServerError,
+        status=lambda s: s == 408 or s >= 500,
+        create_may_have_happened=True,
+    ),
+    ErrorRule("invalid-request", InvalidRequestError, status=_status_from(400, 500)),
+    ErrorRule(
+        "invalid-code",
+        InvalidRequestError,
+        code=_code_prefix("InvalidParameter", "BadRequest", "InvalidURL", "InvalidImage"),
+    ),
+    # 1xx/3xx (redirects are not followed): not expected from the API, and a create that
+    # got one may have been accepted behind a proxy.
+    ErrorRule("unexpected-status", ServerError, create_may_have_happened=True),
+)
+
+
+def rule_for(status: int, code: str, message: str = "") -> ErrorRule:
+    """The first row of :data:`ERROR_RULES` matching an answer: the one place it is read.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.responses import rule_for
+        from kf2v_tasks.errors import ThrottledError
+        assert rule_for(429, "Throttling.RateQuota").error is ThrottledError
+        ```
+    """
+    for rule in ERROR_RULES:
+        if rule.matches(status, code, message):
+            return rule
+    raise AssertionError("the last row of ERROR_RULES matches every answer")
+
+
+# ---------------------------------------------------------------------- answers -> errors
+
+
+def _build(
+    response: httpx.Response,
+    code: str,
+    message: str,
+    request_id: Optional[str],
+    secrets: Iterable[Optional[str]],
+) -> ApiError:
+    message = redact_text(message, secrets)
+    status = response.status_code
+    rule = rule_for(status, code, message)
+    return rule.error(
+        code,
+        message,
+        status_code=status,
+        request_id=request_id,
+        retry_after=retry_after_seconds(response) if rule.reads_retry_after else None,
+    )
+
+
+def error_from_response(
+    response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
+) -> ApiError:
+    """The typed error for a non-2xx DashScope answer (flat ``{code, message, request_id}``).
+
+    Non-JSON bodies give code ``"Unknown"`` and a truncated excerpt as the message.
+
+    Args:
+        response: the answer.
+        secrets: values to blank out of the server's text (the API key in use).
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import error_from_response
+        r = httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"},
+                           headers={"Retry-After": "3"})
+        err = error_from_response(r)   # ThrottledError, err.retry_after == 3.0
+        ```
+    """
+    body = json_object(response)
+    if body is not None and (body.get("code") or body.get("message")):
+        code = str(body.get("code") or "Unknown")
+        message = str(body.get("message") or "")
+    else:
+        code, message = "Unknown", excerpt(response)
+    return _build(response, code, message, request_id_of(response, body), secrets)
+
+
+def error_from_oss_response(
+    response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
+) -> ApiError:
+    """The typed error for an OSS PostObject answer (XML ``<Code>``/``<Message>``).
+
+    The code is prefixed ``OSS.`` (``OSS.AccessDenied``), then read through the same
+    :data:`ERROR_RULES` as DashScope answers.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import error_from_oss_response
+        body = "<Error><Code>AccessDenied</Code><Message>Policy expired.</Message></Error>"
+        err = error_from_oss_response(httpx.Response(403, text=body))
+        assert err.code == "OSS.AccessDenied"   # an AccessDeniedError
+        ```
+    """
+    text = response.text if response.content else ""
+    code = _xml_tag(text, "Code") or "Unknown"
+    message = _xml_tag(text, "Message") or excerpt(response)
+    request_id = _xml_tag(text, "RequestId") or response.headers.get("x-oss-request-id")
+    return _build(response, f"OSS.{code}", message, request_id, secrets)
+
+
+def error_from_transport(
+    exc: httpx.HTTPError,
+    *,
+    method: str,
+    shown: str,
+    create: bool = False,
+    secrets: Iterable[Optional[str]] = (),
+) -> Kf2vError:
+    """Our error for an httpx transport failure; it keeps no reference to ``exc``.
+
+    Args:
+        exc: the httpx error (it holds the request, so its headers: never keep it).
+        method: HTTP method, for the message.
+        shown: the path or redacted URL, for the message.
+        create: whether the request was a create.
+        secrets: values to blank out of the exception text.
+
+    Returns:
+        :class:`~kf2v_tasks.errors.AmbiguousCreateError` for a create that may have been
+        sent; else :class:`~kf2v_tasks.errors.ConnectionFailedError` with ``request_sent``
+        telling whether it may have reached the server.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import error_from_transport
+        err = error_from_transport(httpx.ConnectError("refused"), method="GET", shown="/tasks/t")
+        assert err.request_sent is False   # a ConnectionFailedError: safe to resend
+        ```
+    """
+    sent = not isinstance(exc, TRANSPORT_NOT_SENT)
+    what = redact_text(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
+    if create and sent:
+        return AmbiguousCreateError(
+            f"create: {what} after the request was sent; a task may exist",
+            cause=ConnectionFailedError(what, request_sent=True),
+        )
+    return ConnectionFailedError(f"{method} {shown}: {what}", request_sent=sent)
+
+
+def create_error(response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()) -> Kf2vError:
+    """What a create raises for a non-2xx answer: the typed error, or an ambiguous one.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import create_error
+        from kf2v_tasks.errors import AmbiguousCreateError
+        r = httpx.Response(502, json={"code": "BadGateway", "message": "bad gateway"})
+        assert isinstance(create_error(r), AmbiguousCreateError)
+        ```
+    """
+    error = error_from_response(response, secrets=secrets)
+    if create_may_have_happened(error):
+        return AmbiguousCreateError(
+            f"create answered HTTP {error.status_code} {error.code}; "
+            f"a task may exist (request_id={error.request_id})",
+            cause=error,
+        )
+    return error
+
+
+def bad_body_error(
+    response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
+) -> ServerError:
+    """A 2xx answer we cannot read (not JSON, or missing what it must hold): transient.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import bad_body_error
+        err = bad_body_error(httpx.Response(200, text="<html>"))
+        assert err.code == "InvalidResponse"
+        ```
+    """
+    return ServerError(
+        "InvalidResponse",
+        f"unparsable answer: {redact_text(excerpt(response), secrets)}",
+        status_code=response.status_code,
+        request_id=request_id_of(response, None),
+    )
+
+
+def unusable_create_answer(
+    response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
+) -> AmbiguousCreateError:
+    """A 2xx create answer without a usable task id: a task may exist all the same.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import unusable_create_answer
+        err = unusable_create_answer(httpx.Response(200, json={"request_id": "r"}))
+        assert "request_id=r" in str(err)
+        ```
+    """
+    rid = request_id_of(response, None)
+    return AmbiguousCreateError(
+        f"create answered HTTP {response.status_code} without a usable task id; "
+        f"a task may exist (request_id={rid})",
+        cause=ServerError(
+            "InvalidResponse",
+            redact_text(excerpt(response), secrets),
+            status_code=response.status_code,
+            request_id=rid,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------- create policy
+
+
+def create_retryable(exc: BaseException) -> bool:
+    """Whether a failed create certainly created no task, so it may be sent again.
+
+    True for answers whose row says ``create_retryable`` (429, 503) and for transport
+    failures before the request left; False for everything else, including
+    :class:`~kf2v_tasks.errors.AmbiguousCreateError`.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.responses import create_retryable
+        from kf2v_tasks.errors import ServerError
+        assert create_retryable(ServerError("ModelUnavailable", "busy", status_code=503))
+        assert not create_retryable(ServerError("InternalError", "boom", status_code=500))
+        ```
+    """
+    if isinstance(exc, ApiError):
+        return rule_for(exc.status_code, exc.code, exc.message).create_retryable
+    if isinstance(exc, ConnectionFailedError):
+        return not exc.request_sent
+    return False
+
+
+def create_may_have_happened(exc: BaseException) -> bool:
+    """Whether a create that failed this way may still have created (and billed) a task.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.responses import create_may_have_happened
+        from kf2v_tasks.errors import ServerError, ThrottledError
+        assert create_may_have_happened(ServerError("GatewayTimeout", "", status_code=504))
+        assert not create_may_have_happened(ThrottledError("Throttling", "", status_code=429))
+        ```
+    """
+    if isinstance(exc, AmbiguousCreateError):
+        return True
+    if isinstance(exc, ApiError):
+        return rule_for(exc.status_code, exc.code, exc.message).create_may_have_happened
+    if isinstance(exc, ConnectionFailedError):
+        return exc.request_sent
+    return False
+
+
+# ---------------------------------------------------------------------- reading answers
+
+
+def json_object(response: httpx.Response) -> Optional[dict[str, Any]]:
+    """The body as a JSON object, or ``None`` (not JSON, or not an object).
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import json_object
+        assert json_object(httpx.Response(200, json={"a": 1})) == {"a": 1}
+        assert json_object(httpx.Response(200, json=[1])) is None
+        ```
+    """
+    try:
+        body = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def request_id_of(response: httpx.Response, body: Optional[dict[str, Any]]) -> Optional[str]:
+    """The request id: from the JSON body if it has one, else the ``X-Request-ID`` header.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import request_id_of
+        r = httpx.Response(502, text="<html>", headers={"X-Request-ID": "hdr-1"})
+        assert request_id_of(r, None) == "hdr-1"
+        ```
+    """
+    if body is None:
+        body = json_object(response) if response.content[:1] == b"{" else None
+    rid = body.get("request_id") if body else None
+    return str(rid) if rid else response.headers.get("x-request-id")
+
+
+def excerpt(response: httpx.Response) -> str:
+    """The body as one line of at most :data:`MAX_ERROR_TEXT` characters.
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import excerpt
+        assert excerpt(httpx.Response(503)) == "empty body (HTTP 503)"
+        ```
+    """
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        text = response.content.decode("utf-8", "replace")
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 1] + "…"
+    return text or f"empty body (HTTP {response.status_code})"
+
+
+def retry_after_seconds(response: httpx.Response) -> Optional[float]:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
+
+    Example:
+        ```python
+        import httpx
+        from kf2v_tasks.dashscope.responses import retry_after_seconds
+        assert retry_after_seconds(httpx.Response(429, headers={"retry-after-ms": "2500"})) == 2.5
+        ```
+    """
+    return parse_retry_after(response.headers)
+
+
+def _xml_tag(text: str, tag: str) -> Optional[str]:
+    match = re.search(rf"<{tag}>([^<]*)</{tag}>", text)
+    return match.group(1).strip() if match else None

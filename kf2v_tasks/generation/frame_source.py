@@ -1,0 +1,188 @@
+"""Reading a frame's bytes from wherever the user keeps it, bounded in size.
+
+Local paths, ``file://``, ``http(s)://`` and any fsspec URL. Reads stop one byte past the
+limit, so an oversized file can never exhaust memory; when the size is known up front (file
+size, ``Content-Length``) it is rejected without reading. Messages name the frame without
+its URL query string (signed URLs must not reach a log or an error).
+
+Example:
+    ```python
+    import asyncio
+    from kf2v_tasks.generation.frame_source import read_frame_bytes
+
+    data = asyncio.run(read_frame_bytes("first.png", max_bytes=10 * 1024 * 1024))
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import httpx
+
+from kf2v_tasks import clock
+from kf2v_tasks.errors import FrameValidationError
+from kf2v_tasks.redaction import redact_url
+from kf2v_tasks.storage.paths import forget_cached, open_fs, run_sync
+
+__all__ = ["MIB", "display_source", "is_http", "read_frame_bytes", "too_large"]
+
+MIB = 1024 * 1024
+
+_HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_HTTP_ATTEMPTS = 3
+
+
+def display_source(source: str) -> str:
+    """``source`` as it may appear in a message: a URL loses its query, fragment and
+    ``user:password@`` part (see :func:`kf2v_tasks.redaction.redact_url`); a local path
+    is shown as it is (its ``#`` or ``?`` are part of the file name).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.frame_source import display_source
+        assert display_source("https://h/a.png?Signature=x") == "https://h/a.png"
+        assert display_source("s3://key:secret@bucket/a.png") == "s3://bucket/a.png"
+        assert display_source("frames/a#1.png") == "frames/a#1.png"
+        ```
+    """
+    return redact_url(source) if "://" in source else source
+
+
+def is_http(source: str) -> bool:
+    """Whether ``source`` is an ``http(s)://`` URL (passed to the service as it is).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.frame_source import is_http
+        assert is_http("HTTPS://h/a.png") and not is_http("s3://b/a.png")
+        ```
+    """
+    return source.lower().startswith(("http://", "https://"))
+
+
+def _human_bytes(n: int) -> str:
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB".replace(".0 MiB", " MiB")
+    if n >= 1024:
+        return f"{n / 1024:.1f} KiB".replace(".0 KiB", " KiB")
+    return f"{n} bytes"
+
+
+def too_large(size: Optional[int], max_bytes: int) -> str:
+    """The reason given for a frame over ``max_bytes`` (``size`` when it is known).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.frame_source import too_large
+        assert too_large(12 * 1024 * 1024, 10 * 1024 * 1024) == (
+            "file is 12 MiB; frames may be at most 10 MiB"
+        )
+        ```
+    """
+    what = f"file is {_human_bytes(size)}" if size is not None else "file is larger than that"
+    return f"{what}; frames may be at most {_human_bytes(max_bytes)}"
+
+
+async def read_frame_bytes(
+    source: str,
+    *,
+    storage_options: Optional[dict] = None,
+    max_bytes: Optional[int] = None,
+) -> bytes:
+    """Read a frame's bytes from a local path, ``file://``, ``http(s)://`` or any fsspec URL.
+
+    At most ``max_bytes + 1`` bytes are read, so an oversized file cannot exhaust memory
+    (the caller sees ``len(data) > max_bytes``); when the size is known up front
+    (file size, ``Content-Length``) an oversized file is rejected without reading it.
+
+    Args:
+        source: the frame as the user gave it.
+        storage_options: fsspec options (credentials) for remote filesystems; never logged.
+        max_bytes: stop reading after this many bytes (plus one).
+
+    Returns:
+        The bytes read.
+
+    Raises:
+        FrameValidationError: missing file, HTTP error, unreadable source.
+
+    Example:
+        ```python
+        data = await read_frame_bytes("s3://bucket/a.png", storage_options={"anon": True})
+        ```
+    """
+    if is_http(source):
+        return await _read_http(source, max_bytes)
+    return await run_sync(_read_fs, source, storage_options, max_bytes)
+
+
+def _read_fs(source: str, storage_options: Optional[dict], max_bytes: Optional[int]) -> bytes:
+    try:
+        fs, path = open_fs(source, storage_options)
+        forget_cached(fs, path)
+        if max_bytes is not None:
+            try:
+                size = fs.size(path)
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                raise
+            except Exception:  # size unknown on this filesystem: the bounded read decides
+                size = None
+            if size is not None and size > max_bytes:
+                raise FrameValidationError(display_source(source), too_large(size, max_bytes))
+        if fs.isdir(path):
+            raise IsADirectoryError(path)
+        with fs.open(path, "rb") as f:
+            return f.read(max_bytes + 1) if max_bytes is not None else f.read()
+    except FrameValidationError:
+        raise
+    except FileNotFoundError:
+        raise FrameValidationError(display_source(source), "file not found") from None
+    except IsADirectoryError:
+        raise FrameValidationError(display_source(source), "is a folder, not a file") from None
+    except PermissionError:
+        raise FrameValidationError(display_source(source), "permission denied") from None
+    except ImportError as exc:  # e.g. gcsfs not installed for gs://
+        raise FrameValidationError(
+            display_source(source), f"cannot open this kind of URL: {exc}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        # Name the error type only: some backends echo request details in messages.
+        raise FrameValidationError(
+            display_source(source), f"cannot read the file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+async def _read_http(url: str, max_bytes: Optional[int]) -> bytes:
+    shown = display_source(url)
+    last = ""
+    # No credentials of ours go to a user's frame URL: a plain client, no auth headers.
+    async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True) as http:
+        for attempt in range(1, _HTTP_ATTEMPTS + 1):
+            try:
+                async with http.stream("GET", url) as resp:
+                    if resp.status_code == 404:
+                        raise FrameValidationError(shown, f"HTTP 404 from {shown} (not found)")
+                    if resp.status_code == 429 or resp.status_code >= 500:
+                        last = f"HTTP {resp.status_code} from {shown}"
+                    elif resp.status_code >= 400:
+                        raise FrameValidationError(shown, f"HTTP {resp.status_code} from {shown}")
+                    else:
+                        declared = resp.headers.get("content-length")
+                        if max_bytes is not None and declared and declared.isdigit():
+                            if int(declared) > max_bytes:
+                                raise FrameValidationError(
+                                    shown, too_large(int(declared), max_bytes)
+                                )
+                        buf = bytearray()
+                        async for chunk in resp.aiter_bytes(256 * 1024):
+                            buf += chunk
+                            if max_bytes is not None and len(buf) > max_bytes:
+                                del buf[max_bytes + 1 :]
+                                break  # enough to know it is too large
+                        return bytes(buf)
+            except httpx.TransportError as exc:
+                last = f"could not download {shown} ({type(exc).__name__})"
+            if attempt < _HTTP_ATTEMPTS:
+                await clock.sleep(float(attempt))
+    raise FrameValidationError(shown, f"{last} after {_HTTP_ATTEMPTS} attempts")

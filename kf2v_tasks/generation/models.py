@@ -1,0 +1,95 @@
+"""What a validated frame is: its source, content hash, size, format and how it travels.
+
+These are generation's records, not the wire protocol: the wire only ever sees the URL or
+data URI that :func:`~kf2v_tasks.generation.frames.prepare_frame` makes from them. They
+import nothing from the rest of the package, so any layer above can use them.
+
+Example:
+    ```python
+    from kf2v_tasks.generation.models import FrameInfo, FramePair, FrameTransport
+
+    info = FrameInfo(
+        source="first.png", sha256="ab" * 32, size_bytes=1234, width=320, height=240,
+        format="PNG", mode="RGB", transport=FrameTransport.DATA_URI,
+    )
+    pair = FramePair(first=info, last=info)
+    assert pair.first.aspect_ratio == 320 / 240
+    ```
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+__all__ = ["FrameInfo", "FramePair", "FrameTransport"]
+
+
+class FrameTransport(StrEnum):
+    """How a validated frame travels to the service.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.models import FrameTransport
+        assert FrameTransport("upload") is FrameTransport.UPLOAD
+        ```
+    """
+
+    URL = "url"  # public http(s) URL passed through
+    DATA_URI = "data_uri"  # small file inlined as base64
+    UPLOAD = "upload"  # larger file through the temporary (oss://) upload
+
+
+class FrameInfo(BaseModel):
+    """A frame that passed validation: where it is, what it is, how it will be sent.
+
+    The bytes are not kept here (results stay small); ``prepare_frame`` re-reads the
+    source at submit time and checks its sha256 against this record.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.models import FrameInfo
+        info = FrameInfo(
+            source="a.jpg", sha256="00" * 32, size_bytes=10, width=640, height=480,
+            format="JPEG", mode="RGB", transport="data_uri",
+        )
+        assert info.aspect_ratio == 640 / 480
+        ```
+    """
+
+    source: str = Field(description="The frame as the user gave it (path or URL).")
+    sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    format: str = Field(description="Image format as Pillow names it (JPEG, PNG, BMP, WEBP).")
+    mode: str = Field(description="Pillow colour mode, e.g. RGB, RGBA, L.")
+    has_alpha: bool = False
+    transport: FrameTransport
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def aspect_ratio(self) -> float:
+        """Width over height."""
+        return self.width / self.height
+
+
+class FramePair(BaseModel):
+    """The first and last frame of one generation, both validated.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.models import FrameInfo, FramePair
+        info = FrameInfo(
+            source="a.png", sha256="00" * 32, size_bytes=10, width=320, height=240,
+            format="PNG", mode="RGB", transport="data_uri",
+        )
+        pair = FramePair(first=info, last=info, warnings=[])
+        assert pair.last.source == "a.png"
+        ```
+    """
+
+    first: FrameInfo
+    last: FrameInfo
+    warnings: list[str] = Field(default_factory=list)

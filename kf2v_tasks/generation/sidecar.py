@@ -1,0 +1,199 @@
+"""What a kept video is and the JSON sidecar written beside it.
+
+The facts of a video (model, resolution, billed length, prompts, cost) come from three
+places: the submission (what was asked), the task (what the service did and billed, in
+``usage``) and the price table. :func:`video_facts` gathers them once, so the sidecar, the
+:class:`~kf2v_tasks.generation.persist.PersistedVideo` and the ledger record agree.
+
+Example:
+    ```python
+    from kf2v_tasks.dashscope.models import TaskState
+    from kf2v_tasks.generation.sidecar import build_sidecar, video_facts
+
+    state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED"},
+                                     "usage": {"video_duration": 5, "SR": 720}})
+    facts = video_facts(state, None, None)
+    assert (facts.resolution, facts.duration_seconds) == ("720P", 5)
+    doc = build_sidecar(state, sha256="ff" * 32, size=10, path="out/a.mp4")
+    assert doc["resolution"] == "720P" and doc["cost"] is None  # no model known, no price
+    ```
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Optional
+
+from pydantic import BaseModel, Field
+
+from kf2v_tasks.dashscope.models import Resolution, TaskState
+from kf2v_tasks.generation.pricing import PriceTable, video_cost
+from kf2v_tasks.redaction import redact_url
+
+if TYPE_CHECKING:
+    from kf2v_tasks.generation.submit import Submission
+
+__all__ = ["SIDECAR_VERSION", "VideoFacts", "as_resolution", "build_sidecar", "video_facts"]
+
+logger = logging.getLogger("kf2v_tasks.generation.sidecar")
+
+#: Version of the sidecar layout; fields are only ever added within a version.
+SIDECAR_VERSION = 1
+
+
+class VideoFacts(BaseModel):
+    """What a video is and what it cost (each field empty when it is not known).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.sidecar import VideoFacts
+        facts = VideoFacts(model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5)
+        assert facts.priced(None).cost == 0.5
+        ```
+    """
+
+    model: Optional[str] = None
+    resolution: Optional[Resolution] = None
+    duration_seconds: Optional[int] = Field(default=None, description="Billed length (s).")
+    prompt: Optional[str] = None
+    negative_prompt: Optional[str] = None
+    actual_prompt: Optional[str] = None
+    cost: Optional[float] = None
+    currency: Optional[str] = None
+
+    def priced(self, price_table: Optional[PriceTable]) -> VideoFacts:
+        """These facts with cost and currency from ``price_table`` (default table) if known.
+
+        A cost already known is kept; a table without a price for the model and
+        resolution leaves the cost empty (logged): the video is kept whatever the table says.
+        """
+        if self.cost is not None or not (self.model and self.resolution and self.duration_seconds):
+            return self
+        table = price_table or PriceTable.default()
+        try:
+            cost = video_cost(self.model, self.resolution, self.duration_seconds, table)
+        except ValueError as exc:
+            logger.warning("no cost for the video: %s", exc)
+            return self
+        return self.model_copy(update={"cost": cost, "currency": table.currency})
+
+
+def as_resolution(value: Any) -> Optional[Resolution]:
+    """``value`` ("720P", "720p") as a :class:`Resolution`; ``None`` when it is not one.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.sidecar import as_resolution
+        assert as_resolution("1080p") == "1080P" and as_resolution("4K") is None
+        ```
+    """
+    try:
+        return Resolution(str(value).upper()) if value else None
+    except ValueError:
+        return None
+
+
+def video_facts(
+    state: TaskState, submission: Optional[Submission], price_table: Optional[PriceTable]
+) -> VideoFacts:
+    """The facts of a SUCCEEDED task's video: asked (submission), billed (usage), priced.
+
+    The resolution is the one asked, else the one ``usage.SR`` reports; the length is the
+    billed ``usage.video_duration``, else the one asked.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.models import TaskState
+        from kf2v_tasks.generation.sidecar import video_facts
+        state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED",
+                                         "actual_prompt": "a cat, cinematic"}})
+        assert video_facts(state, None, None).actual_prompt == "a cat, cinematic"
+        ```
+    """
+    params = submission.parameters if submission else {}
+    usage = state.usage
+    facts = VideoFacts(
+        model=submission.model if submission else None,
+        # Asked for, else what the service reports (SR on 2.2 models).
+        resolution=(submission.resolution if submission else None)
+        or as_resolution(params.get("resolution"))
+        or (usage.resolution if usage else None),
+        # Billed seconds (usage) first: that is what the account is charged for.
+        duration_seconds=(usage.video_duration if usage else None)
+        or (submission.duration_seconds if submission else None)
+        or params.get("duration"),
+        prompt=submission.prompt if submission else state.orig_prompt,
+        negative_prompt=submission.negative_prompt if submission else None,
+        actual_prompt=state.actual_prompt,
+    )
+    return facts.priced(price_table)
+
+
+def build_sidecar(
+    state: TaskState,
+    *,
+    sha256: str,
+    size: int,
+    path: str,
+    submission: Optional[Submission] = None,
+    timings: Optional[dict[str, Any]] = None,
+    extra: Optional[dict[str, Any]] = None,
+    price_table: Optional[PriceTable] = None,
+) -> dict[str, Any]:
+    """The JSON document kept beside each video (signed URLs reduced to scheme, host, path).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.models import TaskState
+        from kf2v_tasks.generation.persist import build_sidecar
+        state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED",
+                                         "video_url": "https://oss.test/v.mp4?Signature=x"},
+                                         "usage": {"video_duration": 5, "SR": 480}})
+        doc = build_sidecar(state, sha256="ff" * 32, size=10, path="out/a.mp4")
+        assert doc["video_source"] == "https://oss.test/v.mp4" and doc["resolution"] == "480P"
+        ```
+    """
+    facts = video_facts(state, submission, price_table)
+
+    def iso(d: Optional[datetime]) -> Optional[str]:
+        return d.isoformat() if d else None
+
+    doc: dict[str, Any] = {
+        "kf2v_sidecar_version": SIDECAR_VERSION,
+        "video": path,
+        "sha256": sha256,
+        "bytes": size,
+        "task_id": state.task_id,
+        "task_status": state.status.value,
+        "query_request_id": state.request_id,
+        "create_request_id": submission.request_id if submission else None,
+        "fingerprint": submission.fingerprint if submission else None,
+        "model": facts.model,
+        "resolution": facts.resolution.value if facts.resolution else None,
+        "duration_seconds": facts.duration_seconds,
+        "cost": facts.cost,
+        "currency": facts.currency,
+        "parameters": submission.parameters if submission else None,
+        "prompt": facts.prompt,
+        "negative_prompt": facts.negative_prompt,
+        "orig_prompt": state.orig_prompt,
+        "actual_prompt": state.actual_prompt,
+        "usage": state.usage.model_dump(by_alias=True, exclude_none=True) if state.usage else None,
+        "possible_duplicate": submission.possible_duplicate if submission else False,
+        "video_source": redact_url(state.video_url),
+        "timings": {
+            "submitted_at": iso(submission.submitted_at) if submission else None,
+            "service_submit_time": iso(state.submit_time),
+            "service_scheduled_time": iso(state.scheduled_time),
+            "service_end_time": iso(state.end_time),
+            "persisted_at": datetime.now(UTC).isoformat(),
+            **(timings or {}),
+        },
+        "status_history": [
+            {"status": h.status.value, "seen_at": h.seen_at.isoformat()} for h in state.history
+        ],
+    }
+    if extra:
+        doc["extra"] = extra
+    return doc

@@ -1,0 +1,140 @@
+"""One way to keep secrets out of text: API keys, bearer tokens and signed-URL queries.
+
+Everything this package writes where people or other programs can read it (log lines,
+exception messages, ledger records, sidecars, results, artifacts) goes through these
+helpers first:
+
+* :func:`redact_text` blanks the secrets it is given, drops the query string of every
+  ``http(s)://`` / ``oss://`` URL in the text (signatures and expiry live there), drops a
+  URL's ``user:password@`` part, and masks ``sk-...`` API-key shapes and
+  ``Bearer <token>`` values it was *not* told about;
+* :func:`redact_url` trims one URL to scheme, host and path;
+* :func:`scrub` applies :func:`redact_text` to every string inside dicts, lists and tuples.
+
+Example:
+    ```python
+    from kf2v_tasks.redaction import redact_text, redact_url, scrub
+
+    assert redact_url("https://oss.test/v.mp4?Signature=abc#t=1") == "https://oss.test/v.mp4"
+    assert redact_text("key sk-abcdef123456 used") == "key sk-[secure] used"
+    assert scrub({"url": ["https://x.test/a?sig=1"]}) == {"url": ["https://x.test/a"]}
+    ```
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from enum import Enum
+from typing import Any, Optional, overload
+
+__all__ = ["MASK", "redact_text", "redact_url", "scrub"]
+
+#: What a removed secret is replaced with.
+MASK = "[secure]"
+
+# A URL of a scheme whose query may carry a signature, up to (not including) its query.
+_URL_QUERY_RE = re.compile(r"((?:https?|oss)://[^\s?#\"'<>]+)\?[^\s#\"'<>]*", re.IGNORECASE)
+# ``scheme://user:password@host``: the credentials part, for any scheme.
+_USERINFO_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@\"'<>]+@")
+# DashScope keys look like ``sk-`` + letters/digits; 8+ characters keeps words like "sk-8".
+_KEY_RE = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact_text(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
+    """``text`` with secrets, signed-URL queries, URL credentials and key shapes removed.
+
+    Args:
+        text: any text (a server message, an exception string, a log argument).
+        secrets: exact values to blank out (e.g. the API key in use); empty ones are
+            ignored. Each becomes ``[secure]``.
+
+    Returns:
+        The text with every given secret replaced by ``[secure]``, the query string (and
+        fragment) of every ``http(s)://`` / ``oss://`` URL dropped, ``user:pass@`` removed
+        from URLs, ``sk-...`` keys shown as ``sk-[secure]`` and ``Bearer <token>`` as
+        ``Bearer [secure]``.
+
+    Example:
+        ```python
+        from kf2v_tasks.redaction import redact_text
+
+        text = "GET https://oss.test/v.mp4?Expires=1&Signature=x failed for hunter2"
+        assert redact_text(text, ["hunter2"]) == "GET https://oss.test/v.mp4 failed for [secure]"
+        assert redact_text("Authorization: Bearer abcdefgh1234") == (
+            "Authorization: Bearer [secure]"
+        )
+        ```
+    """
+    # Longest first: a secret that contains another is blanked whole.
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _URL_QUERY_RE.sub(r"\1", text)
+    text = _USERINFO_RE.sub(r"\1", text)
+    text = _KEY_RE.sub(f"sk-{MASK}", text)
+    return _BEARER_RE.sub(rf"\1 {MASK}", text)
+
+
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
+def redact_url(url: Optional[str]) -> Optional[str]:
+    """``url`` without its query string, fragment and ``user:password@`` part.
+
+    Signed OSS URLs authenticate by their query (``Signature``, ``OSSAccessKeyId``,
+    ``Expires``), so only scheme, host and path may be stored or shown. ``None`` and
+    ``""`` come back unchanged.
+
+    Example:
+        ```python
+        from kf2v_tasks.redaction import redact_url
+
+        assert redact_url("https://b.oss.test/v.mp4?Expires=1&Signature=x") == (
+            "https://b.oss.test/v.mp4"
+        )
+        assert redact_url("s3://key:secret@bucket/a.mp4#frag") == "s3://bucket/a.mp4"
+        assert redact_url(None) is None
+        ```
+    """
+    if not url:
+        return url
+    trimmed = url.split("#", 1)[0].split("?", 1)[0]
+    return _USERINFO_RE.sub(r"\1", trimmed)
+
+
+def scrub(value: Any, secrets: Iterable[Optional[str]] = ()) -> Any:
+    """``value`` with :func:`redact_text` applied to every string inside it.
+
+    Walks dicts (values only: keys are field names), lists and tuples, returning new
+    containers of the same kind; enum members and anything else are returned as is.
+
+    Args:
+        value: a JSON-like document (a ledger record, a sidecar, an error detail).
+        secrets: exact values to blank out, as for :func:`redact_text`.
+
+    Example:
+        ```python
+        from kf2v_tasks.redaction import scrub
+
+        doc = {"error": "401 for sk-live-0123456789", "urls": ("https://x.test/a?sig=1",)}
+        assert scrub(doc) == {"error": "401 for sk-[secure]", "urls": ("https://x.test/a",)}
+        ```
+    """
+    known = tuple(s for s in secrets if s)
+    return _scrub(value, known)
+
+
+def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, Enum):  # a str-Enum member is a name from our code, not data
+        return value
+    if isinstance(value, str):
+        return redact_text(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(v, secrets) for v in value)
+    return value

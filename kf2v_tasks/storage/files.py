@@ -1,0 +1,395 @@
+"""Small committed files on any fsspec storage: atomic writes, fresh reads, hashes, copies.
+
+Readers never see half a file. On local disk a file is written to a hidden temp name
+beside it (``<dir>/.kf2v/tmp/<uuid>-<name>``), fsynced, then renamed (``os.replace``); on
+object stores a small file is one PUT, which replaces the object atomically, and a large
+copy goes to a temp object that is then moved (the copy appears in one step). Reads start
+from the store, never from fsspec's listing cache, since another worker may have written
+the file since. The streamed video download lives in :mod:`kf2v_tasks.storage.download`.
+
+Example:
+    ```python
+    from kf2v_tasks.storage.files import read_json, sidecar_path, write_json_atomic
+
+    side = sidecar_path("s3://bucket/out/row-1.mp4")          # s3://bucket/out/row-1.json
+    await write_json_atomic(side, {"sha256": "..."}, storage_options=opts)
+    doc = await read_json(side, storage_options=opts)
+    ```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Optional
+
+import fsspec
+from pydantic import BaseModel, Field
+
+from kf2v_tasks.storage.paths import (
+    RESERVED_DIR,
+    forget_cached,
+    is_local,
+    is_object_store,
+    is_url,
+    open_fs,
+    run_sync,
+)
+
+__all__ = [
+    "MIB",
+    "WRITE_BLOCK_SIZE",
+    "StoredFile",
+    "copy_video",
+    "read_json",
+    "read_text",
+    "remove_stale_temps",
+    "sidecar_path",
+    "verify_file",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+logger = logging.getLogger("kf2v_tasks.storage.files")
+
+MIB = 1024 * 1024
+#: s3fs part size: bounds the upload buffer (peak memory); S3 parts must be at least 5 MiB.
+WRITE_BLOCK_SIZE = 5 * MIB + 64 * 1024
+
+
+class StoredFile(BaseModel):
+    """A file committed at its final path: where, its sha256 and size, and how it got there.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import StoredFile
+        f = StoredFile(path="out/row-1.mp4", sha256="ab" * 32, bytes=1024)
+        assert f.attempts == 1 and not f.resumed
+        ```
+    """
+
+    path: str = Field(description="Final path or URL of the file.")
+    sha256: str = Field(description="Hex sha256 of the committed bytes.")
+    bytes: int = Field(description="Size of the committed file.")
+    sidecar_path: Optional[str] = Field(
+        default=None, description="The JSON sidecar written beside it, if any."
+    )
+    attempts: int = Field(default=1, description="HTTP requests the download took (0 for a copy).")
+    resumed: bool = Field(default=False, description="Whether a download resumed mid-way.")
+
+
+def sidecar_path(video_path: str) -> str:
+    """The JSON sidecar beside a video: same folder, same stem, ``.json``.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import sidecar_path
+        assert sidecar_path("out/row-1.mp4") == "out/row-1.json"
+        assert sidecar_path("s3://b/x/clip.v2.mp4") == "s3://b/x/clip.v2.json"
+        ```
+    """
+    head, sep, name = video_path.rpartition("/")
+    stem, dot, _ext = name.rpartition(".")
+    stem = stem if dot and stem else name
+    return f"{head}{sep}{stem}.json"
+
+
+# ---------------------------------------------------------------------- temp files
+
+
+def _tmp_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A hidden temp name beside ``path`` on the same filesystem (same-device rename)."""
+    folder, _, name = path.rstrip("/").rpartition("/")
+    return f"{folder}/{RESERVED_DIR}/tmp/{uuid.uuid4().hex}-{name}"
+
+
+def _open_write(fs: fsspec.AbstractFileSystem, path: str):
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open(path, "wb")
+    return fs.open(path, "wb", block_size=WRITE_BLOCK_SIZE)
+
+
+def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str, direct: bool = False) -> None:
+    """Abandon a temp file: abort pending uploads, then delete whatever exists.
+
+    ``direct``: ``f`` is a deferred-commit upload to the final ``path`` itself; aborting it
+    is all there is to do (deleting ``path`` would delete the previous good video).
+    """
+    try:
+        if hasattr(f, "discard") and not is_local(fs):
+            f.discard()  # s3fs: abort the multipart upload instead of completing it
+            f.closed = True  # else __del__ would try to complete the discarded upload
+        else:
+            f.close()
+    except Exception:  # cleanup is best-effort; the temp name is never read as a result
+        logger.debug("closing temp %s failed", path, exc_info=True)
+    if not direct:
+        _remove_quietly(fs, path)
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        if is_local(fs):
+            if os.path.exists(path):
+                os.remove(path)
+        else:
+            forget_cached(fs, path)
+            if fs.exists(path):
+                fs.rm_file(path)
+    except Exception:
+        logger.warning("could not remove temp file %s", path, exc_info=True)
+
+
+def _commit(fs: fsspec.AbstractFileSystem, tmp: str, dest: str) -> None:
+    """Move a finished temp file onto its final name, atomically where the store allows."""
+    if is_local(fs):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(tmp, dest)  # atomic rename on the same filesystem
+        return
+    # Object stores: the copy appears at ``dest`` in one step (server-side copy), then the
+    # temp is deleted; ``dest`` never holds a partial object.
+    fs.mv(tmp, dest)
+    forget_cached(fs, dest)
+
+
+def _fsync_close(f: Any, local: bool) -> None:
+    if local:
+        f.flush()
+        os.fsync(f.fileno())
+    f.close()
+
+
+# ---------------------------------------------------------------------- atomic writes
+
+
+def _write_bytes_atomic_sync(dest: str, data: bytes, storage_options: Optional[dict]) -> None:
+    fs, path = open_fs(dest, storage_options)
+    if is_object_store(fs):
+        fs.pipe_file(path, data)  # a single PUT replaces the object atomically
+        return
+    tmp = _tmp_path(fs, path)
+    f = _open_write(fs, tmp)
+    try:
+        f.write(data)
+        _fsync_close(f, is_local(fs))
+        _commit(fs, tmp, path)
+    except BaseException:
+        _discard(fs, f, tmp)
+        raise
+
+
+async def write_bytes_atomic(
+    dest: str, data: bytes, *, storage_options: Optional[dict] = None
+) -> None:
+    """Write small ``data`` to ``dest`` so readers see the old or the new content, never half.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import write_bytes_atomic
+        await write_bytes_atomic("out/poster.png", png_bytes)
+        ```
+    """
+    await run_sync(_write_bytes_atomic_sync, dest, data, storage_options)
+
+
+async def write_json_atomic(
+    dest: str, data: dict[str, Any], *, storage_options: Optional[dict] = None
+) -> None:
+    """Write a JSON document (e.g. a sidecar) atomically.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import write_json_atomic
+        await write_json_atomic("out/row-1.json", {"sha256": "..."})
+        ```
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+
+
+async def write_text_atomic(
+    dest: str, text: str, *, storage_options: Optional[dict] = None
+) -> None:
+    """Write a UTF-8 text file (e.g. ``results.csv``) atomically.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import write_text_atomic
+        await write_text_atomic("out/results.csv", "row,status\\n1,succeeded\\n")
+        ```
+    """
+    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+
+
+# ---------------------------------------------------------------------- fresh reads
+
+
+def _read_bytes_sync(path: str, storage_options: Optional[dict]) -> bytes:
+    fs, p = open_fs(path, storage_options)
+    forget_cached(fs, p)
+    return fs.cat_file(p)
+
+
+async def read_json(path: str, *, storage_options: Optional[dict] = None) -> Any:
+    """Read a JSON document, from the store (not fsspec's listing cache).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import read_json
+        doc = await read_json("out/row-1.json")
+        ```
+    """
+    return json.loads(await run_sync(_read_bytes_sync, path, storage_options))
+
+
+async def read_text(path: str, *, storage_options: Optional[dict] = None) -> str:
+    """Read a small UTF-8 text file from any fsspec URL, from the store (not a cache).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnicodeDecodeError: not UTF-8.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.storage.files import read_text
+        text = asyncio.run(read_text("out/results.csv"))
+        ```
+    """
+    data = await run_sync(_read_bytes_sync, path, storage_options)
+    return data.decode("utf-8")
+
+
+def _hash_sync(path: str, storage_options: Optional[dict]) -> tuple[str, int]:
+    fs, p = open_fs(path, storage_options)
+    forget_cached(fs, p)
+    h = hashlib.sha256()
+    n = 0
+    with fs.open(p, "rb", block_size=WRITE_BLOCK_SIZE) as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+async def verify_file(path: str, sha256: str, *, storage_options: Optional[dict] = None) -> bool:
+    """Whether ``path`` exists and hashes (streamed) to ``sha256``.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import verify_file
+        ok = await verify_file("out/row-1.mp4", record.sha256)
+        ```
+    """
+    if not sha256:
+        return False
+    try:
+        digest, _ = await run_sync(_hash_sync, path, storage_options)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return digest == sha256.lower()
+
+
+# ---------------------------------------------------------------------- copies
+
+
+def _copy_sync(src: str, dest: str, storage_options: Optional[dict]) -> tuple[str, int]:
+    sfs, spath = open_fs(src, storage_options)
+    dfs, dpath = open_fs(dest, storage_options)
+    forget_cached(sfs, spath)
+    tmp = _tmp_path(dfs, dpath)
+    h = hashlib.sha256()
+    n = 0
+    out = _open_write(dfs, tmp)
+    try:
+        with sfs.open(spath, "rb", block_size=WRITE_BLOCK_SIZE) as f:
+            while chunk := f.read(MIB):
+                h.update(chunk)
+                out.write(chunk)
+                n += len(chunk)
+        _fsync_close(out, is_local(dfs))
+        _commit(dfs, tmp, dpath)
+    except BaseException:
+        _discard(dfs, out, tmp)
+        raise
+    return h.hexdigest(), n
+
+
+async def copy_video(
+    src: str,
+    dest: str,
+    *,
+    storage_options: Optional[dict] = None,
+    with_sidecar: bool = True,
+) -> StoredFile:
+    """Copy a committed video (and its sidecar, if any) to ``dest`` atomically, streamed.
+
+    Used when two manifest rows ask for identical work: the second gets a copy, not a
+    second paid generation. The copied sidecar names its own video and ``copied_from``.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import copy_video
+        res = await copy_video("out/row-1.mp4", "out/row-7.mp4")
+        ```
+    """
+    digest, size = await run_sync(_copy_sync, src, dest, storage_options)
+    side: Optional[str] = None
+    if with_sidecar:
+        try:
+            doc = await read_json(sidecar_path(src), storage_options=storage_options)
+        except (FileNotFoundError, ValueError):
+            doc = None
+        if isinstance(doc, dict):
+            doc.update(video=dest, copied_from=src, sha256=digest, bytes=size)
+            side = sidecar_path(dest)
+            await write_json_atomic(side, doc, storage_options=storage_options)
+    return StoredFile(path=dest, sha256=digest, bytes=size, sidecar_path=side, attempts=0)
+
+
+# ---------------------------------------------------------------------- cleanup
+
+
+def _remove_stale_temps_sync(folder: str, older_than: float) -> int:
+    tmp = os.path.join(folder, RESERVED_DIR, "tmp")
+    removed = 0
+    if not os.path.isdir(tmp):
+        return 0
+    cutoff = time.time() - older_than
+    for entry in os.scandir(tmp):
+        # A temp still being written keeps a fresh mtime; only abandoned ones age.
+        if entry.is_file() and entry.stat().st_mtime < cutoff:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(entry.path)
+                removed += 1
+    return removed
+
+
+async def remove_stale_temps(root: str, *, older_than: float = 900.0) -> int:
+    """Delete temp files a killed run left under ``<root>/.kf2v/tmp`` (local roots only).
+
+    Object stores need nothing: an interrupted multipart upload never becomes an object.
+    Files written to within ``older_than`` seconds are kept, since another shard of the
+    same run may still be writing them.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import remove_stale_temps
+        removed = await remove_stale_temps("out/")
+        ```
+    """
+    local = root[len("file://") :] if root.startswith("file://") else root
+    if is_url(local):
+        return 0
+    return await run_sync(_remove_stale_temps_sync, local, older_than)
