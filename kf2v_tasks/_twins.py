@@ -10,11 +10,12 @@ twin, in either kind of flow.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import Flow, Task, flow
+from prefect import Flow, Task, flow, task
 from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.utilities.asyncutils import run_coro_as_sync
 
@@ -43,30 +44,6 @@ def _pair(aio: Task, sync: Task) -> TwinTask:
     twin.__dict__.update(sync.__dict__)
     twin.aio = aio
     return twin
-
-
-def async_twin(aio: Task) -> Callable[[Task], TwinTask]:
-    """Make the decorated sync ``Task`` the twin of the async task ``aio``.
-
-    Example:
-        ```python
-        @task
-        async def aping() -> str:
-            return "pong"
-
-        @async_twin(aping)
-        @task
-        def ping() -> str:
-            return run_coro_as_sync(aping.fn())
-        ```
-    """
-
-    def decorate(sync: Task) -> TwinTask:
-        if not isinstance(sync, Task) or sync.isasync:
-            raise TypeError("async_twin decorates a sync Prefect task")
-        return _pair(aio, sync)
-
-    return decorate
 
 
 def _in_sync_run() -> bool:
@@ -129,3 +106,34 @@ def twin_flow(**flow_options: Any) -> Callable[[Callable[..., Any]], TwinFlow]:
         return twin
 
     return decorate
+
+
+def sync_twin(aio: Task, *, doc: str, **task_options: Any) -> TwinTask:
+    """The sync twin of the async task ``aio``: same parameters, same body, run to the end.
+
+    Its body runs ``aio``'s function on Prefect's "run sync" event loop, so the twins
+    share one implementation and one signature.
+
+    Example:
+        ```python
+        @task(name="Ping")
+        async def aping(host: str) -> str:
+            return f"pong from {host}"
+
+        ping = sync_twin(aping, doc="Ping, sync.", name="Ping")
+
+        @flow
+        def check():
+            return ping("a")            # "pong from a", not a coroutine
+        ```
+    """
+    if not aio.isasync:
+        raise TypeError("sync_twin needs an async task")
+
+    def body(*args: Any, **kwargs: Any) -> Any:
+        return run_coro_as_sync(aio.fn(*args, **kwargs))
+
+    functools.update_wrapper(body, aio.fn)  # name and signature (Prefect maps arguments by it)
+    body.__doc__ = doc
+    body.__name__ = body.__qualname__ = aio.fn.__name__.removeprefix("a")
+    return _pair(aio, task(**task_options)(body))

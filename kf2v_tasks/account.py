@@ -3,9 +3,10 @@
 The four tasks may run inline in a flow, or on their own threads and event loops when
 fanned out with ``.submit()``/``.map()``. They all reach the account through
 :func:`open_account`: the limits (creates/s, queries/s, tasks in flight) are one object
-per account, whatever the thread; the HTTP client is per call, because an httpx pool
-belongs to one event loop. So a ``.map`` over 100 pairs keeps within the account's 2
-tasks in flight instead of 100 clients each assuming the whole quota.
+per account, whatever the thread, so a ``.map`` over 100 pairs keeps within the account's
+2 tasks in flight instead of 100 clients each assuming the whole quota. An httpx pool
+belongs to one event loop, so the HTTP client is shared by the tasks running on the same
+loop at the same time.
 """
 
 from __future__ import annotations
@@ -98,11 +99,26 @@ class Account:
         return await self.limits.in_flight.acquire(probe=self.ended, probe_after=PROBE_AFTER)
 
 
+@dataclass
+class _Shared:
+    client: Kf2vClient
+    users: int = 0
+
+
+#: One open client per (event loop, account) while any task on that loop uses it.
+_clients: dict[tuple[int, str], _Shared] = {}
+
+
 @asynccontextmanager
 async def open_account(
     credentials: CredentialsLike = None, *, optional: bool = False
 ) -> AsyncIterator[Optional[Account]]:
     """Resolve ``credentials`` (a block, a saved block's name, or the environment) and open a client.
+
+    Tasks that run at the same time on one event loop share one client (one connection
+    pool, one poller that answers for all their tasks with shared list sweeps); it is
+    closed when the last of them is done. The sync twins all run on Prefect's one
+    "run sync" loop, so a ``.map`` of them shares a client too.
 
     Args:
         credentials: a ``DashScopeCredentials`` block, its saved name, or ``None`` for
@@ -124,5 +140,19 @@ async def open_account(
         yield None
         return
     limits = limits_for(creds)
-    async with creds.get_client(limits=limits) as client:
-        yield Account(client=client, limits=limits)
+    key = (id(asyncio.get_running_loop()), account_id(creds))
+    with _lock:
+        shared = _clients.get(key)
+        if shared is None or shared.client.is_closed:
+            shared = _clients[key] = _Shared(creds.get_client(limits=limits))
+        shared.users += 1
+    try:
+        yield Account(client=shared.client, limits=limits)
+    finally:
+        with _lock:
+            shared.users -= 1
+            last = shared.users == 0
+            if last and _clients.get(key) is shared:
+                del _clients[key]
+        if last:
+            await shared.client.aclose()

@@ -27,9 +27,8 @@ from typing import Optional, Union
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.utilities.asyncutils import run_coro_as_sync
 
-from kf2v_tasks._twins import async_twin
+from kf2v_tasks._twins import sync_twin
 from kf2v_tasks.account import CredentialsLike, open_account
 from kf2v_tasks.dashscope.models import GenerationOptions, TaskState
 from kf2v_tasks.dashscope.polling import (
@@ -269,34 +268,29 @@ async def avalidate_frames(
     return await _validate(first_frame, last_frame, limits, storage_options)
 
 
-@async_twin(avalidate_frames)
-@task(**_VALIDATE)
-def validate_frames(
-    first_frame: str,
-    last_frame: str,
-    limits: Optional[FrameLimits] = None,
-    storage_options: Optional[dict] = None,
-) -> FramePair:
-    """Validate a first/last frame pair; the sync twin of :func:`avalidate_frames`.
+validate_frames = sync_twin(
+    avalidate_frames,
+    doc="""Validate a first/last frame pair; the sync twin of :func:`avalidate_frames`.
 
-    Returns the :class:`~kf2v_tasks.generation.models.FramePair` in a sync flow; in an
-    async flow it is the async task and must be awaited.
+Returns the :class:`~kf2v_tasks.generation.models.FramePair` in a sync flow; in an
+async flow it is the async task and must be awaited.
 
-    Example:
-        ```python
-        from prefect import flow
-        from kf2v_tasks import validate_frames
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import validate_frames
 
-        @flow
-        def check():
-            pair = validate_frames("first.png", "last.png")
-            pairs = validate_frames.map(["a1.png", "b1.png"], ["a2.png", "b2.png"]).result()
-            return pair, pairs
+    @flow
+    def check():
+        pair = validate_frames("first.png", "last.png")
+        pairs = validate_frames.map(["a1.png", "b1.png"], ["a2.png", "b2.png"]).result()
+        return pair, pairs
 
-        check()
-        ```
-    """
-    return run_coro_as_sync(_validate(first_frame, last_frame, limits, storage_options))
+    check()
+    ```
+""",
+    **_VALIDATE,
+)
 
 
 # ------------------------------------------------------------------ submit_kf2v
@@ -371,45 +365,25 @@ async def asubmit_kf2v(
     )
 
 
-@async_twin(asubmit_kf2v)
-@task(**_SUBMIT)
-def submit_kf2v(
-    frames: FramePair,
-    prompt: Optional[str] = None,
-    negative_prompt: Optional[str] = None,
-    options: Optional[GenerationOptions] = None,
-    ledger_root: Optional[str] = None,
-    credentials: CredentialsLike = None,
-    storage_options: Optional[dict] = None,
-    ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
-) -> Submission:
-    """Create the remote task; the sync twin of :func:`asubmit_kf2v`.
+submit_kf2v = sync_twin(
+    asubmit_kf2v,
+    doc="""Create the remote task; the sync twin of :func:`asubmit_kf2v`.
 
-    Example:
-        ```python
-        from prefect import flow
-        from kf2v_tasks import validate_frames, submit_kf2v
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import validate_frames, submit_kf2v
 
-        @flow
-        def one():
-            pair = validate_frames("first.png", "last.png")
-            return submit_kf2v(pair, "a slow pan", ledger_root="out/")
+    @flow
+    def one():
+        pair = validate_frames("first.png", "last.png")
+        return submit_kf2v(pair, "a slow pan", ledger_root="out/")
 
-        one()
-        ```
-    """
-    return run_coro_as_sync(
-        _submit(
-            frames,
-            prompt,
-            negative_prompt,
-            options,
-            ledger_root,
-            credentials,
-            storage_options,
-            ambiguous_policy,
-        )
-    )
+    one()
+    ```
+""",
+    **_SUBMIT,
+)
 
 
 # ------------------------------------------------------------------ poll_until_done
@@ -483,44 +457,24 @@ async def apoll_until_done(
     )
 
 
-@async_twin(apoll_until_done)
-@task(**_POLL)
-def poll_until_done(
-    task_id: TaskRef,
-    credentials: CredentialsLike = None,
-    schedule: Optional[PollSchedule] = None,
-    deadline_seconds: float = DEFAULT_DEADLINE,
-    queue_deadline_seconds: float = DEFAULT_QUEUE_DEADLINE,
-    raise_on_failure: bool = True,
-    ledger_root: Optional[str] = None,
-    storage_options: Optional[dict] = None,
-) -> TaskState:
-    """Poll a task until it ends; the sync twin of :func:`apoll_until_done`.
+poll_until_done = sync_twin(
+    apoll_until_done,
+    doc="""Poll a task until it ends; the sync twin of :func:`apoll_until_done`.
 
-    Example:
-        ```python
-        from prefect import flow
-        from kf2v_tasks import poll_until_done
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import poll_until_done
 
-        @flow
-        def wait(task_ids: list[str]):
-            return poll_until_done.map(task_ids).result()
+    @flow
+    def wait(task_ids: list[str]):
+        return poll_until_done.map(task_ids).result()
 
-        wait(["task-1", "task-2"])
-        ```
-    """
-    return run_coro_as_sync(
-        _poll(
-            task_id,
-            credentials,
-            schedule,
-            deadline_seconds,
-            queue_deadline_seconds,
-            raise_on_failure,
-            ledger_root,
-            storage_options,
-        )
-    )
+    wait(["task-1", "task-2"])
+    ```
+""",
+    **_POLL,
+)
 
 
 # ------------------------------------------------------------------ persist_video
@@ -595,42 +549,22 @@ async def apersist_video(
     )
 
 
-@async_twin(apersist_video)
-@task(**_PERSIST)
-def persist_video(
-    state: TaskState,
-    destination: str,
-    submission: Optional[Submission] = None,
-    credentials: CredentialsLike = None,
-    ledger_root: Optional[str] = None,
-    storage_options: Optional[dict] = None,
-    extra: Optional[dict] = None,
-    price_table: Optional[PriceTable] = None,
-) -> PersistedVideo:
-    """Stream a SUCCEEDED task's video to storage; the sync twin of :func:`apersist_video`.
+persist_video = sync_twin(
+    apersist_video,
+    doc="""Stream a SUCCEEDED task's video to storage; the sync twin of :func:`apersist_video`.
 
-    Example:
-        ```python
-        from prefect import flow
-        from kf2v_tasks import poll_until_done, persist_video
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import poll_until_done, persist_video
 
-        @flow
-        def keep(task_id: str):
-            state = poll_until_done(task_id)
-            return persist_video(state, "out/cat.mp4")
+    @flow
+    def keep(task_id: str):
+        state = poll_until_done(task_id)
+        return persist_video(state, "out/cat.mp4")
 
-        keep("a-task-id")
-        ```
-    """
-    return run_coro_as_sync(
-        _persist(
-            state,
-            destination,
-            submission,
-            credentials,
-            ledger_root,
-            storage_options,
-            extra,
-            price_table,
-        )
-    )
+    keep("a-task-id")
+    ```
+""",
+    **_PERSIST,
+)

@@ -251,3 +251,29 @@ async def test_standalone_tasks_write_sidecar_event_and_artifact(tmp_path):
         )
         markdown = [x["data"] for x in resp.json() if x["type"] == "markdown"]
     assert any("standalone.mp4" in m and video.sha256 in m for m in markdown)
+
+
+def test_twins_share_one_signature_and_keep_twinning_with_options(tmp_path):
+    for sync, aio in [
+        (validate_frames, avalidate_frames),
+        (submit_kf2v, asubmit_kf2v),
+        (poll_until_done, apoll_until_done),
+        (persist_video, apersist_video),
+    ]:
+        assert inspect.signature(sync.fn) == inspect.signature(aio.fn)
+        assert not sync.isasync and aio.isasync and sync.aio is aio
+        assert sync.name == aio.name and sync.fn.__doc__ and "Example" in sync.fn.__doc__
+    a = make_frame(tmp_path / "a.png", (320, 240), (200, 60, 30))
+    b = make_frame(tmp_path / "b.png", (320, 240), (20, 160, 220))
+    renamed = validate_frames.with_options(task_run_name="check-pair")
+
+    @flow
+    def sync_parent():
+        return renamed(str(a), str(b))
+
+    @flow
+    async def async_parent():
+        return await renamed(str(a), str(b))
+
+    assert isinstance(sync_parent(), FramePair)
+    assert isinstance(asyncio.run(async_parent()), FramePair)

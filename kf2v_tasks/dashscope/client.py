@@ -1,37 +1,30 @@
 """Async HTTP client for the DashScope kf2v API (create, query, cancel, list, upload).
 
-One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient`. Answers become typed errors
-through the one table in :mod:`kf2v_tasks.dashscope.responses`. Every request goes through
-the client's :class:`~kf2v_tasks.retry.RetryPolicy` (the only retry layer: Prefect tasks do
-not retry on top of it): at most ``retry.max_attempts`` attempts in total, the first
-included (8 by default). A create is resent only when it certainly created no task
-(429, 503, connection never established); anything that leaves its outcome open raises
-:class:`~kf2v_tasks.errors.AmbiguousCreateError` at once and is never resent.
-
-The API key lives only in the ``Authorization`` header of DashScope requests. It is
-not in the client's repr, nor in any log line or error message this module produces
-(server text is scrubbed of it too), and httpx exceptions, which hold the request and
-so its headers, are never kept as a cause or context.
+One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient` (the plumbing, and how the
+API key is kept out of every repr, log line and error, is in
+:mod:`kf2v_tasks.dashscope.session`). Answers become typed errors through the one table in
+:mod:`kf2v_tasks.dashscope.error_table`, read by :mod:`kf2v_tasks.dashscope.responses`.
+Every request goes through the client's :class:`~kf2v_tasks.retry.RetryPolicy` (the only
+retry layer: Prefect tasks do not retry on top of it): at most ``retry.max_attempts``
+attempts in total, the first included (8 by default). A create is resent only when it
+certainly created no task (429, 503, connection never established); anything that leaves
+its outcome open raises :class:`~kf2v_tasks.errors.AmbiguousCreateError` at once and is
+never resent.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import mimetypes
 import os
-import re
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
-from types import TracebackType
-from typing import Any, Optional, TypeVar, Union
-from urllib.parse import quote, urlsplit
+from typing import Any, Optional, Union
+from urllib.parse import quote
 
 import httpx
 
-from kf2v_tasks._version import __version__
-from kf2v_tasks.dashscope.limits import AccountLimits, RateLimiter
 from kf2v_tasks.dashscope.models import (
     CREATE_PATH,
     SERVICE_TZ,
@@ -47,14 +40,15 @@ from kf2v_tasks.dashscope.responses import (
     create_retryable,
     error_from_oss_response,
     error_from_response,
-    error_from_transport,
     json_object,
-    request_id_of,
     unusable_create_answer,
 )
-from kf2v_tasks.errors import ThrottledError, is_transient
-from kf2v_tasks.redaction import redact_url
-from kf2v_tasks.retry import RetryPolicy, retry_call
+from kf2v_tasks.dashscope.session import (
+    DEFAULT_BASE_URL,
+    DEFAULT_HTTP_LIMITS,
+    DEFAULT_TIMEOUT,
+    DashScopeSession,
+)
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -65,37 +59,11 @@ __all__ = [
     "error_from_response",  # re-exported from kf2v_tasks.dashscope.responses
 ]
 
-logger = logging.getLogger("kf2v_tasks.dashscope.client")
-
-T = TypeVar("T")
-
-DEFAULT_BASE_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
-#: Enough for a batch polling at the account's 20 queries/s plus submits and uploads.
-DEFAULT_HTTP_LIMITS = httpx.Limits(
-    max_connections=64, max_keepalive_connections=32, keepalive_expiry=5.0
-)
 _TASKS_PATH = "/tasks"
 _UPLOADS_PATH = "/uploads"
 
-_KEY_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII only: no whitespace, no CR/LF
 
-
-class _BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer <key>`` to DashScope requests; hides the key in repr."""
-
-    def __init__(self, api_key: str) -> None:
-        self._key = api_key
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers["Authorization"] = f"Bearer {self._key}"
-        yield request
-
-    def __repr__(self) -> str:
-        return "<BearerAuth [secure]>"
-
-
-class Kf2vClient:
+class Kf2vClient(DashScopeSession):
     """Async client for DashScope's Wan kf2v (first-and-last-frame to video) API.
 
     Args:
@@ -126,89 +94,6 @@ class Kf2vClient:
             state = await client.get_task(state.task_id)
         ```
     """
-
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        base_url: str = DEFAULT_BASE_URL,
-        workspace: Optional[str] = None,
-        limits: Optional[AccountLimits] = None,
-        retry: Optional[RetryPolicy] = None,
-        timeout: Optional[httpx.Timeout] = None,
-        transport: Optional[httpx.AsyncBaseTransport] = None,
-        user_agent: Optional[str] = None,
-    ) -> None:
-        if not isinstance(api_key, str) or not _KEY_RE.fullmatch(api_key):
-            # Never echo the value: it is (almost) a secret.
-            raise ValueError("api_key must be a non-empty string of visible ASCII characters")
-        if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.workspace = workspace or None
-        self.limits = limits
-        self.retry = retry or RetryPolicy()
-        self._auth = _BearerAuth(api_key)
-        self._http = httpx.AsyncClient(
-            auth=self._auth,
-            headers={
-                "User-Agent": user_agent or f"kf2v-tasks/{__version__} httpx/{httpx.__version__}",
-                "Accept": "application/json",
-            },
-            timeout=timeout or DEFAULT_TIMEOUT,
-            limits=DEFAULT_HTTP_LIMITS,
-            transport=transport,
-            follow_redirects=False,
-        )
-        self._transport = transport
-        self._downloads: Optional[httpx.AsyncClient] = None
-
-    @property
-    def download_http(self) -> httpx.AsyncClient:
-        """A pooled client for result downloads: no credentials, redirects followed.
-
-        Signed OSS URLs must never see the API key, so downloads use their own pool
-        (created on first use, shared by every download of this client, closed with it):
-        a client per download costs ~36 ms of CPU loading certificates each time.
-        """
-        if self._downloads is None:
-            self._downloads = httpx.AsyncClient(
-                timeout=DEFAULT_TIMEOUT,
-                limits=DEFAULT_HTTP_LIMITS,
-                transport=self._transport,
-                follow_redirects=True,
-            )
-        return self._downloads
-
-    @property
-    def _secrets(self) -> tuple[str]:
-        # Blanked out of any server text we keep; a property, so never in vars(client).
-        return (self._auth._key,)
-
-    def __repr__(self) -> str:
-        return f"Kf2vClient(base_url={self.base_url!r}, workspace={self.workspace!r})"
-
-    async def __aenter__(self) -> Kf2vClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pools. The client cannot be used afterwards."""
-        await self._http.aclose()
-        if self._downloads is not None:
-            await self._downloads.aclose()
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether :meth:`aclose` has been called."""
-        return self._http.is_closed
 
     # ------------------------------------------------------------------ public API
 
@@ -433,87 +318,6 @@ class Kf2vClient:
             return f"oss://{key}"
 
         return await self._with_retries(attempt, "upload", name)
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _send(
-        self,
-        method: str,
-        path_or_url: str,
-        *,
-        limiter: Optional[RateLimiter] = None,
-        dashscope: bool = True,
-        create: bool = False,
-        headers: Optional[Mapping[str, str]] = None,
-        before_send: Optional[Callable[[], Awaitable[None]]] = None,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """One HTTP exchange; transport failures become our own typed errors.
-
-        ``dashscope=False`` sends ``path_or_url`` as an absolute URL with no credentials
-        and no DashScope headers (the OSS upload).
-        """
-        if limiter is not None:
-            await limiter.acquire()
-        if before_send is not None:
-            await before_send()
-        all_headers: dict[str, str] = dict(headers or {})
-        if dashscope:
-            url = f"{self.base_url}{path_or_url}"
-            if self.workspace:
-                all_headers["X-DashScope-WorkSpace"] = self.workspace
-            shown = path_or_url
-        else:
-            url = path_or_url
-            shown = redact_url(url)
-        request = self._http.build_request(method, url, headers=all_headers, **kwargs)
-        failure: Optional[Exception] = None
-        try:
-            if dashscope:
-                response = await self._http.send(request)
-            else:
-                response = await self._http.send(request, auth=None)
-        except httpx.HTTPError as exc:
-            failure = error_from_transport(
-                exc, method=method, shown=shown, create=create, secrets=self._secrets
-            )
-            logger.debug("%s %s -> %s", method, shown, failure)
-        if failure is not None:
-            # Raised outside the ``except``: the httpx error (which holds the request
-            # and its Authorization header) is neither cause nor context.
-            raise failure from None
-        logger.debug(
-            "%s %s -> %s (request_id=%s)",
-            method,
-            shown,
-            response.status_code,
-            request_id_of(response, None),
-        )
-        return response
-
-    async def _with_retries(
-        self,
-        attempt: Callable[[], Awaitable[T]],
-        method: str,
-        shown: str,
-        *,
-        limiter: Optional[RateLimiter] = None,
-        is_retryable: Callable[[BaseException], bool] = is_transient,
-    ) -> T:
-        def on_retry(n: int, error: BaseException, delay: float) -> None:
-            if limiter is not None and isinstance(error, ThrottledError):
-                limiter.penalize(delay)  # everyone sharing the quota backs off too
-            logger.info(
-                "%s %s failed (%s); retry %d/%d in %.2f service seconds",
-                method,
-                shown,
-                error,
-                n,
-                self.retry.max_attempts - 1,
-                delay,
-            )
-
-        return await retry_call(attempt, self.retry, is_retryable=is_retryable, on_retry=on_retry)
 
 
 # ---------------------------------------------------------------------- small helpers

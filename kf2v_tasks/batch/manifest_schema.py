@@ -1,0 +1,173 @@
+"""What a manifest holds: its columns, the row defaults, and the typed rows and errors of a parse.
+
+Row numbers are file line numbers as an editor shows them (see :mod:`kf2v_tasks.batch.manifest`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kf2v_tasks.dashscope.models import (
+    MODEL_RESOLUTIONS,
+    SEED_MAX,
+    GenerationOptions,
+    Kf2vModel,
+    Resolution,
+)
+
+#: Columns the parser understands; anything else is ignored with a warning.
+KNOWN_COLUMNS: tuple[str, ...] = (
+    "id",
+    "first_frame",
+    "last_frame",
+    "prompt",
+    "negative_prompt",
+    "model",
+    "resolution",
+    "seed",
+    "prompt_extend",
+    "watermark",
+    "output",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
+
+
+def resolution_names(resolutions: frozenset[Resolution]) -> str:
+    """The resolutions as a sorted, comma-separated list, for messages.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.manifest_schema import resolution_names
+        from kf2v_tasks.dashscope.models import Resolution
+        assert resolution_names(frozenset({Resolution.P720, Resolution.P480})) == "480P, 720P"
+        ```
+    """
+    return ", ".join(sorted(r.value for r in resolutions))
+
+
+class RowDefaults(BaseModel):
+    """Values used for every optional column a row leaves empty (or does not have).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.manifest import RowDefaults
+        defaults = RowDefaults(resolution="480P", seed=42, prompt="slow camera move")
+        ```
+    """
+
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"description": "Values for the columns a row leaves empty."}
+    )
+
+    prompt: Optional[str] = Field(
+        default=None, description="Prompt for rows whose prompt cell is empty."
+    )
+    negative_prompt: Optional[str] = Field(
+        default=None, description="Negative prompt for rows whose negative_prompt cell is empty."
+    )
+    model: Kf2vModel = Field(
+        default=Kf2vModel.WAN22_FLASH, description="Model for rows whose model cell is empty."
+    )
+    resolution: Resolution = Field(
+        default=Resolution.P720,
+        description="Resolution for rows whose resolution cell is empty (2.1 plus: 720P only).",
+    )
+    seed: Optional[int] = Field(
+        default=None,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed (0..2147483647) for rows whose seed cell is empty; empty for random.",
+    )
+    prompt_extend: bool = Field(
+        default=True, description="Let the service rewrite prompts, unless a row says otherwise."
+    )
+    watermark: bool = Field(
+        default=False, description='Add the "AI生成" watermark, unless a row says otherwise.'
+    )
+
+    @model_validator(mode="after")
+    def _resolution_fits_model(self) -> RowDefaults:
+        allowed = MODEL_RESOLUTIONS[self.model]
+        if self.resolution not in allowed:
+            raise ValueError(
+                f"default resolution {self.resolution.value} is not available for the default "
+                f"model {self.model.value} (allowed: {resolution_names(allowed)})"
+            )
+        return self
+
+
+class ManifestRow(BaseModel):
+    """One valid manifest row, resolved and ready to validate frames and submit.
+
+    ``row_number`` is the file line the row starts on (header = line 1, see
+    :mod:`kf2v_tasks.batch.manifest`). ``first_frame``/``last_frame`` are resolved: relative
+    paths are joined to the manifest's folder; absolute paths and URLs pass through unchanged.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    row_number: int = Field(description="Line of the file the row starts on (header is line 1).")
+    id: str = Field(description="The id cell, or row-<line> zero-padded to 4 digits.")
+    first_frame: str = Field(description="First frame path or URL, resolved.")
+    last_frame: str = Field(description="Last frame path or URL, resolved.")
+    prompt: Optional[str] = Field(default=None, description="Prompt (cell or default).")
+    negative_prompt: Optional[str] = Field(default=None, description="Negative prompt.")
+    options: GenerationOptions = Field(description="Model, resolution, seed and flags.")
+    output: str = Field(description="Output name relative to the output root, ends in .mp4.")
+    raw: dict[str, str] = Field(
+        default_factory=dict, description="The row's cells as read, by lower-cased column."
+    )
+    warnings: list[str] = Field(default_factory=list, description="Non-fatal remarks.")
+
+
+class RowError(BaseModel):
+    """One problem with one cell (or a whole row) of the manifest.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.manifest import RowError
+        err = RowError(row_number=7, id=None, column="seed",
+                       reason="'-3' is not an integer in 0..2147483647")
+        assert err.message() == "row 7, column 'seed': '-3' is not an integer in 0..2147483647"
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    row_number: int = Field(description="Line of the file the row starts on.")
+    id: Optional[str] = Field(default=None, description="The row's id, when it had a valid one.")
+    column: Optional[str] = Field(default=None, description="The bad column; None: whole row.")
+    reason: str = Field(description="What is wrong, in words a user can act on.")
+
+    def message(self) -> str:
+        """``"row N, column 'c': reason"`` (``"row N: reason"`` for whole-row problems)."""
+        where = f"row {self.row_number}" + (f", column {self.column!r}" if self.column else "")
+        return f"{where}: {self.reason}"
+
+
+class ParsedManifest(BaseModel):
+    """The outcome of parsing a manifest: the valid rows, and the reasons for the others."""
+
+    source: str = Field(description="Where the manifest came from (URL or path).")
+    rows: list[ManifestRow] = Field(default_factory=list, description="Valid rows, in order.")
+    errors: list[RowError] = Field(
+        default_factory=list, description="Row-level problems, one per bad cell, in order."
+    )
+    columns: list[str] = Field(
+        default_factory=list, description="Header names as normalised (trimmed, lower-case)."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Non-fatal remarks (unknown columns, long prompts)."
+    )
+
+    @property
+    def invalid_row_numbers(self) -> list[int]:
+        """Row numbers that have at least one error, ascending."""
+        return sorted({e.row_number for e in self.errors})
+
+    @property
+    def total(self) -> int:
+        """Number of data rows (valid and invalid; blank lines do not count)."""
+        return len(self.rows) + len(self.invalid_row_numbers)

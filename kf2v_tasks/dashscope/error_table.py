@@ -1,0 +1,249 @@
+"""The one table that says what a DashScope answer means: which error, and what a create may do.
+
+Every non-2xx answer becomes a typed error (see :mod:`kf2v_tasks.errors`) through
+:data:`ERROR_RULES`, a list of rows read top to bottom, first match wins. A row says which
+statuses and which ``code``/``message`` it matches, the exception class, and what the
+answer means for a *create* (``POST .../video-synthesis``):
+
+* ``create_retryable`` — the service certainly created no task (throttling, 503): the
+  create may be sent again after a backoff;
+* ``create_may_have_happened`` — a task may exist and be billed (500, 502, 504, 408, an
+  unexpected status): the create is never resent; the caller gets
+  :class:`~kf2v_tasks.errors.AmbiguousCreateError`;
+* neither — the service refused (bad input, auth, quota, moderation): no task, and
+  resending cannot help.
+
+The table, as rows of *status · code → class · create*::
+
+    any     UnsupportedOperation                  → UnsupportedOperationError   refused
+    any     DataInspectionFailed*, IPInfringement* → ContentRejectedError        refused
+    any     Arrearage, CommodityNotPurchased, …   → QuotaExhaustedError         refused
+            *BillOverdue, "Free allocated quota exceeded…"
+    401     any                                   → AuthenticationError         refused
+    403     any                                   → AccessDeniedError           refused
+    429     any                                   → ThrottledError              retried
+    503     any                                   → ServerError                 retried
+    408,5xx any                                   → ServerError                 ambiguous
+    4xx     any                                   → InvalidRequestError         refused
+    other   InvalidParameter*, BadRequest*, …     → InvalidRequestError         refused
+    other   any (1xx, 3xx)                        → ServerError                 ambiguous
+
+OSS answers (XML ``<Code>``/``<Message>``) go through the same rows, their code prefixed
+``OSS.`` so no DashScope code row matches them by accident. Turning an answer into the
+error is :mod:`kf2v_tasks.dashscope.responses`'s job; this module only holds the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kf2v_tasks.errors import (
+    AccessDeniedError,
+    AmbiguousCreateError,
+    ApiError,
+    AuthenticationError,
+    ConnectionFailedError,
+    ContentRejectedError,
+    InvalidRequestError,
+    QuotaExhaustedError,
+    ServerError,
+    ThrottledError,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "ERROR_RULES",
+    "CodeMatch",
+    "ErrorRule",
+    "StatusMatch",
+    "create_may_have_happened",
+    "create_retryable",
+    "rule_for",
+]
+
+StatusMatch = Callable[[int], bool]
+CodeMatch = Callable[[str, str], bool]  # (code, message) -> bool
+
+
+# ---------------------------------------------------------------------- row predicates
+
+
+def _any_status(status: int) -> bool:
+    return True
+
+
+def _any_code(code: str, message: str) -> bool:
+    return True
+
+
+def _status_in(*statuses: int) -> StatusMatch:
+    wanted = frozenset(statuses)
+    return lambda status: status in wanted
+
+
+def _status_from(low: int, high: int = 1000) -> StatusMatch:
+    return lambda status: low <= status < high
+
+
+def _code_in(*codes: str) -> CodeMatch:
+    wanted = frozenset(codes)
+    return lambda code, message: code in wanted
+
+
+def _code_prefix(*prefixes: str) -> CodeMatch:
+    return lambda code, message: code.startswith(prefixes)
+
+
+def _quota_gone(code: str, message: str) -> bool:
+    # 429 Throttling.AllocationQuota is a rate limit, except with this message: then the
+    # free quota is spent and waiting will not bring it back.
+    return (
+        code in {"Arrearage", "CommodityNotPurchased", "AllocationQuota.FreeTierOnly"}
+        or code.endswith("BillOverdue")
+        or message.strip().startswith("Free allocated quota exceeded")
+    )
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """One row of :data:`ERROR_RULES`: what it matches, which error, what a create may do.
+
+    Args:
+        name: a short label for logs and tests.
+        error: the exception class raised for a matching answer.
+        status: predicate over the HTTP status (default: any).
+        code: predicate over ``(code, message)`` of the error body (default: any).
+        create_retryable: a create that got this answer created no task and may be resent.
+        create_may_have_happened: a create that got this answer may have created a task.
+        reads_retry_after: the error carries the server's ``Retry-After``.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.error_table import rule_for
+        rule = rule_for(503, "ModelUnavailable", "Model is unavailable")
+        assert rule.create_retryable and not rule.create_may_have_happened
+        ```
+    """
+
+    name: str
+    error: type[ApiError]
+    status: StatusMatch = _any_status
+    code: CodeMatch = _any_code
+    create_retryable: bool = False
+    create_may_have_happened: bool = False
+    reads_retry_after: bool = False
+
+    def __post_init__(self) -> None:
+        if self.create_retryable and self.create_may_have_happened:
+            raise ValueError(f"rule {self.name}: a create cannot be both retryable and ambiguous")
+
+    def matches(self, status: int, code: str, message: str) -> bool:
+        """Whether an answer with this status, code and message falls under this row."""
+        return self.status(status) and self.code(code, message)
+
+
+#: The rows, read top to bottom; the first match wins and the last row matches anything.
+ERROR_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        "unsupported-operation", UnsupportedOperationError, code=_code_in("UnsupportedOperation")
+    ),
+    ErrorRule(
+        "content-rejected",
+        ContentRejectedError,
+        code=_code_prefix("DataInspectionFailed", "IPInfringementSuspect"),
+    ),
+    ErrorRule("quota-exhausted", QuotaExhaustedError, code=_quota_gone),
+    ErrorRule("authentication", AuthenticationError, status=_status_in(401)),
+    ErrorRule("access-denied", AccessDeniedError, status=_status_in(403)),
+    ErrorRule(
+        "throttled",
+        ThrottledError,
+        status=_status_in(429),
+        create_retryable=True,
+        reads_retry_after=True,
+    ),
+    ErrorRule(
+        "unavailable",
+        ServerError,
+        status=_status_in(503),
+        create_retryable=True,
+        reads_retry_after=True,
+    ),
+    ErrorRule(
+        "server-error",
+        ServerError,
+        status=lambda s: s == 408 or s >= 500,
+        create_may_have_happened=True,
+    ),
+    ErrorRule("invalid-request", InvalidRequestError, status=_status_from(400, 500)),
+    ErrorRule(
+        "invalid-code",
+        InvalidRequestError,
+        code=_code_prefix("InvalidParameter", "BadRequest", "InvalidURL", "InvalidImage"),
+    ),
+    # 1xx/3xx (redirects are not followed): not expected from the API, and a create that
+    # got one may have been accepted behind a proxy.
+    ErrorRule("unexpected-status", ServerError, create_may_have_happened=True),
+)
+
+
+def rule_for(status: int, code: str, message: str = "") -> ErrorRule:
+    """The first row of :data:`ERROR_RULES` matching an answer: the one place it is read.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.error_table import rule_for
+        from kf2v_tasks.errors import ThrottledError
+        assert rule_for(429, "Throttling.RateQuota").error is ThrottledError
+        ```
+    """
+    for rule in ERROR_RULES:
+        if rule.matches(status, code, message):
+            return rule
+    raise AssertionError("the last row of ERROR_RULES matches every answer")
+
+
+# ---------------------------------------------------------------------- create policy
+
+
+def create_retryable(exc: BaseException) -> bool:
+    """Whether a failed create certainly created no task, so it may be sent again.
+
+    True for answers whose row says ``create_retryable`` (429, 503) and for transport
+    failures before the request left; False for everything else, including
+    :class:`~kf2v_tasks.errors.AmbiguousCreateError`.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.error_table import create_retryable
+        from kf2v_tasks.errors import ServerError
+        assert create_retryable(ServerError("ModelUnavailable", "busy", status_code=503))
+        assert not create_retryable(ServerError("InternalError", "boom", status_code=500))
+        ```
+    """
+    if isinstance(exc, ApiError):
+        return rule_for(exc.status_code, exc.code, exc.message).create_retryable
+    if isinstance(exc, ConnectionFailedError):
+        return not exc.request_sent
+    return False
+
+
+def create_may_have_happened(exc: BaseException) -> bool:
+    """Whether a create that failed this way may still have created (and billed) a task.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.error_table import create_may_have_happened
+        from kf2v_tasks.errors import ServerError, ThrottledError
+        assert create_may_have_happened(ServerError("GatewayTimeout", "", status_code=504))
+        assert not create_may_have_happened(ThrottledError("Throttling", "", status_code=429))
+        ```
+    """
+    if isinstance(exc, AmbiguousCreateError):
+        return True
+    if isinstance(exc, ApiError):
+        return rule_for(exc.status_code, exc.code, exc.message).create_may_have_happened
+    if isinstance(exc, ConnectionFailedError):
+        return exc.request_sent
+    return False
