@@ -25,6 +25,7 @@ from kf2v_tasks.dashscope.models import (
     Kf2vModel,
     Resolution,
 )
+from kf2v_tasks.storage.paths import RESERVED_DIR
 
 ID_MAX_CHARS = 128
 #: Longer prompts are certainly a mistake (a pasted file?), not something to truncate.
@@ -32,8 +33,8 @@ PROMPT_ABSURD_CHARS = 100_000
 OUTPUT_MAX_CHARS = 1024
 OUTPUT_SEGMENT_MAX_CHARS = 255
 OUTPUT_SUFFIX = ".mp4"
-#: Folder under the output root that holds run state (ledger, temp files); see fsutil.
-RESERVED_OUTPUT_DIR = ".kf2v"
+#: Folder under the output root that holds run state (ledger, temp files).
+RESERVED_OUTPUT_DIR = RESERVED_DIR
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _DIGITS_RE = re.compile(r"[0-9]+")
