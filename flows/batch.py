@@ -1,9 +1,11 @@
 """The batch flow: a CSV manifest of frame pairs and prompts, fanned out within the account quota.
 
 ``generate_batch`` is an async flow that a sync parent flow can call too (it then runs to
-the end and returns its value). A batch with failed or invalid rows ends Failed with a
-one-line message by raising :class:`~kf2v_tasks.errors.BatchFailedError`, whose
-``summary`` lists every row; a parent flow catches it like any other error.
+the end and returns its value). A batch with failed or invalid rows, or rows left
+unsubmitted by ``max_cost``, ends Failed with a one-line message by raising
+:class:`~kf2v_tasks.errors.BatchFailedError`, whose ``summary`` lists every row
+(``summary.over_budget`` counts the rows the budget left out); a parent flow catches it
+like any other error.
 """
 
 from __future__ import annotations
@@ -51,15 +53,18 @@ async def generate_batch(
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
     shards: Annotated[int, Field(ge=1, le=256)] = 1,
     task_runs: TaskRuns = TaskRuns.PER_STEP,
+    extra_columns: bool = False,
 ):
     """Generate a video for every row of a CSV manifest.
 
     Every row is checked first (columns, values, ids, output names, the frames
-    themselves); invalid rows are reported and never submitted. The cost is estimated
+    themselves); invalid rows are reported and never submitted, and rows sharing an id
+    are all invalid. The cost is estimated, and with max_cost the rows that fit are named,
     before anything is spent. Rows already kept by an earlier run are skipped and tasks
     already submitted are picked up again, so re-running after a crash never pays twice.
     Each row gives a video and a JSON sidecar in the output folder, and results.csv lists
-    every row.
+    every row's latest outcome. A dry run writes results.dry-run.csv instead and leaves
+    results.csv alone.
 
     Args:
         manifest: CSV manifest: a local path or any fsspec URL (s3://bucket/manifest.csv).
@@ -68,8 +73,10 @@ async def generate_batch(
         concurrency: The account quota: tasks in flight, creates per second, queries
             per second.
         polling: How long to wait for each video, and how often to ask.
-        dry_run: Check every row and estimate the cost; submit nothing.
-        max_cost: Stop submitting new rows once this budget would be exceeded.
+        dry_run: Check every row and estimate the cost; submit nothing. The table goes
+            to results.dry-run.csv (rows already made show as skipped).
+        max_cost: Budget for this run. Rows are counted in manifest order; a row that
+            would go over it is not submitted (over_budget), and the run then ends Failed.
         fail_fast: If any row is invalid, submit nothing.
         credentials_block: DashScope credentials: a saved block, or its name. Empty: the
             DASHSCOPE_API_KEY environment variable of the worker.
@@ -85,13 +92,17 @@ async def generate_batch(
             worker; the account quota holds across them. Needs a deployment.
         task_runs: per_step: submit, poll and persist are separate Prefect task runs per
             row. per_row: one task run per row, lighter for thousands of rows.
+        extra_columns: Accept manifest columns of your own and copy them into
+            results.csv (after its own columns). Off: an unknown column is an error.
 
     Returns:
         A BatchSummary, with one result per row in ``results``.
 
     Raises:
-        BatchFailedError: some rows failed or were invalid; ``.summary`` says which and
-            why (the run ends Failed with a one-line message).
+        BatchFailedError: some rows failed, were invalid or were left out by max_cost;
+            ``.summary`` says which and why (the run ends Failed with a one-line message).
+        ManifestFileError: the manifest cannot be used at all (unreadable, a required
+            column missing, an unknown column): nothing is submitted.
 
     Example:
         ```python
@@ -128,6 +139,7 @@ async def generate_batch(
                 price_table=price_table,
                 ambiguous_policy=ambiguous_policy,
                 task_runs=task_runs,
+                extra_columns=extra_columns,
             ),
             observer=run_observer(PrefectReporter()),
         )
@@ -149,14 +161,19 @@ async def generate_batch(
             shard_count=shard_count,
             observer=PrefectReporter(),
             task_runs=task_runs,
+            extra_columns=extra_columns,
         )
         summary = await runner.run()
     return _final_state(summary)
 
 
 def _final_state(summary: BatchSummary):
-    """Completed with the summary, or raise: a parent gets a typed error, not a bare state."""
-    if summary.failed:
+    """Completed with the summary, or raise: a parent gets a typed error, not a bare state.
+
+    Rows left out by max_cost are not failures of the service, but the batch is not done:
+    a run that ended Completed would tell a scheduled pipeline that every video exists.
+    """
+    if summary.failed or summary.over_budget:
         raise BatchFailedError(summary)
     return Completed(message=summary.headline(), data=summary)
 

@@ -234,10 +234,16 @@ class BatchFailedError(PermanentError):
 
     def __init__(self, summary: Any) -> None:
         self.summary = summary
-        failed = getattr(summary, "failed", "some")
+        failed = getattr(summary, "failed", 0)
+        over = getattr(summary, "over_budget", 0)
         total = getattr(summary, "total", "?")
         headline = summary.headline() if hasattr(summary, "headline") else str(summary)
-        super().__init__(f"{failed} of {total} rows failed ({headline})")
+        parts = []
+        if failed or not over:
+            parts.append(f"{failed or 'some'} of {total} rows failed")
+        if over:
+            parts.append(f"{over} of {total} rows not submitted: over max_cost")
+        super().__init__(f"{'; '.join(parts)} ({headline})")
 
     def __reduce__(self):  # results may be pickled by Prefect: keep the summary
         return (type(self), (self.summary,))

@@ -34,27 +34,48 @@ class MotoS3Server:
         ```
     """
 
-    def __init__(self, timeout: float = 60.0) -> None:
-        port = free_port()
+    def __init__(self, timeout: float = 60.0, port: Optional[int] = None) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.timeout = timeout
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
         env = dict(os.environ, AWS_ACCESS_KEY_ID=MOTO_KEY, AWS_SECRET_ACCESS_KEY=MOTO_KEY)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
         )
-        self.endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.timeout
         while True:
             try:
                 httpx.get(self.endpoint + "/", timeout=2.0)
-                return
+                return proc
             except httpx.HTTPError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    self.stop(proc)
                     raise RuntimeError(f"moto server did not start on {self.endpoint}") from None
                 time.sleep(0.1)
+
+    def restart(self) -> None:
+        """Stop the server and start a new one on the same port.
+
+        moto keeps its state in memory, so the new server starts EMPTY: a caller that
+        needs the objects back must save and restore them (see
+        :class:`kf2v_tasks.testing_s3faults.S3FaultProxy.restart_upstream`).
+
+        Example:
+            ```python
+            s3 = MotoS3Server()
+            s3.restart()          # same endpoint, fresh (empty) server
+            s3.stop()
+            ```
+        """
+        self.stop()
+        self.proc = self._start()
 
     @property
     def storage_options(self) -> dict[str, Any]:

@@ -1,37 +1,46 @@
-"""The full fault soak and crash-and-resume run, in one command; figures into RELIABILITY.md.
+"""The full fault soak, crash-and-resume, overlap and S3-fault runs; figures into RELIABILITY.md.
 
 Usage::
 
-    python -m reliability.soak                       # 300 rows, 5 kills, seed 20260101
+    python -m reliability.soak                       # 300 rows, 5 kills, all five phases
+    python -m reliability.soak --storage local       # the three phases on local disk
+    python -m reliability.soak --storage s3          # the two phases on S3 (moto + faults)
     python -m reliability.soak --rows 40 --kills 2   # a quick rehearsal
 
-Phase 1 (fault soak): one ``kf2v run`` of the batch against the simulator with, on every
-endpoint, 5% 429, 5% 500, 3% 503, 3% connection resets, plus 2% ambiguous creates, 5%
-FAILED tasks, 5% downloads cut mid-stream and 2% expired URLs.
+Every phase runs ``kf2v run`` against the simulator with, on every endpoint, 5% 429,
+5% 500, 3% 503, 3% connection resets, plus 2% ambiguous creates, 5% FAILED tasks, 5%
+downloads cut mid-stream and 2% expired URLs:
 
-Phase 2 (crash and resume): the same batch and faults into a fresh output folder, the
-runner SIGKILLed (whole process group) at ``--kills`` random moments and each time
-restarted with the same command, until a run ends on its own.
+* **fault soak** — one run, output on local disk;
+* **crash and resume** — the runner SIGKILLed (whole process group) at ``--kills``
+  random moments and each time restarted with the same command;
+* **overlap** — two runs of the same manifest into the same output, the second started
+  ``--overlap-delay`` seconds after the first;
+* **S3 faults** — output on a real moto server behind the S3 fault proxy
+  (:mod:`kf2v_tasks.testing_s3faults`: 503 SlowDown, 500 InternalError, resets mid
+  UploadPart), moto restarted once mid-batch;
+* **S3 overlap** — the overlap, on S3 under the same S3 faults.
 
-Both phases are audited (:func:`reliability.harness.audit`): rows delivered and verified,
-rows failed with a permanent reason, creates per fingerprint (a second create is only
-allowed after a FAILED task or an ambiguous create), partial files at final paths, every
-file's sha256 against its sidecar, results.csv against the files. The figures go to
-``reliability/results/latest.json`` and ``RELIABILITY.md``; the exit code is 0 only if
-every check passed.
+Every phase is audited (:func:`reliability.harness.audit`): deliveries, creates and
+extra creates, partial files at final paths, lost ledger records, results.csv against
+the files. The figures go to ``reliability/results/latest.json`` and ``RELIABILITY.md``
+(:mod:`reliability.report`); the exit code is 0 only if every check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,12 +55,46 @@ from reliability.harness import (
     make_dataset,
     run_with_kills,
 )
+from reliability.report import render_markdown
+from reliability.scenarios import (
+    S3_FAULT_RATES,
+    S3_VIDEO_BYTES,
+    run_overlapping,
+    run_with_restart,
+    s3_output,
+)
+from reliability.store import OutputStore
 
 REPO = Path(__file__).resolve().parent.parent
 SOAK_KEY = "sk-kf2vsoak-0123456789abcdef"
 
 
-def _sim_config(args: argparse.Namespace, seed: int):
+@dataclass(frozen=True)
+class Phase:
+    """One column of the report: where the output lives and what happens to the runs."""
+
+    title: str
+    storage: str  # "local" or "s3"
+    seed_offset: int
+    kills: int = 0
+    overlap: bool = False
+    restart: bool = False
+
+
+def _phases(args: argparse.Namespace) -> list[Phase]:
+    local = [
+        Phase("fault soak", "local", 0),
+        Phase("crash and resume", "local", 1, kills=args.kills),
+        Phase("overlap", "local", 2, overlap=True),
+    ]
+    s3 = [
+        Phase("S3 faults", "s3", 3, restart=True),
+        Phase("S3 overlap", "s3", 4, overlap=True),
+    ]
+    return {"local": local, "s3": s3, "both": local + s3}[args.storage]
+
+
+def _sim_config(args: argparse.Namespace, seed: int, storage: str = "local"):
     from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig
 
     return SimulatorConfig(
@@ -59,6 +102,8 @@ def _sim_config(args: argparse.Namespace, seed: int):
         max_concurrent=args.concurrency,
         runtime=RuntimeDistribution(kind="uniform", low=60.0, high=300.0),
         render="tiny",
+        # On S3 every video is a two-part multipart upload, so resets mid-UploadPart bite.
+        video_bytes=S3_VIDEO_BYTES if storage == "s3" else None,
         faults=fault_config(),
         seed=seed,
         api_key=SOAK_KEY,
@@ -70,44 +115,87 @@ def _sim_config(args: argparse.Namespace, seed: int):
     )
 
 
-def _phase(name: str, args, manifest: Path, output: Path, prefect_url: str, seed: int, kills: int):
+def _phase(ph: Phase, args, manifest: Path, rows: int, work: Path, prefect_url: str):
     from kf2v_tasks.simulator import run_simulator
 
-    print(f"[soak] {name}: {args.rows} rows, {kills} kills, simulator seed {seed}", flush=True)
-    with run_simulator(_sim_config(args, seed)) as sim:
+    seed = args.seed + ph.seed_offset
+    slug = ph.title.lower().replace(" ", "-")
+    log_dir = work / f"{slug}-logs"
+    print(f"[soak] {ph.title}: {rows} rows, {ph.storage}, simulator seed {seed}", flush=True)
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(run_simulator(_sim_config(args, seed, ph.storage)))
         env = cli_env(sim.base_url, SOAK_KEY, prefect_url, args.speed)
-        cmd = cli_command(manifest, output, concurrency=args.concurrency, time_scale=args.speed)
-        events, rc, wall = run_with_kills(
-            cmd,
-            env,
+        s3 = None
+        if ph.storage == "s3":
+            s3 = stack.enter_context(s3_output(seed=seed))
+            env.update(s3.env)
+            output: Any = s3.url
+            store = s3.store()
+        else:
+            output = work / slug
+            store = OutputStore(output)
+        cmd = cli_command(
+            manifest,
             output,
-            rows=args.rows,
-            kills=kills,
-            seed=seed,
-            log_dir=output.parent / f"{output.name}-logs",  # the audit reads these
-            timeout=args.timeout,
+            concurrency=args.concurrency,
+            time_scale=args.speed,
+            storage_options=s3.run_options if s3 else None,
         )
+        events: list = []
+        if ph.overlap:
+            codes, wall = run_overlapping(
+                cmd, env, delay=args.overlap_delay, log_dir=log_dir, timeout=args.timeout
+            )
+        elif s3 is not None:
+            rng = random.Random(f"restart:{seed}")
+            target = int(2 * rows * rng.uniform(0.3, 0.6)) if ph.restart else None
+            rc, wall = run_with_restart(
+                cmd, env, s3, restart_at=target, log=log_dir / "run-1.log", timeout=args.timeout
+            )
+            codes = [rc]
+        else:
+            events, rc, wall = run_with_kills(
+                cmd,
+                env,
+                store,
+                rows=rows,
+                kills=ph.kills,
+                seed=seed,
+                log_dir=log_dir,
+                timeout=args.timeout,
+            )
+            codes = [rc]
         stats, tasks = sim.stats(), sim.tasks()
-    log_dir = output.parent / f"{output.name}-logs"
-    result = audit(
-        output, args.rows, stats, tasks, ambiguous_evidence=ambiguous_from_log_dir(log_dir)
-    )
-    if rc not in (0, 1):  # 1 = some rows failed (expected with FAILED tasks)
-        result.problems.append(f"the final run exited with {rc}")
-    if kills and sum(e.killed for e in events) != kills:
-        result.problems.append(
-            f"only {sum(e.killed for e in events)} of {kills} kills hit a running process"
+        result = audit(
+            store, rows, stats, tasks, ambiguous_evidence=ambiguous_from_log_dir(log_dir)
         )
+        s3_counts = dict(sorted(s3.proxy.counts.items())) if s3 else {}
+        restarts = list(s3.restarts) if s3 else []
+    if any(rc not in (0, 1) for rc in codes):  # 1 = some rows failed (FAILED tasks)
+        result.problems.append(f"a run exited with {codes}")
+    if ph.kills and sum(e.killed for e in events) != ph.kills:
+        result.problems.append(
+            f"only {sum(e.killed for e in events)} of {ph.kills} kills hit a running process"
+        )
+    if ph.restart and not restarts:
+        result.problems.append("moto was never restarted (the batch ended first)")
     print(
-        f"[soak] {name}: {result.delivered} delivered, {result.failed_permanent} failed "
-        f"permanently, {len(result.problems)} problems, {wall:.1f}s",
+        f"[soak] {ph.title}: {result.delivered} delivered, {result.failed_permanent} failed "
+        f"permanently, {result.extra_creates} extra creates, "
+        f"{result.partial_files_at_final_paths} partial, {result.lost_ledger_records} lost "
+        f"records, {len(result.problems)} problems, {wall:.1f}s",
         flush=True,
     )
     return {
-        "name": name,
+        "name": ph.title,
+        "storage": ph.storage,
+        "runs": 2 if ph.overlap else 1 + ph.kills,
+        "overlap": ph.overlap,
         "wall_seconds": round(wall, 1),
-        "final_exit_code": rc,
+        "final_exit_code": codes[-1],
+        "exit_codes": codes,
         "kills": [e.__dict__ for e in events],
+        "s3": {"proxy": s3_counts, "restarts": restarts},
         "audit": result.to_dict(),
         "sim": {
             k: stats.get(k)
@@ -136,6 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--concurrency", type=int, default=8, help="Tasks in flight (and simulator slots)."
     )
+    p.add_argument(
+        "--storage",
+        choices=("local", "s3", "both"),
+        default="both",
+        help="local: fault soak, crash and resume, overlap on disk; s3: the S3-fault and "
+        "S3-overlap phases (moto behind the fault proxy); both (default): all five.",
+    )
+    p.add_argument(
+        "--s3-rows",
+        type=int,
+        default=40,
+        help="Rows of the S3 phases (each video is 9 MiB, held in moto's memory).",
+    )
+    p.add_argument(
+        "--overlap-delay", type=float, default=1.0, help="Seconds between the two overlap runs."
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="Per run, seconds.")
     p.add_argument("--workdir", help="Keep the data and outputs here (default: a temp dir).")
     p.add_argument("--report", default=str(REPO / "RELIABILITY.md"))
@@ -147,9 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DASHSCOPE_API_KEY", None)
     os.environ.pop("DASHSCOPE_HTTP_BASE_URL", None)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kf2v-soak-"))
-    for sub in ("fault-soak", "crash-resume", "fault-soak-logs", "crash-resume-logs"):
-        shutil.rmtree(work / sub, ignore_errors=True)
+    phases = _phases(args)
+    for ph in phases:
+        slug = ph.title.lower().replace(" ", "-")
+        for sub in (slug, f"{slug}-logs"):
+            shutil.rmtree(work / sub, ignore_errors=True)
     manifest = make_dataset(work / "data", args.rows, seed=args.seed)
+    s3_rows = min(args.s3_rows, args.rows)
+    s3_manifest = make_dataset(work / "data", s3_rows, seed=args.seed, name="manifest-s3.csv")
     command = "python -m reliability.soak " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
@@ -158,195 +267,46 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.testing.utilities import prefect_test_harness
 
     started = time.monotonic()
+    results = []
     with prefect_test_harness(server_startup_timeout=120):
         prefect_url = PREFECT_API_URL.value()
-        phases = [
-            _phase("fault soak", args, manifest, work / "fault-soak", prefect_url, args.seed, 0),
-            _phase(
-                "crash and resume",
-                args,
-                manifest,
-                work / "crash-resume",
-                prefect_url,
-                args.seed + 1,
-                args.kills,
-            ),
-        ]
+        for ph in phases:
+            on_s3 = ph.storage == "s3"
+            results.append(
+                _phase(
+                    ph,
+                    args,
+                    s3_manifest if on_s3 else manifest,
+                    s3_rows if on_s3 else args.rows,
+                    work,
+                    prefect_url,
+                )
+            )
     report: dict[str, Any] = {
         "command": command.strip(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),
         "rows": args.rows,
+        "s3_rows": s3_rows,
         "kills": args.kills,
         "seed": args.seed,
         "speed": args.speed,
         "concurrency": args.concurrency,
+        "overlap_delay": args.overlap_delay,
         "faults": fault_spec(),
+        "s3_faults": dict(S3_FAULT_RATES),
+        "s3_video_bytes": S3_VIDEO_BYTES,
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "workdir": str(work),
-        "phases": phases,
-        "ok": all(ph["audit"]["ok"] for ph in phases),
+        "phases": results,
+        "ok": all(ph["audit"]["ok"] for ph in results),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     Path(args.report).write_text(render_markdown(report), encoding="utf-8")
     print(f"[soak] {'PASS' if report['ok'] else 'FAIL'}; wrote {args.report} and {args.json}")
     return 0 if report["ok"] else 1
-
-
-def _row(label: str, *values: Any) -> str:
-    return "| " + " | ".join([str(label), *(str(v) for v in values)]) + " |"
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    """RELIABILITY.md from a report dict."""
-    soak, crash = r["phases"]
-    a, b = soak["audit"], crash["audit"]
-
-    def hist(x: dict) -> str:
-        return ", ".join(f"{k}×: {v}" for k, v in x["creates_per_fingerprint"].items()) or "none"
-
-    def codes(x: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in x["failures_by_code"].items()) or "none"
-
-    lines = [
-        "# Reliability: faults, crashes and bad input",
-        "",
-        "Generated by the command below; do not edit by hand. The promise checked: every row",
-        "ends as a verified video or a clear error, no video is generated twice (a second",
-        "create only after a FAILED task or an ambiguous create, both counted), and no partial",
-        "file ever sits at a final path.",
-        "",
-        "```",
-        r["command"],
-        "```",
-        "",
-        f"- Finished {r['finished_at']} in {r['wall_seconds']} s on {r['machine']}.",
-        f"- {r['rows']} rows, seed {r['seed']}, simulator speed {r['speed']:g}× "
-        f"(`KF2V_TIME_SCALE={r['speed']:g}`), {r['concurrency']} tasks in flight, "
-        "task run time uniform 60–300 service seconds.",
-        f"- Overall: **{'PASS' if r['ok'] else 'FAIL'}**.",
-        "",
-        "Faults on every endpoint (`FaultConfig.parse`):",
-        "",
-        "```",
-        r["faults"].replace(",", ",\n"),
-        "```",
-        "",
-        "## Figures",
-        "",
-        _row("", "fault soak", "crash and resume"),
-        _row("---", "---:", "---:"),
-        _row("rows", a["rows"], b["rows"]),
-        _row("rows in results.csv", a["results_rows"], b["results_rows"]),
-        _row("rows delivered (video verified)", a["delivered"], b["delivered"]),
-        _row("rows failed with a permanent reason", a["failed_permanent"], b["failed_permanent"]),
-        _row("rows failed otherwise", a["failed_other"], b["failed_other"]),
-        _row("failure reasons", codes(a), codes(b)),
-        _row("runner SIGKILLs", 0, sum(k["killed"] for k in crash["kills"])),
-        _row(
-            "creates (create requests)",
-            f"{a['creates']} ({a['create_requests']})",
-            f"{b['creates']} ({b['create_requests']})",
-        ),
-        _row("fingerprints created", a["fingerprints"], b["fingerprints"]),
-        _row("creates per fingerprint (histogram)", hist(a), hist(b)),
-        _row(
-            "extra creates after a FAILED task",
-            a["extra_creates_after_failed"],
-            b["extra_creates_after_failed"],
-        ),
-        _row(
-            "extra creates after an ambiguous create",
-            a["extra_creates_after_ambiguous"],
-            b["extra_creates_after_ambiguous"],
-        ),
-        _row(
-            "**unexplained extra creates**",
-            a["extra_creates_unexplained"],
-            b["extra_creates_unexplained"],
-        ),
-        _row("FAILED tasks", a["failed_tasks"], b["failed_tasks"]),
-        _row(
-            "fingerprints with an ambiguous create",
-            a["ambiguous_fingerprints"],
-            b["ambiguous_fingerprints"],
-        ),
-        _row(
-            "rows reported possible_duplicate",
-            a["possible_duplicate_rows"],
-            b["possible_duplicate_rows"],
-        ),
-        _row("video files at final paths", a["files_at_final_paths"], b["files_at_final_paths"]),
-        _row("sha256 checked against sidecar: match", a["files_verified"], b["files_verified"]),
-        _row(
-            "**partial files at final paths**",
-            a["partial_files_at_final_paths"],
-            b["partial_files_at_final_paths"],
-        ),
-        _row(
-            "results.csv rows inconsistent with files",
-            len(a["results_inconsistent"]),
-            len(b["results_inconsistent"]),
-        ),
-        _row(
-            "leftover temp files under .kf2v/tmp",
-            a["leftover_temp_files"],
-            b["leftover_temp_files"],
-        ),
-        _row("wall time (s)", soak["wall_seconds"], crash["wall_seconds"]),
-        _row("final exit code of `kf2v run`", soak["final_exit_code"], crash["final_exit_code"]),
-        "",
-        "Faults the simulator injected:",
-        "",
-        _row("fault", "fault soak", "crash and resume"),
-        _row("---", "---:", "---:"),
-    ]
-    for k in sorted(set(a["faults_injected"]) | set(b["faults_injected"])):
-        lines.append(_row(f"`{k}`", a["faults_injected"].get(k, 0), b["faults_injected"].get(k, 0)))
-    lines += [
-        "",
-        f"Kill moments (progress = ledger records + videos kept, out of {2 * r['rows']}):",
-        "",
-        _row("run", "progress target", "progress at kill", "seconds after start", "killed"),
-        _row("---", "---:", "---:", "---:", "---"),
-    ]
-    for k in crash["kills"]:
-        lines.append(
-            _row(
-                k["attempt"],
-                k["progress_target"],
-                k["progress_at_kill"],
-                k["seconds_after_start"],
-                "yes" if k["killed"] else "no (had ended)",
-            )
-        )
-    problems = a["problems"] + b["problems"]
-    lines += ["", "## Problems", ""]
-    lines += [f"- {p}" for p in problems] or ["None."]
-    lines += [
-        "",
-        "## How it is checked",
-        "",
-        "- **Delivered** = `results.csv` says succeeded/skipped, the file and its sidecar exist,",
-        "  and sha256(file) = sidecar `sha256` = `results.csv` `sha256`.",
-        "- **Permanent reason** = an error code of a FAILED task (`DataInspectionFailed`),",
-        "  `AmbiguousCreateError` (the second create was ambiguous too: policy `retry_once`),",
-        "  queue timeout, invalid row/frame. Transient errors that escaped every retry count",
-        "  as *failed otherwise* and fail the soak.",
-        "- **Creates per fingerprint** come from the simulator's own counter; every extra",
-        "  create must follow a FAILED task of the same fingerprint (re-run after failure) or",
-        "  an ambiguous create recorded in the ledger (`possible_duplicate`).",
-        "- **Partial files**: every `*.mp4` outside `.kf2v/` must have a sidecar whose sha256",
-        "  and size match; any other file must belong to a delivered row.",
-        "",
-        "Fast versions (fixed seeds, small batches) run in the normal suite:",
-        "`tests/test_reliability_faults.py`, `tests/test_reliability_crash.py`,",
-        "`tests/test_bad_input.py`, `tests/test_secrets.py`, `tests/test_timeouts.py`.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

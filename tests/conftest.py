@@ -59,3 +59,22 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_account_limits(request):
+    """Each test that uses the Prefect server starts with no kf2v global concurrency limit.
+
+    A batch creates the account's limit with its own max_in_flight when it is missing and
+    every later run keeps to the server's value, as real runs do; tests with other sizes
+    must not inherit an earlier test's limit.
+    """
+    yield
+    if "prefect_server" not in request.fixturenames:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for limit in client.read_global_concurrency_limits(limit=200, offset=0):
+            if limit.name.startswith("kf2v"):
+                client.delete_global_concurrency_limit_by_name(limit.name)

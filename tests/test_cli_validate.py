@@ -102,25 +102,66 @@ def test_validate_lists_every_invalid_row_and_exits_one(tmp_path: Path, batch: P
     assert result.stderr == ""
 
 
-def test_validate_output_writes_results_once_and_never_over_them(tmp_path: Path, batch: Path):
+def test_validate_output_writes_a_dry_run_table_and_never_results_csv(tmp_path: Path, batch: Path):
     out = tmp_path / "plan"
     first = kf2v(tmp_path, "validate", str(batch), "--output", str(out))
     assert first.returncode == 1, first.stderr
-    results = list(csv.DictReader((out / "results.csv").open()))
+    dry = out / "results.dry-run.csv"
+    assert first.stdout.splitlines()[-1] == (
+        f"results: {dry} (a dry run's table; results.csv is left as it is)"
+    )
+    results = list(csv.DictReader(dry.open()))
     assert [(r["row"], r["status"]) for r in results] == [
         ("2", "planned"), ("3", "invalid"), ("4", "planned"), ("5", "invalid"),
     ]  # fmt: skip
     assert results[0]["output"] == str(out / "good1.mp4") and results[0]["cost"] == "1.0"
     assert "column 'seed'" in results[1]["error_message"]
-    written = (out / "results.csv").read_bytes()
+    assert not (out / "results.csv").exists()
 
+    # A run's results.csv there is never touched; the dry-run table is simply rewritten.
+    (out / "results.csv").write_text("row,id,status\n2,good1,succeeded\n")
     again = kf2v(tmp_path, "validate", str(batch), "--output", str(out))
-    assert again.returncode == 2
-    assert one_line(again) == (
-        f"kf2v validate: error: {out / 'results.csv'} already exists; validate never "
-        "overwrites a run's results (choose another --output)"
-    )
-    assert (out / "results.csv").read_bytes() == written
+    assert again.returncode == 1 and again.stderr == ""
+    assert (out / "results.csv").read_text() == "row,id,status\n2,good1,succeeded\n"
+    assert len(list(csv.DictReader(dry.open()))) == 4
+
+
+def test_validate_max_cost_names_the_rows_over_budget_and_exits_three(tmp_path: Path):
+    folder = tmp_path / "ok"
+    pairs = make_pairs(folder, 3)
+    rows = [{"id": f"r{i}", "first_frame": a, "last_frame": b} for i, (a, b) in enumerate(pairs)]
+    (folder / "m.csv").write_text(manifest_text(rows))
+    out = tmp_path / "out"
+    result = kf2v(tmp_path, "validate", str(folder / "m.csv"), "--max-cost", "2.5", "--output",
+                  str(out))  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert (
+        "budget: max_cost 2.50 CNY: 2 rows fit (2.00 CNY): 2 (r0), 3 (r1); "
+        "1 row over budget, not submitted: 4 (r2)"
+    ) in result.stdout.splitlines()
+    table = list(csv.DictReader((out / "results.dry-run.csv").open()))
+    assert [r["status"] for r in table] == ["planned", "planned", "over_budget"]
+    assert "would exceed max_cost 2.50" in table[2]["error_message"]
+
+
+def test_a_misspelt_column_is_one_line_with_a_did_you_mean(tmp_path: Path):
+    (a, b) = make_pairs(tmp_path, 1)[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"first_frame,last_frame,promt\n{a},{b},a slow pan\n")
+    for command in ("validate", "run"):
+        extra = ["--output", str(tmp_path / "out")] if command == "run" else []
+        result = kf2v(tmp_path, command, str(manifest), *extra)
+        assert result.returncode == 2
+        line = one_line(result)
+        assert line.startswith(
+            f"kf2v {command}: error: manifest {manifest}: line 1 (header): unknown column "
+            "'promt' (did you mean 'prompt'?)"
+        ), line
+        assert line.endswith("pass extra_columns=True (kf2v: --extra-columns)")
+        assert not (tmp_path / "out").exists()
+    ok = kf2v(tmp_path, "validate", str(manifest), "--extra-columns")
+    assert ok.returncode == 0, ok.stdout
+    assert "warning: column 'promt' is carried through as your own column" in ok.stdout
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])

@@ -115,12 +115,13 @@ async def test_fifty_rows_with_invalid_ones(sim, tmp_path):
     before = sim.stats()
     state = await generate_batch(str(manifest), str(out), concurrency=FAST, return_state=True)
     error = await state.aresult(raise_on_failure=False)
-    assert state.is_failed() and "10 of 50 rows failed" in state.message
+    # The last bad row reuses the id of row 2: both are invalid, neither is submitted.
+    assert state.is_failed() and "11 of 50 rows failed" in state.message
     assert isinstance(error, BatchFailedError)
     summary = error.summary
-    assert summary.counts == {"succeeded": 40, "invalid": 10}
+    assert summary.counts == {"succeeded": 39, "invalid": 11}
     assert [r.row for r in summary.results] == list(range(2, 52))
-    assert creates_for(sim, before) == 40  # invalid rows were never submitted
+    assert creates_for(sim, before) == 39  # invalid rows were never submitted
     results = read_results(out / "results.csv")
     assert len(results) == 50
     by_row = {int(r["row"]): r for r in results}
@@ -130,6 +131,8 @@ async def test_fifty_rows_with_invalid_ones(sim, tmp_path):
         assert row["status"] == "invalid", row
         assert f"row {row['row']}" in row["error_message"]
         assert repr(column) in row["error_message"], row["error_message"]
+    assert by_row[2]["error_message"] == "row 2, column 'id': 'ok-00' is also used by row 51"
+    assert not (out / "ok-00.mp4").exists()
     ok = [r for r in results if r["status"] == "succeeded"]
     for r in ok:
         assert Path(r["output"]).stat().st_size == int(r["bytes"])
@@ -193,6 +196,8 @@ async def test_max_cost_and_dry_run(sim, tmp_path):
     )
     assert dry.counts == {"planned": 6} and dry.estimated_cost == pytest.approx(3.0)
     assert creates_for(sim, before) == 0 and sim.stats()["uploads"] == before["uploads"]
+    assert dry.results_path == str(tmp_path / "dry" / "results.dry-run.csv")
+    assert not (tmp_path / "dry" / "results.csv").exists()
 
     state = await generate_batch(
         str(folder / "m.csv"),
@@ -202,8 +207,10 @@ async def test_max_cost_and_dry_run(sim, tmp_path):
         concurrency=FAST,
         return_state=True,
     )
-    summary = await state.aresult(raise_on_failure=False)
-    assert summary.counts == {"succeeded": 3, "over_budget": 3}
+    assert state.is_failed() and "3 not submitted: over max_cost 1.60" in state.message
+    summary = (await state.aresult(raise_on_failure=False)).summary
+    assert summary.counts == {"succeeded": 3, "over_budget": 3} and summary.over_budget == 3
+    assert [r.id for r in summary.results if r.status.value == "over_budget"] == ["c3", "c4", "c5"]
     assert summary.spent == pytest.approx(1.5)
     assert creates_for(sim, before) == 3
 

@@ -177,12 +177,50 @@ def test_duplicate_header_column():
     assert info.value.line == 1
 
 
-def test_unknown_columns_are_ignored_with_a_warning():
-    parsed = parse("first_frame,last_frame,colour,\na.png,b.png,red,\n")
-    one_row(parsed)
-    assert any("'colour'" in w for w in parsed.warnings)
+def test_unknown_column_is_refused_with_a_did_you_mean():
+    with pytest.raises(ManifestFileError) as info:
+        parse("first_frame,last_frame,promt\na.png,b.png,a slow pan\n")
+    message = str(info.value)
+    assert message.startswith("manifest m.csv: line 1 (header): unknown column 'promt' ")
+    assert "(did you mean 'prompt'?)" in message and "--extra-columns" in message
+    assert "\n" not in message and info.value.line == 1
+
+
+def test_every_unknown_column_is_named_in_one_line():
+    with pytest.raises(ManifestFileError) as info:
+        parse("first_frame,last_frame,Negative Prompt,colour,Seeds\n")
+    message = str(info.value)
+    assert (
+        "unknown columns 'negative prompt' (did you mean 'negative_prompt'?), 'colour', "
+        "'seeds' (did you mean 'seed'?); known: id, first_frame, " in message
+    )
+
+
+def test_duration_is_refused_even_with_extra_columns():
+    for extra in (False, True):
+        with pytest.raises(ManifestFileError) as info:
+            parse("first_frame,last_frame,duration\na.png,b.png,10\n", extra_columns=extra)
+        assert "column 'duration' is not supported: kf2v videos are always 5 s long" in str(
+            info.value
+        )
+
+
+def test_extra_columns_are_kept_per_row_in_manifest_order():
+    text = "Job ID,first_frame,last_frame,seed,notes,\nj1,a.png,b.png,x,hi,\nj2,c.png,d.png\n"
+    parsed = parse(text, extra_columns=True)
+    assert parsed.extra_columns == ["Job ID", "notes"]
+    # Every row, valid or not, carries its own cells (a short row: empty ones).
+    assert parsed.extras == {2: {"Job ID": "j1", "notes": "hi"}, 3: {"Job ID": "j2", "notes": ""}}
+    assert [e.row_number for e in parsed.errors] == [2] and parsed.rows[0].row_number == 3
     assert any("empty header name" in w for w in parsed.warnings)
-    assert parsed.rows[0].raw["colour"] == "red"
+
+
+def test_extra_columns_may_not_reuse_a_results_column_and_typos_warn():
+    with pytest.raises(ManifestFileError, match="'status' cannot be carried into results.csv"):
+        parse("first_frame,last_frame,status\n", extra_columns=True)
+    parsed = parse("first_frame,last_frame,promt\na,b,x\n", extra_columns=True)
+    assert any("'promt'" in w and "'prompt'" in w for w in parsed.warnings)
+    assert parsed.rows[0].prompt is None
 
 
 def test_header_only_gives_no_rows():
@@ -340,25 +378,30 @@ def test_bad_ids(value, fragment):
     assert err.column == "id" and fragment in err.reason and err.id is None
 
 
-def test_duplicate_ids_fail_the_second_and_later_rows():
+def test_every_row_of_a_duplicate_id_is_invalid():
     parsed = parse(f"{HEADER}\nx,a,b\ny,a,b\nx,a,b\nx,a,b\n")
-    assert [r.row_number for r in parsed.rows] == [2, 3]
+    assert [r.row_number for r in parsed.rows] == [3]
     assert [e.message() for e in parsed.errors] == [
-        "row 4, column 'id': duplicate id 'x' (first used in row 2)",
-        "row 5, column 'id': duplicate id 'x' (first used in row 2)",
+        "row 2, column 'id': 'x' is also used by rows 4, 5",
+        "row 4, column 'id': 'x' is also used by rows 2, 5",
+        "row 5, column 'id': 'x' is also used by rows 2, 4",
     ]
+    assert {e.id for e in parsed.errors} == {"x"}
 
 
 def test_explicit_id_colliding_with_derived_id():
     parsed = parse(f"{HEADER}\n,a,b\nrow-0002,a,b\n")
-    assert [r.id for r in parsed.rows] == ["row-0002"]
-    assert "duplicate id 'row-0002' (first used in row 2)" in parsed.errors[0].reason
+    assert not parsed.rows
+    assert [e.message() for e in parsed.errors] == [
+        "row 2, column 'id': derived id 'row-0002' is also used by row 3",
+        "row 3, column 'id': 'row-0002' is also used by row 2",
+    ]
 
 
 def test_invalid_row_still_claims_its_id():
     parsed = parse(f"{HEADER},seed\nx,a,b,bad\nx,a,b,1\n")
     assert not parsed.rows
-    assert [e.column for e in parsed.errors] == ["seed", "id"]
+    assert [(e.row_number, e.column) for e in parsed.errors] == [(2, "seed"), (2, "id"), (3, "id")]
 
 
 # ----------------------------------------------------------------- outputs
@@ -407,9 +450,15 @@ def test_output_must_stay_inside_the_root(value, fragment):
 
 def test_outputs_must_be_unique_case_insensitively():
     parsed = parse(f"{HEADER},output\na,a,b,clip\nb,a,b,CLIP.mp4\nc,a,b,\nd,a,b,c\n")
-    assert [r.id for r in parsed.rows] == ["a", "c"]
-    assert [(e.row_number, e.column) for e in parsed.errors] == [(3, "output"), (5, "output")]
-    assert "already used by row 4" in parsed.errors[1].reason
+    assert not parsed.rows  # every row of a shared output name: none is paid for
+    assert [(e.row_number, e.column) for e in parsed.errors] == [
+        (2, "output"), (3, "output"), (4, "id"), (5, "output"),
+    ]  # fmt: skip
+    assert parsed.errors[1].reason == (
+        "output 'CLIP.mp4' is also used by row 2 (as 'clip.mp4'; names that differ only in "
+        "case are one file on some systems)"
+    )
+    assert parsed.errors[3].reason == "output 'c.mp4' is also used by row 4"
 
 
 # ----------------------------------------------------------------- path resolution
@@ -621,3 +670,12 @@ def manifests(draw) -> str | bytes:
 @given(manifests())
 def test_fuzz_structured_manifests(data):
     _parse_or_manifest_error(data)
+    try:  # the user's own columns accepted: every row (valid or not) carries them
+        result = parse_manifest(data, source="fuzz.csv", base_dir="", extra_columns=True)
+    except ManifestFileError:
+        return
+    _check(result)
+    if result.extra_columns:
+        numbers = {r.row_number for r in result.rows} | set(result.invalid_row_numbers)
+        assert numbers <= set(result.extras)
+        assert all(list(cells) == result.extra_columns for cells in result.extras.values())

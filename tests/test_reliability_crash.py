@@ -97,3 +97,42 @@ def test_sigkill_under_faults_keeps_the_promise(prefect_server, tmp_path: Path) 
     assert a.delivered + a.failed_permanent == rows
     assert a.extra_creates_unexplained == 0
     assert a.partial_files_at_final_paths == 0
+
+
+@pytest.mark.slow
+def test_two_overlapping_runs_deliver_once_and_never_pay_twice(
+    prefect_server, tmp_path: Path
+) -> None:
+    """The same manifest into the same output twice, the second run 1 s after the first."""
+    from reliability.scenarios import run_overlapping
+
+    rows = 10
+    manifest = make_dataset(tmp_path / "data", rows, seed=17)
+    out = tmp_path / "out"
+    cfg = SimulatorConfig(
+        speed=SPEED,
+        max_concurrent=3,
+        runtime=RuntimeDistribution(kind="uniform", low=60.0, high=300.0),
+        render="tiny",
+        seed=17,
+        api_key=TEST_API_KEY,
+    )
+    with run_simulator(cfg) as sim:
+        env = cli_env(sim.base_url, TEST_API_KEY, _prefect_url(), SPEED)
+        cmd = cli_command(manifest, out, concurrency=3, time_scale=SPEED)
+        codes, _ = run_overlapping(cmd, env, delay=1.0, log_dir=tmp_path / "logs", timeout=300)
+        stats, tasks = sim.stats(), sim.tasks()
+    a = audit(out, rows, stats, tasks, ambiguous_evidence=ambiguous_from_log_dir(tmp_path / "logs"))
+    assert all(rc in (0, 1) for rc in codes), codes
+    # Counted first, so a failure shows every figure.
+    figures = {
+        "creates": a.creates,
+        "fingerprints": a.fingerprints,
+        "extra_creates": a.extra_creates,
+        "delivered": a.delivered,
+        "partial": a.partial_files_at_final_paths,
+        "lost_records": a.lost_ledger_records,
+    }
+    assert a.partial_files_at_final_paths == 0 and a.lost_ledger_records == 0, figures
+    assert a.delivered == rows == a.files_verified, figures
+    assert a.extra_creates == 0 and a.creates == rows, (figures, a.problems)

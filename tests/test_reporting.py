@@ -93,6 +93,28 @@ def test_summary_markdown_escapes_ids_paths_and_errors():
     assert "[click]" not in text and "row 4 dup: failed" in text
 
 
+def test_summary_says_how_many_rows_max_cost_left_out():
+    rows = [
+        RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, cost=0.5),
+        RowResult(row=3, id="b", status=RowStatus.OVER_BUDGET, error_code="BudgetExceeded"),
+    ]
+    summary = BatchSummary(
+        manifest="m.csv",
+        output="out",
+        total=2,
+        counts=BatchSummary.count(rows),
+        max_cost=0.6,
+        results=rows,
+    )
+    assert summary.over_budget == 1 and summary.failed == 0
+    assert (
+        summary.headline()
+        == "2 rows: 1 over_budget, 1 succeeded; 1 not submitted: over max_cost 0.60"
+    )
+    assert "max\\_cost 0.60: 1 rows over budget, not submitted" in summary_markdown(summary)
+    assert "1 not submitted: over max_cost 0.60" in str(BatchFailedError(summary))
+
+
 def test_no_link_for_unknown_schemes():
     r = RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, output="javascript://x/a.mp4")
     text = summary_markdown(BatchSummary(manifest="m", output="o", results=[r]))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 
 import pytest
 
-from kf2v_tasks.batch.gcl import apply_limits, show_limits
+from kf2v_tasks.batch.gcl import apply_limits, ensure_limit, show_limits
 from kf2v_tasks.batch.slots import SlotPool
 
 
@@ -55,11 +57,42 @@ async def test_gcl_leases_are_kept_and_handed_on_in_process():
 
 
 @pytest.mark.usefixtures("prefect_server")
-async def test_missing_gcl_falls_back_to_local_limiting():
-    pool = await SlotPool.create(2, "kf2v-no-such-limit")
+async def test_missing_gcl_falls_back_to_local_limiting_when_not_to_be_created():
+    pool = await SlotPool.create(2, "kf2v-no-such-limit", create_missing=False)
     assert pool.gcl_name is None
     await _run_jobs(pool, 4, 0.01)
     assert pool.peak == 2
+    assert "kf2v-no-such-limit" not in {x["name"] for x in await show_limits()}
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_missing_gcl_is_created_with_the_runs_limit_once_even_by_two_at_once(caplog):
+    """Two runs starting together both ensure the limit: one creates it, the other reads it."""
+    name = f"kf2v-test-ensure-{uuid.uuid4().hex[:8]}"
+    results = await asyncio.gather(ensure_limit(name, 3), ensure_limit(name, 3))
+    assert sorted(r["action"] for r in results) == ["created", "exists"]
+    assert all(r["limit"] == 3 and r["active"] for r in results)
+    assert (await ensure_limit(name, 5))["limit"] == 3  # an existing size is left alone
+
+    caplog.set_level(logging.INFO, logger="kf2v_tasks.batch.slots")
+    fresh = f"kf2v-test-pool-{uuid.uuid4().hex[:8]}"
+    pool = await SlotPool.create(2, fresh)
+    assert pool.gcl_name == fresh
+    assert f"global concurrency limit {fresh!r} (2 slots, created now)" in caplog.text
+    limits = {x["name"]: x for x in await show_limits()}
+    assert limits[fresh]["limit"] == 2
+    await _run_jobs(pool, 3, 0.01)
+    assert pool.peak <= 2 and pool.gcl_acquisitions >= 1
+
+
+async def test_no_server_means_local_limiting_and_says_so(caplog):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    caplog.set_level(logging.WARNING, logger="kf2v_tasks.batch.slots")
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # no one
+        pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
+    assert pool.gcl_name is None
+    assert "limiting in-process to 2 tasks" in caplog.text
 
 
 async def test_a_slot_given_back_early_wakes_the_next_row_once():
@@ -82,3 +115,38 @@ async def test_a_slot_given_back_early_wakes_the_next_row_once():
     await asyncio.gather(first(), second())
     assert order == ["first in", "second in", "first out"]
     assert pool.in_use == 0 and pool._local._value == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_the_slots_of_a_killed_run_are_given_back_by_the_next_run():
+    """A run killed while holding the only slot must not block the next run for good."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    from kf2v_tasks.batch.gcl import _api_url, _lease_folder, acquire_slot
+
+    name = f"kf2v-test-dead-{uuid.uuid4().hex[:8]}"
+    await ensure_limit(name, 1)
+    async with get_client() as client:
+        lease_id = await acquire_slot(client, name)  # held by the run that is killed
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    folder = _lease_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{socket.gethostname()}-{gone.pid}-test.json").write_text(
+        json.dumps(
+            {"host": socket.gethostname(), "pid": gone.pid, "api_url": _api_url(),
+             "leases": [str(lease_id)]}
+        )
+    )  # fmt: skip
+    assert {x["name"]: x for x in await show_limits()}[name]["active_slots"] == 1
+
+    pool = await SlotPool.create(1, name)
+    assert pool.gcl_name == name
+    await asyncio.wait_for(_run_jobs(pool, 2, 0.01), timeout=30)  # not stuck behind the dead
+    assert {x["name"]: x for x in await show_limits()}[name]["active_slots"] == 0
+    assert not (folder / f"{socket.gethostname()}-{gone.pid}-test.json").exists()

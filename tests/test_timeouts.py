@@ -64,7 +64,8 @@ async def test_pending_past_queue_deadline_is_cancelled(tmp_path: Path) -> None:
     out = tmp_path / "out"
     polling = PollingSettings(deadline_seconds=5000, queue_deadline_seconds=400, schedule=FAST)
     with simulated_service(_cfg(runtime=1200)) as sim:
-        await run_batch(manifest, out, max_in_flight=2, polling=polling)
+        # In-process limit only: both rows must reach the one service slot at once.
+        await run_batch(manifest, out, max_in_flight=2, global_limit=None, polling=polling)
         stats, tasks = sim.stats(), sim.tasks()
     rows = read_results(out)
     # Both rows start together; whichever the service queued second is the late one.

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done, 1 the work ran and something failed, 2 the command was asked for
 something it cannot do (a bad flag, an unusable manifest or frame, a missing extra),
-130 interrupted. ``--debug`` re-raises instead, so the traceback is shown.
+3 nothing failed but ``--max-cost`` left rows unsubmitted, 130 interrupted. ``--debug``
+re-raises instead, so the traceback is shown.
 """
 
 from __future__ import annotations
@@ -15,6 +16,36 @@ from kf2v_tasks.errors import FrameValidationError
 
 #: Longest error line printed; the rest is in the traceback (``--debug``).
 MAX_CHARS = 600
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # rows failed or were invalid
+EXIT_USAGE = 2  # bad options or input
+EXIT_OVER_BUDGET = 3  # nothing failed, but max_cost left rows unsubmitted
+
+#: The exit codes of ``kf2v run`` and ``kf2v validate``, for their ``--help``.
+EXIT_CODES_HELP = """\
+exit codes:
+  0  every row was made (or skipped: already made)
+  1  some rows failed or were invalid (the report names each)
+  2  bad options or an unusable manifest; nothing was submitted
+  3  nothing failed, but --max-cost left rows unsubmitted (over_budget)
+"""
+
+
+def summary_exit_code(summary: Any) -> int:
+    """1 if rows failed or were invalid, else 3 if max_cost left rows out, else 0.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.errors import summary_exit_code
+        from kf2v_tasks.batch.results import BatchSummary
+        s = BatchSummary(manifest="m", output="o", counts={"over_budget": 1, "succeeded": 1})
+        assert summary_exit_code(s) == 3
+        ```
+    """
+    if summary.failed:
+        return EXIT_FAILED
+    return EXIT_OVER_BUDGET if summary.over_budget else EXIT_OK
 
 
 class UsageError(Exception):

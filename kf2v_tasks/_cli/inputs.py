@@ -60,7 +60,8 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
     reports the same error.
 
     Raises:
-        ManifestFileError: the file cannot be read, is not UTF-8 text, or its header is wrong.
+        ManifestFileError: the file cannot be read, is not UTF-8 text, or its header is wrong
+            (a required column missing, an unknown column without ``--extra-columns``).
 
     Example:
         ```python
@@ -72,5 +73,10 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
     from kf2v_tasks.batch.manifest import load_manifest
 
     asyncio.run(
-        load_manifest(args.manifest, defaults=defaults, storage_options=args.storage_options)
+        load_manifest(
+            args.manifest,
+            defaults=defaults,
+            storage_options=args.storage_options,
+            extra_columns=getattr(args, "extra_columns", False),
+        )
     )

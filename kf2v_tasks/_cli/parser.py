@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from kf2v_tasks._cli import argtypes
+from kf2v_tasks._cli.errors import EXIT_CODES_HELP
 from kf2v_tasks._version import __version__
 from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
 
@@ -138,6 +139,8 @@ def _add_run(sub) -> None:
         help="Generate every row of a CSV manifest.",
         description="Generate every row "
         "of a CSV manifest; rows already made by an earlier run are skipped.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("manifest", help="CSV manifest (path or fsspec URL).")
     run.add_argument("--output", required=True, help="Output folder (path or fsspec URL).")
@@ -160,12 +163,13 @@ def _add_run(sub) -> None:
         help="Task queries per second (default 20, the account default).",
     )
     run.add_argument("--prompt", help="Prompt for rows whose prompt cell is empty.")
+    _max_cost(run)
     run.add_argument(
-        "--max-cost",
-        type=argtypes.number(at_least=0),
-        help="Stop submitting once this much (in the price table's currency) would be spent.",
+        "--dry-run",
+        action="store_true",
+        help="Validate and estimate only; the table goes to results.dry-run.csv (results.csv "
+        "is never touched).",
     )
-    run.add_argument("--dry-run", action="store_true", help="Validate and estimate only.")
     run.add_argument("--fail-fast", action="store_true", help="Submit nothing if a row is invalid.")
     run.add_argument(
         "--task-runs",
@@ -173,10 +177,30 @@ def _add_run(sub) -> None:
         default="per_step",
         help="Prefect task runs per row: one per step (default) or one per row (lighter).",
     )
+    _extra_columns(run)
     _generation_options(run)
     _storage_options(run)
     _service_options(run)
     _debug(run)
+
+
+def _max_cost(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-cost",
+        type=argtypes.number(at_least=0),
+        help="Budget in the price table's currency. Rows are counted in manifest order; the "
+        "plan printed before anything is spent names those that do not fit, which are never "
+        "submitted (over_budget, exit code 3).",
+    )
+
+
+def _extra_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--extra-columns",
+        action="store_true",
+        help="Accept manifest columns of your own and copy them into the results file, after "
+        "its own columns (without it, an unknown column is an error).",
+    )
 
 
 def _add_generate(sub) -> None:
@@ -196,15 +220,20 @@ def _add_validate(sub) -> None:
         "validate",
         help="Check a manifest and its frames and estimate the cost; submits nothing.",
         description="Check every row and frame of a manifest and estimate its cost. Starts "
-        "neither Prefect nor the simulator; exits 1 if a row is invalid.",
+        "neither Prefect nor the simulator.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     val.add_argument("manifest", help="CSV manifest (path or fsspec URL).")
     val.add_argument(
         "--output",
-        help="Folder to write results.csv of planned and invalid rows to (default: write "
-        "nothing). An existing results.csv is never overwritten.",
+        help="The run's output folder: rows already made there show as skipped, and the "
+        "table of planned, skipped, over-budget and invalid rows is written to "
+        "results.dry-run.csv there (default: write nothing). results.csv is never touched.",
     )
     val.add_argument("--prompt", help="Prompt for rows whose prompt cell is empty.")
+    _max_cost(val)
+    _extra_columns(val)
     _generation_options(val)
     _storage_options(val)
     _debug(val)

@@ -44,12 +44,22 @@ class ProgressBar(BatchObserver):
         self.task_id = self.bar.add_task("starting", total=None)
 
     async def on_plan(self, plan: Any, cost: Any, dry_run: bool) -> None:
-        """Say what will run and what it should cost, before anything is spent."""
-        self.bar.console.print(
+        """Say what will run, what it should cost and what fits max_cost, before spending."""
+        from rich.markup import escape  # ids and paths may hold "[...]"
+
+        console = self.bar.console
+        console.print(
             f"{len(plan.runnable)} valid rows, {len(plan.invalid)} invalid; estimated cost "
             f"{cost.total:.2f} {cost.currency}"
-            + (" (dry run: nothing is submitted)" if dry_run else "")
+            + (" (dry run: nothing is submitted)" if dry_run else ""),
+            markup=False,
         )
+        for warning in plan.manifest.warnings:
+            console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+        budget = plan.budget_line(cost.currency)
+        if budget:
+            colour = "yellow" if plan.over_budget else "green"
+            console.print(f"[{colour}]budget[/{colour}] {escape(budget)}")
 
     def on_row(self, result: Any, counts: dict[str, int], total: int) -> None:
         """Advance the bar; its text is the count per status so far."""
@@ -88,12 +98,21 @@ def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
     """
     from rich.markup import escape  # messages and paths may hold "[...]"
 
-    from kf2v_tasks.batch.results import FAILED_STATUSES
+    from kf2v_tasks.batch.results import FAILED_STATUSES, RowStatus
 
     bad = [r for r in summary.results if r.status in FAILED_STATUSES]
     for r in bad[:max_rows]:
         text = escape(r.error_message or r.error_code or "")
         console.print(f"[red]{r.status.value}[/red] {text}")
+    over = [r for r in summary.results if r.status is RowStatus.OVER_BUDGET]
+    if over:
+        names = ", ".join(f"{r.row} ({r.id})" for r in over[:max_rows])
+        more = f" and {len(over) - max_rows} more" if len(over) > max_rows else ""
+        limit = f"{summary.max_cost:.2f}" if summary.max_cost is not None else "set"
+        console.print(
+            f"[yellow]over_budget[/yellow] {len(over)} rows not submitted (max_cost "
+            f"{limit} {escape(summary.currency)}): {escape(names)}{more}"
+        )
     if len(bad) > max_rows:
         console.print(f"… and {len(bad) - max_rows} more in {escape(str(summary.results_path))}")
     console.print(f"[bold]{escape(summary.headline())}[/bold]")

@@ -14,7 +14,7 @@ from kf2v_tasks._cli.service import dashscope_service, quiet_prefect
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Generate every row of a manifest; 0 if no row failed, 1 otherwise.
+    """Generate every row of a manifest; 0 done, 1 rows failed, 3 rows left out by max_cost.
 
     Example:
         ```python
@@ -24,6 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from rich.console import Console
 
+    from kf2v_tasks._cli.errors import summary_exit_code
     from kf2v_tasks._cli.report import print_summary, progress
     from kf2v_tasks.batch.config import ConcurrencySettings
     from kf2v_tasks.errors import BatchFailedError
@@ -57,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     max_cost=args.max_cost,
                     fail_fast=args.fail_fast,
                     task_runs=args.task_runs,
+                    extra_columns=args.extra_columns,
                     credentials_block=credentials,
                     storage_block=args.storage_block,
                     storage_options=args.storage_options,
@@ -65,10 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     try:
         summary = _result(state)
-    except BatchFailedError as exc:  # some rows failed: the summary says which and why
+    except BatchFailedError as exc:  # rows failed or over budget: the summary says which
         summary = exc.summary
     print_summary(console, summary)
-    return 1 if summary.failed else 0
+    return summary_exit_code(summary)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -52,8 +52,8 @@ class ConcurrencySettings(BaseModel):
     global_limit: Optional[str] = Field(
         default=DEFAULT_GLOBAL_LIMIT,
         description=(
-            "Prefect global concurrency limit shared by every run and worker using this "
-            "account; used only when it exists on the server (see `kf2v limits apply`)."
+            "Prefect global concurrency limit shared by every run and worker on the same "
+            "Prefect server; created with max_in_flight when missing."
         ),
     )
     validate_concurrency: int = Field(

@@ -2,13 +2,25 @@
 
 Several flow runs and workers that share one DashScope account share its "tasks in
 flight" quota through this limit. Idempotent: applying twice changes nothing.
+:func:`apply_limits` sets the limit (``kf2v limits apply``); :func:`ensure_limit` only
+creates it when missing, which every batch run does, so overlapping runs share the quota
+without anyone having run ``kf2v limits apply``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import asyncio
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Optional
+from uuid import UUID, uuid4
 
 from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT
+
+logger = logging.getLogger("kf2v_tasks.batch.gcl")
 
 
 async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) -> dict:
@@ -72,3 +84,197 @@ async def show_limits() -> list[dict]:
         for x in limits
         if x.name.startswith("kf2v")
     ]
+
+
+async def ensure_limit(name: str, limit: int) -> dict:
+    """Make sure the limit ``name`` exists: create it with ``limit`` slots when missing.
+
+    An existing limit is left as it is (its size may have been set on purpose with
+    ``kf2v limits apply``). Race-safe: when two runs create it at the same moment, the
+    server refuses the second (409) and that run reads the one that won.
+
+    Returns:
+        ``{"name", "limit", "active", "action"}`` with ``action`` ``"created"`` or
+        ``"exists"``.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.gcl import ensure_limit
+        status = asyncio.run(ensure_limit("kf2v-dashscope-tasks", 2))
+        print(status["action"], status["limit"])
+        ```
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    if limit < 1:
+        raise ValueError("limit must be ≥ 1")
+    async with get_client() as client:
+        action = "exists"
+        try:
+            current = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                await client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True)
+                )
+                action = "created"
+            except ObjectAlreadyExists:  # another run created it between our read and create
+                pass
+            current = await client.read_global_concurrency_limit_by_name(name)
+    return {"name": name, "limit": current.limit, "active": current.active, "action": action}
+
+
+# ---------------------------------------------------------------------- slots with leases
+
+#: Seconds a held slot's lease lasts without renewal: the server's shortest (60 s).
+LEASE_SECONDS = 60.0
+
+
+def _lease_folder() -> Path:
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().home) / "kf2v" / "gcl-leases"
+
+
+def _api_url() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "")
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OSError):
+        return True  # someone else's process, or unknown: assume alive (the safe side)
+    return True
+
+
+class LeaseBook:
+    """The lease ids this process holds, in a small file under ``PREFECT_HOME``.
+
+    Prefect frees the slots of a holder that died only when its lease expires, and an
+    ephemeral or test server (no repossessor service) never does. A run killed while
+    holding slots would then block every later run on that server. So each pool writes
+    the ids of the leases it holds (with host, pid and API URL); the next run on this
+    machine gives back the leases of processes that are gone (:func:`free_dead_leases`).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.gcl import LeaseBook
+        book = LeaseBook()
+        book.add("0b5e6a4c-0000-4000-8000-000000000000")
+        book.remove("0b5e6a4c-0000-4000-8000-000000000000")   # file removed when empty
+        ```
+    """
+
+    def __init__(self) -> None:
+        self.path = _lease_folder() / f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:8]}.json"
+        self.ids: set[str] = set()
+        self.api_url = _api_url()
+
+    def add(self, lease_id: Any) -> None:
+        """Note a lease this process now holds."""
+        self.ids.add(str(lease_id))
+        self._write()
+
+    def remove(self, lease_id: Any) -> None:
+        """Forget a lease given back."""
+        self.ids.discard(str(lease_id))
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            if not self.ids:
+                self.path.unlink(missing_ok=True)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            doc = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "api_url": self.api_url,
+                "leases": sorted(self.ids),
+            }
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # bookkeeping only: the lease still expires on a real server
+            logger.debug("could not write lease book %s: %s", self.path, exc)
+
+
+async def free_dead_leases() -> int:
+    """Give back the global-limit slots held by processes on this machine that are gone.
+
+    Returns:
+        How many leases were given back.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.gcl import free_dead_leases
+        print(asyncio.run(free_dead_leases()), "slots of killed runs given back")
+        ```
+    """
+    from prefect.client.orchestration import get_client
+
+    folder = _lease_folder()
+    if not folder.is_dir():
+        return 0
+    host, api_url, freed = socket.gethostname(), _api_url(), 0
+    for path in folder.glob("*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("host") != host or doc.get("api_url") != api_url or _alive(doc.get("pid")):
+            continue
+        async with get_client() as client:
+            for lease_id in doc.get("leases", []):
+                try:
+                    await client.release_concurrency_slots_with_lease(UUID(lease_id))
+                    freed += 1
+                except Exception:  # expired or revoked already: nothing to give back
+                    pass
+        path.unlink(missing_ok=True)
+        logger.info(
+            "gave back the global-limit slots of run pid %s (no longer running)", doc["pid"]
+        )
+    return freed
+
+
+async def acquire_slot(client: Any, name: str) -> UUID:
+    """Take one slot of the limit ``name`` with a lease; wait while it is full.
+
+    Raises:
+        RuntimeError: the limit does not exist.
+
+    Example:
+        ```python
+        from prefect.client.orchestration import get_client
+        from kf2v_tasks.batch.gcl import acquire_slot
+        async with get_client() as client:
+            lease_id = await acquire_slot(client, "kf2v-dashscope-tasks")
+        ```
+    """
+    import httpx
+
+    while True:
+        try:
+            response = await client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:  # 423 Locked: full, come back later
+                raise
+            # Real seconds: the server's own pacing, not service time.
+            await asyncio.sleep(float(exc.response.headers.get("Retry-After", 1.0)))
+            continue
+        body = response.json()
+        if not body.get("limits"):
+            raise RuntimeError(f"global concurrency limit {name!r} does not exist")
+        return UUID(body["lease_id"])

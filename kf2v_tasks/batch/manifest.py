@@ -3,17 +3,23 @@
 A manifest is a CSV file with a header. Required columns are ``first_frame`` and
 ``last_frame``; optional ones are ``id``, ``prompt``, ``negative_prompt``, ``model``,
 ``resolution``, ``seed``, ``prompt_extend``, ``watermark`` and ``output``. Header names
-are trimmed and case-insensitive; unknown columns are ignored with a warning. An empty
-cell means "use the default" (:class:`RowDefaults`).
+are trimmed and case-insensitive. An empty cell means "use the default" (:class:`RowDefaults`).
+
+Any other named column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring
+it would make a video without the prompt the user wrote. Pipelines that carry columns of
+their own pass ``extra_columns=True``; those columns are then kept per row
+(:attr:`ParsedManifest.extras`) and written to ``results.csv`` after its own columns.
+A column that names a setting kf2v does not have (``duration``) is refused either way.
 
 Problems are split in two kinds:
 
-* **file-level** (cannot be read, not text, no header, missing required columns, broken
-  quoting): :func:`parse_manifest` and :func:`load_manifest` raise
+* **file-level** (cannot be read, not text, no header, missing required or unknown
+  columns, broken quoting): :func:`parse_manifest` and :func:`load_manifest` raise
   :class:`ManifestFileError`, whose message is ``manifest <path>: <reason>``;
-* **row-level** (a bad seed, an unknown model, a duplicate id …): the row becomes one
+* **row-level** (a bad seed, an unknown model, an id two rows use …): the row becomes one
   :class:`RowError` per bad column and is left out of :attr:`ParsedManifest.rows`; the
-  rest of the batch still runs. Its message is ``row N, column 'x': reason``.
+  rest of the batch still runs. Its message is ``row N, column 'x': reason``. Every row
+  of a shared id or output is invalid, not only the later ones.
 
 Row numbers are **line numbers in the file as an editor shows them**: the header is
 normally line 1 and the first data row line 2. A row whose quoted cell spans several
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import difflib
 import io
 from collections.abc import Iterator
 from typing import Any, Optional, Union
@@ -53,11 +60,14 @@ from kf2v_tasks.batch.manifest_rows import (
     OUTPUT_SUFFIX,
     PROMPT_ABSURD_CHARS,
     RESERVED_OUTPUT_DIR,
+    Claims,
     parse_row,
 )
 from kf2v_tasks.batch.manifest_schema import (
     KNOWN_COLUMNS,
     REQUIRED_COLUMNS,
+    RESULT_FILE_COLUMNS,
+    UNSUPPORTED_COLUMNS,
     ManifestRow,
     ParsedManifest,
     RowDefaults,
@@ -75,6 +85,7 @@ __all__ = [
     "PROMPT_ABSURD_CHARS",
     "REQUIRED_COLUMNS",
     "RESERVED_OUTPUT_DIR",
+    "UNSUPPORTED_COLUMNS",
     "ManifestFileError",
     "ManifestRow",
     "ParsedManifest",
@@ -95,6 +106,7 @@ def parse_manifest(
     source: str,
     base_dir: str,
     defaults: Optional[RowDefaults] = None,
+    extra_columns: bool = False,
 ) -> ParsedManifest:
     """Parse manifest text; pure (no I/O), so it can be fuzzed.
 
@@ -104,20 +116,26 @@ def parse_manifest(
         base_dir: folder relative frame paths are resolved against (``s3://bucket/dir``,
             ``/data/batch``, ``https://host/dir/``); ``""`` leaves them relative.
         defaults: values for empty optional cells.
+        extra_columns: accept columns the plugin does not know and keep their cells per
+            row (:attr:`ParsedManifest.extras`) instead of refusing the file.
 
     Returns:
         The valid rows plus one :class:`RowError` per bad cell of the invalid rows.
 
     Raises:
-        ManifestFileError: file-level problems only (encoding, header, missing required
+        ManifestFileError: file-level problems only (encoding, header, missing or unknown
             columns, malformed quoting). Row problems never raise.
 
     Example:
         ```python
-        from kf2v_tasks.batch.manifest import parse_manifest
+        from kf2v_tasks.batch.manifest import ManifestFileError, parse_manifest
         parsed = parse_manifest(b"first_frame,last_frame\\na.png,b.png\\n",
                                 source="m.csv", base_dir="/data")
         assert parsed.rows[0].output == "row-0002.mp4"
+        try:
+            parse_manifest("first_frame,last_frame,promt\\n", source="m.csv", base_dir="")
+        except ManifestFileError as exc:
+            assert "'promt' (did you mean 'prompt'?)" in str(exc)
         ```
     """
     defaults = defaults or RowDefaults()
@@ -128,28 +146,46 @@ def parse_manifest(
     header_line, header = _read_header(records, source)
     columns = [_normalise_header(h) for h in header]
     _check_header(columns, header_line, source)
+    extra = _check_columns(columns, header_line, source, extra_columns)
 
     warnings: list[str] = []
-    unknown = [c for c in columns if c and c not in KNOWN_COLUMNS]
-    if unknown:
-        warnings.append(
-            "ignoring unknown column(s) "
-            + ", ".join(repr(c) for c in unknown)
-            + f" (known: {', '.join(KNOWN_COLUMNS)})"
-        )
     unnamed = sum(1 for c in columns if not c)
     if unnamed:
         warnings.append(f"ignoring {unnamed} column(s) with an empty header name")
+    for i in extra:
+        near = _did_you_mean(columns[i])
+        if near:  # carried through as asked; but a typo here still loses the setting
+            warnings.append(
+                f"column {_trim(header[i])!r} is carried through as your own column; "
+                f"if you meant {near!r}, rename it"
+            )
 
-    parsed = ParsedManifest(source=source, columns=columns, warnings=warnings)
-    ids: dict[str, int] = {}  # id -> first row using it
-    outputs: dict[str, int] = {}  # case-folded output -> first row using it
+    parsed = ParsedManifest(
+        source=source,
+        columns=columns,
+        warnings=warnings,
+        extra_columns=[_trim(header[i]) for i in extra],
+    )
+    claims = Claims()
+    rows, errors = [], []
     for line, cells in records:
-        row, errors = parse_row(line, cells, columns, base_dir, defaults, ids, outputs)
+        row, bad = parse_row(line, cells, columns, base_dir, defaults, claims)
         if row is not None:
+            rows.append(row)
+        errors.extend(bad)
+        if extra:
+            parsed.extras[line] = {
+                _trim(header[i]): cells[i] if i < len(cells) else "" for i in extra
+            }
+    shared = claims.shared_errors()
+    for line_errors in shared.values():
+        errors.extend(line_errors)
+    errors.sort(key=lambda e: e.row_number)  # stable: a row's own errors stay in order
+    for row in rows:
+        if row.row_number not in shared:
             parsed.rows.append(row)
-            parsed.warnings.extend(f"row {line}: {w}" for w in row.warnings)
-        parsed.errors.extend(errors)
+            parsed.warnings.extend(f"row {row.row_number}: {w}" for w in row.warnings)
+    parsed.errors = errors
     return parsed
 
 
@@ -158,10 +194,12 @@ async def load_manifest(
     *,
     defaults: Optional[RowDefaults] = None,
     storage_options: Optional[dict[str, Any]] = None,
+    extra_columns: bool = False,
 ) -> ParsedManifest:
     """Read a manifest from any fsspec URL (local path, ``s3://``, ``https://`` …) and parse it.
 
-    Relative frame paths are resolved against the manifest's own folder.
+    Relative frame paths are resolved against the manifest's own folder; ``extra_columns``
+    is as in :func:`parse_manifest`.
 
     Raises:
         ManifestFileError: the file cannot be read or has a file-level problem.
@@ -175,7 +213,13 @@ async def load_manifest(
         ```
     """
     data = await asyncio.to_thread(_read_bytes, url, dict(storage_options or {}))
-    return parse_manifest(data, source=url, base_dir=manifest_base_dir(url), defaults=defaults)
+    return parse_manifest(
+        data,
+        source=url,
+        base_dir=manifest_base_dir(url),
+        defaults=defaults,
+        extra_columns=extra_columns,
+    )
 
 
 # --------------------------------------------------------------------------- reading the file
@@ -266,8 +310,52 @@ def _read_header(records: Iterator[tuple[int, list[str]]], source: str) -> tuple
         ) from None
 
 
+def _trim(name: str) -> str:
+    return name.strip().lstrip("\ufeff").strip()
+
+
 def _normalise_header(name: str) -> str:
-    return name.strip().lstrip("\ufeff").strip().lower()
+    return _trim(name).lower()
+
+
+def _did_you_mean(column: str) -> Optional[str]:
+    # "First Frame" and "first-frame" are the same mistake as a typo.
+    key = column.replace(" ", "_").replace("-", "_")
+    close = difflib.get_close_matches(key, KNOWN_COLUMNS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _check_columns(columns: list[str], line: int, source: str, extra_columns: bool) -> list[int]:
+    """Refuse columns the plugin would ignore; the positions of the user's own columns."""
+    problems: list[str] = []
+    unsupported = [c for c in columns if c in UNSUPPORTED_COLUMNS]
+    for c in unsupported:
+        problems.append(f"column {c!r} is not supported: {UNSUPPORTED_COLUMNS[c]}")
+    extra = [
+        i for i, c in enumerate(columns) if c and c not in KNOWN_COLUMNS and c not in unsupported
+    ]
+    if extra and not extra_columns:
+        names = ", ".join(
+            repr(columns[i])
+            + (f" (did you mean {near!r}?)" if (near := _did_you_mean(columns[i])) else "")
+            for i in extra
+        )
+        problems.append(
+            f"unknown column{'s' if len(extra) > 1 else ''} {names}; known: "
+            f"{', '.join(KNOWN_COLUMNS)}. To carry columns of your own into results.csv, "
+            "pass extra_columns=True (kf2v: --extra-columns)"
+        )
+    elif extra:
+        clash = [columns[i] for i in extra if columns[i] in RESULT_FILE_COLUMNS]
+        if clash:
+            problems.append(
+                f"column{'s' if len(clash) > 1 else ''} {', '.join(repr(c) for c in clash)} "
+                "cannot be carried into results.csv, which has its own; rename "
+                f"{'them' if len(clash) > 1 else 'it'}"
+            )
+    if problems:
+        raise ManifestFileError(source, f"line {line} (header): " + "; ".join(problems), line=line)
+    return extra
 
 
 def _check_header(columns: list[str], line: int, source: str) -> None:

@@ -1,9 +1,16 @@
-"""One data row of a manifest, cell by cell: a ManifestRow, or one RowError per bad cell."""
+"""One data row of a manifest, cell by cell: a ManifestRow, or one RowError per bad cell.
+
+Ids and output names must be unique in a manifest, and no row can know that alone: each
+row records what it claims in one :class:`Claims` for the file, and once every row is read
+:meth:`Claims.shared_errors` makes **every** row of a shared id or output invalid (not only
+the later ones: which of them the user meant is anybody's guess, so none is paid for).
+"""
 
 from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import dataclass, field
 from typing import Optional
 
 from pydantic import ValidationError
@@ -42,16 +49,108 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
 
+@dataclass(frozen=True)
+class _OutputClaim:
+    line: int
+    name: str
+    row_id: str
+    from_cell: bool  # False: derived from the row's id
+
+
+@dataclass
+class Claims:
+    """The ids and output names the rows of one manifest claim, to find the shared ones.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.manifest_rows import Claims
+        claims = Claims()
+        claims.claim_id("x", 2)
+        claims.claim_id("x", 4)
+        claims.claim_id("y", 3)
+        [err] = claims.shared_errors()[4]
+        assert err.message() == "row 4, column 'id': 'x' is also used by row 2"
+        ```
+    """
+
+    ids: dict[str, list[int]] = field(default_factory=dict)
+    derived: set[int] = field(default_factory=set)  # rows whose id is row-<line>
+    outputs: dict[str, list[_OutputClaim]] = field(default_factory=dict)
+
+    def claim_id(self, row_id: str, line: int, *, derived: bool = False) -> None:
+        """Row ``line`` uses ``row_id`` (``derived``: made from its line number)."""
+        self.ids.setdefault(row_id, []).append(line)
+        if derived:
+            self.derived.add(line)
+
+    def claim_output(self, name: str, line: int, row_id: str, *, from_cell: bool) -> None:
+        """Row ``line`` writes ``name`` (compared case-insensitively: some filesystems are)."""
+        claim = _OutputClaim(line, name, row_id, from_cell)
+        self.outputs.setdefault(name.casefold(), []).append(claim)
+
+    def shared_errors(self) -> dict[int, list[RowError]]:
+        """Row number → the errors of every row whose id or output another row also uses."""
+        errors: dict[int, list[RowError]] = {}
+        shared_id: set[int] = set()
+        for row_id, lines in self.ids.items():
+            if len(lines) < 2:
+                continue
+            for line in lines:
+                others = _rows([n for n in lines if n != line])
+                what = f"derived id {row_id!r}" if line in self.derived else repr(row_id)
+                errors.setdefault(line, []).append(
+                    RowError(
+                        row_number=line,
+                        id=row_id,
+                        column="id",
+                        reason=f"{what} is also used by {others}",
+                    )
+                )
+                shared_id.add(line)
+        for claims in self.outputs.values():
+            if len(claims) < 2:
+                continue
+            for c in claims:
+                if not c.from_cell and c.line in shared_id:
+                    continue  # its name comes from its id, already reported as shared
+                others = [o for o in claims if o.line != c.line]
+                spelt = sorted({o.name for o in others if o.name != c.name})
+                also = (
+                    f" (as {', '.join(repr(n) for n in spelt)}; names that differ only in "
+                    "case are one file on some systems)"
+                    if spelt
+                    else ""
+                )
+                errors.setdefault(c.line, []).append(
+                    RowError(
+                        row_number=c.line,
+                        id=c.row_id,
+                        column="output" if c.from_cell else "id",
+                        reason=f"output {c.name!r} is also used by "
+                        f"{_rows([o.line for o in others])}{also}",
+                    )
+                )
+        return errors
+
+
+def _rows(lines: list[int]) -> str:
+    """``"row 2"`` or ``"rows 2, 7"``."""
+    numbers = ", ".join(str(n) for n in sorted(lines))
+    return f"row{'s' if len(lines) > 1 else ''} {numbers}"
+
+
 def parse_row(
     line: int,
     cells: list[str],
     columns: list[str],
     base_dir: str,
     defaults: RowDefaults,
-    ids: dict[str, int],
-    outputs: dict[str, int],
+    claims: Claims,
 ) -> tuple[Optional[ManifestRow], list[RowError]]:
     """Check and resolve one data row; every bad cell gives its own :class:`RowError`.
+
+    Whether its id or output is unique is known only once every row is read: the row
+    records both in ``claims`` and :meth:`Claims.shared_errors` says which rows clash.
 
     Args:
         line: the file line the row starts on (its row number).
@@ -59,23 +158,22 @@ def parse_row(
         columns: the normalised header names, in file order (``""`` for unnamed columns).
         base_dir: folder relative frame paths are resolved against (``""``: leave relative).
         defaults: values for empty optional cells.
-        ids: id → first row using it, shared by every row of one manifest; updated here.
-        outputs: case-folded output name → first row using it, shared likewise; updated here.
+        claims: what the rows of this manifest claim (ids, outputs); updated here.
 
     Returns:
-        ``(row, [])`` for a valid row; ``(None, errors)`` otherwise.
+        ``(row, [])`` for a row whose cells are all good; ``(None, errors)`` otherwise.
 
     Example:
         ```python
-        from kf2v_tasks.batch.manifest_rows import parse_row
+        from kf2v_tasks.batch.manifest_rows import Claims, parse_row
         from kf2v_tasks.batch.manifest_schema import RowDefaults
-        ids, outputs = {}, {}
+        claims = Claims()
         columns = ["first_frame", "last_frame", "seed"]
         row, errors = parse_row(2, ["a.png", "b.png", "7"], columns, "/data", RowDefaults(),
-                                ids, outputs)
+                                claims)
         assert row.first_frame == "/data/a.png" and row.options.seed == 7 and not errors
         row, errors = parse_row(3, ["a.png", "b.png", "x"], columns, "/data", RowDefaults(),
-                                ids, outputs)
+                                claims)
         assert errors[0].message() == "row 3, column 'seed': 'x' is not an integer in 0..2147483647"
         ```
     """
@@ -104,17 +202,12 @@ def parse_row(
         reason = _id_problem(cell["id"])
         if reason:
             fail("id", reason)
-        elif cell["id"] in ids:
-            fail("id", f"duplicate id {cell['id']!r} (first used in row {ids[cell['id']]})")
         else:
             row_id = cell["id"]
+            claims.claim_id(row_id, line)
     else:
         row_id = f"row-{line:04d}"
-        if row_id in ids:
-            fail("id", f"derived id {row_id!r} is already used in row {ids[row_id]}")
-            row_id = None
-    if row_id is not None:
-        ids[row_id] = line
+        claims.claim_id(row_id, line, derived=True)
 
     # frames
     frames: dict[str, str] = {}
@@ -222,12 +315,7 @@ def parse_row(
     elif row_id is not None:
         output = row_id + OUTPUT_SUFFIX  # ids are filename-safe by construction
     if output is not None and row_id is not None:
-        key = output.casefold()  # case-insensitive filesystems would merge these
-        if key in outputs:
-            column = "output" if cell["output"] else "id"
-            fail(column, f"output {output!r} is already used by row {outputs[key]}", row_id)
-        else:
-            outputs[key] = line
+        claims.claim_output(output, line, row_id, from_cell=bool(cell["output"]))
 
     if errors:
         return None, errors

@@ -12,12 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kf2v_tasks.dashscope.models import (
     MODEL_RESOLUTIONS,
     SEED_MAX,
+    VIDEO_DURATION_SECONDS,
     GenerationOptions,
     Kf2vModel,
     Resolution,
 )
 
-#: Columns the parser understands; anything else is ignored with a warning.
+#: Columns the parser understands. Any other named column is refused (a misspelt ``promt``
+#: must not become a video without a prompt) unless the caller passes ``extra_columns``.
 KNOWN_COLUMNS: tuple[str, ...] = (
     "id",
     "first_frame",
@@ -32,6 +34,29 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "output",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
+
+#: Columns that name a setting kf2v does not have: refused even with ``extra_columns``, since
+#: carrying them through would look as if they had been applied.
+UNSUPPORTED_COLUMNS: dict[str, str] = {
+    "duration": f"kf2v videos are always {VIDEO_DURATION_SECONDS} s long (remove the column)",
+}
+
+#: The columns of ``results.csv``, in order. Defined here (not in ``results``) so the
+#: manifest can refuse a column of the user's own that would collide with one of them.
+RESULT_FILE_COLUMNS: tuple[str, ...] = (
+    "row",
+    "id",
+    "status",
+    "output",
+    "task_id",
+    "error_code",
+    "error_message",
+    "cost",
+    "sha256",
+    "bytes",
+    "reattached",
+    "possible_duplicate",
+)
 
 
 def resolution_names(resolutions: frozenset[Resolution]) -> str:
@@ -159,7 +184,15 @@ class ParsedManifest(BaseModel):
         default_factory=list, description="Header names as normalised (trimmed, lower-case)."
     )
     warnings: list[str] = Field(
-        default_factory=list, description="Non-fatal remarks (unknown columns, long prompts)."
+        default_factory=list, description="Non-fatal remarks (unnamed columns, long prompts)."
+    )
+    extra_columns: list[str] = Field(
+        default_factory=list,
+        description="The user's own columns (parsed with extra_columns), as named in the header.",
+    )
+    extras: dict[int, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Row number -> the row's cells in extra_columns (valid and invalid rows).",
     )
 
     @property

@@ -1,8 +1,22 @@
-"""Plan a batch: parse the manifest and validate every row and its frames, submitting nothing.
+"""Plan a batch: validate every row and its frames, see what is already made, fit the budget.
 
 Plain async code with no Prefect in it, so ``kf2v validate`` can call it without a server.
 The batch flow passes a ``gate`` that runs the whole validation as one Prefect task run:
 a task run per row would cost milliseconds of CPU per row before the first submit.
+
+:func:`assess_plan` then reads the output folder's ledger (nothing is called at DashScope)
+and decides, before anything is spent, what each valid row will do:
+
+* **skipped**: an earlier run kept its video at its output and the file still hashes right;
+* **re-attached**: an earlier run's task can still deliver: it is picked up, not paid again;
+* **same work**: an earlier row of this manifest has the same request: its video is copied;
+* otherwise it is **paid for**, and with ``max_cost`` the budget rule applies, in manifest
+  order: a row fits if its price on top of the rows before it that fit stays within
+  ``max_cost``; one that does not is ``over_budget`` (a cheaper later row may still fit).
+  A row of the same work as an over-budget row is over budget too.
+
+The runner applies exactly this plan (it never submits an over-budget row), so the plan
+printed before the first create, a dry run's table and the run itself agree.
 """
 
 from __future__ import annotations
@@ -18,7 +32,10 @@ from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, 
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
 from kf2v_tasks.generation.frames import FrameLimits, check_pair
+from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.models import FramePair
+from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
+from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate_row
 from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
 
@@ -28,6 +45,9 @@ Gate = Callable[[int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 class BatchPlan(BaseModel):
     """A validated manifest: runnable rows with their frames, and the rest with reasons.
+
+    After :func:`assess_plan` it also says what each runnable row will do (see the module
+    docstring): which are already made, picked up again, copies, and over the budget.
 
     Example:
         ```python
@@ -40,14 +60,66 @@ class BatchPlan(BaseModel):
     """
 
     manifest: ParsedManifest
+    output: str = Field(default="", description="The output root (normalised).")
     frames: dict[str, FramePair] = Field(default_factory=dict)  # by row id
     fingerprints: dict[str, str] = Field(default_factory=dict)  # by row id
     invalid: list[RowResult] = Field(default_factory=list)
+    costs: dict[str, float] = Field(default_factory=dict, description="Price per row id.")
+    persisted: dict[str, PersistedVideo] = Field(
+        default_factory=dict, description="Rows an earlier run already made, intact (by id)."
+    )
+    live: list[str] = Field(default_factory=list, description="Rows whose task is picked up.")
+    same_work: dict[str, str] = Field(
+        default_factory=dict, description="Row id -> the earlier row id doing the same work."
+    )
+    max_cost: Optional[float] = None
+    over_budget: dict[str, str] = Field(
+        default_factory=dict, description="Row id -> why it is not submitted (manifest order)."
+    )
+    # The ledger record of each runnable row as read by assess_plan (None: no record).
+    records: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
 
     @property
     def runnable(self) -> list[ManifestRow]:
         """Rows that passed every check, in manifest order."""
         return [r for r in self.manifest.rows if r.id in self.frames]
+
+    def budget_line(self, currency: str = "CNY", max_names: int = 10) -> Optional[str]:
+        """With ``max_cost``: one line naming the rows that fit and those that do not.
+
+        Example:
+            ```python
+            line = plan.budget_line()
+            # 'max_cost 1.20 CNY: 1 row fits (1.00 CNY): 2 (a); 1 row over budget, not
+            #  submitted: 3 (b)'
+            ```
+        """
+        if self.max_cost is None:
+            return None
+        done = set(self.persisted) | set(self.live) | set(self.same_work)
+        paid = [r for r in self.runnable if r.id not in done and r.id not in self.over_budget]
+        over = [r for r in self.runnable if r.id in self.over_budget]
+        total = sum(self.costs.get(r.id, 0.0) for r in paid)
+
+        def names(rows: list[ManifestRow]) -> str:
+            shown = ", ".join(f"{r.row_number} ({r.id})" for r in rows[:max_names])
+            more = len(rows) - max_names
+            return shown + (f" and {more} more" if more > 0 else "")
+
+        line = (
+            f"max_cost {self.max_cost:.2f} {currency}: {_n(len(paid))} "
+            f"{'fits' if len(paid) == 1 else 'fit'} ({total:.2f} {currency})"
+            + (f": {names(paid)}" if paid else "")
+        )
+        if over:
+            line += f"; {_n(len(over))} over budget, not submitted: {names(over)}"
+        if done:
+            line += f"; {_n(len(done))} already made, picked up or copied (not paid again)"
+        return line
+
+
+def _n(count: int) -> str:
+    return f"{count} row{'' if count == 1 else 's'}"
 
 
 def output_path(output_root: str, row: ManifestRow) -> str:
@@ -105,6 +177,7 @@ async def plan_batch(
     shard_index: int = 0,
     shard_count: int = 1,
     gate: Optional[Gate] = None,
+    extra_columns: bool = False,
 ) -> BatchPlan:
     """Parse ``manifest`` and validate every row and its frames; submit nothing.
 
@@ -122,6 +195,8 @@ async def plan_batch(
         shard_count: how many shards the manifest is split into.
         gate: ``await gate(rows, work)`` runs the validation (``work``); the batch flow
             passes one that makes it a single Prefect task run. Default: run it directly.
+        extra_columns: accept the manifest's own columns (else an unknown column is a
+            file-level error), see :func:`~kf2v_tasks.batch.manifest.parse_manifest`.
 
     Returns:
         The plan: runnable rows with their frames and request fingerprints, and the
@@ -129,7 +204,7 @@ async def plan_batch(
 
     Raises:
         ManifestFileError: the manifest cannot be read or has a file-level problem
-            (wrong encoding, no header, a required column missing).
+            (wrong encoding, no header, a required column missing, an unknown column).
         ValueError: the shard is out of range.
 
     Example:
@@ -146,10 +221,12 @@ async def plan_batch(
         raise ValueError("validate_concurrency must be ≥ 1")
     root = normalize_output(output)
     limits = frame_limits or FrameLimits()
-    parsed = await load_manifest(manifest, defaults=defaults, storage_options=storage_options)
+    parsed = await load_manifest(
+        manifest, defaults=defaults, storage_options=storage_options, extra_columns=extra_columns
+    )
     if shard_count > 1 or shard_index:
         parsed = shard_manifest(parsed, shard_index, shard_count)
-    plan = BatchPlan(manifest=parsed)
+    plan = BatchPlan(manifest=parsed, output=root)
 
     def invalid(number: int, row_id: Optional[str], code: str, message: str) -> None:
         plan.invalid.append(
@@ -197,3 +274,148 @@ async def plan_batch(
     await (gate or _run_directly)(len(parsed.rows), check_all)
     plan.invalid.sort(key=lambda r: r.row)
     return plan
+
+
+async def assess_plan(
+    plan: BatchPlan,
+    ledger: Optional[Ledger],
+    *,
+    prices: Optional[PriceTable] = None,
+    max_cost: Optional[float] = None,
+    storage_options: Optional[dict] = None,
+) -> BatchPlan:
+    """Decide what each runnable row will do, reading only the ledger (see the module docstring).
+
+    Args:
+        plan: a plan from :func:`plan_batch`; filled in place (and returned).
+        ledger: the output folder's ledger; ``None`` (nothing written there yet, or
+            ``kf2v validate`` without ``--output``): no row is made yet.
+        prices: the price table (default: the built-in one).
+        max_cost: the budget; ``None``: every row fits.
+        storage_options: fsspec options of the output folder (to check kept files).
+
+    Raises:
+        ValueError: ``max_cost`` is negative or not a number.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.plan import assess_plan, plan_batch
+        from kf2v_tasks.generation.ledger import Ledger
+
+        plan = asyncio.run(plan_batch("examples/manifest.csv", "out/"))
+        asyncio.run(assess_plan(plan, Ledger("out/"), max_cost=1.2))
+        print(plan.budget_line())
+        ```
+    """
+    budget = Budget(max_cost)  # the same arithmetic (and float slack) as at run time
+    plan.max_cost = budget.max_cost
+    rows = plan.runnable
+    prices = prices or PriceTable.default()
+    plan.costs = {r.id: estimate_row(r.options, prices) for r in rows}
+    if ledger is not None:
+        records = await asyncio.gather(*(ledger.get(plan.fingerprints[r.id]) for r in rows))
+        plan.records = {r.id: rec for r, rec in zip(rows, records, strict=True)}
+        kept = await asyncio.gather(
+            *(
+                find_persisted(
+                    ledger,
+                    plan.fingerprints[r.id],
+                    output_path(plan.output, r),
+                    storage_options=storage_options,
+                    record=rec,
+                    price_table=prices,
+                )
+                for r, rec in zip(rows, records, strict=True)
+            )
+        )
+        plan.persisted = {r.id: k for r, k in zip(rows, kept, strict=True) if k is not None}
+    leaders: dict[str, str] = {}  # fingerprint -> first row id doing that work
+    for row in rows:
+        # The first row of a piece of work leads it, as at run time; the others copy.
+        leader = leaders.setdefault(plan.fingerprints[row.id], row.id)
+        if row.id in plan.persisted:
+            continue
+        if leader != row.id:
+            plan.same_work[row.id] = leader
+            if leader in plan.over_budget:
+                plan.over_budget[row.id] = (
+                    f"same work as row {_row_of(plan, leader)}, " + (plan.over_budget[leader])
+                )
+            continue
+        rec = plan.records.get(row.id)
+        if rec is not None and rec.task_id and Ledger.is_task_reusable(rec):
+            plan.live.append(row.id)  # picked up, not created again: outside max_cost
+            continue
+        price = plan.costs[row.id]
+        if not budget.try_reserve(price):
+            plan.over_budget[row.id] = (
+                f"not submitted: its {price:.2f} on top of {budget.reserved:.2f} for the "
+                f"rows before it would exceed max_cost {budget.max_cost:.2f}"
+            )
+    return plan
+
+
+def _row_of(plan: BatchPlan, row_id: str) -> int:
+    return next(r.row_number for r in plan.manifest.rows if r.id == row_id)
+
+
+def dry_run_results(plan: BatchPlan, *, invalid: bool = True) -> list[RowResult]:
+    """A dry run's table: what a real run of this assessed plan would do, row by row.
+
+    Rows already made are ``skipped`` with their task id and sha256 (as a real run reports
+    them); rows over the budget are ``over_budget``; the rest ``planned``; invalid rows as
+    validated (left out with ``invalid=False``).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.plan import dry_run_results
+        from kf2v_tasks.batch.results import to_csv
+        text = to_csv(dry_run_results(plan))   # what results.dry-run.csv holds
+        ```
+    """
+    out = list(plan.invalid) if invalid else []
+    for row in plan.runnable:
+        base = dict(row=row.row_number, id=row.id, output=output_path(plan.output, row))
+        kept = plan.persisted.get(row.id)
+        if kept is not None:
+            out.append(
+                RowResult(
+                    **base,
+                    status=RowStatus.SKIPPED,
+                    task_id=kept.task_id or None,
+                    sha256=kept.sha256,
+                    bytes=kept.bytes,
+                )
+            )
+        elif row.id in plan.over_budget:
+            out.append(
+                RowResult(
+                    **base,
+                    status=RowStatus.OVER_BUDGET,
+                    error_code="BudgetExceeded",
+                    error_message=plan.over_budget[row.id],
+                    cost=plan.costs.get(row.id, 0.0),
+                )
+            )
+        else:
+            out.append(
+                RowResult(**base, status=RowStatus.PLANNED, cost=plan.costs.get(row.id, 0.0))
+            )
+    return sorted(out, key=lambda r: r.row)
+
+
+def with_extras(plan: BatchPlan, results: list[RowResult]) -> list[RowResult]:
+    """``results`` carrying the manifest's own columns of their rows (``extra_columns``).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.plan import with_extras
+        results = with_extras(plan, results)   # then to_csv(results) writes the extras
+        ```
+    """
+    extras = plan.manifest.extras
+    if not extras:
+        return results
+    empty = dict.fromkeys(plan.manifest.extra_columns, "")
+    return [r.model_copy(update={"extra": {**empty, **extras.get(r.row, {})}}) for r in results]

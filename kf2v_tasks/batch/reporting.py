@@ -241,7 +241,12 @@ def summary_markdown(summary: BatchSummary, max_links: int = 50, max_failures: i
         f"- Submitted {s.submitted}, re-attached {s.reattached}, skipped (already persisted) "
         f"{s.skipped}, possible duplicates {s.possible_duplicates}",
         f"- Cost: estimated {s.estimated_cost:.2f} {md_escape(s.currency)}, "
-        f"spent {s.spent:.2f} {md_escape(s.currency)}",
+        f"spent {s.spent:.2f} {md_escape(s.currency)}"
+        + (
+            f", max\\_cost {s.max_cost:.2f}: {s.over_budget} rows over budget, not submitted"
+            if s.max_cost is not None
+            else ""
+        ),
         f"- Wall time: {s.wall_seconds:.1f} s",
         "",
         "| status | rows |",
@@ -312,6 +317,11 @@ class PrefectReporter(BatchObserver):
             cost.currency,
             " (dry run: nothing will be submitted)" if dry_run else "",
         )
+        budget = plan.budget_line(cost.currency)
+        if budget:  # before the first create: which rows fit max_cost, which will not
+            (log.warning if plan.over_budget else log.info)("Budget: %s", budget)
+        for warning in plan.manifest.warnings:
+            log.warning("Manifest: %s", warning)
         for err in plan.invalid:
             log.warning("Invalid: %s", err.error_message)
 

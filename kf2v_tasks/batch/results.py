@@ -1,4 +1,10 @@
-"""Per-row outcomes of a batch and the ``results.csv`` that lists them."""
+"""Per-row outcomes of a batch and the ``results.csv`` that lists them.
+
+A real run writes ``results.csv`` with every row's latest outcome. A dry run (and
+``kf2v validate --output``) writes :data:`DRY_RUN_RESULTS_NAME` instead and never touches
+``results.csv``: the task ids and sha256 of a finished run must never be lost to a rehearsal.
+A manifest's own columns (``extra_columns``) follow the file's own columns, in manifest order.
+"""
 
 from __future__ import annotations
 
@@ -10,38 +16,31 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
+from kf2v_tasks.batch.manifest_schema import RESULT_FILE_COLUMNS
 from kf2v_tasks.errors import AmbiguousCreateError
+
+#: What a real run writes under the output folder.
+RESULTS_NAME = "results.csv"
+#: What a dry run writes instead, so that a real run's results.csv is never overwritten.
+DRY_RUN_RESULTS_NAME = "results.dry-run.csv"
 
 
 class RowStatus(str, Enum):
     """How a manifest row ended."""
 
     SUCCEEDED = "succeeded"  # video and sidecar persisted in this run
-    SKIPPED = "skipped"  # already persisted by an earlier run (same fingerprint)
+    SKIPPED = "skipped"  # already persisted by an earlier or another run (same fingerprint)
     FAILED = "failed"  # validated, then failed at submit, poll or persist
     INVALID = "invalid"  # rejected by validation; never submitted
     OVER_BUDGET = "over_budget"  # not submitted: max_cost would be exceeded
-    PLANNED = "planned"  # dry run: would be submitted
+    PLANNED = "planned"  # dry run: would be submitted (within max_cost)
     NOT_RUN = "not_run"  # the batch stopped (fail_fast) before this row
 
 
 #: Statuses that count as a failure of the batch.
 FAILED_STATUSES = frozenset({RowStatus.FAILED, RowStatus.INVALID})
 
-RESULT_COLUMNS = [
-    "row",
-    "id",
-    "status",
-    "output",
-    "task_id",
-    "error_code",
-    "error_message",
-    "cost",
-    "sha256",
-    "bytes",
-    "reattached",
-    "possible_duplicate",
-]
+RESULT_COLUMNS = list(RESULT_FILE_COLUMNS)
 
 
 class RowResult(BaseModel):
@@ -68,18 +67,23 @@ class RowResult(BaseModel):
     bytes: Optional[int] = None
     reattached: bool = False
     possible_duplicate: bool = False
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="The manifest's own columns (extra_columns) as read."
+    )
 
     def csv_row(self) -> dict[str, str]:
-        """The row as ``results.csv`` cells (empty string for a missing value).
+        """The row as ``results.csv`` cells (empty string for a missing value), extras last.
 
         Example:
             ```python
             from kf2v_tasks.batch.results import RowResult, RowStatus
-            assert RowResult(row=2, status=RowStatus.PLANNED).csv_row()["task_id"] == ""
+            row = RowResult(row=2, status=RowStatus.PLANNED, extra={"job": "42"})
+            assert row.csv_row()["task_id"] == "" and row.csv_row()["job"] == "42"
             ```
         """
-        data = self.model_dump(mode="json")
-        return {k: "" if data.get(k) is None else str(data[k]) for k in RESULT_COLUMNS}
+        data = self.model_dump(mode="json", exclude={"extra"})
+        cells = {k: "" if data.get(k) is None else str(data[k]) for k in RESULT_COLUMNS}
+        return {**cells, **{k: v for k, v in self.extra.items() if k not in cells}}
 
 
 def failed_result(
@@ -87,16 +91,22 @@ def failed_result(
 ) -> RowResult:
     """The ``failed`` result of a row (``base``: its row, id and output) that raised ``exc``.
 
-    The message carries the task's status history when the error has one; a create whose
-    outcome is unknown is flagged as a possible duplicate (a billed task may exist).
+        The message carries the task's status history when the error has one; a create whose
+        outcome is unknown is flagged as a possible duplicate (a billed task may exist).
 
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import failed_result
-        from kf2v_tasks.errors import AmbiguousCreateError
-        r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
-        assert r.status.value == "failed" and r.possible_duplicate
-        ```
+        Example:
+            ```python
+            from kf2v_tasks.batch.results import failed_result
+            from kf2v_tasks.batch.manifest_schema import RESULT_FILE_COLUMNS
+    from kf2v_tasks.errors import AmbiguousCreateError
+
+    #: What a real run writes under the output folder.
+    RESULTS_NAME = "results.csv"
+    #: What a dry run writes instead, so that a real run's results.csv is never overwritten.
+    DRY_RUN_RESULTS_NAME = "results.dry-run.csv"
+            r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
+            assert r.status.value == "failed" and r.possible_duplicate
+            ```
     """
     message = str(exc)
     history = getattr(exc, "history", None)
@@ -116,40 +126,58 @@ def failed_result(
     )
 
 
-def to_csv(results: list[RowResult]) -> str:
-    """Render results (sorted by row) as CSV text.
+def to_csv(results: list[RowResult], extra_columns: Optional[list[str]] = None) -> str:
+    """Render results (sorted by row) as CSV text: the file's columns, then the extras.
+
+    ``extra_columns`` defaults to the rows' extra columns in the order first seen, which
+    is manifest order when every row carries all of them (as the runner's rows do).
 
     Example:
         ```python
         from kf2v_tasks.batch.results import RowResult, RowStatus, from_csv, to_csv
-        rows = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, cost=0.5)]
+        rows = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, cost=0.5,
+                          extra={"job": "42"})]
+        assert to_csv(rows).splitlines()[0].endswith(",possible_duplicate,job")
         assert from_csv(to_csv(rows)) == rows
         ```
     """
+    if extra_columns is None:
+        extra_columns = list(dict.fromkeys(k for r in results for k in r.extra))
+    extras = [c for c in extra_columns if c not in RESULT_COLUMNS]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=RESULT_COLUMNS + extras, lineterminator="\n", restval=""
+    )
     writer.writeheader()
     for r in sorted(results, key=lambda r: r.row):
-        writer.writerow(r.csv_row())
+        cells = r.csv_row()
+        writer.writerow({k: cells.get(k, "") for k in RESULT_COLUMNS + extras})
     return buf.getvalue()
 
 
 def from_csv(text: str) -> list[RowResult]:
     """Parse a ``results.csv`` written by :func:`to_csv` (used to merge shards).
 
+    Columns that are not the file's own are the manifest's extras, kept in ``extra``.
+
     Example:
         ```python
         from kf2v_tasks.batch.results import from_csv
-        rows = from_csv("row,id,status\n2,a,skipped\n")
-        assert rows[0].status.value == "skipped"
+        rows = from_csv("row,id,status,job\\n2,a,skipped,42\\n")
+        assert rows[0].status.value == "skipped" and rows[0].extra == {"job": "42"}
         ```
     """
     out = []
     for cells in csv.DictReader(io.StringIO(text)):
-        clean = {k: (v if v != "" else None) for k, v in cells.items() if k in RESULT_COLUMNS}
+        clean: dict[str, Any] = {
+            k: (v if v != "" else None) for k, v in cells.items() if k in RESULT_COLUMNS
+        }
         for flag in ("reattached", "possible_duplicate"):
             clean[flag] = clean.get(flag) == "True"
         clean["cost"] = float(clean.get("cost") or 0)
+        clean["extra"] = {
+            k: v or "" for k, v in cells.items() if k is not None and k not in RESULT_COLUMNS
+        }
         out.append(RowResult.model_validate(clean))
     return out
 
@@ -182,6 +210,7 @@ class BatchSummary(BaseModel):
     currency: str = "CNY"
     wall_seconds: float = 0.0
     dry_run: bool = False
+    max_cost: Optional[float] = Field(default=None, description="The run's budget, if any.")
     results: list[RowResult] = Field(
         default_factory=list, description="One result per manifest row, in row order."
     )
@@ -192,6 +221,26 @@ class BatchSummary(BaseModel):
         return sum(self.counts.get(s.value, 0) for s in FAILED_STATUSES) + self.counts.get(
             "shard_failed", 0
         )
+
+    @property
+    def over_budget(self) -> int:
+        """Rows not submitted (or, in a dry run, that would not be) because of max_cost.
+
+        A run that leaves any is not complete: the batch flow fails it and ``kf2v run``
+        exits 3, so a scheduled pipeline sees that part of the batch was never made.
+
+        Example:
+            ```python
+            from kf2v_tasks.batch.results import BatchSummary
+            s = BatchSummary(manifest="m.csv", output="out", total=4,
+                             counts={"succeeded": 2, "over_budget": 2}, max_cost=1.2)
+            assert s.over_budget == 2 and s.failed == 0
+            assert s.headline() == (
+                "4 rows: 2 over_budget, 2 succeeded; 2 not submitted: over max_cost 1.20"
+            )
+            ```
+        """
+        return self.counts.get(RowStatus.OVER_BUDGET.value, 0)
 
     @classmethod
     def count(cls, results: list[RowResult]) -> dict[str, int]:
@@ -217,4 +266,9 @@ class BatchSummary(BaseModel):
             ```
         """
         parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
-        return f"{self.total} rows: {parts}"
+        line = f"{self.total} rows: {parts}"
+        if self.over_budget:
+            limit = f" {self.max_cost:.2f}" if self.max_cost is not None else ""
+            verb = "would not be submitted" if self.dry_run else "not submitted"
+            line += f"; {self.over_budget} {verb}: over max_cost{limit}"
+        return line

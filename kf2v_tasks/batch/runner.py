@@ -9,6 +9,11 @@ which costs about a second each. Rows share one client, one
 account's quota instead of finding it through 429s, and a slot freed by a finished task
 goes straight to the next row. Steps and observers get a frozen
 :class:`~kf2v_tasks.batch.config.RowConfig`, never the runner.
+
+Before the first create the plan is assessed (:func:`~kf2v_tasks.batch.plan.assess_plan`):
+rows already made are skipped, and with ``max_cost`` the rows that do not fit are decided
+once, in manifest order, and told to the observers; the runner never submits them. A dry
+run writes that same table to ``results.dry-run.csv`` and never touches ``results.csv``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,23 @@ from kf2v_tasks.batch.config import (
     RowConfig,
 )
 from kf2v_tasks.batch.manifest import ManifestRow, RowDefaults
-from kf2v_tasks.batch.plan import BatchPlan, output_path, plan_batch
+from kf2v_tasks.batch.plan import (
+    BatchPlan,
+    assess_plan,
+    dry_run_results,
+    output_path,
+    plan_batch,
+    with_extras,
+)
 from kf2v_tasks.batch.reporting import BatchObserver, run_observer
-from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, failed_result, to_csv
+from kf2v_tasks.batch.results import (
+    DRY_RUN_RESULTS_NAME,
+    BatchSummary,
+    RowResult,
+    RowStatus,
+    failed_result,
+    to_csv,
+)
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
 from kf2v_tasks.batch.slots import SlotPool
 from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
@@ -38,7 +57,7 @@ from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.persist import find_persisted
-from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate, estimate_row
+from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.storage.files import copy_video, remove_stale_temps, write_text_atomic
 from kf2v_tasks.storage.paths import join
@@ -82,6 +101,7 @@ class BatchRunner:
         shard_count: int = 1,
         observer: Optional[BatchObserver] = None,
         task_runs: TaskRuns | str = TaskRuns.PER_STEP,
+        extra_columns: bool = False,
     ) -> None:
         self.prices = price_table or PriceTable.default()
         self.config = RowConfig.build(
@@ -103,6 +123,7 @@ class BatchRunner:
         self.shard_count = shard_count
         self.observer = observer
         self.task_runs = TaskRuns(task_runs)
+        self.extra_columns = extra_columns
         self.results: dict[int, RowResult] = {}
         self._counts: Counter[str] = Counter()  # kept as rows finish: O(1) per row
         self._total = 0
@@ -127,15 +148,28 @@ class BatchRunner:
             # One task run gates the whole batch: a task run per row would cost ~4 ms of
             # CPU here (and more in the API server) for every row before the first submit.
             gate=_validate_gate,
+            extra_columns=self.extra_columns,
         )
 
     async def run(self) -> BatchSummary:
-        """Validate, estimate, then generate every runnable row; write the results file."""
+        """Validate, assess and estimate, then generate every runnable row; write the results.
+
+        A real run writes ``results.csv`` (every row's latest outcome); a dry run writes
+        ``results.dry-run.csv`` and submits nothing.
+        """
         started = time.monotonic()
         self._observer = run_observer(self.observer)  # registrations in force now
         if not self.dry_run:
             await remove_stale_temps(self.output)
         plan = await self.plan()
+        # What is already made, and what fits max_cost: decided once, before any create.
+        await assess_plan(
+            plan,
+            self.config.ledger,
+            prices=self.prices,
+            max_cost=self.max_cost,
+            storage_options=self.config.storage_options,
+        )
         rows = plan.runnable
         self._total = plan.manifest.total
         cost = estimate([r.options for r in rows], self.prices)
@@ -146,16 +180,23 @@ class BatchRunner:
             cost.total,
             cost.currency,
         )
+        budget_line = plan.budget_line(cost.currency)
+        if budget_line:
+            logger.info("%s", budget_line)
         await self._observer.on_plan(plan, cost, self.dry_run)
         for r in plan.invalid:
             self._finish(r)
         submitted = reattached = 0
-        if self.dry_run or (self.fail_fast and plan.invalid):
-            self._skip_all(rows)
+        if self.dry_run:
+            for r in dry_run_results(plan, invalid=False):
+                self._finish(r)
+        elif self.fail_fast and plan.invalid:
+            self._not_run(rows)
         else:
             submitted, reattached = await self._execute(plan, rows)
+            await self._reconcile_failed(plan)
 
-        results = sorted(self.results.values(), key=lambda r: r.row)
+        results = with_extras(plan, sorted(self.results.values(), key=lambda r: r.row))
         counts = BatchSummary.count(results)
         summary = BatchSummary(
             manifest=self.config.manifest_url,
@@ -171,10 +212,11 @@ class BatchRunner:
             currency=cost.currency,
             wall_seconds=round(time.monotonic() - started, 3),
             dry_run=self.dry_run,
+            max_cost=plan.max_cost,
             results=results,
         )
         summary.results_path = await self._write(
-            results_name_for(self.shard_index, self.shard_count), to_csv(results)
+            self._results_name(), to_csv(results, plan.manifest.extra_columns)
         )
         if self.shard_count > 1:  # the parent merges these; the rows are in the CSV already
             await self._write(
@@ -184,19 +226,52 @@ class BatchRunner:
         await self._observer.on_finish(summary)
         return summary
 
-    def _skip_all(self, rows: list[ManifestRow]) -> None:
-        """Dry run (``planned``) or fail_fast with invalid rows (``not_run``)."""
+    async def _reconcile_failed(self, plan: BatchPlan) -> None:
+        """A failed row whose video an overlapping run has kept since is reported ``skipped``.
+
+        Two runs of one manifest finish in any order and the last one writes results.csv;
+        the ledger and the file, not this run's own view, say what exists.
+        """
+        for number, result in list(self.results.items()):
+            fp = plan.fingerprints.get(result.id or "")
+            if result.status is not RowStatus.FAILED or not fp or not result.output:
+                continue
+            kept = await find_persisted(
+                self.config.ledger,
+                fp,
+                result.output,
+                storage_options=self.config.storage_options,
+                price_table=self.prices,
+            )
+            if kept is not None:
+                self.results[number] = result.model_copy(
+                    update={
+                        "status": RowStatus.SKIPPED,
+                        "task_id": kept.task_id,
+                        "sha256": kept.sha256,
+                        "bytes": kept.bytes,
+                        "cost": 0.0,
+                        "error_code": None,
+                        "error_message": None,
+                    }
+                )
+
+    def _results_name(self) -> str:
+        """results.csv, or a shard's file; a dry run never writes over a real run's results."""
+        if self.dry_run and self.shard_count == 1:
+            return DRY_RUN_RESULTS_NAME
+        return results_name_for(self.shard_index, self.shard_count)
+
+    def _not_run(self, rows: list[ManifestRow]) -> None:
+        """fail_fast with invalid rows: the valid rows are ``not_run``."""
         for row in rows:
             self._finish(
                 RowResult(
                     row=row.row_number,
                     id=row.id,
-                    status=RowStatus.PLANNED if self.dry_run else RowStatus.NOT_RUN,
+                    status=RowStatus.NOT_RUN,
                     output=output_path(self.output, row),
-                    cost=estimate_row(row.options, self.prices),
-                    error_message=None
-                    if self.dry_run
-                    else "not run: fail_fast and invalid rows in the manifest",
+                    error_message="not run: fail_fast and invalid rows in the manifest",
                 )
             )
 
@@ -210,7 +285,7 @@ class BatchRunner:
         )
         credentials = await aresolve_credentials(self.credentials)
         pool = await SlotPool.create(c.max_in_flight, c.global_limit)
-        order = await self._resume_order(plan, rows)
+        order = self._resume_order(plan, rows)
         try:
             async with credentials.get_client(limits=limits) as client:
                 fan = _RowFanOut(
@@ -226,15 +301,12 @@ class BatchRunner:
             await pool.close()
         return fan.submitted, fan.reattached
 
-    async def _resume_order(self, plan: BatchPlan, rows: list[ManifestRow]):
+    @staticmethod
+    def _resume_order(plan: BatchPlan, rows: list[ManifestRow]):
         """Rows with a live task first (re-attach), then the rest in manifest order."""
-        ledger = self.config.ledger
-        records = await asyncio.gather(*(ledger.get(plan.fingerprints[r.id]) for r in rows))
-        live, fresh = [], []
-        for row, rec in zip(rows, records, strict=True):
-            reusable = rec is not None and rec.task_id and Ledger.is_task_reusable(rec)
-            (live if reusable else fresh).append((row, rec))
-        return live + fresh
+        live = set(plan.live)
+        order = [(r, plan.records.get(r.id)) for r in rows]
+        return [o for o in order if o[0].id in live] + [o for o in order if o[0].id not in live]
 
     def _finish(self, result: RowResult) -> None:
         self.results[result.row] = result
@@ -268,13 +340,25 @@ class _RowFanOut:
         fp = self.plan.fingerprints[row.id]
         dest = output_path(self.config.output, row)
         base = dict(row=row.row_number, id=row.id, output=dest)
+        reason = self.plan.over_budget.get(row.id)
+        if reason is not None:  # decided by the plan, before anything was spent
+            self.finish(
+                RowResult(
+                    **base,
+                    status=RowStatus.OVER_BUDGET,
+                    error_code="BudgetExceeded",
+                    error_message=reason,
+                    cost=self.plan.costs.get(row.id, 0.0),
+                )
+            )
+            return
         leader = self.leaders.get(fp)
         if leader is not None:
             self.finish(await self._follow(leader, dest, base))
             return
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.leaders[fp] = done
-        price = estimate_row(row.options, self.config.prices)
+        price = self.plan.costs[row.id]
         try:
             if self.per_row_task:
                 result = await run_row_task(
@@ -290,11 +374,8 @@ class _RowFanOut:
 
     async def _generate(self, row, record, fp, dest, price, base) -> RowResult:
         # Already persisted by an earlier run and still there: nothing to pay, nothing to call.
-        # The ledger record was read once for the whole run (_resume_order).
-        c = self.config
-        kept = await find_persisted(
-            c.ledger, fp, dest, storage_options=c.storage_options, record=record
-        )
+        # The plan checked it once for the whole run (assess_plan).
+        kept = self.plan.persisted.get(row.id)
         if kept is not None:
             return RowResult(
                 **base,
@@ -322,6 +403,14 @@ class _RowFanOut:
                 reserved = price
             try:
                 sub = await self.steps.submit(row, self.plan.frames[row.id], fp)
+                if getattr(sub, "already_persisted_at", None) is not None:
+                    # Another run made this work meanwhile: nothing was created here. If its
+                    # file is not there intact, the task is polled and kept again below.
+                    made = await self._made_elsewhere(sub, fp, dest, base)
+                    if made is not None:
+                        if reserved:
+                            self.budget.release(reserved)
+                        return made
                 if sub.reused:
                     self.reattached += 1
                 else:
@@ -353,6 +442,26 @@ class _RowFanOut:
             bytes=video.bytes,
             reattached=sub.reused,
             possible_duplicate=sub.possible_duplicate,
+        )
+
+    async def _made_elsewhere(
+        self, sub: Any, fp: str, dest: str, base: dict
+    ) -> Optional[RowResult]:
+        """``skipped`` if a kept video of this work is intact (copied here if kept elsewhere)."""
+        c = self.config
+        where = getattr(sub, "persisted_path", None) or dest
+        kept = await find_persisted(c.ledger, fp, where, storage_options=c.storage_options)
+        if kept is None:
+            return None
+        if where != dest:
+            await copy_video(where, dest, storage_options=c.storage_options)
+        return RowResult(
+            **base,
+            status=RowStatus.SKIPPED,
+            task_id=kept.task_id or sub.task_id,
+            sha256=kept.sha256,
+            bytes=kept.bytes,
+            possible_duplicate=bool(sub.possible_duplicate),
         )
 
     async def _follow(self, leader: asyncio.Future, dest: str, base: dict) -> RowResult:

@@ -18,7 +18,14 @@ from collections.abc import Iterable
 from typing import Any, Optional
 
 from kf2v_tasks.batch.reporting import BatchObserver
-from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, from_csv, to_csv
+from kf2v_tasks.batch.results import (
+    DRY_RUN_RESULTS_NAME,
+    BatchSummary,
+    RowResult,
+    RowStatus,
+    from_csv,
+    to_csv,
+)
 from kf2v_tasks.storage.files import read_text, write_text_atomic
 from kf2v_tasks.storage.paths import join
 
@@ -106,7 +113,10 @@ def shard_summary_name(index: int) -> str:
 
 
 def shard_parameters(params: dict[str, Any], count: int) -> dict[str, Any]:
-    """Parameters of a shard run: the parent's, one shard each, and its share of the rates.
+    """Parameters of a shard run: the parent's, one shard each, its share of the rates and budget.
+
+    Shards run at once on other workers and cannot see each other's spending, so each
+    gets ``max_cost / count``: together they never spend more than the parent's budget.
 
     Example:
         ```python
@@ -122,6 +132,8 @@ def shard_parameters(params: dict[str, Any], count: int) -> dict[str, Any]:
         data["submits_per_second"] = data.get("submits_per_second", 2.0) / count
         data["queries_per_second"] = data.get("queries_per_second", 20.0) / count
         out["concurrency"] = data
+    if out.get("max_cost") is not None:
+        out["max_cost"] = out["max_cost"] / count
     out["shards"] = 1
     return {
         k: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v) for k, v in out.items()
@@ -208,7 +220,8 @@ async def run_shards(
     for message in broken:
         log.error(message)
     results.sort(key=lambda r: r.row)
-    final = join(output, RESULTS_NAME)
+    # A rehearsal never replaces a real run's results.csv.
+    final = join(output, DRY_RUN_RESULTS_NAME if parameters.get("dry_run") else RESULTS_NAME)
     await write_text_atomic(final, to_csv(results), storage_options=storage_options)
     summary = BatchSummary(
         manifest=manifest,
@@ -225,6 +238,7 @@ async def run_shards(
         currency=shard_summaries[0].currency if shard_summaries else "CNY",
         wall_seconds=round(time.monotonic() - started, 3),
         dry_run=bool(parameters.get("dry_run")),
+        max_cost=parameters.get("max_cost"),
         results=results,
     )
     if broken:

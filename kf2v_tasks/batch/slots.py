@@ -1,9 +1,19 @@
-"""In-flight task slots: a local limit, optionally backed by a Prefect global concurrency limit.
+"""In-flight task slots: a local limit, backed by a Prefect global concurrency limit.
 
 Within one run the limit is an in-process semaphore: handing a slot from a finished
-task to the next row costs nothing. When a Prefect server has a global concurrency
-limit (GCL) for the account, each local slot must also hold one GCL slot, so several
-runs and workers share the account's quota. Prefect hands GCL slots over slowly
+task to the next row costs nothing. Each local slot also holds one slot of the account's
+global concurrency limit (GCL) on the Prefect server, so several runs and workers on one
+server (or one ``PREFECT_HOME``) together keep no more tasks at the service than one run
+would. The limit is created with the run's ``max_in_flight`` when it is missing
+(:func:`~kf2v_tasks.batch.gcl.ensure_limit`); an existing one is used as it is, and an
+inactive one (switched off on purpose) or an unreachable server leaves the run limited
+in-process only, as does ephemeral mode (no ``PREFECT_API_URL``: nothing to share, and
+no service there frees a killed process's slots): then runs on the same machine share the
+slots through lock files (:mod:`~kf2v_tasks.batch.machine_slots`), which the kernel frees
+when a process dies. Which of these applies is logged. The
+ids of held leases are written under ``PREFECT_HOME`` so that the next run on the machine
+gives back the slots of a run that was killed (:class:`~kf2v_tasks.batch.gcl.LeaseBook`)
+rather than waiting for them. Prefect hands GCL slots over slowly
 (seconds; see PrefectHQ/prefect#15618 and #23183), so a GCL slot that this run holds is
 *kept* and passed straight to the next waiting row of this run instead of being
 released and re-acquired; it goes back to the server only when no row here wants it.
@@ -16,31 +26,75 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Optional
+
+from kf2v_tasks.batch.gcl import (
+    LEASE_SECONDS,
+    LeaseBook,
+    acquire_slot,
+    ensure_limit,
+    free_dead_leases,
+)
+from kf2v_tasks.batch.machine_slots import MachineSlot, slot_folder
 
 logger = logging.getLogger("kf2v_tasks.batch.slots")
 
 
 class _Lease:
-    """One held GCL slot: a background coroutine inside ``concurrency(...)``."""
+    """One held GCL slot: a background coroutine that holds, renews and returns its lease."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, book: LeaseBook) -> None:
         self.name = name
+        self.book = book
         self.acquired = asyncio.Event()
         self.release = asyncio.Event()
         self.error: Optional[BaseException] = None
         self.task = asyncio.create_task(self._hold())
 
     async def _hold(self) -> None:
-        from prefect.concurrency.asyncio import concurrency
+        from prefect.client.orchestration import get_client
 
         try:
-            async with concurrency(self.name, occupy=1, strict=True, lease_duration=300):
-                self.acquired.set()
-                await self.release.wait()
+            async with get_client() as client:
+                lease_id = await acquire_slot(client, self.name)
+                # Written down so that, if this process is killed, the next run here gives
+                # the slot back instead of waiting for a lease that may never expire.
+                self.book.add(lease_id)
+                try:
+                    self.acquired.set()
+                    await self._renew_until_released(client, lease_id)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await client.release_concurrency_slots_with_lease(lease_id)
+                    self.book.remove(lease_id)
         except BaseException as exc:  # surfaced to the waiter, never swallowed
             self.error = exc
             self.acquired.set()
+
+    async def _renew_until_released(self, client, lease_id) -> None:
+        # Real seconds: the lease is the server's clock, not service time.
+        while True:
+            try:
+                await asyncio.wait_for(self.release.wait(), timeout=LEASE_SECONDS / 3)
+                return
+            except TimeoutError:
+                try:
+                    await client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+                except Exception as exc:  # the next renewal may succeed; the lease has slack
+                    logger.warning("renewing a global-limit lease failed: %s", exc)
+
+
+class _MachineLease:
+    """One held machine-wide slot (a locked file), shaped like :class:`_Lease` for the pool."""
+
+    def __init__(self, slot: MachineSlot) -> None:
+        self.slot = slot
+        self.release = self  # ``lease.release.set()`` gives it back, as for a GCL lease
+        self.task: Optional[asyncio.Task[None]] = None
+
+    def set(self) -> None:
+        self.slot.release()
 
 
 class HeldSlot:
@@ -83,41 +137,67 @@ class SlotPool:
         ```
     """
 
-    def __init__(self, size: int, gcl_name: Optional[str] = None) -> None:
+    def __init__(
+        self, size: int, gcl_name: Optional[str] = None, *, machine_folder: Optional[Path] = None
+    ) -> None:
         if size < 1:
             raise ValueError("slot pool size must be ≥ 1")
         self.size = size
         self.gcl_name = gcl_name
+        self.machine_folder = machine_folder
         self._local = asyncio.Semaphore(size)
         self._idle: deque[_Lease] = deque()
         self._all: list[_Lease] = []
         self._waiting = 0
+        self._book: Optional[LeaseBook] = None
         self.in_use = 0
         self.peak = 0
         self.gcl_acquisitions = 0
 
     @classmethod
-    async def create(cls, size: int, gcl_name: Optional[str] = None) -> SlotPool:
-        """A pool that uses ``gcl_name`` only if that limit exists on the Prefect server.
+    async def create(
+        cls, size: int, gcl_name: Optional[str] = None, *, create_missing: bool = True
+    ) -> SlotPool:
+        """A pool that also holds slots of the global limit ``gcl_name``.
+
+        The limit is created with ``size`` slots when missing (``create_missing``), so
+        overlapping runs share the account without ``kf2v limits apply``. Without a
+        usable limit (none and not created, inactive, or no server) the pool limits
+        in-process only. Which applies is logged.
 
         Example:
             ```python
             pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
             ```
         """
-        if gcl_name and not await gcl_exists(gcl_name):
-            logger.info(
-                "no global concurrency limit %r on the server; limiting in-process", gcl_name
-            )
+        if gcl_name and not await _usable_limit(gcl_name, size, create_missing):
+            from prefect.settings import get_current_settings
+
+            if not get_current_settings().api.url:
+                # No server to share through: runs on this machine share lock files instead.
+                folder = slot_folder(gcl_name)
+                logger.info(
+                    "sharing the account's %d tasks in flight with other runs on this machine "
+                    "through lock files in %s",
+                    size,
+                    folder,
+                )
+                return cls(size, None, machine_folder=folder)
             gcl_name = None
         return cls(size, gcl_name)
 
     async def _take_lease(self) -> Optional[_Lease]:
-        if not self.gcl_name:
-            return None
         if self._idle:
             return self._idle.popleft()
-        lease = _Lease(self.gcl_name)
+        if self.machine_folder is not None:
+            lease = _MachineLease(await MachineSlot.acquire(self.machine_folder, self.size))
+            self._all.append(lease)
+            return lease
+        if not self.gcl_name:
+            return None
+        if self._book is None:
+            self._book = LeaseBook()
+        lease = _Lease(self.gcl_name, self._book)
         self._all.append(lease)
         await lease.acquired.wait()
         if lease.error is not None:
@@ -184,9 +264,74 @@ class SlotPool:
             self._idle.popleft().release.set()
         for lease in self._all:
             lease.release.set()
-            with contextlib.suppress(BaseException):
-                await lease.task
+            if lease.task is not None:
+                with contextlib.suppress(BaseException):
+                    await lease.task
         self._all.clear()
+
+
+async def _usable_limit(name: str, size: int, create_missing: bool) -> bool:
+    """Whether the pool can hold slots of ``name`` (creating it first if allowed); logs which."""
+    if not await _usable_limit_status(name, size, create_missing):
+        return False
+    try:
+        await free_dead_leases()
+    except Exception as exc:  # they expire on a real server; say why a wait may be long
+        logger.warning("could not give back the slots of killed runs: %s", exc)
+    return True
+
+
+async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bool:
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        # Ephemeral mode: each process runs its own server over a shared SQLite file, and
+        # the slots of a killed process would stay taken there for good.
+        logger.info(
+            "no Prefect server configured (PREFECT_API_URL); limiting in-process to %d tasks",
+            size,
+        )
+        return False
+    if not create_missing:
+        if await gcl_exists(name):
+            logger.info("sharing the account's tasks through global concurrency limit %r", name)
+            return True
+        logger.info("no global concurrency limit %r on the server; limiting in-process", name)
+        return False
+    try:
+        status = await ensure_limit(name, size)
+    except Exception as exc:  # no server reachable: local limiting still protects the account
+        logger.warning(
+            "could not read or create global concurrency limit %r (%s); limiting in-process "
+            "to %d tasks: overlapping runs are not limited together",
+            name,
+            exc,
+            size,
+        )
+        return False
+    if not status["active"]:
+        logger.info(
+            "global concurrency limit %r is inactive; limiting in-process to %d tasks", name, size
+        )
+        return False
+    logger.info(
+        "sharing the account's tasks with other runs through global concurrency limit %r "
+        "(%d slots, %s)",
+        name,
+        status["limit"],
+        "created now" if status["action"] == "created" else "already there",
+    )
+    if status["limit"] < size:
+        # The server's limit is the account's: this run keeps to it, whatever it asked for.
+        logger.warning(
+            "global concurrency limit %r allows %d tasks in flight, fewer than this run's "
+            "max_in_flight %d; change it with `kf2v limits apply --max-in-flight %d`",
+            name,
+            status["limit"],
+            size,
+            size,
+        )
+    return True
 
 
 async def gcl_exists(name: str) -> bool:

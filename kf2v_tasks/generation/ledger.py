@@ -10,9 +10,11 @@ The record and its state machine live in :mod:`kf2v_tasks.generation.ledger_reco
 (:func:`record_outcome`).
 
 Concurrency: the flow deduplicates rows by fingerprint before submitting, so two workers
-of one run never write the same record at the same time; atomic replace is all the
-locking needed. Two *separate* runs on the same output root at the same time are not
-supported (last writer wins).
+of one run never write the same record at the same time. Two *separate* runs on the same
+output root (an overlapping schedule, a retry of a run marked crashed) are kept apart by
+claims (:mod:`kf2v_tasks.generation.claims`): only the run holding a fingerprint's claim
+creates its task and writes its record until the task id is known; the others re-attach.
+:func:`record_outcome` releases the claim once the task ended without a video.
 
 Secrets never land here: every string is passed through :func:`kf2v_tasks.redaction.scrub`
 (URL query strings such as the signatures of ``video_url``, and anything shaped like an
@@ -49,6 +51,7 @@ from kf2v_tasks.errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
+from kf2v_tasks.generation.claims import release_claim
 from kf2v_tasks.generation.ledger_record import (
     TASK_TTL,
     TASK_TTL_MARGIN,
@@ -304,6 +307,20 @@ async def record_outcome(
     """
     if ledger is None or not fingerprint:
         return
+    # The row's work is over unless the task succeeded (then persisting releases the claim).
+    over = isinstance(outcome, BaseException) or (
+        outcome.status.is_terminal and outcome.status is not TaskStatus.SUCCEEDED
+    )
+    try:
+        await _write_outcome(ledger, fingerprint, outcome)
+    finally:
+        if over:
+            await release_claim(ledger, fingerprint)
+
+
+async def _write_outcome(
+    ledger: Ledger, fingerprint: str, outcome: Union[TaskState, BaseException]
+) -> None:
     timed_out = isinstance(outcome, TaskTimeoutError)
     if isinstance(outcome, TaskState):
         if not outcome.status.is_terminal:

@@ -3,7 +3,8 @@
 Order matters for crash safety: the video is committed first (atomically), then the
 sidecar, then the ledger says "persisted". A crash anywhere in between leaves the ledger
 at "submitted", so a re-run re-attaches to the same task and downloads again — it never
-generates again.
+generates again. Keeping a video (or failing to) ends the row's work, so this process's
+claim on the fingerprint is released (:mod:`kf2v_tasks.generation.claims`).
 
 Example:
     ```python
@@ -26,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
+from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.sidecar import VideoFacts, as_resolution, build_sidecar, video_facts
@@ -113,6 +115,29 @@ async def persist_task_video(
                                          submission=sub, storage_options={"anon": False})
         ```
     """
+    fingerprint = submission.fingerprint if submission else None
+    try:
+        # Another run re-attached to the same task may be keeping this video right now:
+        # let it finish (bounded), then its committed file is found below, not fetched again.
+        await wait_for_other_holder(ledger, fingerprint)
+        return await _persist(
+            state, destination, client, submission, ledger, storage_options, extra, price_table
+        )
+    finally:
+        # Kept or failed, this row's work is over: the next run may take the fingerprint.
+        await release_claim(ledger, fingerprint)
+
+
+async def _persist(
+    state: TaskState,
+    destination: str,
+    client: Optional[Kf2vClient],
+    submission: Optional[Submission],
+    ledger: Optional[Ledger],
+    storage_options: Optional[dict],
+    extra: Optional[dict[str, Any]],
+    price_table: Optional[PriceTable],
+) -> PersistedVideo:
     from kf2v_tasks.storage.download import stream_to_storage
     from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file, write_json_atomic
 

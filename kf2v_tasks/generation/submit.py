@@ -5,7 +5,9 @@ task (submitted < 24 h ago, not FAILED/UNKNOWN/CANCELED): if so it is reused. Th
 intent to create is written *before* the POST ("submitting"), so a crash between the
 POST and recording its task id is seen on resume as an ambiguous create, never as
 "nothing happened". Every change of the record goes through its transitions
-(:mod:`kf2v_tasks.generation.ledger_record`).
+(:mod:`kf2v_tasks.generation.ledger_record`). Two runs on the same output (an overlapping
+schedule, a retry of a run marked crashed) are kept from both creating by a claim on the
+fingerprint (:mod:`kf2v_tasks.generation.claims`): the loser re-attaches to the winner's task.
 
 Example:
     ```python
@@ -30,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution
 from kf2v_tasks.errors import AmbiguousCreateError
+from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import prepare_frame
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
@@ -39,7 +42,14 @@ from kf2v_tasks.generation.models import FramePair
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
-__all__ = ["AmbiguousPolicy", "Submission", "request_fingerprint", "submit_generation"]
+__all__ = [
+    "AmbiguousPolicy",
+    "ClaimHeldError",
+    "ClaimPolicy",
+    "Submission",
+    "request_fingerprint",
+    "submit_generation",
+]
 
 logger = logging.getLogger("kf2v_tasks.generation.submit")
 
@@ -54,13 +64,19 @@ class AmbiguousPolicy(StrEnum):
 class Submission(BaseModel):
     """The remote task that does a piece of work, new or reused.
 
+    ``already_persisted_at`` is set when the ledger says this work's video was already
+    kept (by an earlier or an overlapping run) at ``persisted_path``: the caller may check
+    that file (e.g. with :func:`~kf2v_tasks.generation.persist.find_persisted`) and report
+    the row ``skipped`` instead of polling and downloading again. Polling and persisting
+    such a submission still works (the task is SUCCEEDED; the kept file is reused).
+
     Example:
         ```python
         from datetime import UTC, datetime
         from kf2v_tasks.generation.submit import Submission
         sub = Submission(task_id="t-1", fingerprint="ab" * 32, submitted_at=datetime.now(UTC),
                          model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5)
-        assert sub.resolution == "480P" and not sub.reused
+        assert sub.resolution == "480P" and not sub.reused and sub.already_persisted_at is None
         ```
     """
 
@@ -79,6 +95,12 @@ class Submission(BaseModel):
     prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
     parameters: dict = Field(default_factory=dict)
+    already_persisted_at: Optional[datetime] = Field(
+        default=None, description="When the ledger recorded this work's video as kept, if it has."
+    )
+    persisted_path: Optional[str] = Field(
+        default=None, description="Where that kept video is (with already_persisted_at)."
+    )
 
 
 def _now() -> datetime:
@@ -96,8 +118,15 @@ async def submit_generation(
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
     row_id: Optional[str] = None,
     storage_options: Optional[dict] = None,
+    claims: Optional[ClaimPolicy] = None,
 ) -> Submission:
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
+
+    With a ledger, the work is claimed before a create (:mod:`~kf2v_tasks.generation.claims`):
+    when another run holds the claim, this one waits (bounded) for that run's task id and
+    re-attaches to it (``reused=True``), so overlapping runs never pay twice. The claim
+    stays held (and renewed) while the caller polls and persists; it is released when the
+    video is persisted or the task ended without one (or here, when the create fails).
 
     Args:
         client: an open :class:`~kf2v_tasks.dashscope.client.Kf2vClient`.
@@ -109,12 +138,15 @@ async def submit_generation(
         ambiguous_policy: what an ambiguous create leads to.
         row_id: manifest row id, recorded in the ledger for people reading it.
         storage_options: fsspec options for reading the frames again at send time.
+        claims: lease and wait lengths of the claim (default :class:`ClaimPolicy`);
+            ``ClaimPolicy(enabled=False)`` skips claiming (a single run on its own output).
 
     Returns:
-        The :class:`Submission`.
+        The :class:`Submission` (``already_persisted_at`` set when the video is kept already).
 
     Raises:
         AmbiguousCreateError: when the policy forbids (another) retry.
+        ClaimHeldError: another run holds the claim and recorded no task in time.
         PermanentError / TransientError: from the client, as classified there.
 
     Example:
@@ -142,110 +174,195 @@ async def submit_generation(
         negative_prompt=negative_prompt,
         parameters=options.parameters(),
     )
+    work = _Work(client, frames, prompt, negative_prompt, options, storage_options)
+    if ledger is None:
+        return await work.create(LedgerRecord.new(fp, row_id=row_id), None, ambiguous_policy, base)
 
-    record: Optional[LedgerRecord] = await ledger.get(fp) if ledger else None
-    if ledger and record is not None and Ledger.is_task_reusable(record):
+    policy = claims or ClaimPolicy()
+    book = ClaimBook(ledger, policy) if policy.enabled else None
+    record = await _current(client, ledger, fp)
+    if record is not None and Ledger.is_task_reusable(record):
+        if book is not None and record.state is not LedgerState.PERSISTED:
+            # Hold the claim while we poll and persist if nobody does (free, or expired:
+            # its holder died); a live holder keeps it and we share its task.
+            try:
+                await book.try_acquire(fp, row_id=row_id)
+            except Exception as exc:  # reuse pays nothing: a claim we cannot take is no reason
+                logger.warning("fingerprint %s: could not take its claim: %s", fp[:12], exc)
+        return _reused(record, base)
+
+    if book is not None:
+        got = await book.acquire(fp, row_id=row_id)
+        if got.record is not None:  # another run created it while we waited
+            logger.info(
+                "fingerprint %s: re-attaching to task %s of another run",
+                fp[:12],
+                got.record.task_id,
+            )
+            return _reused(got.record, base)
+    try:
+        if book is not None:
+            # Read again under the claim: the work may have been done while we waited.
+            record = await _current(client, ledger, fp)
+            if record is not None and Ledger.is_task_reusable(record):
+                if record.state is LedgerState.PERSISTED:
+                    await book.release(fp)
+                return _reused(record, base)
+        return await work.create(record, ledger, ambiguous_policy, base, row_id=row_id)
+    except BaseException:
+        if book is not None:  # the create failed (or we were cancelled): the row is over
+            await book.release(fp)
+        raise
+
+
+def _reused(record: LedgerRecord, base: dict) -> Submission:
+    logger.info("reusing task %s for fingerprint %s", record.task_id, record.fingerprint[:12])
+    persisted = record.state is LedgerState.PERSISTED
+    return Submission(
+        task_id=record.task_id,
+        request_id=record.request_id,
+        submitted_at=record.submitted_at or _now(),
+        reused=True,
+        possible_duplicate=record.possible_duplicate,
+        create_attempts=record.create_attempts,
+        already_persisted_at=record.persisted_at if persisted else None,
+        persisted_path=record.output_path if persisted else None,
+        **base,
+    )
+
+
+async def _current(client: Kf2vClient, ledger: Ledger, fp: str) -> Optional[LedgerRecord]:
+    """The record, with a usable-looking task checked once against the service."""
+    record = await ledger.get(fp)
+    if record is not None and Ledger.is_task_reusable(record):
         # One query makes reuse safe even when nobody recorded how the task ended.
         current = await client.get_task(record.task_id)
         if current.status in DEAD_STATUSES:
             record.not_reusable(current.status, current.code, current.message)
             await ledger.put(record)
-    if ledger and record is not None and Ledger.is_task_reusable(record):
-        logger.info("reusing task %s for fingerprint %s", record.task_id, fp[:12])
+    return record
+
+
+class _Work:
+    """One create: the request is built only when a create is really needed."""
+
+    def __init__(self, client, frames, prompt, negative_prompt, options, storage_options):
+        self.client, self.frames, self.options = client, frames, options
+        self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.storage_options = storage_options
+
+    async def request(self) -> Kf2vRequest:
+        c, o, so = self.client, self.options, self.storage_options
+        return Kf2vRequest(
+            first_frame_url=await prepare_frame(
+                self.frames.first, client=c, model=o.model, storage_options=so
+            ),
+            last_frame_url=await prepare_frame(
+                self.frames.last, client=c, model=o.model, storage_options=so
+            ),
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            options=o,
+        )
+
+    async def create(
+        self,
+        record: Optional[LedgerRecord],
+        ledger: Optional[Ledger],
+        ambiguous_policy: AmbiguousPolicy,
+        base: dict,
+        *,
+        row_id: Optional[str] = None,
+    ) -> Submission:
+        fp = base["fingerprint"]
+        if record is None:
+            record = LedgerRecord.new(fp, row_id=row_id)
+        elif record.task_id:
+            # The earlier task is no longer usable (failed/expired): a new create is
+            # legitimate. The record keeps its history; only the attempt count starts again.
+            record = LedgerRecord.recreate_after(record, row_id=row_id)
+        elif (
+            record.state is LedgerState.SUBMITTING
+            and record.create_attempts == 0
+            and not record.possible_duplicate
+        ):
+            pass  # no create ever left (e.g. only a claim takeover was noted): a fresh start
+        elif record.state in (LedgerState.SUBMITTING, LedgerState.AMBIGUOUS):
+            # A create was attempted and its outcome is unknown (crash or ambiguous answer).
+            record.create_outcome_unknown()
+            if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
+                await ledger.put(record)  # ledger is set: only it can hold an earlier create
+                raise AmbiguousCreateError(
+                    f"an earlier create for fingerprint {fp[:12]} may have reached the service; "
+                    f"not resubmitting after {record.create_attempts} attempt(s) "
+                    f"(policy {ambiguous_policy.value})"
+                )
+            logger.warning(
+                "fingerprint %s: earlier create outcome unknown; one guarded retry "
+                "(possible duplicate)",
+                fp[:12],
+            )
+        return await self._send(record, ledger, ambiguous_policy, base)
+
+    async def _send(
+        self,
+        record: LedgerRecord,
+        ledger: Optional[Ledger],
+        ambiguous_policy: AmbiguousPolicy,
+        base: dict,
+    ) -> Submission:
+        fp = base["fingerprint"]
+        request = await self.request()
+        while True:
+            sent = False
+
+            async def mark_submitting() -> None:
+                # Written only when the POST is about to leave (after the rate-limit wait):
+                # a crash before this point leaves nothing ambiguous behind.
+                nonlocal sent
+                if sent:  # a retry of a create that certainly did not happen
+                    return
+                sent = True
+                record.begin_create()
+                if ledger:
+                    await ledger.put(record)
+
+            try:
+                state = await self.client.create_task(request, before_send=mark_submitting)
+            except AmbiguousCreateError as exc:
+                record.create_ambiguous(str(exc))
+                if ledger:
+                    await ledger.put(record)
+                if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
+                    raise
+                logger.warning(
+                    "ambiguous create for fingerprint %s (%s); one guarded retry, "
+                    "reported as a possible duplicate",
+                    fp[:12],
+                    exc,
+                )
+                continue
+            except Exception as exc:
+                # The create certainly did not happen (the client only raises these when
+                # the service said no or the request never left): forget the attempt.
+                record.create_rejected(
+                    getattr(exc, "code", None) or type(exc).__name__,
+                    getattr(exc, "message", None) or str(exc),
+                    sent=sent,
+                )
+                if ledger:
+                    await ledger.put(record)
+                raise
+            break
+
+        record.submitted(state.task_id, state.request_id)
+        if ledger:
+            await ledger.put(record)
         return Submission(
-            task_id=record.task_id,
-            request_id=record.request_id,
-            submitted_at=record.submitted_at or _now(),
-            reused=True,
+            task_id=state.task_id,
+            request_id=state.request_id,
+            submitted_at=record.submitted_at,
             possible_duplicate=record.possible_duplicate,
             create_attempts=record.create_attempts,
             **base,
         )
-
-    if record is None:
-        record = LedgerRecord.new(fp, row_id=row_id)
-    elif record.task_id:
-        # The earlier task is no longer usable (failed/expired): a new create is
-        # legitimate. The record keeps its history; only the attempt count starts again.
-        record = LedgerRecord.recreate_after(record, row_id=row_id)
-    elif record.state in (LedgerState.SUBMITTING, LedgerState.AMBIGUOUS):
-        # A create was attempted and its outcome is unknown (crash or ambiguous answer).
-        record.create_outcome_unknown()
-        if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
-            await ledger.put(record)  # ledger is set: only it can hold an earlier create
-            raise AmbiguousCreateError(
-                f"an earlier create for fingerprint {fp[:12]} may have reached the service; "
-                f"not resubmitting after {record.create_attempts} attempt(s) "
-                f"(policy {ambiguous_policy.value})"
-            )
-        logger.warning(
-            "fingerprint %s: earlier create outcome unknown; one guarded retry "
-            "(possible duplicate)",
-            fp[:12],
-        )
-
-    request = Kf2vRequest(
-        first_frame_url=await prepare_frame(
-            frames.first, client=client, model=options.model, storage_options=storage_options
-        ),
-        last_frame_url=await prepare_frame(
-            frames.last, client=client, model=options.model, storage_options=storage_options
-        ),
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        options=options,
-    )
-
-    while True:
-        sent = False
-
-        async def mark_submitting() -> None:
-            # Written only when the POST is about to leave (after the rate-limit wait):
-            # a crash before this point leaves nothing ambiguous behind.
-            nonlocal sent
-            if sent:  # a retry of a create that certainly did not happen
-                return
-            sent = True
-            record.begin_create()
-            if ledger:
-                await ledger.put(record)
-
-        try:
-            state = await client.create_task(request, before_send=mark_submitting)
-        except AmbiguousCreateError as exc:
-            record.create_ambiguous(str(exc))
-            if ledger:
-                await ledger.put(record)
-            if ambiguous_policy is AmbiguousPolicy.FAIL or record.create_attempts >= 2:
-                raise
-            logger.warning(
-                "ambiguous create for fingerprint %s (%s); one guarded retry, "
-                "reported as a possible duplicate",
-                fp[:12],
-                exc,
-            )
-            continue
-        except Exception as exc:
-            # The create certainly did not happen (the client only raises these when
-            # the service said no or the request never left): forget the attempt.
-            record.create_rejected(
-                getattr(exc, "code", None) or type(exc).__name__,
-                getattr(exc, "message", None) or str(exc),
-                sent=sent,
-            )
-            if ledger:
-                await ledger.put(record)
-            raise
-        break
-
-    record.submitted(state.task_id, state.request_id)
-    if ledger:
-        await ledger.put(record)
-    return Submission(
-        task_id=state.task_id,
-        request_id=state.request_id,
-        submitted_at=record.submitted_at,
-        possible_duplicate=record.possible_duplicate,
-        create_attempts=record.create_attempts,
-        **base,
-    )

@@ -1,0 +1,238 @@
+"""Held claims: the file a claim is, and the thread that keeps this process's claims alive.
+
+A claim (:mod:`kf2v_tasks.generation.claims`) is a lease. While this process holds one,
+a background *thread* renews it every quarter of its lease with a conditional replace
+(:func:`~kf2v_tasks.storage.conditional.replace_if_sync`), so the lease outlives any
+event loop (sync twins and task runs open and close their own) and dies with the process,
+as a lease should. A renewal that finds the claim changed (taken over after we stalled
+past the lease, or removed) gives it up and says so in the log.
+
+Example:
+    ```python
+    from kf2v_tasks.generation.claim_lease import HOLDER_ID, held_at
+
+    held = held_at("out/.kf2v/claims/" + "ab" * 32 + ".json")
+    print(HOLDER_ID, held is not None)
+    ```
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+from kf2v_tasks import clock
+from kf2v_tasks.storage.conditional import ConditionFailedError, delete_if_sync, replace_if_sync
+
+__all__ = ["HOLDER_ID", "ClaimDoc", "HeldClaim", "held_at", "hold", "lease_doc", "release_sync"]
+
+logger = logging.getLogger("kf2v_tasks.generation.claims")
+
+#: This process's holder id (one per process: every run in it claims under this id).
+HOLDER_ID = uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ClaimDoc(BaseModel):
+    """The content of a claim file: who holds the work, until when.
+
+    Example:
+        ```python
+        from datetime import UTC, datetime, timedelta
+        from kf2v_tasks.generation.claims import ClaimDoc
+        now = datetime.now(UTC)
+        doc = ClaimDoc(fingerprint="ab" * 32, holder="h1", token="t1", host="box", pid=42,
+                       acquired_at=now, renewed_at=now, expires_at=now + timedelta(minutes=2),
+                       lease_seconds=120)
+        assert doc.is_live() and "pid 42" in doc.who()
+        ```
+    """
+
+    fingerprint: str
+    holder: str = Field(description="Process uuid of the holder.")
+    token: str = Field(description="This acquisition (a new one on each takeover).")
+    host: str
+    pid: int
+    row_id: Optional[str] = None
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime = Field(description="Wall clock UTC; past it the claim may be taken.")
+    lease_seconds: float = Field(description="Service seconds per renewal.")
+    taken_over_from: Optional[str] = Field(default=None, description="Previous holder's id.")
+
+    def is_live(self, now: Optional[datetime] = None) -> bool:
+        """Whether the lease has not yet expired."""
+        return (now or _now()) < self.expires_at
+
+    def who(self) -> str:
+        """The holder as a person reads it (no secrets: ids, host, pid)."""
+        row = f", row {self.row_id}" if self.row_id else ""
+        return f"holder {self.holder[:12]} (host {self.host}, pid {self.pid}{row})"
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes."""
+        return self.model_dump_json(indent=1).encode()
+
+
+class HeldClaim:
+    """A claim this process holds; the renewer thread keeps it alive until released.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import HeldClaim
+        held = HeldClaim("out/.kf2v/claims/x.json", None, doc, version, max_hold=86400)
+        assert not held.released
+        ```
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Optional[dict],
+        doc: ClaimDoc,
+        version: str,
+        *,
+        max_hold: float = 86400.0,
+    ) -> None:
+        self.url, self.storage_options = url, storage_options
+        self.doc, self.version = doc, version
+        self.lock = threading.Lock()  # renew vs release: never both at once
+        self.released = False
+        self.since = clock.now()
+        self.max_hold = max_hold  # service seconds; then no longer renewed
+
+
+_registry: dict[str, HeldClaim] = {}
+_registry_lock = threading.Lock()
+_renewer: Optional[threading.Thread] = None
+_wake = threading.Event()
+
+
+def held_at(url: str) -> Optional[HeldClaim]:
+    """The claim this process holds at ``url``, if any.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import held_at
+        assert held_at("/nowhere/.kf2v/claims/x.json") is None
+        ```
+    """
+    with _registry_lock:
+        held = _registry.get(url)
+    return held if held is not None and not held.released else None
+
+
+def lease_doc(base: ClaimDoc, lease: float, **changes: Any) -> ClaimDoc:
+    """``base`` renewed now for ``lease`` service seconds (with ``changes`` applied).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import lease_doc
+        renewed = lease_doc(doc, 120)
+        assert renewed.expires_at > doc.expires_at
+        ```
+    """
+    now = _now()
+    real = clock.real_seconds(lease)
+    return base.model_copy(
+        update={"renewed_at": now, "expires_at": now + timedelta(seconds=real), **changes}
+    )
+
+
+def _renew_sync(held: HeldClaim) -> None:
+    with held.lock:
+        if held.released:
+            return
+        if clock.now() - held.since > held.max_hold:
+            logger.warning("claim %s held too long; no longer renewed", held.doc.fingerprint[:12])
+            _forget(held)
+            return
+        doc = lease_doc(held.doc, held.doc.lease_seconds)
+        try:
+            held.version = replace_if_sync(
+                held.url, doc.to_bytes(), held.version, held.storage_options
+            )
+            held.doc = doc
+        except ConditionFailedError:
+            # Taken over (we were stalled past the lease) or removed: not ours any more.
+            logger.warning(
+                "claim on fingerprint %s was lost (taken over or removed)",
+                held.doc.fingerprint[:12],
+            )
+            _forget(held)
+        except Exception as exc:  # storage hiccup: try again next round, the lease has slack
+            logger.warning("renewing claim %s failed: %s", held.doc.fingerprint[:12], exc)
+
+
+def _forget(held: HeldClaim) -> None:
+    held.released = True
+    with _registry_lock:
+        if _registry.get(held.url) is held:
+            del _registry[held.url]
+
+
+def _renew_loop() -> None:
+    while True:
+        with _registry_lock:
+            held = list(_registry.values())
+        if held:
+            # A quarter of the shortest lease: three renewals may fail before it expires.
+            interval = min(clock.real_seconds(h.doc.lease_seconds) for h in held) / 4
+        else:
+            interval = 5.0
+        _wake.wait(max(0.05, interval))
+        _wake.clear()
+        with _registry_lock:
+            held = list(_registry.values())
+        for h in held:
+            _renew_sync(h)
+
+
+def hold(held: HeldClaim) -> HeldClaim:
+    """Register ``held`` with this process's renewer (started on first use) and return it.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import HeldClaim, hold
+        held = hold(HeldClaim(url, None, doc, version))   # renewed from now on
+        ```
+    """
+    global _renewer
+    with _registry_lock:
+        _registry[held.url] = held
+        if _renewer is None or not _renewer.is_alive():
+            # A thread, not an asyncio task: it survives the event loops that come and go
+            # (sync twins, task runs) and dies with the process, as a lease should.
+            _renewer = threading.Thread(target=_renew_loop, name="kf2v-claims", daemon=True)
+            _renewer.start()
+    _wake.set()  # recompute the interval for the new lease
+    return held
+
+
+def release_sync(held: HeldClaim) -> None:
+    """Stop renewing ``held`` and delete its file if it is still ours (blocking).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import release_sync
+        release_sync(held)   # the row's video is kept
+        ```
+    """
+    with held.lock:
+        if held.released:
+            return
+        _forget(held)
+        try:
+            delete_if_sync(held.url, held.version, held.storage_options)
+        except ConditionFailedError:
+            pass  # taken over already: nothing of ours to remove
+        except Exception as exc:  # it expires on its own; the next run takes it over
+            logger.warning("releasing claim %s failed: %s", held.doc.fingerprint[:12], exc)

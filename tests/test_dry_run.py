@@ -1,0 +1,150 @@
+"""A dry run never loses a finished run's results: it reports kept rows as ``skipped``.
+
+On a real (ephemeral) Prefect server against the simulator over real HTTP, with the output
+on local disk and on S3 (moto). A real run writes ``results.csv``; a dry run (the flow's
+``dry_run`` or ``kf2v validate --output``) writes ``results.dry-run.csv`` next to it and
+leaves ``results.csv`` byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kf2v_flows.batch import generate_batch
+from kf2v_tasks import clock
+from kf2v_tasks.batch.config import ConcurrencySettings
+from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
+
+from conftest import TEST_API_KEY
+from helpers import make_pairs, manifest_text
+
+SPEED = 600.0
+pytestmark = pytest.mark.usefixtures("prefect_server")
+FAST = ConcurrencySettings(max_in_flight=4, submits_per_second=20, queries_per_second=200)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    cfg = SimulatorConfig(
+        speed=SPEED,
+        runtime=RuntimeDistribution(kind="fixed", low=30),
+        render="tiny",
+        max_concurrent=8,
+        submits_per_second=20,
+        queries_per_second=200,
+        seed=5,
+    )
+    with run_simulator(cfg) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _env(sim, monkeypatch):
+    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
+    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", sim.base_url)
+    clock.set_time_scale(SPEED)
+    yield
+    clock.set_time_scale(None)
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _manifest(folder: Path, n: int) -> Path:
+    pairs = make_pairs(folder, n)
+    rows = [
+        {"id": f"d{i}", "first_frame": a, "last_frame": b, "job": f"J-{i}"}
+        for i, (a, b) in enumerate(pairs)
+    ]
+    path = folder / "m.csv"
+    path.write_text(manifest_text(rows, ["id", "first_frame", "last_frame", "job"]))
+    return path
+
+
+async def test_dry_run_after_a_finished_run_keeps_every_sha256(sim, tmp_path):
+    manifest = _manifest(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    first = await generate_batch(str(manifest), str(out), concurrency=FAST, extra_columns=True)
+    assert first.counts == {"succeeded": 3}
+    written = (out / "results.csv").read_bytes()
+    done = {r["id"]: r for r in _rows(written.decode())}
+    assert all(len(r["sha256"]) == 64 and r["task_id"] for r in done.values())
+    # The manifest's own column follows results.csv's columns, row by row.
+    assert list(done["d0"])[-1] == "job" and done["d2"]["job"] == "J-2"
+
+    before = sim.stats()
+    dry = await generate_batch(str(manifest), str(out), dry_run=True, extra_columns=True)
+    assert dry.counts == {"skipped": 3} and sim.stats()["creates"] == before["creates"]
+    assert (out / "results.csv").read_bytes() == written  # never overwritten
+    table = {r["id"]: r for r in _rows((out / "results.dry-run.csv").read_text())}
+    for rid, r in done.items():
+        assert table[rid]["status"] == "skipped"
+        assert (table[rid]["task_id"], table[rid]["sha256"]) == (r["task_id"], r["sha256"])
+        assert table[rid]["job"] == r["job"]
+
+    # `kf2v validate --output` (no Prefect, no simulator) sees the same.
+    p = subprocess.run(
+        [sys.executable, "-m", "kf2v_tasks._cli.main", "validate", str(manifest),
+         "--output", str(out), "--extra-columns"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "3 rows already made in the output folder: skipped" in p.stdout
+    assert (out / "results.csv").read_bytes() == written
+    assert [r["status"] for r in _rows((out / "results.dry-run.csv").read_text())] == [
+        "skipped"
+    ] * 3
+
+    # A video that no longer hashes right is planned again, and a real re-run rewrites
+    # results.csv with every row's latest outcome.
+    (out / "d1.mp4").write_bytes(b"not the video any more")
+    dry = await generate_batch(str(manifest), str(out), dry_run=True, extra_columns=True)
+    assert dry.counts == {"skipped": 2, "planned": 1}
+    assert (out / "results.csv").read_bytes() == written
+    again = await generate_batch(str(manifest), str(out), concurrency=FAST, extra_columns=True)
+    assert again.counts == {"skipped": 2, "succeeded": 1}
+    latest = {r["id"]: r for r in _rows((out / "results.csv").read_text())}
+    assert [latest[i]["status"] for i in ("d0", "d1", "d2")] == ["skipped", "succeeded", "skipped"]
+    assert latest["d0"]["sha256"] == done["d0"]["sha256"]
+    assert len(latest["d1"]["sha256"]) == 64 and latest["d1"]["job"] == "J-1"
+
+
+async def test_dry_run_on_s3_never_overwrites_results_csv(sim, tmp_path, s3_server):
+    bucket = s3_server.new_bucket()
+    fs = s3_server.filesystem()
+    folder = tmp_path / "in"
+    manifest = _manifest(folder, 2)
+    for p in folder.rglob("*"):
+        if p.is_file():
+            fs.put_file(str(p), f"{bucket}/in/{p.relative_to(folder)}")
+    out = f"s3://{bucket}/out"
+    opts = s3_server.storage_options
+    first = await generate_batch(
+        f"s3://{bucket}/in/{manifest.name}",
+        out,
+        concurrency=FAST,
+        storage_options=opts,
+        extra_columns=True,
+    )
+    assert first.counts == {"succeeded": 2}
+    written = fs.cat_file(f"{bucket}/out/results.csv")
+    dry = await generate_batch(
+        f"s3://{bucket}/in/{manifest.name}",
+        out,
+        dry_run=True,
+        storage_options=opts,
+        extra_columns=True,
+    )
+    assert dry.counts == {"skipped": 2}
+    assert dry.results_path == f"{out}/results.dry-run.csv"
+    assert fs.cat_file(f"{bucket}/out/results.csv") == written
+    kept = {r["id"]: r["sha256"] for r in _rows(written.decode())}
+    table = _rows(fs.cat_file(f"{bucket}/out/results.dry-run.csv").decode())
+    assert {r["id"]: r["sha256"] for r in table} == kept and all(kept.values())
