@@ -586,25 +586,25 @@ def run_with_kills(
 # ------------------------------------------------------------------------ in-process runs
 
 
-DEFAULT_GLOBAL_LIMIT = "kf2v-dashscope-tasks"  # as kf2v_tasks.batch.config
-
-
 async def run_batch(
     manifest: Path,
     output: Path,
     *,
     max_in_flight: int = 4,
-    global_limit: Optional[str] = DEFAULT_GLOBAL_LIMIT,
+    global_limit: Optional[str] = "default",
     **flow_kwargs,
 ):
     """Run the batch flow in this process (inside a Prefect server/harness); return its state.
 
-    ``global_limit=None`` limits in-process only: Prefect grants a new global-limit slot
-    in about two real seconds, which a test at 600x compression sees as 20 service minutes.
+    ``global_limit`` is the batch flow's own default unless given. ``None`` limits
+    in-process only: Prefect grants a new global-limit slot in about two real seconds,
+    which a test at 600x compression sees as 20 service minutes.
     """
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT, ConcurrencySettings
 
+    if global_limit == "default":
+        global_limit = DEFAULT_GLOBAL_LIMIT
     return await generate_batch(
         manifest=str(manifest),
         output=str(output),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -41,3 +42,41 @@ def manifest_text(rows: list[dict], columns: list[str] | None = None) -> str:
     for r in rows:
         w.writerow({k: r.get(k, "") for k in columns})
     return buf.getvalue()
+
+
+#: Time compression of the batch tests' simulators and of the client that talks to them.
+SPEED = 600.0
+
+
+@contextmanager
+def fast_service(runtime, seed: int):
+    """A simulator for batch tests: tiny renders at SPEED, 8 tasks at once, generous rates."""
+    from kf2v_tasks.simulator import SimulatorConfig, run_simulator
+
+    cfg = SimulatorConfig(
+        speed=SPEED,
+        runtime=runtime,
+        render="tiny",
+        max_concurrent=8,
+        submits_per_second=20,
+        queries_per_second=200,
+        seed=seed,
+    )
+    with run_simulator(cfg) as sim:
+        yield sim
+
+
+@contextmanager
+def pointed_at(sim, monkeypatch):
+    """The environment a user's flow reads (key, base URL) and the client's time scale."""
+    from kf2v_tasks import clock
+
+    from conftest import TEST_API_KEY
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
+    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", sim.base_url)
+    clock.set_time_scale(SPEED)
+    try:
+        yield
+    finally:
+        clock.set_time_scale(None)

@@ -17,18 +17,16 @@ from pathlib import Path
 import pytest
 
 from kf2v_flows.batch import generate_batch
-from kf2v_tasks import clock
 from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.batch.manifest import RowDefaults
 from kf2v_tasks.batch.reporting import BatchObserver, observing
 from kf2v_tasks.dashscope.models import Resolution
 from kf2v_tasks.errors import BatchFailedError, ManifestFileError
-from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
+from kf2v_tasks.simulator import RuntimeDistribution
 
 from conftest import TEST_API_KEY
-from helpers import make_pairs, manifest_text
+from helpers import SPEED, fast_service, make_pairs, manifest_text, pointed_at
 
-SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")
 FAST = ConcurrencySettings(max_in_flight=4, submits_per_second=20, queries_per_second=200)
 CHEAP = RowDefaults(resolution=Resolution.P480)  # 0.10/s x 5 s = 0.50 per row
@@ -36,26 +34,14 @@ CHEAP = RowDefaults(resolution=Resolution.P480)  # 0.10/s x 5 s = 0.50 per row
 
 @pytest.fixture(scope="module")
 def sim():
-    cfg = SimulatorConfig(
-        speed=SPEED,
-        runtime=RuntimeDistribution(kind="fixed", low=30),
-        render="tiny",
-        max_concurrent=8,
-        submits_per_second=20,
-        queries_per_second=200,
-        seed=7,
-    )
-    with run_simulator(cfg) as s:
+    with fast_service(RuntimeDistribution(kind="fixed", low=30), seed=7) as s:
         yield s
 
 
 @pytest.fixture(autouse=True)
 def _env(sim, monkeypatch):
-    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
-    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", sim.base_url)
-    clock.set_time_scale(SPEED)
-    yield
-    clock.set_time_scale(None)
+    with pointed_at(sim, monkeypatch):
+        yield
 
 
 def _manifest(folder: Path, ids: list[str], columns: list[str] | None = None) -> Path:

@@ -19,7 +19,6 @@ from prefect import flow
 
 from kf2v_flows.batch import generate_batch
 from kf2v_flows.single import generate_video
-from kf2v_tasks import clock
 from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.batch.manifest import RowDefaults
 from kf2v_tasks.dashscope.models import Resolution
@@ -27,35 +26,22 @@ from kf2v_tasks.errors import BatchFailedError
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
-from helpers import make_frame, make_pairs, manifest_text
+from helpers import SPEED, fast_service, make_frame, make_pairs, manifest_text, pointed_at
 
-SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")
 FAST = ConcurrencySettings(max_in_flight=8, submits_per_second=20, queries_per_second=200)
 
 
 @pytest.fixture(scope="module")
 def sim():
-    cfg = SimulatorConfig(
-        speed=SPEED,
-        runtime=RuntimeDistribution(kind="uniform", low=60, high=120),
-        render="tiny",
-        max_concurrent=8,
-        submits_per_second=20,
-        queries_per_second=200,
-        seed=1,
-    )
-    with run_simulator(cfg) as s:
+    with fast_service(RuntimeDistribution(kind="uniform", low=60, high=120), seed=1) as s:
         yield s
 
 
 @pytest.fixture(autouse=True)
 def _env(sim, monkeypatch):
-    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
-    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", sim.base_url)
-    clock.set_time_scale(SPEED)
-    yield
-    clock.set_time_scale(None)
+    with pointed_at(sim, monkeypatch):
+        yield
 
 
 def read_results(path: Path) -> list[dict]:

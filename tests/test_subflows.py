@@ -17,44 +17,30 @@ from prefect.client.orchestration import get_client
 from pydantic import SecretStr
 
 from kf2v_flows.batch import generate_batch
-from kf2v_tasks import clock
 from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.batch.results import BatchSummary, RowStatus, from_csv
 from kf2v_tasks.batch.sharding import shard_results_name, shard_tag
 from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.errors import BatchFailedError
-from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
+from kf2v_tasks.simulator import RuntimeDistribution
 
 from conftest import TEST_API_KEY
-from helpers import make_pairs, manifest_text
+from helpers import fast_service, make_pairs, manifest_text, pointed_at
 
-SPEED = 600.0
 pytestmark = pytest.mark.usefixtures("prefect_server")
 FAST = ConcurrencySettings(max_in_flight=4, submits_per_second=20, queries_per_second=200)
 
 
 @pytest.fixture(scope="module")
 def sim():
-    cfg = SimulatorConfig(
-        speed=SPEED,
-        runtime=RuntimeDistribution(kind="uniform", low=30, high=60),
-        render="tiny",
-        max_concurrent=8,
-        submits_per_second=20,
-        queries_per_second=200,
-        seed=3,
-    )
-    with run_simulator(cfg) as s:
+    with fast_service(RuntimeDistribution(kind="uniform", low=30, high=60), seed=3) as s:
         yield s
 
 
 @pytest.fixture(autouse=True)
 def _env(sim, monkeypatch):
-    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
-    monkeypatch.setenv("DASHSCOPE_HTTP_BASE_URL", sim.base_url)
-    clock.set_time_scale(SPEED)
-    yield
-    clock.set_time_scale(None)
+    with pointed_at(sim, monkeypatch):
+        yield
 
 
 def _manifest(folder: Path, good: int, bad_seed_rows: int = 0) -> Path:
