@@ -51,10 +51,10 @@ def emit_video_persisted(
             "bytes": video.bytes,
             "task_id": video.task_id,
         }
-        for key in ("cost", "currency", "resolution", "duration_seconds", "model"):
-            value = getattr(video, key, None)
-            if value is not None:
-                payload[key] = value
+        facts = video.model_dump(
+            mode="json", include={"cost", "currency", "resolution", "duration_seconds", "model"}
+        )
+        payload.update({k: v for k, v in facts.items() if v is not None})
         if row_id is not None:
             payload["row_id"] = row_id
         if row is not None:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Any, Optional, overload
 
-__all__ = ["MASK", "redact_text", "redact_url", "scrub"]
+__all__ = ["MASK", "md_escape", "redact_text", "redact_url", "scrub"]
 
 #: What a removed secret is replaced with.
 MASK = "[secure]"
@@ -138,3 +138,21 @@ def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, tuple):
         return tuple(_scrub(v, secrets) for v in value)
     return value
+
+
+def md_escape(text: object) -> str:
+    """``text`` on one line, safe inside markdown (and the HTML markdown may carry).
+
+    Signed-URL query strings and key-shaped strings are removed first
+    (:func:`redact_text`): artifacts are visible to everyone who
+    can see the flow run.
+
+    Example:
+        ```python
+        from kf2v_tasks.redaction import md_escape
+        assert md_escape("<b>x</b> | *y*") == "&lt;b&gt;x&lt;/b&gt; \\\\| \\\\*y\\\\*"
+        ```
+    """
+    value = re.sub(r"\s+", " ", redact_text(str(text))).strip()
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", value)

@@ -45,6 +45,7 @@ from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
+from kf2v_tasks.redaction import md_escape
 
 __all__ = [
     "apersist_video",
@@ -184,35 +185,28 @@ async def _persist(
     return video
 
 
-def _md(text: object) -> str:
-    """Text from users or the service, safe inside a markdown table cell."""
-    value = re.sub(r"\s+", " ", str(text))
-    return re.sub(r"([\\`*_{}\[\]()<>#+!|])", r"\\\1", value)
-
-
 async def _video_artifact(video: PersistedVideo) -> None:
     """A markdown artifact describing the video, in the running flow (best effort)."""
     from prefect.artifacts import acreate_markdown_artifact
 
-    cost = getattr(video, "cost", None)
     rows = [
         ("path", video.path),
         ("bytes", video.bytes),
         ("sha256", video.sha256),
         ("task id", video.task_id),
-        ("model", getattr(video, "model", None)),
-        ("resolution", getattr(video, "resolution", None)),
-        ("duration (s)", getattr(video, "duration_seconds", None)),
-        ("cost", None if cost is None else f"{cost:.2f} {getattr(video, 'currency', '')}"),
-        ("prompt", getattr(video, "prompt", None)),
-        ("actual prompt", getattr(video, "actual_prompt", None)),
+        ("model", video.model),
+        ("resolution", video.resolution),
+        ("duration (s)", video.duration_seconds),
+        ("cost", None if video.cost is None else f"{video.cost:.2f} {video.currency or ''}"),
+        ("prompt", video.prompt),
+        ("actual prompt", video.actual_prompt),
     ]
-    table = "\n".join(f"| {k} | {_md(v)} |" for k, v in rows if v not in (None, ""))
+    table = "\n".join(f"| {k} | {md_escape(v)} |" for k, v in rows if v not in (None, ""))
     name = video.path.rsplit("/", 1)[-1]
     key = re.sub(r"[^a-z0-9-]+", "-", f"kf2v-video-{name}".lower()).strip("-")[:100]
     try:
         await acreate_markdown_artifact(
-            markdown=f"# kf2v video `{_md(name)}`\n\n| | |\n|---|---|\n{table}\n",
+            markdown=f"# kf2v video {md_escape(name)}\n\n| | |\n|---|---|\n{table}\n",
             key=key,
             description=f"kf2v video {name}",
         )

@@ -27,7 +27,7 @@ from urllib.parse import quote
 from uuid import UUID
 
 from kf2v_tasks.batch.results import FAILED_STATUSES, BatchSummary, RowResult, RowStatus
-from kf2v_tasks.redaction import redact_text, redact_url
+from kf2v_tasks.redaction import md_escape, redact_url
 
 if TYPE_CHECKING:
     from kf2v_tasks.batch.plan import BatchPlan
@@ -140,24 +140,6 @@ def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
 
 
 # -- text that the Prefect UI renders as markdown ---------------------------------------------
-
-
-def md_escape(text: object) -> str:
-    """``text`` on one line, safe inside markdown (and the HTML markdown may carry).
-
-    Signed-URL query strings and key-shaped strings are removed first
-    (:func:`~kf2v_tasks.redaction.redact_text`): artifacts are visible to everyone who
-    can see the flow run.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import md_escape
-        assert md_escape("<b>x</b> | *y*") == "&lt;b&gt;x&lt;/b&gt; \\\\| \\\\*y\\\\*"
-        ```
-    """
-    value = re.sub(r"\s+", " ", redact_text(str(text))).strip()
-    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", value)
 
 
 def artifact_key(text: str) -> str:
