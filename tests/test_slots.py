@@ -150,3 +150,35 @@ async def test_the_slots_of_a_killed_run_are_given_back_by_the_next_run():
     await asyncio.wait_for(_run_jobs(pool, 2, 0.01), timeout=30)  # not stuck behind the dead
     assert {x["name"]: x for x in await show_limits()}[name]["active_slots"] == 0
     assert not (folder / f"{socket.gethostname()}-{gone.pid}-test.json").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_pool_asks_the_server_for_one_slot_at_a_time_through_one_client(monkeypatch):
+    """Concurrent increments contend on the server (32 at once took 6-8 s to be granted,
+    one after the other 0.13 s): the pool never has two asks in flight, and all its leases
+    share one Prefect client."""
+    from kf2v_tasks.batch import slots as slots_module
+
+    real_acquire = slots_module.acquire_slot
+    clients: set[int] = set()
+    in_flight = peak = 0
+
+    async def counting_acquire(client, name):
+        nonlocal in_flight, peak
+        clients.add(id(client))
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await real_acquire(client, name)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(slots_module, "acquire_slot", counting_acquire)
+    name = "kf2v-test-one-at-a-time"
+    pool = await SlotPool.create(8, name)
+    await _run_jobs(pool, 16, 0.3)
+    assert 1 < pool.gcl_acquisitions <= 8 and pool.peak <= 8
+    assert peak == 1
+    assert len(clients) == 1
+    limits = {x["name"]: x for x in await show_limits()}
+    assert limits[name]["active_slots"] == 0

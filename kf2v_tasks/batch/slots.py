@@ -42,32 +42,37 @@ logger = logging.getLogger("kf2v_tasks.batch.slots")
 
 
 class _Lease:
-    """One held GCL slot: a background coroutine that holds, renews and returns its lease."""
+    """One held GCL slot: a background coroutine that holds, renews and returns its lease.
 
-    def __init__(self, name: str, book: LeaseBook) -> None:
+    Every lease of a pool talks through the pool's one Prefect client, and takes its slot
+    under the pool's lock: measured on a SQLite server, 32 slots asked for at once took
+    6-8 s to be granted (the increments contend), one after the other 0.13 s in all.
+    """
+
+    def __init__(self, name: str, book: LeaseBook, gate: _ServerGate) -> None:
         self.name = name
         self.book = book
+        self.gate = gate
         self.acquired = asyncio.Event()
         self.release = asyncio.Event()
         self.error: Optional[BaseException] = None
         self.task = asyncio.create_task(self._hold())
 
     async def _hold(self) -> None:
-        from prefect.client.orchestration import get_client
-
         try:
-            async with get_client() as client:
+            client = await self.gate.client()
+            async with self.gate.one_at_a_time:
                 lease_id = await acquire_slot(client, self.name)
-                # Written down so that, if this process is killed, the next run here gives
-                # the slot back instead of waiting for a lease that may never expire.
-                self.book.add(lease_id)
-                try:
-                    self.acquired.set()
-                    await self._renew_until_released(client, lease_id)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await client.release_concurrency_slots_with_lease(lease_id)
-                    self.book.remove(lease_id)
+            # Written down so that, if this process is killed, the next run here gives
+            # the slot back instead of waiting for a lease that may never expire.
+            self.book.add(lease_id)
+            try:
+                self.acquired.set()
+                await self._renew_until_released(client, lease_id)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.release_concurrency_slots_with_lease(lease_id)
+                self.book.remove(lease_id)
         except BaseException as exc:  # surfaced to the waiter, never swallowed
             self.error = exc
             self.acquired.set()
@@ -83,6 +88,32 @@ class _Lease:
                     await client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
                 except Exception as exc:  # the next renewal may succeed; the lease has slack
                     logger.warning("renewing a global-limit lease failed: %s", exc)
+
+
+class _ServerGate:
+    """The pool's one Prefect client (opened on first use) and the lock that orders its asks."""
+
+    def __init__(self) -> None:
+        self.one_at_a_time = asyncio.Lock()
+        self._stack: Optional[contextlib.AsyncExitStack] = None
+        self._client = None
+        self._opening = asyncio.Lock()
+
+    async def client(self):
+        from prefect.client.orchestration import get_client
+
+        async with self._opening:
+            if self._client is None:
+                stack = contextlib.AsyncExitStack()
+                self._client = await stack.enter_async_context(get_client())
+                self._stack = stack
+        return self._client
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
 
 
 class _MachineLease:
@@ -150,6 +181,7 @@ class SlotPool:
         self._all: list[_Lease] = []
         self._waiting = 0
         self._book: Optional[LeaseBook] = None
+        self._gate: Optional[_ServerGate] = None
         self.in_use = 0
         self.peak = 0
         self.gcl_acquisitions = 0
@@ -197,7 +229,9 @@ class SlotPool:
             return None
         if self._book is None:
             self._book = LeaseBook()
-        lease = _Lease(self.gcl_name, self._book)
+        if self._gate is None:
+            self._gate = _ServerGate()
+        lease = _Lease(self.gcl_name, self._book, self._gate)
         self._all.append(lease)
         await lease.acquired.wait()
         if lease.error is not None:
@@ -268,6 +302,9 @@ class SlotPool:
                 with contextlib.suppress(BaseException):
                     await lease.task
         self._all.clear()
+        if self._gate is not None:
+            await self._gate.close()
+            self._gate = None
 
 
 async def _usable_limit(name: str, size: int, create_missing: bool) -> bool:
