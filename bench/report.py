@@ -151,6 +151,16 @@ def markdown(res: dict) -> str:
         "divided by the same time scale. Each side has its own simulator process with the same "
         "config and seed.\n"
     )
+    sections = m.get("sections") or {}
+    if len({(v["date"], v["commit"]) for v in sections.values()}) > 1:
+        L.append(
+            "Not every section comes from that run; each was measured as follows:\n\n"
+            + "\n".join(
+                f"- {k.upper()}: `{v['command']}` on {v['date']}, commit `{v['commit']}`"
+                for k, v in sorted(sections.items())
+            )
+            + "\n"
+        )
     L.append("## Targets\n")
     L.append("| target | value | result |\n|---|---|---|")
     for t in targets(res):

@@ -40,6 +40,41 @@ QUICK = dict(
 VARIANTS = {"ours per_row": {"task_runs": "per_row"}}
 
 
+#: The sections of BENCHMARKS.md, each measured by one part of the run.
+ALL_SECTIONS = ("b1", "b2", "b3", "b4")
+
+
+def _commit() -> str:
+    """The commit measured (``+dirty`` when the work tree had changes)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _kept_sections(out: Path, only: set[str]) -> dict:
+    """The sections not re-run this time, with when and on which commit they were measured."""
+    try:
+        last = json.loads((out / "latest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    old = last.get("meta", {})
+    default = {
+        "date": old.get("date", "?"),
+        "commit": "not recorded",
+        "command": old.get("command", "?"),
+    }
+    return {
+        k: (last[k], old.get("sections", {}).get(k, default))
+        for k in ALL_SECTIONS
+        if k not in only and k in last
+    }
+
+
 def _machine() -> str:
     import psutil
 
@@ -225,7 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--markdown", help="where BENCHMARKS.md goes (default: repo root; none with --quick)"
     )
-    ap.add_argument("--only", default="b1,b2,b3,b4", help="comma-separated subset")
+    ap.add_argument(
+        "--only",
+        default="b1,b2,b3,b4",
+        help="comma-separated subset; the other sections keep their last results (see --fresh)",
+    )
+    ap.add_argument(
+        "--fresh", action="store_true", help="with --only: drop the sections not run this time"
+    )
     ap.add_argument("--no-variants", action="store_true", help="only the default settings of ours")
     ap.add_argument(
         "--render-only",
@@ -262,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     command = "python -m bench.run" + (" --quick" if args.quick else "")
+    if only != set(ALL_SECTIONS):
+        command += f" --only {','.join(s for s in ALL_SECTIONS if s in only)}"
+    kept = _kept_sections(out, only) if not (args.quick or args.fresh) else {}
     res: dict = {
         "meta": {
             "command": command,
@@ -306,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         prefect.stop()
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    stamp = {"date": res["meta"]["date"], "commit": _commit(), "command": command}
+    res["meta"]["sections"] = {k: stamp for k in ALL_SECTIONS if k in only and k in res}
+    for key, (value, provenance) in kept.items():
+        res[key] = value
+        res["meta"]["sections"][key] = provenance
     res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     res["notes"] = notes(res)
     res["targets"] = report.targets(res)
