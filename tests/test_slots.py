@@ -50,7 +50,7 @@ async def test_gcl_leases_are_kept_and_handed_on_in_process():
     # The server may grant the second slot only after the first lease has served most
     # jobs (a busy SQLite server answers one acquire late): never more than two at once.
     assert 1 <= pool.peak <= 2
-    assert pool.gcl_acquisitions == 2  # two leases, reused for all 12 jobs
+    assert 1 <= pool.gcl_acquisitions <= 2  # leases reused for all 12 jobs
     assert wall < 3.0, wall
     limits = {x["name"]: x for x in await show_limits()}
     assert limits[name]["active_slots"] == 0  # everything given back at the end
@@ -132,7 +132,7 @@ async def test_the_slots_of_a_killed_run_are_given_back_by_the_next_run():
     name = f"kf2v-test-dead-{uuid.uuid4().hex[:8]}"
     await ensure_limit(name, 1)
     async with get_client() as client:
-        lease_id = await acquire_slot(client, name)  # held by the run that is killed
+        lease_id, _ = await acquire_slot(client, name)  # held by the run that is killed
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs
     folder = _lease_folder()
@@ -153,32 +153,51 @@ async def test_the_slots_of_a_killed_run_are_given_back_by_the_next_run():
 
 
 @pytest.mark.usefixtures("prefect_server")
-async def test_a_pool_asks_the_server_for_one_slot_at_a_time_through_one_client(monkeypatch):
-    """Concurrent increments contend on the server (32 at once took 6-8 s to be granted,
-    one after the other 0.13 s): the pool never has two asks in flight, and all its leases
-    share one Prefect client."""
+async def test_a_pool_asks_for_its_waiting_rows_slots_at_once_one_ask_at_a_time(monkeypatch):
+    """Each ask costs a server round trip (seconds on a busy SQLite server) and concurrent
+    asks contend: the pool asks for every waiting row's slot in one call, never has two
+    asks in flight, and all its leases share one Prefect client."""
     from kf2v_tasks.batch import slots as slots_module
 
     real_acquire = slots_module.acquire_slot
     clients: set[int] = set()
+    granted: list[int] = []
     in_flight = peak = 0
 
-    async def counting_acquire(client, name):
+    async def counting_acquire(client, name, slots=1):
         nonlocal in_flight, peak
         clients.add(id(client))
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            return await real_acquire(client, name)
+            lease_id, got = await real_acquire(client, name, slots)
+            granted.append(got)
+            return lease_id, got
         finally:
             in_flight -= 1
 
     monkeypatch.setattr(slots_module, "acquire_slot", counting_acquire)
-    name = "kf2v-test-one-at-a-time"
+    name = "kf2v-test-blocks"
     pool = await SlotPool.create(8, name)
     await _run_jobs(pool, 16, 0.3)
-    assert 1 < pool.gcl_acquisitions <= 8 and pool.peak <= 8
+    assert pool.peak == 8
+    # The first row asks alone; the seven behind it are asked for together.
+    assert pool.gcl_acquisitions == len(granted) <= 3 and max(granted) >= 4, granted
     assert peak == 1
     assert len(clients) == 1
     limits = {x["name"]: x for x in await show_limits()}
     assert limits[name]["active_slots"] == 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_block_shrinks_to_what_the_limit_has_free():
+    name = "kf2v-test-shrink"
+    await apply_limits(3, name=name)
+    other = await SlotPool.create(3, name)  # another run holds one of the three
+    async with other.slot():
+        pool = await SlotPool.create(8, name)
+        wall = await asyncio.wait_for(_run_jobs(pool, 8, 0.1), timeout=30)
+        assert pool.peak == 2  # the account's 3 minus the other run's 1
+    await other.close()
+    assert wall < 10
+    assert {x["name"]: x for x in await show_limits()}[name]["active_slots"] == 0

@@ -247,8 +247,11 @@ async def free_dead_leases() -> int:
     return freed
 
 
-async def acquire_slot(client: Any, name: str) -> UUID:
-    """Take one slot of the limit ``name`` with a lease; wait while it is full.
+async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, int]:
+    """Take up to ``slots`` slots of the limit ``name`` under one lease; wait while it is full.
+
+    Asks for ``slots`` at once; when fewer are free (the server answers 423), asks for half
+    as many, down to one, and then waits for one. Returns the lease and how many it holds.
 
     Raises:
         RuntimeError: the limit does not exist.
@@ -258,23 +261,35 @@ async def acquire_slot(client: Any, name: str) -> UUID:
         from prefect.client.orchestration import get_client
         from kf2v_tasks.batch.gcl import acquire_slot
         async with get_client() as client:
-            lease_id = await acquire_slot(client, "kf2v-dashscope-tasks")
+            lease_id, held = await acquire_slot(client, "kf2v-dashscope-tasks", slots=4)
         ```
     """
     import httpx
 
+    want = max(1, slots)
     while True:
         try:
             response = await client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS
+                names=[name], slots=want, mode="concurrency", lease_duration=LEASE_SECONDS
             )
         except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 423:  # 423 Locked: full, come back later
+            # 423 Locked: not that many free; 422: more than the whole limit.
+            if exc.response.status_code not in (422, 423):
                 raise
-            # Real seconds: the server's own pacing, not service time.
-            await asyncio.sleep(float(exc.response.headers.get("Retry-After", 1.0)))
+            if want > 1:
+                want //= 2
+                continue
+            if exc.response.status_code == 422:
+                raise
+            # Real seconds: the server's pacing, capped (its hint grows with every denial).
+            hint = float(exc.response.headers.get("Retry-After", 1.0))
+            await asyncio.sleep(min(hint, MAX_FULL_WAIT))
             continue
         body = response.json()
         if not body.get("limits"):
             raise RuntimeError(f"global concurrency limit {name!r} does not exist")
-        return UUID(body["lease_id"])
+        return UUID(body["lease_id"]), want
+
+
+#: Real seconds at most between two asks for a slot of a full limit.
+MAX_FULL_WAIT = 1.0

@@ -27,7 +27,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from kf2v_tasks.batch.gcl import (
     LEASE_SECONDS,
@@ -42,29 +42,33 @@ logger = logging.getLogger("kf2v_tasks.batch.slots")
 
 
 class _Lease:
-    """One held GCL slot: a background coroutine that holds, renews and returns its lease.
+    """One lease of ``slots`` GCL slots: a background coroutine that holds, renews and returns it.
 
-    Every lease of a pool talks through the pool's one Prefect client, and takes its slot
-    under the pool's lock: measured on a SQLite server, 32 slots asked for at once took
-    6-8 s to be granted (the increments contend), one after the other 0.13 s in all.
+    A pool asks for as many slots as its rows are waiting for, in one call: measured on a
+    SQLite server busy with a per-step batch's task runs, each ask took ~2 s, so 32 asks one
+    slot at a time left slots idle for a minute. All leases of a pool talk through its one
+    Prefect client, one ask at a time (concurrent asks contend: 32 at once took 6-8 s to be
+    granted, one after the other 0.13 s on an idle server).
     """
 
-    def __init__(self, name: str, book: LeaseBook, gate: _ServerGate) -> None:
+    def __init__(self, name: str, book: LeaseBook, gate: _ServerGate, want: int) -> None:
         self.name = name
         self.book = book
         self.gate = gate
+        self.want = want
+        self.slots = 0  # granted: between 1 and ``want``
+        self.in_use = 0  # of those, handed to rows now
         self.acquired = asyncio.Event()
         self.release = asyncio.Event()
         self.error: Optional[BaseException] = None
-        self.task = asyncio.create_task(self._hold())
+        self.task: Optional[asyncio.Task[None]] = asyncio.create_task(self._hold())
 
     async def _hold(self) -> None:
         try:
             client = await self.gate.client()
-            async with self.gate.one_at_a_time:
-                lease_id = await acquire_slot(client, self.name)
+            lease_id, self.slots = await acquire_slot(client, self.name, self.want)
             # Written down so that, if this process is killed, the next run here gives
-            # the slot back instead of waiting for a lease that may never expire.
+            # the slots back instead of waiting for a lease that may never expire.
             self.book.add(lease_id)
             try:
                 self.acquired.set()
@@ -91,10 +95,9 @@ class _Lease:
 
 
 class _ServerGate:
-    """The pool's one Prefect client (opened on first use) and the lock that orders its asks."""
+    """The pool's one Prefect client, opened on first use."""
 
     def __init__(self) -> None:
-        self.one_at_a_time = asyncio.Lock()
         self._stack: Optional[contextlib.AsyncExitStack] = None
         self._client = None
         self._opening = asyncio.Lock()
@@ -123,9 +126,14 @@ class _MachineLease:
         self.slot = slot
         self.release = self  # ``lease.release.set()`` gives it back, as for a GCL lease
         self.task: Optional[asyncio.Task[None]] = None
+        self.slots = 1
+        self.in_use = 0
 
     def set(self) -> None:
         self.slot.release()
+
+
+_AnyLease = Union[_Lease, _MachineLease]
 
 
 class HeldSlot:
@@ -177,9 +185,15 @@ class SlotPool:
         self.gcl_name = gcl_name
         self.machine_folder = machine_folder
         self._local = asyncio.Semaphore(size)
-        self._idle: deque[_Lease] = deque()
-        self._all: list[_Lease] = []
-        self._waiting = 0
+        self._idle: deque[_AnyLease] = deque()  # one entry per free slot this run holds
+        self._all: list[_AnyLease] = []
+        self._waiting = 0  # rows waiting for the local limit
+        self._needing = 0  # rows past it, waiting for a server slot
+        self._held = 0  # server slots this run holds
+        self._asking: Optional[_Lease] = None  # the one ask to the server in flight
+        self._ask_error: Optional[BaseException] = None
+        self._collector: Optional[asyncio.Task[None]] = None
+        self._changed = asyncio.Event()
         self._book: Optional[LeaseBook] = None
         self._gate: Optional[_ServerGate] = None
         self.in_use = 0
@@ -218,35 +232,80 @@ class SlotPool:
             gcl_name = None
         return cls(size, gcl_name)
 
-    async def _take_lease(self) -> Optional[_Lease]:
+    def _hand_out(self, lease: _AnyLease) -> _AnyLease:
+        lease.in_use += 1
+        return lease
+
+    async def _take_lease(self) -> Optional[_AnyLease]:
         if self._idle:
-            return self._idle.popleft()
+            return self._hand_out(self._idle.popleft())
         if self.machine_folder is not None:
             lease = _MachineLease(await MachineSlot.acquire(self.machine_folder, self.size))
             self._all.append(lease)
-            return lease
+            return self._hand_out(lease)
         if not self.gcl_name:
             return None
         if self._book is None:
             self._book = LeaseBook()
         if self._gate is None:
             self._gate = _ServerGate()
-        lease = _Lease(self.gcl_name, self._book, self._gate)
-        self._all.append(lease)
-        await lease.acquired.wait()
-        if lease.error is not None:
-            raise lease.error
-        self.gcl_acquisitions += 1
-        return lease
+        self._needing += 1
+        try:
+            while True:
+                if self._idle:
+                    return self._hand_out(self._idle.popleft())
+                changed = self._changed
+                if self._asking is None:
+                    if self._ask_error is not None:
+                        error, self._ask_error = self._ask_error, None
+                        raise error
+                    self._ask()
+                # Woken by a slot given back here or by the server's answer, whichever first:
+                # a run that holds the whole limit must not wait on the server for its own.
+                await changed.wait()
+        finally:
+            self._needing -= 1
 
-    def _return_lease(self, lease: Optional[_Lease]) -> None:
+    def _ask(self) -> None:
+        """Ask the server, once at a time, for a slot for every row of this run that needs one."""
+        assert self.gcl_name and self._book and self._gate
+        want = max(1, min(self._needing, self.size - self._held))
+        lease = self._asking = _Lease(self.gcl_name, self._book, self._gate, want)
+        self._all.append(lease)
+
+        async def collect() -> None:
+            await lease.acquired.wait()
+            self._asking = None
+            if lease.error is not None:
+                self._ask_error = lease.error
+            else:
+                self.gcl_acquisitions += 1
+                self._held += lease.slots
+                self._idle.extend([lease] * lease.slots)
+                self._give_back_if_unwanted(lease)
+            self._notify()
+
+        self._collector = asyncio.create_task(collect())
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _give_back_if_unwanted(self, lease: _AnyLease) -> None:
+        # A block goes back to the server only when none of its slots is in use and no row
+        # here waits for one.
+        if lease.in_use == 0 and not self._waiting and not self._needing:
+            self._idle = deque(x for x in self._idle if x is not lease)
+            self._held -= lease.slots
+            lease.release.set()
+
+    def _return_lease(self, lease: Optional[_AnyLease]) -> None:
         if lease is None:
             return
-        # Keep it for the next local waiter; give it back only when nobody here waits.
-        if self._waiting:
-            self._idle.append(lease)
-        else:
-            lease.release.set()
+        lease.in_use -= 1
+        self._idle.append(lease)  # kept for the next row of this run
+        self._give_back_if_unwanted(lease)
+        self._notify()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[HeldSlot]:
@@ -298,6 +357,8 @@ class SlotPool:
             self._idle.popleft().release.set()
         for lease in self._all:
             lease.release.set()
+            if isinstance(lease, _Lease) and not lease.acquired.is_set() and lease.task:
+                lease.task.cancel()  # still asking a full server: nothing to give back
             if lease.task is not None:
                 with contextlib.suppress(BaseException):
                     await lease.task
