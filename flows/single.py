@@ -33,6 +33,13 @@ async def generate_video(
         Optional[str], Field(description="What to avoid (up to 500 characters).")
     ] = None,
     options: GenerationOptions = GenerationOptions(),
+    audio: Annotated[
+        Optional[str],
+        Field(
+            description="Driving audio (mp3/wav, 2-30 s): a path or URL; only for models "
+            "that take one (wan2.7-i2v). Empty: the model makes its own sound, if any."
+        ),
+    ] = None,
     deadline_seconds: Annotated[
         float, Field(gt=0, description="Give up waiting for the video after this many seconds.")
     ] = 3 * 3600.0,
@@ -66,7 +73,9 @@ async def generate_video(
         output: where the MP4 goes (local path or fsspec URL ending in .mp4).
         prompt: text prompt (up to 800 characters).
         negative_prompt: what to avoid (up to 500 characters).
-        options: model, resolution, seed, prompt_extend, watermark.
+        options: model, resolution, seed, prompt_extend, watermark, duration (kf2v: 5 s;
+            wan2.7-i2v: 2..15 s).
+        audio: a driving audio (mp3/wav) for models that take one (wan2.7-i2v).
         deadline_seconds: total wait for the task, in service seconds.
         credentials_block: a DashScopeCredentials block or a saved block's name; empty
             for the DASHSCOPE_API_KEY environment variable.
@@ -91,7 +100,9 @@ async def generate_video(
     """
     opts = await resolve_storage_options(storage_block, storage_options)
     ledger_root = parent(output)
-    pair = await avalidate_frames(first_frame, last_frame, storage_options=opts)
+    pair = await avalidate_frames(
+        first_frame, last_frame, storage_options=opts, audio=audio, model=options.model
+    )
     fingerprint = request_fingerprint(pair, prompt, negative_prompt, options)
     kept = await find_persisted(
         Ledger(ledger_root, opts), fingerprint, output, storage_options=opts

@@ -105,6 +105,13 @@ class Kf2vSettings(PrefectBaseSettings):
         validation_alias=_aliases("queries_per_second"),
     )
 
+    models_file: Optional[str] = Field(
+        default=None,
+        description="A JSON or TOML file of model entries that extends or patches the built-in "
+        "models table (kf2v_tasks.dashscope.catalog): a dated variant, a new model, prices.",
+        validation_alias=_aliases("models_file"),
+    )
+
     @field_validator("region", mode="before")
     @classmethod
     def _normalise_region(cls, value: object) -> object:
@@ -113,7 +120,7 @@ class Kf2vSettings(PrefectBaseSettings):
             return value.strip().lower() or "singapore"
         return value
 
-    @field_validator("api_key", "base_url", "workspace", mode="before")
+    @field_validator("api_key", "base_url", "workspace", "models_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An exported-but-empty variable (DASHSCOPE_API_KEY=) means "not set".

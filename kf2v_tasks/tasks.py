@@ -73,9 +73,16 @@ async def _validate(
     last_frame: str,
     limits: Optional[FrameLimits],
     storage_options: Optional[dict],
+    audio: Optional[str] = None,
+    model: Optional[str] = None,
 ) -> FramePair:
     pair = await check_pair(
-        first_frame, last_frame, limits=limits or FrameLimits(), storage_options=storage_options
+        first_frame,
+        last_frame,
+        limits=limits or (FrameLimits.for_model(model) if model else FrameLimits()),
+        storage_options=storage_options,
+        audio=audio,
+        model=model,
     )
     logger = get_run_logger()
     for warning in pair.warnings:
@@ -229,8 +236,10 @@ async def avalidate_frames(
     last_frame: str,
     limits: Optional[FrameLimits] = None,
     storage_options: Optional[dict] = None,
+    audio: Optional[str] = None,
+    model: Optional[str] = None,
 ) -> FramePair:
-    """Validate a first/last frame pair before any DashScope call is made (async).
+    """Validate a first/last frame pair (and a driving audio) before any DashScope call (async).
 
     Frames may be local paths, ``file://``, ``http(s)://`` or any fsspec URL. Each
     frame's sha256, size and the form it will be sent in are returned; a bad frame
@@ -239,8 +248,12 @@ async def avalidate_frames(
     Args:
         first_frame: where the first frame is.
         last_frame: where the last frame is.
-        limits: size and dimension limits (default: 240..8000 px, ≤ 10 MB).
+        limits: size and dimension limits (default: the model's, from the models table;
+            kf2v: 240..8000 px, ≤ 10 MB).
         storage_options: fsspec options for remote frames (e.g. an S3 endpoint).
+        audio: a driving audio (mp3/wav, path or URL), for models that take one
+            (``wan2.7-i2v``); refused with the model that takes none.
+        model: the model the frames (and audio) are for (default: wan2.2-kf2v-flash).
 
     Returns:
         A :class:`~kf2v_tasks.generation.models.FramePair` with warnings (alpha, aspect mismatch).
@@ -259,7 +272,7 @@ async def avalidate_frames(
         asyncio.run(check())
         ```
     """
-    return await _validate(first_frame, last_frame, limits, storage_options)
+    return await _validate(first_frame, last_frame, limits, storage_options, audio, model)
 
 
 validate_frames = sync_twin(

@@ -39,7 +39,18 @@ from conftest import TEST_API_KEY  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-HEADER = ["id", "first_frame", "last_frame", "prompt", "seed", "model", "resolution", "output"]
+HEADER = [
+    "id",
+    "first_frame",
+    "last_frame",
+    "prompt",
+    "seed",
+    "model",
+    "resolution",
+    "duration",
+    "audio",
+    "output",
+]
 
 
 # ------------------------------------------------------------------------ frame makers
@@ -168,7 +179,10 @@ class CellCase:
     column: str
     value: str
     reason: str = r".+"
+    also: tuple[tuple[str, str], ...] = ()  # other cells of the row (e.g. its model)
 
+
+_WAN27 = (("model", "wan2.7-i2v"),)
 
 CELL_CASES = [
     CellCase("seed", "-3", r"integer|0\.\."),
@@ -192,6 +206,12 @@ CELL_CASES = [
     CellCase("output", "x\x00.mp4", r"character|NUL|control|invalid"),
     CellCase("prompt", "x" * 100_001, r"long|characters|100"),
     CellCase("id", "has space", r"id|character|letters"),
+    CellCase("duration", "8", r"8 s is not available for wan2.2-kf2v-flash.*always 5 s"),
+    CellCase("duration", "five", r"whole number of seconds"),
+    CellCase("audio", "voice.wav", r"wan2.2-kf2v-flash takes no driving audio"),
+    CellCase("duration", "16", r"16 s is not available for wan2.7-i2v.*2\.\.15", _WAN27),
+    CellCase("duration", "1", r"1 s is not available for wan2.7-i2v", _WAN27),
+    CellCase("resolution", "480P", r"480P is not available for wan2.7-i2v", _WAN27),
     CellCase("first_frame", "", r"empty|required|missing"),
     CellCase("last_frame", "   ", r"empty|required|missing"),
 ]
@@ -266,6 +286,7 @@ async def test_bad_cell_is_a_row_error_naming_row_column_reason(
     if newline_in_prompt:
         rows[0]["prompt"] = 'line one\n"quoted" line two,\nthree'
     bad = dict(_good_row(99, folder), id="bad")
+    bad.update(case.also)
     bad[case.column] = case.value
     position = min(position, len(rows))
     rows.insert(position, bad)
@@ -408,6 +429,27 @@ async def test_short_and_long_rows_are_row_errors(tmp_path: Path) -> None:
         assert r.error_message.startswith(f"row {r.row}"), r.error_message
 
 
+async def test_duration_and_audio_cells_are_checked_against_each_rows_model(
+    tmp_path: Path,
+) -> None:
+    # Every new bad cell in one manifest, deterministically (the property test samples).
+    new = [c for c in CELL_CASES if c.column in ("duration", "audio") or c.also]
+    rows = [_good_row(0, tmp_path)]
+    for k, case in enumerate(new):
+        row = dict(_good_row(0, tmp_path), id=f"new{k}")
+        row.update(case.also)
+        row[case.column] = case.value
+        rows.append(row)
+    text = _csv(rows)
+    (tmp_path / "m.csv").write_text(text)
+    plan = await _plan(tmp_path / "m.csv", tmp_path / "out")
+    assert [r.id for r in plan.runnable] == ["good0"]
+    lines = _line_numbers(text)
+    assert len(plan.invalid) == len(new)
+    for k, case in enumerate(new):
+        _assert_row_error(plan.invalid[k], lines[k + 1], case.column, case.reason)
+
+
 # ---------------------------------------------------------- one real batch, zero creates
 
 
@@ -442,6 +484,7 @@ async def test_batch_with_a_catalogue_of_bad_rows_creates_nothing_for_them(tmp_p
             f"frames/{row['first_frame']}",
             f"frames/{row['last_frame']}",
         )
+        row.update(case.also)
         row[case.column] = case.value
         if case.column == "id":
             bad_ids.append(case.value)

@@ -54,7 +54,7 @@ def test_minimal_row_uses_defaults_and_derived_id():
     assert row.output == "row-0002.mp4"
     assert (row.first_frame, row.last_frame) == ("/data/a.png", "/data/b.png")
     assert row.prompt is None and row.negative_prompt is None
-    assert row.options.model is Kf2vModel.WAN22_FLASH
+    assert row.options.model == Kf2vModel.WAN22_FLASH == "wan2.2-kf2v-flash"
     assert row.options.resolution is Resolution.P720
     assert row.options.seed is None
     assert row.options.prompt_extend is True and row.options.watermark is False
@@ -72,7 +72,7 @@ def test_all_columns_parsed():
     assert parsed.columns[:3] == ["id", "first_frame", "last_frame"]
     assert row.id == "s1"
     assert row.prompt == "a cat" and row.negative_prompt == "dogs"
-    assert row.options.model is Kf2vModel.WAN21_PLUS
+    assert row.options.model == Kf2vModel.WAN21_PLUS
     assert row.options.resolution is Resolution.P720
     assert row.options.seed == 42
     assert row.options.prompt_extend is False and row.options.watermark is True
@@ -196,13 +196,64 @@ def test_every_unknown_column_is_named_in_one_line():
     )
 
 
-def test_duration_is_refused_even_with_extra_columns():
-    for extra in (False, True):
-        with pytest.raises(ManifestFileError) as info:
-            parse("first_frame,last_frame,duration\na.png,b.png,10\n", extra_columns=extra)
-        assert "column 'duration' is not supported: kf2v videos are always 5 s long" in str(
-            info.value
-        )
+def test_duration_and_audio_are_columns_refused_row_by_row_on_kf2v():
+    text = (
+        "id,first_frame,last_frame,model,duration,audio\n"
+        "k5,a.png,b.png,wan2.2-kf2v-flash,5,\n"
+        "k8,a.png,b.png,wan2.2-kf2v-flash,8,\n"
+        "ka,a.png,b.png,wan2.2-kf2v-flash,,voice.wav\n"
+        "w8,a.png,b.png,wan2.7-i2v,8,voice.mp3\n"
+        "w16,a.png,b.png,wan2.7-i2v,16,\n"
+        "wx,a.png,b.png,wan2.7-i2v,eight,\n"
+    )
+    parsed = parse(text)
+    assert [r.id for r in parsed.rows] == ["k5", "w8"]
+    k5, w8 = parsed.rows
+    assert k5.options.duration == 5 and k5.audio is None
+    assert w8.options.duration == 8 and w8.audio == "/data/voice.mp3"
+    messages = [e.message() for e in parsed.errors]
+    assert messages == [
+        "row 3, column 'duration': duration 8 s is not available for wan2.2-kf2v-flash "
+        "(its videos are always 5 s long)",
+        "row 4, column 'audio': wan2.2-kf2v-flash takes no driving audio "
+        "(models that do: wan2.7-i2v)",
+        "row 6, column 'duration': duration 16 s is not available for wan2.7-i2v "
+        "(allowed: 2..15 s)",
+        "row 7, column 'duration': 'eight' is not a whole number of seconds",
+    ]
+
+
+def test_default_duration_follows_the_model_and_is_checked_against_it():
+    text = "id,first_frame,last_frame,model\nk,a.png,b.png,wan2.2-kf2v-flash\nw,a.png,b.png,wan2.7-i2v\n"
+    plain = parse(text)
+    assert [r.options.duration for r in plain.rows] == [5, 5]
+    # A default of 10 s fits wan2.7 rows; on a kf2v row the blame goes to its model cell.
+    ten = parse(text, defaults=RowDefaults(model="wan2.7-i2v", duration=10))
+    assert [r.options.duration for r in ten.rows] == [10]
+    [err] = ten.errors
+    assert err.message() == (
+        "row 2, column 'model': duration 10 s (the default) is not available for "
+        "wan2.2-kf2v-flash (its videos are always 5 s long)"
+    )
+    with pytest.raises(ValueError, match="default duration 10 s is not available"):
+        RowDefaults(duration=10)
+
+
+def test_dated_variant_and_resolution_of_media_model():
+    text = (
+        "id,first_frame,last_frame,model,resolution\n"
+        "d,a.png,b.png,wan2.7-i2v-2026-04-25,1080P\n"
+        "r,a.png,b.png,wan2.7-i2v,480P\n"
+        "u,a.png,b.png,wan3-i2v,\n"
+    )
+    parsed = parse(text)
+    assert [r.options.model for r in parsed.rows] == ["wan2.7-i2v-2026-04-25"]
+    msgs = [e.message() for e in parsed.errors]
+    assert msgs[0] == (
+        "row 3, column 'resolution': resolution 480P is not available for wan2.7-i2v "
+        "(allowed: 1080P, 720P)"
+    )
+    assert msgs[1].startswith("row 4, column 'model': 'wan3-i2v' is not a known model (one of:")
 
 
 def test_extra_columns_are_kept_per_row_in_manifest_order():

@@ -36,7 +36,9 @@ def test_default_prices():
     for model, resolutions in MODEL_RESOLUTIONS.items():
         for res in resolutions:
             assert t.price(model, res) > 0
-    assert set(t.notes) == {m.value for m in Kf2vModel} == set(DEFAULT_NOTES)
+    # one note per entry of the models table: the kf2v models and wan2.7-i2v
+    assert set(t.notes) == {m.value for m in Kf2vModel} | {"wan2.7-i2v"} == set(DEFAULT_NOTES)
+    assert "ASSUMED" in t.notes["wan2.7-i2v"]
     assert "UNCERTAIN" in t.notes["wan2.2-kf2v-flash"]
     assert "documented" in t.notes["wan2.1-kf2v-plus"]
     assert "ASSUMED" in t.notes["wanx2.1-kf2v-plus"]
@@ -122,6 +124,37 @@ def test_estimate_row_and_video_cost_agree():
         for res in resolutions:
             opts = GenerationOptions(model=model, resolution=res)
             assert estimate_row(opts) == video_cost(model, res, opts.duration)
+
+
+def test_media_model_is_priced_by_its_duration_and_dated_variants_by_their_entry():
+    t = PriceTable.default()
+    assert t.price("wan2.7-i2v", "720P") == 0.60 and t.price("wan2.7-i2v", "1080P") == 1.0
+    assert t.price("wan2.7-i2v-2026-04-25", "1080P") == 1.0  # priced as its table entry
+    eight = GenerationOptions(model="wan2.7-i2v", duration=8)
+    assert estimate_row(eight) == 4.8
+    est = estimate([eight, GenerationOptions(resolution="480P")])
+    assert (est.seconds, est.total) == (13, 5.3)
+    assert est.by_model["wan2.7-i2v"] == {
+        "rows": 1,
+        "seconds": 8,
+        "cost": 4.8,
+        "resolutions": {"720P": 1},
+    }
+
+
+def test_models_file_prices_reach_the_default_table(tmp_path, monkeypatch):
+    from kf2v_tasks.dashscope.catalog import MODELS_FILE_ENV, reset_catalog
+
+    path = tmp_path / "models.json"
+    path.write_text('{"models": [{"name": "wan2.7-i2v", "prices": {"720P": 0.5, "1080P": 0.9}}]}')
+    monkeypatch.setenv(MODELS_FILE_ENV, str(path))
+    reset_catalog()
+    try:
+        assert PriceTable.default().price("wan2.7-i2v", "720P") == 0.5
+        assert estimate_row(GenerationOptions(model="wan2.7-i2v", duration=10)) == 5.0
+    finally:
+        monkeypatch.delenv(MODELS_FILE_ENV)
+        reset_catalog()
 
 
 def test_estimate_totals_and_breakdown():

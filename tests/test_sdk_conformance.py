@@ -7,6 +7,7 @@ This proves the simulator speaks the protocol the real SDK expects: upload flow
 
 from __future__ import annotations
 
+import io
 import time
 import types
 from collections.abc import Iterator
@@ -117,3 +118,72 @@ def test_sdk_sees_errors(sdk_sim, frames):
     assert wrong_key.status_code == HTTPStatus.UNAUTHORIZED and wrong_key.code == "InvalidApiKey"
     unknown = VideoSynthesis.fetch("some-task", api_key=KEY)
     assert unknown.status_code == HTTPStatus.OK and unknown.output.task_status == "UNKNOWN"
+
+
+# ------------------------------------------------------------ the media protocol (SDK v2)
+
+
+def _v2_client(sim: Simulator):
+    # Fresh v2 client against the simulator; polling compressed like the service's time.
+    return dashscope.Client(api_key=KEY, base_url=sim.base_url, max_retries=0)
+
+
+FAST_WAIT = dict(poll_interval=0.01, max_interval=0.05, timeout=60.0)
+
+
+def test_v2_videos_generate_wan27_with_driving_audio(sdk_sim, tmp_path):
+    import av
+
+    from kf2v_tasks.simulator.soundtrack import tone
+
+    first = _gradient(tmp_path / "first.png", 480, 400)
+    last = _gradient(tmp_path / "last.png", 400, 480)
+    voice = tmp_path / "voice.mp3"
+    voice.write_bytes(tone(3.0))
+    job = _v2_client(sdk_sim).videos.generate(
+        model="wan2.7-i2v",
+        prompt="a gradient slowly turning",
+        media=[
+            {"type": "first_frame", "url": first},
+            {"type": "last_frame", "url": last},
+            {"type": "driving_audio", "url": f"file://{voice}"},
+        ],
+        resolution="720P",
+        duration=8,
+        seed=11,
+        **FAST_WAIT,
+    )
+    assert job.status == "SUCCEEDED" and job.video_url
+    video = httpx.get(job.video_url)
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    with av.open(io.BytesIO(video.content)) as container:
+        assert sorted(s.type for s in container.streams) == ["audio", "video"]
+        assert container.duration / 1e6 == pytest.approx(8.0, abs=0.1)
+    stats = sdk_sim.stats()
+    # the v2 uploader takes one policy for the request and uploads the three local files
+    assert stats["policies"] == 1 and stats["uploads"] == 3 and stats["creates"] == 1
+    [row] = sdk_sim.tasks()
+    assert row["model"] == "wan2.7-i2v"
+
+
+def test_v2_videos_generate_dated_variant_with_image_url_shorthand(sdk_sim, tmp_path):
+    first = _gradient(tmp_path / "first.png", 480, 400)
+    job = _v2_client(sdk_sim).videos.generate(
+        model="wan2.7-i2v-2026-04-25", image_url=first, **FAST_WAIT
+    )
+    assert job.status == "SUCCEEDED" and httpx.get(job.video_url).status_code == 200
+
+
+def test_v2_videos_errors_reach_the_sdk(sdk_sim, tmp_path):
+    from dashscope.v2.errors import DashScopeError
+
+    first = _gradient(tmp_path / "first.png", 480, 400)
+    client = _v2_client(sdk_sim)
+    with pytest.raises(DashScopeError) as info:
+        client.videos.jobs.create(model="wan2.7-i2v", image_url=first, duration=20)
+    assert "duration" in str(info.value)
+    # a kf2v model sent to the media path (the wrong protocol) is refused
+    with pytest.raises(DashScopeError) as info:
+        client.videos.jobs.create(model="wan2.2-kf2v-flash", image_url=first)
+    assert "url error" in str(info.value)
+    assert sdk_sim.stats()["creates"] == 0

@@ -22,6 +22,7 @@ FIELDS = (
     "MAX_IN_FLIGHT",
     "SUBMITS_PER_SECOND",
     "QUERIES_PER_SECOND",
+    "MODELS_FILE",
 )
 LEGACY = {
     "api_key": "DASHSCOPE_API_KEY",

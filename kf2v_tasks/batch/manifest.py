@@ -2,14 +2,17 @@
 
 A manifest is a CSV file with a header. Required columns are ``first_frame`` and
 ``last_frame``; optional ones are ``id``, ``prompt``, ``negative_prompt``, ``model``,
-``resolution``, ``seed``, ``prompt_extend``, ``watermark`` and ``output``. Header names
-are trimmed and case-insensitive. An empty cell means "use the default" (:class:`RowDefaults`).
+``resolution``, ``seed``, ``prompt_extend``, ``watermark``, ``duration``, ``audio`` and
+``output``. Header names are trimmed and case-insensitive. An empty cell means "use the
+default" (:class:`RowDefaults`). One manifest may mix models of both protocols (kf2v and
+``wan2.7-i2v``): ``duration`` (seconds) and ``audio`` (a driving mp3/wav, path or URL,
+resolved like the frames) are refused, row by row, on a model that does not take them.
 
 Any other named column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring
 it would make a video without the prompt the user wrote. Pipelines that carry columns of
 their own pass ``extra_columns=True``; those columns are then kept per row
 (:attr:`ParsedManifest.extras`) and written to ``results.csv`` after its own columns.
-A column that names a setting kf2v does not have (``duration``) is refused either way.
+A column listed in :data:`UNSUPPORTED_COLUMNS` (none today) is refused either way.
 
 Problems are split in two kinds:
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -23,13 +24,12 @@ from kf2v_tasks.batch.manifest_schema import (
     RowError,
     resolution_names,
 )
+from kf2v_tasks.dashscope.catalog import ModelSpec, active_catalog
 from kf2v_tasks.dashscope.models import (
-    MODEL_RESOLUTIONS,
     NEGATIVE_PROMPT_MAX_CHARS,
     PROMPT_MAX_CHARS,
     SEED_MAX,
     GenerationOptions,
-    Kf2vModel,
     Resolution,
 )
 from kf2v_tasks.storage.paths import RESERVED_DIR
@@ -242,19 +242,20 @@ def parse_row(
             )
         prompts[col] = value
 
-    # model and resolution
-    model: Optional[Kf2vModel] = defaults.model
+    # model and resolution (what a model accepts is in the models table)
+    catalog = active_catalog()
+    model: Optional[str] = defaults.model
     if cell["model"]:
-        try:
-            model = Kf2vModel(cell["model"].lower())
-        except ValueError:
+        model = cell["model"].lower()
+        if catalog.find(model) is None:
             model = None
             fail(
                 "model",
-                f"{_show(cell['model'])} is not a kf2v model "
-                f"(one of: {', '.join(m.value for m in Kf2vModel)})",
+                f"{_show(cell['model'])} is not a known model "
+                f"(one of: {', '.join(catalog.names())})",
                 row_id,
             )
+    spec: Optional[ModelSpec] = catalog.find(model) if model is not None else None
     resolution: Optional[Resolution] = defaults.resolution
     if cell["resolution"]:
         try:
@@ -267,18 +268,35 @@ def parse_row(
                 f"(one of: {', '.join(r.value for r in Resolution)})",
                 row_id,
             )
-    if model is not None and resolution is not None:
-        allowed = MODEL_RESOLUTIONS[model]
-        if resolution not in allowed:
+    if spec is not None and resolution is not None:
+        allowed = spec.resolutions
+        if resolution.value not in allowed:
             # Blame the cell the row set; defaults are consistent (RowDefaults checks).
             column = "resolution" if cell["resolution"] else "model"
             which = "" if cell["resolution"] else " (the default)"
             fail(
                 column,
-                f"resolution {resolution.value}{which} is not available for {model.value} "
+                f"resolution {resolution.value}{which} is not available for {model} "
                 f"(allowed: {resolution_names(allowed)})",
                 row_id,
             )
+
+    # duration and driving audio: only where the row's model takes them
+    duration = _duration(cell["duration"], defaults.duration, spec, model, fail, row_id)
+    audio: Optional[str] = None
+    if cell["audio"]:
+        if _has_control(cell["audio"]):
+            fail("audio", f"{_show(cell['audio'])} contains a control character", row_id)
+        elif spec is not None and not spec.audio:
+            takers = [s.name for s in catalog.models if s.audio]
+            fail(
+                "audio",
+                f"{model} takes no driving audio"
+                + (f" (models that do: {', '.join(takers)})" if takers else ""),
+                row_id,
+            )
+        else:
+            audio = resolve_frame(cell["audio"], base_dir)
 
     # seed
     seed: Optional[int] = defaults.seed
@@ -320,7 +338,7 @@ def parse_row(
     if errors:
         return None, errors
     assert row_id is not None and output is not None and model is not None
-    assert resolution is not None and seed_ok
+    assert resolution is not None and seed_ok and duration is not None
     try:
         options = GenerationOptions(
             model=model,
@@ -328,6 +346,7 @@ def parse_row(
             seed=seed,
             prompt_extend=flags["prompt_extend"],
             watermark=flags["watermark"],
+            duration=duration,
         )
     except ValidationError as exc:  # defensive: the checks above should cover every case
         fail(None, f"invalid options: {exc.errors()[0].get('msg', exc)}", row_id)
@@ -337,6 +356,7 @@ def parse_row(
         id=row_id,
         first_frame=frames["first_frame"],
         last_frame=frames["last_frame"],
+        audio=audio,
         prompt=prompts["prompt"],
         negative_prompt=prompts["negative_prompt"],
         options=options,
@@ -345,6 +365,43 @@ def parse_row(
         warnings=warnings,
     )
     return row, errors
+
+
+def _duration(
+    value: str,
+    default: Optional[int],
+    spec: Optional[ModelSpec],
+    model: Optional[str],
+    fail: Callable[[Optional[str], str, Optional[str]], None],
+    row_id: Optional[str],
+) -> Optional[int]:
+    """The row's length in seconds: its cell, else the default, else the model's own."""
+    if value:
+        if not _DIGITS_RE.fullmatch(value) or len(value) > 6:
+            fail("duration", f"{_show(value)} is not a whole number of seconds", row_id)
+            return None
+        seconds: Optional[int] = int(value)
+    else:
+        seconds = default
+    if spec is None:
+        return seconds if seconds is not None else 5  # the model cell already failed
+    if seconds is None:
+        return spec.default_duration
+    if not spec.allows_duration(seconds):
+        column, which = ("duration", "") if value else ("model", " (the default)")
+        fixed = spec.duration_min == spec.duration_max
+        allowed = (
+            f"its videos are always {spec.duration_min} s long"
+            if fixed
+            else f"allowed: {spec.duration_text()} s"
+        )
+        fail(
+            column,
+            f"duration {seconds} s{which} is not available for {model} ({allowed})",
+            row_id,
+        )
+        return None
+    return seconds
 
 
 def _id_problem(value: str) -> Optional[str]:

@@ -5,16 +5,16 @@ Row numbers are file line numbers as an editor shows them (see :mod:`kf2v_tasks.
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Iterable
+from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kf2v_tasks.dashscope.catalog import BUILTIN_MODELS, get_model
 from kf2v_tasks.dashscope.models import (
-    MODEL_RESOLUTIONS,
+    DEFAULT_MODEL,
     SEED_MAX,
-    VIDEO_DURATION_SECONDS,
     GenerationOptions,
-    Kf2vModel,
     Resolution,
 )
 
@@ -31,15 +31,16 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "seed",
     "prompt_extend",
     "watermark",
+    "duration",
+    "audio",
     "output",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
 
-#: Columns that name a setting kf2v does not have: refused even with ``extra_columns``, since
-#: carrying them through would look as if they had been applied.
-UNSUPPORTED_COLUMNS: dict[str, str] = {
-    "duration": f"kf2v videos are always {VIDEO_DURATION_SECONDS} s long (remove the column)",
-}
+#: Columns that name a setting no model has: refused even with ``extra_columns``, since
+#: carrying them through would look as if they had been applied. (``duration`` and ``audio``
+#: are real columns now: a row whose model does not take them is refused, row by row.)
+UNSUPPORTED_COLUMNS: dict[str, str] = {}
 
 #: The columns of ``results.csv``, in order. Defined here (not in ``results``) so the
 #: manifest can refuse a column of the user's own that would collide with one of them.
@@ -59,7 +60,7 @@ RESULT_FILE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def resolution_names(resolutions: frozenset[Resolution]) -> str:
+def resolution_names(resolutions: Iterable[Union[Resolution, str]]) -> str:
     """The resolutions as a sorted, comma-separated list, for messages.
 
     Example:
@@ -69,7 +70,7 @@ def resolution_names(resolutions: frozenset[Resolution]) -> str:
         assert resolution_names(frozenset({Resolution.P720, Resolution.P480})) == "480P, 720P"
         ```
     """
-    return ", ".join(sorted(r.value for r in resolutions))
+    return ", ".join(sorted(str(getattr(r, "value", r)) for r in resolutions))
 
 
 class RowDefaults(BaseModel):
@@ -92,8 +93,11 @@ class RowDefaults(BaseModel):
     negative_prompt: Optional[str] = Field(
         default=None, description="Negative prompt for rows whose negative_prompt cell is empty."
     )
-    model: Kf2vModel = Field(
-        default=Kf2vModel.WAN22_FLASH, description="Model for rows whose model cell is empty."
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        examples=[spec.name for spec in BUILTIN_MODELS],
+        description="Model for rows whose model cell is empty (wan2.2-kf2v-flash, "
+        "wanx2.1-kf2v-plus, wan2.1-kf2v-plus, wan2.7-i2v, or one of a models file).",
     )
     resolution: Resolution = Field(
         default=Resolution.P720,
@@ -111,14 +115,32 @@ class RowDefaults(BaseModel):
     watermark: bool = Field(
         default=False, description='Add the "AI生成" watermark, unless a row says otherwise.'
     )
+    duration: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Video length (s) for rows whose duration cell is empty; empty: each "
+        "model's default (5 s). kf2v models take 5 only, wan2.7-i2v 2..15.",
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, value: Any) -> Any:
+        value = getattr(value, "value", value)  # a Kf2vModel member is its name
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _resolution_fits_model(self) -> RowDefaults:
-        allowed = MODEL_RESOLUTIONS[self.model]
-        if self.resolution not in allowed:
+    def _fits_model(self) -> RowDefaults:
+        name = self.model
+        spec = get_model(name)  # an unknown model is a ValueError naming the known ones
+        if self.resolution.value not in spec.resolutions:
             raise ValueError(
                 f"default resolution {self.resolution.value} is not available for the default "
-                f"model {self.model.value} (allowed: {resolution_names(allowed)})"
+                f"model {name} (allowed: {', '.join(sorted(spec.resolutions))})"
+            )
+        if self.duration is not None and not spec.allows_duration(self.duration):
+            raise ValueError(
+                f"default duration {self.duration} s is not available for the default model "
+                f"{name} (allowed: {spec.duration_text()} s)"
             )
         return self
 
@@ -137,6 +159,9 @@ class ManifestRow(BaseModel):
     id: str = Field(description="The id cell, or row-<line> zero-padded to 4 digits.")
     first_frame: str = Field(description="First frame path or URL, resolved.")
     last_frame: str = Field(description="Last frame path or URL, resolved.")
+    audio: Optional[str] = Field(
+        default=None, description="Driving audio (mp3/wav) path or URL, resolved; media models."
+    )
     prompt: Optional[str] = Field(default=None, description="Prompt (cell or default).")
     negative_prompt: Optional[str] = Field(default=None, description="Negative prompt.")
     options: GenerationOptions = Field(description="Model, resolution, seed and flags.")

@@ -39,6 +39,9 @@ from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate_row
 from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
 
+#: The manifest column a validation error's ``role`` points at.
+_ROLE_COLUMNS = {"first": "first_frame", "last": "last_frame", "audio": "audio"}
+
 #: Wraps the validation of ``rows`` rows: ``await gate(rows, work)`` must await ``work()``.
 Gate = Callable[[int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
@@ -189,7 +192,9 @@ async def plan_batch(
         output: the output root (row outputs must stay inside it).
         defaults: values for the manifest's empty optional cells.
         storage_options: fsspec options for the manifest and the frames.
-        frame_limits: size and dimension limits of the frames.
+        frame_limits: size and dimension limits of the frames, for every row; ``None``
+            (or the defaults, :class:`FrameLimits()`): each row's model's own limits from
+            the models table (:meth:`FrameLimits.for_model`).
         validate_concurrency: frame pairs read and checked at the same time.
         shard_index: which shard of the manifest to plan (0-based).
         shard_count: how many shards the manifest is split into.
@@ -220,7 +225,8 @@ async def plan_batch(
     if validate_concurrency < 1:
         raise ValueError("validate_concurrency must be ≥ 1")
     root = normalize_output(output)
-    limits = frame_limits or FrameLimits()
+    # The defaults are the kf2v models' table limits: other models get their own.
+    forced = frame_limits if frame_limits is not None and frame_limits != FrameLimits() else None
     parsed = await load_manifest(
         manifest, defaults=defaults, storage_options=storage_options, extra_columns=extra_columns
     )
@@ -257,11 +263,18 @@ async def plan_batch(
         async with slots:
             try:
                 pair = await check_pair(
-                    row.first_frame, row.last_frame, limits=limits, storage_options=storage_options
+                    row.first_frame,
+                    row.last_frame,
+                    limits=forced or FrameLimits.for_model(row.options.model),
+                    storage_options=storage_options,
+                    audio=row.audio,
+                    model=row.options.model,
                 )
             except Kf2vError as exc:
-                column = "last_frame" if getattr(exc, "role", None) == "last" else "first_frame"
-                invalid(row.row_number, row.id, "InvalidFrame", f"{where} {column!r}: {exc}")
+                role = getattr(exc, "role", None)
+                column = _ROLE_COLUMNS.get(role, "first_frame")
+                code = "InvalidAudio" if role == "audio" else "InvalidFrame"
+                invalid(row.row_number, row.id, code, f"{where} {column!r}: {exc}")
                 return
         plan.frames[row.id] = pair
         plan.fingerprints[row.id] = request_fingerprint(

@@ -1,5 +1,8 @@
 """Async HTTP client for the DashScope kf2v API (create, query, cancel, list, upload).
 
+Creates go to the path of the model's protocol (kf2v or media, see
+:mod:`kf2v_tasks.dashscope.catalog`); everything after the create is the same task API.
+
 One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient` (the plumbing, and how the
 API key is kept out of every repr, log line and error, is in
 :mod:`kf2v_tasks.dashscope.session`). Answers become typed errors through the one table in
@@ -26,7 +29,6 @@ from urllib.parse import quote
 import httpx
 
 from kf2v_tasks.dashscope.models import (
-    CREATE_PATH,
     SERVICE_TZ,
     Kf2vModel,
     Kf2vRequest,
@@ -103,7 +105,11 @@ class Kf2vClient(DashScopeSession):
         *,
         before_send: Optional[Callable[[], Awaitable[None]]] = None,
     ) -> TaskState:
-        """Submit a generation: ``POST {base}/services/aigc/image2video/video-synthesis``.
+        """Submit a generation: ``POST {base}{request.create_path}``.
+
+        kf2v models go to ``/services/aigc/image2video/video-synthesis``, media-protocol
+        models (``wan2.7-i2v``) to ``/services/aigc/video-generation/video-synthesis``, as
+        the models table says (:mod:`kf2v_tasks.dashscope.catalog`).
 
         Only failures that certainly created no task are retried (429 throttling, 503,
         connection never established), at most ``self.retry.max_attempts`` POSTs in total,
@@ -138,11 +144,12 @@ class Kf2vClient(DashScopeSession):
         if request.uses_oss:
             headers["X-DashScope-OssResourceResolve"] = "enable"
         limiter = self.limits.submit_limiter if self.limits else None
+        path = request.create_path
 
         async def attempt() -> TaskState:
             response = await self._send(
                 "POST",
-                CREATE_PATH,
+                path,
                 limiter=limiter,
                 headers=headers,
                 content=body,
@@ -157,7 +164,7 @@ class Kf2vClient(DashScopeSession):
             return state
 
         return await self._with_retries(
-            attempt, "POST", CREATE_PATH, limiter=limiter, is_retryable=create_retryable
+            attempt, "POST", path, limiter=limiter, is_retryable=create_retryable
         )
 
     async def get_task(self, task_id: str) -> TaskState:

@@ -1,4 +1,9 @@
-"""Typed models of the kf2v wire protocol: requests, task states and usage.
+"""Typed models of the wire protocols: requests, task states and usage.
+
+Two create protocols share one task API (see :mod:`kf2v_tasks.dashscope.catalog`): kf2v
+(``first_frame_url``/``last_frame_url`` on the image2video path) and media (an
+``input.media`` list on the video-generation path, ``wan2.7-i2v``). What a model accepts
+(resolutions, durations, audio) is read from the models table, not written here.
 
 The simulator imports the *constants and enums* from here (model names, resolutions,
 limits) so both sides agree on the documented protocol; it never uses the client's
@@ -10,17 +15,31 @@ from __future__ import annotations
 import warnings
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kf2v_tasks.dashscope.catalog import (
+    BUILTIN_MODELS,
+    KF2V_CREATE_PATH,
+    MEDIA_CREATE_PATH,
+    ModelSpec,
+    Protocol,
+    get_model,
+)
+
 #: Path of the kf2v create endpoint, relative to the ``.../api/v1`` base.
-CREATE_PATH = "/services/aigc/image2video/video-synthesis"
+CREATE_PATH = KF2V_CREATE_PATH
+#: Path of the media-protocol create endpoint (``wan2.7-i2v``).
+MEDIA_PATH = MEDIA_CREATE_PATH
 
 PROMPT_MAX_CHARS = 800
 NEGATIVE_PROMPT_MAX_CHARS = 500
 SEED_MAX = 2_147_483_647
+#: The length of every kf2v video, and the default length of the others.
 VIDEO_DURATION_SECONDS = 5
+#: The default model.
+DEFAULT_MODEL = "wan2.2-kf2v-flash"
 
 #: DashScope's task times are "YYYY-MM-DD HH:mm:ss.SSS" in UTC+8 with no zone suffix.
 SERVICE_TZ = timezone(timedelta(hours=8))
@@ -28,7 +47,7 @@ SERVICE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 class Kf2vModel(StrEnum):
-    """The kf2v models the service offers."""
+    """The kf2v-protocol models of the built-in table (others: ``catalog.active_catalog()``)."""
 
     WAN22_FLASH = "wan2.2-kf2v-flash"
     WANX21_PLUS = "wanx2.1-kf2v-plus"  # Beijing name
@@ -43,11 +62,11 @@ class Resolution(StrEnum):
     P1080 = "1080P"
 
 
-#: Resolutions each model accepts (reference §1.3; wan2.1 plus documented as 720P only).
+#: Resolutions each built-in kf2v model accepts, from the models table (reference §1.3).
 MODEL_RESOLUTIONS: dict[Kf2vModel, frozenset[Resolution]] = {
-    Kf2vModel.WAN22_FLASH: frozenset({Resolution.P480, Resolution.P720, Resolution.P1080}),
-    Kf2vModel.WANX21_PLUS: frozenset({Resolution.P720}),
-    Kf2vModel.WAN21_PLUS: frozenset({Resolution.P720}),
+    Kf2vModel(spec.name): frozenset(Resolution(r) for r in spec.resolutions)
+    for spec in BUILTIN_MODELS
+    if spec.protocol is Protocol.KF2V
 }
 
 #: Total pixel budget per tier (the output keeps the first frame's aspect ratio).
@@ -97,12 +116,16 @@ class GenerationOptions(BaseModel):
         },
     )
 
-    model: Kf2vModel = Field(
-        default=Kf2vModel.WAN22_FLASH, description="kf2v model to generate with."
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        examples=[spec.name for spec in BUILTIN_MODELS],
+        description="Model to generate with: wan2.2-kf2v-flash, wanx2.1-kf2v-plus, "
+        "wan2.1-kf2v-plus, wan2.7-i2v (and its dated variants), or one of a models file.",
     )
     resolution: Resolution = Field(
         default=Resolution.P720,
-        description="Resolution tier (480P, 720P, 1080P; the 2.1 plus models take 720P only).",
+        description="Resolution tier (480P, 720P, 1080P; the 2.1 plus models take 720P only, "
+        "wan2.7-i2v 720P or 1080P).",
     )
     seed: Optional[int] = Field(
         default=None,
@@ -114,18 +137,44 @@ class GenerationOptions(BaseModel):
         default=True, description="Let the service rewrite the prompt with an LLM."
     )
     watermark: bool = Field(default=False, description='Add the "AI生成" watermark.')
-    duration: Literal[5] = Field(default=5, description="Video length in seconds (fixed at 5).")
+    duration: int = Field(
+        default=VIDEO_DURATION_SECONDS,
+        ge=1,
+        description="Video length in seconds (kf2v: 5 only; wan2.7-i2v: 2..15).",
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_name(cls, value: Any) -> Any:
+        # A Kf2vModel member is its name; so is " WAN2.7-I2V " typed in a form.
+        value = getattr(value, "value", value)
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _resolution_fits_model(self) -> GenerationOptions:
-        allowed = MODEL_RESOLUTIONS[self.model]
-        if self.resolution not in allowed:
-            names = ", ".join(sorted(r.value for r in allowed))
+    def _fits_model(self) -> GenerationOptions:
+        spec = get_model(self.model)  # UnknownModelError is a ValueError
+        if self.resolution.value not in spec.resolutions:
+            names = ", ".join(sorted(spec.resolutions))
             raise ValueError(
-                f"resolution {self.resolution.value} is not available for {self.model.value} "
+                f"resolution {self.resolution.value} is not available for {self.model} "
                 f"(allowed: {names})"
             )
+        if not spec.allows_duration(self.duration):
+            raise ValueError(
+                f"duration {self.duration} s is not available for {self.model} "
+                f"(allowed: {spec.duration_text()} s)"
+            )
         return self
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The models-table entry of :attr:`model`."""
+        return get_model(self.model)
+
+    @property
+    def protocol(self) -> Protocol:
+        """The create protocol of :attr:`model`."""
+        return self.spec.protocol
 
     def parameters(self) -> dict[str, Any]:
         """The ``parameters`` object of the create body."""
@@ -166,7 +215,17 @@ class Kf2vRequest(BaseModel):
     negative_prompt: Optional[str] = Field(
         default=None, description="What to avoid (≤ 500 characters)."
     )
+    audio_url: Optional[str] = Field(
+        default=None,
+        description="Driving audio as sent (media-protocol models only).",
+    )
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+    @model_validator(mode="after")
+    def _audio_fits_model(self) -> Kf2vRequest:
+        if self.audio_url is not None and not self.options.spec.audio:
+            raise ValueError(f"{self.options.model} takes no driving audio")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -183,20 +242,48 @@ class Kf2vRequest(BaseModel):
     @property
     def uses_oss(self) -> bool:
         """Whether an ``oss://`` input needs ``X-DashScope-OssResourceResolve: enable``."""
-        return self.first_frame_url.startswith("oss://") or self.last_frame_url.startswith("oss://")
+        urls = (self.first_frame_url, self.last_frame_url, self.audio_url or "")
+        return any(u.startswith("oss://") for u in urls)
+
+    @property
+    def create_path(self) -> str:
+        """Where the create goes: the image2video (kf2v) or video-generation (media) path."""
+        return self.options.spec.create_path
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON body of ``POST /services/aigc/image2video/video-synthesis``."""
-        inp: dict[str, Any] = {
-            "first_frame_url": self.first_frame_url,
-            "last_frame_url": self.last_frame_url,
-        }
+        """The JSON create body, in the model's protocol (kf2v or media).
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest
+            req = Kf2vRequest(first_frame_url="https://h/a.png", last_frame_url="https://h/b.png",
+                              options=GenerationOptions(model="wan2.7-i2v", duration=8))
+            body = req.to_payload()
+            assert [m["type"] for m in body["input"]["media"]] == ["first_frame", "last_frame"]
+            assert body["parameters"]["duration"] == 8
+            ```
+        """
+        inp: dict[str, Any] = {}
         if self.prompt:
             inp["prompt"] = self.prompt
         if self.negative_prompt:
             inp["negative_prompt"] = self.negative_prompt
+        if self.options.protocol is Protocol.MEDIA:
+            media = [
+                {"type": "first_frame", "url": self.first_frame_url},
+                {"type": "last_frame", "url": self.last_frame_url},
+            ]
+            if self.audio_url is not None:
+                media.append({"type": "driving_audio", "url": self.audio_url})
+            inp["media"] = media
+        else:
+            inp = {
+                "first_frame_url": self.first_frame_url,
+                "last_frame_url": self.last_frame_url,
+                **inp,
+            }
         return {
-            "model": self.options.model.value,
+            "model": self.options.model,
             "input": inp,
             "parameters": self.options.parameters(),
         }

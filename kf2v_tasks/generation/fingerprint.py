@@ -1,9 +1,11 @@
 """The fingerprint of a piece of work: same fingerprint, same (paid) video.
 
 It hashes the frames' bytes (not their URLs, which differ between a data URI and an
-upload of the same file), both prompts and every generation parameter. The ledger keys
-its records by it, so it must never change for the same work: the document hashed is
-versioned (``"v": 1``) and any change to it needs a new version.
+upload of the same file), both prompts and every generation parameter (the duration among
+them), and the driving audio's bytes when there is one. The ledger keys its records by it,
+so it must never change for the same work: the document hashed is versioned (``"v": 1``)
+and any change to it needs a new version. Fields added since (``audio``) enter the
+document only when set, so the work of earlier rows keeps its fingerprint.
 
 Example:
     ```python
@@ -37,10 +39,12 @@ def fingerprint(
     negative_prompt: Optional[str],
     first_sha256: str,
     last_sha256: str,
+    audio_sha256: Optional[str] = None,
 ) -> str:
     """Content fingerprint of a piece of work, as 64 hex characters.
 
-    An empty prompt and no prompt are the same work (the service sends neither).
+    An empty prompt and no prompt are the same work (the service sends neither). The
+    duration is in the parameters; ``audio_sha256`` (driving audio) is hashed when given.
 
     Example:
         ```python
@@ -52,13 +56,15 @@ def fingerprint(
     """
     doc = {
         "v": FINGERPRINT_VERSION,
-        "model": options.model.value,
+        "model": options.model,
         "parameters": options.parameters(),
         "prompt": prompt or "",
         "negative_prompt": negative_prompt or "",
         "first": first_sha256,
         "last": last_sha256,
     }
+    if audio_sha256:
+        doc["audio"] = audio_sha256
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -68,7 +74,7 @@ def request_fingerprint(
     negative_prompt: Optional[str],
     options: GenerationOptions,
 ) -> str:
-    """Fingerprint of a generation from its validated frames, prompts and options.
+    """Fingerprint of a generation from its validated frames (and audio), prompts and options.
 
     Example:
         ```python
@@ -83,4 +89,7 @@ def request_fingerprint(
         assert fp == fingerprint(GenerationOptions(), "pan", None, "ab" * 32, "ab" * 32)
         ```
     """
-    return fingerprint(options, prompt, negative_prompt, frames.first.sha256, frames.last.sha256)
+    audio = frames.audio.sha256 if frames.audio is not None else None
+    return fingerprint(
+        options, prompt, negative_prompt, frames.first.sha256, frames.last.sha256, audio
+    )

@@ -2,6 +2,9 @@
 
 Checks follow reference §4: JPEG/PNG/BMP/WEBP, each side within [min_side, max_side] px
 (240..8000 by default; older docs say 360..2000, so both are configurable), at most 10 MiB.
+Each model's own bounds are in the models table (:meth:`FrameLimits.for_model`; wan2.7-i2v:
+360..2000 px, UNCERTAIN). A driving audio, for the models that take one, is checked with
+the frames (:mod:`kf2v_tasks.generation.audio`).
 Small files are inlined as ``data:`` URIs, larger ones go through the temporary ``oss://``
 upload (§10), public ``http(s)`` URLs are passed through untouched.
 
@@ -30,8 +33,10 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kf2v_tasks.dashscope.models import Kf2vModel
+from kf2v_tasks.dashscope.catalog import get_model
+from kf2v_tasks.dashscope.models import DEFAULT_MODEL, Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
+from kf2v_tasks.generation.audio import inspect_audio
 from kf2v_tasks.generation.frame_source import (
     MIB,
     display_source,
@@ -100,6 +105,20 @@ class FrameLimits(BaseModel):
         default=("JPEG", "PNG", "BMP", "WEBP"),
         description="Pillow format names accepted.",
     )
+
+    @classmethod
+    def for_model(cls, model: Union[Kf2vModel, str]) -> FrameLimits:
+        """The frame bounds the models table gives ``model`` (kf2v: the defaults).
+
+        Example:
+            ```python
+            from kf2v_tasks.generation.frames import FrameLimits
+            assert FrameLimits.for_model("wan2.2-kf2v-flash") == FrameLimits()
+            assert FrameLimits.for_model("wan2.7-i2v").min_side == 360
+            ```
+        """
+        spec = get_model(str(getattr(model, "value", model)))
+        return cls(min_side=spec.min_side, max_side=spec.max_side, max_bytes=spec.max_frame_bytes)
 
     @model_validator(mode="after")
     def _check(self) -> FrameLimits:
@@ -256,15 +275,28 @@ async def check_pair(
     *,
     limits: Optional[FrameLimits] = None,
     storage_options: Optional[dict] = None,
+    audio: Optional[str] = None,
+    model: Union[Kf2vModel, str, None] = None,
 ) -> FramePair:
-    """Validate both frames concurrently and warn about what the service will change.
+    """Validate both frames (and a driving audio) concurrently; warn about what will change.
 
     Warnings (on ``FramePair.warnings``): aspect ratios differing by more than 2 % (the
     last frame is cropped to the first's) and alpha channels.
 
+    Args:
+        first: the first frame (path or URL).
+        last: the last frame.
+        limits: frame bounds (default: :class:`FrameLimits`).
+        storage_options: fsspec options for remote files.
+        audio: a driving audio (mp3/wav path or URL), for models that take one.
+        model: the model the audio is checked against (default: wan2.2-kf2v-flash, which
+            takes none).
+
     Raises:
         FrameValidationError: for the first failing frame; when both fail the message
-            carries both reasons.
+            carries both reasons. A bad audio raises
+            :class:`~kf2v_tasks.generation.audio.AudioValidationError` (``role="audio"``)
+            when the frames are fine.
 
     Example:
         ```python
@@ -272,12 +304,16 @@ async def check_pair(
         ```
     """
     limits = limits or FrameLimits()
-    results = await asyncio.gather(
+    checks = [
         inspect_frame(first, role="first", limits=limits, storage_options=storage_options),
         inspect_frame(last, role="last", limits=limits, storage_options=storage_options),
-        return_exceptions=True,
-    )
-    a, b = results
+    ]
+    if audio is not None:
+        spec = get_model(str(getattr(model, "value", model or DEFAULT_MODEL)))
+        checks.append(inspect_audio(audio, spec, storage_options=storage_options))
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    a, b = results[0], results[1]
+    sound = results[2] if audio is not None else None
     for r in results:  # anything but a validation error is a bug or cancellation: surface it
         if isinstance(r, BaseException) and not isinstance(r, FrameValidationError):
             raise r
@@ -289,6 +325,8 @@ async def check_pair(
         raise a
     if isinstance(b, FrameValidationError):
         raise b
+    if isinstance(sound, FrameValidationError):
+        raise sound
     assert isinstance(a, FrameInfo) and isinstance(b, FrameInfo)
 
     warnings = [f"first frame: {w}" for w in a.warnings] + [f"last frame: {w}" for w in b.warnings]
@@ -299,7 +337,7 @@ async def check_pair(
             f"{b.width}×{b.height} = {rb:.3f}); the last frame is cropped to the first "
             "frame's aspect ratio"
         )
-    return FramePair(first=a, last=b, warnings=warnings)
+    return FramePair(first=a, last=b, audio=sound, warnings=warnings)
 
 
 def _upload_name(info: FrameInfo) -> str:

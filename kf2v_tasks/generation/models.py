@@ -20,10 +20,11 @@ Example:
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Optional
 
 from pydantic import BaseModel, Field
 
-__all__ = ["FrameInfo", "FramePair", "FrameTransport"]
+__all__ = ["AudioInfo", "FrameInfo", "FramePair", "FrameTransport"]
 
 
 class FrameTransport(StrEnum):
@@ -75,8 +76,37 @@ class FrameInfo(BaseModel):
         return self.width / self.height
 
 
+class AudioInfo(BaseModel):
+    """A driving audio that passed validation (mp3 or wav): where, what, how long.
+
+    Like a frame, the bytes are not kept: they are read again at submit time and checked
+    against ``sha256``.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.models import AudioInfo
+        audio = AudioInfo(source="voice.wav", sha256="00" * 32, size_bytes=10, format="wav",
+                          seconds=3.5, transport="data_uri")
+        assert audio.mime == "audio/wav"
+        ```
+    """
+
+    source: str = Field(description="The audio as the user gave it (path or URL).")
+    sha256: str
+    size_bytes: int
+    format: str = Field(description="mp3 or wav.")
+    seconds: float = Field(description="Length of the audio in seconds.")
+    transport: FrameTransport
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def mime(self) -> str:
+        """The MIME type for a ``data:`` URI or an upload."""
+        return "audio/mpeg" if self.format == "mp3" else "audio/wav"
+
+
 class FramePair(BaseModel):
-    """The first and last frame of one generation, both validated.
+    """The first and last frame of one generation, both validated (and its driving audio).
 
     Example:
         ```python
@@ -92,4 +122,7 @@ class FramePair(BaseModel):
 
     first: FrameInfo
     last: FrameInfo
+    audio: Optional[AudioInfo] = Field(
+        default=None, description="Driving audio (media-protocol models only), if any."
+    )
     warnings: list[str] = Field(default_factory=list)

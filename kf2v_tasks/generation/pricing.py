@@ -1,8 +1,10 @@
 """What a batch will cost, and a budget that stops submitting before it overspends.
 
-kf2v is billed per generated second of video (always 5 s), on success only: failed
-tasks are free (reference §9). The built-in prices are partly documented and partly
-assumed — see :data:`DEFAULT_NOTES` — so a run that matters should pass its own table.
+Every model is billed per generated second of video (kf2v: always 5 s; wan2.7-i2v: the
+asked duration), on success only: failed tasks are free (reference §9). The prices come
+from the models table (:mod:`kf2v_tasks.dashscope.catalog`, which a models file can patch);
+they are partly documented and partly assumed — see :data:`DEFAULT_NOTES` — so a run
+that matters should pass its own table.
 
 Example:
     ```python
@@ -28,6 +30,12 @@ from typing import Any, Optional, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kf2v_tasks.dashscope.catalog import (
+    ASSUMED_CNY_PER_USD,
+    BUILTIN_MODELS,
+    ModelCatalog,
+    active_catalog,
+)
 from kf2v_tasks.dashscope.models import (
     VIDEO_DURATION_SECONDS,
     GenerationOptions,
@@ -37,6 +45,7 @@ from kf2v_tasks.dashscope.models import (
 from kf2v_tasks.errors import BudgetExceededError
 
 __all__ = [
+    "ASSUMED_CNY_PER_USD",
     "DEFAULT_NOTES",
     "DEFAULT_PRICES",
     "Budget",
@@ -47,31 +56,23 @@ __all__ = [
     "video_cost",
 ]
 
-#: Assumed exchange rate for prices documented in USD only.
-ASSUMED_CNY_PER_USD = 7.0
-
-# Reference §9. flash: third-party "official price" quote (UNCERTAIN); wan2.1 plus:
-# documented $0.10/s (Singapore), converted at 7 CNY/USD; wanx2.1 plus: no published
-# price, assumed equal to wan2.1 plus.
+# Reference §9 and the models table. flash: third-party "official price" quote
+# (UNCERTAIN); wan2.1 plus: documented $0.10/s (Singapore), converted at 7 CNY/USD;
+# wanx2.1 plus: no published price, assumed equal to wan2.1 plus; wan2.7-i2v: assumed.
+#: The built-in prices (CNY per generated second), by model and resolution.
 DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    Kf2vModel.WAN22_FLASH.value: {"480P": 0.10, "720P": 0.20, "1080P": 0.48},
-    Kf2vModel.WAN21_PLUS.value: {"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
-    Kf2vModel.WANX21_PLUS.value: {"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
+    spec.name: dict(spec.prices) for spec in BUILTIN_MODELS
 }
 
 #: Where each default price comes from.
-DEFAULT_NOTES: dict[str, str] = {
-    Kf2vModel.WAN22_FLASH.value: (
-        "0.10/0.20/0.48 CNY/s at 480P/720P/1080P from a third-party quote of the official "
-        "price; UNCERTAIN"
-    ),
-    Kf2vModel.WAN21_PLUS.value: (
-        "documented as USD 0.10/s (Singapore); 0.70 CNY/s ASSUMED at 7 CNY/USD"
-    ),
-    Kf2vModel.WANX21_PLUS.value: (
-        "no published price; 0.70 CNY/s ASSUMED (same as wan2.1-kf2v-plus)"
-    ),
-}
+DEFAULT_NOTES: dict[str, str] = {spec.name: spec.price_note for spec in BUILTIN_MODELS}
+
+
+def _catalog_table(catalog: ModelCatalog) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    prices = {s.name: dict(s.prices) for s in catalog.models if s.prices}
+    notes = {s.name: s.price_note or f"prices: {s.source('prices').value}" for s in catalog.models}
+    return prices, {m: n for m, n in notes.items() if m in prices}
+
 
 _ModelLike = Union[Kf2vModel, str]
 _ResolutionLike = Union[Resolution, str]
@@ -122,12 +123,12 @@ class PriceTable(BaseModel):
 
     @classmethod
     def default(cls) -> PriceTable:
-        """The built-in CNY table (see :data:`DEFAULT_NOTES` for what is assumed)."""
-        return cls(
-            currency="CNY",
-            per_second={m: dict(r) for m, r in DEFAULT_PRICES.items()},
-            notes=dict(DEFAULT_NOTES),
-        )
+        """The CNY table of the active models table (see :data:`DEFAULT_NOTES`).
+
+        Prices a models file sets (``PREFECT_INTEGRATIONS_KF2V_MODELS_FILE``) are included.
+        """
+        prices, notes = _catalog_table(active_catalog())
+        return cls(currency="CNY", per_second=prices, notes=notes)
 
     @classmethod
     def from_value(
@@ -169,11 +170,17 @@ class PriceTable(BaseModel):
     def price(self, model: _ModelLike, resolution: _ResolutionLike) -> float:
         """Price per generated second of ``model`` at ``resolution``.
 
+        A dated variant (``wan2.7-i2v-2026-04-25``) without a price of its own is priced
+        as its models-table entry.
+
         Raises:
             ValueError: the table has no price for that combination.
         """
         m = model.value if isinstance(model, Kf2vModel) else str(model)
         r = resolution.value if isinstance(resolution, Resolution) else str(resolution).upper()
+        if m not in self.per_second:
+            spec = active_catalog().find(m)
+            m = spec.name if spec is not None and spec.name in self.per_second else m
         try:
             return self.per_second[m][r]
         except KeyError:
@@ -207,7 +214,7 @@ def video_cost(
 
 
 def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> float:
-    """Cost of one successful generation: duration (5 s) x price per second.
+    """Cost of one successful generation: its duration x price per second.
 
     Example:
         ```python
@@ -273,7 +280,7 @@ def estimate(
         total += cost
         seconds += secs
         entry = by_model.setdefault(
-            options.model.value, {"rows": 0, "seconds": 0, "cost": 0.0, "resolutions": {}}
+            options.model, {"rows": 0, "seconds": 0, "cost": 0.0, "resolutions": {}}
         )
         entry["rows"] += 1
         entry["seconds"] += secs

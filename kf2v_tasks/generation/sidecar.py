@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
 
+from kf2v_tasks.dashscope.catalog import active_catalog
 from kf2v_tasks.dashscope.models import Resolution, TaskState
 from kf2v_tasks.generation.pricing import PriceTable, video_cost
 from kf2v_tasks.redaction import redact_url
@@ -59,6 +60,14 @@ class VideoFacts(BaseModel):
     prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
     actual_prompt: Optional[str] = None
+    audio: Optional[str] = Field(
+        default=None,
+        description='Sound of the video: "driving" (the given audio), "generated" (by the '
+        "model) or empty (silent, or not known).",
+    )
+    audio_source: Optional[str] = Field(
+        default=None, description="The driving audio as given (URL without its query)."
+    )
     cost: Optional[float] = None
     currency: Optional[str] = None
 
@@ -113,6 +122,9 @@ def video_facts(
     """
     params = submission.parameters if submission else {}
     usage = state.usage
+    spec = active_catalog().find(submission.model) if submission else None
+    driving = submission.audio_source if submission else None
+    sound = "driving" if driving else ("generated" if spec is not None and spec.audio else None)
     facts = VideoFacts(
         model=submission.model if submission else None,
         # Asked for, else what the service reports (SR on 2.2 models).
@@ -126,8 +138,17 @@ def video_facts(
         prompt=submission.prompt if submission else state.orig_prompt,
         negative_prompt=submission.negative_prompt if submission else None,
         actual_prompt=state.actual_prompt,
+        audio=sound,
+        audio_source=_shown(driving),
     )
     return facts.priced(price_table)
+
+
+def _shown(source: Optional[str]) -> Optional[str]:
+    """A source as it may be written down: URLs lose query strings and credentials."""
+    if not source:
+        return None
+    return redact_url(source) if "://" in source else source
 
 
 def build_sidecar(
@@ -172,6 +193,9 @@ def build_sidecar(
         "model": facts.model,
         "resolution": facts.resolution.value if facts.resolution else None,
         "duration_seconds": facts.duration_seconds,
+        "audio": facts.audio,
+        "audio_source": facts.audio_source,
+        "audio_sha256": submission.audio_sha256 if submission else None,
         "cost": facts.cost,
         "currency": facts.currency,
         "parameters": submission.parameters if submission else None,

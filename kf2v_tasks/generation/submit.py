@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution
 from kf2v_tasks.errors import AmbiguousCreateError
+from kf2v_tasks.generation.audio import prepare_audio
 from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import prepare_frame
@@ -95,6 +96,10 @@ class Submission(BaseModel):
     prompt: Optional[str] = None
     negative_prompt: Optional[str] = None
     parameters: dict = Field(default_factory=dict)
+    audio_source: Optional[str] = Field(
+        default=None, description="The driving audio as the user gave it (media models)."
+    )
+    audio_sha256: Optional[str] = Field(default=None, description="sha256 of the driving audio.")
     already_persisted_at: Optional[datetime] = Field(
         default=None, description="When the ledger recorded this work's video as kept, if it has."
     )
@@ -167,12 +172,14 @@ async def submit_generation(
     fp = request_fingerprint(frames, prompt, negative_prompt, options)
     base = dict(
         fingerprint=fp,
-        model=options.model.value,
+        model=options.model,
         resolution=options.resolution,
         duration_seconds=options.duration,
         prompt=prompt,
         negative_prompt=negative_prompt,
         parameters=options.parameters(),
+        audio_source=frames.audio.source if frames.audio else None,
+        audio_sha256=frames.audio.sha256 if frames.audio else None,
     )
     work = _Work(client, frames, prompt, negative_prompt, options, storage_options)
     if ledger is None:
@@ -253,12 +260,18 @@ class _Work:
 
     async def request(self) -> Kf2vRequest:
         c, o, so = self.client, self.options, self.storage_options
+        audio = self.frames.audio
         return Kf2vRequest(
             first_frame_url=await prepare_frame(
                 self.frames.first, client=c, model=o.model, storage_options=so
             ),
             last_frame_url=await prepare_frame(
                 self.frames.last, client=c, model=o.model, storage_options=so
+            ),
+            audio_url=(
+                await prepare_audio(audio, client=c, model=o.model, storage_options=so)
+                if audio is not None
+                else None
             ),
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,

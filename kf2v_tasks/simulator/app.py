@@ -1,7 +1,8 @@
 """The Starlette app: DashScope's kf2v HTTP API, an OSS-like upload/result host, admin.
 
 Routes:
-    ``/api/v1/...``  the DashScope endpoints (create, task query/cancel/list, getPolicy)
+    ``/api/v1/...``  the DashScope endpoints (create on the kf2v and media paths, task
+                     query/cancel/list, getPolicy)
     ``/_oss/...``    temporary-upload host and signed, expiring result downloads
     ``/_sim/...``    admin: stats, task timelines, reset, fault reconfiguration
 """
@@ -16,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kf2v_tasks.dashscope.models import CREATE_PATH
-from kf2v_tasks.simulator.create import create_task, wrong_endpoint
+from kf2v_tasks.dashscope.catalog import active_catalog
+from kf2v_tasks.dashscope.models import CREATE_PATH, MEDIA_PATH
+from kf2v_tasks.simulator.create import create_media_task, create_task
 from kf2v_tasks.simulator.downloads import VideoCache, download
 from kf2v_tasks.simulator.faults import FaultConfig, FaultInjector
 from kf2v_tasks.simulator.queries import cancel_task, get_task, list_tasks
@@ -83,11 +85,7 @@ def build_app(state: SimState) -> Starlette:
     """The ASGI app serving one :class:`SimState`."""
     routes = [
         Route(API + CREATE_PATH, create_task, methods=["POST"]),
-        Route(
-            API + "/services/aigc/video-generation/video-synthesis",
-            wrong_endpoint,
-            methods=["POST"],
-        ),
+        Route(API + MEDIA_PATH, create_media_task, methods=["POST"]),
         Route(API + "/tasks", list_tasks, methods=["GET"]),
         Route(API + "/tasks/{task_id}", get_task, methods=["GET"]),
         Route(API + "/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
@@ -105,4 +103,5 @@ def build_app(state: SimState) -> Starlette:
     )
     app.state.sim = state
     app.state.videos = VideoCache(state)
+    active_catalog()  # read the models table (and any models file) now, not in a request
     return app

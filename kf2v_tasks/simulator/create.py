@@ -1,4 +1,11 @@
-"""POST video-synthesis: validate the body and the frames, fingerprint the work, start a task."""
+"""POST video-synthesis: validate the body and the frames, fingerprint the work, start a task.
+
+Two create paths, one per protocol of the models table (:mod:`kf2v_tasks.dashscope.catalog`):
+``image2video`` takes ``first_frame_url``/``last_frame_url`` (kf2v models), and
+``video-generation`` takes an ``input.media`` list (``wan2.7-i2v``: ``first_frame``,
+``last_frame``, ``driving_audio``). A model on the other protocol's path, or one
+protocol's inputs on the other's path, is refused, as a strict server does.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +18,15 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kf2v_tasks.dashscope.catalog import ModelSpec, Protocol, active_catalog
 from kf2v_tasks.dashscope.models import (
-    MODEL_RESOLUTIONS,
-    NEGATIVE_PROMPT_MAX_CHARS,
-    PROMPT_MAX_CHARS,
     SEED_MAX,
-    VIDEO_DURATION_SECONDS,
     GenerationOptions,
-    Kf2vModel,
     Resolution,
 )
 from kf2v_tasks.simulator.frames import check_image, fetch_image
 from kf2v_tasks.simulator.gate import BAD_PARAMETER, authenticate, inject, rate_limit
+from kf2v_tasks.simulator.soundtrack import probe_audio
 from kf2v_tasks.simulator.state import SimState
 from kf2v_tasks.simulator.wire import ApiError, connection_reset, dashscope_json
 
@@ -33,21 +37,25 @@ def fingerprint(
     negative_prompt: str | None,
     first_sha256: str,
     last_sha256: str,
+    audio_sha256: str | None = None,
 ) -> str:
     """The work fingerprint (document version 1), computed on the server's side.
 
     A copy of the documented hash, not the client's function: the simulator must catch
-    a client that hashes the wrong thing, not share its mistake.
+    a client that hashes the wrong thing, not share its mistake. The driving audio's
+    sha256 enters the document only when there is one.
     """
     doc = {
         "v": 1,
-        "model": options.model.value,
+        "model": options.model,
         "parameters": options.parameters(),
         "prompt": prompt or "",
         "negative_prompt": negative_prompt or "",
         "first": first_sha256,
         "last": last_sha256,
     }
+    if audio_sha256:
+        doc["audio"] = audio_sha256
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,6 +68,8 @@ class CreateSpec:
     negative_prompt: Optional[str]
     first_url: str
     last_url: str
+    spec: ModelSpec
+    audio_url: Optional[str] = None
 
 
 def _optional(params: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -72,17 +82,26 @@ def _optional(params: dict[str, Any], name: str, kind: type, default: Any) -> An
     return value
 
 
-def parse_create(body: Any) -> CreateSpec:
-    """Validate the JSON body; unknown keys (the SDK's ``extend_prompt``, ``function``...) pass."""
+_MEDIA_TYPES = ("first_frame", "last_frame", "driving_audio", "first_clip")
+_WRONG_PATH = "url error, please check url!"
+
+
+def parse_create(body: Any, protocol: Protocol = Protocol.KF2V) -> CreateSpec:
+    """Validate the JSON body sent to ``protocol``'s path.
+
+    Unknown keys (the SDK's ``extend_prompt``, ``function``...) pass; the other
+    protocol's inputs do not.
+    """
     if not isinstance(body, dict):
         raise ApiError(400, "BadRequest.IllegalInput", "The input parameter requires json format.")
     model_name = body.get("model")
     if not model_name or not isinstance(model_name, str):
         raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("model"))
-    try:
-        model = Kf2vModel(model_name)
-    except ValueError:
-        raise ApiError(400, "InvalidParameter", "Model not exist.") from None
+    spec = active_catalog().find(model_name)
+    if spec is None:
+        raise ApiError(400, "InvalidParameter", "Model not exist.")
+    if spec.protocol is not protocol:
+        raise ApiError(400, "InvalidParameter", _WRONG_PATH)
     inp = body.get("input")
     if not isinstance(inp, dict):
         raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input"))
@@ -90,50 +109,110 @@ def parse_create(body: Any) -> CreateSpec:
     if not isinstance(params, dict):
         raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("parameters"))
 
-    res_name = _optional(params, "resolution", str, Resolution.P720.value)
+    res_name = _optional(params, "resolution", str, spec.resolution)
     try:
         resolution = Resolution(res_name.upper())
     except ValueError:
         raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("resolution")) from None
-    if resolution not in MODEL_RESOLUTIONS[model]:
-        allowed = ", ".join(sorted(r.value for r in MODEL_RESOLUTIONS[model]))
+    if resolution.value not in spec.resolutions:
+        allowed = ", ".join(sorted(spec.resolutions))
         raise ApiError(
             400,
             "InvalidParameter",
-            f"The resolution {res_name} is not supported by model {model.value} (supported: {allowed}).",
+            f"The resolution {res_name} is not supported by model {model_name} "
+            f"(supported: {allowed}).",
         )
     seed = _optional(params, "seed", int, None)
     if seed is not None and not 0 <= seed <= SEED_MAX:
         raise ApiError(400, "InvalidParameter", f"The seed must be in [0, {SEED_MAX}].")
-    duration = _optional(params, "duration", int, VIDEO_DURATION_SECONDS)
-    if duration != VIDEO_DURATION_SECONDS:
-        raise ApiError(
-            400, "InvalidParameter", "The duration of kf2v videos is fixed at 5 seconds."
-        )
+    duration = _optional(params, "duration", int, spec.default_duration)
+    if not spec.allows_duration(duration):
+        if spec.duration_min == spec.duration_max:
+            text = f"The duration of {model_name} videos is fixed at {spec.duration_min} seconds."
+        else:
+            text = (
+                f"The duration must be in [{spec.duration_min}, {spec.duration_max}] seconds "
+                f"for model {model_name}."
+            )
+        raise ApiError(400, "InvalidParameter", text)
     prompt_extend = _optional(params, "prompt_extend", bool, True)
     watermark = _optional(params, "watermark", bool, False)
 
     prompt = _optional(inp, "prompt", str, None)
     negative = _optional(inp, "negative_prompt", str, None)
+    if protocol is Protocol.MEDIA:
+        first, last, audio = _media_inputs(inp, spec)
+    else:
+        first, last, audio = _kf2v_inputs(inp)
+    options = GenerationOptions(
+        model=model_name,
+        resolution=resolution,
+        seed=seed,
+        prompt_extend=prompt_extend,
+        watermark=watermark,
+        duration=duration,
+    )
+    return CreateSpec(options, prompt, negative, first, last, spec, audio)
+
+
+def _kf2v_inputs(inp: dict[str, Any]) -> tuple[str, str, None]:
+    if "media" in inp:
+        raise ApiError(400, "InvalidParameter", "input.media is not supported by this model.")
     urls = []
     for name in ("first_frame_url", "last_frame_url"):
         url = inp.get(name)
         if not isinstance(url, str) or not url.strip():
             raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format(f"input.{name}"))
         urls.append(url.strip())
-    options = GenerationOptions(
-        model=model,
-        resolution=resolution,
-        seed=seed,
-        prompt_extend=prompt_extend,
-        watermark=watermark,
-        duration=5,
-    )
-    return CreateSpec(options, prompt, negative, urls[0], urls[1])
+    return urls[0], urls[1], None
+
+
+def _media_inputs(inp: dict[str, Any], spec: ModelSpec) -> tuple[str, str, Optional[str]]:
+    """first_frame (required), last_frame (else the first frame is held), driving_audio."""
+    for name in ("first_frame_url", "last_frame_url", "img_url"):
+        if name in inp:
+            raise ApiError(
+                400,
+                "InvalidParameter",
+                f"input.{name} is not supported by model {spec.name}; send input.media.",
+            )
+    media = inp.get("media")
+    if not isinstance(media, list) or not media:
+        raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input.media"))
+    urls: dict[str, str] = {}
+    for item in media:
+        kind = item.get("type") if isinstance(item, dict) else None
+        url = item.get("url") if isinstance(item, dict) else None
+        if kind not in _MEDIA_TYPES:
+            raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input.media.type"))
+        if not isinstance(url, str) or not url.strip():
+            raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input.media.url"))
+        if kind in urls:
+            raise ApiError(400, "InvalidParameter", f"input.media has more than one {kind} item.")
+        urls[kind] = url.strip()
+    if "first_frame" not in urls:
+        raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input.media.first_frame"))
+    if "first_clip" in urls:
+        raise ApiError(400, "InvalidParameter", "first_clip is not supported by the simulator.")
+    if "driving_audio" in urls and not spec.audio:
+        raise ApiError(
+            400, "InvalidParameter", f"driving_audio is not supported by model {spec.name}."
+        )
+    first = urls["first_frame"]
+    return first, urls.get("last_frame", first), urls.get("driving_audio")
 
 
 async def create_task(request: Request) -> Response:
-    """POST /services/aigc/image2video/video-synthesis."""
+    """POST /services/aigc/image2video/video-synthesis (kf2v models)."""
+    return await _create(request, Protocol.KF2V)
+
+
+async def create_media_task(request: Request) -> Response:
+    """POST /services/aigc/video-generation/video-synthesis (media models: wan2.7-i2v)."""
+    return await _create(request, Protocol.MEDIA)
+
+
+async def _create(request: Request, protocol: Protocol) -> Response:
     state: SimState = request.app.state.sim
     acct = authenticate(request, state)
     if request.headers.get("x-dashscope-async", "").lower() != "enable":
@@ -148,8 +227,8 @@ async def create_task(request: Request) -> Response:
         body = None
     model_key = body.get("model") if isinstance(body, dict) else None
     rate_limit(state, acct, "create", f"submit:{model_key}", state.config.submits_per_second)
-    spec = parse_create(body)
-    model = spec.options.model.value
+    spec = parse_create(body, protocol)
+    model = spec.options.model
 
     cfg = state.config
     if cfg.concurrency_mode == "reject":
@@ -159,12 +238,19 @@ async def create_task(request: Request) -> Response:
             raise ApiError(429, "Throttling")
 
     images = []
-    for field, url in (("first_frame_url", spec.first_url), ("last_frame_url", spec.last_url)):
+    fields = ("first_frame_url", "last_frame_url")
+    limits = (cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes)
+    if protocol is Protocol.MEDIA:  # the model's own bounds (third-party docs: 360..2000)
+        fields = ("first_frame", "last_frame")
+        limits = (spec.spec.min_side, spec.spec.max_side, spec.spec.max_frame_bytes)
+    for field, url in zip(fields, (spec.first_url, spec.last_url), strict=True):
         data = await fetch_image(request, state, acct, url, field, model)
-        await anyio.to_thread.run_sync(
-            check_image, data, field, cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes
-        )
+        await anyio.to_thread.run_sync(check_image, data, field, *limits)
         images.append(data)
+    audio = None
+    if spec.audio_url is not None:
+        audio = await fetch_image(request, state, acct, spec.audio_url, "driving_audio", model)
+        await anyio.to_thread.run_sync(_check_audio, audio, spec.spec)
 
     # Fingerprint over the prompts as sent, so it matches what a client computes locally.
     fp = fingerprint(
@@ -173,28 +259,43 @@ async def create_task(request: Request) -> Response:
         spec.negative_prompt,
         hashlib.sha256(images[0]).hexdigest(),
         hashlib.sha256(images[1]).hexdigest(),
+        hashlib.sha256(audio).hexdigest() if audio is not None else None,
     )
     task = state.add_task(
         acct,
         fingerprint=fp,
         model=model,
         resolution=spec.options.resolution.value,
-        prompt=spec.prompt[:PROMPT_MAX_CHARS] if spec.prompt is not None else None,
+        prompt=spec.prompt[: spec.spec.prompt_max_chars] if spec.prompt is not None else None,
         negative_prompt=(
-            spec.negative_prompt[:NEGATIVE_PROMPT_MAX_CHARS] if spec.negative_prompt else None
+            spec.negative_prompt[: spec.spec.negative_prompt_max_chars]
+            if spec.negative_prompt
+            else None
         ),
         prompt_extend=spec.options.prompt_extend,
         watermark=spec.options.watermark,
         seed=spec.options.seed,
         first_image=images[0],
         last_image=images[1],
+        protocol=protocol.value,
+        duration=spec.options.duration,
+        sound=spec.spec.audio,
+        audio=audio,
     )
     if injection.kind == "ambiguous":
         raise ApiError(500, "InternalError")  # the task exists, but the caller can't know
     return dashscope_json({"output": {"task_status": "PENDING", "task_id": task.task_id}})
 
 
-async def wrong_endpoint(request: Request) -> Response:
-    """kf2v on the t2v/i2v path: what old SDKs hit."""
-    authenticate(request, request.app.state.sim)
-    raise ApiError(400, "InvalidParameter", "url error, please check url!")
+def _check_audio(data: bytes, spec: ModelSpec) -> None:
+    """400 unless ``data`` is an accepted audio format of an accepted length."""
+    if len(data) > spec.audio_max_bytes:
+        raise ApiError(400, "InvalidParameter", "The driving_audio is too large.")
+    _fmt, seconds = probe_audio(data, "driving_audio", spec.audio_formats)
+    lo, hi = spec.audio_min_seconds, spec.audio_max_seconds
+    if not lo - 0.05 <= seconds <= hi + 0.05:
+        raise ApiError(
+            400,
+            "InvalidParameter",
+            f"The driving_audio must be {lo:g} to {hi:g} seconds long, not {seconds:.1f}.",
+        )

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kf2v_tasks.simulator.render import filler_chunks, render_video
+from kf2v_tasks.simulator.soundtrack import soundtrack
 from kf2v_tasks.simulator.state import SimState, SimTask
 from kf2v_tasks.simulator.wire import StreamResponse, connection_reset, oss_error
 
@@ -62,7 +63,11 @@ class VideoCache:
                         task.resolution,
                         tiny=cfg.render == "tiny",
                         fps=cfg.fps,
-                        seconds=cfg.video_seconds,
+                        # kf2v: the configured length; media models: the length asked
+                        seconds=task.duration if task.protocol == "media" else cfg.video_seconds,
+                        audio=soundtrack(task.duration, task.audio, task.seq)
+                        if task.sound
+                        else None,
                     )
                 )
             )

@@ -35,7 +35,10 @@ def task_output(request: Request, state: SimState, task: SimTask) -> dict[str, A
             out["orig_prompt"] = task.prompt
         if task.prompt_extend:
             out["actual_prompt"] = (task.prompt or "") + EXTEND_SUFFIX
-        if task.model == Kf2vModel.WAN22_FLASH.value:
+        if task.protocol == "media":  # billed by the seconds asked (third-party docs)
+            sr = int(task.resolution.rstrip("P"))
+            body["usage"] = {"video_duration": task.duration, "video_count": 1, "SR": sr}
+        elif task.model == Kf2vModel.WAN22_FLASH.value:
             sr = int(task.resolution.rstrip("P"))
             body["usage"] = {"video_duration": 5, "video_count": 1, "SR": sr}
         else:
@@ -147,7 +150,10 @@ async def list_tasks(request: Request) -> Response:
             "request_id": t.task_id,
             "status": t.status(),
             "task_id": t.task_id,
-            "user_api_unique_key": f"apikey:v1:aigc:image2video:video-synthesis:{t.model}",
+            "user_api_unique_key": (
+                f"apikey:v1:aigc:{'video-generation' if t.protocol == 'media' else 'image2video'}:"
+                f"video-synthesis:{t.model}"
+            ),
         }
         if t.started is not None:
             row["start_time"] = ms(t.started)

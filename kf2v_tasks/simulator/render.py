@@ -1,5 +1,8 @@
 """Video payloads: a real H.264 MP4 crossfading first → last frame, or seeded filler bytes.
 
+Videos of media-protocol models are as long as asked and carry an AAC track
+(:mod:`kf2v_tasks.simulator.soundtrack`); kf2v videos are 5 s and silent.
+
 Sizing follows the service: the first frame's aspect ratio at the tier's pixel budget,
 both sides floored to multiples of 16 (750×1000 @720P → 816×1104, as documented).
 """
@@ -10,12 +13,14 @@ import io
 import math
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Optional
 
 import av
 import numpy as np
 from PIL import Image
 
 from kf2v_tasks.dashscope.models import RESOLUTION_PIXELS, Resolution
+from kf2v_tasks.simulator.soundtrack import add_aac_stream, mux_track
 
 #: Chunk size of generated filler payloads (also the unit a Range start is aligned to).
 CHUNK = 1 << 20
@@ -85,12 +90,15 @@ def render_video(
     tiny: bool = False,
     fps: int = 30,
     seconds: int = 5,
+    audio: Optional[np.ndarray] = None,
 ) -> bytes:
     """Encode an MP4 (H.264, yuv420p) that crossfades from the first to the last frame.
 
     Frame 0 is the first image and the final frame is the last image, both encoded at
     CRF 18 so they stay close (PSNR > 30 dB) to the resized inputs. ``tiny`` renders
-    64 px on the short side at 1 fps (still ``seconds`` long) for fast tests.
+    64 px on the short side at 1 fps (still ``seconds`` long) for fast tests. ``audio``
+    (float32 stereo samples, see :func:`~kf2v_tasks.simulator.soundtrack.soundtrack``) adds
+    an AAC track.
 
     Example:
         ```python
@@ -111,6 +119,7 @@ def render_video(
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
+        sound = add_aac_stream(container) if audio is not None else None
         af, bf = a.astype(np.float32), b.astype(np.float32)
         for i in range(n):
             t = i / (n - 1)
@@ -121,6 +130,8 @@ def render_video(
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))  # flush, so the last frame is really written
+        if sound is not None and audio is not None:
+            mux_track(container, sound, audio)
     return buf.getvalue()
 
 

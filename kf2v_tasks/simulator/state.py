@@ -86,6 +86,10 @@ class SimTask:
     started: Optional[float] = None
     ended: Optional[float] = None
     canceled: Optional[float] = None
+    protocol: str = "kf2v"  # or "media" (models table)
+    duration: int = 5  # seconds asked (kf2v: always 5)
+    sound: bool = False  # the video has an audio track (media models)
+    audio: Optional[bytes] = None  # the driving audio, when one was given
 
     def status(self) -> str:
         """Status at the last :meth:`Account.advance` (UNKNOWN/TTL is the caller's job)."""

@@ -1,0 +1,313 @@
+"""The models table: every model the plugin can drive, as data, with where each fact comes from.
+
+Two protocols exist for first-and-last-frame video:
+
+* ``kf2v``: ``POST /services/aigc/image2video/video-synthesis`` with ``first_frame_url`` and
+  ``last_frame_url`` in ``input``; fixed 5 s, silent (the wan2.x kf2v models);
+* ``media``: ``POST /services/aigc/video-generation/video-synthesis`` with a ``media`` list
+  of ``{"type", "url"}`` items (``first_frame``, ``last_frame``, ``driving_audio``), any
+  duration in a range, with sound (``wan2.7-i2v``; the official SDK's ``videos.py``).
+
+Validation, the request builder, the fingerprint, the price estimate and the simulator
+all read one :class:`ModelSpec` per model from here. A dated variant
+(``wan2.7-i2v-2026-04-25``) matches its entry by name prefix, as the SDK routes it. Adding
+a model that speaks either protocol is one entry: in a JSON or TOML file named by the
+setting ``PREFECT_INTEGRATIONS_KF2V_MODELS_FILE`` (see :func:`load_models_file`), or in
+Python with :func:`register_model`.
+
+Every fact carries a :class:`FactSource`: ``sdk`` (the official SDK's source),
+``official-doc`` (Model Studio's pages), ``third-party (UNCERTAIN)`` or
+``assumed (UNCERTAIN)``; the README lists them.
+
+Example:
+    ```python
+    from kf2v_tasks.dashscope.catalog import Protocol, get_model
+
+    spec = get_model("wan2.7-i2v-2026-04-25")       # a dated variant: its family's entry
+    assert spec.protocol is Protocol.MEDIA and spec.allows_duration(8)
+    assert get_model("wan2.2-kf2v-flash").durations() == [5]
+    ```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kf2v_tasks.dashscope.catalog_builtin import ASSUMED_CNY_PER_USD, BUILTIN_MODELS
+from kf2v_tasks.dashscope.catalog_spec import (
+    FACTS,
+    KF2V_CREATE_PATH,
+    MEDIA_CREATE_PATH,
+    FactSource,
+    ModelSpec,
+    Protocol,
+    UnknownModelError,
+)
+
+__all__ = [
+    "ASSUMED_CNY_PER_USD",
+    "BUILTIN_MODELS",
+    "FACTS",
+    "KF2V_CREATE_PATH",
+    "MEDIA_CREATE_PATH",
+    "MODELS_FILE_ENV",
+    "FactSource",
+    "ModelCatalog",
+    "ModelSpec",
+    "Protocol",
+    "UnknownModelError",
+    "active_catalog",
+    "get_model",
+    "load_models_file",
+    "register_model",
+    "reset_catalog",
+]
+
+#: The setting (environment variable) naming a models file that extends or patches the table.
+MODELS_FILE_ENV = "PREFECT_INTEGRATIONS_KF2V_MODELS_FILE"
+
+
+class ModelCatalog(BaseModel):
+    """A models table: look a model up by name (dated variants by prefix).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import BUILTIN_MODELS, ModelCatalog
+        cat = ModelCatalog(models=list(BUILTIN_MODELS))
+        assert cat.get("wan2.7-i2v").audio and "wan2.2-kf2v-flash" in cat.names()
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    models: tuple[ModelSpec, ...] = Field(default=BUILTIN_MODELS)
+
+    def find(self, model: str) -> Optional[ModelSpec]:
+        """The entry for ``model``: an exact name first, else the longest matching prefix.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import ModelCatalog
+            assert ModelCatalog().find("wan2.7-i2v-2026-04-25").name == "wan2.7-i2v"
+            assert ModelCatalog().find("wan9") is None
+            ```
+        """
+        name = str(getattr(model, "value", model)).strip()
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        prefixed = [s for s in self.models if s.matches(name)]
+        return max(prefixed, key=lambda s: len(s.name)) if prefixed else None
+
+    def get(self, model: str) -> ModelSpec:
+        """Like :meth:`find`, but an unknown name raises :class:`UnknownModelError`.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import ModelCatalog
+            assert ModelCatalog().get("wan2.1-kf2v-plus").protocol == "kf2v"
+            ```
+        """
+        spec = self.find(model)
+        if spec is None:
+            raise UnknownModelError(
+                f"{str(getattr(model, 'value', model))!r} is not a known model "
+                f"(one of: {', '.join(self.names())}; add others with a models file)"
+            )
+        return spec
+
+    def names(self) -> list[str]:
+        """Entry names, in table order.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import ModelCatalog
+            assert ModelCatalog().names()[-1] == "wan2.7-i2v"
+            ```
+        """
+        return [s.name for s in self.models]
+
+    def with_entries(self, entries: Iterable[Union[ModelSpec, Mapping[str, Any]]]) -> ModelCatalog:
+        """A new table with ``entries`` added; a mapping naming an existing entry patches it.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import ModelCatalog
+            cat = ModelCatalog().with_entries([{"name": "wan2.7-i2v", "prices": {"720P": 0.5}}])
+            assert cat.get("wan2.7-i2v").prices == {"720P": 0.5}
+            ```
+        """
+        models = list(self.models)
+        for entry in entries:
+            if isinstance(entry, ModelSpec):
+                spec = entry
+            else:
+                patch = dict(entry)
+                name = str(patch.get("name", "")).strip()
+                old = next((m for m in models if m.name == name), None)
+                base = old.model_dump() if old is not None else {}
+                touched = {k: FactSource.USER for k in _facts_of(patch)}
+                sources = {**base.get("sources", {}), **touched, **patch.pop("sources", {})}
+                spec = ModelSpec.model_validate({**base, **patch, "sources": sources})
+            models = [m for m in models if m.name != spec.name] + [spec]
+        return ModelCatalog(models=tuple(models))
+
+
+_FACT_FIELDS = {
+    "protocol": ("protocol",),
+    "resolutions": ("resolutions", "default_resolution"),
+    "durations": ("duration_min", "duration_max", "default_duration"),
+    "frame_limits": ("min_side", "max_side", "max_frame_bytes"),
+    "audio": ("audio", "audio_formats", "audio_min_seconds", "audio_max_seconds"),
+    "prompt": ("prompt_max_chars", "negative_prompt_max_chars"),
+    "prices": ("prices", "currency"),
+    "concurrency": ("concurrency",),
+}
+
+
+def _facts_of(patch: Mapping[str, Any]) -> list[str]:
+    return [fact for fact, fields in _FACT_FIELDS.items() if any(f in patch for f in fields)]
+
+
+def load_models_file(path: Union[str, Path], base: Optional[ModelCatalog] = None) -> ModelCatalog:
+    """The table ``base`` (default: built-in) with the entries of a JSON or TOML file.
+
+    The file holds ``{"models": [...]}`` (TOML: ``[[models]]`` tables); each entry is a full
+    :class:`ModelSpec`, or a patch ``{"name": ..., <fields to change>}`` of an existing one.
+    Fields a patch sets are sourced ``user`` unless it gives ``sources`` itself.
+
+    Raises:
+        ValueError: the file cannot be read or an entry is invalid (the message names it).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import load_models_file
+        cat = load_models_file("models.toml")   # [[models]] name = "wan2.7-i2v" ...
+        ```
+    """
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"models file {p}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            doc: Any = tomllib.loads(text)
+        else:
+            doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"models file {p}: not valid {p.suffix or 'JSON'}: {exc}") from None
+    entries = doc.get("models") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"models file {p}: expected a list of tables under 'models'")
+    catalog = base or ModelCatalog()
+    for number, entry in enumerate(entries, start=1):
+        try:
+            catalog = catalog.with_entries([entry])
+        except ValidationError as exc:
+            what = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(
+                f"models file {p}: entry {number} ({entry.get('name')!r}): {what}"
+            ) from None
+    return catalog
+
+
+_lock = threading.Lock()
+_registered: list[ModelSpec] = []
+_cache: Optional[tuple[Optional[str], ModelCatalog]] = None
+
+
+def _models_file_setting() -> Optional[str]:
+    value = os.environ.get(MODELS_FILE_ENV)
+    if value is not None:
+        return value.strip() or None
+    try:  # lazily: kf2v --help and the simulator need no Prefect unless this is read
+        from kf2v_tasks.settings import get_settings
+
+        return get_settings().models_file
+    except Exception:  # an unreadable Prefect config must not hide the built-in table
+        return None
+
+
+def active_catalog() -> ModelCatalog:
+    """The table in use: built-in, then the models file setting, then :func:`register_model`.
+
+    Cached; the cache follows a change of ``PREFECT_INTEGRATIONS_KF2V_MODELS_FILE`` in the
+    environment.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import active_catalog
+        assert "wan2.7-i2v" in active_catalog().names()
+        ```
+    """
+    global _cache
+    key = os.environ.get(MODELS_FILE_ENV)
+    cached = _cache
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with _lock:
+        path = _models_file_setting()
+        catalog = load_models_file(path) if path else ModelCatalog()
+        if _registered:
+            catalog = catalog.with_entries(_registered)
+        _cache = (key, catalog)
+        return catalog
+
+
+def get_model(model: str) -> ModelSpec:
+    """The active table's entry for ``model`` (see :meth:`ModelCatalog.get`).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import get_model
+        assert get_model("wan2.1-kf2v-plus").resolutions == ("720P",)
+        ```
+    """
+    return active_catalog().get(model)
+
+
+def register_model(spec: Union[ModelSpec, Mapping[str, Any]]) -> ModelSpec:
+    """Add (or patch) an entry of the active table for this process.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import get_model, register_model
+        register_model({"name": "wan2.7-i2v", "prices": {"720P": 0.5, "1080P": 0.9}})
+        assert get_model("wan2.7-i2v").prices["720P"] == 0.5
+        ```
+    """
+    global _cache
+    catalog = active_catalog().with_entries([spec])
+    name = spec.name if isinstance(spec, ModelSpec) else str(spec.get("name", "")).strip()
+    new = catalog.get(name)
+    with _lock:
+        _registered[:] = [s for s in _registered if s.name != new.name] + [new]
+        _cache = None
+    return new
+
+
+def reset_catalog() -> None:
+    """Forget :func:`register_model` entries and the cache (tests use this).
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import reset_catalog
+        reset_catalog()
+        ```
+    """
+    global _cache
+    with _lock:
+        _registered.clear()
+        _cache = None

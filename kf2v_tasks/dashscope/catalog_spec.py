@@ -1,0 +1,249 @@
+"""The entry of the models table: :class:`ModelSpec`, its protocols and fact sources.
+
+See :mod:`kf2v_tasks.dashscope.catalog` for the table itself and how to change it.
+
+Example:
+    ```python
+    from kf2v_tasks.dashscope.catalog_spec import ModelSpec, Protocol
+    spec = ModelSpec(name="m", protocol="media", resolutions=["720P"], duration_max=10,
+                     audio=True, audio_formats=["mp3"])
+    assert spec.protocol is Protocol.MEDIA and spec.allows_duration(10)
+    ```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "FACTS",
+    "KF2V_CREATE_PATH",
+    "MEDIA_CREATE_PATH",
+    "MIB",
+    "FactSource",
+    "ModelSpec",
+    "Protocol",
+    "UnknownModelError",
+]
+
+#: Create path of the kf2v protocol (relative to ``.../api/v1``).
+KF2V_CREATE_PATH = "/services/aigc/image2video/video-synthesis"
+#: Create path of the media protocol (the SDK's ``videos.SERVICE``).
+MEDIA_CREATE_PATH = "/services/aigc/video-generation/video-synthesis"
+#: The setting (environment variable) naming a models file that extends or patches the table.
+MODELS_FILE_ENV = "PREFECT_INTEGRATIONS_KF2V_MODELS_FILE"
+
+MIB = 1024 * 1024
+
+
+class Protocol(StrEnum):
+    """How a model's create request is shaped (and where it is sent)."""
+
+    KF2V = "kf2v"  # image2video path, first_frame_url / last_frame_url
+    MEDIA = "media"  # video-generation path, input.media list
+
+
+class FactSource(StrEnum):
+    """Where a fact of the table comes from, strongest first."""
+
+    SDK = "sdk"
+    OFFICIAL_DOC = "official-doc"
+    THIRD_PARTY = "third-party (UNCERTAIN)"
+    ASSUMED = "assumed (UNCERTAIN)"
+    USER = "user"  # set by a models file or register_model
+
+
+#: The facts a :class:`ModelSpec` sources.
+FACTS = (
+    "protocol",
+    "resolutions",
+    "durations",
+    "frame_limits",
+    "audio",
+    "prompt",
+    "prices",
+    "concurrency",
+)
+
+
+class UnknownModelError(ValueError):
+    """A model name the table has no entry for."""
+
+
+class ModelSpec(BaseModel):
+    """One model: protocol, what it accepts, what it costs, and the source of each fact.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog import ModelSpec
+        spec = ModelSpec(
+            name="wan2.8-i2v", match_prefix=True, protocol="media",
+            resolutions=["720P", "1080P"], duration_min=2, duration_max=15,
+            audio=True, audio_formats=["mp3", "wav"], prices={"720P": 0.6, "1080P": 1.0},
+        )
+        assert spec.create_path == "/services/aigc/video-generation/video-synthesis"
+        assert spec.matches("wan2.8-i2v-2027-01-01")
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(min_length=1, description="Model name as sent in the create body.")
+    match_prefix: bool = Field(
+        default=False, description="Also match dated variants: names starting with name + '-'."
+    )
+    protocol: Protocol = Field(description="kf2v or media.")
+    resolutions: tuple[str, ...] = Field(description="Resolution tiers offered, e.g. 720P.")
+    default_resolution: Optional[str] = Field(
+        default=None, description="Tier used when none is asked (default: 720P if offered)."
+    )
+    duration_min: int = Field(default=5, ge=1, description="Shortest video (s).")
+    duration_max: int = Field(default=5, ge=1, description="Longest video (s).")
+    default_duration: int = Field(default=5, ge=1, description="Length when none is asked (s).")
+    min_side: int = Field(default=240, ge=1, description="Smallest frame side (px).")
+    max_side: int = Field(default=8000, ge=1, description="Largest frame side (px).")
+    max_frame_bytes: int = Field(default=10 * MIB, ge=1, description="Largest frame file.")
+    audio: bool = Field(default=False, description="Takes a driving audio; output has sound.")
+    audio_formats: tuple[str, ...] = Field(
+        default=(), description="Driving-audio formats accepted (mp3, wav)."
+    )
+    audio_min_seconds: float = Field(default=0.0, ge=0, description="Shortest driving audio.")
+    audio_max_seconds: float = Field(default=0.0, ge=0, description="Longest driving audio.")
+    audio_max_bytes: int = Field(default=15 * MIB, ge=1, description="Largest audio file.")
+    prompt_max_chars: int = Field(default=800, ge=1, description="Longer prompts are cut.")
+    negative_prompt_max_chars: int = Field(default=500, ge=1)
+    currency: str = Field(default="CNY", description="Currency of prices.")
+    prices: dict[str, float] = Field(
+        default_factory=dict, description="Resolution -> price per generated second."
+    )
+    price_note: str = Field(default="", description="Where the prices come from.")
+    concurrency: Optional[int] = Field(
+        default=None, ge=1, description="Tasks the account may run at once (if known)."
+    )
+    sources: dict[str, FactSource] = Field(
+        default_factory=dict, description="Fact (see FACTS) -> where it comes from."
+    )
+
+    @field_validator("resolutions", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v).strip().upper() for v in value)
+        return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _price_keys(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k).strip().upper(): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if not self.resolutions:
+            raise ValueError(f"model {self.name}: resolutions is empty")
+        if not self.duration_min <= self.default_duration <= self.duration_max:
+            raise ValueError(
+                f"model {self.name}: default_duration {self.default_duration} is not in "
+                f"{self.duration_min}..{self.duration_max}"
+            )
+        if self.min_side > self.max_side:
+            raise ValueError(f"model {self.name}: min_side is larger than max_side")
+        if self.default_resolution and self.default_resolution.upper() not in self.resolutions:
+            raise ValueError(f"model {self.name}: default_resolution is not offered")
+        if self.audio and not self.audio_formats:
+            raise ValueError(f"model {self.name}: audio needs audio_formats")
+        if self.protocol is Protocol.KF2V and self.audio:
+            raise ValueError(f"model {self.name}: the kf2v protocol has no audio input")
+        for price in self.prices.values():
+            if price < 0:
+                raise ValueError(f"model {self.name}: prices must be >= 0")
+        return self
+
+    @property
+    def create_path(self) -> str:
+        """The create endpoint of this model's protocol.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert get_model("wan2.2-kf2v-flash").create_path.endswith("image2video/video-synthesis")
+            ```
+        """
+        return KF2V_CREATE_PATH if self.protocol is Protocol.KF2V else MEDIA_CREATE_PATH
+
+    @property
+    def resolution(self) -> str:
+        """The default tier: ``default_resolution``, else 720P if offered, else the first.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert get_model("wan2.7-i2v").resolution == "720P"
+            ```
+        """
+        if self.default_resolution:
+            return self.default_resolution.upper()
+        return "720P" if "720P" in self.resolutions else self.resolutions[0]
+
+    def matches(self, model: str) -> bool:
+        """Whether ``model`` is this entry (or, with ``match_prefix``, a dated variant).
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            spec = get_model("wan2.7-i2v")
+            assert spec.matches("wan2.7-i2v-2026-04-25") and not spec.matches("wan2.7-i2vx")
+            ```
+        """
+        return model == self.name or (self.match_prefix and model.startswith(self.name + "-"))
+
+    def durations(self) -> list[int]:
+        """Every allowed length in seconds.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert get_model("wan2.7-i2v").durations() == list(range(2, 16))
+            ```
+        """
+        return list(range(self.duration_min, self.duration_max + 1))
+
+    def allows_duration(self, seconds: int) -> bool:
+        """Whether ``seconds`` is an allowed length.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert not get_model("wan2.2-kf2v-flash").allows_duration(8)
+            ```
+        """
+        return self.duration_min <= seconds <= self.duration_max
+
+    def duration_text(self) -> str:
+        """``"5"`` or ``"2..15"``, for messages.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert get_model("wan2.7-i2v").duration_text() == "2..15"
+            ```
+        """
+        if self.duration_min == self.duration_max:
+            return str(self.duration_min)
+        return f"{self.duration_min}..{self.duration_max}"
+
+    def source(self, fact: str) -> FactSource:
+        """Where ``fact`` comes from (unsourced facts count as assumed).
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import FactSource, get_model
+            assert get_model("wan2.7-i2v").source("protocol") is FactSource.SDK
+            ```
+        """
+        return self.sources.get(fact, FactSource.ASSUMED)
