@@ -22,6 +22,7 @@ from kf2v_tasks.generation.ledger_record import (
     LedgerRecord,
     LedgerState,
 )
+from kf2v_tasks.generation.previews import Previews
 
 FP = "c" * 64
 S = LedgerState
@@ -295,3 +296,32 @@ def test_recreate_after_refuses_a_usable_task_or_no_task():
         LedgerRecord.recreate_after(make(S.SUBMITTED, task=True))
     with pytest.raises(IllegalTransitionError, match="no earlier task"):
         LedgerRecord.recreate_after(make(S.AMBIGUOUS, task=False))
+
+
+def _previews(name: str = "a") -> Previews:
+    return Previews(
+        poster=f"out/{name}.poster.jpg",
+        strip=f"out/{name}.strip.jpg",
+        frames=5,
+        poster_frame=2,
+        width=64,
+        height=48,
+    )
+
+
+def test_previews_are_recorded_only_for_a_kept_video_and_reset_by_a_new_download():
+    rec = make(S.SUBMITTED, task=True)
+    with pytest.raises(IllegalTransitionError, match="previews_made"):
+        rec.previews_made(_previews())  # nothing kept yet to preview
+    rec.persisted("out/a.mp4", "ff" * 32, 10, previews=_previews())
+    assert rec.previews == _previews() and rec.state is S.PERSISTED
+    rec.previews_made(_previews("b"))
+    assert rec.previews.poster == "out/b.poster.jpg" and rec.events[-1]["event"] == "previews"
+    assert rec.state is S.PERSISTED
+    rec.persisted("out/a.mp4", "ee" * 32, 11)  # a re-download: old previews may not match
+    assert rec.previews is None
+    # Old records (no previews field) load unchanged; new ones round-trip.
+    loaded = LedgerRecord.model_validate(rec.model_dump(mode="json", exclude={"previews"}))
+    assert loaded.previews is None
+    rec.previews_made(_previews())
+    assert LedgerRecord.model_validate(rec.model_dump(mode="json")).previews == _previews()

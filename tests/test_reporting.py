@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,13 +64,16 @@ def test_md_escape_neutralises_html_and_markdown():
 
 
 def test_results_table_shows_the_columns_that_matter_and_escapes_text():
-    table = results_table(_results())
+    table = results_table(_results(), "/data/out")
+    # What a person reads first comes first; the long task id after the error.
     assert [list(r) for r in table] == [
-        ["row", "id", "status", "output", "task_id", "cost", "error", "possible_duplicate"]
+        ["row", "id", "status", "video", "cost", "error", "task_id", "possible_duplicate"]
     ] * 3
     ok, bad, dup = table
     assert ok["id"] == "ok\\_1" and ok["row"] == 2 and ok["cost"] == 0.5
-    assert ok["output"] == "/data/out/ok\\_1 \\(final\\).mp4"
+    assert ok["video"] == "ok\\_1 \\(final\\).mp4"  # relative to the output folder: short
+    assert ok["task_id"] == "t-1"
+    assert results_table(_results())[0]["video"] == "/data/out/ok\\_1 \\(final\\).mp4"
     assert bad["error"].startswith("InvalidRow: row 3, column 'seed': &lt;img")
     # Short enough not to be clipped; the whole message stays in results.csv.
     assert len(bad["error"]) < ERROR_CELL_CHARS * 1.3 and bad["error"].endswith("…")
@@ -87,8 +93,9 @@ def test_summary_markdown_escapes_ids_paths_and_errors():
     text = summary_markdown(summary)
     assert "<" not in text
     assert "- Manifest: s3://bucket/&lt;m&gt;.csv" in text
-    # The video link is percent-encoded, so a parenthesis cannot end it early.
-    assert "- [ok\\_1](file:///data/out/ok_1%20%28final%29.mp4)" in text
+    # A local file is shown as its path, as text: a browser blocks file:// from the UI.
+    assert "- ok\\_1: /data/out/ok\\_1 \\(final\\).mp4" in text
+    assert "file://" not in text and "](" not in text
     assert "row 3 bad: InvalidRow: row 3, column 'seed': &lt;img" in text
     assert "[click]" not in text and "row 4 dup: failed" in text
 
@@ -215,3 +222,76 @@ async def test_artifacts_escape_what_users_wrote(tmp_path: Path):
     assert "sha256" not in table and "&lt;img" in table and "<img" not in table
     for a in arts.values():
         assert "<" not in (a.get("description") or "")
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_s3_outputs_get_presigned_links_posters_and_a_gallery(s3_server):
+    import boto3
+    import httpx
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    from kf2v_tasks.batch.reporting import PRESIGNED_GALLERY_NAME, PrefectReporter
+
+    bucket = s3_server.new_bucket()
+    fs, opts = s3_server.filesystem(), s3_server.storage_options
+    root = f"s3://{bucket}/out"
+    fs.pipe_file(f"{bucket}/out/a.mp4", b"video-bytes")
+    fs.pipe_file(f"{bucket}/out/a.poster.jpg", b"\xff\xd8poster")
+    fs.pipe_file(f"{bucket}/out/a.strip.jpg", b"\xff\xd8strip")
+    previews = {
+        "poster": f"{root}/a.poster.jpg",
+        "strip": f"{root}/a.strip.jpg",
+        "frames": 5,
+        "poster_frame": 2,
+        "width": 64,
+        "height": 48,
+    }
+    side = {"sha256": "a" * 64, "prompt": HOSTILE, "actual_prompt": "a dawn", "previews": previews}
+    fs.pipe_file(f"{bucket}/out/a.json", json.dumps(side).encode())
+    results = [
+        RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, output=f"{root}/a.mp4", cost=0.5),
+        RowResult(row=3, id="b", status=RowStatus.FAILED, output=f"{root}/b.mp4",
+                  error_code="DataInspectionFailed", error_message=HOSTILE),
+    ]  # fmt: skip
+    summary = BatchSummary(
+        manifest="m.csv", output=root, total=2, counts=BatchSummary.count(results), results=results
+    )
+    reporter = PrefectReporter(storage_options=opts, link_expiry=3600)
+
+    @flow
+    async def report() -> str:
+        await reporter.on_finish(summary)
+        return flow_run.id
+
+    run_id = await report()
+    async with get_client() as client:
+        resp = await client._client.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+        )
+    arts = resp.json()
+    md = next(a["data"] for a in arts if a["type"] == "markdown")
+    images = [a for a in arts if a["type"] == "image"]
+    assert "s3://" not in md.split("## Videos")[1]  # every video is a link a browser can open
+    assert "expire at" in md and "Signature=" in md, md
+    assert f"/{bucket}/out/{PRESIGNED_GALLERY_NAME}?" in md
+    assert "<img" not in md and "&lt;img" in md  # the hostile error is escaped
+    assert len(images) == 1 and images[0]["key"] == "kf2v-batch-poster-row-2"
+    assert "expires at" in images[0]["description"]
+    poster = httpx.get(images[0]["data"])  # what the UI's <img> fetches
+    assert poster.status_code == 200 and poster.content == b"\xff\xd8poster"
+    assert poster.headers["content-type"] == "image/jpeg"
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                      aws_access_key_id=opts["key"], aws_secret_access_key=opts["secret"])  # fmt: skip
+    head = s3.head_object(Bucket=bucket, Key="out/index.html")
+    assert head["ContentType"].startswith("text/html")  # static hosting shows it, not saves it
+    page = fs.cat_file(f"{bucket}/out/index.html").decode()
+    assert 'src="a.mp4"' in page and 'poster="a.poster.jpg"' in page and "&lt;img" in page
+    shared = fs.cat_file(f"{bucket}/out/{PRESIGNED_GALLERY_NAME}").decode()
+    video_url = re.search(r'<source src="([^"]+)"', shared).group(1)
+    assert video_url.startswith("http") and "Signature=" in video_url
+    got = httpx.get(html.unescape(video_url))
+    assert got.status_code == 200 and got.content == b"video-bytes"
+    assert got.headers["content-type"] == "video/mp4"

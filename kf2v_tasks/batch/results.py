@@ -91,22 +91,16 @@ def failed_result(
 ) -> RowResult:
     """The ``failed`` result of a row (``base``: its row, id and output) that raised ``exc``.
 
-        The message carries the task's status history when the error has one; a create whose
-        outcome is unknown is flagged as a possible duplicate (a billed task may exist).
+    The message carries the task's status history when the error has one; a create whose
+    outcome is unknown is flagged as a possible duplicate (a billed task may exist).
 
-        Example:
-            ```python
-            from kf2v_tasks.batch.results import failed_result
-            from kf2v_tasks.batch.manifest_schema import RESULT_FILE_COLUMNS
-    from kf2v_tasks.errors import AmbiguousCreateError
-
-    #: What a real run writes under the output folder.
-    RESULTS_NAME = "results.csv"
-    #: What a dry run writes instead, so that a real run's results.csv is never overwritten.
-    DRY_RUN_RESULTS_NAME = "results.dry-run.csv"
-            r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
-            assert r.status.value == "failed" and r.possible_duplicate
-            ```
+    Example:
+        ```python
+        from kf2v_tasks.batch.results import failed_result
+        from kf2v_tasks.errors import AmbiguousCreateError
+        r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
+        assert r.status.value == "failed" and r.possible_duplicate
+        ```
     """
     message = str(exc)
     history = getattr(exc, "history", None)

@@ -23,6 +23,7 @@ transition                   legal from                        to
 ``not_reusable``             submitted, terminal, persisted    terminal
 ``timed_out``                submitted, terminal, persisted    (unchanged: event only)
 ``persisted``                submitted, terminal, persisted    persisted
+``previews_made``            persisted                         (unchanged: previews)
 ===========================  ================================  =====================
 
 ``ended`` and the transitions below it need a recorded task id; the create transitions
@@ -58,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import Resolution, TaskStatus
 from kf2v_tasks.errors import PermanentError
+from kf2v_tasks.generation.previews import Previews
 
 __all__ = [
     "IllegalTransitionError",
@@ -194,6 +196,9 @@ class LedgerRecord(BaseModel):
     duration_seconds: Optional[int] = Field(default=None, description="Its length (billed).")
     cost: Optional[float] = Field(default=None, description="What it cost, in currency.")
     currency: Optional[str] = None
+    previews: Optional[Previews] = Field(
+        default=None, description="Poster and strip of the kept video (None: not made yet)."
+    )
     row_id: Optional[str] = None
     events: list[dict[str, Any]] = Field(
         default_factory=list, description='Append-only log: {"at": iso, "event": ..., ...}.'
@@ -423,12 +428,14 @@ class LedgerRecord(BaseModel):
         duration_seconds: Optional[int] = None,
         cost: Optional[float] = None,
         currency: Optional[str] = None,
+        previews: Optional[Previews] = None,
     ) -> None:
         """The task's video is committed at ``path``: ``persisted``.
 
         Legal once the task is known, unless it ended FAILED or CANCELED (such a task
         never had a video; UNKNOWN may be an expiry after the download began). Persisting
-        again (a re-download) is legal.
+        again (a re-download) is legal, and replaces the previews with ``previews``
+        (previews of another copy of the file are not kept: they may not match it).
         """
         self._check("persisted", {_S.SUBMITTED, _S.TERMINAL, _S.PERSISTED}, task=True)
         if self.terminal_status in (TaskStatus.FAILED, TaskStatus.CANCELED):
@@ -445,7 +452,28 @@ class LedgerRecord(BaseModel):
         self.model, self.duration_seconds = model, duration_seconds
         self.resolution = Resolution(resolution) if resolution else None
         self.cost, self.currency = cost, currency
+        self.previews = previews
         self._move(_S.PERSISTED, "persisted", path=path)
+
+    def previews_made(self, previews: Previews) -> None:
+        """The kept video's poster and strip are written: record them (an event only).
+
+        Legal only once the video is ``persisted``: previews are made from the stored file.
+
+        Example:
+            ```python
+            from kf2v_tasks.generation.ledger_record import LedgerRecord
+            from kf2v_tasks.generation.previews import Previews
+            rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
+                                               "task_id": "t-1", "output_path": "out/a.mp4"})
+            rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
+                                       frames=5, poster_frame=2, width=64, height=48))
+            assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
+            ```
+        """
+        self._check("previews_made", {_S.PERSISTED}, task=True)
+        self.previews = previews
+        self._move(_S.PERSISTED, "previews", poster=previews.poster)
 
     # -- the machinery --------------------------------------------------------------------------
 

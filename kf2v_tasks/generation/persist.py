@@ -1,9 +1,14 @@
-"""Keeping a finished task's video: stream it to storage, write its sidecar, close its ledger entry.
+"""Keeping a finished task's video: stream it to storage, preview it, write its sidecar, close
+its ledger entry.
 
-Order matters for crash safety: the video is committed first (atomically), then the
-sidecar, then the ledger says "persisted". A crash anywhere in between leaves the ledger
-at "submitted", so a re-run re-attaches to the same task and downloads again — it never
-generates again. Keeping a video (or failing to) ends the row's work, so this process's
+Order matters for crash safety: the video is committed first (atomically), then its
+previews (poster and strip, :mod:`kf2v_tasks.generation.previews`), then the sidecar, then
+the ledger says "persisted" with the previews in the record. A crash anywhere in between
+leaves the ledger at "submitted", so a re-run re-attaches to the same task and downloads
+again — it never generates again. A video whose previews cannot be made is still kept
+(it was paid for): the record says so by having none, and the next run tries again. A
+record written before previews existed gets them from the stored video on the next run
+(:func:`find_persisted`), with no DashScope call. Keeping a video (or failing to) ends the row's work, so this process's
 claim on the fingerprint is released (:mod:`kf2v_tasks.generation.claims`).
 
 Example:
@@ -29,6 +34,7 @@ from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
 from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.previews import Previews, make_previews
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.sidecar import VideoFacts, as_resolution, build_sidecar, video_facts
 from kf2v_tasks.generation.submit import Submission
@@ -77,6 +83,9 @@ class PersistedVideo(BaseModel):
     currency: Optional[str] = None
     download_attempts: int = 1
     reused_existing: bool = False
+    previews: Optional[Previews] = Field(
+        default=None, description="Poster and strip beside the video (None: none could be made)."
+    )
 
 
 async def persist_task_video(
@@ -157,6 +166,7 @@ async def _persist(
         and existing.get("sha256")
         and await verify_file(destination, existing["sha256"], storage_options=storage_options)
     ):
+        previews = _previews_of(existing) or await _make_previews(destination, storage_options)
         result = PersistedVideo(
             path=destination,
             sidecar_path=side,
@@ -166,6 +176,7 @@ async def _persist(
             fingerprint=fingerprint,
             download_attempts=0,
             reused_existing=True,
+            previews=previews,
             **facts,
         )
         await _mark_persisted(ledger, fingerprint, result)
@@ -194,6 +205,7 @@ async def _persist(
         http=client.download_http if client is not None else None,
     )
     download_seconds = time.monotonic() - t0
+    previews = await _make_previews(destination, storage_options)
     sidecar = build_sidecar(
         state,
         sha256=stored.sha256,
@@ -204,6 +216,8 @@ async def _persist(
         extra=extra,
         price_table=prices,
     )
+    if previews is not None:
+        sidecar["previews"] = previews.model_dump(mode="json")
     await write_json_atomic(side, sidecar, storage_options=storage_options)
     persisted = PersistedVideo(
         path=destination,
@@ -213,6 +227,7 @@ async def _persist(
         task_id=state.task_id,
         fingerprint=fingerprint,
         download_attempts=stored.attempts,
+        previews=previews,
         **facts,
     )
     await _mark_persisted(ledger, fingerprint, persisted)
@@ -226,6 +241,26 @@ async def _read_sidecar(read_json, path: str, storage_options) -> dict[str, Any]
     except (FileNotFoundError, OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _previews_of(doc: dict[str, Any]) -> Optional[Previews]:
+    """The previews a sidecar records, or ``None`` (none recorded, or not readable)."""
+    try:
+        return Previews.model_validate(doc["previews"]) if doc.get("previews") else None
+    except ValueError:
+        return None
+
+
+async def _make_previews(video_path: str, storage_options: Optional[dict]) -> Optional[Previews]:
+    """The video's poster and strip, or ``None`` (logged) when they cannot be made.
+
+    A paid-for video is kept even if it cannot be previewed: previews never fail a row.
+    """
+    try:
+        return await make_previews(video_path, storage_options=storage_options)
+    except Exception as exc:
+        logger.warning("no previews for %s: %s", video_path, exc)
+        return None
 
 
 async def _mark_persisted(
@@ -254,6 +289,7 @@ async def _mark_persisted(
         duration_seconds=video.duration_seconds,
         cost=video.cost,
         currency=video.currency,
+        previews=video.previews,
     )
     await ledger.put(record)
 
@@ -269,6 +305,7 @@ async def find_persisted(
     storage_options: Optional[dict] = None,
     record: Any = _UNREAD,
     price_table: Optional[PriceTable] = None,
+    make_missing_previews: bool = True,
 ) -> Optional[PersistedVideo]:
     """The video of this work if an earlier run already kept it at ``destination``, intact.
 
@@ -278,6 +315,11 @@ async def find_persisted(
     sidecar; a cost neither holds is priced with ``price_table`` (default: the built-in table).
     Pass ``record`` (possibly ``None``) when the caller has already read the ledger, to
     skip reading it again.
+
+    A record kept before previews existed (or whose previews could not be made) gets
+    them now, from the stored video, and records them in the ledger: no DashScope call,
+    nothing paid. ``make_missing_previews=False`` writes nothing (the video is returned
+    with ``previews=None``); a record that has previews never makes them again.
 
     Example:
         ```python
@@ -320,6 +362,9 @@ async def find_persisted(
         cost=record.cost if record.cost is not None else sidecar.get("cost"),
         currency=record.currency or sidecar.get("currency"),
     )
+    previews = record.previews
+    if previews is None and make_missing_previews:
+        previews = await _backfill_previews(ledger, record, storage_options)
     return PersistedVideo(
         path=destination,
         sidecar_path=side,
@@ -329,5 +374,29 @@ async def find_persisted(
         fingerprint=fingerprint,
         download_attempts=0,
         reused_existing=True,
+        previews=previews,
         **facts.priced(price_table).model_dump(),
     )
+
+
+async def _backfill_previews(
+    ledger: Ledger, kept: LedgerRecord, storage_options: Optional[dict]
+) -> Optional[Previews]:
+    """Make the previews of a kept video whose record has none, and record them."""
+    path = kept.output_path or ""
+    previews = await _make_previews(path, storage_options)
+    if previews is None:
+        return None
+    # Read again: another run may have moved the record since (a re-download elsewhere).
+    record = await ledger.get(kept.fingerprint)
+    if (
+        record is None
+        or record.state is not LedgerState.PERSISTED
+        or record.output_path != path
+        or record.sha256 != kept.sha256
+    ):
+        return previews
+    if record.previews is None:
+        record.previews_made(previews)
+        await ledger.put(record)
+    return previews

@@ -1,0 +1,262 @@
+"""Previews of a kept video: a poster (its middle frame) and a strip of first, middle, last.
+
+Both are JPEGs beside the video, named after it (:func:`preview_paths`)::
+
+    out/sunrise.mp4          the video
+    out/sunrise.poster.jpg   its middle frame, at the video's own size
+    out/sunrise.strip.jpg    first | middle | last, each STRIP_HEIGHT px high, side by side
+
+They are decoded from the stored video itself (PyAV), never from the keyframes the row
+was asked with, so they show what was actually made. The video is read once: its frame
+count comes from the container (or, when the container does not say, from counting
+packets, which decodes nothing), then one decoding pass keeps the three frames. Each JPEG
+is written atomically through :mod:`kf2v_tasks.storage.files`, so a reader never sees
+half a poster. PyAV is imported when a preview is made, not when this module is.
+
+Example:
+    ```python
+    from kf2v_tasks.generation.previews import make_previews
+
+    previews = await make_previews("out/sunrise.mp4")
+    print(previews.poster, previews.strip, previews.frames)
+    ```
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+from kf2v_tasks.errors import PermanentError
+from kf2v_tasks.storage.files import write_bytes_atomic
+from kf2v_tasks.storage.paths import is_local, open_fs, run_sync
+
+__all__ = [
+    "POSTER_SUFFIX",
+    "STRIP_HEIGHT",
+    "STRIP_SUFFIX",
+    "PreviewError",
+    "Previews",
+    "RenderedPreviews",
+    "make_previews",
+    "preview_paths",
+    "render_previews",
+]
+
+#: Name endings of the poster and the strip (they replace the video's extension).
+POSTER_SUFFIX = ".poster.jpg"
+STRIP_SUFFIX = ".strip.jpg"
+#: Height of each of the strip's three frames (never scaled up).
+STRIP_HEIGHT = 180
+#: JPEG quality: posters are looked at, not archived.
+JPEG_QUALITY = 85
+
+
+class PreviewError(PermanentError, ValueError):
+    """The video cannot be decoded into previews (no video stream, no frame, corrupt)."""
+
+
+class Previews(BaseModel):
+    """Where a video's previews are, and which of its frames they show.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import Previews
+        p = Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg", frames=5,
+                     poster_frame=2, width=64, height=48)
+        assert p.strip_frames == [0, 2, 4]
+        ```
+    """
+
+    poster: str = Field(description="The poster JPEG (the middle frame), beside the video.")
+    strip: str = Field(description="The strip JPEG: first, middle and last frames.")
+    frames: int = Field(ge=1, description="Frames in the video.")
+    poster_frame: int = Field(ge=0, description="Index of the frame the poster shows.")
+    width: int = Field(ge=1, description="Width of the video (and of the poster), px.")
+    height: int = Field(ge=1, description="Height of the video (and of the poster), px.")
+
+    @property
+    def strip_frames(self) -> list[int]:
+        """Indices of the frames the strip shows, left to right."""
+        return [0, self.poster_frame, self.frames - 1]
+
+
+def preview_paths(video_path: str) -> tuple[str, str]:
+    """The poster and strip paths of a video: same folder, same stem.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import preview_paths
+        assert preview_paths("s3://b/out/clip.v2.mp4") == (
+            "s3://b/out/clip.v2.poster.jpg", "s3://b/out/clip.v2.strip.jpg")
+        ```
+    """
+    head, sep, name = video_path.rpartition("/")
+    stem, dot, _ext = name.rpartition(".")
+    stem = stem if dot and stem else name
+    return f"{head}{sep}{stem}{POSTER_SUFFIX}", f"{head}{sep}{stem}{STRIP_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class RenderedPreviews:
+    """The two JPEGs of a video, in memory, and the frames they show.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import render_previews
+        rendered = render_previews("out/a.mp4")
+        assert rendered.poster_jpeg[:2] == b"\\xff\\xd8"
+        ```
+    """
+
+    poster_jpeg: bytes
+    strip_jpeg: bytes
+    frames: int
+    poster_frame: int
+    width: int
+    height: int
+
+
+def _frame_count(container: Any, stream: Any) -> int:
+    """Frames in ``stream``: the container's count, else its packets (nothing decoded)."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def _pick(source: Any, count: int) -> tuple[list[Any], int]:
+    """Decode ``source`` once; the PIL images of frames 0, count // 2 and the last."""
+    import av
+
+    middle = count // 2
+    first = mid = last = None
+    seen = 0
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # decoding is the cost: let FFmpeg use the cores
+        for frame in container.decode(stream):
+            if seen == 0:
+                first = frame.to_image()
+            if seen == middle:
+                mid = frame.to_image()
+            last = frame
+            seen += 1
+    if first is None or last is None:
+        raise PreviewError("the video has no decodable frame")
+    if mid is None:  # the container's count was wrong: the true middle is elsewhere
+        raise _Recount(seen)
+    return [first, mid, last.to_image()], seen
+
+
+class _Recount(Exception):
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+
+
+def _jpeg(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return buf.getvalue()
+
+
+def _strip(images: list[Any]) -> Any:
+    from PIL import Image
+
+    w, h = images[0].size
+    height = min(STRIP_HEIGHT, h)
+    width = max(1, round(w * height / h))
+    thumbs = [im.resize((width, height), Image.Resampling.LANCZOS) for im in images]
+    strip = Image.new("RGB", (width * len(thumbs), height))
+    for i, thumb in enumerate(thumbs):
+        strip.paste(thumb, (i * width, 0))
+    return strip
+
+
+def render_previews(source: Any) -> RenderedPreviews:
+    """Decode a video (a local path or a seekable binary file) into its poster and strip.
+
+    Raises:
+        PreviewError: the video has no video stream or no decodable frame.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import render_previews
+        rendered = render_previews("out/a.mp4")
+        print(rendered.frames, rendered.poster_frame, len(rendered.poster_jpeg))
+        ```
+    """
+    import av
+
+    def rewind() -> None:
+        if hasattr(source, "seek"):
+            source.seek(0)
+
+    try:
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise PreviewError("the file has no video stream")
+            count = _frame_count(container, container.streams.video[0])
+        rewind()
+        try:
+            images, count = _pick(source, max(count, 1))
+        except _Recount as again:
+            rewind()
+            images, count = _pick(source, again.frames)
+    except av.error.FFmpegError as exc:
+        raise PreviewError(f"the video cannot be decoded: {exc}") from None
+    poster = images[1]
+    return RenderedPreviews(
+        poster_jpeg=_jpeg(poster),
+        strip_jpeg=_jpeg(_strip(images)),
+        frames=count,
+        poster_frame=count // 2,
+        width=poster.size[0],
+        height=poster.size[1],
+    )
+
+
+def _render_stored(video_path: str, storage_options: Optional[dict]) -> RenderedPreviews:
+    fs, path = open_fs(video_path, storage_options)
+    if is_local(fs):
+        return render_previews(path)
+    # Object stores: a seekable file that fetches ranges on demand, never the whole video
+    # in memory at once (mp4's index may sit at the end).
+    with fs.open(path, "rb") as f:
+        return render_previews(f)
+
+
+async def make_previews(video_path: str, *, storage_options: Optional[dict] = None) -> Previews:
+    """Decode the stored video at ``video_path`` and write its poster and strip beside it.
+
+    Args:
+        video_path: any fsspec URL or local path of a kept video.
+        storage_options: fsspec options of that storage.
+
+    Returns:
+        The :class:`Previews`: where the JPEGs are and which frames they show.
+
+    Raises:
+        PreviewError: the video cannot be decoded.
+        FileNotFoundError: there is no video at ``video_path``.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import make_previews
+        previews = await make_previews("s3://bucket/out/a.mp4", storage_options={"anon": False})
+        ```
+    """
+    rendered = await run_sync(_render_stored, video_path, storage_options)
+    poster, strip = preview_paths(video_path)
+    await write_bytes_atomic(poster, rendered.poster_jpeg, storage_options=storage_options)
+    await write_bytes_atomic(strip, rendered.strip_jpeg, storage_options=storage_options)
+    return Previews(
+        poster=poster,
+        strip=strip,
+        frames=rendered.frames,
+        poster_frame=rendered.poster_frame,
+        width=rendered.width,
+        height=rendered.height,
+    )

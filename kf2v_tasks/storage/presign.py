@@ -1,0 +1,161 @@
+"""Presigned HTTPS links to objects on S3, so a browser can open a kept video or poster.
+
+An ``s3://`` URL is not something a browser can follow; a presigned URL is, until it
+expires. Links are signed with the output's own storage options through s3fs
+(``S3FileSystem.sign(path, expiration=seconds)``, which asks botocore for a presigned
+``get_object`` URL); nothing is sent to S3 to sign. SigV4 signatures live at most seven
+days, so a longer expiry is cut to that and the link says when it stops working.
+
+A presigned URL carries a signature in its query string: it is a capability for that one
+object until it expires, which is the point of putting it in an artifact. It is never
+logged (see :mod:`kf2v_tasks.redaction`, which strips query strings from logged URLs).
+
+Example:
+    ```python
+    from kf2v_tasks.storage.presign import presign
+
+    link = await presign("s3://bucket/out/a.mp4", storage_options={"anon": False})
+    print(link.url, "valid until", link.expires_at.isoformat())
+    ```
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from datetime import UTC, datetime, timedelta
+from typing import Optional
+
+from pydantic import BaseModel, Field
+
+from kf2v_tasks.storage.paths import open_fs, run_sync
+
+__all__ = [
+    "DEFAULT_EXPIRY_SECONDS",
+    "MAX_EXPIRY_SECONDS",
+    "PresignedUrl",
+    "can_presign",
+    "presign",
+    "presign_many",
+]
+
+#: The longest a SigV4 presigned URL can live (seven days).
+MAX_EXPIRY_SECONDS = 7 * 24 * 3600
+#: How long links in artifacts live unless asked otherwise.
+DEFAULT_EXPIRY_SECONDS = MAX_EXPIRY_SECONDS
+
+_SCHEMES = frozenset({"s3", "s3a"})
+
+
+class PresignedUrl(BaseModel):
+    """An HTTPS link to one object, and when it stops working.
+
+    Example:
+        ```python
+        from datetime import UTC, datetime
+        from kf2v_tasks.storage.presign import PresignedUrl
+        link = PresignedUrl(source="s3://b/a.mp4", url="https://b.s3.test/a.mp4?X-Amz-Signature=f",
+                            expires_at=datetime(2030, 1, 1, tzinfo=UTC), expires_in=3600)
+        assert link.expiry_text() == "2030-01-01 00:00 UTC"
+        ```
+    """
+
+    source: str = Field(description="The object's s3:// URL.")
+    url: str = Field(description="The presigned https URL (holds a signature: never log it).")
+    expires_at: datetime = Field(description="When the link stops working (aware UTC).")
+    expires_in: int = Field(description="Seconds the link was signed for.")
+
+    def __repr__(self) -> str:  # the signature stays out of reprs and tracebacks
+        return f"PresignedUrl({self.source!r}, expires_at={self.expires_at.isoformat()!r})"
+
+    __str__ = __repr__
+
+    def expiry_text(self) -> str:
+        """When the link expires, for people: ``2030-01-01 00:00 UTC``."""
+        return self.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def can_presign(url: str) -> bool:
+    """Whether ``url`` is on a store this module can presign (S3).
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.presign import can_presign
+        assert can_presign("s3://bucket/a.mp4") and not can_presign("/data/out/a.mp4")
+        ```
+    """
+    scheme, sep, _ = url.partition("://")
+    return bool(sep) and scheme.lower() in _SCHEMES
+
+
+def _expiry(expires_in: int) -> int:
+    if expires_in < 1:
+        raise ValueError(f"expires_in must be at least 1 second, not {expires_in}")
+    return min(int(expires_in), MAX_EXPIRY_SECONDS)
+
+
+def _sign_sync(
+    urls: list[str], storage_options: Optional[dict], expires_in: int
+) -> list[PresignedUrl]:
+    out = []
+    for url in urls:
+        if not can_presign(url):
+            raise ValueError(f"{url!r} is not an s3:// URL; only S3 objects can be presigned")
+        fs, path = open_fs(url, storage_options)
+        signed_at = datetime.now(UTC)
+        # The object may have been stored as binary/octet-stream: the link asks S3 to
+        # answer with the type its name says, so a browser shows it instead of saving it.
+        kind, _ = mimetypes.guess_type(path)
+        extra = {"ResponseContentType": kind} if kind else {}
+        out.append(
+            PresignedUrl(
+                source=url,
+                url=fs.sign(path, expiration=expires_in, **extra),
+                expires_at=signed_at + timedelta(seconds=expires_in),
+                expires_in=expires_in,
+            )
+        )
+    return out
+
+
+async def presign(
+    url: str,
+    *,
+    storage_options: Optional[dict] = None,
+    expires_in: int = DEFAULT_EXPIRY_SECONDS,
+) -> PresignedUrl:
+    """A presigned HTTPS link to the S3 object ``url``, valid ``expires_in`` seconds.
+
+    Args:
+        url: an ``s3://bucket/key`` URL.
+        storage_options: s3fs options (credentials, endpoint) of that bucket.
+        expires_in: seconds the link works; cut to :data:`MAX_EXPIRY_SECONDS`.
+
+    Raises:
+        ValueError: ``url`` is not on S3, or ``expires_in`` is below one second.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.presign import presign
+        link = await presign("s3://bucket/out/a.poster.jpg", expires_in=3600)
+        ```
+    """
+    return (await presign_many([url], storage_options=storage_options, expires_in=expires_in))[0]
+
+
+async def presign_many(
+    urls: list[str],
+    *,
+    storage_options: Optional[dict] = None,
+    expires_in: int = DEFAULT_EXPIRY_SECONDS,
+) -> list[PresignedUrl]:
+    """Presigned links to many S3 objects, in order, signed in one worker thread.
+
+    Signing is local (no request to S3), so thousands take well under a second.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.presign import presign_many
+        links = await presign_many(["s3://b/a.mp4", "s3://b/a.poster.jpg"], expires_in=600)
+        ```
+    """
+    return await run_sync(_sign_sync, list(urls), storage_options, _expiry(expires_in))
