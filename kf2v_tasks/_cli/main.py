@@ -1,4 +1,4 @@
-"""The ``kf2v`` command: run a manifest, generate one video, validate, serve the simulator.
+"""The ``kf2v`` command: run a manifest, generate one video or a storyboard, validate, serve.
 
 It parses the options, checks what is cheap to check, and calls the flows. A failure is
 one line on stderr (``kf2v run: error: ...``) with exit code 2 for bad input and 1 for
@@ -73,6 +73,13 @@ def _generate(args: argparse.Namespace) -> int:
     return cmd_generate(args)
 
 
+def _storyboard(args: argparse.Namespace) -> int:
+    """``kf2v storyboard``: N keyframes, one film."""
+    from kf2v_tasks._cli.storyboard import cmd_storyboard
+
+    return cmd_storyboard(args)
+
+
 def _validate(args: argparse.Namespace) -> int:
     """``kf2v validate``: check and estimate, without Prefect."""
     from kf2v_tasks._cli.validate import cmd_validate
@@ -83,6 +90,7 @@ def _validate(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "generate": _generate,
+    "storyboard": _storyboard,
     "validate": _validate,
     "simulator": _simulator,
     "limits": _limits,

@@ -144,24 +144,7 @@ def _add_run(sub) -> None:
     )
     run.add_argument("manifest", help="CSV manifest (path or fsspec URL).")
     run.add_argument("--output", required=True, help="Output folder (path or fsspec URL).")
-    run.add_argument(
-        "--concurrency",
-        type=argtypes.integer(1, 1024),
-        default=2,
-        help="Remote tasks in flight at once (default 2, the account default).",
-    )
-    run.add_argument(
-        "--submits-per-second",
-        type=argtypes.number(above=0),
-        default=2.0,
-        help="Create calls per second (default 2, the account default).",
-    )
-    run.add_argument(
-        "--queries-per-second",
-        type=argtypes.number(above=0),
-        default=20.0,
-        help="Task queries per second (default 20, the account default).",
-    )
+    _quota(run)
     run.add_argument("--prompt", help="Prompt for rows whose prompt cell is empty.")
     _max_cost(run)
     run.add_argument(
@@ -182,6 +165,28 @@ def _add_run(sub) -> None:
     _storage_options(run)
     _service_options(run)
     _debug(run)
+
+
+def _quota(p: argparse.ArgumentParser) -> None:
+    """The account quota a run keeps to: tasks in flight, creates and queries per second."""
+    p.add_argument(
+        "--concurrency",
+        type=argtypes.integer(1, 1024),
+        default=2,
+        help="Remote tasks in flight at once (default 2, the account default).",
+    )
+    p.add_argument(
+        "--submits-per-second",
+        type=argtypes.number(above=0),
+        default=2.0,
+        help="Create calls per second (default 2, the account default).",
+    )
+    p.add_argument(
+        "--queries-per-second",
+        type=argtypes.number(above=0),
+        default=20.0,
+        help="Task queries per second (default 20, the account default).",
+    )
 
 
 def _max_cost(p: argparse.ArgumentParser) -> None:
@@ -213,6 +218,36 @@ def _add_generate(sub) -> None:
     _storage_options(gen)
     _service_options(gen)
     _debug(gen)
+
+
+def _add_storyboard(sub) -> None:
+    board = sub.add_parser(
+        "storyboard",
+        help="Chain N keyframes into one film of N-1 transitions.",
+        description="Generate a transition between every two consecutive keyframes and "
+        "stitch them into one MP4 (the duplicated boundary frames dropped). The clips, "
+        "their manifest and results.csv are kept in <film>.storyboard/ beside the film; a "
+        "re-run pays only for transitions not made yet.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    board.add_argument(
+        "frames", nargs="+", metavar="FRAME", help="The keyframes in order (2 or more)."
+    )
+    board.add_argument("--prompt", help="Prompt of every transition without its own.")
+    board.add_argument(
+        "--prompt-each",
+        nargs="+",
+        metavar="P",
+        help="One prompt per transition (N-1 for N keyframes), in order.",
+    )
+    board.add_argument("--output", required=True, help="The film, .mp4 (path or fsspec URL).")
+    _quota(board)
+    _max_cost(board)
+    _generation_options(board)
+    _storage_options(board)
+    _service_options(board)
+    _debug(board)
 
 
 def _add_validate(sub) -> None:
@@ -328,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run(sub)
     _add_generate(sub)
+    _add_storyboard(sub)
     _add_validate(sub)
     _add_simulator(sub)
     _add_limits(sub)
