@@ -1,11 +1,13 @@
 """deployments/prefect.yaml on a real Prefect server with two process workers, S3 and sharding.
 
-One integration test (a couple of minutes): a real ``prefect server start`` on a free
-loopback port with a temporary PREFECT_HOME, a moto S3 server and the simulator; the
-blocks are registered and saved, ``prefect deploy --all`` deploys the YAML, two
-``prefect worker start`` processes serve the pool, and the batch deployment is
-triggered through the API the way the UI does, with the manifest and the outputs on
-S3 and sharding on. Everything the test starts it stops.
+Quick checks of the file itself (entry points by module, nothing that names the deploying
+machine's folders, the commented Docker example), then one integration test (a couple of
+minutes): a real ``prefect server start`` on a free loopback port with a temporary
+PREFECT_HOME, a moto S3 server and the simulator; the blocks are registered and saved,
+``prefect deploy --all`` deploys the YAML, two ``prefect worker start`` processes serve
+the pool, and the batch deployment is triggered through the API the way the UI does, with
+the manifest and the outputs on S3 and sharding on. Everything the test starts it stops.
+tests/test_workers_multi.py runs the same file on workers that share no folder with it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simul
 from conftest import TEST_API_KEY
 from helpers import make_pairs, manifest_text
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "kf2v-process"
 SPEED = 600.0
@@ -35,16 +35,23 @@ WORKERS = ("kf2v-test-worker-a", "kf2v-test-worker-b")
 CREDENTIALS_BLOCK = "kf2v-test-simulator"
 STORAGE_SECRET = "kf2v-test-s3"
 RUN_TIMEOUT = 300.0
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+#: The commented Docker work-pool example ends the file; its first line.
+DOCKER_EXAMPLE = "  # - name: batch-docker"
+#: Job variables of prefect-docker's Docker work pool (prefect_docker.worker) the example may set.
+DOCKER_JOB_VARIABLES = {"image", "image_pull_policy", "auto_remove", "env", "networks", "volumes"}
 
 
-def _diagnostics(stack: LocalStack, extra: str = "") -> str:
+def diagnostics(stack: LocalStack, extra: str = "") -> str:
+    """``extra`` and the tail of every stack process's log, for an assertion message."""
     parts = [extra] if extra else []
     for p in stack.processes:
         parts.append(f"----- {p.name} (exit {p.proc.poll()}) {p.log}\n{tail(p.log, 80)}")
     return "\n".join(parts)
 
 
-async def _save_blocks(sim_url: str, s3_options: dict) -> None:
+async def save_blocks(sim_url: str, s3_options: dict) -> None:
+    """Save the simulator's credentials block and the S3 Secret block on the current server."""
     from prefect.blocks.system import Secret
     from pydantic import SecretStr
 
@@ -57,7 +64,8 @@ async def _save_blocks(sim_url: str, s3_options: dict) -> None:
     await Secret(value=json.dumps(s3_options)).asave(STORAGE_SECRET, overwrite=True)
 
 
-async def _wait_final(client, flow_run_id, stack: LocalStack, timeout: float):
+async def wait_final(client, flow_run_id, stack: LocalStack, timeout: float):
+    """The flow run once final; fail with the logs if it takes too long or a worker dies."""
     deadline = time.monotonic() + timeout
     while True:
         run = await client.read_flow_run(flow_run_id)
@@ -65,15 +73,16 @@ async def _wait_final(client, flow_run_id, stack: LocalStack, timeout: float):
             return run
         if time.monotonic() > deadline:
             raise AssertionError(
-                _diagnostics(stack, f"flow run {run.name} still {run.state} after {timeout}s")
+                diagnostics(stack, f"flow run {run.name} still {run.state} after {timeout}s")
             )
         for w in stack.workers:
             if not w.alive():
-                raise AssertionError(_diagnostics(stack, f"{w.name} died"))
+                raise AssertionError(diagnostics(stack, f"{w.name} died"))
         await asyncio.sleep(2.0)
 
 
-async def _runs_of(client, deployment_id) -> list:
+async def runs_of(client, deployment_id) -> list:
+    """Every flow run of the deployment (a sharded batch: the parent and its shards)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     return await client.read_flow_runs(
@@ -82,6 +91,78 @@ async def _runs_of(client, deployment_id) -> list:
     )
 
 
+def _yaml(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def test_entry_points_are_modules_of_the_installed_package():
+    """A flow run imports its flow by module, so it needs the package, not this folder."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    flows = {}
+    for d in _yaml(PREFECT_YAML.read_text())["deployments"]:
+        module, _, function = d["entrypoint"].partition(":")
+        assert module.startswith("kf2v_flows.") and "/" not in module, d["entrypoint"]
+        flows[d["name"]] = load_flow_from_entrypoint(d["entrypoint"]).name
+    assert flows == {
+        "batch": "kf2v-generate-batch",
+        "single": "kf2v-generate-video",
+        "nightly": "kf2v-generate-batch",
+    }
+
+
+def test_no_step_needs_the_deploying_machine():
+    """No build step records a folder and the one pull step stays where the worker is."""
+    text = PREFECT_YAML.read_text()
+    config = _yaml(text)
+    assert not config.get("build") and not config.get("push")
+    assert config["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "."}}
+    ]
+    for d in config["deployments"]:
+        assert not {"build", "push", "pull"} & set(d), d["name"]
+    assert "{{" not in text  # no step output (a folder, an image tag) is templated in
+
+
+def test_commented_docker_example_is_a_valid_deployment():
+    """Uncommented, the Docker example parses, names a Docker pool and takes valid parameters."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    text = PREFECT_YAML.read_text()
+    assert DOCKER_EXAMPLE in text
+    head, example = text.split(DOCKER_EXAMPLE, 1)
+    lines = (DOCKER_EXAMPLE + example).splitlines()
+    assert all(line.startswith("  #") for line in lines), "the example must end the file"
+    uncommented = "\n".join("  " + line[4:] for line in lines)
+    config = _yaml(head + uncommented + "\n")
+    docker = next(d for d in config["deployments"] if d["name"] == "batch-docker")
+    batch = next(d for d in config["deployments"] if d["name"] == "batch")
+    assert docker["entrypoint"] == batch["entrypoint"]
+    pool = docker["work_pool"]
+    assert pool["name"] == "kf2v-docker" and set(pool["job_variables"]) <= DOCKER_JOB_VARIABLES
+    # The image is the one the Dockerfile's instructions build.
+    image = pool["job_variables"]["image"]
+    assert f"docker build -t {image} ." in (ROOT / "Dockerfile").read_text()
+    flow = load_flow_from_entrypoint(docker["entrypoint"])
+    flow.validate_parameters({"manifest": "m.csv", "output": "out", **docker["parameters"]})
+
+
+def test_dockerfile_copies_every_package_folder():
+    """The image's wheel is built from what the Dockerfile copies: every package folder."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_dirs = set(project["tool"]["setuptools"]["package-dir"].values())
+    copied = set()
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied.update(line.split()[1:-1])
+    assert package_dirs | {"pyproject.toml", project["project"]["readme"]} <= copied, copied
+
+
+@pytest.mark.slow
 def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
     started = time.monotonic()
     # ------------------------------------------------------------------ inputs on S3
@@ -122,7 +203,7 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
         registered = stack.prepare(pool=POOL, max_in_flight=MAX_IN_FLIGHT)
         assert "DashScope Credentials" in registered, registered
         with api(stack.api_url):
-            asyncio.run(_save_blocks(sim.base_url, s3_server.storage_options))
+            asyncio.run(save_blocks(sim.base_url, s3_server.storage_options))
         deploy_out = stack.deploy(ROOT)
         assert "kf2v-generate-batch/batch" in deploy_out, deploy_out
         for name in WORKERS:
@@ -153,9 +234,9 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
                 parent = await run_deployment(
                     "kf2v-generate-batch/batch", parameters=parameters, timeout=0
                 )
-                parent = await _wait_final(client, parent.id, stack, RUN_TIMEOUT)
+                parent = await wait_final(client, parent.id, stack, RUN_TIMEOUT)
                 batch = await client.read_deployment_by_name("kf2v-generate-batch/batch")
-                runs = await _runs_of(client, batch.id)
+                runs = await runs_of(client, batch.id)
                 nightly = await client.read_deployment_by_name("kf2v-generate-batch/nightly")
                 single = await client.read_deployment_by_name("kf2v-generate-video/single")
                 limit = await client.read_global_concurrency_limit_by_name("kf2v-dashscope-tasks")
@@ -165,7 +246,7 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
             parent, batch, runs, nightly, single, limit = asyncio.run(scenario())
         run_seconds = time.monotonic() - started - setup_seconds
         stats = sim.stats()
-        diag = _diagnostics(stack, f"parent: {parent.state}")
+        diag = diagnostics(stack, f"parent: {parent.state}")
 
     # ------------------------------------------------------------------ the run
     assert parent.state.is_completed(), diag
@@ -262,13 +343,11 @@ def _check_batch_schema(schema: dict) -> None:
     assert "fsspec URL" in props["manifest"]["description"]
     assert props["defaults"]["$ref"] == "#/definitions/RowDefaults"
     row_defaults = schema["definitions"]["RowDefaults"]["properties"]
-    assert row_defaults["model"]["$ref"] == "#/definitions/Kf2vModel"
+    # Models are data (a models file may add one), so the form takes any name and offers
+    # the built-in ones as examples; the run refuses an unknown one, naming the row.
+    assert row_defaults["model"]["type"] == "string"
+    assert {"wan2.2-kf2v-flash", "wan2.7-i2v"} <= set(row_defaults["model"]["examples"])
     assert row_defaults["resolution"]["$ref"] == "#/definitions/Resolution"
-    assert set(_enum_of(schema, "Kf2vModel")) == {
-        "wan2.2-kf2v-flash",
-        "wanx2.1-kf2v-plus",
-        "wan2.1-kf2v-plus",
-    }
     assert _enum_of(schema, "Resolution") == ["480P", "720P", "1080P"]
     assert set(_enum_of(schema, "AmbiguousPolicy")) == {"retry_once", "fail"}
     conc = schema["definitions"]["ConcurrencySettings"]["properties"]
@@ -281,4 +360,4 @@ def _check_single_schema(schema: dict) -> None:
     assert schema["required"] == ["first_frame", "last_frame", "output"]
     for field in ("first_frame", "last_frame", "output", "prompt", "options"):
         assert props[field].get("description"), f"{field} has no description"
-    assert "Kf2vModel" in schema["definitions"] and "Resolution" in schema["definitions"]
+    assert "Resolution" in schema["definitions"]
