@@ -141,7 +141,7 @@ async def generate_batch(
                 task_runs=task_runs,
                 extra_columns=extra_columns,
             ),
-            observer=run_observer(PrefectReporter()),
+            observer=run_observer(PrefectReporter(storage_options=opts)),
         )
     else:
         runner = BatchRunner(
@@ -159,7 +159,8 @@ async def generate_batch(
             ambiguous_policy=ambiguous_policy,
             shard_index=shard_index,
             shard_count=shard_count,
-            observer=PrefectReporter(),
+            # A shard's gallery would overwrite its siblings': the parent writes the whole one.
+            observer=PrefectReporter(storage_options=opts, gallery=shard_count == 1),
             task_runs=task_runs,
             extra_columns=extra_columns,
         )

@@ -201,3 +201,21 @@ async def test_a_block_shrinks_to_what_the_limit_has_free():
     await other.close()
     assert wall < 10
     assert {x["name"]: x for x in await show_limits()}[name]["active_slots"] == 0
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_rows_announced_ahead_are_covered_by_the_first_ask(monkeypatch):
+    from kf2v_tasks.batch import slots as slots_module
+
+    real_acquire = slots_module.acquire_slot
+    asked: list[int] = []
+
+    async def recording_acquire(client, name, slots=1):
+        asked.append(slots)
+        return await real_acquire(client, name, slots)
+
+    monkeypatch.setattr(slots_module, "acquire_slot", recording_acquire)
+    pool = await SlotPool.create(6, "kf2v-test-expect")
+    pool.expect(20)
+    await _run_jobs(pool, 20, 0.05)
+    assert asked == [6]  # one ask for the whole pool, reused by all 20 rows

@@ -38,6 +38,7 @@ from kf2v_tasks.batch.plan import (
     plan_batch,
     with_extras,
 )
+from kf2v_tasks.batch.rates import RateShare
 from kf2v_tasks.batch.reporting import BatchObserver, run_observer
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
@@ -285,7 +286,9 @@ class BatchRunner:
         )
         credentials = await aresolve_credentials(self.credentials)
         pool = await SlotPool.create(c.max_in_flight, c.global_limit)
+        share = await self._share_rates(pool, limits)
         order = self._resume_order(plan, rows)
+        pool.expect(len(order) - len(plan.persisted))
         try:
             async with credentials.get_client(limits=limits) as client:
                 fan = _RowFanOut(
@@ -299,7 +302,31 @@ class BatchRunner:
                 await asyncio.gather(*(fan.run_row(row, rec) for row, rec in order))
         finally:
             await pool.close()
+            if share is not None:
+                await share.leave()
         return fan.submitted, fan.reattached
+
+    async def _share_rates(self, pool: SlotPool, limits: AccountLimits) -> Optional[RateShare]:
+        """Keep to this run's share of the account's creates/s and queries/s (see rates.py)."""
+        c = self.concurrency
+        share = None
+        if pool.gcl_name:
+            share = await RateShare.join(
+                pool.gcl_name,
+                {
+                    limits.submit_limiter: c.submits_per_second,
+                    limits.query_limiter: c.queries_per_second,
+                },
+            )
+        if share is None and self.shard_count > 1:
+            # Nothing counts the shards that run at once: each keeps to its part.
+            limits.submit_limiter.set_rate(c.submits_per_second / self.shard_count)
+            limits.query_limiter.set_rate(c.queries_per_second / self.shard_count)
+            logger.info(
+                "rates not shared through the server: this shard keeps to 1/%d of them",
+                self.shard_count,
+            )
+        return share
 
     @staticmethod
     def _resume_order(plan: BatchPlan, rows: list[ManifestRow]):

@@ -4,8 +4,10 @@ Each shard is a flow run of the deployment that is running now, so any worker of
 picks it up. A shard learns which slice it runs from its flow-run tag
 ``kf2v-shard:<i>-of-<n>`` (set by the parent), not from parameters, so the deployment's
 form shows nothing internal. The account's tasks-in-flight quota holds across shards
-through the Prefect global concurrency limit; the per-second rates are split evenly
-between shards so that together they never exceed the account's.
+through the Prefect global concurrency limit, and so do the per-second rates (rate-mode
+limits, :mod:`~kf2v_tasks.batch.rates`): each shard is given the account's whole rates and
+the server shares them, whether the shards run alone or all at once. A shard that cannot
+reach those limits divides the rates by the shard count itself.
 """
 
 from __future__ import annotations
@@ -113,25 +115,20 @@ def shard_summary_name(index: int) -> str:
 
 
 def shard_parameters(params: dict[str, Any], count: int) -> dict[str, Any]:
-    """Parameters of a shard run: the parent's, one shard each, its share of the rates and budget.
+    """Parameters of a shard run: the parent's, one shard each, and its share of the budget.
 
     Shards run at once on other workers and cannot see each other's spending, so each
     gets ``max_cost / count``: together they never spend more than the parent's budget.
+    The rates stay whole: the server shares them between the shards.
 
     Example:
         ```python
         from kf2v_tasks.batch.sharding import shard_parameters
-        p = shard_parameters({"manifest": "m.csv", "concurrency": {"submits_per_second": 2.0}}, 2)
-        assert p["shards"] == 1 and p["concurrency"]["submits_per_second"] == 1.0
+        p = shard_parameters({"manifest": "m.csv", "max_cost": 4.0}, 2)
+        assert p["shards"] == 1 and p["max_cost"] == 2.0
         ```
     """
     out = dict(params)
-    conc = out.get("concurrency")
-    if conc is not None:
-        data = conc.model_dump() if hasattr(conc, "model_dump") else dict(conc)
-        data["submits_per_second"] = data.get("submits_per_second", 2.0) / count
-        data["queries_per_second"] = data.get("queries_per_second", 20.0) / count
-        out["concurrency"] = data
     if out.get("max_cost") is not None:
         out["max_cost"] = out["max_cost"] / count
     out["shards"] = 1

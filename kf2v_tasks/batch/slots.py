@@ -191,6 +191,7 @@ class SlotPool:
         self._needing = 0  # rows past it, waiting for a server slot
         self._held = 0  # server slots this run holds
         self._asking: Optional[_Lease] = None  # the one ask to the server in flight
+        self._expected = 0  # rows about to ask (see expect())
         self._ask_error: Optional[BaseException] = None
         self._collector: Optional[asyncio.Task[None]] = None
         self._changed = asyncio.Event()
@@ -269,7 +270,8 @@ class SlotPool:
     def _ask(self) -> None:
         """Ask the server, once at a time, for a slot for every row of this run that needs one."""
         assert self.gcl_name and self._book and self._gate
-        want = max(1, min(self._needing, self.size - self._held))
+        want = max(1, min(max(self._needing, self._expected), self.size - self._held))
+        self._expected = 0  # a hint for the first ask only
         lease = self._asking = _Lease(self.gcl_name, self._book, self._gate, want)
         self._all.append(lease)
 
@@ -306,6 +308,20 @@ class SlotPool:
         self._idle.append(lease)  # kept for the next row of this run
         self._give_back_if_unwanted(lease)
         self._notify()
+
+    def expect(self, rows: int) -> None:
+        """Say that ``rows`` rows are about to ask for slots: the first ask covers them all.
+
+        An ask costs a server round trip (seconds on a busy server), and rows start one
+        after the other, so without the hint the first ask would be for one slot only.
+
+        Example:
+            ```python
+            pool = await SlotPool.create(32, "kf2v-dashscope-tasks")
+            pool.expect(200)   # the first ask is for all 32 slots
+            ```
+        """
+        self._expected = max(0, int(rows))
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[HeldSlot]:

@@ -54,6 +54,24 @@ class RateLimiter:
         self._tat = clock.now() - self._tolerance  # theoretical arrival time of the next call
         self._lock = threading.Lock()
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from the next reservation on (e.g. this run's share of the account's).
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.limits import RateLimiter
+            limiter = RateLimiter(2.0)
+            limiter.set_rate(1.0)   # another run now shares the account
+            assert limiter.rate == 1.0
+            ```
+        """
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0, got {rate}")
+        with self._lock:
+            self.rate = float(rate)
+            self._interval = 1.0 / self.rate
+            self._tolerance = (self.burst - 1.0) * self._interval
+
     def reserve(self) -> float:
         """Take the next free instant; return the service seconds to wait for it."""
         with self._lock:

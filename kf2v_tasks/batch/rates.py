@@ -1,0 +1,184 @@
+"""Creates and queries per second, shared by every run and shard of an account.
+
+The account's per-second quotas (2 creates/s, 20 task queries/s by default) hold for the
+whole account, so overlapping runs and the shards of one batch must share them. Each run
+spaces its own calls with its local limiters (:class:`~kf2v_tasks.dashscope.limits.
+RateLimiter`); a :class:`RateShare` sets those limiters to the account's rates divided by
+the number of runs using the account *now*, which it reads from the Prefect server:
+every run holds one slot (a lease, renewed while it works) of a counting limit next to
+the account's in-flight limit, and reads how many are held every :data:`REFRESH_SECONDS`.
+
+Why not a token per call from a rate-mode global limit: measured on a SQLite Prefect
+server busy with a per-step batch's task runs, each ask took ~2 s, so B1 at concurrency
+32 fell from 17 s to 49 s of wall time for 96 rows, and tokens fetched in blocks arrived
+as bursts the service throttled (113 of 209 creates answered 429). A share costs one read
+every few seconds, off the path of every call. When a run joins while others are working,
+it waits one refresh before its first call so that they have slowed down for it; a run
+that leaves is given back within one refresh. A killed run's slot is freed by the next
+run on its machine (:class:`~kf2v_tasks.batch.gcl.LeaseBook`) or when its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Optional
+
+from kf2v_tasks.batch.gcl import LEASE_SECONDS, LeaseBook, acquire_slot
+from kf2v_tasks.dashscope.limits import RateLimiter
+
+logger = logging.getLogger("kf2v_tasks.batch.rates")
+
+#: Real seconds between two reads of how many runs share the account.
+REFRESH_SECONDS = 2.0
+#: Size of the counting limit: runs at once on one account, far more than anyone runs.
+MAX_RUNS = 10_000
+
+
+def runs_limit_name(global_limit: str) -> str:
+    """The counting limit that goes with the in-flight limit ``global_limit``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.rates import runs_limit_name
+        assert runs_limit_name("kf2v-dashscope-tasks") == "kf2v-dashscope-tasks-runs"
+        ```
+    """
+    return f"{global_limit}-runs"
+
+
+class RateShare:
+    """This run's share of the account's rates: each rate divided by the runs using it now.
+
+    Args:
+        global_limit: the account's in-flight limit; the counting limit is named after it.
+        limiters: each local limiter with the account's whole rate for it.
+
+    Example:
+        ```python
+        import asyncio
+        from kf2v_tasks.batch.rates import RateShare
+        from kf2v_tasks.dashscope.limits import RateLimiter
+
+        async def main():
+            creates, queries = RateLimiter(2.0), RateLimiter(20.0)
+            share = await RateShare.join("kf2v-dashscope-tasks", {creates: 2.0, queries: 20.0})
+            try:
+                print(share.runs, creates.rate)   # 1 run alone: the whole 2.0 creates/s
+            finally:
+                await share.leave()
+
+        asyncio.run(main())
+        ```
+    """
+
+    def __init__(self, global_limit: str, limiters: dict[RateLimiter, float]) -> None:
+        self.name = runs_limit_name(global_limit)
+        self.limiters = dict(limiters)
+        self.runs = 1
+        self.reads = 0
+        self._book = LeaseBook()
+        self._lease_id: Any = None
+        self._stack: Optional[contextlib.AsyncExitStack] = None
+        self._client: Any = None
+        self._task: Optional[asyncio.Task[None]] = None
+
+    @classmethod
+    async def join(
+        cls, global_limit: str, limiters: dict[RateLimiter, float]
+    ) -> Optional[RateShare]:
+        """Count this run in, set the limiters to its share; ``None`` if the server cannot.
+
+        Waits one refresh before returning when other runs are at work, so that they
+        have slowed down to make room for this one.
+        """
+        share = cls(global_limit, limiters)
+        try:
+            others = await share._start()
+        except Exception as exc:  # the in-flight limit still holds; say what does not
+            await share.leave()
+            logger.warning(
+                "could not count this run on the server (%s): the creates and queries per "
+                "second are this run's alone, not shared with overlapping runs",
+                exc,
+            )
+            return None
+        if others:
+            logger.info(
+                "%d other run(s) use this account: this run keeps to 1/%d of its rates",
+                others,
+                share.runs,
+            )
+            await asyncio.sleep(REFRESH_SECONDS)  # real seconds: the others' refresh period
+        return share
+
+    async def _start(self) -> int:
+        from prefect.client.orchestration import get_client
+
+        await _ensure_counting_limit(self.name)
+        stack = contextlib.AsyncExitStack()
+        self._client = await stack.enter_async_context(get_client())
+        self._stack = stack
+        self._lease_id, _ = await acquire_slot(self._client, self.name)
+        self._book.add(self._lease_id)
+        await self._refresh()
+        self._task = asyncio.create_task(self._keep())
+        return self.runs - 1
+
+    async def _refresh(self) -> None:
+        limit = await self._client.read_global_concurrency_limit_by_name(self.name)
+        self.reads += 1
+        runs = max(1, int(limit.active_slots))
+        if runs != self.runs:
+            logger.info("%d run(s) share this account's rates now", runs)
+        self.runs = runs
+        for limiter, rate in self.limiters.items():
+            limiter.set_rate(rate / runs)
+
+    async def _keep(self) -> None:
+        """Renew this run's slot and follow the count until the run leaves."""
+        renewed = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)  # real seconds: the server's clock
+            try:
+                now = asyncio.get_running_loop().time()
+                if now - renewed >= LEASE_SECONDS / 3:
+                    await self._client.renew_concurrency_lease(self._lease_id, LEASE_SECONDS)
+                    renewed = now
+                await self._refresh()
+            except Exception as exc:  # keep the last share; the next read may succeed
+                logger.warning("could not read how many runs share the account: %s", exc)
+
+    async def leave(self) -> None:
+        """Stop counting this run (its share goes back to the others within one refresh)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self._lease_id is not None and self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.release_concurrency_slots_with_lease(self._lease_id)
+            self._book.remove(self._lease_id)
+            self._lease_id = None
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+
+
+async def _ensure_counting_limit(name: str) -> None:
+    """Create the counting limit when missing (race-safe, as for the in-flight limit)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=MAX_RUNS, active=True)
+                )
