@@ -18,7 +18,7 @@ from pydantic import Field
 
 from kf2v_tasks._twins import twin_flow
 from kf2v_tasks.batch.config import ConcurrencySettings, PollingSettings
-from kf2v_tasks.batch.manifest import RowDefaults
+from kf2v_tasks.batch.manifest import ExtraColumns, RowDefaults
 from kf2v_tasks.batch.reporting import PrefectReporter, run_observer
 from kf2v_tasks.batch.results import BatchSummary
 from kf2v_tasks.batch.runner import BatchRunner
@@ -53,7 +53,7 @@ async def generate_batch(
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
     shards: Annotated[int, Field(ge=1, le=256)] = 1,
     task_runs: TaskRuns = TaskRuns.PER_STEP,
-    extra_columns: bool = False,
+    extra_columns: ExtraColumns = False,
 ):
     """Generate a video for every row of a CSV manifest.
 
@@ -93,7 +93,9 @@ async def generate_batch(
         task_runs: per_step: submit, poll and persist are separate Prefect task runs per
             row. per_row: one task run per row, lighter for thousands of rows.
         extra_columns: Accept manifest columns of your own and copy them into
-            results.csv (after its own columns). Off: an unknown column is an error.
+            results.csv (after its own columns): True for any column, or a list of
+            their names (any other unknown column is then still an error, with a
+            did-you-mean). Off: an unknown column is an error.
 
     Returns:
         A BatchSummary, with one result per row in ``results``.

@@ -57,6 +57,7 @@ _EXPORTS = {
     "PermanentError": "kf2v_tasks.errors",
     "AmbiguousCreateError": "kf2v_tasks.errors",
     "BatchFailedError": "kf2v_tasks.errors",
+    "StoryboardFailedError": "kf2v_tasks.errors",
     "FrameValidationError": "kf2v_tasks.errors",
     "ManifestError": "kf2v_tasks.errors",
     "TaskFailedError": "kf2v_tasks.errors",

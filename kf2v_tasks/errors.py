@@ -247,3 +247,33 @@ class BatchFailedError(PermanentError):
 
     def __reduce__(self):  # results may be pickled by Prefect: keep the summary
         return (type(self), (self.summary,))
+
+
+class StoryboardFailedError(BatchFailedError):
+    """A storyboard's transition failed (or was left out by max_cost); the message names it.
+
+    ``summary`` is the transitions' BatchSummary (as for the batch flow) and ``storyboard``
+    the films (a ``StoryboardSummary``). The clips that were made are kept: a re-run pays
+    only for the others. Being a :class:`BatchFailedError`, a caller that handles failed
+    batches handles failed storyboards too.
+
+    Example:
+        ```python
+        from kf2v_tasks import StoryboardFailedError
+
+        try:
+            generate_storyboard(["a.png", "b.png", "c.png"], "out/film.mp4")
+        except StoryboardFailedError as exc:
+            print(exc)  # storyboard 'film': row 3 (transition-02) failed: ...
+            print([f.status for f in exc.storyboard.films])
+        ```
+    """
+
+    def __init__(self, summary: Any, storyboard: Any = None, message: Optional[str] = None) -> None:
+        super().__init__(summary)
+        self.storyboard = storyboard
+        if message:
+            self.args = (message,)
+
+    def __reduce__(self):  # keep both summaries and the message when Prefect pickles it
+        return (type(self), (self.summary, self.storyboard, str(self)))

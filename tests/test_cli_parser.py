@@ -17,7 +17,7 @@ from kf2v_tasks._cli.parser import build_parser
 from kf2v_tasks._version import __version__
 
 KF2V = str(Path(sys.executable).parent / "kf2v")
-COMMANDS = ["run", "generate", "validate", "simulator", "limits", "stack"]
+COMMANDS = ["run", "generate", "storyboard", "validate", "simulator", "limits", "stack"]
 
 
 def user_env(tmp_path: Path) -> dict[str, str]:

@@ -267,3 +267,82 @@ async def test_find_persisted_ignores_the_sidecar_of_another_video(ledger, dest)
     found = await find_persisted(ledger, FP, dest)
     assert found.prompt is None and found.actual_prompt is None  # not this video's
     assert (found.cost, found.resolution) == (0.5, "480P")  # the ledger's own facts
+
+
+# -- sound (media models) ----------------------------------------------------------------------
+
+WAN27 = GenerationOptions(model="wan2.7-i2v", resolution="720P", duration=8)
+
+
+def media_submission(**over) -> Submission:
+    return submission(
+        model=WAN27.model,
+        resolution=WAN27.resolution,
+        duration_seconds=WAN27.duration,
+        parameters=WAN27.parameters(),
+        **over,
+    )
+
+
+async def test_a_video_with_a_driving_audio_says_so_and_a_rerun_still_does(ledger, dest):
+    voice = "https://media.example/voice.wav?X-Amz-Signature=secret"
+    kept = await persist_task_video(
+        succeeded(video_duration=8, video_count=1),
+        dest,
+        client=VideoClient(),
+        submission=media_submission(audio_source=voice, audio_sha256="a" * 64),
+        ledger=ledger,
+    )
+    # The query string of a signed URL is never written down.
+    assert (kept.audio, kept.audio_source) == ("driving", "https://media.example/voice.wav")
+    assert kept.duration_seconds == 8 and kept.model == "wan2.7-i2v"
+    side = json.loads(Path(kept.sidecar_path).read_text())
+    assert (side["audio"], side["audio_source"]) == (kept.audio, kept.audio_source)
+
+    found = await find_persisted(ledger, FP, dest)
+    assert (found.audio, found.audio_source) == ("driving", "https://media.example/voice.wav")
+    assert found.model_dump(exclude={"download_attempts", "reused_existing"}) == kept.model_dump(
+        exclude={"download_attempts", "reused_existing"}
+    )
+
+
+async def test_a_media_model_without_audio_makes_its_own_sound_and_kf2v_none(ledger, dest):
+    made = await persist_task_video(
+        succeeded(video_duration=8, video_count=1),
+        dest,
+        client=VideoClient(),
+        submission=media_submission(),
+        ledger=ledger,
+    )
+    assert (made.audio, made.audio_source) == ("generated", None)
+    silent = await persist_task_video(
+        succeeded(), dest + ".kf2v.mp4", client=VideoClient(), submission=submission()
+    )
+    assert (silent.audio, silent.audio_source) == (None, None)
+
+
+async def test_a_crash_after_the_file_keeps_the_sound_of_the_reused_video(ledger, dest):
+    sub = media_submission(audio_source="voice.wav", audio_sha256="b" * 64)
+    await persist_task_video(
+        succeeded(video_duration=8), dest, client=VideoClient(), submission=sub
+    )
+    # The ledger never heard of it (a crash): the second call reuses the committed file.
+    again = await persist_task_video(
+        succeeded(video_duration=8), dest, client=VideoClient(), submission=sub, ledger=ledger
+    )
+    assert again.reused_existing and (again.audio, again.audio_source) == ("driving", "voice.wav")
+
+
+async def test_an_old_sidecar_without_sound_fields_is_still_read(ledger, dest):
+    await persist_task_video(
+        succeeded(video_duration=8), dest, client=VideoClient(), submission=media_submission(),
+        ledger=ledger,
+    )  # fmt: skip
+    side = Path(dest).with_suffix(".json")
+    old = json.loads(side.read_text())
+    for key in ("audio", "audio_source", "audio_sha256"):
+        old.pop(key)
+    side.write_text(json.dumps(old))
+    found = await find_persisted(ledger, FP, dest)
+    assert found is not None and (found.audio, found.audio_source) == (None, None)
+    assert found.model == "wan2.7-i2v" and found.duration_seconds == 8

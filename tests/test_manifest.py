@@ -274,6 +274,45 @@ def test_extra_columns_may_not_reuse_a_results_column_and_typos_warn():
     assert parsed.rows[0].prompt is None
 
 
+def test_extra_columns_may_name_the_columns_to_accept():
+    text = "first_frame,last_frame,Sequence,Job ID\na.png,b.png,day,j1\n"
+    parsed = parse(text, extra_columns=["sequence", " job id "])  # as the header, any case
+    assert parsed.extra_columns == ["Sequence", "Job ID"]
+    assert parsed.extras == {2: {"Sequence": "day", "Job ID": "j1"}}
+    assert not parsed.warnings and parsed.rows[0].first_frame == "/data/a.png"
+    # A listed column may be absent: it is accepted, not required.
+    assert parse("first_frame,last_frame\na,b\n", extra_columns=["sequence"]).extras == {}
+
+
+def test_a_column_the_list_does_not_name_is_refused_with_its_hint():
+    with pytest.raises(ManifestFileError) as info:
+        parse("first_frame,last_frame,sequence,promt,colour\n", extra_columns=["sequence"])
+    message = str(info.value)
+    assert message.startswith(
+        "manifest m.csv: line 1 (header): unknown columns 'promt' (did you mean 'prompt'?), "
+        "'colour'; known: id, first_frame, "
+    )
+    assert message.endswith("add them to extra_columns (it names 'sequence')")
+    assert info.value.line == 1 and "\n" not in message
+    # A near miss of a listed column is hinted too.
+    with pytest.raises(ManifestFileError, match="'sequense' \\(did you mean 'sequence'\\?\\)"):
+        parse("first_frame,last_frame,sequense\n", extra_columns=["sequence"])
+    # An empty list is the same as False, with its own hint.
+    with pytest.raises(ManifestFileError, match="it names none"):
+        parse("first_frame,last_frame,notes\n", extra_columns=[])
+
+
+def test_extra_columns_lists_only_columns_of_ones_own():
+    with pytest.raises(ValueError, match="'Prompt' is a column the plugin reads itself"):
+        parse("first_frame,last_frame\n", extra_columns=["Prompt"])
+    with pytest.raises(ValueError, match="'' is not a column name"):
+        parse("first_frame,last_frame\n", extra_columns=[""])
+    with pytest.raises(ValueError, match="expected True, False or a list"):
+        parse("first_frame,last_frame\n", extra_columns="sequence")
+    with pytest.raises(ManifestFileError, match="'status' cannot be carried into results.csv"):
+        parse("first_frame,last_frame,status\n", extra_columns=["status"])
+
+
 def test_header_only_gives_no_rows():
     parsed = parse("first_frame,last_frame\n")
     assert parsed.rows == [] and parsed.errors == [] and parsed.total == 0

@@ -184,6 +184,33 @@ async def test_bad_storyboards_are_refused_and_a_dry_run_spends_nothing(sim, tmp
     assert creates(sim) == before
 
 
+async def test_columns_of_ones_own_besides_sequence_only_when_asked(sim, tmp_path):
+    keys = keyframes(tmp_path / "in", 3)
+    rows = [
+        {"sequence": "s", "first_frame": keys[0], "last_frame": keys[1], "notes": "n1"},
+        {"sequence": "s", "first_frame": keys[1], "last_frame": keys[2], "notes": "n2"},
+    ]
+    manifest = tmp_path / "in" / "m.csv"
+    manifest.write_text(manifest_text(rows, ["sequence", "first_frame", "last_frame", "notes"]))
+    out = str(tmp_path / "out")
+    before = creates(sim)
+    with pytest.raises(ManifestFileError, match=r"unknown column 'notes'; known: .*") as info:
+        await generate_storyboard(manifest=str(manifest), output=out, dry_run=True)
+    assert str(info.value).endswith("add them to extra_columns (it names 'sequence')")
+    typo = tmp_path / "in" / "typo.csv"
+    typo.write_text(manifest_text(rows, ["sequence", "first_frame", "last_frame", "promt"]))
+    with pytest.raises(ManifestFileError, match=r"'promt' \(did you mean 'prompt'\?\)"):
+        await generate_storyboard(manifest=str(typo), output=out, dry_run=True, extra_columns=[])
+    for own in (["notes"], True):
+        plan = await generate_storyboard(
+            manifest=str(manifest), output=out, dry_run=True, extra_columns=own
+        )
+        assert plan.batch.counts == {"planned": 2} and plan.films[0].rows == [2, 3]
+        table = (tmp_path / "out" / "results.dry-run.csv").read_text()
+        assert table.splitlines()[0].endswith(",sequence,notes") and ",n2" in table
+    assert creates(sim) == before
+
+
 async def test_the_example_storyboard_manifest(sim, tmp_path):
     import shutil
 

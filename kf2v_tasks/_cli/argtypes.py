@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from kf2v_tasks.dashscope.models import MODEL_RESOLUTIONS, SEED_MAX, Kf2vModel, Resolution
+from kf2v_tasks.dashscope.catalog_builtin import BUILTIN_MODELS
+from kf2v_tasks.dashscope.models import DEFAULT_MODEL, SEED_MAX, Resolution
+
+if TYPE_CHECKING:
+    from kf2v_tasks.dashscope.catalog import ModelSpec
 
 
 def integer(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[str], int]:
@@ -118,31 +123,130 @@ def block_slug(text: str) -> str:
     return text.strip()
 
 
-def model_resolution_problem(
-    model: Optional[str], resolution: Optional[str]
-) -> Optional[tuple[str, str]]:
-    """``(flag, reason)`` when ``--model`` and ``--resolution`` do not go together, else None.
+#: ``--duration``: whole seconds; what the model allows is checked with the model.
+duration = integer(1, 3600)
 
-    A missing flag means the default (wan2.2-kf2v-flash, 720P), as the batch uses it.
+
+def builtin_model_names() -> str:
+    """The built-in models, for ``--help`` (reading them imports no Prefect).
 
     Example:
         ```python
-        from kf2v_tasks._cli.argtypes import model_resolution_problem
-        assert model_resolution_problem("wan2.1-kf2v-plus", "1080P") == (
-            "--resolution", "1080P is not available for wan2.1-kf2v-plus (allowed: 720P)")
+        from kf2v_tasks._cli.argtypes import builtin_model_names
+        assert "wan2.7-i2v" in builtin_model_names()
         ```
     """
-    chosen_model = Kf2vModel(model) if model else Kf2vModel.WAN22_FLASH
-    chosen = Resolution(resolution) if resolution else Resolution.P720
-    allowed = MODEL_RESOLUTIONS[chosen_model]
-    if chosen in allowed:
-        return None
-    names = ", ".join(sorted(r.value for r in allowed))
-    if resolution:
-        return "--resolution", f"{chosen.value} is not available for {chosen_model.value} " + (
-            f"(allowed: {names})"
-        )
-    return "--model", (
-        f"{chosen_model.value} does not offer the default resolution {chosen.value}; "
-        f"add --resolution ({names})"
+    return ", ".join(spec.name for spec in BUILTIN_MODELS)
+
+
+def model_name(text: str) -> str:
+    """``--model``: a model the models table knows (a models file may add names).
+
+    A built-in name (or a dated variant of one) is accepted without reading the models
+    file; any other is looked up in the active table.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.argtypes import model_name
+        assert model_name(" WAN2.7-I2V-2026-04-25 ") == "wan2.7-i2v-2026-04-25"
+        ```
+    """
+    name = text.strip().lower()
+    if name and any(spec.matches(name) for spec in BUILTIN_MODELS):
+        return name
+    from kf2v_tasks.dashscope.catalog import active_catalog  # may read the models file
+
+    try:
+        catalog = active_catalog()
+    except ValueError as exc:  # an unreadable models file: say so, on the flag that needs it
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if name and catalog.find(name) is not None:
+        return name
+    raise argparse.ArgumentTypeError(
+        f"{text.strip()!r} is not a known model (one of: {', '.join(catalog.names())}; "
+        "a models file may add others)"
     )
+
+
+def model_option_problem(
+    model: Optional[str],
+    resolution: Optional[str],
+    seconds: Optional[int] = None,
+    audio: Optional[str] = None,
+) -> Optional[tuple[str, str]]:
+    """``(flag, reason)`` when ``--model`` does not take the other options, else None.
+
+    A missing ``--model`` or ``--resolution`` means the default (wan2.2-kf2v-flash, 720P),
+    as the batch uses them; the models table says what each model takes. A local
+    ``--audio`` must be a file of a format the model takes (its content is checked
+    before anything is paid, as the flow does).
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.argtypes import model_option_problem
+        assert model_option_problem("wan2.1-kf2v-plus", "1080P") == (
+            "--resolution", "1080P is not available for wan2.1-kf2v-plus (allowed: 720P)")
+        assert model_option_problem(None, None, seconds=8)[0] == "--duration"
+        assert model_option_problem("wan2.7-i2v", None, seconds=8) is None
+        ```
+    """
+    from kf2v_tasks.dashscope.catalog import get_model  # may read the models file
+
+    name = model or DEFAULT_MODEL
+    try:
+        spec = get_model(name)
+    except ValueError as exc:
+        return "--model", str(exc)
+    return (
+        _resolution_problem(spec, name, resolution)
+        or _duration_problem(spec, name, seconds)
+        or _audio_problem(spec, name, audio)
+    )
+
+
+def _resolution_problem(
+    spec: ModelSpec, name: str, resolution: Optional[str]
+) -> Optional[tuple[str, str]]:
+    # No --resolution: the batch's default, 720P, whatever the model's own default is.
+    chosen = Resolution(resolution).value if resolution else Resolution.P720.value
+    if chosen in spec.resolutions:
+        return None
+    names = ", ".join(sorted(spec.resolutions))
+    if resolution:
+        return "--resolution", f"{chosen} is not available for {name} (allowed: {names})"
+    return "--model", (
+        f"{name} does not offer the default resolution {chosen}; add --resolution ({names})"
+    )
+
+
+def _duration_problem(
+    spec: ModelSpec, name: str, seconds: Optional[int]
+) -> Optional[tuple[str, str]]:
+    if seconds is None or spec.allows_duration(seconds):
+        return None
+    if spec.duration_min == spec.duration_max:
+        allowed = f"its videos are always {spec.duration_min} s long"
+    else:
+        allowed = f"allowed: {spec.duration_text()} s"
+    return "--duration", f"{seconds} s is not available for {name} ({allowed})"
+
+
+def _audio_problem(spec: ModelSpec, name: str, audio: Optional[str]) -> Optional[tuple[str, str]]:
+    if audio is None:
+        return None
+    if not audio.strip():
+        return "--audio", "is empty; give an mp3 or wav file (path or URL)"
+    if not spec.audio:
+        from kf2v_tasks.dashscope.catalog import active_catalog
+
+        takers = [s.name for s in active_catalog().models if s.audio]
+        hint = f"; add --model {takers[0]}" if takers else ""
+        return "--audio", f"{name} takes no driving audio{hint}"
+    if "://" in audio:
+        return None  # read (and checked) before anything is paid
+    path = os.path.expanduser(audio)
+    if not os.path.exists(path):
+        return "--audio", f"{audio!r}: no such file"
+    if os.path.isdir(path):
+        return "--audio", f"{audio!r}: is a folder, not an audio file"
+    return None

@@ -25,7 +25,7 @@ def defaults_from_args(args: argparse.Namespace) -> RowDefaults:
         ```
     """
     values: dict[str, Any] = {}
-    for name in ("model", "resolution", "seed", "negative_prompt", "prompt"):
+    for name in ("model", "resolution", "seed", "negative_prompt", "prompt", "duration"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if args.no_prompt_extend:

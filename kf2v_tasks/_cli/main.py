@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from typing import Optional
 
-from kf2v_tasks._cli.argtypes import model_resolution_problem
+from kf2v_tasks._cli.argtypes import model_option_problem
 from kf2v_tasks._cli.errors import describe, exit_code
 from kf2v_tasks._cli.parser import build_parser
 
@@ -101,7 +101,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need two options at once; reported like argparse's own errors."""
     if hasattr(args, "resolution") and hasattr(args, "model"):
-        problem = model_resolution_problem(args.model, args.resolution)
+        problem = model_option_problem(
+            args.model,
+            args.resolution,
+            getattr(args, "duration", None),
+            getattr(args, "audio", None),
+        )
         if problem:
             flag, reason = problem
             _subparser(parser, args.command).error(f"argument {flag}: {reason}")

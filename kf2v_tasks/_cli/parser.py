@@ -14,7 +14,7 @@ from typing import NoReturn
 from kf2v_tasks._cli import argtypes
 from kf2v_tasks._cli.errors import EXIT_CODES_HELP
 from kf2v_tasks._version import __version__
-from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
+from kf2v_tasks.dashscope.models import DEFAULT_MODEL, Resolution
 
 #: Speed of the simulator ``run``/``generate`` start when no key is set.
 EMBEDDED_SPEED = 60.0
@@ -71,17 +71,32 @@ def _debug(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> N
     )
 
 
-def _generation_options(p: argparse.ArgumentParser) -> None:
-    """What every row or video may override: model, resolution, seed, prompts, flags."""
+def _generation_options(p: argparse.ArgumentParser, *, per_row: bool = True) -> None:
+    """What every row or video may override: model, resolution, length, seed, prompts, flags.
+
+    ``per_row``: the values are defaults for a manifest's empty cells (said in the help).
+    """
+    default_for = " for rows that leave it empty" if per_row else ""
     p.add_argument(
         "--model",
-        choices=[m.value for m in Kf2vModel],
-        help="Model (default wan2.2-kf2v-flash; the 2.1 plus models offer 720P only).",
+        type=argtypes.model_name,
+        metavar="MODEL",
+        help=f"Model{default_for}: {argtypes.builtin_model_names()} (and dated variants "
+        f"such as wan2.7-i2v-2026-04-25), or one a models file adds (default "
+        f"{DEFAULT_MODEL}). The 2.1 plus models offer 720P only, wan2.7-i2v 720P and 1080P.",
     )
     p.add_argument(
         "--resolution",
         choices=[r.value for r in Resolution],
-        help="Resolution tier (default 720P); the aspect ratio follows the first frame.",
+        help=f"Resolution tier{default_for} (default 720P); the aspect ratio follows the "
+        "first frame.",
+    )
+    p.add_argument(
+        "--duration",
+        type=argtypes.duration,
+        metavar="SECONDS",
+        help=f"Video length in whole seconds{default_for} (default: the model's, 5). The "
+        "kf2v models make 5 s only; wan2.7-i2v 2..15 s (the models table says).",
     )
     p.add_argument(
         "--seed", type=argtypes.seed, help="Seed in 0..2147483647 (default: random per task)."
@@ -214,7 +229,14 @@ def _add_generate(sub) -> None:
     gen.add_argument("--last", required=True, help="Last frame (path or URL).")
     gen.add_argument("--prompt", help="Text prompt (the service keeps 800 characters).")
     gen.add_argument("--output", required=True, help="Output .mp4 (path or fsspec URL).")
-    _generation_options(gen)
+    gen.add_argument(
+        "--audio",
+        metavar="AUDIO",
+        help="Driving audio, mp3 or wav (path or URL), for models that take one "
+        "(wan2.7-i2v, 2..30 s); checked before anything is paid. Without it such a model "
+        "makes its own sound.",
+    )
+    _generation_options(gen, per_row=False)
     _storage_options(gen)
     _service_options(gen)
     _debug(gen)

@@ -85,8 +85,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """
     from rich.console import Console
 
+    from kf2v_tasks.dashscope.catalog import get_model
     from kf2v_tasks.dashscope.models import GenerationOptions
-    from kf2v_tasks.generation.frames import check_pair
 
     d = defaults_from_args(args)
     options = GenerationOptions(
@@ -95,9 +95,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=d.seed,
         prompt_extend=d.prompt_extend,
         watermark=d.watermark,
+        # No --duration: the model's own default length, as a manifest row gets it.
+        duration=d.duration if d.duration is not None else get_model(d.model).default_duration,
     )
-    if not args.storage_block:  # unusable frames are said before anything starts
-        asyncio.run(check_pair(args.first, args.last, storage_options=args.storage_options))
+    if not args.storage_block:  # unusable frames or audio are said before anything starts
+        _check_inputs(args, d.model)
     console = Console(stderr=True, soft_wrap=True)
     with (
         dashscope_service(
@@ -117,6 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 prompt=args.prompt,
                 negative_prompt=d.negative_prompt,
                 options=options,
+                audio=args.audio,
                 credentials_block=credentials,
                 storage_block=args.storage_block,
                 storage_options=args.storage_options,
@@ -126,6 +129,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     video = _result(state)
     console.print(f"{video.path} {video.bytes} bytes sha256 {video.sha256}", markup=False)
     return 0
+
+
+def _check_inputs(args: argparse.Namespace, model: str) -> None:
+    """Check the frames (at the model's limits) and the driving audio; a bad audio is named
+    as the ``--audio`` option it came from."""
+    from kf2v_tasks._cli.errors import UsageError
+    from kf2v_tasks.generation.audio import AudioValidationError
+    from kf2v_tasks.generation.frames import FrameLimits, check_pair
+
+    try:
+        asyncio.run(
+            check_pair(
+                args.first,
+                args.last,
+                limits=FrameLimits.for_model(model),
+                storage_options=args.storage_options,
+                audio=args.audio,
+                model=model,
+            )
+        )
+    except AudioValidationError as exc:
+        raise UsageError(f"argument --audio: {exc.reason}") from exc
 
 
 def _result(state: Any) -> Any:

@@ -70,6 +70,7 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
     from kf2v_tasks._cli.errors import summary_exit_code
     from kf2v_tasks._cli.report import print_summary, progress
     from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.errors import StoryboardFailedError
 
     check_storyboard_args(args)
     defaults = defaults_from_args(args)
@@ -87,7 +88,7 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
         ) as credentials,
         quiet_prefect(args.verbose),
     ):
-        from kf2v_flows.storyboard import StoryboardFailedError, generate_storyboard
+        from kf2v_flows.storyboard import generate_storyboard
 
         with progress(console):
             state = asyncio.run(

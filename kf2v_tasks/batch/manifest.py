@@ -10,9 +10,11 @@ resolved like the frames) are refused, row by row, on a model that does not take
 
 Any other named column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring
 it would make a video without the prompt the user wrote. Pipelines that carry columns of
-their own pass ``extra_columns=True``; those columns are then kept per row
-(:attr:`ParsedManifest.extras`) and written to ``results.csv`` after its own columns.
-A column listed in :data:`UNSUPPORTED_COLUMNS` (none today) is refused either way.
+their own pass ``extra_columns=True`` (any other column) or a list of their names
+(``extra_columns=["sequence"]``: those only, every other unknown column is still refused
+with its did-you-mean); those columns are then kept per row (:attr:`ParsedManifest.extras`)
+and written to ``results.csv`` after its own columns. A column listed in
+:data:`UNSUPPORTED_COLUMNS` (none today) is refused either way.
 
 Problems are split in two kinds:
 
@@ -29,8 +31,10 @@ normally line 1 and the first data row line 2. A row whose quoted cell spans sev
 lines is numbered by the line it starts on. ``ManifestFileError.line`` uses the same
 numbering when the problem has a place in the file (``None`` otherwise).
 
-This module reads the file (encoding, delimiter, header); one row's cells are checked in
-:mod:`~kf2v_tasks.batch.manifest_rows`, frame paths resolved in
+This module reads the file (encoding, delimiter, records); the header is checked in
+:mod:`~kf2v_tasks.batch.manifest_columns`, one row's cells in
+:mod:`~kf2v_tasks.batch.manifest_rows` (with :mod:`~kf2v_tasks.batch.manifest_cells` and
+:mod:`~kf2v_tasks.batch.manifest_claims`), frame paths resolved in
 :mod:`~kf2v_tasks.batch.manifest_paths`, and the typed results are defined in
 :mod:`~kf2v_tasks.batch.manifest_schema` (all re-exported here).
 
@@ -50,27 +54,32 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import difflib
 import io
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
-from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
-from kf2v_tasks.batch.manifest_rows import (
+from kf2v_tasks.batch.manifest_cells import (
     ID_MAX_CHARS,
     OUTPUT_MAX_CHARS,
     OUTPUT_SEGMENT_MAX_CHARS,
     OUTPUT_SUFFIX,
-    PROMPT_ABSURD_CHARS,
     RESERVED_OUTPUT_DIR,
-    Claims,
-    parse_row,
 )
+from kf2v_tasks.batch.manifest_claims import Claims
+from kf2v_tasks.batch.manifest_columns import (
+    check_columns,
+    check_header,
+    did_you_mean,
+    normalise_header,
+    trim,
+)
+from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
+from kf2v_tasks.batch.manifest_rows import PROMPT_ABSURD_CHARS, parse_row
 from kf2v_tasks.batch.manifest_schema import (
     KNOWN_COLUMNS,
     REQUIRED_COLUMNS,
-    RESULT_FILE_COLUMNS,
     UNSUPPORTED_COLUMNS,
+    ExtraColumns,
     ManifestRow,
     ParsedManifest,
     RowDefaults,
@@ -89,6 +98,7 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "RESERVED_OUTPUT_DIR",
     "UNSUPPORTED_COLUMNS",
+    "ExtraColumns",
     "ManifestFileError",
     "ManifestRow",
     "ParsedManifest",
@@ -109,7 +119,7 @@ def parse_manifest(
     source: str,
     base_dir: str,
     defaults: Optional[RowDefaults] = None,
-    extra_columns: bool = False,
+    extra_columns: ExtraColumns = False,
 ) -> ParsedManifest:
     """Parse manifest text; pure (no I/O), so it can be fuzzed.
 
@@ -119,8 +129,9 @@ def parse_manifest(
         base_dir: folder relative frame paths are resolved against (``s3://bucket/dir``,
             ``/data/batch``, ``https://host/dir/``); ``""`` leaves them relative.
         defaults: values for empty optional cells.
-        extra_columns: accept columns the plugin does not know and keep their cells per
-            row (:attr:`ParsedManifest.extras`) instead of refusing the file.
+        extra_columns: accept columns the plugin does not know (True: any; a list: the
+            ones it names, case-insensitively) and keep their cells per row
+            (:attr:`ParsedManifest.extras`) instead of refusing the file.
 
     Returns:
         The valid rows plus one :class:`RowError` per bad cell of the invalid rows.
@@ -128,6 +139,7 @@ def parse_manifest(
     Raises:
         ManifestFileError: file-level problems only (encoding, header, missing or unknown
             columns, malformed quoting). Row problems never raise.
+        ValueError: ``extra_columns`` lists a column the plugin reads itself.
 
     Example:
         ```python
@@ -139,6 +151,9 @@ def parse_manifest(
             parse_manifest("first_frame,last_frame,promt\\n", source="m.csv", base_dir="")
         except ManifestFileError as exc:
             assert "'promt' (did you mean 'prompt'?)" in str(exc)
+        text = "first_frame,last_frame,sequence\\na.png,b.png,day\\n"
+        parsed = parse_manifest(text, source="m.csv", base_dir="", extra_columns=["sequence"])
+        assert parsed.extras == {2: {"sequence": "day"}}
         ```
     """
     defaults = defaults or RowDefaults()
@@ -147,19 +162,19 @@ def parse_manifest(
     records = _records(text, delimiter, source)
 
     header_line, header = _read_header(records, source)
-    columns = [_normalise_header(h) for h in header]
-    _check_header(columns, header_line, source)
-    extra = _check_columns(columns, header_line, source, extra_columns)
+    columns = [normalise_header(h) for h in header]
+    check_header(columns, header_line, source)
+    extra = check_columns(columns, header_line, source, extra_columns)
 
     warnings: list[str] = []
     unnamed = sum(1 for c in columns if not c)
     if unnamed:
         warnings.append(f"ignoring {unnamed} column(s) with an empty header name")
-    for i in extra:
-        near = _did_you_mean(columns[i])
+    for i in extra if extra_columns is True else ():  # a listed column is no typo
+        near = did_you_mean(columns[i])
         if near:  # carried through as asked; but a typo here still loses the setting
             warnings.append(
-                f"column {_trim(header[i])!r} is carried through as your own column; "
+                f"column {trim(header[i])!r} is carried through as your own column; "
                 f"if you meant {near!r}, rename it"
             )
 
@@ -167,7 +182,7 @@ def parse_manifest(
         source=source,
         columns=columns,
         warnings=warnings,
-        extra_columns=[_trim(header[i]) for i in extra],
+        extra_columns=[trim(header[i]) for i in extra],
     )
     claims = Claims()
     rows, errors = [], []
@@ -178,7 +193,7 @@ def parse_manifest(
         errors.extend(bad)
         if extra:
             parsed.extras[line] = {
-                _trim(header[i]): cells[i] if i < len(cells) else "" for i in extra
+                trim(header[i]): cells[i] if i < len(cells) else "" for i in extra
             }
     shared = claims.shared_errors()
     for line_errors in shared.values():
@@ -197,7 +212,7 @@ async def load_manifest(
     *,
     defaults: Optional[RowDefaults] = None,
     storage_options: Optional[dict[str, Any]] = None,
-    extra_columns: bool = False,
+    extra_columns: ExtraColumns = False,
 ) -> ParsedManifest:
     """Read a manifest from any fsspec URL (local path, ``s3://``, ``https://`` …) and parse it.
 
@@ -311,75 +326,3 @@ def _read_header(records: Iterator[tuple[int, list[str]]], source: str) -> tuple
         raise ManifestFileError(
             source, f"is empty: expected a header with {', '.join(REQUIRED_COLUMNS)}", line=1
         ) from None
-
-
-def _trim(name: str) -> str:
-    return name.strip().lstrip("\ufeff").strip()
-
-
-def _normalise_header(name: str) -> str:
-    return _trim(name).lower()
-
-
-def _did_you_mean(column: str) -> Optional[str]:
-    # "First Frame" and "first-frame" are the same mistake as a typo.
-    key = column.replace(" ", "_").replace("-", "_")
-    close = difflib.get_close_matches(key, KNOWN_COLUMNS, n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
-def _check_columns(columns: list[str], line: int, source: str, extra_columns: bool) -> list[int]:
-    """Refuse columns the plugin would ignore; the positions of the user's own columns."""
-    problems: list[str] = []
-    unsupported = [c for c in columns if c in UNSUPPORTED_COLUMNS]
-    for c in unsupported:
-        problems.append(f"column {c!r} is not supported: {UNSUPPORTED_COLUMNS[c]}")
-    extra = [
-        i for i, c in enumerate(columns) if c and c not in KNOWN_COLUMNS and c not in unsupported
-    ]
-    if extra and not extra_columns:
-        names = ", ".join(
-            repr(columns[i])
-            + (f" (did you mean {near!r}?)" if (near := _did_you_mean(columns[i])) else "")
-            for i in extra
-        )
-        problems.append(
-            f"unknown column{'s' if len(extra) > 1 else ''} {names}; known: "
-            f"{', '.join(KNOWN_COLUMNS)}. To carry columns of your own into results.csv, "
-            "pass extra_columns=True (kf2v: --extra-columns)"
-        )
-    elif extra:
-        clash = [columns[i] for i in extra if columns[i] in RESULT_FILE_COLUMNS]
-        if clash:
-            problems.append(
-                f"column{'s' if len(clash) > 1 else ''} {', '.join(repr(c) for c in clash)} "
-                "cannot be carried into results.csv, which has its own; rename "
-                f"{'them' if len(clash) > 1 else 'it'}"
-            )
-    if problems:
-        raise ManifestFileError(source, f"line {line} (header): " + "; ".join(problems), line=line)
-    return extra
-
-
-def _check_header(columns: list[str], line: int, source: str) -> None:
-    seen: dict[str, int] = {}
-    for i, c in enumerate(columns, start=1):
-        if not c:
-            continue
-        if c in seen:
-            raise ManifestFileError(
-                source,
-                f"line {line} (header): column {c!r} appears more than once "
-                f"(columns {seen[c]} and {i})",
-                line=line,
-            )
-        seen[c] = i
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen]
-    if missing:
-        found = ", ".join(repr(c) for c in columns if c) or "none"
-        raise ManifestFileError(
-            source,
-            f"line {line} (header): missing required column(s) {', '.join(missing)} "
-            f"(header has: {found})",
-            line=line,
-        )

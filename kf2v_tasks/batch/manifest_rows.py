@@ -1,21 +1,33 @@
 """One data row of a manifest, cell by cell: a ManifestRow, or one RowError per bad cell.
 
-Ids and output names must be unique in a manifest, and no row can know that alone: each
-row records what it claims in one :class:`Claims` for the file, and once every row is read
-:meth:`Claims.shared_errors` makes **every** row of a shared id or output invalid (not only
-the later ones: which of them the user meant is anybody's guess, so none is paid for).
+What a cell may hold on its own is checked in :mod:`~kf2v_tasks.batch.manifest_cells`;
+whether an id or output name is shared with another row is known only once every row is
+read, so each row records its claims in :class:`~kf2v_tasks.batch.manifest_claims.Claims`.
+What needs the row's model (resolution, duration, driving audio) is checked here, against
+the models table.
 """
 
 from __future__ import annotations
 
-import posixpath
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Optional
 
 from pydantic import ValidationError
 
+from kf2v_tasks.batch.manifest_cells import (
+    ID_MAX_CHARS,
+    OUTPUT_MAX_CHARS,
+    OUTPUT_SEGMENT_MAX_CHARS,
+    OUTPUT_SUFFIX,
+    RESERVED_OUTPUT_DIR,
+    check_output,
+    has_control,
+    id_problem,
+    parse_seed,
+    show,
+    whole_seconds,
+)
+from kf2v_tasks.batch.manifest_claims import Claims
 from kf2v_tasks.batch.manifest_paths import resolve_frame
 from kf2v_tasks.batch.manifest_schema import (
     KNOWN_COLUMNS,
@@ -32,111 +44,22 @@ from kf2v_tasks.dashscope.models import (
     GenerationOptions,
     Resolution,
 )
-from kf2v_tasks.storage.paths import RESERVED_DIR
 
-ID_MAX_CHARS = 128
+__all__ = [
+    "ID_MAX_CHARS",
+    "OUTPUT_MAX_CHARS",
+    "OUTPUT_SEGMENT_MAX_CHARS",
+    "OUTPUT_SUFFIX",
+    "PROMPT_ABSURD_CHARS",
+    "RESERVED_OUTPUT_DIR",
+    "Claims",
+    "parse_row",
+]
+
 #: Longer prompts are certainly a mistake (a pasted file?), not something to truncate.
 PROMPT_ABSURD_CHARS = 100_000
-OUTPUT_MAX_CHARS = 1024
-OUTPUT_SEGMENT_MAX_CHARS = 255
-OUTPUT_SUFFIX = ".mp4"
-#: Folder under the output root that holds run state (ledger, temp files).
-RESERVED_OUTPUT_DIR = RESERVED_DIR
-
-_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
-_DIGITS_RE = re.compile(r"[0-9]+")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-
-
-@dataclass(frozen=True)
-class _OutputClaim:
-    line: int
-    name: str
-    row_id: str
-    from_cell: bool  # False: derived from the row's id
-
-
-@dataclass
-class Claims:
-    """The ids and output names the rows of one manifest claim, to find the shared ones.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_rows import Claims
-        claims = Claims()
-        claims.claim_id("x", 2)
-        claims.claim_id("x", 4)
-        claims.claim_id("y", 3)
-        [err] = claims.shared_errors()[4]
-        assert err.message() == "row 4, column 'id': 'x' is also used by row 2"
-        ```
-    """
-
-    ids: dict[str, list[int]] = field(default_factory=dict)
-    derived: set[int] = field(default_factory=set)  # rows whose id is row-<line>
-    outputs: dict[str, list[_OutputClaim]] = field(default_factory=dict)
-
-    def claim_id(self, row_id: str, line: int, *, derived: bool = False) -> None:
-        """Row ``line`` uses ``row_id`` (``derived``: made from its line number)."""
-        self.ids.setdefault(row_id, []).append(line)
-        if derived:
-            self.derived.add(line)
-
-    def claim_output(self, name: str, line: int, row_id: str, *, from_cell: bool) -> None:
-        """Row ``line`` writes ``name`` (compared case-insensitively: some filesystems are)."""
-        claim = _OutputClaim(line, name, row_id, from_cell)
-        self.outputs.setdefault(name.casefold(), []).append(claim)
-
-    def shared_errors(self) -> dict[int, list[RowError]]:
-        """Row number → the errors of every row whose id or output another row also uses."""
-        errors: dict[int, list[RowError]] = {}
-        shared_id: set[int] = set()
-        for row_id, lines in self.ids.items():
-            if len(lines) < 2:
-                continue
-            for line in lines:
-                others = _rows([n for n in lines if n != line])
-                what = f"derived id {row_id!r}" if line in self.derived else repr(row_id)
-                errors.setdefault(line, []).append(
-                    RowError(
-                        row_number=line,
-                        id=row_id,
-                        column="id",
-                        reason=f"{what} is also used by {others}",
-                    )
-                )
-                shared_id.add(line)
-        for claims in self.outputs.values():
-            if len(claims) < 2:
-                continue
-            for c in claims:
-                if not c.from_cell and c.line in shared_id:
-                    continue  # its name comes from its id, already reported as shared
-                others = [o for o in claims if o.line != c.line]
-                spelt = sorted({o.name for o in others if o.name != c.name})
-                also = (
-                    f" (as {', '.join(repr(n) for n in spelt)}; names that differ only in "
-                    "case are one file on some systems)"
-                    if spelt
-                    else ""
-                )
-                errors.setdefault(c.line, []).append(
-                    RowError(
-                        row_number=c.line,
-                        id=c.row_id,
-                        column="output" if c.from_cell else "id",
-                        reason=f"output {c.name!r} is also used by "
-                        f"{_rows([o.line for o in others])}{also}",
-                    )
-                )
-        return errors
-
-
-def _rows(lines: list[int]) -> str:
-    """``"row 2"`` or ``"rows 2, 7"``."""
-    numbers = ", ".join(str(n) for n in sorted(lines))
-    return f"row{'s' if len(lines) > 1 else ''} {numbers}"
 
 
 def parse_row(
@@ -199,7 +122,7 @@ def parse_row(
     # id (first: later errors carry it)
     row_id: Optional[str] = None
     if cell["id"]:
-        reason = _id_problem(cell["id"])
+        reason = id_problem(cell["id"])
         if reason:
             fail("id", reason)
         else:
@@ -215,8 +138,8 @@ def parse_row(
         value = cell[col]
         if not value:
             fail(col, "is empty; every row needs a first and a last frame", row_id)
-        elif _has_control(value):
-            fail(col, f"{_show(value)} contains a control character", row_id)
+        elif has_control(value):
+            fail(col, f"{show(value)} contains a control character", row_id)
         else:
             frames[col] = resolve_frame(value, base_dir)
 
@@ -251,7 +174,7 @@ def parse_row(
             model = None
             fail(
                 "model",
-                f"{_show(cell['model'])} is not a known model "
+                f"{show(cell['model'])} is not a known model "
                 f"(one of: {', '.join(catalog.names())})",
                 row_id,
             )
@@ -264,7 +187,7 @@ def parse_row(
             resolution = None
             fail(
                 "resolution",
-                f"{_show(cell['resolution'])} is not a resolution "
+                f"{show(cell['resolution'])} is not a resolution "
                 f"(one of: {', '.join(r.value for r in Resolution)})",
                 row_id,
             )
@@ -285,8 +208,8 @@ def parse_row(
     duration = _duration(cell["duration"], defaults.duration, spec, model, fail, row_id)
     audio: Optional[str] = None
     if cell["audio"]:
-        if _has_control(cell["audio"]):
-            fail("audio", f"{_show(cell['audio'])} contains a control character", row_id)
+        if has_control(cell["audio"]):
+            fail("audio", f"{show(cell['audio'])} contains a control character", row_id)
         elif spec is not None and not spec.audio:
             takers = [s.name for s in catalog.models if s.audio]
             fail(
@@ -302,10 +225,10 @@ def parse_row(
     seed: Optional[int] = defaults.seed
     seed_ok = True
     if cell["seed"]:
-        seed = _parse_seed(cell["seed"])
+        seed = parse_seed(cell["seed"])
         if seed is None:
             seed_ok = False
-            fail("seed", f"{_show(cell['seed'])} is not an integer in 0..{SEED_MAX}", row_id)
+            fail("seed", f"{show(cell['seed'])} is not an integer in 0..{SEED_MAX}", row_id)
 
     # flags
     flags: dict[str, bool] = {}
@@ -322,12 +245,12 @@ def parse_row(
         elif word in _FALSE:
             flags[col] = False
         else:
-            fail(col, f"{_show(cell[col])} is not a boolean (true/false, 1/0, yes/no)", row_id)
+            fail(col, f"{show(cell[col])} is not a boolean (true/false, 1/0, yes/no)", row_id)
 
     # output
     output: Optional[str] = None
     if cell["output"]:
-        output, reason = _check_output(cell["output"])
+        output, reason = check_output(cell["output"])
         if reason:
             fail("output", reason, row_id)
     elif row_id is not None:
@@ -376,11 +299,12 @@ def _duration(
     row_id: Optional[str],
 ) -> Optional[int]:
     """The row's length in seconds: its cell, else the default, else the model's own."""
+    seconds: Optional[int]
     if value:
-        if not _DIGITS_RE.fullmatch(value) or len(value) > 6:
-            fail("duration", f"{_show(value)} is not a whole number of seconds", row_id)
+        seconds = whole_seconds(value)
+        if seconds is None:
+            fail("duration", f"{show(value)} is not a whole number of seconds", row_id)
             return None
-        seconds: Optional[int] = int(value)
     else:
         seconds = default
     if spec is None:
@@ -402,79 +326,3 @@ def _duration(
         )
         return None
     return seconds
-
-
-def _id_problem(value: str) -> Optional[str]:
-    if len(value) > ID_MAX_CHARS:
-        return f"id has {len(value)} characters (at most {ID_MAX_CHARS})"
-    if not _ID_RE.fullmatch(value):
-        pos, bad = next((i, ch) for i, ch in enumerate(value, 1) if not _ID_RE.fullmatch(ch))
-        return (
-            f"id {_show(value)} contains {bad!r} at position {pos}; "
-            "allowed: letters A-Z a-z, digits, '.', '_' and '-'"
-        )
-    return None
-
-
-def _parse_seed(value: str) -> Optional[int]:
-    # Only plain ASCII digits: int() would also take "+5", "1_000" and "５".
-    if not _DIGITS_RE.fullmatch(value) or len(value) > len(str(SEED_MAX)) + 5:
-        return None
-    number = int(value)
-    return number if number <= SEED_MAX else None
-
-
-def _check_output(value: str) -> tuple[Optional[str], Optional[str]]:
-    """Normalise an output name; (name, None) when fine, (None, reason) otherwise."""
-    if "\\" in value:
-        return None, f"{_show(value)} contains a backslash; use '/' between folders"
-    if _has_control(value):
-        return None, f"{_show(value)} contains a control character"
-    if ":" in value:
-        return None, f"{_show(value)} contains ':'; URL schemes and drive letters are not allowed"
-    if value.startswith("/"):
-        return None, f"{_show(value)} is absolute; give a name relative to the output folder"
-    if value.endswith("/"):
-        return None, f"{_show(value)} names a folder, not a file"
-    parts = value.split("/")
-    if ".." in parts:
-        return None, f"{_show(value)} contains '..'; outputs must stay inside the output folder"
-    parts = [p for p in parts if p not in ("", ".")]
-    if not parts:
-        return None, f"{_show(value)} is not a file name"
-    if parts[0] == RESERVED_OUTPUT_DIR:
-        return None, f"{_show(value)} is inside {RESERVED_OUTPUT_DIR!r}, reserved for run state"
-    if value.startswith("~"):
-        return None, f"{_show(value)} starts with '~'; give a name relative to the output folder"
-    if any(len(p) > OUTPUT_SEGMENT_MAX_CHARS for p in parts):
-        return (
-            None,
-            f"a part of {_show(value)} is longer than {OUTPUT_SEGMENT_MAX_CHARS} characters",
-        )
-    name = "/".join(parts)
-    ext = posixpath.splitext(parts[-1])[1]
-    if not ext:
-        name += OUTPUT_SUFFIX
-    elif ext.lower() != OUTPUT_SUFFIX:
-        return None, f"{_show(value)} must end in {OUTPUT_SUFFIX} (videos are MP4)"
-    if len(name) > OUTPUT_MAX_CHARS:
-        return None, f"output name has {len(name)} characters (at most {OUTPUT_MAX_CHARS})"
-    from kf2v_tasks.storage.paths import safe_child  # lazy: imports fsspec
-
-    try:
-        # Backstop: the runner writes through safe_child, so it must accept every name we do.
-        name = safe_child("the output folder", name)
-    except ValueError as exc:
-        return None, str(exc)
-    return name, None
-
-
-def _has_control(value: str) -> bool:
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
-
-
-def _show(value: str, limit: int = 60) -> str:
-    """repr of a cell, shortened so one absurd cell does not flood the report."""
-    if len(value) > limit:
-        return repr(value[: limit - 1] + "…")
-    return repr(value)

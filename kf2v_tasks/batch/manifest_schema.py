@@ -42,6 +42,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
 #: are real columns now: a row whose model does not take them is refused, row by row.)
 UNSUPPORTED_COLUMNS: dict[str, str] = {}
 
+#: What a caller says about columns of its own: False (refuse every unknown column), True
+#: (accept them all) or the names of the ones to accept (any other is still refused).
+ExtraColumns = Union[bool, list[str]]
+
 #: The columns of ``results.csv``, in order. Defined here (not in ``results``) so the
 #: manifest can refuse a column of the user's own that would collide with one of them.
 RESULT_FILE_COLUMNS: tuple[str, ...] = (

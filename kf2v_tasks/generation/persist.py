@@ -60,6 +60,7 @@ class PersistedVideo(BaseModel):
             cost=0.5, currency="CNY",
         )
         assert video.resolution == "480P" and not video.reused_existing
+        assert video.audio is None  # kf2v videos are silent; wan2.7-i2v: "generated"
         ```
     """
 
@@ -76,6 +77,14 @@ class PersistedVideo(BaseModel):
     negative_prompt: Optional[str] = None
     actual_prompt: Optional[str] = Field(
         default=None, description="Prompt the service actually used (after prompt_extend)."
+    )
+    audio: Optional[str] = Field(
+        default=None,
+        description='Sound of the video: "driving" (the given audio), "generated" (by the '
+        "model) or empty (silent, or not known).",
+    )
+    audio_source: Optional[str] = Field(
+        default=None, description="The driving audio as given (a URL without its query)."
     )
     cost: Optional[float] = Field(
         default=None, description="Cost from the price table; empty when it has no price."
@@ -311,8 +320,9 @@ async def find_persisted(
 
     Checked without any DashScope call: the ledger says "persisted" at this path and the
     file still hashes to the recorded sha256. Its model, resolution, length and cost come
-    from the ledger record, the prompts (and anything an older record lacks) from the
-    sidecar; a cost neither holds is priced with ``price_table`` (default: the built-in table).
+    from the ledger record; the prompts, its sound (``audio``, ``audio_source``) and anything
+    an older record lacks from the sidecar; a cost neither holds is priced with
+    ``price_table`` (default: the built-in table).
     Pass ``record`` (possibly ``None``) when the caller has already read the ledger, to
     skip reading it again.
 
@@ -359,6 +369,8 @@ async def find_persisted(
         prompt=sidecar.get("prompt"),
         negative_prompt=sidecar.get("negative_prompt"),
         actual_prompt=sidecar.get("actual_prompt"),
+        audio=sidecar.get("audio"),
+        audio_source=sidecar.get("audio_source"),
         cost=record.cost if record.cost is not None else sidecar.get("cost"),
         currency=record.currency or sidecar.get("currency"),
     )

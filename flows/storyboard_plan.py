@@ -1,0 +1,175 @@
+"""Which rows make which film: keyframes written as a manifest, a manifest's sequences read.
+
+From keyframes, the transitions' manifest (``storyboard.csv``) is written into
+``<film>.storyboard/`` beside the film (:func:`write_transitions`). From a manifest, its
+``sequence`` column groups the rows: the rows of one sequence, in file order, are its
+transitions, each row's ``last_frame`` the next row's ``first_frame``
+(:func:`sequences`). Both refuse what cannot make a film before anything is spent.
+
+Example:
+    ```python
+    from kf2v_flows.storyboard_plan import SEQUENCE_COLUMN, manifest_extra_columns
+    assert manifest_extra_columns(False) == [SEQUENCE_COLUMN]
+    assert manifest_extra_columns(["shot"]) == [SEQUENCE_COLUMN, "shot"]
+    ```
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import os
+from typing import Optional
+
+from kf2v_tasks.batch.manifest import ExtraColumns, ParsedManifest
+from kf2v_tasks.batch.plan import output_path
+from kf2v_tasks.errors import ManifestFileError
+from kf2v_tasks.storage.files import write_text_atomic
+from kf2v_tasks.storage.paths import basename, is_url, join, parent, safe_child
+
+__all__ = ["SEQUENCE_COLUMN", "manifest_extra_columns", "sequences", "write_transitions"]
+
+#: The manifest column that groups rows into storyboards.
+SEQUENCE_COLUMN = "sequence"
+
+
+def manifest_extra_columns(extra_columns: ExtraColumns) -> ExtraColumns:
+    """The manifest's accepted own columns: ``sequence``, plus the caller's (True: any).
+
+    Example:
+        ```python
+        from kf2v_flows.storyboard_plan import manifest_extra_columns
+        assert manifest_extra_columns(True) is True
+        ```
+    """
+    if extra_columns is True:
+        return True
+    return [SEQUENCE_COLUMN, *(extra_columns or [])]
+
+
+async def write_transitions(
+    frames: list[str],
+    output: str,
+    prompt: Optional[str],
+    prompts: Optional[list[Optional[str]]],
+    opts: Optional[dict],
+) -> tuple[str, str, dict[str, str]]:
+    """Write one storyboard's transitions as a manifest in ``<film>.storyboard/``.
+
+    Returns:
+        ``(manifest, output root, {sequence: film path})``.
+
+    Raises:
+        ValueError: fewer than 2 frames, a prompt count that is not one per transition,
+            an output that is not an .mp4 file.
+
+    Example:
+        ```python
+        manifest, root, films = await write_transitions(
+            ["a.png", "b.png", "c.png"], "out/film.mp4", "dolly", None, None)
+        assert root == "out/film.storyboard" and films == {"film": "out/film.mp4"}
+        ```
+    """
+    if len(frames) < 2:
+        raise ValueError(f"frames: a storyboard needs at least 2 keyframes, got {len(frames)}")
+    if prompts is not None and len(prompts) != len(frames) - 1:
+        raise ValueError(
+            f"prompts: expected {len(frames) - 1} (one per transition between "
+            f"{len(frames)} keyframes), got {len(prompts)}"
+        )
+    name = basename(output)
+    if not name.lower().endswith(".mp4") or len(name) <= 4:
+        raise ValueError(f"output: the film must be an .mp4 file, got {output!r}")
+    stem = name[:-4]
+    root = join(parent(output), f"{stem}.storyboard")
+    # The manifest lives in another folder: relative local paths must not move with it.
+    absolute = _absolute(frames)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "first_frame", "last_frame", "prompt", "output", SEQUENCE_COLUMN])
+    for i in range(len(frames) - 1):
+        text = (prompts[i] if prompts else None) or prompt or ""
+        tid = f"transition-{i + 1:02d}"
+        writer.writerow([tid, absolute[i], absolute[i + 1], text, f"{tid}.mp4", stem])
+    manifest = join(root, "storyboard.csv")
+    await write_text_atomic(manifest, buf.getvalue(), storage_options=opts)
+    return manifest, root, {stem: output}
+
+
+def _absolute(frames: list[str]) -> list[str]:
+    return [f if is_url(f) else os.path.abspath(os.path.expanduser(f)) for f in frames]
+
+
+def sequences(
+    parsed: ParsedManifest, root: str, films: Optional[dict[str, str]]
+) -> dict[str, tuple[str, list[int]]]:
+    """Sequence -> (film path, its rows in file order); refuses what cannot make a film.
+
+    ``parsed`` was read with ``sequence`` among its extra columns; ``films`` maps the
+    sequences of keyframes to their film (``None``: a manifest's, ``<root>/<name>.mp4``).
+
+    Raises:
+        ManifestFileError: no sequence column, a row without a sequence, a broken chain
+            of keyframes, or a film name that is unusable or overwrites a clip.
+
+    Example:
+        ```python
+        found = sequences(parsed, "out", None)   # {"day": ("out/day.mp4", [2, 3, 4])}
+        ```
+    """
+    source = parsed.source
+    column = next((c for c in parsed.extra_columns if c.lower() == SEQUENCE_COLUMN), None)
+    if column is None:
+        raise ManifestFileError(
+            source, f"has no {SEQUENCE_COLUMN!r} column: it says which rows make one film"
+        )
+    valid = {r.row_number: r for r in parsed.rows}
+    outputs = {output_path(root, r): r.row_number for r in parsed.rows}
+    found: dict[str, tuple[str, list[int]]] = {}
+    for n in sorted(parsed.extras):
+        name = parsed.extras[n].get(column, "").strip()
+        if not name:
+            raise ManifestFileError(
+                source,
+                f"row {n}, column {SEQUENCE_COLUMN!r}: empty; every row belongs to a "
+                "sequence (its film)",
+                line=n,
+            )
+        if name not in found:
+            found[name] = (_film_path(root, name, films, source, n, outputs), [])
+        found[name][1].append(n)
+    for name, (_path, rows) in found.items():
+        for before, after in itertools.pairwise(rows):
+            a, b = valid.get(before), valid.get(after)
+            if a is not None and b is not None and a.last_frame != b.first_frame:
+                raise ManifestFileError(
+                    source,
+                    f"row {after}, column 'first_frame': {b.first_frame!r} is not the "
+                    f"last_frame of row {before} ({a.last_frame!r}), the transition before it "
+                    f"in sequence {name!r}; a film's transitions share their keyframes",
+                    line=after,
+                )
+    return found
+
+
+def _film_path(root, name, films, source, row, outputs) -> str:
+    if films is not None:
+        return films[name]
+    try:
+        path = join(root, safe_child(root, f"{name}.mp4"))
+    except ValueError as exc:
+        raise ManifestFileError(
+            source,
+            f"row {row}, column {SEQUENCE_COLUMN!r}: not a usable film name: {exc}",
+            line=row,
+        ) from None
+    clash = outputs.get(path)
+    if clash is not None:
+        raise ManifestFileError(
+            source,
+            f"row {row}, column {SEQUENCE_COLUMN!r}: the film {name}.mp4 would "
+            f"overwrite the clip of row {clash}; rename the sequence or that row's output",
+            line=row,
+        )
+    return path
