@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from kf2v_tasks._cli.stack import LocalStack, api, free_port, tail
+from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
@@ -270,8 +271,9 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
         assert TEST_API_KEY not in text and '"secret"' not in text, r.parameters
 
     # ------------------------------------------------------------------ the account limit
-    assert limit.limit == MAX_IN_FLIGHT and limit.active
-    assert stats["peak_concurrency"] <= MAX_IN_FLIGHT, stats
+    # The account's tasks at the service: running plus the default look-ahead queue.
+    assert limit.limit == MAX_IN_FLIGHT + DEFAULT_QUEUE_AHEAD and limit.active
+    assert stats["peak_concurrency"] <= MAX_IN_FLIGHT + DEFAULT_QUEUE_AHEAD, stats
     assert stats["creates"] == ROWS, stats
     assert sorted(stats["creates_by_fingerprint"].values()) == [1] * ROWS, stats
 

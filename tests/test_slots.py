@@ -39,8 +39,8 @@ async def test_gcl_leases_are_kept_and_handed_on_in_process():
     of 0.1 s on 2 slots would take many seconds that way, instead of ~0.6 s.
     """
     name = "kf2v-test-handoff"
-    first = await apply_limits(2, name=name)
-    again = await apply_limits(2, name=name)
+    first = await apply_limits(2, queue_ahead=0, name=name)
+    again = await apply_limits(2, queue_ahead=0, name=name)
     assert (first["action"], again["action"]) == ("created", "unchanged")
     assert any(x["name"] == name and x["limit"] == 2 for x in await show_limits())
 
@@ -192,7 +192,7 @@ async def test_a_pool_asks_for_its_waiting_rows_slots_at_once_one_ask_at_a_time(
 @pytest.mark.usefixtures("prefect_server")
 async def test_a_block_shrinks_to_what_the_limit_has_free():
     name = "kf2v-test-shrink"
-    await apply_limits(3, name=name)
+    await apply_limits(3, queue_ahead=0, name=name)
     other = await SlotPool.create(3, name)  # another run holds one of the three
     async with other.slot():
         pool = await SlotPool.create(8, name)

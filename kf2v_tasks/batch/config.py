@@ -19,6 +19,8 @@ from kf2v_tasks.generation.submit import AmbiguousPolicy
 
 #: Name of the Prefect global concurrency limit that stands for the account's task quota.
 DEFAULT_GLOBAL_LIMIT = "kf2v-dashscope-tasks"
+#: Tasks queued at the service beyond the running ones (see ConcurrencySettings.queue_ahead).
+DEFAULT_QUEUE_AHEAD = 1
 
 
 class ConcurrencySettings(BaseModel):
@@ -28,7 +30,7 @@ class ConcurrencySettings(BaseModel):
         ```python
         from kf2v_tasks.batch.config import ConcurrencySettings
         quota = ConcurrencySettings(max_in_flight=4, submits_per_second=2.0)
-        assert quota.queries_per_second == 20.0
+        assert quota.queries_per_second == 20.0 and quota.at_service == 4 + quota.queue_ahead
         ```
     """
 
@@ -43,6 +45,16 @@ class ConcurrencySettings(BaseModel):
         le=1024,
         description="Remote tasks submitted and not yet finished (the service default is 2).",
     )
+    queue_ahead: int = Field(
+        default=DEFAULT_QUEUE_AHEAD,
+        ge=0,
+        le=64,
+        description=(
+            "Tasks kept waiting (PENDING) at the service beyond max_in_flight, so the next "
+            "one starts the moment a running one ends; 0 turns look-ahead off. Cancelled "
+            "(free) if the run stops early."
+        ),
+    )
     submits_per_second: float = Field(
         default=2.0, gt=0, description="Create calls per second (the service default is 2)."
     )
@@ -53,12 +65,17 @@ class ConcurrencySettings(BaseModel):
         default=DEFAULT_GLOBAL_LIMIT,
         description=(
             "Prefect global concurrency limit shared by every run and worker on the same "
-            "Prefect server; created with max_in_flight when missing."
+            "Prefect server; created with max_in_flight + queue_ahead when missing."
         ),
     )
     validate_concurrency: int = Field(
         default=8, ge=1, le=256, description="Frame pairs validated at the same time."
     )
+
+    @property
+    def at_service(self) -> int:
+        """Tasks this run keeps at the service: running plus queued ahead."""
+        return self.max_in_flight + self.queue_ahead
 
 
 class PollingSettings(BaseModel):

@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any, Optional
 from uuid import UUID, uuid4
 
-from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT
+from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT, DEFAULT_QUEUE_AHEAD
 
 logger = logging.getLogger("kf2v_tasks.batch.gcl")
 
 
-async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) -> dict:
-    """Create or update the limit ``name`` (default ``kf2v-dashscope-tasks``) to ``max_in_flight``.
+async def apply_limits(
+    max_in_flight: int = 2, *, queue_ahead: int = DEFAULT_QUEUE_AHEAD, name: Optional[str] = None
+) -> dict:
+    """Set the limit ``name`` (default ``kf2v-dashscope-tasks``) to the tasks at the service.
+
+    That is ``max_in_flight`` running plus ``queue_ahead`` queued (look-ahead), the same
+    total every batch run keeps to.
 
     Example:
         ```python
@@ -43,6 +48,9 @@ async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) ->
     name = name or DEFAULT_GLOBAL_LIMIT
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be ≥ 1")
+    if queue_ahead < 0:
+        raise ValueError("queue_ahead must be ≥ 0")
+    total = max_in_flight + queue_ahead
     async with get_client() as client:
         try:
             current = await client.read_global_concurrency_limit_by_name(name)
@@ -50,12 +58,12 @@ async def apply_limits(max_in_flight: int = 2, *, name: Optional[str] = None) ->
             current = None
         if current is None:
             await client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=name, limit=max_in_flight, active=True)
+                GlobalConcurrencyLimitCreate(name=name, limit=total, active=True)
             )
             action = "created"
-        elif current.limit != max_in_flight or not current.active:
+        elif current.limit != total or not current.active:
             await client.update_global_concurrency_limit(
-                name, GlobalConcurrencyLimitUpdate(limit=max_in_flight, active=True)
+                name, GlobalConcurrencyLimitUpdate(limit=total, active=True)
             )
             action = "updated"
         else:

@@ -34,7 +34,8 @@ class RowStatus(str, Enum):
     INVALID = "invalid"  # rejected by validation; never submitted
     OVER_BUDGET = "over_budget"  # not submitted: max_cost would be exceeded
     PLANNED = "planned"  # dry run: would be submitted (within max_cost)
-    NOT_RUN = "not_run"  # the batch stopped (fail_fast) before this row
+    NOT_RUN = "not_run"  # the batch stopped (fail_fast, or interrupted) before this row
+    CANCELLED = "cancelled"  # queued ahead, then cancelled before it started (not billed)
 
 
 #: Statuses that count as a failure of the batch.
@@ -205,6 +206,12 @@ class BatchSummary(BaseModel):
     wall_seconds: float = 0.0
     dry_run: bool = False
     max_cost: Optional[float] = Field(default=None, description="The run's budget, if any.")
+    cancelled: int = Field(
+        default=0, description="Tasks queued ahead and cancelled before they started (free)."
+    )
+    look_ahead_off: Optional[str] = Field(
+        default=None, description="Why look-ahead was switched off during the run, if it was."
+    )
     results: list[RowResult] = Field(
         default_factory=list, description="One result per manifest row, in row order."
     )

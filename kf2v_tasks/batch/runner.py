@@ -29,7 +29,8 @@ from kf2v_tasks.batch.config import (
     PollingSettings,
     RowConfig,
 )
-from kf2v_tasks.batch.manifest import ManifestRow, RowDefaults
+from kf2v_tasks.batch.lookahead import LookAhead, is_concurrency_refusal
+from kf2v_tasks.batch.manifest import ExtraColumns, ManifestRow, RowDefaults
 from kf2v_tasks.batch.plan import (
     BatchPlan,
     assess_plan,
@@ -102,7 +103,7 @@ class BatchRunner:
         shard_count: int = 1,
         observer: Optional[BatchObserver] = None,
         task_runs: TaskRuns | str = TaskRuns.PER_STEP,
-        extra_columns: bool = False,
+        extra_columns: ExtraColumns = False,
     ) -> None:
         self.prices = price_table or PriceTable.default()
         self.config = RowConfig.build(
@@ -126,6 +127,8 @@ class BatchRunner:
         self.task_runs = TaskRuns(task_runs)
         self.extra_columns = extra_columns
         self.results: dict[int, RowResult] = {}
+        self.look_ahead: Optional[LookAhead] = None
+        self._fan: Optional[_RowFanOut] = None
         self._counts: Counter[str] = Counter()  # kept as rows finish: O(1) per row
         self._total = 0
         self._observer = run_observer(observer)
@@ -194,7 +197,11 @@ class BatchRunner:
         elif self.fail_fast and plan.invalid:
             self._not_run(rows)
         else:
-            submitted, reattached = await self._execute(plan, rows)
+            try:
+                submitted, reattached = await self._execute(plan, rows)
+            except BaseException:
+                await asyncio.shield(self._write_interrupted(plan))
+                raise
             await self._reconcile_failed(plan)
 
         results = with_extras(plan, sorted(self.results.values(), key=lambda r: r.row))
@@ -214,6 +221,8 @@ class BatchRunner:
             wall_seconds=round(time.monotonic() - started, 3),
             dry_run=self.dry_run,
             max_cost=plan.max_cost,
+            cancelled=len(self.look_ahead.cancelled) if self.look_ahead else 0,
+            look_ahead_off=self.look_ahead.fell_back if self.look_ahead else None,
             results=results,
         )
         summary.results_path = await self._write(
@@ -226,6 +235,48 @@ class BatchRunner:
             )
         await self._observer.on_finish(summary)
         return summary
+
+    async def _write_interrupted(self, plan: BatchPlan) -> None:
+        """Stopped early: results.csv says what finished, what was cancelled, what was not run."""
+        ahead, fan = self.look_ahead, self._fan
+        cancelled = set(ahead.cancelled) if ahead else set()
+        created = {row.id: tid for tid, row in (fan.tasks.items() if fan else ())}
+        for row in plan.runnable:
+            if row.row_number in self.results:
+                continue
+            base = dict(row=row.row_number, id=row.id, output=output_path(self.output, row))
+            task_id = created.get(row.id)
+            if task_id in cancelled:
+                result = RowResult(
+                    **base,
+                    status=RowStatus.CANCELLED,
+                    task_id=task_id,
+                    error_code="Cancelled",
+                    error_message="queued ahead; cancelled before it started (not billed)",
+                )
+            else:
+                result = RowResult(
+                    **base,
+                    status=RowStatus.NOT_RUN,
+                    task_id=task_id,
+                    error_code="Interrupted",
+                    error_message=(
+                        f"interrupted; task {task_id} may still run: the next run re-attaches"
+                        if task_id
+                        else "interrupted before it was submitted"
+                    ),
+                )
+            self.results[row.row_number] = result
+        results = with_extras(plan, sorted(self.results.values(), key=lambda r: r.row))
+        try:
+            await self._write(self._results_name(), to_csv(results, plan.manifest.extra_columns))
+        except Exception as exc:  # the ledger still knows every task; say why the file is old
+            logger.warning("could not write the results of the interrupted run: %s", exc)
+        if cancelled:
+            logger.warning(
+                "interrupted: %d queued task(s) cancelled before they started (not billed)",
+                len(cancelled),
+            )
 
     async def _reconcile_failed(self, plan: BatchPlan) -> None:
         """A failed row whose video an overlapping run has kept since is reported ``skipped``.
@@ -285,21 +336,39 @@ class BatchRunner:
             queries_per_second=c.queries_per_second,
         )
         credentials = await aresolve_credentials(self.credentials)
-        pool = await SlotPool.create(c.max_in_flight, c.global_limit)
+        # Running slots plus the look-ahead queue: all of it is "tasks at the service".
+        pool = await SlotPool.create(c.at_service, c.global_limit)
+        ahead = self.look_ahead = LookAhead(
+            c.max_in_flight,
+            c.queue_ahead,
+            on_fall_back=lambda _why: pool.shrink(c.max_in_flight),
+            held=lambda: pool.in_use,
+        )
+        # A create the service refuses for concurrency is not retried where it failed:
+        # the row gives its slot back and waits for a running one (_RowFanOut).
+        limits.submit_limiter.stop_retry = ahead.refuses
         share = await self._share_rates(pool, limits)
         order = self._resume_order(plan, rows)
         pool.expect(len(order) - len(plan.persisted))
         try:
             async with credentials.get_client(limits=limits) as client:
-                fan = _RowFanOut(
+                steps = make_steps(self.task_runs, self.config, client)
+                steps.look_ahead = ahead
+                fan = self._fan = _RowFanOut(
                     plan=plan,
-                    steps=make_steps(self.task_runs, self.config, client),
+                    steps=steps,
                     pool=pool,
                     budget=Budget(self.max_cost),
                     per_row_task=self.task_runs is TaskRuns.PER_ROW,
                     finish=self._finish,
                 )
-                await asyncio.gather(*(fan.run_row(row, rec) for row, rec in order))
+                try:
+                    await asyncio.gather(*(fan.run_row(row, rec) for row, rec in order))
+                except BaseException:
+                    # Stopped early (Ctrl-C, SIGTERM, a Prefect cancellation): the tasks
+                    # queued ahead never started; cancelled now, they cost nothing.
+                    await asyncio.shield(ahead.cancel_pending(client))
+                    raise
         finally:
             await pool.close()
             if share is not None:
@@ -362,6 +431,7 @@ class _RowFanOut:
         self.leaders: dict[str, asyncio.Future] = {}
         self.submitted = 0
         self.reattached = 0
+        self.tasks: dict[str, ManifestRow] = {}  # task id -> its row, as created
 
     async def run_row(self, row: ManifestRow, record) -> None:
         fp = self.plan.fingerprints[row.id]
@@ -415,6 +485,7 @@ class _RowFanOut:
         reattach = bool(record is not None and record.task_id and Ledger.is_task_reusable(record))
         reserved = 0.0
         sub: Any = None
+        refused = False
         async with self.pool.slot() as held:
             if not reattach:
                 if not self.budget.try_reserve(price):
@@ -430,6 +501,7 @@ class _RowFanOut:
                 reserved = price
             try:
                 sub = await self.steps.submit(row, self.plan.frames[row.id], fp)
+                self.tasks[sub.task_id] = row
                 if getattr(sub, "already_persisted_at", None) is not None:
                     # Another run made this work meanwhile: nothing was created here. If its
                     # file is not there intact, the task is polled and kept again below.
@@ -453,7 +525,14 @@ class _RowFanOut:
             except Exception as exc:
                 if reserved:
                     self.budget.release(reserved)  # failed tasks are not billed
-                return failed_result(base, exc, sub)
+                ahead = self.steps.look_ahead
+                if not (sub is None and ahead is not None and ahead.fell_back is not None):
+                    return failed_result(base, exc, sub)
+                if not is_concurrency_refusal(exc):
+                    return failed_result(base, exc, sub)
+                refused = True  # not created: try again once a running slot is free
+        if refused:
+            return await self._generate(row, record, fp, dest, price, base)
         if reserved:
             self.budget.commit(reserved)
         try:

@@ -192,6 +192,7 @@ class SlotPool:
         self._held = 0  # server slots this run holds
         self._asking: Optional[_Lease] = None  # the one ask to the server in flight
         self._expected = 0  # rows about to ask (see expect())
+        self._excess = 0  # slots to take away as they are given back (shrink())
         self._ask_error: Optional[BaseException] = None
         self._collector: Optional[asyncio.Task[None]] = None
         self._changed = asyncio.Event()
@@ -309,6 +310,19 @@ class SlotPool:
         self._give_back_if_unwanted(lease)
         self._notify()
 
+    def shrink(self, size: int) -> None:
+        """Allow at most ``size`` slots from now on (rows holding more finish normally).
+
+        Example:
+            ```python
+            pool = SlotPool(3)
+            pool.shrink(2)   # e.g. the service refused queued tasks: no look-ahead
+            ```
+        """
+        # The next slots given back are not handed on: each is one slot fewer, for good.
+        self._excess += max(0, self.size - max(1, size))
+        self.size = min(self.size, max(1, size))
+
     def expect(self, rows: int) -> None:
         """Say that ``rows`` rows are about to ask for slots: the first ask covers them all.
 
@@ -348,7 +362,10 @@ class SlotPool:
             self.in_use -= 1
             # Hand the lease on first, so the waiter woken by release() finds it idle.
             self._return_lease(lease)
-            self._local.release()
+            if self._excess:
+                self._excess -= 1
+            else:
+                self._local.release()
 
         held = HeldSlot(give_back)
         try:
@@ -438,11 +455,11 @@ async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bo
     if status["limit"] < size:
         # The server's limit is the account's: this run keeps to it, whatever it asked for.
         logger.warning(
-            "global concurrency limit %r allows %d tasks in flight, fewer than this run's "
-            "max_in_flight %d; change it with `kf2v limits apply --max-in-flight %d`",
+            "global concurrency limit %r allows %d tasks at the service, fewer than this "
+            "run's %d (max_in_flight + queue_ahead); change it with `kf2v limits apply "
+            "--max-in-flight N --queue-ahead M`",
             name,
             status["limit"],
-            size,
             size,
         )
     return True

@@ -31,6 +31,7 @@ from kf2v_tasks.batch.config import RowConfig
 from kf2v_tasks.batch.manifest import ManifestRow
 from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import wait_for_task
+from kf2v_tasks.errors import QueueTimeoutError
 from kf2v_tasks.events import emit_video_persisted
 from kf2v_tasks.generation.ledger import record_outcome
 from kf2v_tasks.generation.models import FramePair
@@ -66,6 +67,9 @@ class RowSteps:
     def __init__(self, config: RowConfig, client: Any) -> None:
         self.config = config
         self.client = client
+        #: The run's look-ahead (batch.lookahead.LookAhead): told every task's status,
+        #: and the clock that says when a queued task is late.
+        self.look_ahead: Any = None
 
     def _extra(self, row: ManifestRow) -> dict[str, Any]:
         """What the sidecar says about the row it came from."""
@@ -74,7 +78,7 @@ class RowSteps:
     async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
         """Create the row's remote task, or re-attach to the one the ledger knows."""
         c = self.config
-        return await submit_generation(
+        sub = await submit_generation(
             self.client,
             frames,
             row.prompt,
@@ -85,6 +89,9 @@ class RowSteps:
             row_id=row.id,
             storage_options=c.storage_options,
         )
+        if self.look_ahead is not None and sub.already_persisted_at is None:
+            self.look_ahead.seen(sub.task_id, "PENDING")  # until a poll says otherwise
+        return sub
 
     async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
         """Wait for the task to end; record how it ended so a dead task is never reused."""
@@ -96,12 +103,22 @@ class RowSteps:
                 schedule=c.polling.schedule,
                 deadline=c.polling.deadline_seconds,
                 queue_deadline=c.polling.queue_deadline_seconds,
+                on_status=self._tell_look_ahead,
+                queue_clock=self.look_ahead,
             )
         except Exception as exc:
+            if self.look_ahead is not None:
+                self.look_ahead.seen(sub.task_id, "UNKNOWN")  # ended, as far as we wait
+                if isinstance(exc, QueueTimeoutError):
+                    self.look_ahead.fall_back(f"task {sub.task_id} was queued and never started")
             await record_outcome(c.ledger, sub.fingerprint, exc)
             raise
         await record_outcome(c.ledger, sub.fingerprint, state)
         return state
+
+    async def _tell_look_ahead(self, state: TaskState) -> None:
+        if self.look_ahead is not None:
+            self.look_ahead.seen(state.task_id, state.status)
 
     async def persist(
         self, row: ManifestRow, state: TaskState, sub: Submission, dest: str

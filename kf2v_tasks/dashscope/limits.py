@@ -53,6 +53,9 @@ class RateLimiter:
         self._tolerance = (self.burst - 1.0) * self._interval
         self._tat = clock.now() - self._tolerance  # theoretical arrival time of the next call
         self._lock = threading.Lock()
+        #: Asked about each failed call on this limiter: True means "do not retry it here"
+        #: (the caller has a better way, e.g. a create the service refused for concurrency).
+        self.stop_retry: Optional[Callable[[BaseException], bool]] = None
 
     def set_rate(self, rate: float) -> None:
         """Change the rate from the next reservation on (e.g. this run's share of the account's).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,13 @@ logger = logging.getLogger("kf2v_tasks.dashscope.polling")
 #: The service itself gives up on a task after 3 hours (InternalError.Timeout).
 DEFAULT_DEADLINE = 3 * 3600.0
 DEFAULT_QUEUE_DEADLINE = 3600.0
+
+
+class QueueClock(Protocol):
+    """Service seconds of PENDING that the caller's own queue does not explain, so far."""
+
+    def now(self) -> float:
+        """A monotonic reading; a task's unexplained wait is the difference of two."""
 
 
 class PollSchedule(BaseModel):
@@ -101,6 +108,7 @@ async def wait_for_task(
     queue_deadline: float = DEFAULT_QUEUE_DEADLINE,
     raise_on_failure: bool = True,
     on_status: Optional[Callable[[TaskState], Awaitable[None]]] = None,
+    queue_clock: Optional[QueueClock] = None,
 ) -> TaskState:
     """Poll ``task_id`` until it ends; return its final state with the status history.
 
@@ -114,6 +122,9 @@ async def wait_for_task(
             (a PENDING task was never started, so cancelling it costs nothing).
         raise_on_failure: raise typed errors for FAILED, CANCELED and UNKNOWN.
         on_status: awaited with every new status (progress reporting).
+        queue_clock: measures PENDING time that our own queue does not explain (a task
+            queued on purpose behind our running ones is not late); without it, all of the
+            task's time since its first poll counts against ``queue_deadline``.
 
     Raises:
         TaskFailedError: FAILED, with the task's code and message.
@@ -126,6 +137,7 @@ async def wait_for_task(
         PermanentError: a query the service refused (bad id, auth).
     """
     schedule = schedule or PollSchedule()
+    queue_mark = queue_clock.now() if queue_clock is not None else 0.0
     history: list[StatusChange] = []
     last_status: Optional[TaskStatus] = None
     async with watcher_for(client).watch(
@@ -147,7 +159,11 @@ async def wait_for_task(
                 return state
 
             elapsed = clock.now() - watch.started
-            if state.status is TaskStatus.PENDING and elapsed >= queue_deadline:
+            if queue_clock is not None:
+                pending_for = queue_clock.now() - queue_mark
+            else:
+                pending_for = elapsed
+            if state.status is TaskStatus.PENDING and pending_for >= queue_deadline:
                 await _cancel_pending(client, task_id, history, queue_deadline)
                 # Cancel raced with the start: keep waiting for the now-running task.
                 watch.mark_running()

@@ -237,4 +237,9 @@ class DashScopeSession:
                 delay,
             )
 
-        return await retry_call(attempt, self.retry, is_retryable=is_retryable, on_retry=on_retry)
+        stop = limiter.stop_retry if limiter is not None else None
+
+        def retryable(error: BaseException) -> bool:
+            return is_retryable(error) and not (stop is not None and stop(error))
+
+        return await retry_call(attempt, self.retry, is_retryable=retryable, on_retry=on_retry)
