@@ -182,3 +182,18 @@ def test_the_script_answers_help_quickly(tmp_path):
     took = time.monotonic() - started
     print(f"kf2v validate --help: {took:.2f} s")
     assert result.returncode == 0 and "--output" in result.stdout
+
+
+def test_queue_ahead_defaults_to_the_librarys_and_is_checked():
+    from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "m.csv", "--output", "out"])
+    assert args.queue_ahead == DEFAULT_QUEUE_AHEAD
+    assert (
+        parser.parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "0"]).queue_ahead == 0
+    )
+    limits = parser.parse_args(["limits", "apply", "--max-in-flight", "4", "--queue-ahead", "2"])
+    assert (limits.max_in_flight, limits.queue_ahead) == (4, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "-1"])

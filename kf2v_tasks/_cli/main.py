@@ -52,7 +52,9 @@ def _limits(args: argparse.Namespace) -> int:
 
     with quiet_prefect(verbose=False):
         if args.limits_command == "apply":
-            result = asyncio.run(apply_limits(args.max_in_flight, name=args.name))
+            result = asyncio.run(
+                apply_limits(args.max_in_flight, queue_ahead=args.queue_ahead, name=args.name)
+            )
         else:
             result = asyncio.run(show_limits())
     print(json.dumps(result, indent=2))

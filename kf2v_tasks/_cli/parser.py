@@ -191,6 +191,14 @@ def _quota(p: argparse.ArgumentParser) -> None:
         help="Remote tasks in flight at once (default 2, the account default).",
     )
     p.add_argument(
+        "--queue-ahead",
+        type=argtypes.integer(0, 64),
+        default=1,
+        help="Tasks kept waiting at the service beyond --concurrency, so the next one starts "
+        "the moment a running one ends (default 1; 0 turns it off). Cancelled, free, if the "
+        "run stops early.",
+    )
+    p.add_argument(
         "--submits-per-second",
         type=argtypes.number(above=0),
         default=2.0,
@@ -326,6 +334,12 @@ def _add_limits(sub) -> None:
         type=argtypes.integer(1, 1024),
         default=2,
         help="Tasks the account may have in flight (default 2, the account default).",
+    )
+    apply.add_argument(
+        "--queue-ahead",
+        type=argtypes.integer(0, 64),
+        default=1,
+        help="Tasks queued at the service beyond them (default 1, as kf2v run).",
     )
     apply.add_argument("--name", default=None, help="Limit name (default kf2v-dashscope-tasks).")
     _debug(apply)

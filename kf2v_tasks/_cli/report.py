@@ -122,4 +122,10 @@ def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
         f"{summary.currency}, spent {summary.spent:.2f} {summary.currency}; "
         f"{summary.wall_seconds:.1f} s"
     )
+    cancelled = getattr(summary, "cancelled", 0)
+    if cancelled:
+        console.print(f"cancelled {cancelled} queued task(s) before they started (not billed)")
+    off = getattr(summary, "look_ahead_off", None)
+    if off:
+        console.print(f"[yellow]look-ahead off[/yellow]: {escape(off)}")
     console.print(f"results: {escape(str(summary.results_path))}")

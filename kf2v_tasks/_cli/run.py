@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_manifest(args, defaults)  # before Prefect or the simulator start
     concurrency = ConcurrencySettings(
         max_in_flight=args.concurrency,
+        queue_ahead=args.queue_ahead,
         submits_per_second=args.submits_per_second,
         queries_per_second=args.queries_per_second,
     )

@@ -76,6 +76,7 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
     defaults = defaults_from_args(args)
     concurrency = ConcurrencySettings(
         max_in_flight=args.concurrency,
+        queue_ahead=args.queue_ahead,
         submits_per_second=args.submits_per_second,
         queries_per_second=args.queries_per_second,
     )
