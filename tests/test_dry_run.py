@@ -133,3 +133,62 @@ async def test_dry_run_on_s3_never_overwrites_results_csv(sim, tmp_path, s3_serv
     kept = {r["id"]: r["sha256"] for r in _rows(written.decode())}
     table = _rows(fs.cat_file(f"{bucket}/out/results.dry-run.csv").decode())
     assert {r["id"]: r["sha256"] for r in table} == kept and all(kept.values())
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every file under ``root`` (the ledger's hidden folder too): size, mtime, content."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+async def test_dry_run_and_validate_on_an_old_record_write_nothing_but_their_table(sim, tmp_path):
+    from kf2v_tasks.batch.plan import assess_plan, plan_batch
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.previews import preview_paths
+
+    manifest = _manifest(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    first = await generate_batch(str(manifest), str(out), concurrency=FAST, extra_columns=True)
+    assert first.counts == {"succeeded": 2}
+    # Make d0 look kept before previews existed: no JPEGs, none in its sidecar or record.
+    plan = await plan_batch(str(manifest), str(out), extra_columns=True)
+    ledger = Ledger(str(out))
+    fp = plan.fingerprints["d0"]
+    rec = await ledger.get(fp)
+    assert rec is not None and rec.previews is not None
+    rec.previews = None
+    await ledger.put(rec)
+    for jpeg in preview_paths(str(out / "d0.mp4")):
+        Path(jpeg).unlink()
+    side = out / "d0.json"
+    side.write_text(side.read_text().replace('"previews"', '"previews_gone"'))
+    (out / "results.dry-run.csv").unlink(missing_ok=True)
+
+    before = _snapshot(out)
+    dry = await generate_batch(str(manifest), str(out), dry_run=True, extra_columns=True)
+    assert dry.counts == {"skipped": 2}
+    after = _snapshot(out)
+    assert after.pop("results.dry-run.csv")  # a dry run's own table, and nothing else
+    assert after == before
+    (out / "results.dry-run.csv").unlink()
+
+    p = subprocess.run(
+        [sys.executable, "-m", "kf2v_tasks._cli.main", "validate", str(manifest),
+         "--output", str(out), "--extra-columns"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    after = _snapshot(out)
+    assert after.pop("results.dry-run.csv")
+    assert after == before
+
+    # A real run's assessment (make_missing_previews=True) makes them, without any call.
+    creates = sim.stats()["creates"]
+    plan = await plan_batch(str(manifest), str(out), extra_columns=True)
+    await assess_plan(plan, ledger, make_missing_previews=True)
+    made = plan.persisted["d0"].previews
+    assert made is not None and all(Path(p).stat().st_size > 0 for p in (made.poster, made.strip))
+    assert (await ledger.get(fp)).previews == made and sim.stats()["creates"] == creates

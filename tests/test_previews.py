@@ -25,12 +25,14 @@ from kf2v_tasks.generation.persist import find_persisted, persist_task_video
 from kf2v_tasks.generation.previews import (
     STRIP_HEIGHT,
     PreviewError,
+    copy_previews,
     make_previews,
     preview_paths,
     render_previews,
 )
 from kf2v_tasks.generation.submit import Submission
 from kf2v_tasks.simulator.render import render_video
+from kf2v_tasks.storage.files import copy_video
 
 FP = "e" * 64
 
@@ -243,3 +245,85 @@ async def test_a_video_that_cannot_be_previewed_is_still_kept(tmp_path, caplog):
     assert rec.state is LedgerState.PERSISTED and rec.previews is None
     assert "no previews for" in caplog.text
     assert "previews" not in json.loads((out / "bad.json").read_text())
+
+
+# -- copy_previews: a row doing the same work as an earlier row ------------------------------
+
+
+async def _kept_with_previews(out: Path, mp4: bytes) -> Path:
+    """A kept video as persist leaves it: the file, its previews, a sidecar naming both."""
+    import hashlib
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "lead.mp4"
+    src.write_bytes(mp4)
+    previews = await make_previews(str(src))
+    side = {"sha256": hashlib.sha256(mp4).hexdigest(), "previews": previews.model_dump()}
+    (out / "lead.json").write_text(json.dumps(side))
+    return src
+
+
+async def test_a_copy_gets_the_sources_previews_copied_under_its_own_name(
+    tmp_path, mp4, monkeypatch
+):
+    out = tmp_path / "out"
+    src = await _kept_with_previews(out, mp4)
+    dest = out / "sub" / "copy.mp4"
+    await copy_video(str(src), str(dest))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the source's previews are copied, not decoded again")
+
+    monkeypatch.setattr("kf2v_tasks.generation.previews.render_previews", no_decoding)
+    copied = await copy_previews(str(src), str(dest))
+    poster, strip = preview_paths(str(dest))
+    assert copied is not None and (copied.poster, copied.strip) == (poster, strip)
+    source = json.loads((out / "lead.json").read_text())["previews"]
+    assert copied.model_dump(exclude={"poster", "strip"}) == {
+        k: v for k, v in source.items() if k not in ("poster", "strip")
+    }
+    for mine, theirs in zip((poster, strip), preview_paths(str(src)), strict=True):
+        assert Path(mine).read_bytes() == Path(theirs).read_bytes()
+    # The copy's sidecar names its own previews, not the source's.
+    side = json.loads((out / "sub" / "copy.json").read_text())
+    assert side["previews"]["poster"] == poster and side["copied_from"] == str(src)
+    assert json.loads((out / "lead.json").read_text())["previews"] == source  # untouched
+
+
+async def test_a_copy_of_an_old_or_changed_source_gets_previews_from_its_own_frames(tmp_path, mp4):
+    out = tmp_path / "out"
+    src = await _kept_with_previews(out, mp4)
+    side = json.loads((out / "lead.json").read_text())
+    # The source's sidecar speaks of another video: its JPEGs may not match the copy.
+    (out / "lead.json").write_text(json.dumps({**side, "sha256": "0" * 64}))
+    dest = out / "copy.mp4"
+    await copy_video(str(src), str(dest))
+    Path(preview_paths(str(src))[0]).write_bytes(b"not this video's poster")
+
+    made = await copy_previews(str(src), str(dest))
+    assert made is not None and made.poster == preview_paths(str(dest))[0]
+    frames = _frames(str(dest))
+    poster = _decode_jpeg(made.poster)
+    assert poster.shape == frames[made.poster_frame].shape
+    assert _psnr(poster, frames[made.poster_frame]) > 30
+    assert json.loads((out / "copy.json").read_text())["previews"]["poster"] == made.poster
+
+    # A source kept before previews existed, and no sidecar at all: made from the copy too.
+    (out / "lead.json").unlink()
+    other = out / "other.mp4"
+    await copy_video(str(src), str(other))
+    made = await copy_previews(str(src), str(other))
+    assert made is not None and Path(made.strip).stat().st_size > 0
+    assert not (out / "other.json").exists()  # no sidecar is invented
+
+
+async def test_a_copy_that_cannot_be_previewed_is_still_kept(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    body = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+    (out / "bad.mp4").write_bytes(body)
+    await copy_video(str(out / "bad.mp4"), str(out / "bad2.mp4"))
+    with caplog.at_level(logging.WARNING, logger="kf2v_tasks.generation.previews"):
+        assert await copy_previews(str(out / "bad.mp4"), str(out / "bad2.mp4")) is None
+    assert (out / "bad2.mp4").read_bytes() == body and "no previews for" in caplog.text
+    assert not any(p.name.endswith(".jpg") for p in out.iterdir())

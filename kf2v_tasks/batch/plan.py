@@ -296,8 +296,15 @@ async def assess_plan(
     prices: Optional[PriceTable] = None,
     max_cost: Optional[float] = None,
     storage_options: Optional[dict] = None,
+    make_missing_previews: bool = False,
 ) -> BatchPlan:
     """Decide what each runnable row will do, reading only the ledger (see the module docstring).
+
+    Read-only by default, so a dry run and ``kf2v validate --output`` write nothing: a
+    video kept before previews existed is reported as made, without its previews. A real
+    run passes ``make_missing_previews=True`` to make them now, from the stored video (no
+    DashScope call, nothing paid; see
+    :func:`~kf2v_tasks.generation.persist.find_persisted`).
 
     Args:
         plan: a plan from :func:`plan_batch`; filled in place (and returned).
@@ -306,6 +313,8 @@ async def assess_plan(
         prices: the price table (default: the built-in one).
         max_cost: the budget; ``None``: every row fits.
         storage_options: fsspec options of the output folder (to check kept files).
+        make_missing_previews: make (and record) the missing previews of kept videos;
+            ``False`` (the default) writes nothing anywhere.
 
     Raises:
         ValueError: ``max_cost`` is negative or not a number.
@@ -338,6 +347,7 @@ async def assess_plan(
                     storage_options=storage_options,
                     record=rec,
                     price_table=prices,
+                    make_missing_previews=make_missing_previews,
                 )
                 for r, rec in zip(rows, records, strict=True)
             )

@@ -12,12 +12,10 @@ posters and the gallery are linked by presigned HTTPS URLs, and the summary says
 they expire; a local file is shown as its path, as text (a ``file://`` link from an http
 page is blocked by every browser). Posters of S3 outputs are also image artifacts.
 
-The Prefect UI renders artifact descriptions, markdown artifacts and the string cells of
-table artifacts as markdown, so text that comes from users or from the service (ids,
-paths, error messages) goes through :func:`md_escape` first. Artifact keys may only hold
-lowercase letters, digits and dashes (:func:`artifact_key`). Progress updates are
-throttled (at most one API call per second) so a 10,000-row batch does not spend its time
-reporting.
+The artifacts' text (the results table, the summary, artifact keys; every value from
+users or the service escaped) is made by :mod:`kf2v_tasks.batch.reporting_markdown`; its
+names are exported here too. Progress updates are throttled (at most one API call per
+second) so a 10,000-row batch does not spend its time reporting.
 """
 
 from __future__ import annotations
@@ -25,15 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Optional
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Optional
 from uuid import UUID
 
 from kf2v_tasks.batch.gallery import GalleryWriter, write_gallery
-from kf2v_tasks.batch.results import FAILED_STATUSES, BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.reporting_markdown import (
+    ERROR_CELL_CHARS,
+    artifact_key,
+    results_table,
+    summary_markdown,
+)
+from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.redaction import md_escape, redact_url
 from kf2v_tasks.storage.presign import (
     DEFAULT_EXPIRY_SECONDS,
@@ -46,10 +48,22 @@ if TYPE_CHECKING:
     from kf2v_tasks.batch.plan import BatchPlan
     from kf2v_tasks.generation.pricing import CostEstimate
 
+__all__ = [
+    "ERROR_CELL_CHARS",
+    "MAX_IMAGE_ARTIFACTS",
+    "PRESIGNED_GALLERY_NAME",
+    "BatchObserver",
+    "ObserverGroup",
+    "PrefectReporter",
+    "artifact_key",
+    "observing",
+    "results_table",
+    "run_observer",
+    "summary_markdown",
+]
+
 logger = logging.getLogger("kf2v_tasks.batch.reporting")
 
-#: Longest error text shown in a results-table cell (results.csv has the whole message).
-ERROR_CELL_CHARS = 120
 #: Posters shown as image artifacts (S3 outputs), first rows first: one artifact each.
 MAX_IMAGE_ARTIFACTS = 12
 #: The gallery with presigned links, written beside index.html for S3 outputs.
@@ -156,174 +170,7 @@ def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
     return ObserverGroup([o for o in extra if o is not None] + list(_registered))
 
 
-# -- text that the Prefect UI renders as markdown ---------------------------------------------
-
-
-def artifact_key(text: str) -> str:
-    """A valid artifact key derived from ``text``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import artifact_key
-        assert artifact_key("KF2V batch #1") == "kf2v-batch-1"
-        ```
-    """
-    key = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return (key or "kf2v")[:100]
-
-
-def _short_error(r: RowResult) -> str:
-    text = ": ".join(x for x in (r.error_code, r.error_message) if x)
-    text = re.sub(r"\s+", " ", text).strip()
-    return text if len(text) <= ERROR_CELL_CHARS else text[: ERROR_CELL_CHARS - 1] + "…"
-
-
-def _shown_path(output_root: Optional[str], path: Optional[str]) -> str:
-    """``path`` relative to the output root when it is inside it (shorter cells), else whole."""
-    if not path:
-        return ""
-    if output_root:
-        prefix = output_root.rstrip("/") + "/"
-        if path.startswith(prefix):
-            return path[len(prefix) :]
-    return path
-
-
-def results_table(
-    results: list[RowResult], output_root: Optional[str] = None
-) -> list[dict[str, Any]]:
-    """The results table artifact's rows: what a user looks for first, short cells, escaped.
-
-    ``row``, ``id``, ``status``, ``video`` (relative to the output folder), ``cost``, a
-    short ``error``, then ``task_id`` and ``possible_duplicate``. The Prefect UI lays the
-    table out at its natural width and clips what does not fit, so the cells a person
-    reads come first and long values (absolute paths) are shortened; the sha256, the byte
-    count and the whole message stay in ``results.csv``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import results_table
-        from kf2v_tasks.batch.results import RowResult, RowStatus
-        rows = results_table([RowResult(row=2, id="a_b", status=RowStatus.SUCCEEDED,
-                                        output="s3://b/out/a_b.mp4")], "s3://b/out")
-        assert rows[0]["id"] == "a\\_b" and rows[0]["video"] == "a\\_b.mp4"
-        ```
-    """
-    return [
-        {
-            "row": r.row,
-            "id": md_escape(r.id or ""),
-            "status": r.status.value,
-            "video": md_escape(_shown_path(output_root, r.output)),
-            "cost": round(r.cost, 4),
-            "error": md_escape(_short_error(r)),
-            "task_id": md_escape(r.task_id or ""),
-            "possible_duplicate": r.possible_duplicate,
-        }
-        for r in results
-    ]
-
-
-def _where(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
-    """A link target a browser can follow from the UI, or ``None`` (show the path as text)."""
-    link = links.get(path)
-    if link is not None:
-        return quote(link.url, safe="/:@?&=%+~.-_")
-    scheme, sep, _ = path.partition("://")
-    if sep and scheme.lower() in ("http", "https"):
-        return quote(path, safe="/:@%")
-    return None
-
-
-def summary_markdown(
-    summary: BatchSummary,
-    max_links: int = 50,
-    max_failures: int = 100,
-    *,
-    links: Optional[dict[str, PresignedUrl]] = None,
-    gallery: Optional[str] = None,
-) -> str:
-    """The markdown summary: counts, cost, time, the videos and the failures.
-
-    Args:
-        summary: the batch's summary.
-        max_links: videos listed at most (the rest are in results.csv and the gallery).
-        max_failures: failures listed at most.
-        links: presigned links by stored path (videos, posters, the gallery): those
-            become links, with their expiry stated; any other stored path is shown as
-            text, since a browser cannot follow ``s3://`` or ``file://`` from the UI.
-        gallery: where the gallery (``index.html``) is.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import summary_markdown
-        from kf2v_tasks.batch.results import BatchSummary
-        text = summary_markdown(BatchSummary(manifest="m.csv", output="out", total=0))
-        assert text.startswith("# kf2v batch")
-        ```
-    """
-    s = summary
-    links = links or {}
-    lines = [
-        f"# kf2v batch: {md_escape(s.headline())}",
-        "",
-        f"- Manifest: {md_escape(s.manifest)}",
-        f"- Output: {md_escape(s.output)}",
-        f"- Results: {md_escape(s.results_path or '')}",
-        f"- Submitted {s.submitted}, re-attached {s.reattached}, skipped (already persisted) "
-        f"{s.skipped}, possible duplicates {s.possible_duplicates}",
-        f"- Cost: estimated {s.estimated_cost:.2f} {md_escape(s.currency)}, "
-        f"spent {s.spent:.2f} {md_escape(s.currency)}"
-        + (
-            f", max\\_cost {s.max_cost:.2f}: {s.over_budget} rows over budget, not submitted"
-            if s.max_cost is not None
-            else ""
-        ),
-        f"- Wall time: {s.wall_seconds:.1f} s",
-    ]
-    if gallery:
-        target = _where(gallery, links)
-        lines.append(
-            f"- Gallery: [open the gallery]({target})"
-            if target
-            else f"- Gallery: {md_escape(gallery)}"
-        )
-    if links:
-        first = min(links.values(), key=lambda x: x.expires_at)
-        lines.append(
-            f"- Links are presigned and expire at {first.expiry_text()}; "
-            "the files stay in the output folder."
-        )
-    lines += [
-        "",
-        "| status | rows |",
-        "|---|---|",
-        *[f"| {md_escape(k)} | {v} |" for k, v in sorted(s.counts.items())],
-        "",
-    ]
-    done = [
-        r for r in s.results if r.output and r.status in (RowStatus.SUCCEEDED, RowStatus.SKIPPED)
-    ]
-    if done:
-        lines += ["## Videos", ""]
-        for r in done[:max_links]:
-            name, target = md_escape(r.id or r.output), _where(r.output or "", links)
-            lines.append(
-                f"- [{name}]({target})" if target else f"- {name}: {md_escape(r.output or '')}"
-            )
-        if len(done) > max_links:
-            lines.append(f"- … and {len(done) - max_links} more in results.csv")
-    failed = [r for r in s.results if r.status in FAILED_STATUSES]
-    if failed:
-        lines += ["", "## Failures", ""]
-        lines += [
-            f"- row {r.row} {md_escape(r.id or '')}: {md_escape(r.error_code or r.status.value)}: "
-            f"{md_escape(r.error_message or '')}"
-            for r in failed[:max_failures]
-        ]
-        if len(failed) > max_failures:
-            lines.append(f"- … and {len(failed) - max_failures} more in results.csv")
-    return "\n".join(lines) + "\n"
+# -- the Prefect artifacts ------------------------------------------------------------------
 
 
 class PrefectReporter(BatchObserver):

@@ -59,6 +59,7 @@ from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.persist import find_persisted
+from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.storage.files import copy_video, remove_stale_temps, write_text_atomic
@@ -173,6 +174,9 @@ class BatchRunner:
             prices=self.prices,
             max_cost=self.max_cost,
             storage_options=self.config.storage_options,
+            # A real run makes the previews an older run's kept videos lack (no payment);
+            # a dry run writes nothing.
+            make_missing_previews=not self.dry_run,
         )
         rows = plan.runnable
         self._total = plan.manifest.total
@@ -561,6 +565,7 @@ class _RowFanOut:
             return None
         if where != dest:
             await copy_video(where, dest, storage_options=c.storage_options)
+            await copy_previews(where, dest, storage_options=c.storage_options)
         return RowResult(
             **base,
             status=RowStatus.SKIPPED,
@@ -584,6 +589,7 @@ class _RowFanOut:
             )
         if first.output != dest:
             await copy_video(first.output, dest, storage_options=self.config.storage_options)
+            await copy_previews(first.output, dest, storage_options=self.config.storage_options)
         return RowResult(
             **base,
             status=RowStatus.SUCCEEDED,

@@ -31,7 +31,9 @@ above need its absence: a record with a task starts a new create only through
 ``recreate_after``, which refuses while that task can still deliver its video.
 
 The values on disk are the plain strings of :class:`LedgerState`, as they always were, so
-records written before this module existed load unchanged.
+records written before this module existed load unchanged. The states, the errors and the
+task lifetimes live in :mod:`kf2v_tasks.generation.ledger_state` and are exported here
+too.
 
 Example:
     ```python
@@ -51,17 +53,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import Resolution, TaskStatus
-from kf2v_tasks.errors import PermanentError
+from kf2v_tasks.generation.ledger_state import (
+    DEAD_STATUSES,
+    TASK_TTL,
+    TASK_TTL_MARGIN,
+    IllegalTransitionError,
+    LedgerError,
+    LedgerState,
+    utc,
+)
 from kf2v_tasks.generation.previews import Previews
 
 __all__ = [
+    "DEAD_STATUSES",
+    "TASK_TTL",
+    "TASK_TTL_MARGIN",
     "IllegalTransitionError",
     "LedgerError",
     "LedgerRecord",
@@ -69,85 +81,7 @@ __all__ = [
     "utc",
 ]
 
-#: Terminal statuses after which the task can never yield a video.
-DEAD_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.UNKNOWN, TaskStatus.CANCELED})
-
-#: Tasks and their video URLs expire this long after submission (service time).
-TASK_TTL = timedelta(hours=24)
-#: A task this close to expiry is not reused: it could expire before its video is kept.
-TASK_TTL_MARGIN = timedelta(minutes=30)
-
-
-class LedgerState(StrEnum):
-    """Where a piece of work stands; the values are what the record files hold.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger_record import LedgerState
-        assert LedgerState("persisted") is LedgerState.PERSISTED
-        assert LedgerState.SUBMITTED == "submitted"
-        ```
-    """
-
-    SUBMITTING = "submitting"  # a create is about to be sent: its outcome unknown on a crash
-    SUBMITTED = "submitted"  # the task id is known
-    AMBIGUOUS = "ambiguous"  # a create may or may not exist (and may be billed)
-    TERMINAL = "terminal"  # the task ended (see terminal_status), or the create was refused
-    PERSISTED = "persisted"  # the video is kept
-
-
 _S = LedgerState
-
-
-class LedgerError(PermanentError, ValueError):
-    """A ledger record cannot be used as it is: unreadable, or asked for an illegal move."""
-
-
-class IllegalTransitionError(LedgerError):
-    """A transition was asked from a state it cannot start from.
-
-    Never retried: it means the caller would break a guarantee (typically, paying twice).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger_record import IllegalTransitionError, LedgerRecord
-        rec = LedgerRecord.new("ab" * 32)
-        try:
-            rec.persisted("out/a.mp4", "ff" * 32, 10)
-        except IllegalTransitionError as exc:
-            assert exc.transition == "persisted" and exc.state == "submitting"
-        ```
-    """
-
-    def __init__(self, fingerprint: str, transition: str, state: LedgerState, why: str) -> None:
-        self.fingerprint = fingerprint
-        self.transition = transition
-        self.state = LedgerState(state)
-        self.why = why
-        super().__init__(
-            f"ledger record {fingerprint[:12]}: {transition}() is not allowed in state "
-            f"{self.state.value!r}: {why}"
-        )
-
-    def __reduce__(self):  # Prefect pickles task errors: rebuild from the same four parts
-        return (type(self), (self.fingerprint, self.transition, self.state, self.why))
-
-
-def utc(value: Optional[datetime]) -> Optional[datetime]:
-    """``value`` as an aware UTC datetime (naive times in this package are UTC).
-
-    Example:
-        ```python
-        from datetime import datetime
-        from kf2v_tasks.generation.ledger_record import utc
-        assert utc(datetime(2025, 1, 1, 8)).tzinfo is not None
-        ```
-    """
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
 
 
 def _now() -> datetime:
@@ -458,18 +392,27 @@ class LedgerRecord(BaseModel):
     def previews_made(self, previews: Previews) -> None:
         """The kept video's poster and strip are written: record them (an event only).
 
-        Legal only once the video is ``persisted``: previews are made from the stored file.
+                Legal only once the video is ``persisted``: previews are made from the stored file.
 
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            from kf2v_tasks.generation.previews import Previews
-            rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
-                                               "task_id": "t-1", "output_path": "out/a.mp4"})
-            rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
-                                       frames=5, poster_frame=2, width=64, height=48))
-            assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
-            ```
+                Example:
+                    ```python
+                    from kf2v_tasks.generation.ledger_record import LedgerRecord
+                    from kf2v_tasks.generation.ledger_state import (
+            DEAD_STATUSES,
+            TASK_TTL,
+            TASK_TTL_MARGIN,
+            IllegalTransitionError,
+            LedgerError,
+            LedgerState,
+            utc,
+        )
+        from kf2v_tasks.generation.previews import Previews
+                    rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
+                                                       "task_id": "t-1", "output_path": "out/a.mp4"})
+                    rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
+                                               frames=5, poster_frame=2, width=64, height=48))
+                    assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
+                    ```
         """
         self._check("previews_made", {_S.PERSISTED}, task=True)
         self.previews = previews

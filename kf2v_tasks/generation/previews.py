@@ -25,13 +25,20 @@ Example:
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.errors import PermanentError
-from kf2v_tasks.storage.files import write_bytes_atomic
+from kf2v_tasks.storage.files import (
+    read_bytes,
+    read_json,
+    sidecar_path,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from kf2v_tasks.storage.paths import is_local, open_fs, run_sync
 
 __all__ = [
@@ -41,10 +48,13 @@ __all__ = [
     "PreviewError",
     "Previews",
     "RenderedPreviews",
+    "copy_previews",
     "make_previews",
     "preview_paths",
     "render_previews",
 ]
+
+logger = logging.getLogger("kf2v_tasks.generation.previews")
 
 #: Name endings of the poster and the strip (they replace the video's extension).
 POSTER_SUFFIX = ".poster.jpg"
@@ -53,6 +63,8 @@ STRIP_SUFFIX = ".strip.jpg"
 STRIP_HEIGHT = 180
 #: JPEG quality: posters are looked at, not archived.
 JPEG_QUALITY = 85
+#: What the JPEGs are served as from S3 (an image artifact or <img> needs an image type).
+JPEG_CONTENT_TYPE = "image/jpeg"
 
 
 class PreviewError(PermanentError, ValueError):
@@ -250,8 +262,10 @@ async def make_previews(video_path: str, *, storage_options: Optional[dict] = No
     """
     rendered = await run_sync(_render_stored, video_path, storage_options)
     poster, strip = preview_paths(video_path)
-    await write_bytes_atomic(poster, rendered.poster_jpeg, storage_options=storage_options)
-    await write_bytes_atomic(strip, rendered.strip_jpeg, storage_options=storage_options)
+    for path, data in ((poster, rendered.poster_jpeg), (strip, rendered.strip_jpeg)):
+        await write_bytes_atomic(
+            path, data, storage_options=storage_options, content_type=JPEG_CONTENT_TYPE
+        )
     return Previews(
         poster=poster,
         strip=strip,
@@ -260,3 +274,90 @@ async def make_previews(video_path: str, *, storage_options: Optional[dict] = No
         width=rendered.width,
         height=rendered.height,
     )
+
+
+async def copy_previews(
+    src_video: str, dest_video: str, *, storage_options: Optional[dict] = None
+) -> Optional[Previews]:
+    """Previews for ``dest_video``, a byte-for-byte copy of the kept ``src_video``.
+
+    A row that does the same work as an earlier row gets a copy of its video
+    (:func:`~kf2v_tasks.storage.files.copy_video`); this gives the copy its own poster and
+    strip, named after it. The source's JPEGs are copied when its sidecar records them for
+    the very video that was copied (same sha256 as the copy's sidecar); otherwise (a
+    source kept before previews existed, JPEGs gone) they are decoded from the copy. The
+    copy's sidecar then names its own previews, not the source's. No DashScope call.
+
+    Previews never fail a row: when they cannot be made this logs a warning and returns
+    ``None`` (the copied video stays).
+
+    Args:
+        src_video: the kept video that was copied.
+        dest_video: the copy.
+        storage_options: fsspec options of both (one output folder).
+
+    Returns:
+        The copy's :class:`Previews`, or ``None`` when none could be made.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.previews import copy_previews
+        from kf2v_tasks.storage.files import copy_video
+
+        await copy_video("out/a.mp4", "out/b.mp4")
+        previews = await copy_previews("out/a.mp4", "out/b.mp4")   # out/b.poster.jpg ...
+        ```
+    """
+    dest_side = await _sidecar(dest_video, storage_options)
+    try:
+        previews = await _copy_jpegs(src_video, dest_video, dest_side, storage_options)
+        if previews is None:
+            previews = await make_previews(dest_video, storage_options=storage_options)
+    except Exception as exc:  # a kept video is a success with or without its previews
+        logger.warning("no previews for %s: %s", dest_video, exc)
+        return None
+    if dest_side is not None:
+        dest_side["previews"] = previews.model_dump(mode="json")
+        await write_json_atomic(
+            sidecar_path(dest_video), dest_side, storage_options=storage_options
+        )
+    return previews
+
+
+async def _sidecar(video: str, storage_options: Optional[dict]) -> Optional[dict[str, Any]]:
+    try:
+        doc = await read_json(sidecar_path(video), storage_options=storage_options)
+    except (FileNotFoundError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _copy_jpegs(
+    src_video: str,
+    dest_video: str,
+    dest_side: Optional[dict[str, Any]],
+    storage_options: Optional[dict],
+) -> Optional[Previews]:
+    """Copy the source's JPEGs if they are known to show the copied bytes; else ``None``."""
+    src_side = await _sidecar(src_video, storage_options)
+    if not src_side or not src_side.get("previews") or dest_side is None:
+        return None
+    if not src_side.get("sha256") or src_side.get("sha256") != dest_side.get("sha256"):
+        return None  # the source changed since the copy (or never said what it was)
+    try:
+        made = Previews.model_validate(src_side["previews"])
+    except ValueError:
+        return None
+    targets = preview_paths(dest_video)
+    try:
+        jpegs = [
+            await read_bytes(path, storage_options=storage_options)
+            for path in preview_paths(src_video)
+        ]
+    except FileNotFoundError:
+        return None
+    for path, data in zip(targets, jpegs, strict=True):
+        await write_bytes_atomic(
+            path, data, storage_options=storage_options, content_type=JPEG_CONTENT_TYPE
+        )
+    return made.model_copy(update={"poster": targets[0], "strip": targets[1]})

@@ -43,7 +43,9 @@ from kf2v_tasks.storage.files import (
     MIB,
     WRITE_BLOCK_SIZE,
     StoredFile,
+    content_type_for,
     copy_video,
+    read_bytes,
     read_json,
     read_text,
     remove_stale_temps,
@@ -64,7 +66,9 @@ __all__ = [
     "MIB",
     "WRITE_BLOCK_SIZE",
     "StoredFile",
+    "content_type_for",
     "copy_video",
+    "read_bytes",
     "read_json",
     "read_text",
     "remove_stale_temps",
@@ -177,6 +181,7 @@ async def stream_to_storage(
     chunk_size: int = 4 * MIB,
     expected_bytes: Optional[int] = None,
     retry: Optional[RetryPolicy] = None,
+    content_type: Optional[str] = None,
 ) -> StoredFile:
     """Stream ``url`` into ``dest`` (any fsspec URL or local path) and commit it atomically.
 
@@ -200,6 +205,8 @@ async def stream_to_storage(
         chunk_size: bytes per write batch (S3 batches are at least one upload part).
         expected_bytes: size the video must have, when known from elsewhere.
         retry: the attempts budget and backoff (default :data:`DOWNLOAD_RETRY`).
+        content_type: the object's Content-Type on S3 (default: from ``dest``'s name,
+            ``video/mp4`` for ``.mp4``), so a browser plays it inline from a presigned URL.
 
     Returns:
         :class:`~kf2v_tasks.storage.files.StoredFile` (``sidecar_path`` is ``None``).
@@ -222,7 +229,7 @@ async def stream_to_storage(
     """
     policy = retry or DOWNLOAD_RETRY
     fs, path = open_fs(dest, storage_options)
-    dl = _Download(fs, path)
+    dl = _Download(fs, path, content_type or content_type_for(dest))
     own_http = http is None
     if http is None:
         http = httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True)

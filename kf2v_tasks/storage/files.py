@@ -31,6 +31,8 @@ from typing import Any, Optional
 import fsspec
 from pydantic import BaseModel, Field
 
+from kf2v_tasks.storage.content_types import content_type_for
+from kf2v_tasks.storage.content_types import type_kwargs as _type_kwargs
 from kf2v_tasks.storage.paths import (
     RESERVED_DIR,
     forget_cached,
@@ -45,7 +47,9 @@ __all__ = [
     "MIB",
     "WRITE_BLOCK_SIZE",
     "StoredFile",
+    "content_type_for",
     "copy_video",
+    "read_bytes",
     "read_json",
     "read_text",
     "remove_stale_temps",
@@ -109,11 +113,12 @@ def _tmp_path(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{folder}/{RESERVED_DIR}/tmp/{uuid.uuid4().hex}-{name}"
 
 
-def _open_write(fs: fsspec.AbstractFileSystem, path: str):
+def _open_write(fs: fsspec.AbstractFileSystem, path: str, content_type: Optional[str] = None):
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return open(path, "wb")
-    return fs.open(path, "wb", block_size=WRITE_BLOCK_SIZE)
+    # The temp object carries the type: S3's server-side copy onto the final name keeps it.
+    return fs.open(path, "wb", block_size=WRITE_BLOCK_SIZE, **_type_kwargs(fs, content_type))
 
 
 def _discard(fs: fsspec.AbstractFileSystem, f: Any, path: str, direct: bool = False) -> None:
@@ -169,10 +174,13 @@ def _fsync_close(f: Any, local: bool) -> None:
 # ---------------------------------------------------------------------- atomic writes
 
 
-def _write_bytes_atomic_sync(dest: str, data: bytes, storage_options: Optional[dict]) -> None:
+def _write_bytes_atomic_sync(
+    dest: str, data: bytes, storage_options: Optional[dict], content_type: Optional[str]
+) -> None:
     fs, path = open_fs(dest, storage_options)
     if is_object_store(fs):
-        fs.pipe_file(path, data)  # a single PUT replaces the object atomically
+        # A single PUT replaces the object atomically.
+        fs.pipe_file(path, data, **_type_kwargs(fs, content_type))
         return
     tmp = _tmp_path(fs, path)
     f = _open_write(fs, tmp)
@@ -186,17 +194,29 @@ def _write_bytes_atomic_sync(dest: str, data: bytes, storage_options: Optional[d
 
 
 async def write_bytes_atomic(
-    dest: str, data: bytes, *, storage_options: Optional[dict] = None
+    dest: str,
+    data: bytes,
+    *,
+    storage_options: Optional[dict] = None,
+    content_type: Optional[str] = None,
 ) -> None:
     """Write small ``data`` to ``dest`` so readers see the old or the new content, never half.
+
+    Args:
+        dest: any fsspec URL or local path.
+        data: the whole content.
+        storage_options: fsspec options of ``dest``.
+        content_type: the object's Content-Type on S3 (default: from the name, see
+            :func:`content_type_for`; S3's own default when the name says nothing).
 
     Example:
         ```python
         from kf2v_tasks.storage.files import write_bytes_atomic
-        await write_bytes_atomic("out/poster.png", png_bytes)
+        await write_bytes_atomic("s3://b/out/a.poster.jpg", jpeg, content_type="image/jpeg")
         ```
     """
-    await run_sync(_write_bytes_atomic_sync, dest, data, storage_options)
+    kind = content_type or content_type_for(dest)
+    await run_sync(_write_bytes_atomic_sync, dest, data, storage_options, kind)
 
 
 async def write_json_atomic(
@@ -211,13 +231,21 @@ async def write_json_atomic(
         ```
     """
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
-    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+    await write_bytes_atomic(
+        dest, text.encode(), storage_options=storage_options, content_type="application/json"
+    )
 
 
 async def write_text_atomic(
-    dest: str, text: str, *, storage_options: Optional[dict] = None
+    dest: str,
+    text: str,
+    *,
+    storage_options: Optional[dict] = None,
+    content_type: Optional[str] = None,
 ) -> None:
     """Write a UTF-8 text file (e.g. ``results.csv``) atomically.
+
+    ``content_type`` as in :func:`write_bytes_atomic` (default: from the name).
 
     Example:
         ```python
@@ -225,7 +253,9 @@ async def write_text_atomic(
         await write_text_atomic("out/results.csv", "row,status\\n1,succeeded\\n")
         ```
     """
-    await write_bytes_atomic(dest, text.encode(), storage_options=storage_options)
+    await write_bytes_atomic(
+        dest, text.encode(), storage_options=storage_options, content_type=content_type
+    )
 
 
 # ---------------------------------------------------------------------- fresh reads
@@ -235,6 +265,21 @@ def _read_bytes_sync(path: str, storage_options: Optional[dict]) -> bytes:
     fs, p = open_fs(path, storage_options)
     forget_cached(fs, p)
     return fs.cat_file(p)
+
+
+async def read_bytes(path: str, *, storage_options: Optional[dict] = None) -> bytes:
+    """Read a small file whole, from the store (not fsspec's listing cache).
+
+    Raises:
+        FileNotFoundError: no such file.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.files import read_bytes
+        jpeg = await read_bytes("out/row-1.poster.jpg")
+        ```
+    """
+    return await run_sync(_read_bytes_sync, path, storage_options)
 
 
 async def read_json(path: str, *, storage_options: Optional[dict] = None) -> Any:
@@ -311,7 +356,7 @@ def _copy_sync(src: str, dest: str, storage_options: Optional[dict]) -> tuple[st
     tmp = _tmp_path(dfs, dpath)
     h = hashlib.sha256()
     n = 0
-    out = _open_write(dfs, tmp)
+    out = _open_write(dfs, tmp, content_type_for(dest))
     try:
         with sfs.open(spath, "rb", block_size=WRITE_BLOCK_SIZE) as f:
             while chunk := f.read(MIB):

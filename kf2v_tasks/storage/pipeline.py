@@ -18,6 +18,7 @@ from typing import Any, Optional
 import fsspec
 import httpx
 
+from kf2v_tasks.storage.content_types import type_kwargs
 from kf2v_tasks.storage.files import (
     MIB,
     _commit,
@@ -52,9 +53,11 @@ class _S3Upload:
     the received pieces once, so memory stays near two parts.
     """
 
-    def __init__(self, fs: Any, path: str) -> None:
+    def __init__(self, fs: Any, path: str, content_type: Optional[str] = None) -> None:
         self.fs = fs
         self.bucket, self.key, _ = fs.split_path(path)
+        # The object's metadata is set when it is created: by the multipart create or the PUT.
+        self.create_kwargs = type_kwargs(fs, content_type)
         self.upload_id: Optional[str] = None
         self.parts: list[dict[str, Any]] = []
         self.pending: list[bytes] = []  # received, not yet uploaded (less than a part)
@@ -76,7 +79,7 @@ class _S3Upload:
         self.pending.clear()
         self.pending_size = 0
         if self.upload_id is None:
-            self.upload_id = self._call("create_multipart_upload")["UploadId"]
+            self.upload_id = self._call("create_multipart_upload", **self.create_kwargs)["UploadId"]
         number = len(self.parts) + 1
         out = self._call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=body)
         self.parts.append({"PartNumber": number, "ETag": out["ETag"]})
@@ -90,7 +93,7 @@ class _S3Upload:
     def commit(self) -> None:
         """Publish the object: complete the upload, or PUT a file smaller than one part."""
         if self.upload_id is None:
-            self._call("put_object", Body=b"".join(self.pending))
+            self._call("put_object", Body=b"".join(self.pending), **self.create_kwargs)
             self.pending.clear()
         else:
             self._call(
@@ -117,9 +120,12 @@ class _Download:
     while a batch is pending, and only read by the loop after :meth:`drain`.
     """
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+    def __init__(
+        self, fs: fsspec.AbstractFileSystem, path: str, content_type: Optional[str] = None
+    ) -> None:
         self.fs = fs
         self.path = path
+        self.content_type = content_type  # of the object on S3 (ignored on local disk)
         self.local = is_local(fs)
         # S3: the multipart upload to ``path`` is the hidden temp (see the module doc).
         self.direct = _defers_commit(fs)
@@ -145,8 +151,8 @@ class _Download:
 
     def _open(self) -> Any:
         if self.direct:
-            return _S3Upload(self.fs, self.tmp)
-        return _open_write(self.fs, self.tmp)
+            return _S3Upload(self.fs, self.tmp, self.content_type)
+        return _open_write(self.fs, self.tmp)  # not S3: no Content-Type to set
 
     async def restart(self) -> None:
         """Throw away what was written and start the temp file from zero."""

@@ -1,0 +1,113 @@
+"""The vocabulary of the ledger: the states of a piece of work, its errors, task lifetimes.
+
+A ledger record (:mod:`kf2v_tasks.generation.ledger_record`) is in one of the
+:class:`LedgerState` states and moves between them only through its transitions; a move
+from the wrong state raises :class:`IllegalTransitionError`. Whether a recorded task can
+still deliver its video depends on how it ended (:data:`DEAD_STATUSES`) and on its age
+(:data:`TASK_TTL`, :data:`TASK_TTL_MARGIN`). Times are aware UTC (:func:`utc`).
+
+Everything here is also exported by :mod:`kf2v_tasks.generation.ledger_record`.
+
+Example:
+    ```python
+    from kf2v_tasks.generation.ledger_state import LedgerState, utc
+
+    assert LedgerState("persisted") is LedgerState.PERSISTED
+    ```
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Optional
+
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.errors import PermanentError
+
+__all__ = [
+    "DEAD_STATUSES",
+    "TASK_TTL",
+    "TASK_TTL_MARGIN",
+    "IllegalTransitionError",
+    "LedgerError",
+    "LedgerState",
+    "utc",
+]
+
+#: Terminal statuses after which the task can never yield a video.
+DEAD_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.UNKNOWN, TaskStatus.CANCELED})
+
+#: Tasks and their video URLs expire this long after submission (service time).
+TASK_TTL = timedelta(hours=24)
+#: A task this close to expiry is not reused: it could expire before its video is kept.
+TASK_TTL_MARGIN = timedelta(minutes=30)
+
+
+class LedgerState(StrEnum):
+    """Where a piece of work stands; the values are what the record files hold.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.ledger_state import LedgerState
+        assert LedgerState("persisted") is LedgerState.PERSISTED
+        assert LedgerState.SUBMITTED == "submitted"
+        ```
+    """
+
+    SUBMITTING = "submitting"  # a create is about to be sent: its outcome unknown on a crash
+    SUBMITTED = "submitted"  # the task id is known
+    AMBIGUOUS = "ambiguous"  # a create may or may not exist (and may be billed)
+    TERMINAL = "terminal"  # the task ended (see terminal_status), or the create was refused
+    PERSISTED = "persisted"  # the video is kept
+
+
+class LedgerError(PermanentError, ValueError):
+    """A ledger record cannot be used as it is: unreadable, or asked for an illegal move."""
+
+
+class IllegalTransitionError(LedgerError):
+    """A transition was asked from a state it cannot start from.
+
+    Never retried: it means the caller would break a guarantee (typically, paying twice).
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.ledger_record import IllegalTransitionError, LedgerRecord
+        rec = LedgerRecord.new("ab" * 32)
+        try:
+            rec.persisted("out/a.mp4", "ff" * 32, 10)
+        except IllegalTransitionError as exc:
+            assert exc.transition == "persisted" and exc.state == "submitting"
+        ```
+    """
+
+    def __init__(self, fingerprint: str, transition: str, state: LedgerState, why: str) -> None:
+        self.fingerprint = fingerprint
+        self.transition = transition
+        self.state = LedgerState(state)
+        self.why = why
+        super().__init__(
+            f"ledger record {fingerprint[:12]}: {transition}() is not allowed in state "
+            f"{self.state.value!r}: {why}"
+        )
+
+    def __reduce__(self):  # Prefect pickles task errors: rebuild from the same four parts
+        return (type(self), (self.fingerprint, self.transition, self.state, self.why))
+
+
+def utc(value: Optional[datetime]) -> Optional[datetime]:
+    """``value`` as an aware UTC datetime (naive times in this package are UTC).
+
+    Example:
+        ```python
+        from datetime import datetime
+        from kf2v_tasks.generation.ledger_state import utc
+        assert utc(datetime(2025, 1, 1, 8)).tzinfo is not None
+        ```
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

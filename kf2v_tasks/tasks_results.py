@@ -1,0 +1,333 @@
+"""The Prefect tasks after the work is submitted: wait for it to end, keep its video.
+
+``apoll_until_done`` and ``apersist_video`` are async tasks; ``poll_until_done`` and
+``persist_video`` their sync twins (see :mod:`kf2v_tasks.tasks`, which exports all the
+package's tasks and says how they share the account's quota, cache nothing and retry).
+The poll gives back the account's task in flight taken by the submit
+(:mod:`kf2v_tasks.tasks_submit`) and records how the task ended in the ledger; the
+persist streams the video to storage and records it there, so it is never paid again.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks.tasks_results import persist_video, poll_until_done
+
+    @flow
+    def finish(task_id: str):
+        return persist_video(poll_until_done(task_id), "out/clip.mp4")
+    ```
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Union
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from kf2v_tasks._twins import sync_twin
+from kf2v_tasks.account import CredentialsLike, open_account
+from kf2v_tasks.dashscope.models import TaskState
+from kf2v_tasks.dashscope.polling import (
+    DEFAULT_DEADLINE,
+    DEFAULT_QUEUE_DEADLINE,
+    PollSchedule,
+    wait_for_task,
+)
+from kf2v_tasks.errors import TaskError, TaskTimeoutError
+from kf2v_tasks.events import emit_video_persisted
+from kf2v_tasks.generation.ledger import Ledger, record_outcome
+from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.pricing import PriceTable
+from kf2v_tasks.generation.submit import Submission
+from kf2v_tasks.redaction import md_escape
+
+__all__ = ["TaskRef", "apersist_video", "apoll_until_done", "persist_video", "poll_until_done"]
+
+TaskRef = Union[Submission, str]
+
+
+def _ledger(ledger_root: Optional[str], storage_options: Optional[dict]) -> Optional[Ledger]:
+    return Ledger(ledger_root, storage_options=storage_options) if ledger_root else None
+
+
+# ------------------------------------------------------------------ the cores
+
+
+async def _poll(
+    task_id: TaskRef,
+    credentials: CredentialsLike,
+    schedule: Optional[PollSchedule],
+    deadline_seconds: float,
+    queue_deadline_seconds: float,
+    raise_on_failure: bool,
+    ledger_root: Optional[str],
+    storage_options: Optional[dict],
+) -> TaskState:
+    fingerprint = task_id.fingerprint if isinstance(task_id, Submission) else None
+    tid = task_id.task_id if isinstance(task_id, Submission) else task_id
+    ledger = _ledger(ledger_root, storage_options) if fingerprint else None
+    async with open_account(credentials) as account:
+        try:
+            state = await wait_for_task(
+                account.client,
+                tid,
+                schedule=schedule,
+                deadline=deadline_seconds,
+                queue_deadline=queue_deadline_seconds,
+                raise_on_failure=raise_on_failure,
+            )
+        except Exception as exc:
+            if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
+                account.limits.in_flight.release(tid)  # it ended; a timeout is still running
+            await record_outcome(ledger, fingerprint, exc)
+            raise
+        account.limits.in_flight.release(tid)
+    await record_outcome(ledger, fingerprint, state)
+    get_run_logger().info("Task %s ended %s", tid, state.status.value)
+    return state
+
+
+async def _persist(
+    state: TaskState,
+    destination: str,
+    submission: Optional[Submission],
+    credentials: CredentialsLike,
+    ledger_root: Optional[str],
+    storage_options: Optional[dict],
+    extra: Optional[dict],
+    price_table: Optional[PriceTable],
+) -> PersistedVideo:
+    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
+    async with open_account(credentials, optional=True) as account:
+        video = await persist_task_video(
+            state,
+            destination,
+            client=account.client if account else None,
+            submission=submission,
+            ledger=_ledger(ledger_root, storage_options),
+            storage_options=storage_options,
+            extra=extra,
+            price_table=price_table,
+        )
+    get_run_logger().info(
+        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
+    )
+    emit_video_persisted(video)
+    await _video_artifact(video)
+    return video
+
+
+async def _video_artifact(video: PersistedVideo) -> None:
+    """A markdown artifact describing the video, in the running flow (best effort)."""
+    from prefect.artifacts import acreate_markdown_artifact
+
+    rows = [
+        ("path", video.path),
+        ("bytes", video.bytes),
+        ("sha256", video.sha256),
+        ("task id", video.task_id),
+        ("model", video.model),
+        ("resolution", video.resolution),
+        ("duration (s)", video.duration_seconds),
+        ("cost", None if video.cost is None else f"{video.cost:.2f} {video.currency or ''}"),
+        ("prompt", video.prompt),
+        ("actual prompt", video.actual_prompt),
+    ]
+    table = "\n".join(f"| {k} | {md_escape(v)} |" for k, v in rows if v not in (None, ""))
+    name = video.path.rsplit("/", 1)[-1]
+    key = re.sub(r"[^a-z0-9-]+", "-", f"kf2v-video-{name}".lower()).strip("-")[:100]
+    try:
+        await acreate_markdown_artifact(
+            markdown=f"# kf2v video {md_escape(name)}\n\n| | |\n|---|---|\n{table}\n",
+            key=key,
+            description=f"kf2v video {name}",
+        )
+    except Exception:  # the video is already safe; an artifact is a convenience
+        get_run_logger().warning("could not create the artifact for %s", video.path)
+
+
+# ------------------------------------------------------------------ poll_until_done
+
+_POLL = dict(
+    name="Poll kf2v task until done",
+    description="Waits for the task to end, polling rarely at first and more often later.",
+    cache_policy=NO_CACHE,
+)
+
+
+@task(**_POLL)
+async def apoll_until_done(
+    task_id: TaskRef,
+    credentials: CredentialsLike = None,
+    schedule: Optional[PollSchedule] = None,
+    deadline_seconds: float = DEFAULT_DEADLINE,
+    queue_deadline_seconds: float = DEFAULT_QUEUE_DEADLINE,
+    raise_on_failure: bool = True,
+    ledger_root: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+) -> TaskState:
+    """Poll a task until SUCCEEDED, FAILED, CANCELED or UNKNOWN (async).
+
+    Polling starts slow and tightens (tasks take minutes) and shares the account's query
+    budget. A task still PENDING after ``queue_deadline_seconds`` is cancelled (never
+    billed); after ``deadline_seconds`` in all it raises
+    :class:`~kf2v_tasks.errors.TaskTimeoutError` (the task may still finish: a later
+    poll or re-run re-attaches to it). Durations are service seconds (divided by
+    ``KF2V_TIME_SCALE``). The deadline is exact: the task has no Prefect retries that
+    would restart it.
+
+    Args:
+        task_id: the task id, or the :class:`~kf2v_tasks.generation.submit.Submission`
+            from :func:`asubmit_kf2v` (then, with ``ledger_root``, how the task ended is
+            recorded so a failed task is never reused).
+        credentials: block, block name, or ``None`` for the environment.
+        schedule: polling schedule.
+        deadline_seconds: total wait before giving up.
+        queue_deadline_seconds: time PENDING before the task is cancelled.
+        raise_on_failure: raise for FAILED / CANCELED / UNKNOWN (default) or return the state.
+        ledger_root: the ledger's folder (with a Submission).
+        storage_options: fsspec options of the ledger.
+
+    Returns:
+        The final :class:`~kf2v_tasks.dashscope.models.TaskState`, with its status history.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import apoll_until_done
+
+        @flow
+        async def wait(task_id: str):
+            state = await apoll_until_done(task_id)
+            print(state.status, state.actual_prompt)
+
+        asyncio.run(wait("a-task-id"))
+        ```
+    """
+    return await _poll(
+        task_id,
+        credentials,
+        schedule,
+        deadline_seconds,
+        queue_deadline_seconds,
+        raise_on_failure,
+        ledger_root,
+        storage_options,
+    )
+
+
+poll_until_done = sync_twin(
+    apoll_until_done,
+    doc="""Poll a task until it ends; the sync twin of :func:`apoll_until_done`.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import poll_until_done
+
+    @flow
+    def wait(task_ids: list[str]):
+        return poll_until_done.map(task_ids).result()
+
+    wait(["task-1", "task-2"])
+    ```
+""",
+    **_POLL,
+)
+
+
+# ------------------------------------------------------------------ persist_video
+
+_PERSIST = dict(
+    name="Persist kf2v video",
+    description="Streams the video to storage atomically with a sha256 and a JSON sidecar.",
+    cache_policy=NO_CACHE,
+    cache_result_in_memory=False,
+)
+
+
+@task(**_PERSIST)
+async def apersist_video(
+    state: TaskState,
+    destination: str,
+    submission: Optional[Submission] = None,
+    credentials: CredentialsLike = None,
+    ledger_root: Optional[str] = None,
+    storage_options: Optional[dict] = None,
+    extra: Optional[dict] = None,
+    price_table: Optional[PriceTable] = None,
+) -> PersistedVideo:
+    """Stream a SUCCEEDED task's video to any fsspec destination, atomically (async).
+
+    The video is written under a temporary name and committed only when complete and
+    hashed, so the final path never holds a partial file. An interrupted download
+    resumes (HTTP Range) or restarts, never the generation; an expired URL is refreshed by
+    querying the task again. A JSON sidecar (task id, request ids, prompts incl.
+    ``actual_prompt``, parameters, usage, cost, timings, sha256, bytes) is written beside
+    the video (``out/cat.mp4`` → ``out/cat.json``), a ``kf2v.video.persisted`` event is
+    emitted and a markdown artifact describes the video, as the batch does.
+
+    Args:
+        state: the final state from :func:`apoll_until_done`.
+        destination: video path or URL (``out/cat.mp4``, ``s3://bucket/cat.mp4``…).
+        submission: the :func:`asubmit_kf2v` result, for the sidecar and ledger.
+        credentials: block, block name or ``None``; used only to refresh an expired URL.
+        ledger_root: the ledger's folder, to mark the work persisted.
+        storage_options: fsspec options of the destination.
+        extra: more fields for the sidecar.
+        price_table: prices per model and resolution, for the video's cost.
+
+    Returns:
+        A :class:`~kf2v_tasks.generation.persist.PersistedVideo`: path, sha256, bytes,
+        sidecar, model, resolution, duration, prompts and cost.
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import apoll_until_done, apersist_video
+
+        @flow
+        async def keep(task_id: str):
+            state = await apoll_until_done(task_id)
+            video = await apersist_video(state, "s3://my-bucket/videos/cat.mp4")
+            print(video.sha256, video.cost)
+
+        asyncio.run(keep("a-task-id"))
+        ```
+    """
+    return await _persist(
+        state,
+        destination,
+        submission,
+        credentials,
+        ledger_root,
+        storage_options,
+        extra,
+        price_table,
+    )
+
+
+persist_video = sync_twin(
+    apersist_video,
+    doc="""Stream a SUCCEEDED task's video to storage; the sync twin of :func:`apersist_video`.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import poll_until_done, persist_video
+
+    @flow
+    def keep(task_id: str):
+        state = poll_until_done(task_id)
+        return persist_video(state, "out/cat.mp4")
+
+    keep("a-task-id")
+    ```
+""",
+    **_PERSIST,
+)

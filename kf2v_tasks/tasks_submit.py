@@ -1,0 +1,275 @@
+"""The Prefect tasks before the work is paid for: validate the frames, submit the work.
+
+``avalidate_frames`` and ``asubmit_kf2v`` are async tasks; ``validate_frames`` and
+``submit_kf2v`` their sync twins (see :mod:`kf2v_tasks.tasks`, which exports all the
+package's tasks and says how they share the account's quota, cache nothing and retry).
+A submit takes one of the account's tasks in flight; the task run that sees the
+DashScope task end gives it back (:mod:`kf2v_tasks.tasks_results`).
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks.tasks_submit import submit_kf2v, validate_frames
+
+    @flow
+    def start(first: str, last: str):
+        return submit_kf2v(validate_frames(first, last), "a slow sunrise")
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from kf2v_tasks._twins import sync_twin
+from kf2v_tasks.account import CredentialsLike, open_account
+from kf2v_tasks.dashscope.models import GenerationOptions
+from kf2v_tasks.generation.frames import FrameLimits, check_pair
+from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.models import FramePair
+from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
+
+__all__ = ["asubmit_kf2v", "avalidate_frames", "submit_kf2v", "validate_frames"]
+
+
+def _ledger(ledger_root: Optional[str], storage_options: Optional[dict]) -> Optional[Ledger]:
+    return Ledger(ledger_root, storage_options=storage_options) if ledger_root else None
+
+
+# ------------------------------------------------------------------ the cores
+
+
+async def _validate(
+    first_frame: str,
+    last_frame: str,
+    limits: Optional[FrameLimits],
+    storage_options: Optional[dict],
+    audio: Optional[str] = None,
+    model: Optional[str] = None,
+) -> FramePair:
+    pair = await check_pair(
+        first_frame,
+        last_frame,
+        limits=limits or (FrameLimits.for_model(model) if model else FrameLimits()),
+        storage_options=storage_options,
+        audio=audio,
+        model=model,
+    )
+    logger = get_run_logger()
+    for warning in pair.warnings:
+        logger.warning(warning)
+    return pair
+
+
+async def _submit(
+    frames: FramePair,
+    prompt: Optional[str],
+    negative_prompt: Optional[str],
+    options: Optional[GenerationOptions],
+    ledger_root: Optional[str],
+    credentials: CredentialsLike,
+    storage_options: Optional[dict],
+    ambiguous_policy: AmbiguousPolicy,
+) -> Submission:
+    async with open_account(credentials) as account:
+        slot = await account.take_slot()
+        try:
+            sub = await submit_generation(
+                account.client,
+                frames,
+                prompt,
+                negative_prompt,
+                options,
+                ledger=_ledger(ledger_root, storage_options),
+                ambiguous_policy=ambiguous_policy,
+                storage_options=storage_options,
+            )
+        except BaseException:
+            account.limits.in_flight.release(slot)
+            raise
+        # The slot now belongs to the task: whoever sees it end frees it.
+        account.limits.in_flight.bind(slot, sub.task_id)
+    logger = get_run_logger()
+    if sub.reused:
+        logger.info("Reused task %s (the same work was submitted before)", sub.task_id)
+    else:
+        logger.info("Created task %s", sub.task_id)
+    if sub.possible_duplicate:
+        logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
+    return sub
+
+
+# ------------------------------------------------------------------ validate_frames
+
+_VALIDATE = dict(
+    name="Validate kf2v frames",
+    description="Reads both frames and checks format, size, dimensions and decodability.",
+    cache_policy=NO_CACHE,
+)
+
+
+@task(**_VALIDATE)
+async def avalidate_frames(
+    first_frame: str,
+    last_frame: str,
+    limits: Optional[FrameLimits] = None,
+    storage_options: Optional[dict] = None,
+    audio: Optional[str] = None,
+    model: Optional[str] = None,
+) -> FramePair:
+    """Validate a first/last frame pair (and a driving audio) before any DashScope call (async).
+
+    Frames may be local paths, ``file://``, ``http(s)://`` or any fsspec URL. Each
+    frame's sha256, size and the form it will be sent in are returned; a bad frame
+    raises :class:`~kf2v_tasks.errors.FrameValidationError` naming it and the reason.
+
+    Args:
+        first_frame: where the first frame is.
+        last_frame: where the last frame is.
+        limits: size and dimension limits (default: the model's, from the models table;
+            kf2v: 240..8000 px, ≤ 10 MB).
+        storage_options: fsspec options for remote frames (e.g. an S3 endpoint).
+        audio: a driving audio (mp3/wav, path or URL), for models that take one
+            (``wan2.7-i2v``); refused with the model that takes none.
+        model: the model the frames (and audio) are for (default: wan2.2-kf2v-flash).
+
+    Returns:
+        A :class:`~kf2v_tasks.generation.models.FramePair` with warnings (alpha, aspect mismatch).
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import avalidate_frames
+
+        @flow
+        async def check():
+            pair = await avalidate_frames("first.png", "last.png")
+            print(pair.first.sha256, pair.warnings)
+
+        asyncio.run(check())
+        ```
+    """
+    return await _validate(first_frame, last_frame, limits, storage_options, audio, model)
+
+
+validate_frames = sync_twin(
+    avalidate_frames,
+    doc="""Validate a first/last frame pair; the sync twin of :func:`avalidate_frames`.
+
+Returns the :class:`~kf2v_tasks.generation.models.FramePair` in a sync flow; in an
+async flow it is the async task and must be awaited.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import validate_frames
+
+    @flow
+    def check():
+        pair = validate_frames("first.png", "last.png")
+        pairs = validate_frames.map(["a1.png", "b1.png"], ["a2.png", "b2.png"]).result()
+        return pair, pairs
+
+    check()
+    ```
+""",
+    **_VALIDATE,
+)
+
+
+# ------------------------------------------------------------------ submit_kf2v
+
+_SUBMIT = dict(
+    name="Submit kf2v task",
+    description="Creates the kf2v task, or reuses a still-valid task for the same work.",
+    cache_policy=NO_CACHE,
+)
+
+
+@task(**_SUBMIT)
+async def asubmit_kf2v(
+    frames: FramePair,
+    prompt: Optional[str] = None,
+    negative_prompt: Optional[str] = None,
+    options: Optional[GenerationOptions] = None,
+    ledger_root: Optional[str] = None,
+    credentials: CredentialsLike = None,
+    storage_options: Optional[dict] = None,
+    ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
+) -> Submission:
+    """Create the remote task, never paying twice for the same work (async).
+
+    The work's fingerprint (model, parameters, prompts, both frames' sha256) is looked up
+    in the ledger under ``ledger_root`` first; a task submitted less than 24 h ago that
+    has not failed is reused instead of creating another. The create waits for one of the
+    account's in-flight slots, shared by every kf2v task in this process; the slot is freed
+    when :func:`apoll_until_done` sees the task end (or, if nobody polls it, when a later
+    submitter finds it ended).
+
+    Args:
+        frames: the pair returned by :func:`avalidate_frames`.
+        prompt: text prompt (≤ 800 characters; longer is truncated by the service).
+        negative_prompt: what to avoid (≤ 500 characters).
+        options: model, resolution, seed, prompt_extend, watermark.
+        ledger_root: folder or URL for the durable record (usually the output folder);
+            without it nothing protects a re-run from paying again.
+        credentials: a ``DashScopeCredentials`` block, a saved block's name, or ``None``
+            for ``DASHSCOPE_API_KEY``.
+        storage_options: fsspec options, for the ledger and for re-reading frames.
+        ambiguous_policy: after a create whose outcome is unknown: one guarded retry
+            (reported as a possible duplicate), or fail.
+
+    Returns:
+        The :class:`~kf2v_tasks.generation.submit.Submission` (task id, fingerprint, reused?).
+
+    Example:
+        ```python
+        import asyncio
+        from prefect import flow
+        from kf2v_tasks import avalidate_frames, asubmit_kf2v
+
+        @flow
+        async def one():
+            pair = await avalidate_frames("first.png", "last.png")
+            sub = await asubmit_kf2v(pair, "a slow pan", ledger_root="out/")
+            print(sub.task_id, sub.reused)
+
+        asyncio.run(one())
+        ```
+    """
+    return await _submit(
+        frames,
+        prompt,
+        negative_prompt,
+        options,
+        ledger_root,
+        credentials,
+        storage_options,
+        ambiguous_policy,
+    )
+
+
+submit_kf2v = sync_twin(
+    asubmit_kf2v,
+    doc="""Create the remote task; the sync twin of :func:`asubmit_kf2v`.
+
+Example:
+    ```python
+    from prefect import flow
+    from kf2v_tasks import validate_frames, submit_kf2v
+
+    @flow
+    def one():
+        pair = validate_frames("first.png", "last.png")
+        return submit_kf2v(pair, "a slow pan", ledger_root="out/")
+
+    one()
+    ```
+""",
+    **_SUBMIT,
+)
