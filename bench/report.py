@@ -22,10 +22,38 @@ def _sides(run: dict) -> list[tuple[str, dict]]:
     return [("ours", run["ours"]), *run.get("variants", {}).items()]
 
 
+def fifo_ratio(side: dict) -> float:
+    """Utilisation as a share of the zero-overhead FIFO bound of the same run times and order."""
+    bound = side.get("zero_overhead_fifo_utilisation") or 0.0
+    return round(side["utilisation"] / bound, 4) if bound else 0.0
+
+
 def targets(res: dict) -> list[dict]:
     """Every target of issue 6, evaluated on the numbers of this run, for ours and variants."""
     out = []
     b1 = {r["concurrency"]: r for r in res.get("b1", [])}
+    # Issue 13: against the FIFO bound of the same run times and order.
+    for c, goal in ((2, 0.99), (32, 0.97)):
+        r = b1.get(c)
+        if not r:
+            continue
+        peer = fifo_ratio(r["peer"])
+        for label, x in _sides(r):
+            ratio = fifo_ratio(x)
+            out.append(
+                dict(
+                    name=f"B1 c={c}: ≥ {goal} of the FIFO bound ({label})",
+                    value=ratio,
+                    met=ratio >= goal,
+                )
+            )
+            out.append(
+                dict(
+                    name=f"B1 c={c}: FIFO-bound ratio not below the SDK's ({peer:.3f}) ({label})",
+                    value=ratio,
+                    met=ratio >= peer,
+                )
+            )
     for c, goal in ((2, 0.95), (32, 0.90)):
         r = b1.get(c)
         if not r:
@@ -102,6 +130,28 @@ def targets(res: dict) -> list[dict]:
                     met=x["ours"]["peak_rss_mb"] <= 600,
                 )
             )
+    b5 = res.get("b5")
+    if b5:
+        floor = (res.get("b4") or {}).get("floor", {}).get("cpu_ms_per_row")
+        if floor:
+            ratio = round(b5["cpu_ms_per_row"] / floor, 2)
+            out.append(
+                dict(name="B5 client CPU/row ≤ 3× the B4 floor (ours)", value=ratio, met=ratio <= 3)
+            )
+        out.append(
+            dict(
+                name="B5 peak RSS ≤ 600 MB (ours)",
+                value=b5["peak_rss_mb"],
+                met=b5["peak_rss_mb"] <= 600,
+            )
+        )
+        out.append(
+            dict(
+                name="B5 S3 requests/row ≤ 10 (ours)",
+                value=b5["s3_requests_per_row"],
+                met=b5["s3_requests_per_row"] <= 10,
+            )
+        )
     return out
 
 
@@ -168,6 +218,22 @@ def markdown(res: dict) -> str:
     L.append("")
 
     if res.get("b1"):
+        L.append("## B1 against the FIFO bound\n")
+        L.append(
+            "Each side's utilisation divided by the zero-overhead FIFO bound of its own run "
+            "times and order (every side's simulator draws the same ones). `queue_ahead=0` is "
+            "ours with look-ahead off.\n"
+        )
+        L.append(
+            "| concurrency | side | utilisation | FIFO bound | of the bound |\n|---|---|---|---|---|"
+        )
+        for r in res["b1"]:
+            for label, x in [*_sides(r), ("the SDK", r["peer"])]:
+                L.append(
+                    f"| {r['concurrency']} | {label} | {x['utilisation']:.3f} "
+                    f"| {x['zero_overhead_fifo_utilisation']:.3f} | {fifo_ratio(x):.3f} |"
+                )
+        L.append("")
         L.append("## B1 quota utilisation\n")
         L.append(
             "Utilisation = Σ remote run time of one task per row (duplicates are wasted quota, "
@@ -312,6 +378,31 @@ def markdown(res: dict) -> str:
         for n in res["notes"]:
             L.append(f"- {n}")
         L.append("")
+    b5 = res.get("b5")
+    if b5:
+        L.append("## B5 scale: one batch, output on S3\n")
+        L.append(
+            f"{b5['rows']} rows, near-zero run time, concurrency {b5['concurrency']}, rate "
+            "limits lifted, default settings (`per_step`), manifest local and output on S3 "
+            "(a moto server behind a counting proxy: every request the client makes). CPU = "
+            "the client process; the server's is the Prefect API server's from the start of "
+            "the run until it is idle again.\n"
+        )
+        L.append(
+            "| rows/s | client CPU ms/row | Prefect server CPU ms/row | peak RSS MB "
+            "| S3 requests/row |\n|---|---|---|---|---|"
+        )
+        L.append(
+            f"| {b5['rows_per_s']} | {b5['cpu_ms_per_row']} | {b5['server_cpu_ms_per_row']} "
+            f"| {b5['peak_rss_mb']} | {b5['s3_requests_per_row']} |"
+        )
+        L.append("")
+        rows = b5["rows"]
+        L.append(
+            "S3 requests per row by operation: "
+            + ", ".join(f"{k} {v / rows:.2f}" for k, v in b5["s3_operations"].items())
+            + ".\n"
+        )
     L.append("## Reproduce\n")
     L.append(f"```\n{m['command']}\n```\n")
     return "\n".join(L)

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import b1_utilisation, b2_polling, b3_persistence, b4_overhead, report
+from bench import b1_utilisation, b2_polling, b3_persistence, b4_overhead, b5_scale, report
 from bench.common import ROOT, PrefectServer, log
 
 FULL = dict(
@@ -32,16 +32,27 @@ FULL = dict(
     b3_repeats=3,
     b4_rows=2000,
     b4_concurrency=64,
+    b5_rows=10000,
+    b5_concurrency=64,
 )
 QUICK = dict(
-    b1_rows=8, b1_concurrency=(4, 2), b3_bytes=8 * 2**20, b3_repeats=1, b4_rows=40, b4_concurrency=8
+    b1_rows=8,
+    b1_concurrency=(4, 2),
+    b3_bytes=8 * 2**20,
+    b3_repeats=1,
+    b4_rows=40,
+    b4_concurrency=8,
+    b5_rows=40,
+    b5_concurrency=8,
 )
 #: Variants of our side: label -> extra flow parameters (shipped options, not patches).
 VARIANTS = {"ours per_row": {"task_runs": "per_row"}}
+#: B1 also measures ours with look-ahead off, to show what it is worth.
+B1_VARIANTS = {**VARIANTS, "ours queue_ahead=0": {"queue_ahead": 0}}
 
 
 #: The sections of BENCHMARKS.md, each measured by one part of the run.
-ALL_SECTIONS = ("b1", "b2", "b3", "b4")
+ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5")
 
 
 def _commit() -> str:
@@ -246,6 +257,22 @@ def notes(res: dict) -> list[str]:
             "own (its API calls and event ingestion per task run)."
         )
         out.append(text)
+    b5 = res.get("b5")
+    if b5:
+        n = b5["rows"]
+        ops = b5["s3_operations"]
+        per = ", ".join(f"{k} {v / n:.2f}" for k, v in ops.items())
+        out.append(
+            f"- B5: {b5['rows_per_s']} rows/s, {b5['cpu_ms_per_row']} ms client CPU/row, "
+            f"{b5['server_cpu_ms_per_row']} ms/row in the Prefect server, peak RSS "
+            f"{b5['peak_rss_mb']} MB, {b5['s3_requests_per_row']} S3 requests/row ({per}). "
+            "ListObjects comes from s3fs answering exists()/info() on a key that is not there "
+            "(a claim, a ledger record, a preview, a temp object) with a HeadObject and then a "
+            "listing of the prefix (s3fs core.py `_info`), so each such check costs two "
+            "requests; the PutObjects are the row's video, sidecar, poster, strip, ledger "
+            "record transitions and claim, each written once per state; the gallery and "
+            "results are rewritten at most once a second, not per row."
+        )
     return out
 
 
@@ -262,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        default="b1,b2,b3,b4",
+        default="b1,b2,b3,b4,b5",
         help="comma-separated subset; the other sections keep their last results (see --fresh)",
     )
     ap.add_argument(
@@ -320,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     prefect = PrefectServer()
     try:
         variants = {} if args.no_variants else VARIANTS
+        b1_variants = {} if args.no_variants else B1_VARIANTS
         if "b3" in only:
             # Alone on the machine: the transfer is CPU-bound on 2 cores.
             res["b3"] = b3_persistence.run(sizes["b3_bytes"], sizes["b3_repeats"])
@@ -328,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
             # At concurrency 32 the CPU is the limit: each side alone, one after the other.
             res["b1"] = [
                 b1_utilisation.run(
-                    sizes["b1_rows"], c_big, prefect.env(), variants=variants, parallel=False
+                    sizes["b1_rows"], c_big, prefect.env(), variants=b1_variants, parallel=False
                 )
             ]
             # At concurrency 2 the sides mostly wait (~5 min): they run side by side.
             res["b1"].append(
                 b1_utilisation.run(
-                    sizes["b1_rows"], c_small, prefect.env(), variants=variants, parallel=True
+                    sizes["b1_rows"], c_small, prefect.env(), variants=b1_variants, parallel=True
                 )
             )
             res["b1"].sort(key=lambda r: r["concurrency"])
@@ -348,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, flow_args in variants.items():
                 other = b4_overhead.run_ours(rows, conc, prefect, flow_args=flow_args, label=name)
                 res["b4"]["variants"][name] = b4_overhead.compare(res["b4"], {"ours": other})
+        if "b5" in only:
+            res["b5"] = b5_scale.run(sizes["b5_rows"], sizes["b5_concurrency"], prefect)
     finally:
         prefect.stop()
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)

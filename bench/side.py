@@ -54,7 +54,7 @@ def run_ours(a: dict) -> dict:
 
     clock.set_time_scale(a["time_scale"])
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD, ConcurrencySettings
     from kf2v_tasks.batch.reporting import BatchObserver, observing
     from kf2v_tasks.batch.steps import TaskRuns
 
@@ -82,10 +82,12 @@ def run_ours(a: dict) -> dict:
                 output=a["output"],
                 concurrency=ConcurrencySettings(
                     max_in_flight=a["concurrency"],
+                    queue_ahead=a.get("queue_ahead", DEFAULT_QUEUE_AHEAD),
                     submits_per_second=a.get("submits_per_second", 2.0),
                     queries_per_second=a.get("queries_per_second", 20.0),
                 ),
                 task_runs=TaskRuns(a.get("task_runs", "per_step")),
+                storage_options=a.get("storage_options"),
                 return_state=True,
             )
         )
