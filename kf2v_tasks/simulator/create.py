@@ -261,6 +261,13 @@ async def _create(request: Request, protocol: Protocol) -> Response:
         hashlib.sha256(images[1]).hexdigest(),
         hashlib.sha256(audio).hexdigest() if audio is not None else None,
     )
+    if cfg.concurrency_mode == "reject":
+        # Checked again with no await before the task is added: two creates that passed
+        # the first check together (while their frames were fetched) cannot both get in.
+        acct.advance(state.clock.now())
+        if acct.busy() >= cfg.max_concurrent:
+            state.throttle("create")
+            raise ApiError(429, "Throttling")
     task = state.add_task(
         acct,
         fingerprint=fp,

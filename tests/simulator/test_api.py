@@ -168,6 +168,22 @@ def test_reject_mode_throttles_at_concurrency(make_sim):
     assert sim.stats()["throttled_by_endpoint"] == {"create": 1}
 
 
+def test_reject_mode_holds_for_creates_that_arrive_together(make_sim):
+    """Creates checked at once (frames fetched in between) cannot slip past the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim = make_sim(
+        max_concurrent=2,
+        concurrency_mode="reject",
+        submits_per_second=1000,
+        runtime=RuntimeDistribution(kind="fixed", low=6000.0),
+    )
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(r.status_code for r in pool.map(lambda _: create(sim), range(8)))
+    assert codes == [200, 200] + [429] * 6
+    assert sim.stats()["pending"] + sim.stats()["running"] == 2
+
+
 def test_unknown_and_expired_ids(make_sim):
     sim = make_sim(task_ttl=200.0)
     doc = query(sim, "no-such-task")
