@@ -263,7 +263,7 @@ def notes(res: dict) -> list[str]:
         ops = b5["s3_operations"]
         per = ", ".join(f"{k} {v / n:.2f}" for k, v in ops.items())
         out.append(
-            f"- B5: {b5['rows_per_s']} rows/s, {b5['cpu_ms_per_row']} ms client CPU/row, "
+            f"B5: {b5['rows_per_s']} rows/s, {b5['cpu_ms_per_row']} ms client CPU/row, "
             f"{b5['server_cpu_ms_per_row']} ms/row in the Prefect server, peak RSS "
             f"{b5['peak_rss_mb']} MB, {b5['s3_requests_per_row']} S3 requests/row ({per}). "
             "ListObjects comes from s3fs answering exists()/info() on a key that is not there "
