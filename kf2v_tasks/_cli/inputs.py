@@ -80,3 +80,23 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
             extra_columns=getattr(args, "extra_columns", False),
         )
     )
+
+
+def concurrency_from_args(args: argparse.Namespace) -> Any:
+    """The account quota of ``--concurrency``, ``--queue-ahead`` and the per-second rates.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.parser import build_parser
+        args = build_parser().parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "0"])
+        assert concurrency_from_args(args).queue_ahead == 0
+        ```
+    """
+    from kf2v_tasks.batch.config import ConcurrencySettings
+
+    return ConcurrencySettings(
+        max_in_flight=args.concurrency,
+        queue_ahead=args.queue_ahead,
+        submits_per_second=args.submits_per_second,
+        queries_per_second=args.queries_per_second,
+    )

@@ -9,8 +9,8 @@ import argparse
 import asyncio
 from typing import Any
 
-from kf2v_tasks._cli.inputs import check_manifest, defaults_from_args
-from kf2v_tasks._cli.service import dashscope_service, quiet_prefect
+from kf2v_tasks._cli.inputs import check_manifest, concurrency_from_args, defaults_from_args
+from kf2v_tasks._cli.service import dashscope_service, flow_service, quiet_prefect
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -26,26 +26,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from kf2v_tasks._cli.errors import summary_exit_code
     from kf2v_tasks._cli.report import print_summary, progress
-    from kf2v_tasks.batch.config import ConcurrencySettings
     from kf2v_tasks.errors import BatchFailedError
 
     defaults = defaults_from_args(args)
     check_manifest(args, defaults)  # before Prefect or the simulator start
-    concurrency = ConcurrencySettings(
-        max_in_flight=args.concurrency,
-        queue_ahead=args.queue_ahead,
-        submits_per_second=args.submits_per_second,
-        queries_per_second=args.queries_per_second,
-    )
+    concurrency = concurrency_from_args(args)
     console = Console(stderr=True, soft_wrap=True)
-    with (
-        dashscope_service(
-            args.credentials_block,
-            simulator_speed=args.simulator_speed,
-            time_scale=args.time_scale,
-        ) as credentials,
-        quiet_prefect(args.verbose),
-    ):
+    with flow_service(args) as credentials:
         from kf2v_flows.batch import generate_batch
 
         with progress(console):

@@ -149,3 +149,24 @@ def _console_silenced() -> Iterator[None]:
 
 def _drop_all(record: logging.LogRecord) -> bool:
     return False
+
+
+@contextlib.contextmanager
+def flow_service(args: Any) -> Iterator[Any]:
+    """The DashScope service a command's flow talks to (credentials), with Prefect kept quiet.
+
+    Example:
+        ```python
+        with flow_service(args) as credentials:
+            generate_batch(..., credentials_block=credentials)
+        ```
+    """
+    with (
+        dashscope_service(
+            args.credentials_block,
+            simulator_speed=args.simulator_speed,
+            time_scale=args.time_scale,
+        ) as credentials,
+        quiet_prefect(args.verbose),
+    ):
+        yield credentials

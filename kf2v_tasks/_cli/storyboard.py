@@ -11,8 +11,8 @@ import asyncio
 import os
 
 from kf2v_tasks._cli.errors import UsageError
-from kf2v_tasks._cli.inputs import defaults_from_args
-from kf2v_tasks._cli.service import dashscope_service, quiet_prefect
+from kf2v_tasks._cli.inputs import concurrency_from_args, defaults_from_args
+from kf2v_tasks._cli.service import flow_service
 
 
 def check_storyboard_args(args: argparse.Namespace) -> None:
@@ -69,26 +69,13 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
 
     from kf2v_tasks._cli.errors import summary_exit_code
     from kf2v_tasks._cli.report import print_summary, progress
-    from kf2v_tasks.batch.config import ConcurrencySettings
     from kf2v_tasks.errors import StoryboardFailedError
 
     check_storyboard_args(args)
     defaults = defaults_from_args(args)
-    concurrency = ConcurrencySettings(
-        max_in_flight=args.concurrency,
-        queue_ahead=args.queue_ahead,
-        submits_per_second=args.submits_per_second,
-        queries_per_second=args.queries_per_second,
-    )
+    concurrency = concurrency_from_args(args)
     console = Console(stderr=True, soft_wrap=True)
-    with (
-        dashscope_service(
-            args.credentials_block,
-            simulator_speed=args.simulator_speed,
-            time_scale=args.time_scale,
-        ) as credentials,
-        quiet_prefect(args.verbose),
-    ):
+    with flow_service(args) as credentials:
         from kf2v_flows.storyboard import generate_storyboard
 
         with progress(console):

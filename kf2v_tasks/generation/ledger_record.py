@@ -392,27 +392,18 @@ class LedgerRecord(BaseModel):
     def previews_made(self, previews: Previews) -> None:
         """The kept video's poster and strip are written: record them (an event only).
 
-                Legal only once the video is ``persisted``: previews are made from the stored file.
+        Legal only once the video is ``persisted``: previews are made from the stored file.
 
-                Example:
-                    ```python
-                    from kf2v_tasks.generation.ledger_record import LedgerRecord
-                    from kf2v_tasks.generation.ledger_state import (
-            DEAD_STATUSES,
-            TASK_TTL,
-            TASK_TTL_MARGIN,
-            IllegalTransitionError,
-            LedgerError,
-            LedgerState,
-            utc,
-        )
-        from kf2v_tasks.generation.previews import Previews
-                    rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
-                                                       "task_id": "t-1", "output_path": "out/a.mp4"})
-                    rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
-                                               frames=5, poster_frame=2, width=64, height=48))
-                    assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
-                    ```
+        Example:
+            ```python
+            from kf2v_tasks.generation.ledger_record import LedgerRecord
+            from kf2v_tasks.generation.previews import Previews
+            rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
+                                               "task_id": "t-1", "output_path": "out/a.mp4"})
+            rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
+                                       frames=5, poster_frame=2, width=64, height=48))
+            assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
+            ```
         """
         self._check("previews_made", {_S.PERSISTED}, task=True)
         self.previews = previews
