@@ -30,14 +30,14 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads((out / "latest.json").read_text())
 
     assert [r["concurrency"] for r in res["b1"]] == [2, 4]
     for run in res["b1"]:
-        assert set(run["variants"]) == {"ours per_row"}
+        assert set(run["variants"]) == {"ours per_row", "ours queue_ahead=0"}
         for r in (run["ours"], run["peer"], *run["variants"].values()):
             assert r["rows_succeeded"] == run["rows"]
             assert 0.2 < r["utilisation"] <= 1.05
@@ -59,7 +59,11 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         assert variant["ours"]["counts"] == {"succeeded": b4["rows"]}
         assert variant["ours"]["flow_args"] == {"task_runs": "per_row"}
 
+    b5 = res["b5"]
+    assert b5["counts"] == {"succeeded": b5["rows"]} and b5["creates"] == b5["rows"]
+    assert b5["s3_requests_per_row"] > 0 and sum(b5["s3_operations"].values()) > 0
+
     assert (out / "b1_occupancy.png").stat().st_size > 1000
     text = md.read_text()
-    for heading in ("## B1", "## B2", "## B3", "## B4", "## Targets"):
+    for heading in ("## B1", "## B2", "## B3", "## B4", "## B5", "## Targets"):
         assert heading in text
