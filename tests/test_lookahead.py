@@ -191,13 +191,13 @@ def _pending(sim) -> int:
 
 
 def test_sigterm_cancels_the_queued_tasks_and_says_so_in_results(tmp_path):
-    with _sim("queue", runtime=600.0) as sim:
+    with _sim("queue", runtime=3000.0) as sim:  # 5 s real: still queued when cancelled
         manifest = _manifest(tmp_path / "in", 6)
         proc = _run_cli(manifest, tmp_path / "out", sim)
         try:
             _wait_for(lambda: _pending(sim) == 2)  # 2 running, 2 queued ahead
             os.kill(proc.pid, signal.SIGTERM)  # as a supervisor stops a process
-            output, _ = proc.communicate(timeout=60)
+            output, _ = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
