@@ -45,8 +45,11 @@ class Service:
         self.lists = 0
         self.ended_seen: dict[str, float] = {}
 
+    def end_of(self, task_id: str) -> float:
+        return self.runtimes[task_id]
+
     def status(self, task_id: str) -> str:
-        return "SUCCEEDED" if clock.now() - self.t0 >= self.runtimes[task_id] else "RUNNING"
+        return "SUCCEEDED" if clock.now() - self.t0 >= self.end_of(task_id) else "RUNNING"
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -71,7 +74,7 @@ class Service:
         out = {"task_id": task_id, "task_status": status}
         if status == "SUCCEEDED":
             out["video_url"] = f"https://oss.test/{task_id}.mp4"
-            self.ended_seen.setdefault(task_id, clock.now() - self.t0 - self.runtimes[task_id])
+            self.ended_seen.setdefault(task_id, clock.now() - self.t0 - self.end_of(task_id))
         return httpx.Response(200, json={"request_id": "r", "output": out})
 
 
@@ -207,3 +210,65 @@ async def test_queries_failing_past_the_deadline_raise_the_last_error() -> None:
             await wait_for_task(
                 client, "t0", schedule=SCHEDULE.model_copy(update={"sweep": False}), deadline=40
             )
+
+
+class QueueingService(Service):
+    """Two running slots; tasks beyond them wait PENDING and start in order as slots free."""
+
+    def __init__(self, runtimes: dict[str, float], slots: int = 2) -> None:
+        super().__init__(runtimes)
+        free = [0.0] * slots
+        self.start: dict[str, float] = {}
+        for task_id, runtime in runtimes.items():
+            slot = min(range(slots), key=free.__getitem__)
+            self.start[task_id] = free[slot]
+            free[slot] += runtime
+        self.pending_gets: Counter[str] = Counter()
+
+    def end_of(self, task_id: str) -> float:
+        return self.start[task_id] + self.runtimes[task_id]
+
+    def status(self, task_id: str) -> str:
+        t = clock.now() - self.t0
+        if t < self.start[task_id]:
+            return "PENDING"
+        return "SUCCEEDED" if t >= self.start[task_id] + self.runtimes[task_id] else "RUNNING"
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        task_id = re.fullmatch(r".*/tasks/([^/]+)", request.url.path)
+        if task_id and self.status(task_id.group(1)) == "PENDING":
+            self.pending_gets[task_id.group(1)] += 1
+        return super().__call__(request)
+
+
+async def _wait_queued(service: QueueingService, limits) -> list:
+    client = Kf2vClient(
+        TEST_API_KEY,
+        base_url=BASE,
+        transport=httpx.MockTransport(service),
+        retry=RetryPolicy(base_delay=1.0, jitter=0.0, max_attempts=1),
+        limits=limits,
+    )
+    async with client:
+        return await asyncio.gather(
+            *(wait_for_task(client, t, schedule=SCHEDULE) for t in service.runtimes)
+        )
+
+
+async def test_a_task_queued_behind_a_full_account_is_not_fetched_while_it_waits() -> None:
+    from kf2v_tasks.dashscope.limits import AccountLimits
+
+    runtimes = {"t0": 80.0, "t1": 90.0, "t2": 80.0, "t3": 90.0}  # t2, t3 wait ~80 s
+    limits = AccountLimits(max_in_flight=2, submits_per_second=100, queries_per_second=1000)
+    knowing = QueueingService(dict(runtimes))
+    states = await _wait_queued(knowing, limits)
+    assert [s.status for s in states] == [TaskStatus.SUCCEEDED] * 4
+
+    blind = QueueingService(dict(runtimes))  # no account limits: it cannot tell
+    await _wait_queued(blind, None)
+    queued = ("t2", "t3")
+    assert sum(blind.pending_gets[t] for t in queued) >= 6, blind.pending_gets
+    # The first GET (before any sweep showed the account full) at most, then none.
+    assert all(knowing.pending_gets[t] <= 1 for t in queued), knowing.pending_gets
+    # Their start is still seen in time: found ended within about one tight interval.
+    assert max(knowing.ended_seen.values()) <= 3 * SCHEDULE.min_interval, knowing.ended_seen

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Optional
 
 from pydantic import BaseModel
 
+from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery_page import GalleryCard, relative_link, render_gallery
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.generation.previews import Previews, preview_paths
@@ -195,7 +196,7 @@ class GalleryWriter:
             return
         self._dirty = True
         if self._loop is None or self._loop.done():
-            self._loop = asyncio.ensure_future(self._rewrite_while_dirty())
+            self._loop = spawn(self._rewrite_while_dirty(), name="kf2v-gallery")
 
     async def on_finish(self, summary: BatchSummary) -> None:
         """The final page, from the summary's rows (every row, as results.csv says)."""

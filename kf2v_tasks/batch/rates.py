@@ -25,6 +25,7 @@ import contextlib
 import logging
 from typing import Any, Optional
 
+from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gcl import LEASE_SECONDS, LeaseBook, acquire_slot
 from kf2v_tasks.dashscope.limits import RateLimiter
 
@@ -123,7 +124,7 @@ class RateShare:
         self._lease_id, _ = await acquire_slot(self._client, self.name)
         self._book.add(self._lease_id)
         await self._refresh()
-        self._task = asyncio.create_task(self._keep())
+        self._task = spawn(self._keep(), name="kf2v-rate-share")
         return self.runs - 1
 
     async def _refresh(self) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Optional
 from uuid import UUID
 
+from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery import GalleryWriter, write_gallery
 from kf2v_tasks.batch.reporting_markdown import (
     ERROR_CELL_CHARS,
@@ -255,7 +256,7 @@ class PrefectReporter(BatchObserver):
 
         # In the background: the first submit must not wait for an API round trip;
         # updates start once the artifact exists, and on_finish waits for it.
-        self._creating = asyncio.ensure_future(create())
+        self._creating = spawn(create(), name="kf2v-progress-artifact")
         if self.gallery is not None:
             try:
                 await self.gallery.on_plan(plan, cost, dry_run)
@@ -277,7 +278,7 @@ class PrefectReporter(BatchObserver):
         if self._pending is not None and not self._pending.done():
             return
         self._last_update = now
-        self._pending = asyncio.ensure_future(self._update())
+        self._pending = spawn(self._update(), name="kf2v-progress-update")
 
     async def _update(self) -> None:
         from prefect.artifacts import aupdate_progress_artifact

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from contextvars import ContextVar
 from typing import Any, Optional
 
 from kf2v_tasks.batch.config import (
@@ -53,6 +54,7 @@ from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
 from kf2v_tasks.batch.slots import SlotPool
 from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
+from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
 from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.dashscope.watcher import watcher_for
@@ -68,6 +70,10 @@ from kf2v_tasks.storage.paths import join
 __all__ = ["BatchRunner"]
 
 logger = logging.getLogger("kf2v_tasks.batch.runner")
+
+# The row whose coroutine is running: a create answer names its row through it, even
+# when the row is stopped before the submit step returns.
+_ROW: ContextVar[Optional[ManifestRow]] = ContextVar("kf2v_row", default=None)
 
 
 class BatchRunner:
@@ -356,6 +362,8 @@ class BatchRunner:
         pool.expect(len(order) - len(plan.persisted))
         try:
             async with credentials.get_client(limits=limits) as client:
+                # Known from the create answer on, not from the submit step's return: a
+                # stop landing in between must still cancel it.
                 steps = make_steps(self.task_runs, self.config, client)
                 steps.look_ahead = ahead
                 fan = self._fan = _RowFanOut(
@@ -366,13 +374,16 @@ class BatchRunner:
                     per_row_task=self.task_runs is TaskRuns.PER_ROW,
                     finish=self._finish,
                 )
-                try:
-                    await asyncio.gather(*(fan.run_row(row, rec) for row, rec in order))
-                except BaseException:
-                    # Stopped early (Ctrl-C, SIGTERM, a Prefect cancellation): the tasks
+                client.created_hooks.append(fan.created)
+
+                async def stopped_early() -> None:
+                    # Ctrl-C, SIGTERM, a Prefect cancellation, a row that raised: once every
+                    # row has stopped and the creates on the wire have answered, the tasks
                     # queued ahead never started; cancelled now, they cost nothing.
-                    await asyncio.shield(ahead.cancel_pending(client))
-                    raise
+                    await client.settle_creates()
+                    await ahead.cancel_pending(client)
+
+                await run_rows((fan.run_row(row, rec) for row, rec in order), stopped_early)
         finally:
             await pool.close()
             if share is not None:
@@ -437,7 +448,17 @@ class _RowFanOut:
         self.reattached = 0
         self.tasks: dict[str, ManifestRow] = {}  # task id -> its row, as created
 
+    def created(self, state) -> None:
+        """A create answered: the task is ours and queued, whatever happens to its row next."""
+        ahead = self.steps.look_ahead
+        if ahead is not None:
+            ahead.seen(state.task_id, "PENDING")
+        row = _ROW.get()
+        if row is not None:
+            self.tasks[state.task_id] = row
+
     async def run_row(self, row: ManifestRow, record) -> None:
+        _ROW.set(row)  # this row's own task: its context is its own
         fp = self.plan.fingerprints[row.id]
         dest = output_path(self.config.output, row)
         base = dict(row=row.row_number, id=row.id, output=dest)

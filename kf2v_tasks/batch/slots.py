@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Optional, Union
 
+from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gcl import (
     LEASE_SECONDS,
     LeaseBook,
@@ -61,7 +62,7 @@ class _Lease:
         self.acquired = asyncio.Event()
         self.release = asyncio.Event()
         self.error: Optional[BaseException] = None
-        self.task: Optional[asyncio.Task[None]] = asyncio.create_task(self._hold())
+        self.task: Optional[asyncio.Task[None]] = spawn(self._hold(), name="kf2v-slot")
 
     async def _hold(self) -> None:
         try:
@@ -288,7 +289,7 @@ class SlotPool:
                 self._give_back_if_unwanted(lease)
             self._notify()
 
-        self._collector = asyncio.create_task(collect())
+        self._collector = spawn(collect(), name="kf2v-slot-collector")
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()

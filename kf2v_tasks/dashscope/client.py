@@ -146,6 +146,12 @@ class Kf2vClient(DashScopeSession):
         limiter = self.limits.submit_limiter if self.limits else None
         path = request.create_path
 
+        def announce(response: httpx.Response) -> None:
+            state = _parse_state(response) if response.is_success else None
+            if state is not None and state.task_id:
+                for hook in self.created_hooks:
+                    hook(state)
+
         async def attempt() -> TaskState:
             response = await self._send(
                 "POST",
@@ -155,6 +161,7 @@ class Kf2vClient(DashScopeSession):
                 content=body,
                 create=True,
                 before_send=before_send,
+                on_answer=announce,
             )
             if not response.is_success:
                 raise create_error(response, secrets=self._secrets) from None

@@ -14,6 +14,7 @@ so its headers, are never kept as a cause or context.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from kf2v_tasks._version import __version__
+from kf2v_tasks.background import spawn
 from kf2v_tasks.dashscope.limits import AccountLimits, RateLimiter
 from kf2v_tasks.dashscope.responses import error_from_transport, request_id_of
 from kf2v_tasks.errors import ThrottledError, is_transient
@@ -59,6 +61,12 @@ class _BearerAuth(httpx.Auth):
 
     def __repr__(self) -> str:
         return "<BearerAuth [secure]>"
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a create whose caller went away (no 'never retrieved')."""
+    if not future.cancelled():
+        future.exception()
 
 
 class DashScopeSession:
@@ -112,6 +120,11 @@ class DashScopeSession:
         )
         self._transport = transport
         self._downloads: Optional[httpx.AsyncClient] = None
+        #: Called with each new task the moment its create answer arrives, before the
+        #: caller sees it: a run stopped in between still knows what it has queued.
+        self.created_hooks: list[Callable[[Any], None]] = []
+        # Creates on the wire: they finish even if their caller is cancelled (settle_creates).
+        self._creates_sent: set[asyncio.Future[httpx.Response]] = set()
 
     @property
     def download_http(self) -> httpx.AsyncClient:
@@ -170,12 +183,15 @@ class DashScopeSession:
         create: bool = False,
         headers: Optional[Mapping[str, str]] = None,
         before_send: Optional[Callable[[], Awaitable[None]]] = None,
+        on_answer: Optional[Callable[[httpx.Response], None]] = None,
         **kwargs: Any,
     ) -> httpx.Response:
         """One HTTP exchange; transport failures become our own typed errors.
 
         ``dashscope=False`` sends ``path_or_url`` as an absolute URL with no credentials
-        and no DashScope headers (the OSS upload).
+        and no DashScope headers (the OSS upload). A create, once it leaves, is not
+        abandoned when its caller is cancelled: it may be creating a task, so its answer
+        is still read and given to ``on_answer`` (see :meth:`settle_creates`).
         """
         if limiter is not None:
             await limiter.acquire()
@@ -193,7 +209,9 @@ class DashScopeSession:
         request = self._http.build_request(method, url, headers=all_headers, **kwargs)
         failure: Optional[Exception] = None
         try:
-            if dashscope:
+            if create:
+                response = await self._send_create(request, on_answer)
+            elif dashscope:
                 response = await self._http.send(request)
             else:
                 response = await self._http.send(request, auth=None)
@@ -214,6 +232,31 @@ class DashScopeSession:
             request_id_of(response, None),
         )
         return response
+
+    async def _send_create(
+        self, request: httpx.Request, on_answer: Optional[Callable[[httpx.Response], None]]
+    ) -> httpx.Response:
+        async def exchange() -> httpx.Response:
+            response = await self._http.send(request)
+            if on_answer is not None:
+                on_answer(response)
+            return response
+
+        sent = spawn(exchange(), name="kf2v-create")
+        self._creates_sent.add(sent)
+        sent.add_done_callback(_settled)
+        sent.add_done_callback(self._creates_sent.discard)
+        return await asyncio.shield(sent)
+
+    async def settle_creates(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` s) for the creates already sent to answer.
+
+        A run stopping early calls this after cancelling its rows: each answer that
+        arrives names a new task (``created_hooks``), which the run can then cancel
+        instead of leaving it queued and billed.
+        """
+        if self._creates_sent:
+            await asyncio.wait(set(self._creates_sent), timeout=timeout)
 
     async def _with_retries(
         self,

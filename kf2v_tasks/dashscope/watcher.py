@@ -9,6 +9,12 @@ Tasks due alone are fetched directly, which costs the same single query and answ
 at once. Due times of tasks in the tight phase are snapped to one shared grid, so
 they fall due together.
 
+A task PENDING while a complete sweep shows every running slot of the account taken
+(``AccountLimits.max_in_flight``) cannot have started: it is not fetched until a task of
+ours ends or the account has a slot free (look-ahead keeps such tasks queued on purpose;
+polling them cost more queries than it answered). It is still fetched every few PENDING
+intervals, as a task can end without ever running.
+
 The list is a convenience, never a source of truth: a task is only ever declared ended
 by its own ``GET``. A task that a ``GET`` shows RUNNING twice while the list left it
 out is polled on its own from then on, and a list endpoint that refuses us (4xx)
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Union
 
 from kf2v_tasks import clock
+from kf2v_tasks.background import spawn
 from kf2v_tasks.dashscope.models import TaskState, TaskStatus
 from kf2v_tasks.errors import Kf2vError, PermanentError, TransientError
 
@@ -41,6 +48,9 @@ SWEEP_PAGE_SIZE = 100
 SWEEP_MAX_PAGES = 10
 #: A GET showed RUNNING this many times for a task the list left out: stop trusting the list for it.
 LIST_MISSES_BEFORE_BLIND = 2
+#: A task queued behind a full account is still fetched after this many PENDING intervals:
+#: the list cannot show a task that ended without ever running.
+QUEUED_REFETCH_INTERVALS = 4
 
 
 @dataclass(eq=False)
@@ -54,6 +64,7 @@ class Watch:
     started: float
     next_check: float
     not_running_at: float
+    fetched_at: float
     running_since: Optional[float] = None
     status: Optional[TaskStatus] = None
     list_misses: int = 0
@@ -113,6 +124,11 @@ class TaskWatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._on_end: dict[str, list[Callable[[TaskState], None]]] = {}
         self._sharing = 0  # tasks in their tight phase that one sweep answers for
+        # When the last complete sweep showed every running slot of the account taken, and
+        # when a task of ours was last seen ending: a PENDING task cannot have started in
+        # between, so it is not fetched (see _still_queued).
+        self._full_at: Optional[float] = None
+        self._ended_at = -math.inf
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -134,6 +150,7 @@ class TaskWatcher:
             started=now,
             next_check=self._snap(schedule=schedule, now=now, when=first, limit=now + deadline),
             not_running_at=now,
+            fetched_at=now,
         )
         self._watches[id(w)] = w
         self._ensure_loop()
@@ -159,9 +176,7 @@ class TaskWatcher:
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(
-                self._run(), name="kf2v-task-watcher"
-            )
+            self._loop_task = spawn(self._run(), name="kf2v-task-watcher")
 
     async def _run(self) -> None:
         try:
@@ -188,6 +203,8 @@ class TaskWatcher:
         if self._sweeps_enabled and sum(w.sweepable for w in due) >= 2:
             running = await self._running_task_ids()
         seen = clock.now()
+        slots = self._client.limits.max_in_flight if self._client.limits else 0
+        full = running is not None and bool(slots) and len(running) >= slots
         fetch: list[Watch] = []
         for w in watches:
             if w.fetching:
@@ -199,17 +216,27 @@ class TaskWatcher:
                     self._schedule(w, seen)
                     continue
                 if w.status is TaskStatus.RUNNING:
+                    self._ended_at = seen
                     fetch.append(w)  # was running, now missing: ended (or the list lags)
                     continue
-            if w.next_check <= now:
-                fetch.append(w)
+                if full:
+                    w.not_running_at = seen
+            if w.next_check > now:
+                continue
+            if self._still_queued(w, seen, full if running is not None else None):
+                # Queued behind a full account: it has not started, so no GET. The waiter
+                # still hears PENDING, to keep its queue deadline.
+                w.inbox.put_nowait(TaskState(task_id=w.task_id, status=TaskStatus.PENDING))
+                self._schedule(w, seen)
+                continue
+            fetch.append(w)
+        if running is not None:
+            self._full_at = seen if full else None
         for w in fetch:
             # In the background: the next sweep must not wait for these answers.
             w.fetching = True
             w.next_check = math.inf
-            task = asyncio.get_running_loop().create_task(
-                self._fetch(w, listed=running is not None)
-            )
+            task = spawn(self._fetch(w, listed=running is not None), name=f"kf2v-fetch-{w.task_id}")
             self._fetches.add(task)
             task.add_done_callback(self._fetches.discard)
 
@@ -235,7 +262,7 @@ class TaskWatcher:
         finally:
             w.fetching = False
             self._wakeup.set()  # its next check may come before the loop's planned wake
-        now = clock.now()
+        now = w.fetched_at = clock.now()
         if state.status is TaskStatus.PENDING:
             w.not_running_at = now
             w.status = TaskStatus.PENDING
@@ -252,6 +279,7 @@ class TaskWatcher:
             w.status = state.status
         if state.status.is_terminal:
             w.next_check = math.inf
+            self._ended_at = now
             for callback in self._on_end.pop(w.task_id, []):
                 try:
                     callback(state)
@@ -283,6 +311,26 @@ class TaskWatcher:
             logger.info("listing tasks failed for now (%s); polling due tasks on their own", exc)
             return None
         return None  # more running tasks than we page through: do not trust an incomplete list
+
+    def _still_queued(self, w: Watch, now: float, full: Optional[bool]) -> bool:
+        """Whether PENDING ``w`` certainly waits behind the account's running tasks.
+
+        ``full``: what this round's sweep showed, or ``None`` without one; then the last
+        sweep's answer holds while no task of ours has ended since and it is recent.
+        """
+        if w.status not in (None, TaskStatus.PENDING) or not w.sweepable:
+            return False
+        if now - w.started >= w.queue_deadline:
+            return False  # its deadline is decided on a real answer
+        if now - w.fetched_at >= QUEUED_REFETCH_INTERVALS * w.schedule.pending_interval:
+            return False
+        if full is not None:
+            return full
+        return (
+            self._full_at is not None
+            and self._ended_at < self._full_at
+            and now - self._full_at <= w.schedule.pending_interval
+        )
 
     # ------------------------------------------------------------------ scheduling
 
