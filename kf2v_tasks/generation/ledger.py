@@ -61,6 +61,7 @@ from kf2v_tasks.generation.ledger_record import (
     LedgerState,
 )
 from kf2v_tasks.redaction import scrub
+from kf2v_tasks.storage.objects import read_object
 from kf2v_tasks.storage.paths import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
 
 __all__ = [
@@ -146,9 +147,8 @@ class Ledger:
         return await run_sync(self._get_sync, path)
 
     def _get_sync(self, path: str) -> Optional[LedgerRecord]:
-        forget_cached(self._fs, path)
         try:
-            raw = self._fs.cat_file(path)
+            raw = read_object(self._fs, path)  # one GetObject on S3, a missing record included
         except FileNotFoundError:
             return None
         return self._parse(raw, path)
@@ -239,7 +239,7 @@ class Ledger:
             if not name.endswith(".json"):
                 continue
             try:
-                raw = self._fs.cat_file(name)
+                raw = read_object(self._fs, name)
             except FileNotFoundError:  # removed between ls and read
                 continue
             out.append(self._parse(raw, name))

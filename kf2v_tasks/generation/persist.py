@@ -214,7 +214,7 @@ async def _persist(
         http=client.download_http if client is not None else None,
     )
     download_seconds = time.monotonic() - t0
-    previews = await _make_previews(destination, storage_options)
+    previews = await _make_previews(destination, storage_options, stored.bytes)
     sidecar = build_sidecar(
         state,
         sha256=stored.sha256,
@@ -260,13 +260,16 @@ def _previews_of(doc: dict[str, Any]) -> Optional[Previews]:
         return None
 
 
-async def _make_previews(video_path: str, storage_options: Optional[dict]) -> Optional[Previews]:
+async def _make_previews(
+    video_path: str, storage_options: Optional[dict], size: Optional[int] = None
+) -> Optional[Previews]:
     """The video's poster and strip, or ``None`` (logged) when they cannot be made.
 
     A paid-for video is kept even if it cannot be previewed: previews never fail a row.
+    ``size``: the video's size when it was just written (spares asking the store).
     """
     try:
-        return await make_previews(video_path, storage_options=storage_options)
+        return await make_previews(video_path, storage_options=storage_options, size=size)
     except Exception as exc:
         logger.warning("no previews for %s: %s", video_path, exc)
         return None

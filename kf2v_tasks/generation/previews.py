@@ -39,6 +39,7 @@ from kf2v_tasks.storage.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from kf2v_tasks.storage.objects import open_object
 from kf2v_tasks.storage.paths import is_local, open_fs, run_sync
 
 __all__ = [
@@ -230,22 +231,28 @@ def render_previews(source: Any) -> RenderedPreviews:
     )
 
 
-def _render_stored(video_path: str, storage_options: Optional[dict]) -> RenderedPreviews:
+def _render_stored(
+    video_path: str, storage_options: Optional[dict], size: Optional[int]
+) -> RenderedPreviews:
     fs, path = open_fs(video_path, storage_options)
     if is_local(fs):
         return render_previews(path)
     # Object stores: a seekable file that fetches ranges on demand, never the whole video
     # in memory at once (mp4's index may sit at the end).
-    with fs.open(path, "rb") as f:
+    with open_object(fs, path, size=size) as f:
         return render_previews(f)
 
 
-async def make_previews(video_path: str, *, storage_options: Optional[dict] = None) -> Previews:
+async def make_previews(
+    video_path: str, *, storage_options: Optional[dict] = None, size: Optional[int] = None
+) -> Previews:
     """Decode the stored video at ``video_path`` and write its poster and strip beside it.
 
     Args:
         video_path: any fsspec URL or local path of a kept video.
         storage_options: fsspec options of that storage.
+        size: the video's size in bytes, when the caller has just written it (saves
+            asking the store; on S3 one HeadObject).
 
     Returns:
         The :class:`Previews`: where the JPEGs are and which frames they show.
@@ -260,7 +267,7 @@ async def make_previews(video_path: str, *, storage_options: Optional[dict] = No
         previews = await make_previews("s3://bucket/out/a.mp4", storage_options={"anon": False})
         ```
     """
-    rendered = await run_sync(_render_stored, video_path, storage_options)
+    rendered = await run_sync(_render_stored, video_path, storage_options, size)
     poster, strip = preview_paths(video_path)
     for path, data in ((poster, rendered.poster_jpeg), (strip, rendered.strip_jpeg)):
         await write_bytes_atomic(

@@ -41,9 +41,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal, Optional
 
-import fsspec
-from fsspec.asyn import sync as fsspec_sync
-
+from kf2v_tasks.storage.objects import get_object, is_s3, object_exists, stat_object
 from kf2v_tasks.storage.paths import forget_cached, is_local, open_fs, run_sync
 
 try:  # POSIX only; without it a local replace is check-then-replace (see guarantee())
@@ -88,11 +86,6 @@ class ConditionFailedError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
-def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("s3", "s3a") for p in protocols) and hasattr(fs, "_call_s3")
-
-
 def guarantee(url: str, storage_options: Optional[dict] = None) -> Guarantee:
     """``"atomic"`` where two racing writers cannot both win, else ``"racy"``.
 
@@ -106,7 +99,7 @@ def guarantee(url: str, storage_options: Optional[dict] = None) -> Guarantee:
     fs, _ = open_fs(url, storage_options)
     if is_local(fs):
         return "atomic" if fcntl is not None else "racy"
-    return "atomic" if _is_s3(fs) else "racy"
+    return "atomic" if is_s3(fs) else "racy"
 
 
 def _digest(data: bytes) -> str:
@@ -212,22 +205,13 @@ def _s3_create(fs: Any, path: str, data: bytes) -> str:
 
 
 def _s3_etag(fs: Any, path: str) -> str:
-    forget_cached(fs, path)
-    return str(fs.info(path)["ETag"])
+    return str(stat_object(fs, path)["ETag"])
 
 
 def _s3_read(fs: Any, path: str) -> tuple[bytes, str]:
-    bucket, key, _ = fs.split_path(path)
-
-    async def get() -> tuple[bytes, str]:
-        # One GET gives the bytes and the ETag of those very bytes (HEAD + GET would race).
-        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-        try:
-            return await resp["Body"].read(), str(resp["ETag"])
-        finally:
-            resp["Body"].close()
-
-    return fsspec_sync(fs.loop, get)
+    # One GET gives the bytes and the ETag of those very bytes (HEAD + GET would race).
+    data, etag = get_object(fs, path)
+    return data, str(etag)
 
 
 def _s3_replace(fs: Any, path: str, data: bytes, version: str) -> str:
@@ -256,14 +240,12 @@ def _s3_delete(fs: Any, path: str, version: str) -> None:
 
 
 def _other_read(fs: Any, path: str) -> tuple[bytes, str]:
-    forget_cached(fs, path)
-    data = fs.cat_file(path)
+    data, _ = get_object(fs, path)
     return data, _digest(data)
 
 
 def _other_create(fs: Any, path: str, data: bytes) -> str:
-    forget_cached(fs, path)
-    if fs.exists(path):
+    if object_exists(fs, path):
         raise FileExistsError(errno.EEXIST, "already exists", path)
     fs.pipe_file(path, data)
     # Racy: another writer may have written between the check and our write. Reading back
@@ -317,7 +299,7 @@ def create_exclusive_sync(url: str, data: bytes, storage_options: Optional[dict]
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
         return _local_create(path, data)
-    if _is_s3(fs):
+    if is_s3(fs):
         return _s3_create(fs, path, data)
     return _other_create(fs, path, data)
 
@@ -337,7 +319,7 @@ def read_versioned_sync(url: str, storage_options: Optional[dict] = None) -> tup
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
         return _local_read(path)
-    if _is_s3(fs):
+    if is_s3(fs):
         return _s3_read(fs, path)
     return _other_read(fs, path)
 
@@ -360,7 +342,7 @@ def replace_if_sync(
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
         return _local_replace(path, data, version)
-    if _is_s3(fs):
+    if is_s3(fs):
         return _s3_replace(fs, path, data, version)
     return _other_replace(fs, path, data, version)
 
@@ -381,7 +363,7 @@ def delete_if_sync(url: str, version: str, storage_options: Optional[dict] = Non
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
         return _local_delete(path, version)
-    if _is_s3(fs):
+    if is_s3(fs):
         return _s3_delete(fs, path, version)
     return _other_delete(fs, path, version)
 

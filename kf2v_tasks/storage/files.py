@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.storage.content_types import content_type_for
 from kf2v_tasks.storage.content_types import type_kwargs as _type_kwargs
+from kf2v_tasks.storage.objects import object_exists, read_object
 from kf2v_tasks.storage.paths import (
     RESERVED_DIR,
     forget_cached,
@@ -144,10 +145,8 @@ def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
         if is_local(fs):
             if os.path.exists(path):
                 os.remove(path)
-        else:
-            forget_cached(fs, path)
-            if fs.exists(path):
-                fs.rm_file(path)
+        elif object_exists(fs, path):  # one HeadObject on S3, present or not
+            fs.rm_file(path)
     except Exception:
         logger.warning("could not remove temp file %s", path, exc_info=True)
 
@@ -263,8 +262,7 @@ async def write_text_atomic(
 
 def _read_bytes_sync(path: str, storage_options: Optional[dict]) -> bytes:
     fs, p = open_fs(path, storage_options)
-    forget_cached(fs, p)
-    return fs.cat_file(p)
+    return read_object(fs, p)  # one GetObject on S3, a missing file included
 
 
 async def read_bytes(path: str, *, storage_options: Optional[dict] = None) -> bytes:

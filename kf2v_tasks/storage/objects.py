@@ -1,0 +1,184 @@
+"""One object, one request: read, stat or probe a single file with the fewest store requests.
+
+s3fs answers ``info()``/``exists()`` with a HeadObject and, when the key is not there, a
+ListObjects of ``<key>/`` as well (a missing key might be a "folder"); its ``cat_file``
+asks for the size first (a HeadObject) before the GetObject. For a plain object key we
+know names a file, one request says everything:
+
+* :func:`read_object` — one GetObject (``FileNotFoundError`` on 404), no HeadObject;
+* :func:`stat_object` — one HeadObject (``FileNotFoundError`` on 404), no ListObjects;
+* :func:`object_exists` — :func:`stat_object` as a bool;
+* :func:`open_object` — a seekable reader of ranges; given the size (the caller has just
+  written the file), it sends no HeadObject first.
+
+None of them looks at fsspec's listing cache: the answer is the store's, now. On other
+filesystems they are the plain fsspec calls (local disk: the OS, one syscall each).
+
+Example:
+    ```python
+    from kf2v_tasks.storage.objects import object_exists, read_object
+    from kf2v_tasks.storage.paths import open_fs
+
+    fs, path = open_fs("s3://bucket/out/.kf2v/ledger/ab.json", opts)
+    if object_exists(fs, path):                     # one HeadObject, present or not
+        data = read_object(fs, path)                # one GetObject
+    ```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import fsspec
+from fsspec.asyn import sync as fsspec_sync
+
+from kf2v_tasks.storage.paths import forget_cached, is_local
+
+__all__ = ["get_object", "is_s3", "object_exists", "open_object", "read_object", "stat_object"]
+
+
+def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is s3fs (S3 or an S3-compatible store).
+
+    Example:
+        ```python
+        import fsspec
+        from kf2v_tasks.storage.objects import is_s3
+        assert not is_s3(fsspec.filesystem("memory"))
+        ```
+    """
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a") for p in protocols) and hasattr(fs, "_call_s3")
+
+
+def _s3_call(fs: Any, method: str, path: str) -> Any:
+    bucket, key, _ = fs.split_path(path)
+    if not key:
+        raise IsADirectoryError(path)
+    return fsspec_sync(fs.loop, fs._call_s3, method, Bucket=bucket, Key=key)
+
+
+def _s3_get(fs: Any, path: str) -> tuple[bytes, str]:
+    bucket, key, _ = fs.split_path(path)
+    if not key:
+        raise IsADirectoryError(path)
+
+    async def get() -> tuple[bytes, str]:
+        # One GET gives the bytes and the ETag of those very bytes (HEAD + GET would race).
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        try:
+            return await resp["Body"].read(), str(resp["ETag"])
+        finally:
+            resp["Body"].close()
+
+    return fsspec_sync(fs.loop, get)
+
+
+def get_object(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, Optional[str]]:
+    """The whole content of the file at ``path`` and, on S3, its ETag; in one request.
+
+    Raises:
+        FileNotFoundError: no such file.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import get_object
+        data, etag = get_object(fs, "bucket/out/.kf2v/claims/ab.json")   # etag None off S3
+        ```
+    """
+    if is_s3(fs):
+        return _s3_get(fs, path)
+    if is_local(fs):
+        with open(path, "rb") as f:
+            return f.read(), None
+    forget_cached(fs, path)
+    return fs.cat_file(path), None
+
+
+def read_object(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The whole content of the file at ``path``: one GetObject on S3 (no HeadObject).
+
+    Raises:
+        FileNotFoundError: no such file.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import read_object
+        doc = read_object(fs, "bucket/out/row-1.json")
+        ```
+    """
+    return get_object(fs, path)[0]
+
+
+def stat_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """What the store says of the file at ``path``: one HeadObject on S3 (no ListObjects).
+
+    Returns ``fs.info``-style details: ``name``, ``size``, ``type`` (``"file"``) and, on
+    S3, ``ETag``, ``LastModified`` and ``ContentType``.
+
+    Raises:
+        FileNotFoundError: no such file (on S3 a "folder" of other keys is no file either).
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import stat_object
+        size = stat_object(fs, "bucket/out/row-1.mp4")["size"]
+        ```
+    """
+    if is_s3(fs):
+        out = _s3_call(fs, "head_object", path)
+        return {
+            "name": path,
+            "size": out["ContentLength"],
+            "type": "file",
+            "ETag": out.get("ETag", ""),
+            "LastModified": out.get("LastModified", ""),
+            "ContentType": out.get("ContentType"),
+        }
+    forget_cached(fs, path)
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise FileNotFoundError(path)
+    return info
+
+
+def object_exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether a file is at ``path``: one HeadObject on S3 (a 404 is ``False``).
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import object_exists
+        if not object_exists(fs, "bucket/out/.kf2v/claims/ab.json"):
+            ...
+        ```
+    """
+    try:
+        stat_object(fs, path)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    return True
+
+
+def open_object(fs: fsspec.AbstractFileSystem, path: str, *, size: Optional[int] = None) -> Any:
+    """A seekable binary reader of the file at ``path`` (ranges fetched on demand).
+
+    ``size``: the file's size when the caller knows it (it has just written the file);
+    s3fs then sends no HeadObject before the first range. Without it, the reader asks
+    the store once and checks every range against that version (``If-Match``).
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import open_object
+        with open_object(fs, "bucket/out/row-1.mp4", size=stored.bytes) as f:
+            head = f.read(16)
+        ```
+    """
+    if is_local(fs):
+        return open(path, "rb")
+    forget_cached(fs, path)
+    if not size or not is_s3(fs):
+        return fs.open(path, "rb")
+    f = fs.open(path, "rb", size=size)
+    # s3fs asks for the details (a HeadObject) at its first range unless it has them.
+    f.details = {"name": path, "size": size, "type": "file"}
+    return f
