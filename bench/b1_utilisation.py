@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import tempfile
+import time
 from pathlib import Path
 
 from bench.common import API_KEY_OURS, API_KEY_PEER, SimProcess, log, make_inputs, start_side
@@ -57,7 +58,10 @@ def occupancy(tasks: list[dict]) -> list[tuple[float, int]]:
 def analyse(side: dict, sim: SimProcess, concurrency: int) -> dict:
     tasks = sim.tasks()
     seen = sim.seen()
+    asked = time.time()
     stats = sim.stats()
+    # The simulator's clock counts real seconds from its start: map it onto wall time.
+    sim_origin = (asked + time.time()) / 2 - stats["elapsed"]
     done, fingerprints = [], set()
     for t in sorted(tasks, key=lambda t: t["created"]):
         if t["status"] == "SUCCEEDED" and t["fingerprint"] not in fingerprints:
@@ -82,6 +86,8 @@ def analyse(side: dict, sim: SimProcess, concurrency: int) -> dict:
         "busy_s": round(busy, 3),
         "utilisation": round(busy / (concurrency * wall), 4),
         "utilisation_remote_window": round(busy / (concurrency * (last_end - first_create)), 4),
+        # Start-up: from the flow call (or the first SDK call) to the first create.
+        "startup_s": round(sim_origin + first_create - side["started_unix"], 3),
         "zero_overhead_fifo_utilisation": round(
             busy / (concurrency * fifo_makespan(run_real, concurrency)), 4
         ),
@@ -152,6 +158,8 @@ def run(
                     api_key=API_KEY_OURS,
                     base_url=sim_ours.base_url,
                     output=str(work / "ours"),
+                    # Each side is its own account: its own slots, not the others'.
+                    global_limit=f"kf2v-bench-b1c{concurrency}-ours",
                 ),
                 prefect_env,
             )
@@ -179,6 +187,7 @@ def run(
                         api_key=API_KEY_OURS,
                         base_url=variant_sims[name].base_url,
                         output=str(work / name.replace(" ", "-")),
+                        global_limit=f"kf2v-bench-b1c{concurrency}-{name.replace(' ', '-')}",
                         **extra,
                     ),
                     prefect_env,

@@ -225,13 +225,16 @@ def markdown(res: dict) -> str:
             "ours with look-ahead off.\n"
         )
         L.append(
-            "| concurrency | side | utilisation | FIFO bound | of the bound |\n|---|---|---|---|---|"
+            "| concurrency | side | utilisation | FIFO bound | of the bound "
+            "| start-up s (call → first create) |\n|---|---|---|---|---|---|"
         )
         for r in res["b1"]:
             for label, x in [*_sides(r), ("the SDK", r["peer"])]:
+                startup = f"{x['startup_s']:.2f}" if "startup_s" in x else "–"
                 L.append(
                     f"| {r['concurrency']} | {label} | {x['utilisation']:.3f} "
-                    f"| {x['zero_overhead_fifo_utilisation']:.3f} | {fifo_ratio(x):.3f} |"
+                    f"| {x['zero_overhead_fifo_utilisation']:.3f} | {fifo_ratio(x):.3f} "
+                    f"| {startup} |"
                 )
         L.append("")
         L.append("## B1 quota utilisation\n")

@@ -74,7 +74,7 @@ def run_ours(a: dict) -> dict:
 
         profiler = Profiler(async_mode="disabled", interval=0.002)
         profiler.start()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     with observing(Progress()):
         state = asyncio.run(
             generate_batch(
@@ -85,6 +85,7 @@ def run_ours(a: dict) -> dict:
                     queue_ahead=a.get("queue_ahead", DEFAULT_QUEUE_AHEAD),
                     submits_per_second=a.get("submits_per_second", 2.0),
                     queries_per_second=a.get("queries_per_second", 20.0),
+                    **({"global_limit": a["global_limit"]} if "global_limit" in a else {}),
                 ),
                 task_runs=TaskRuns(a.get("task_runs", "per_step")),
                 storage_options=a.get("storage_options"),
@@ -102,6 +103,7 @@ def run_ours(a: dict) -> dict:
     counts = getattr(summary, "counts", None)
     return {
         "wall_s": wall,
+        "started_unix": started_unix,
         "cpu_s": cpu,
         "rss_before_mb": rss0,
         "maxrss_mb": _maxrss_mb(),
@@ -190,12 +192,13 @@ def run_peer(a: dict) -> dict:
             _say(f"{done[0]}/{total} rows")
 
     rss0 = _rss_mb()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     with ThreadPoolExecutor(max_workers=a["concurrency"]) as pool:
         list(pool.map(one, range(total)))
     wall, cpu = time.monotonic() - t0, _cpu() - cpu0
     return {
         "wall_s": wall,
+        "started_unix": started_unix,
         "cpu_s": cpu,
         "rss_before_mb": rss0,
         "maxrss_mb": _maxrss_mb(),
@@ -278,11 +281,12 @@ def run_floor(a: dict) -> dict:
     import httpx  # noqa: F401  (import cost outside the timed part, as for ours)
 
     rss0 = _rss_mb()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     asyncio.run(_floor(a))
     wall, cpu = time.monotonic() - t0, _cpu() - cpu0
     return {
         "wall_s": wall,
+        "started_unix": started_unix,
         "cpu_s": cpu,
         "rss_before_mb": rss0,
         "maxrss_mb": _maxrss_mb(),
@@ -326,11 +330,12 @@ def run_persist(a: dict) -> dict:
     fs.pipe_file(path + ".warmup", b"x")
     fs.rm_file(path + ".warmup")
     rss0 = _rss_mb()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     res = asyncio.run(stream_to_storage(url, a["dest"], storage_options=a.get("storage_options")))
     wall, cpu = time.monotonic() - t0, _cpu() - cpu0
     return {
         "wall_s": wall,
+        "started_unix": started_unix,
         "cpu_s": cpu,
         "bytes": res.bytes,
         "sha256": res.sha256,
@@ -356,7 +361,7 @@ def run_raw(a: dict) -> dict:
     else:
         opener = lambda: open(dest, "wb")  # noqa: E731
     rss0 = _rss_mb()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     n = 0
     with httpx.stream("GET", url, timeout=120) as r, opener() as f:
         r.raise_for_status()
@@ -374,6 +379,7 @@ def run_raw(a: dict) -> dict:
     cpu = _cpu() - cpu0
     return {
         "wall_s": wall,
+        "started_unix": started_unix,
         "cpu_s": cpu,
         "bytes": n,
         "fsync_s": fsync_s,
