@@ -346,3 +346,56 @@ async def test_an_old_sidecar_without_sound_fields_is_still_read(ledger, dest):
     found = await find_persisted(ledger, FP, dest)
     assert found is not None and (found.audio, found.audio_source) == (None, None)
     assert found.model == "wan2.7-i2v" and found.duration_seconds == 8
+
+
+async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
+    """Every request of a fresh persist on S3, counted by a proxy in front of moto.
+
+    The sidecar check, the claim check, the video, its previews (size known: no
+    HeadObject), the sidecar and the ledger's "persisted" (a conditional PUT of the record
+    this ledger wrote last: no read) cost one request each.
+    """
+    import io
+
+    from PIL import Image
+
+    from kf2v_tasks.simulator.render import render_video
+    from kf2v_tasks.testing_s3faults import S3FaultProxy
+
+    def png(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 240), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    mp4 = render_video(png((220, 30, 30)), png((30, 30, 220)), "480P", fps=24)
+    proxy = S3FaultProxy(s3_server, seed=4)
+    try:
+        bucket = s3_server.new_bucket()
+        opts = proxy.storage_options
+        led = Ledger(f"s3://{bucket}/out", storage_options=opts)
+        rec = LedgerRecord.new(FP)
+        rec.begin_create()
+        rec.submitted("task-1", "req-1")
+        await led.put(rec)
+        before = dict(proxy.counts)
+        video = await persist_task_video(
+            succeeded(),
+            f"s3://{bucket}/out/clip.mp4",
+            client=VideoClient(mp4),
+            submission=submission(),
+            ledger=led,
+            storage_options=opts,
+        )
+        ops = {
+            k.removeprefix("forwarded."): v - before.get(k, 0)
+            for k, v in proxy.counts.items()
+            if k.startswith("forwarded.") and v != before.get(k, 0)
+        }
+    finally:
+        proxy.stop()
+    assert video.previews is not None
+    # GET: the sidecar (absent), the claim (absent), the video's one range for the previews.
+    # PUT: the video, poster, strip, sidecar and the ledger record.
+    assert ops == {"GetObject": 3, "PutObject": 5}
+    stored = await Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options).get(FP)
+    assert stored.state is LedgerState.PERSISTED and stored.previews == video.previews

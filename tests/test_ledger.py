@@ -390,3 +390,96 @@ async def test_record_outcome_keeps_a_persisted_video_persisted(tmp_path):
     rec = await ledger.get(FP)
     assert rec.state is LedgerState.PERSISTED and rec.terminal_status is TaskStatus.UNKNOWN
     assert rec.output_path == "out/a.mp4" and not Ledger.is_task_reusable(rec)
+
+
+# ---------------------------------------------------------------------- modify() on S3
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    from kf2v_tasks.testing_s3faults import S3FaultProxy
+
+    proxy = S3FaultProxy(s3_server, seed=2)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def forwarded(proxy) -> dict[str, int]:
+    return {
+        k.removeprefix("forwarded."): v
+        for k, v in proxy.counts.items()
+        if k.startswith("forwarded.")
+    }
+
+
+def spent(proxy, before: dict[str, int]) -> dict[str, int]:
+    now = forwarded(proxy)
+    return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
+
+
+async def test_record_outcome_after_our_own_write_is_one_conditional_put_on_s3(s3_server, s3_proxy):
+    """What this ledger wrote last is not read again: one PUT If-Match its ETag."""
+    bucket = s3_server.new_bucket()
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=s3_proxy.storage_options)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    await ledger.put(rec)
+    before = forwarded(s3_proxy)
+    await record_outcome(ledger, FP, state_of(TaskStatus.SUCCEEDED))
+    assert spent(s3_proxy, before) == {"PutObject": 1}
+    stored = await Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options).get(FP)
+    assert stored.state is LedgerState.TERMINAL and stored.terminal_status is TaskStatus.SUCCEEDED
+    # A fresh ledger (another process) knows nothing yet: one GET, then the conditional PUT.
+    other = Ledger(f"s3://{bucket}/out", storage_options=s3_proxy.storage_options)
+    before = forwarded(s3_proxy)
+    await other.modify(FP, lambda r: r.add_event("note") or True)
+    assert spent(s3_proxy, before) == {"GetObject": 1, "PutObject": 1}
+
+
+async def test_a_record_changed_by_another_writer_is_read_again_never_overwritten(s3_server):
+    bucket = s3_server.new_bucket()
+    opts = s3_server.storage_options
+    mine = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    theirs = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    await mine.put(rec)  # mine remembers this version
+    # Another run re-created the work since: the record follows another task now.
+    other = await theirs.get(FP)
+    other.ended(TaskStatus.FAILED, "InternalError", "boom")
+    other = LedgerRecord.recreate_after(other)
+    other.begin_create()
+    other.submitted("task-2", "req-2")
+    await theirs.put(other)
+
+    seen: list[str] = []
+
+    def close(r: LedgerRecord) -> bool:
+        seen.append(r.task_id)
+        if r.task_id != "task-1":
+            return False
+        r.ended(TaskStatus.SUCCEEDED)
+        return True
+
+    out = await mine.modify(FP, close)
+    assert seen == ["task-1", "task-2"]  # the If-Match failed, the fresh read decided
+    assert out.task_id == "task-2" and out.state is LedgerState.SUBMITTED
+    assert (await theirs.get(FP)).task_id == "task-2"
+
+    # A record removed meanwhile is not written back either.
+    s3_server.filesystem().rm_file(f"{bucket}/out/.kf2v/ledger/{FP}.json")
+    assert await mine.modify(FP, lambda r: True) is None
+    assert await theirs.get(FP) is None
+
+
+def test_a_ledger_pickles_without_what_it_saw(s3_server):
+    import pickle
+
+    ledger = Ledger("s3://some-bucket/out", storage_options=s3_server.storage_options)
+    ledger._seen["x"] = (b"{}", '"etag"')
+    back = pickle.loads(pickle.dumps(ledger))
+    assert back.root == ledger.root and not back._seen and back._seen_lock is not None

@@ -37,7 +37,10 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Optional, Union
 
@@ -61,7 +64,8 @@ from kf2v_tasks.generation.ledger_record import (
     LedgerState,
 )
 from kf2v_tasks.redaction import scrub
-from kf2v_tasks.storage.objects import read_object
+from kf2v_tasks.storage.conditional import ConditionFailedError, replace_if
+from kf2v_tasks.storage.objects import get_object, is_s3, read_object
 from kf2v_tasks.storage.paths import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
 
 __all__ = [
@@ -76,6 +80,10 @@ __all__ = [
 logger = logging.getLogger("kf2v_tasks.generation.ledger")
 
 _FP_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: Records whose last seen bytes a ledger keeps (S3), oldest dropped first: rows in flight.
+_SEEN_MAX = 1024
+#: Conditional writes that may lose to another writer before modify() stops trying.
+_MODIFY_TURNS = 5
 
 
 class Ledger:
@@ -99,9 +107,22 @@ class Ledger:
         self.storage_options = storage_options
         self.dir_url = join(root, RESERVED_DIR, "ledger")
         self._fs, self._dir = open_fs(self.dir_url, storage_options)
+        # S3 only: the last bytes of each record this ledger read or wrote, with their ETag,
+        # so modify() can write If-Match that ETag instead of reading the record first.
+        self._seen: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+        self._seen_lock = threading.Lock()
+        self._conditional = is_s3(self._fs)
 
     def __repr__(self) -> str:  # no storage_options: they may hold credentials
         return f"Ledger({self.root!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock does not pickle, and what this process last saw means nothing elsewhere.
+        return {**self.__dict__, "_seen": OrderedDict(), "_seen_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._seen_lock = threading.Lock()
 
     def path_of(self, fingerprint: str) -> str:
         """The record's path inside the filesystem.
@@ -148,10 +169,29 @@ class Ledger:
 
     def _get_sync(self, path: str) -> Optional[LedgerRecord]:
         try:
-            raw = read_object(self._fs, path)  # one GetObject on S3, a missing record included
+            # One GetObject on S3, a missing record included; its ETag comes with it.
+            raw, etag = get_object(self._fs, path)
         except FileNotFoundError:
+            self._remember(path, None, None)
             return None
-        return self._parse(raw, path)
+        record = self._parse(raw, path)
+        self._remember(path, raw, etag)
+        return record
+
+    def _remember(self, path: str, raw: Optional[bytes], etag: Optional[str]) -> None:
+        """Note what the store holds at ``path`` as of now (S3: the bytes and their ETag)."""
+        if not self._conditional:
+            return
+        with self._seen_lock:
+            self._seen.pop(path, None)
+            if raw is not None and etag:
+                self._seen[path] = (raw, etag)
+                while len(self._seen) > _SEEN_MAX:
+                    self._seen.popitem(last=False)
+
+    def _last_seen(self, path: str) -> Optional[tuple[bytes, str]]:
+        with self._seen_lock:
+            return self._seen.get(path)
 
     def _parse(self, raw: bytes, path: str) -> LedgerRecord:
         try:
@@ -171,10 +211,13 @@ class Ledger:
             ```
         """
         path = self.path_of(record.fingerprint)
+        await run_sync(self._put_sync, path, self._encode(record))
+
+    @staticmethod
+    def _encode(record: LedgerRecord) -> bytes:
         # Every string, not a list of fields: a new field must not be a new way to leak.
         doc = scrub(record.model_dump(mode="json"))
-        data = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
-        await run_sync(self._put_sync, path, data)
+        return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode()
 
     def _put_sync(self, path: str, data: bytes) -> None:
         if is_local(self._fs):
@@ -191,7 +234,66 @@ class Ledger:
                     os.remove(tmp)
         else:
             # One PUT replaces an object atomically on object stores; no temp needed.
-            self._fs.pipe_file(path, data)
+            out = self._fs.pipe_file(path, data)
+            self._remember(path, data, (out or {}).get("ETag") if self._conditional else None)
+
+    async def modify(
+        self, fingerprint: str, change: Callable[[LedgerRecord], bool]
+    ) -> Optional[LedgerRecord]:
+        """Read the record, let ``change`` edit it, and write it back if nobody wrote it since.
+
+        ``change`` edits the record in place (through its transitions) and returns whether
+        to write it; it may be called again with a fresh copy when another writer got in
+        between. On S3 the write is conditional (``If-Match`` the ETag read), and the read
+        is skipped when this ledger already holds the record's current bytes (it wrote or
+        read them last): a write that finds the record changed reads it again and retries.
+        Elsewhere it is a read and a whole-record write, as :meth:`get` and :meth:`put`.
+
+        Returns:
+            The record as written, or as read when ``change`` declined (``None``: no record).
+
+        Example:
+            ```python
+            def close(rec):
+                rec.ended("FAILED", "InternalError", "boom")
+                return True
+
+            await Ledger("out").modify(fp, close)
+            ```
+        """
+        path = self.path_of(fingerprint)
+        if self._conditional:
+            for _ in range(_MODIFY_TURNS):
+                seen = self._last_seen(path)
+                if seen is None:
+                    if await self.get(fingerprint) is None:
+                        return None
+                    seen = self._last_seen(path)
+                    if seen is None:  # the store gave no ETag: no conditional write
+                        break
+                raw, etag = seen
+                record = self._parse(raw, path)
+                if not change(record):
+                    return record
+                data = self._encode(record)
+                try:
+                    new = await replace_if(
+                        self.url_of(fingerprint), data, etag, storage_options=self.storage_options
+                    )
+                except ConditionFailedError:
+                    self._remember(path, None, None)  # changed or gone: read it again
+                    continue
+                self._remember(path, data, new)
+                return record
+            logger.warning(
+                "ledger record %s kept changing under us; writing it unconditionally",
+                fingerprint[:12],
+            )
+        record = await self.get(fingerprint)
+        if record is None or not change(record):
+            return record
+        await self.put(record)
+        return record
 
     async def update(self, fingerprint: str, /, **changes: Any) -> LedgerRecord:
         """Apply field ``changes`` (not the state) to an existing record and write it back.
@@ -332,22 +434,25 @@ async def _write_outcome(
     elif not timed_out:
         return
     task_id = getattr(outcome, "task_id", None)
-    record = await ledger.get(fingerprint)
-    if record is None or not record.task_id:
-        return
-    if task_id and task_id != record.task_id:
-        logger.info(
-            "fingerprint %s now follows task %s; not recording how task %s ended",
-            fingerprint[:12],
-            record.task_id,
-            task_id,
-        )
-        return
-    if timed_out:
-        history = getattr(outcome, "history", [])
-        record.timed_out(
-            str(outcome), [f"{h.status.value}@{h.seen_at.isoformat()}" for h in history]
-        )
-    else:
-        record.ended(status, code, message)
-    await ledger.put(record)
+
+    def change(record: LedgerRecord) -> bool:
+        if not record.task_id:
+            return False
+        if task_id and task_id != record.task_id:
+            logger.info(
+                "fingerprint %s now follows task %s; not recording how task %s ended",
+                fingerprint[:12],
+                record.task_id,
+                task_id,
+            )
+            return False
+        if timed_out:
+            history = getattr(outcome, "history", [])
+            record.timed_out(
+                str(outcome), [f"{h.status.value}@{h.seen_at.isoformat()}" for h in history]
+            )
+        else:
+            record.ended(status, code, message)
+        return True
+
+    await ledger.modify(fingerprint, change)

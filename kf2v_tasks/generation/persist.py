@@ -280,30 +280,32 @@ async def _mark_persisted(
 ) -> None:
     if ledger is None or not fingerprint:
         return
-    record = await ledger.get(fingerprint)
-    if record is None:
-        return
-    if record.task_id != video.task_id:
-        # The work was re-created since: this record follows another task now.
-        logger.warning(
-            "fingerprint %s follows task %s, not %s; the ledger is left as it is",
-            fingerprint[:12],
-            record.task_id,
-            video.task_id,
+
+    def change(record: LedgerRecord) -> bool:
+        if record.task_id != video.task_id:
+            # The work was re-created since: this record follows another task now.
+            logger.warning(
+                "fingerprint %s follows task %s, not %s; the ledger is left as it is",
+                fingerprint[:12],
+                record.task_id,
+                video.task_id,
+            )
+            return False
+        record.persisted(
+            video.path,
+            video.sha256,
+            video.bytes,
+            model=video.model,
+            resolution=video.resolution,
+            duration_seconds=video.duration_seconds,
+            cost=video.cost,
+            currency=video.currency,
+            previews=video.previews,
         )
-        return
-    record.persisted(
-        video.path,
-        video.sha256,
-        video.bytes,
-        model=video.model,
-        resolution=video.resolution,
-        duration_seconds=video.duration_seconds,
-        cost=video.cost,
-        currency=video.currency,
-        previews=video.previews,
-    )
-    await ledger.put(record)
+        return True
+
+    # On S3 a conditional write, without a read when this run wrote the record last.
+    await ledger.modify(fingerprint, change)
 
 
 _UNREAD = object()
