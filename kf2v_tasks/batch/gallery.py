@@ -42,6 +42,7 @@ from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.generation.previews import Previews, preview_paths
 from kf2v_tasks.redaction import redact_text
 from kf2v_tasks.storage.files import read_json, sidecar_path, write_bytes_atomic
+from kf2v_tasks.storage.objects import object_exists
 from kf2v_tasks.storage.paths import join, open_fs, run_sync
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ async def _read_made(video: str, storage_options: Optional[dict]) -> _Made:
 
         def exists(p: str) -> bool:
             fs, path = open_fs(p, storage_options)
-            return fs.exists(path)
+            return object_exists(fs, path)  # one HeadObject on S3, no listing
 
         if await run_sync(exists, poster):
             made.poster = poster
