@@ -140,6 +140,23 @@ def notes(res: dict) -> list[str]:
                 "poll interval once a finish is plausible) and the time from seeing SUCCEEDED to "
                 "the next create (not measured separately)."
             )
+        if all("startup_s" in x for _, x in sides):
+            ups = ", ".join(f"{n} {x['startup_s']:.2f} s" for n, x in sides)
+            together = r.get("sides_ran", "side by side") == "side by side"
+            head += f" Start-up (the flow call or first SDK call → the first create): {ups}" + (
+                "; the sides start together on the 2 cores, so each of ours "
+                "creates its flow run and validates every row while the others do too."
+                if together
+                else "."
+            )
+            if bound:
+                for n, x in sides:
+                    rest = x["wall_s"] - x["startup_s"]
+                    if rest > 0:
+                        head += (
+                            f" {n} without its start-up: {x['busy_s'] / (c * rest) / bound:.3f} "
+                            "of the bound."
+                        )
         for n, x in sides[:-1]:
             gap = p["utilisation"] - x["utilisation"]
             share = (_outside(x, c) - _outside(p, c)) / x["wall_s"]
