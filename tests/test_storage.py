@@ -606,3 +606,16 @@ def test_safe_child_accepts_and_normalises():
 def test_safe_child_rejects(name, reason):
     with pytest.raises(ValueError, match=re.escape(reason)):
         safe_child("out", name)
+
+
+def test_s3_filesystems_retry_server_errors_through_an_outage_unless_told_otherwise():
+    """botocore's legacy default gives up within a second; s3fs never retries a 500."""
+    from kf2v_tasks.storage.paths import S3_RETRIES, open_fs
+
+    endpoint = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "anon": True}
+    fs, _ = open_fs("s3://bucket/out/a.mp4", endpoint)
+    assert fs.config_kwargs["retries"] == S3_RETRIES
+    assert S3_RETRIES["mode"] == "standard" and S3_RETRIES["max_attempts"] >= 8
+    own = {**endpoint, "config_kwargs": {"retries": {"max_attempts": 2}}}
+    fs, _ = open_fs("s3://bucket/out/a.mp4", own)
+    assert fs.config_kwargs["retries"] == {"max_attempts": 2}

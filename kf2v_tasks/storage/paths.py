@@ -22,6 +22,12 @@ T = TypeVar("T")
 #: ``scheme://`` at the start of a string (s3://, file://, memory://, https://, …).
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
+#: botocore retries for S3 unless the caller sets its own: "standard" mode retries 500,
+#: 502, 503, 504, throttling and connection errors with capped exponential backoff. The
+#: default (legacy, 5 attempts, sub-second waits) gives up inside a short outage, and s3fs
+#: does not retry a 500 itself; a ledger or claim write lost that way fails its row.
+S3_RETRIES = {"mode": "standard", "max_attempts": 10}
+
 #: Filesystems on which a single PUT (``fs.pipe``) replaces an object atomically.
 _OBJECT_STORE_PROTOCOLS = frozenset(
     {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory"}
@@ -52,8 +58,29 @@ def open_fs(
     """
     if not is_url(url):
         url = os.path.abspath(os.path.expanduser(url))
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **with_s3_retries(url, storage_options))
     return fs, path
+
+
+def with_s3_retries(url: str, storage_options: Optional[dict]) -> dict:
+    """``storage_options``, plus :data:`S3_RETRIES` for an S3 URL that does not set retries.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.paths import S3_RETRIES, with_s3_retries
+        assert with_s3_retries("s3://b/k", {})["config_kwargs"]["retries"] == S3_RETRIES
+        mine = {"config_kwargs": {"retries": {"max_attempts": 2}}}
+        assert with_s3_retries("s3://b/k", mine) == mine
+        assert with_s3_retries("/tmp/x", None) == {}
+        ```
+    """
+    options = dict(storage_options or {})
+    if url.split("://", 1)[0].lower() not in ("s3", "s3a"):
+        return options
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3_RETRIES))
+    options["config_kwargs"] = config
+    return options
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
