@@ -362,8 +362,6 @@ class BatchRunner:
         pool.expect(len(order) - len(plan.persisted))
         try:
             async with credentials.get_client(limits=limits) as client:
-                # Known from the create answer on, not from the submit step's return: a
-                # stop landing in between must still cancel it.
                 steps = make_steps(self.task_runs, self.config, client)
                 steps.look_ahead = ahead
                 fan = self._fan = _RowFanOut(
@@ -374,6 +372,8 @@ class BatchRunner:
                     per_row_task=self.task_runs is TaskRuns.PER_ROW,
                     finish=self._finish,
                 )
+                # Known from the create answer on, not from the submit step's return: a
+                # stop landing in between must still cancel it.
                 client.created_hooks.append(fan.created)
 
                 async def stopped_early() -> None:

@@ -22,13 +22,10 @@ the main thread is. Three places, three paths, one outcome:
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from kf2v_tasks.background import is_signal
-
-logger = logging.getLogger("kf2v_tasks.batch.stopping")
 
 
 async def run_rows(
@@ -93,9 +90,6 @@ async def run_rows(
 
 
 async def _stop(tasks: list[asyncio.Future[Any]], cleanup: Callable[[], Awaitable[Any]]) -> None:
-    if tasks:
+    if tasks:  # their errors are retrieved by the gather they belong to
         await asyncio.wait(tasks)
-    for task in tasks:  # retrieved, so asyncio does not warn about them
-        if not task.cancelled():
-            task.exception()
     await cleanup()

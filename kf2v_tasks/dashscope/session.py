@@ -63,12 +63,6 @@ class _BearerAuth(httpx.Auth):
         return "<BearerAuth [secure]>"
 
 
-def _settled(future: asyncio.Future[Any]) -> None:
-    """Retrieve the outcome of a create whose caller went away (no 'never retrieved')."""
-    if not future.cancelled():
-        future.exception()
-
-
 class DashScopeSession:
     """The HTTP plumbing of :class:`~kf2v_tasks.dashscope.client.Kf2vClient` (no endpoints).
 
@@ -242,9 +236,9 @@ class DashScopeSession:
                 on_answer(response)
             return response
 
+        # spawn() retrieves its outcome: no "never retrieved" when the caller went away.
         sent = spawn(exchange(), name="kf2v-create")
         self._creates_sent.add(sent)
-        sent.add_done_callback(_settled)
         sent.add_done_callback(self._creates_sent.discard)
         return await asyncio.shield(sent)
 

@@ -204,7 +204,8 @@ class TaskWatcher:
             running = await self._running_task_ids()
         seen = clock.now()
         slots = self._client.limits.max_in_flight if self._client.limits else 0
-        full = running is not None and bool(slots) and len(running) >= slots
+        # What this round's sweep showed (None: no sweep this round).
+        full = None if running is None else bool(slots) and len(running) >= slots
         fetch: list[Watch] = []
         for w in watches:
             if w.fetching:
@@ -223,7 +224,7 @@ class TaskWatcher:
                     w.not_running_at = seen
             if w.next_check > now:
                 continue
-            if self._still_queued(w, seen, full if running is not None else None):
+            if self._still_queued(w, seen, full):
                 # Queued behind a full account: it has not started, so no GET. The waiter
                 # still hears PENDING, to keep its queue deadline.
                 w.inbox.put_nowait(TaskState(task_id=w.task_id, status=TaskStatus.PENDING))

@@ -51,17 +51,20 @@ def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
     return any(p in ("s3", "s3a") for p in protocols) and hasattr(fs, "_call_s3")
 
 
-def _s3_call(fs: Any, method: str, path: str) -> Any:
+def _bucket_key(fs: Any, path: str) -> tuple[str, str]:
     bucket, key, _ = fs.split_path(path)
-    if not key:
+    if not key:  # a bucket is no object
         raise IsADirectoryError(path)
+    return bucket, key
+
+
+def _s3_call(fs: Any, method: str, path: str) -> Any:
+    bucket, key = _bucket_key(fs, path)
     return fsspec_sync(fs.loop, fs._call_s3, method, Bucket=bucket, Key=key)
 
 
 def _s3_get(fs: Any, path: str) -> tuple[bytes, str]:
-    bucket, key, _ = fs.split_path(path)
-    if not key:
-        raise IsADirectoryError(path)
+    bucket, key = _bucket_key(fs, path)
 
     async def get() -> tuple[bytes, str]:
         # One GET gives the bytes and the ETag of those very bytes (HEAD + GET would race).
