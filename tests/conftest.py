@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from kf2v_tasks._cli.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
 from kf2v_tasks.testing import MotoS3Server
+from kf2v_tasks.testing_s3faults import S3FaultProxy
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -50,6 +51,26 @@ def s3_server() -> Iterator[MotoS3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_proxies(s3_server: MotoS3Server) -> Iterator[Callable[..., S3FaultProxy]]:
+    """Make counting (and fault-injecting) proxies in front of the session's moto server.
+
+    Call it with the proxy's ``seed`` (each test module keeps its own, so its faults stay
+    reproducible); every proxy made is stopped when the test ends.
+    """
+    made: list[S3FaultProxy] = []
+
+    def make(seed: int, **kwargs) -> S3FaultProxy:
+        made.append(S3FaultProxy(s3_server, seed=seed, **kwargs))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.stop()
 
 
 @pytest.fixture(scope="session")

@@ -396,14 +396,8 @@ async def test_record_outcome_keeps_a_persisted_video_persisted(tmp_path):
 
 
 @pytest.fixture
-def s3_proxy(s3_server):
-    from kf2v_tasks.testing_s3faults import S3FaultProxy
-
-    proxy = S3FaultProxy(s3_server, seed=2)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+def s3_proxy(s3_proxies):
+    return s3_proxies(seed=2)
 
 
 def forwarded(proxy) -> dict[str, int]:

@@ -26,12 +26,8 @@ VIDEO = bytes(range(256)) * (S3_PART_SIZE // 256 + 4096)  # 8 MiB + 1 MiB: two p
 
 
 @pytest.fixture
-def proxy(s3_server: MotoS3Server) -> Iterator[S3FaultProxy]:
-    p = S3FaultProxy(s3_server, seed=1)
-    try:
-        yield p
-    finally:
-        p.stop()
+def proxy(s3_proxies) -> S3FaultProxy:
+    return s3_proxies(seed=1)
 
 
 @pytest.fixture

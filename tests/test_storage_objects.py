@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 
 import fsspec
 import pytest
@@ -34,12 +33,8 @@ FP = "ab" * 32
 
 
 @pytest.fixture
-def proxy(s3_server: MotoS3Server) -> Iterator[S3FaultProxy]:
-    p = S3FaultProxy(s3_server, seed=3)
-    try:
-        yield p
-    finally:
-        p.stop()
+def proxy(s3_proxies) -> S3FaultProxy:
+    return s3_proxies(seed=3)
 
 
 @pytest.fixture
