@@ -477,3 +477,25 @@ def test_a_ledger_pickles_without_what_it_saw(s3_server):
     ledger._seen["x"] = (b"{}", '"etag"')
     back = pickle.loads(pickle.dumps(ledger))
     assert back.root == ledger.root and not back._seen and back._seen_lock is not None
+
+
+async def test_update_on_s3_applies_its_changes_to_what_another_writer_wrote(s3_server):
+    """update() is a conditional write: a record moved meanwhile is read again, not lost."""
+    bucket = s3_server.new_bucket()
+    opts = s3_server.storage_options
+    mine = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    theirs = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    await mine.put(rec)  # mine remembers this version
+    other = await theirs.get(FP)
+    other.ended(TaskStatus.SUCCEEDED)
+    await theirs.put(other)
+
+    out = await mine.update(FP, row_id="sunrise")
+    assert out.row_id == "sunrise" and out.state is LedgerState.TERMINAL
+    stored = await theirs.get(FP)
+    assert stored.row_id == "sunrise" and stored.terminal_status is TaskStatus.SUCCEEDED
+    with pytest.raises(ValueError, match="no field"):
+        await mine.update(FP, row_idd="typo")

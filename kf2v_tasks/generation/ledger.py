@@ -298,10 +298,14 @@ class Ledger:
     async def update(self, fingerprint: str, /, **changes: Any) -> LedgerRecord:
         """Apply field ``changes`` (not the state) to an existing record and write it back.
 
+        Built on :meth:`modify`: on S3 the write is conditional, so a record another
+        writer changed meanwhile is read again and the changes applied to it.
+
         Raises:
             KeyError: no record for ``fingerprint``.
             ValueError: ``changes`` name ``state`` or ``fingerprint`` (states move only
-                through the record's transitions) or are not valid field values.
+                through the record's transitions), a field the record does not have, or
+                are not valid field values.
 
         Example:
             ```python
@@ -313,12 +317,19 @@ class Ledger:
             raise ValueError(
                 f"update() cannot change {', '.join(fixed)}; use a LedgerRecord transition"
             )
-        record = await self.get(fingerprint)
+        unknown = sorted(changes.keys() - LedgerRecord.model_fields.keys())
+        if unknown:
+            raise ValueError(f"a ledger record has no field {', '.join(unknown)}")
+
+        def change(record: LedgerRecord) -> bool:
+            for name, value in changes.items():
+                setattr(record, name, value)  # validated on assignment
+            return True
+
+        record = await self.modify(fingerprint, change)
         if record is None:
             raise KeyError(f"no ledger record for fingerprint {fingerprint}")
-        merged = LedgerRecord.model_validate({**record.model_dump(), **changes})
-        await self.put(merged)
-        return merged
+        return record
 
     async def list(self) -> list[LedgerRecord]:
         """Every record under this root, in fingerprint order (temp files ignored).
