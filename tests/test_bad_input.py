@@ -527,3 +527,25 @@ async def test_batch_with_a_catalogue_of_bad_rows_creates_nothing_for_them(tmp_p
     assert stats["creates"] == len(good_ids)
     assert stats["create_requests"] == len(good_ids)
     assert state.is_failed()  # invalid rows make the flow run say so
+
+
+async def test_a_bad_frame_shared_by_a_chain_of_rows_names_each_row_and_its_column(tmp_path):
+    # A storyboard chain: each row's last frame is the next row's first; frames are
+    # read once per plan (FrameMemo), and the error still names each row's own column.
+    for name, seed in (("k1.png", 1), ("k3.png", 3)):
+        good_png(tmp_path / name, seed)
+    _tiny(tmp_path / "k2.png")
+    rows = [
+        {"id": "a", "first_frame": "k1.png", "last_frame": "k2.png", "prompt": "one"},
+        {"id": "b", "first_frame": "k2.png", "last_frame": "k3.png", "prompt": "two"},
+        {"id": "c", "first_frame": "k1.png", "last_frame": "k3.png", "prompt": "three"},
+    ]
+    path = tmp_path / "m.csv"
+    path.write_text(_csv(rows))
+    plan = await _plan(path, tmp_path / "out")
+    assert [r.id for r in plan.runnable] == ["c"]
+    first, second = plan.invalid
+    _assert_row_error(first, 2, "last_frame", r"k2\.png")
+    _assert_row_error(second, 3, "first_frame", r"k2\.png")
+    assert "last frame" in first.error_message and "first frame" in second.error_message
+    assert first.error_message.rsplit("': ", 1)[1] == second.error_message.rsplit("': ", 1)[1]

@@ -22,6 +22,7 @@ from kf2v_tasks.dashscope.models import Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
 from kf2v_tasks.generation.frames import (
     FrameLimits,
+    FrameMemo,
     check_pair,
     inspect_frame,
     prepare_frame,
@@ -334,6 +335,34 @@ async def test_pair_both_fail_names_first_and_both_reasons(tmp_path):
     err = ei.value
     assert err.role == "first" and err.frame == str(small)
     assert "100×100" in err.reason and "file not found" in err.reason
+
+
+async def test_a_memo_reads_a_frame_named_by_several_pairs_once(tmp_path):
+    a = make_image(tmp_path / "a.png", (640, 360))
+    b = make_image(tmp_path / "b.png", (640, 360))
+    c = make_image(tmp_path / "c.png", (640, 360))
+    memo = FrameMemo()
+    first = await check_pair(str(a), str(b), inspect=memo)
+    b.write_bytes(b"no longer an image")  # a second read would now fail
+    second = await check_pair(str(b), str(c), inspect=memo)
+    assert second.first.sha256 == first.last.sha256
+    with pytest.raises(FrameValidationError):  # without the memo, it is read again
+        await check_pair(str(b), str(c))
+
+
+async def test_a_memo_raises_a_bad_frame_again_with_each_rows_role(tmp_path):
+    good = make_image(tmp_path / "good.png", (640, 360))
+    small = make_image(tmp_path / "small.png", (100, 100))
+    memo = FrameMemo()
+    with pytest.raises(FrameValidationError) as as_last:
+        await check_pair(str(good), str(small), inspect=memo)
+    with pytest.raises(FrameValidationError) as as_first:
+        await check_pair(str(small), str(good), inspect=memo)
+    assert as_last.value.role == "last" and as_first.value.role == "first"
+    assert as_last.value.reason == as_first.value.reason and "100×100" in as_first.value.reason
+    # Other limits are another check: the same file passes where it fits.
+    ok = await check_pair(str(small), str(small), limits=FrameLimits(min_side=50), inspect=memo)
+    assert ok.first.width == 100
 
 
 # -- prepare_frame ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from kf2v_tasks.batch.config import normalize_output
 from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
-from kf2v_tasks.generation.frames import FrameLimits, check_pair
+from kf2v_tasks.generation.frames import FrameLimits, FrameMemo, check_pair
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
@@ -248,6 +248,7 @@ async def plan_batch(
     for err in parsed.errors:
         invalid(err.row_number, err.id, "InvalidRow", err.message())
     slots = asyncio.Semaphore(validate_concurrency)
+    frames = FrameMemo()  # a frame named by several rows is read once
 
     async def check(row: ManifestRow) -> None:
         where = f"row {row.row_number}, column"
@@ -269,6 +270,7 @@ async def plan_batch(
                     storage_options=storage_options,
                     audio=row.audio,
                     model=row.options.model,
+                    inspect=frames,
                 )
             except Kf2vError as exc:
                 role = getattr(exc, "role", None)

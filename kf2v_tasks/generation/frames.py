@@ -28,7 +28,8 @@ import logging
 import os
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -269,6 +270,59 @@ async def inspect_frame(
     )
 
 
+class FrameInspector(Protocol):
+    """What :func:`check_pair` reads a frame with: :func:`inspect_frame` or a :class:`FrameMemo`."""
+
+    def __call__(
+        self,
+        source: str,
+        *,
+        role: str = "first",
+        limits: Optional[FrameLimits] = None,
+        storage_options: Optional[dict] = None,
+    ) -> Awaitable[FrameInfo]: ...
+
+
+class FrameMemo:
+    """Reads and checks each distinct frame once, however many rows name it.
+
+    Storyboards chain their frames (a row's last frame is the next row's first) and
+    prompt sweeps reuse one pair: one read, hash and decode per file instead of per row.
+    A failure is raised again for every row that names the frame, with that row's role.
+
+    Example:
+        ```python
+        memo = FrameMemo()
+        a = await check_pair("a.png", "b.png", inspect=memo)
+        b = await check_pair("b.png", "c.png", inspect=memo)   # b.png is not read again
+        ```
+    """
+
+    def __init__(self) -> None:
+        self._checks: dict[tuple[str, str], asyncio.Future[FrameInfo]] = {}
+
+    async def __call__(
+        self,
+        source: str,
+        *,
+        role: str = "first",
+        limits: Optional[FrameLimits] = None,
+        storage_options: Optional[dict] = None,
+    ) -> FrameInfo:
+        limits = limits or FrameLimits()
+        key = (source, limits.model_dump_json())
+        check = self._checks.get(key)
+        if check is None:
+            check = self._checks[key] = asyncio.ensure_future(
+                inspect_frame(source, role=role, limits=limits, storage_options=storage_options)
+            )
+        try:
+            # Shielded: a row cancelled while it waits must not cancel the other rows' read.
+            return await asyncio.shield(check)
+        except FrameValidationError as exc:
+            raise FrameValidationError(exc.frame, exc.reason, role=role) from None
+
+
 async def check_pair(
     first: str,
     last: str,
@@ -277,6 +331,7 @@ async def check_pair(
     storage_options: Optional[dict] = None,
     audio: Optional[str] = None,
     model: Union[Kf2vModel, str, None] = None,
+    inspect: Optional[FrameInspector] = None,
 ) -> FramePair:
     """Validate both frames (and a driving audio) concurrently; warn about what will change.
 
@@ -291,6 +346,8 @@ async def check_pair(
         audio: a driving audio (mp3/wav path or URL), for models that take one.
         model: the model the audio is checked against (default: wan2.2-kf2v-flash, which
             takes none).
+        inspect: how each frame is read (default :func:`inspect_frame`); a batch passes
+            one :class:`FrameMemo` for all its rows.
 
     Raises:
         FrameValidationError: for the first failing frame; when both fail the message
@@ -304,9 +361,10 @@ async def check_pair(
         ```
     """
     limits = limits or FrameLimits()
+    read = inspect or inspect_frame
     checks = [
-        inspect_frame(first, role="first", limits=limits, storage_options=storage_options),
-        inspect_frame(last, role="last", limits=limits, storage_options=storage_options),
+        read(first, role="first", limits=limits, storage_options=storage_options),
+        read(last, role="last", limits=limits, storage_options=storage_options),
     ]
     if audio is not None:
         spec = get_model(str(getattr(model, "value", model or DEFAULT_MODEL)))
