@@ -191,6 +191,54 @@ async def test_a_held_claim_is_renewed_past_its_lease_and_released(root):
     assert not await book.release(FP)  # nothing held any more
 
 
+async def test_a_claim_is_renewed_only_once_half_its_lease_is_spent(root, monkeypatch):
+    """Short work is never renewed; a held claim is renewed about every half lease."""
+    from kf2v_tasks.generation import claim_lease
+
+    renewals: list[str] = []
+    real_replace = claim_lease.replace_if_sync
+
+    def counting(url, *args, **kwargs):
+        renewals.append(url)
+        return real_replace(url, *args, **kwargs)
+
+    monkeypatch.setattr(claim_lease, "replace_if_sync", counting)
+    book = ClaimBook(Ledger(root[0], storage_options=root[1]))
+    held, _ = await book.try_acquire(FP)
+    first = claim_doc(book, FP)
+    await asyncio.sleep(0.7)  # under half of the 2 s lease: nothing to renew yet
+    assert renewals == [] and claim_doc(book, FP) == first
+    await book.release(FP)
+    assert renewals == []  # held 0.7 s of a 2 s lease: acquired and released, no renewal
+
+    held, _ = await book.try_acquire(FP)
+    await asyncio.sleep(2.6)  # renewed at ~1 s and ~2 s
+    assert 2 <= len(renewals) <= 3 and claim_doc(book, FP).is_live()
+    await book.release(FP)
+
+
+async def test_a_failed_renewal_is_retried_well_before_the_lease_ends(root, monkeypatch):
+    from kf2v_tasks.generation import claim_lease
+
+    calls: list[float] = []
+    real_replace = claim_lease.replace_if_sync
+
+    def flaky(url, *args, **kwargs):
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise OSError("storage hiccup")
+        return real_replace(url, *args, **kwargs)
+
+    monkeypatch.setattr(claim_lease, "replace_if_sync", flaky)
+    book = ClaimBook(Ledger(root[0], storage_options=root[1]))
+    await book.try_acquire(FP)
+    first = claim_doc(book, FP)
+    await asyncio.sleep(1.9)  # due at 1 s, retried at 1.25 s and 1.5 s: renewed by then
+    assert len(calls) >= 3 and calls[1] - calls[0] == pytest.approx(0.25, abs=0.15)
+    assert claim_doc(book, FP).expires_at > first.expires_at and book.holds(FP)
+    await book.release(FP)
+
+
 async def test_an_expired_claim_is_taken_over_and_the_takeover_recorded(root):
     ledger = Ledger(root[0], storage_options=root[1])
     book = ClaimBook(ledger)

@@ -1,11 +1,15 @@
 """Held claims: the file a claim is, and the thread that keeps this process's claims alive.
 
 A claim (:mod:`kf2v_tasks.generation.claims`) is a lease. While this process holds one,
-a background *thread* renews it every quarter of its lease with a conditional replace
-(:func:`~kf2v_tasks.storage.conditional.replace_if_sync`), so the lease outlives any
-event loop (sync twins and task runs open and close their own) and dies with the process,
-as a lease should. A renewal that finds the claim changed (taken over after we stalled
-past the lease, or removed) gives it up and says so in the log.
+a background *thread* renews it with a conditional replace
+(:func:`~kf2v_tasks.storage.conditional.replace_if_sync`) once half of its lease is
+spent, by the real time its own file says (a claim whose work ends sooner is never
+renewed: a row costs one write per half lease it is held, not one per tick), and retries a
+failed renewal every eighth of the lease, so three retries still fit before it expires. A
+thread, so the lease outlives any event loop (sync twins and task runs open and close
+their own) and dies with the process, as a lease should. A renewal that finds the claim
+changed (taken over after we stalled past the lease, or removed) gives it up and says so
+in the log.
 
 Example:
     ```python
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
@@ -35,6 +40,12 @@ logger = logging.getLogger("kf2v_tasks.generation.claims")
 
 #: This process's holder id (one per process: every run in it claims under this id).
 HOLDER_ID = uuid.uuid4().hex
+#: A claim is renewed when this share of its lease is left (the rest is spent working).
+RENEW_WHEN_LEFT = 0.5
+#: After a failed renewal, the next try comes this share of the lease later.
+RETRY_SHARE = 0.125
+#: The renewer's shortest sleep, real seconds.
+_MIN_SLEEP = 0.05
 
 
 def _now() -> datetime:
@@ -108,6 +119,20 @@ class HeldClaim:
         self.released = False
         self.since = clock.now()
         self.max_hold = max_hold  # service seconds; then no longer renewed
+        self.due = 0.0  # time.monotonic() at which to renew next
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Renew when ``RENEW_WHEN_LEFT`` of the lease is left, by the file's own expiry."""
+        # The expiry others compare against is the one written: count from it, not from
+        # when the write returned.
+        left = (self.doc.expires_at - _now()).total_seconds()
+        lease = clock.real_seconds(self.doc.lease_seconds)
+        self.due = time.monotonic() + left - lease * RENEW_WHEN_LEFT
+
+    def retry_soon(self) -> None:
+        """A renewal failed: try again an eighth of the lease from now."""
+        self.due = time.monotonic() + clock.real_seconds(self.doc.lease_seconds) * RETRY_SHARE
 
 
 _registry: dict[str, HeldClaim] = {}
@@ -161,6 +186,7 @@ def _renew_sync(held: HeldClaim) -> None:
                 held.url, doc.to_bytes(), held.version, held.storage_options
             )
             held.doc = doc
+            held.schedule()
         except ConditionFailedError:
             # Taken over (we were stalled past the lease) or removed: not ours any more.
             logger.warning(
@@ -168,8 +194,9 @@ def _renew_sync(held: HeldClaim) -> None:
                 held.doc.fingerprint[:12],
             )
             _forget(held)
-        except Exception as exc:  # storage hiccup: try again next round, the lease has slack
+        except Exception as exc:  # storage hiccup: try again soon, the lease has slack
             logger.warning("renewing claim %s failed: %s", held.doc.fingerprint[:12], exc)
+            held.retry_soon()
 
 
 def _forget(held: HeldClaim) -> None:
@@ -181,19 +208,18 @@ def _forget(held: HeldClaim) -> None:
 
 def _renew_loop() -> None:
     while True:
-        with _registry_lock:
-            held = list(_registry.values())
-        if held:
-            # A quarter of the shortest lease: three renewals may fail before it expires.
-            interval = min(clock.real_seconds(h.doc.lease_seconds) for h in held) / 4
-        else:
-            interval = 5.0
-        _wake.wait(max(0.05, interval))
+        # Cleared before the registry is read: a claim held from now on wakes the sleep below.
         _wake.clear()
         with _registry_lock:
             held = list(_registry.values())
+        now = time.monotonic()
         for h in held:
-            _renew_sync(h)
+            if h.due <= now:
+                _renew_sync(h)
+        with _registry_lock:
+            due = [h.due for h in _registry.values()]
+        # Sleep until the next claim is due; hold() wakes us for a new one.
+        _wake.wait(max(_MIN_SLEEP, min(due, default=now + 5.0) - time.monotonic()))
 
 
 def hold(held: HeldClaim) -> HeldClaim:
@@ -213,7 +239,7 @@ def hold(held: HeldClaim) -> HeldClaim:
             # (sync twins, task runs) and dies with the process, as a lease should.
             _renewer = threading.Thread(target=_renew_loop, name="kf2v-claims", daemon=True)
             _renewer.start()
-    _wake.set()  # recompute the interval for the new lease
+    _wake.set()  # the renewer sleeps until its next due claim: let it count this one
     return held
 
 
