@@ -399,3 +399,49 @@ async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
     assert ops == {"GetObject": 3, "PutObject": 5}
     stored = await Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options).get(FP)
     assert stored.state is LedgerState.PERSISTED and stored.previews == video.previews
+
+
+async def test_a_success_put_off_is_written_with_persisted_or_alone_if_not_kept(ledger, dest):
+    """One ledger write for "ended" and "persisted"; a video not kept still says it ended."""
+    from kf2v_tasks.errors import TaskExpiredError
+    from kf2v_tasks.generation.ledger import record_outcome
+
+    writes: list[str] = []
+    real_put = ledger._put_sync
+
+    def counting(path, data):
+        writes.append(json.loads(data)["state"])
+        return real_put(path, data)
+
+    ledger._put_sync = counting
+    await record_outcome(ledger, FP, succeeded(), persist_follows=True)
+    await persist_task_video(succeeded(), dest, client=VideoClient(), submission=submission(),
+                             ledger=ledger)  # fmt: skip
+    assert writes == ["persisted"]
+    rec = await ledger.get(FP)
+    assert [e["event"] for e in rec.events][-2:] == ["ended", "persisted"]
+
+    class NoVideo(VideoClient):
+        def __init__(self) -> None:
+            super().__init__()
+            self.download_http = httpx.AsyncClient(
+                transport=httpx.MockTransport(lambda request: httpx.Response(403))
+            )
+
+        async def get_task(self, task_id: str) -> TaskState:
+            raise TaskExpiredError(task_id, f"task {task_id} expired")
+
+    other = LedgerRecord.new("e" * 64)
+    other.begin_create()
+    other.submitted("task-2", "req-2")
+    await ledger.put(other)
+    writes.clear()
+    await record_outcome(ledger, "e" * 64, succeeded("task-2"), persist_follows=True)
+    with pytest.raises(TaskExpiredError):
+        await persist_task_video(
+            succeeded("task-2"), dest + ".2.mp4", client=NoVideo(),
+            submission=submission("task-2", fingerprint="e" * 64), ledger=ledger,
+        )  # fmt: skip
+    assert writes == ["terminal"]
+    rec = await ledger.get("e" * 64)
+    assert rec.terminal_status is TaskStatus.SUCCEEDED and Ledger.is_task_reusable(rec)

@@ -499,3 +499,54 @@ async def test_update_on_s3_applies_its_changes_to_what_another_writer_wrote(s3_
     assert stored.row_id == "sunrise" and stored.terminal_status is TaskStatus.SUCCEEDED
     with pytest.raises(ValueError, match="no field"):
         await mine.update(FP, row_idd="typo")
+
+
+# ---------------------------------------------------------------------- defer() and flush()
+
+
+async def test_a_success_put_off_is_written_with_the_next_change_in_one_put(s3_server, s3_proxy):
+    """record_outcome(persist_follows=True) writes nothing; "persisted" then writes both."""
+    bucket = s3_server.new_bucket()
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=s3_proxy.storage_options)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    await ledger.put(rec)
+    before = forwarded(s3_proxy)
+    await record_outcome(ledger, FP, state_of(TaskStatus.SUCCEEDED), persist_follows=True)
+    assert spent(s3_proxy, before) == {}
+    ended_by = datetime.now(UTC)
+
+    def keep(r: LedgerRecord) -> bool:
+        r.persisted("out/a.mp4", "f" * 64, 10)
+        return True
+
+    await ledger.modify(FP, keep)
+    assert spent(s3_proxy, before) == {"PutObject": 1}
+    stored = await Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options).get(FP)
+    assert [e["event"] for e in stored.events] == ["create", "submitted", "ended", "persisted"]
+    ended = datetime.fromisoformat(stored.events[-2]["at"])
+    assert ended <= ended_by and stored.state is LedgerState.PERSISTED
+    await ledger.flush(FP)  # nothing left to write
+    assert spent(s3_proxy, before) == {"PutObject": 1}
+
+
+async def test_a_success_put_off_is_written_alone_by_flush(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    await ledger.put(full_record())
+    await record_outcome(ledger, FP, state_of(TaskStatus.SUCCEEDED), persist_follows=True)
+    assert (await ledger.get(FP)).state is LedgerState.SUBMITTED
+    await ledger.flush(FP)
+    rec = await ledger.get(FP)
+    assert rec.state is LedgerState.TERMINAL and rec.terminal_status is TaskStatus.SUCCEEDED
+    assert ledger._deferred == {}
+
+
+async def test_only_a_success_is_put_off(tmp_path):
+    """A dead task is written at once whatever follows: it must never be reused."""
+    ledger = Ledger(str(tmp_path))
+    await ledger.put(full_record())
+    await record_outcome(ledger, FP, state_of(TaskStatus.FAILED), persist_follows=True)
+    rec = await ledger.get(FP)
+    assert rec.terminal_status is TaskStatus.FAILED and not Ledger.is_task_reusable(rec)
+    assert ledger._deferred == {}

@@ -41,7 +41,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Optional, Union
 
 from pydantic import ValidationError
@@ -112,13 +112,16 @@ class Ledger:
         self._seen: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
         self._seen_lock = threading.Lock()
         self._conditional = is_s3(self._fs)
+        # Changes put off until the record's next write (defer()), by fingerprint.
+        self._deferred: dict[str, Callable[[LedgerRecord], bool]] = {}
 
     def __repr__(self) -> str:  # no storage_options: they may hold credentials
         return f"Ledger({self.root!r})"
 
     def __getstate__(self) -> dict[str, Any]:
-        # A lock does not pickle, and what this process last saw means nothing elsewhere.
-        return {**self.__dict__, "_seen": OrderedDict(), "_seen_lock": None}
+        # A lock does not pickle, and what this process last saw (or put off) means nothing
+        # elsewhere.
+        return {**self.__dict__, "_seen": OrderedDict(), "_seen_lock": None, "_deferred": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -262,6 +265,20 @@ class Ledger:
             ```
         """
         path = self.path_of(fingerprint)
+        with self._seen_lock:
+            deferred = self._deferred.pop(fingerprint, None)
+        if deferred is not None:
+            change = _both(deferred, change)
+        try:
+            return await self._modify(fingerprint, path, change)
+        except BaseException:
+            if deferred is not None:  # not written: keep it for the next write
+                self.defer(fingerprint, deferred)
+            raise
+
+    async def _modify(
+        self, fingerprint: str, path: str, change: Callable[[LedgerRecord], bool]
+    ) -> Optional[LedgerRecord]:
         if self._conditional:
             for _ in range(_MODIFY_TURNS):
                 seen = self._last_seen(path)
@@ -294,6 +311,38 @@ class Ledger:
             return record
         await self.put(record)
         return record
+
+    def defer(self, fingerprint: str, change: Callable[[LedgerRecord], bool]) -> None:
+        """Put ``change`` off until this ledger next writes the record, to write both at once.
+
+        The next :meth:`modify` of ``fingerprint`` applies it first (then its own change) in
+        the same write; :meth:`flush` writes it alone. Kept in this process only: a crash
+        before then leaves the record as it was, so put off only what the record may
+        safely lack (how a task that succeeded ended, while its video is being kept).
+
+        Example:
+            ```python
+            ledger.defer(fp, lambda rec: rec.ended("SUCCEEDED") or True)
+            await ledger.modify(fp, mark_persisted)   # one write: ended, then persisted
+            ```
+        """
+        self.path_of(fingerprint)
+        with self._seen_lock:
+            earlier = self._deferred.get(fingerprint)
+            self._deferred[fingerprint] = change if earlier is None else _both(earlier, change)
+
+    async def flush(self, fingerprint: str) -> None:
+        """Write what :meth:`defer` put off for ``fingerprint``, if anything (one write).
+
+        Example:
+            ```python
+            await ledger.flush(fp)   # the video could not be kept: say how the task ended
+            ```
+        """
+        with self._seen_lock:
+            if fingerprint not in self._deferred:
+                return
+        await self.modify(fingerprint, lambda record: False)
 
     async def update(self, fingerprint: str, /, **changes: Any) -> LedgerRecord:
         """Apply field ``changes`` (not the state) to an existing record and write it back.
@@ -382,6 +431,18 @@ class Ledger:
         return record.is_reusable(now, ttl, margin)
 
 
+def _both(
+    first: Callable[[LedgerRecord], bool], then: Callable[[LedgerRecord], bool]
+) -> Callable[[LedgerRecord], bool]:
+    """One change that applies ``first`` then ``then``; it writes if either wants to."""
+
+    def change(record: LedgerRecord) -> bool:
+        wrote = first(record)
+        return then(record) or wrote
+
+    return change
+
+
 #: How each "ended without a video" error reads as a task status.
 _DEAD_ERRORS: dict[type, TaskStatus] = {
     TaskFailedError: TaskStatus.FAILED,
@@ -395,6 +456,8 @@ async def record_outcome(
     ledger: Optional[Ledger],
     fingerprint: Optional[str],
     outcome: Union[TaskState, BaseException],
+    *,
+    persist_follows: bool = False,
 ) -> None:
     """Write how a task ended into its ledger record, so a dead task is never reused.
 
@@ -405,6 +468,12 @@ async def record_outcome(
     other error says nothing about the task and writes nothing. Nothing is written when
     there is no ledger, no record, or the record now follows another task (the work was
     re-created since).
+
+    ``persist_follows``: the caller keeps the video next, with this ledger
+    (:func:`~kf2v_tasks.generation.persist.persist_task_video`). A success is then not
+    written now but put off (:meth:`Ledger.defer`) and written with "persisted", one write
+    instead of two; if the video cannot be kept, persisting writes it alone. A success is
+    the one outcome a record may lack for a while: "submitted" is reused exactly alike.
 
     Example:
         ```python
@@ -425,16 +494,20 @@ async def record_outcome(
         outcome.status.is_terminal and outcome.status is not TaskStatus.SUCCEEDED
     )
     try:
-        await _write_outcome(ledger, fingerprint, outcome)
+        await _write_outcome(ledger, fingerprint, outcome, persist_follows)
     finally:
         if over:
             await release_claim(ledger, fingerprint)
 
 
 async def _write_outcome(
-    ledger: Ledger, fingerprint: str, outcome: Union[TaskState, BaseException]
+    ledger: Ledger,
+    fingerprint: str,
+    outcome: Union[TaskState, BaseException],
+    persist_follows: bool,
 ) -> None:
     timed_out = isinstance(outcome, TaskTimeoutError)
+    seen_at = datetime.now(UTC)
     if isinstance(outcome, TaskState):
         if not outcome.status.is_terminal:
             return
@@ -463,7 +536,10 @@ async def _write_outcome(
                 str(outcome), [f"{h.status.value}@{h.seen_at.isoformat()}" for h in history]
             )
         else:
-            record.ended(status, code, message)
+            record.ended(status, code, message, at=seen_at)
         return True
 
+    if persist_follows and isinstance(outcome, TaskState) and status is TaskStatus.SUCCEEDED:
+        ledger.defer(fingerprint, change)
+        return
     await ledger.modify(fingerprint, change)

@@ -332,8 +332,14 @@ class LedgerRecord(BaseModel):
         status: TaskStatus | str,
         code: Optional[str] = None,
         message: Optional[str] = None,
+        *,
+        at: Optional[datetime] = None,
     ) -> None:
-        """The task reached a terminal status: ``terminal`` (a kept video stays ``persisted``)."""
+        """The task reached a terminal status: ``terminal`` (a kept video stays ``persisted``).
+
+        ``at``: when it was seen to end, if that was before now (a write put off until the
+        video is kept says when the task really ended).
+        """
         status = TaskStatus(status)
         self._check("ended", {_S.SUBMITTED, _S.TERMINAL, _S.PERSISTED}, task=True)
         if not status.is_terminal:
@@ -344,6 +350,8 @@ class LedgerRecord(BaseModel):
         data: dict[str, Any] = {"status": status.value}
         if code:
             data["code"] = code
+        if at is not None:
+            data["at"] = (utc(at) or _now()).isoformat()
         self._move(to, "ended", **data)
 
     def timed_out(self, error: str, history: Iterable[str] = ()) -> None:

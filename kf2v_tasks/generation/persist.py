@@ -142,8 +142,19 @@ async def persist_task_video(
             state, destination, client, submission, ledger, storage_options, extra, price_table
         )
     finally:
+        # Not kept: how the task ended, if put off to be written with "persisted", alone.
+        await _flush_outcome(ledger, fingerprint)
         # Kept or failed, this row's work is over: the next run may take the fingerprint.
         await release_claim(ledger, fingerprint)
+
+
+async def _flush_outcome(ledger: Optional[Ledger], fingerprint: Optional[str]) -> None:
+    if ledger is None or not fingerprint:
+        return
+    try:
+        await ledger.flush(fingerprint)
+    except Exception as exc:  # the record still says "submitted": reused just the same
+        logger.warning("could not record how the task of %s ended: %s", fingerprint[:12], exc)
 
 
 async def _persist(
