@@ -75,6 +75,11 @@ logger = logging.getLogger("kf2v_tasks.batch.runner")
 # when the row is stopped before the submit step returns.
 _ROW: ContextVar[Optional[ManifestRow]] = ContextVar("kf2v_row", default=None)
 
+#: Rows between their start (a Prefect task run begins) and their create's answer. Every
+#: row starting at once interleaves its task-run set-up with all the others', so the
+#: first create waited for hundreds of them; a few at a time, it goes out at once.
+STARTING_ROWS = 8
+
 
 class BatchRunner:
     """Runs one manifest (or one shard of it) to an output root.
@@ -430,6 +435,18 @@ class BatchRunner:
         return path
 
 
+class _Once:
+    """Calls ``fn`` the first time it is called, and never again."""
+
+    def __init__(self, fn) -> None:
+        self._fn = fn
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
+
+
 class _RowFanOut:
     """What every row coroutine of one run shares (never the runner itself)."""
 
@@ -447,6 +464,7 @@ class _RowFanOut:
         self.submitted = 0
         self.reattached = 0
         self.tasks: dict[str, ManifestRow] = {}  # task id -> its row, as created
+        self.starting = asyncio.Semaphore(STARTING_ROWS)
 
     def created(self, state) -> None:
         """A create answered: the task is ours and queued, whatever happens to its row next."""
@@ -481,20 +499,24 @@ class _RowFanOut:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.leaders[fp] = done
         price = self.plan.costs[row.id]
+        await self.starting.acquire()
+        started = _Once(self.starting.release)
         try:
             if self.per_row_task:
                 result = await run_row_task(
-                    row.id, lambda: self._generate(row, record, fp, dest, price, base)
+                    row.id, lambda: self._generate(row, record, fp, dest, price, base, started)
                 )
             else:
-                result = await self._generate(row, record, fp, dest, price, base)
+                result = await self._generate(row, record, fp, dest, price, base, started)
         except Exception as exc:  # never let one row take the batch down
             logger.exception("row %s failed unexpectedly", row.id)
             result = failed_result(base, exc)
+        finally:
+            started()
         done.set_result(result)
         self.finish(result)
 
-    async def _generate(self, row, record, fp, dest, price, base) -> RowResult:
+    async def _generate(self, row, record, fp, dest, price, base, started) -> RowResult:
         # Already persisted by an earlier run and still there: nothing to pay, nothing to call.
         # The plan checked it once for the whole run (assess_plan).
         kept = self.plan.persisted.get(row.id)
@@ -526,6 +548,7 @@ class _RowFanOut:
                 reserved = price
             try:
                 sub = await self.steps.submit(row, self.plan.frames[row.id], fp)
+                started()  # created (or picked up): the next row may start
                 self.tasks[sub.task_id] = row
                 if getattr(sub, "already_persisted_at", None) is not None:
                     # Another run made this work meanwhile: nothing was created here. If its
@@ -557,7 +580,7 @@ class _RowFanOut:
                     return failed_result(base, exc, sub)
                 refused = True  # not created: try again once a running slot is free
         if refused:
-            return await self._generate(row, record, fp, dest, price, base)
+            return await self._generate(row, record, fp, dest, price, base, started)
         if reserved:
             self.budget.commit(reserved)
         try:
