@@ -7,7 +7,8 @@ Sides: ours = the batch flow with its defaults (``task_runs="per_step"``), ``our
 = the same flow with ``task_runs="per_row"`` (a real flow parameter), peer = the official
 SDK. Order (the 2 cores decide it): B3 (alone), B1 at concurrency 32 (CPU-bound: each side
 alone, one after the other), then B1 at concurrency 2 (≈5 min of mostly idle waiting: the
-three sides side by side), then the B4 floor, ours and ours per_row (each alone). B2 is
+sides side by side, each started once the previous one has filled its slots, so no two
+start-ups share the CPU), then the B4 floor, ours and ours per_row (each alone). B2 is
 read from the B1 runs.
 """
 
@@ -147,7 +148,7 @@ def notes(res: dict) -> list[str]:
                 "; the sides start together on the 2 cores, so each of ours "
                 "creates its flow run and validates every row while the others do too."
                 if together
-                else "."
+                else "; each side started alone on the machine."
             )
             if bound:
                 for n, x in sides:
@@ -381,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     sizes["b1_rows"], c_big, prefect.env(), variants=b1_variants, parallel=False
                 )
             ]
-            # At concurrency 2 the sides mostly wait (~5 min): they run side by side.
+            # At concurrency 2 the sides mostly wait (~5 min): they run side by side, each
+            # started once the previous one has filled its slots.
             res["b1"].append(
                 b1_utilisation.run(
                     sizes["b1_rows"], c_small, prefect.env(), variants=b1_variants, parallel=True
