@@ -351,9 +351,10 @@ async def test_an_old_sidecar_without_sound_fields_is_still_read(ledger, dest):
 async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
     """Every request of a fresh persist on S3, counted by a proxy in front of moto.
 
-    The sidecar check, the claim check, the video, its previews (size known: no
-    HeadObject), the sidecar and the ledger's "persisted" (a conditional PUT of the record
-    this ledger wrote last: no read) cost one request each.
+    The claim check, the video, its previews (size known: no HeadObject), the sidecar and
+    the ledger's "persisted" (a conditional PUT of the record this ledger wrote last: no
+    read) cost one request each. A task this process has just created has no sidecar
+    yet: nothing is read to find one.
     """
     import io
 
@@ -394,9 +395,9 @@ async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
     finally:
         proxy.stop()
     assert video.previews is not None
-    # GET: the sidecar (absent), the claim (absent), the video's one range for the previews.
+    # GET: the claim (absent), the video's one range for the previews.
     # PUT: the video, poster, strip, sidecar and the ledger record.
-    assert ops == {"GetObject": 3, "PutObject": 5}
+    assert ops == {"GetObject": 2, "PutObject": 5}
     stored = await Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options).get(FP)
     assert stored.state is LedgerState.PERSISTED and stored.previews == video.previews
 

@@ -11,7 +11,8 @@ presigned URL show it rather than download it.
 :class:`~kf2v_tasks.batch.reporting.BatchObserver`: it learns the prompts from the plan,
 rewrites the page at most once per ``min_interval`` seconds while rows finish (less often
 for pages that take long to build), and once more at the end. What a finished row's video
-holds (the actual prompt, its previews) is read once from its sidecar.
+holds (the actual prompt, its previews) is read once from its sidecar, or taken from memory
+when this process has just written it.
 
 Example:
     ```python
@@ -40,6 +41,7 @@ from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery_page import GalleryCard, relative_link, render_gallery
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.generation.previews import Previews, preview_paths
+from kf2v_tasks.generation.sidecar import written_sidecar
 from kf2v_tasks.redaction import redact_text
 from kf2v_tasks.storage.files import read_json, sidecar_path, write_bytes_atomic
 from kf2v_tasks.storage.objects import object_exists
@@ -102,10 +104,14 @@ class _Made(BaseModel):
 
 
 async def _read_made(video: str, storage_options: Optional[dict]) -> _Made:
-    try:
-        doc = await read_json(sidecar_path(video), storage_options=storage_options)
-    except (OSError, ValueError):
-        doc = {}
+    # Written by this process (this run kept the video): no need to fetch it back.
+    doc = written_sidecar(sidecar_path(video), forget=True)
+    written_here = doc is not None
+    if doc is None:
+        try:
+            doc = await read_json(sidecar_path(video), storage_options=storage_options)
+        except (OSError, ValueError):
+            doc = {}
     doc = doc if isinstance(doc, dict) else {}
     made = _Made(
         prompt=doc.get("prompt"),
@@ -117,7 +123,7 @@ async def _read_made(video: str, storage_options: Optional[dict]) -> _Made:
             made.previews = Previews.model_validate(doc["previews"])
     if made.previews is not None:
         made.poster, made.strip = made.previews.poster, made.previews.strip
-    else:  # an older sidecar: previews may have been made since, under their usual names
+    elif not written_here:  # an older sidecar: previews may have been made since
         poster, strip = preview_paths(video)
 
         def exists(p: str) -> bool:

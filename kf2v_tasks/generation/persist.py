@@ -36,7 +36,14 @@ from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.previews import Previews, make_previews
 from kf2v_tasks.generation.pricing import PriceTable
-from kf2v_tasks.generation.sidecar import VideoFacts, as_resolution, build_sidecar, video_facts
+from kf2v_tasks.generation.sidecar import (
+    VideoFacts,
+    as_resolution,
+    build_sidecar,
+    remember_sidecar,
+    video_facts,
+    written_sidecar,
+)
 from kf2v_tasks.generation.submit import Submission
 
 if TYPE_CHECKING:
@@ -180,7 +187,9 @@ async def _persist(
     facts = video_facts(state, submission, prices).model_dump()
 
     # A crash after the video was committed but before the ledger said so: keep the file.
-    existing = await _read_sidecar(read_json, side, storage_options)
+    existing = written_sidecar(side) or {}
+    if not existing and not _created_here(submission):
+        existing = await _read_sidecar(read_json, side, storage_options)
     if (
         existing.get("task_id") == state.task_id
         and existing.get("sha256")
@@ -239,6 +248,7 @@ async def _persist(
     if previews is not None:
         sidecar["previews"] = previews.model_dump(mode="json")
     await write_json_atomic(side, sidecar, storage_options=storage_options)
+    remember_sidecar(side, sidecar)
     persisted = PersistedVideo(
         path=destination,
         sidecar_path=side,
@@ -252,6 +262,16 @@ async def _persist(
     )
     await _mark_persisted(ledger, fingerprint, persisted)
     return persisted
+
+
+def _created_here(submission: Optional[Submission]) -> bool:
+    """Whether this process created the task just now: no earlier run kept its video.
+
+    Then no sidecar of this task can be in storage unless this process wrote it (and it
+    remembers that) or another run that re-attached to the task kept it while we still
+    held the claim past its wait for us: then we fetch it again, nothing lost or paid.
+    """
+    return submission is not None and not submission.reused
 
 
 async def _read_sidecar(read_json, path: str, storage_options) -> dict[str, Any]:

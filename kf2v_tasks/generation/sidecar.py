@@ -5,6 +5,10 @@ places: the submission (what was asked), the task (what the service did and bill
 ``usage``) and the price table. :func:`video_facts` gathers them once, so the sidecar, the
 :class:`~kf2v_tasks.generation.persist.PersistedVideo` and the ledger record agree.
 
+The last sidecars this process wrote are kept in memory (:func:`remember_sidecar`,
+:func:`written_sidecar`): the gallery and a retried persist in the same process read them
+there instead of fetching them back from storage (on S3, one GetObject each).
+
 Example:
     ```python
     from kf2v_tasks.dashscope.models import TaskState
@@ -22,6 +26,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -35,12 +41,25 @@ from kf2v_tasks.redaction import redact_url
 if TYPE_CHECKING:
     from kf2v_tasks.generation.submit import Submission
 
-__all__ = ["SIDECAR_VERSION", "VideoFacts", "as_resolution", "build_sidecar", "video_facts"]
+__all__ = [
+    "SIDECAR_VERSION",
+    "VideoFacts",
+    "as_resolution",
+    "build_sidecar",
+    "remember_sidecar",
+    "video_facts",
+    "written_sidecar",
+]
 
 logger = logging.getLogger("kf2v_tasks.generation.sidecar")
 
 #: Version of the sidecar layout; fields are only ever added within a version.
 SIDECAR_VERSION = 1
+#: Sidecars kept in memory after this process wrote them (oldest dropped first): the rows
+#: a batch finished since its gallery last looked, with room to spare.
+_WRITTEN_MAX = 1024
+_written: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_written_lock = threading.Lock()
 
 
 class VideoFacts(BaseModel):
@@ -221,3 +240,37 @@ def build_sidecar(
     if extra:
         doc["extra"] = extra
     return doc
+
+
+def remember_sidecar(path: str, doc: dict[str, Any]) -> None:
+    """Note that this process has just written ``doc`` as the sidecar at ``path``.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.sidecar import remember_sidecar, written_sidecar
+        remember_sidecar("memory://doc/a.json", {"task_id": "t-1"})
+        assert written_sidecar("memory://doc/a.json", forget=True) == {"task_id": "t-1"}
+        ```
+    """
+    with _written_lock:
+        _written.pop(path, None)
+        _written[path] = doc
+        while len(_written) > _WRITTEN_MAX:
+            _written.popitem(last=False)
+
+
+def written_sidecar(path: str, *, forget: bool = False) -> Optional[dict[str, Any]]:
+    """The sidecar this process last wrote at ``path`` (``None``: none kept; read the file).
+
+    ``forget``: the caller keeps what it needs (the gallery reads each row once).
+    Another process may have rewritten the file since: use it where that is harmless
+    (what a page shows, whether a download is needed again), never to decide payment.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.sidecar import written_sidecar
+        assert written_sidecar("memory://doc/never-written.json") is None
+        ```
+    """
+    with _written_lock:
+        return _written.pop(path, None) if forget else _written.get(path)
