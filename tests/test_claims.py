@@ -55,11 +55,19 @@ def root(request, tmp_path: Path) -> tuple[str, dict | None]:
 
 
 @pytest.fixture(autouse=True)
-def fast_clock():
-    """Service time 60x: a 120 s lease is 2 real seconds (the real-time floor)."""
+def fast_clock(monkeypatch):
+    """Service time 60x: a 120 s lease is 2 real seconds (a real-time floor of 2 s here:
+    the default floor would only make these tests wait longer)."""
+    monkeypatch.setattr(claims_mod, "MIN_LEASE_REAL_SECONDS", 2.0)
     clock.set_time_scale(60)
     yield
     clock.set_time_scale(None)
+
+
+def test_a_lease_never_lasts_less_than_its_real_time_floor(monkeypatch):
+    monkeypatch.undo()
+    assert ClaimPolicy().lease() == claims_mod.MIN_LEASE_REAL_SECONDS * 60 == 240.0
+    assert ClaimPolicy(lease_seconds=600).lease() == 600
 
 
 def foreign_claim(book: ClaimBook, fp: str, *, expires_in: float, pid: int = 4242) -> None:

@@ -90,8 +90,10 @@ __all__ = [
 
 logger = logging.getLogger("kf2v_tasks.generation.claims")
 
-#: A lease never lasts less than this in real seconds, whatever the time scale.
-MIN_LEASE_REAL_SECONDS = 2.0
+#: A lease never lasts less than this in real seconds, whatever the time scale. Under time
+#: compression it sets the renewal cadence (at half the lease): rows held a second or two
+#: by a busy process are then not renewed, and a stall must last 2 s to lose a claim.
+MIN_LEASE_REAL_SECONDS = 4.0
 
 
 class ClaimPolicy(BaseModel):
