@@ -263,6 +263,36 @@ async def test_an_expired_claim_is_taken_over_and_the_takeover_recorded(root):
     await book.release(FP)
 
 
+async def test_a_takeover_note_never_overwrites_what_another_writer_just_wrote(s3_server):
+    """The dead holder's re-attached peer keeps the video while we take the claim over."""
+    bucket = s3_server.new_bucket()
+    opts = s3_server.storage_options
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    peer = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1")
+    await peer.put(rec)
+    book = ClaimBook(ledger)
+    foreign_claim(book, FP, expires_in=-5, pid=999)
+    real_get = ledger._get_sync
+
+    def get_then_peer_writes(path):
+        got = real_get(path)
+        kept = peer._get_sync(path)
+        kept.persisted("out/a.mp4", "f" * 64, 10)  # lands between our read and our write
+        peer._put_sync(path, peer._encode(kept))
+        return got
+
+    ledger._get_sync = get_then_peer_writes
+    held, _ = await book.try_acquire(FP)
+    assert held is not None
+    stored = await peer.get(FP)
+    assert stored.state == "persisted"
+    assert [e["event"] for e in stored.events][-2:] == ["persisted", "claim_takeover"]
+    await book.release(FP)
+
+
 async def test_a_live_claim_with_no_task_fails_after_a_bounded_wait(root):
     ledger = Ledger(root[0], storage_options=root[1])
     book = ClaimBook(ledger, ClaimPolicy(lease_seconds=60, poll_seconds=30))

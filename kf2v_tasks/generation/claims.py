@@ -302,18 +302,25 @@ class ClaimBook:
         logger.warning(
             "fingerprint %s: took over the expired claim of %s", fingerprint[:12], old.who()
         )
-        record = await self.ledger.get(fingerprint) or LedgerRecord.new(fingerprint, row_id=row_id)
-        record.add_event(
-            "claim_takeover",
-            holder=doc.holder,
-            host=doc.host,
-            pid=doc.pid,
-            from_holder=old.holder,
-            from_host=old.host,
-            from_pid=old.pid,
-            expired_at=old.expires_at.isoformat(),
-        )
-        await self.ledger.put(record)
+
+        def note(record: LedgerRecord) -> bool:
+            record.add_event(
+                "claim_takeover",
+                holder=doc.holder,
+                host=doc.host,
+                pid=doc.pid,
+                from_holder=old.holder,
+                from_host=old.host,
+                from_pid=old.pid,
+                expired_at=old.expires_at.isoformat(),
+            )
+            return True
+
+        # A conditional write (S3): the dead holder's re-attached peers may still write it.
+        if await self.ledger.modify(fingerprint, note) is None:
+            record = LedgerRecord.new(fingerprint, row_id=row_id)
+            note(record)
+            await self.ledger.put(record)  # no record yet: only the claim holder starts one
 
     async def acquire(self, fingerprint: str, *, row_id: Optional[str] = None) -> Claimed:
         """Claim the work, waiting (bounded) while another run holds it.
