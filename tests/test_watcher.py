@@ -255,6 +255,48 @@ async def _wait_queued(service: QueueingService, limits) -> list:
         )
 
 
+class CancelledInQueue(QueueingService):
+    """t2 is cancelled while it waits behind two long-running tasks."""
+
+    cancel_at = 30.0
+
+    def status(self, task_id: str) -> str:
+        if task_id == "t2" and clock.now() - self.t0 >= self.cancel_at:
+            return "CANCELED"
+        return super().status(task_id)
+
+
+async def test_a_queued_task_that_ends_without_running_is_still_found() -> None:
+    from kf2v_tasks.dashscope.limits import AccountLimits
+
+    service = CancelledInQueue({"t0": 900.0, "t1": 900.0, "t2": 60.0})
+    limits = AccountLimits(max_in_flight=2, submits_per_second=100, queries_per_second=1000)
+    client = Kf2vClient(
+        TEST_API_KEY,
+        base_url=BASE,
+        transport=httpx.MockTransport(service),
+        retry=RetryPolicy(base_delay=1.0, jitter=0.0, max_attempts=1),
+        limits=limits,
+    )
+    async with client:
+        waits = [
+            asyncio.ensure_future(wait_for_task(client, t, schedule=SCHEDULE, deadline=2000))
+            for t in ("t0", "t1")
+        ]
+        state = await wait_for_task(
+            client, "t2", schedule=SCHEDULE, raise_on_failure=False, queue_deadline=2000
+        )
+        found = clock.now() - service.t0
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    assert state.status is TaskStatus.CANCELED
+    # Not asked while the account was full, yet found within the refetch period (8 PENDING
+    # intervals of 15 s), long before the running tasks end at 900 s.
+    assert found <= service.cancel_at + 9 * SCHEDULE.pending_interval, found
+    assert service.pending_gets["t2"] <= 2, service.pending_gets
+
+
 async def test_a_task_queued_behind_a_full_account_is_not_fetched_while_it_waits() -> None:
     from kf2v_tasks.dashscope.limits import AccountLimits
 

@@ -48,9 +48,10 @@ SWEEP_PAGE_SIZE = 100
 SWEEP_MAX_PAGES = 10
 #: A GET showed RUNNING this many times for a task the list left out: stop trusting the list for it.
 LIST_MISSES_BEFORE_BLIND = 2
-#: A task queued behind a full account is still fetched after this many PENDING intervals:
-#: the list cannot show a task that ended without ever running.
-QUEUED_REFETCH_INTERVALS = 4
+#: A task queued behind a full account is still fetched after this many PENDING intervals
+#: (2 min by default): the list cannot show a task that ended without ever running. Such a
+#: task costs only a place in the look-ahead queue while unseen, never a running slot.
+QUEUED_REFETCH_INTERVALS = 8
 
 
 @dataclass(eq=False)
