@@ -284,7 +284,8 @@ async def test_404_is_not_retried(tmp_path):
 async def test_cancellation_removes_temp(tmp_path, server):
     server.faults = ["stall:300000"]
     dest = tmp_path / "v.mp4"
-    task = asyncio.create_task(stream_to_storage(server.url, str(dest)))
+    # Batches smaller than what arrives before the stall: the temp is being written to.
+    task = asyncio.create_task(stream_to_storage(server.url, str(dest), chunk_size=64 * 1024))
     for _ in range(200):
         if leftovers(tmp_path) and server.requests:
             break

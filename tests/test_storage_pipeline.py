@@ -153,3 +153,48 @@ def server():
     srv = FaultServer(Body(3 * MIB + 12345))
     yield srv
     srv.close()
+
+
+@pytest.mark.parametrize("size", [0, 65536 + 7])
+async def test_body_smaller_than_a_batch_starts_no_thread_of_its_own(tmp_path, monkeypatch, size):
+    """A short clip is written and hashed in one hop, committed in another: no pool threads."""
+    started: list[str] = []
+    real_pool = storage.concurrent.futures.ThreadPoolExecutor
+
+    def counting_pool(*args: Any, **kwargs: Any) -> Any:
+        started.append(kwargs.get("thread_name_prefix", ""))
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(storage.concurrent.futures, "ThreadPoolExecutor", counting_pool)
+    body = Body(size, seed=11)
+    srv = FaultServer(body)
+    try:
+        dest = tmp_path / "clip.mp4"
+        res = await stream_to_storage(srv.url, str(dest), retry=NO_WAIT)
+        # Cut mid-body, then resumed with Range: still one-hop writes, exact bytes.
+        srv.faults = ["cut:30000"]
+        again = await stream_to_storage(srv.url, str(tmp_path / "cut.mp4"), retry=NO_WAIT)
+    finally:
+        srv.close()
+    assert started == []
+    assert (res.bytes, res.sha256) == (size, body.sha256())
+    assert dest.read_bytes() == body.bytes()
+    assert (again.bytes, again.sha256) == (size, body.sha256())
+    assert (tmp_path / "cut.mp4").read_bytes() == body.bytes()
+    assert leftovers(tmp_path) == []
+
+
+async def test_body_larger_than_a_batch_still_uses_the_threads(tmp_path, big_server, monkeypatch):
+    started: list[str] = []
+    real_pool = storage.concurrent.futures.ThreadPoolExecutor
+
+    def counting_pool(*args: Any, **kwargs: Any) -> Any:
+        started.append(kwargs.get("thread_name_prefix", ""))
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(storage.concurrent.futures, "ThreadPoolExecutor", counting_pool)
+    dest = tmp_path / "v.mp4"
+    res = await stream_to_storage(big_server.url, str(dest), chunk_size=MIB, retry=NO_WAIT)
+    assert sorted(started) == ["kf2v-hash", "kf2v-write"]
+    assert (res.bytes, res.sha256) == (big_server.body.size, big_server.body.sha256())
+    assert leftovers(tmp_path) == []
