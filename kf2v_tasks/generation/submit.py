@@ -24,13 +24,14 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
 
-from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution, TaskState
 from kf2v_tasks.errors import AmbiguousCreateError
 from kf2v_tasks.generation.audio import prepare_audio
 from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
@@ -112,6 +113,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: ``record`` not given: read it from the ledger.
+_UNREAD: Any = object()
+
+
 async def submit_generation(
     client: Kf2vClient,
     frames: FramePair,
@@ -124,6 +129,7 @@ async def submit_generation(
     row_id: Optional[str] = None,
     storage_options: Optional[dict] = None,
     claims: Optional[ClaimPolicy] = None,
+    record: Any = _UNREAD,
 ) -> Submission:
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
 
@@ -145,6 +151,11 @@ async def submit_generation(
         storage_options: fsspec options for reading the frames again at send time.
         claims: lease and wait lengths of the claim (default :class:`ClaimPolicy`);
             ``ClaimPolicy(enabled=False)`` skips claiming (a single run on its own output).
+        record: this work's ledger record (or ``None``) as the caller already read it (a
+            batch, at planning): it decides whether to claim, in place of a read. It may
+            be old: the record is read again under the claim before any create, and a
+            task it names is checked at the service before it is reused. Ignored when
+            claims are off (then the one read is the only guard, and is made here).
 
     Returns:
         The :class:`Submission` (``already_persisted_at`` set when the video is kept already).
@@ -187,7 +198,9 @@ async def submit_generation(
 
     policy = claims or ClaimPolicy()
     book = ClaimBook(ledger, policy) if policy.enabled else None
-    record = await _current(client, ledger, fp)
+    # An old read is enough to decide whether to claim: the claim's own read decides a
+    # create. Without claims this read is the only guard: it is made fresh.
+    record = await _current(client, ledger, fp, record if book is not None else _UNREAD)
     if record is not None and Ledger.is_task_reusable(record):
         if book is not None and record.state is not LedgerState.PERSISTED:
             # Hold the claim while we poll and persist if nobody does (free, or expired:
@@ -238,16 +251,35 @@ def _reused(record: LedgerRecord, base: dict) -> Submission:
     )
 
 
-async def _current(client: Kf2vClient, ledger: Ledger, fp: str) -> Optional[LedgerRecord]:
-    """The record, with a usable-looking task checked once against the service."""
-    record = await ledger.get(fp)
-    if record is not None and Ledger.is_task_reusable(record):
+async def _current(
+    client: Kf2vClient, ledger: Ledger, fp: str, known: Any = _UNREAD
+) -> Optional[LedgerRecord]:
+    """The record (``known``: as already read), with a usable-looking task checked once
+    against the service."""
+    record = await ledger.get(fp) if known is _UNREAD else known
+    checked: Optional[str] = None
+    while record is not None and Ledger.is_task_reusable(record) and record.task_id != checked:
         # One query makes reuse safe even when nobody recorded how the task ended.
-        current = await client.get_task(record.task_id)
-        if current.status in DEAD_STATUSES:
-            record.not_reusable(current.status, current.code, current.message)
-            await ledger.put(record)
+        checked = record.task_id
+        current = await client.get_task(checked)
+        if current.status not in DEAD_STATUSES:
+            break
+        # Conditional: the record read may be old; never written back over a newer one
+        # (whose own task is then checked in turn).
+        record = await ledger.modify(fp, _closing(current))
     return record
+
+
+def _closing(dead: TaskState) -> Callable[[LedgerRecord], bool]:
+    """A ledger change marking ``dead``'s task not reusable, if the record still follows it."""
+
+    def close(record: LedgerRecord) -> bool:
+        if record.task_id != dead.task_id:  # re-created since it was read: not ours to close
+            return False
+        record.not_reusable(dead.status, dead.code, dead.message)
+        return True
+
+    return close
 
 
 class _Work:
