@@ -77,3 +77,27 @@ async def test_rows_start_a_few_at_a_time(tmp_path: Path, monkeypatch, task_runs
     assert summary.counts == {"succeeded": ROWS}
     # Every row had a free slot at once; only the start gate kept them to a few.
     assert 1 < most <= STARTING_ROWS
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_run_keeps_what_existed_at_its_start_out_of_full_collections(tmp_path: Path):
+    import gc
+
+    from kf2v_tasks.batch.reporting import BatchObserver
+    from kf2v_tasks.batch.runner import BatchRunner
+
+    frozen: list[int] = []
+
+    class Peek(BatchObserver):
+        async def on_plan(self, plan, cost, dry_run):
+            frozen.append(gc.get_freeze_count())
+
+    pairs = make_pairs(tmp_path, 1)
+    rows = [{"id": "r0", "first_frame": pairs[0][0], "last_frame": pairs[0][1]}]
+    (tmp_path / "m.csv").write_text(manifest_text(rows))
+    before = gc.get_freeze_count()
+    await BatchRunner(
+        str(tmp_path / "m.csv"), str(tmp_path / "out"), dry_run=True, observer=Peek()
+    ).run()
+    assert frozen and frozen[0] > before  # frozen while the run went on
+    assert gc.get_freeze_count() == 0  # and handed back to the collector at its end

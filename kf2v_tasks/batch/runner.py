@@ -19,9 +19,12 @@ run writes that same table to ``results.dry-run.csv`` and never touches ``result
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Optional
 
@@ -173,6 +176,10 @@ class BatchRunner:
         A real run writes ``results.csv`` (every row's latest outcome); a dry run writes
         ``results.dry-run.csv`` and submits nothing.
         """
+        with _long_lived_heap():
+            return await self._run()
+
+    async def _run(self) -> BatchSummary:
         started = time.monotonic()
         self._observer = run_observer(self.observer)  # registrations in force now
         if not self.dry_run:
@@ -433,6 +440,19 @@ class BatchRunner:
         path = join(self.output, name)
         await write_text_atomic(path, text, storage_options=self.config.storage_options)
         return path
+
+
+@contextlib.contextmanager
+def _long_lived_heap() -> Iterator[None]:
+    """Leave what exists when the run starts (modules, Prefect, the run's own set-up) out of
+    the garbage collector's full passes until it ends: it outlives the run anyway, and each
+    full pass walked all of it: full passes took 0.18 CPU s of a 200-row run at concurrency
+    32 (0.02 s with this), and one fell between the start and the first create."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class _Once:
