@@ -261,6 +261,10 @@ class PrefectServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the Prefect server did not start")
             time.sleep(0.2)
+        # A user's server has served requests before: its first API calls (routes, the
+        # database) are slow once, ~0.3 s, which no side should pay for the server.
+        httpx.get(f"{self.api_url}/admin/version", timeout=30).raise_for_status()
+        httpx.post(f"{self.api_url}/flow_runs/filter", json={"limit": 1}, timeout=30)
 
     def env(self) -> dict:
         return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": self.home}
