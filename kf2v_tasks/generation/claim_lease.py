@@ -2,10 +2,11 @@
 
 A claim (:mod:`kf2v_tasks.generation.claims`) is a lease. While this process holds one,
 a background *thread* renews it with a conditional replace
-(:func:`~kf2v_tasks.storage.conditional.replace_if_sync`) once half of its lease is
-spent, by the real time its own file says (a claim whose work ends sooner is never
-renewed: a row costs one write per half lease it is held, not one per tick), and retries a
-failed renewal every eighth of the lease, so three retries still fit before it expires. A
+(:func:`~kf2v_tasks.storage.conditional.replace_if_sync`) once two thirds of its lease
+are spent, by the real time its own file says (a claim whose work ends sooner is never
+renewed: a row costs one write per two thirds of a lease it is held, not one per tick),
+and retries a failed renewal every twelfth of the lease, so three retries still fit before
+it expires. A
 thread, so the lease outlives any event loop (sync twins and task runs open and close
 their own) and dies with the process, as a lease should. A renewal that finds the claim
 changed (taken over after we stalled past the lease, or removed) gives it up and says so
@@ -41,9 +42,9 @@ logger = logging.getLogger("kf2v_tasks.generation.claims")
 #: This process's holder id (one per process: every run in it claims under this id).
 HOLDER_ID = uuid.uuid4().hex
 #: A claim is renewed when this share of its lease is left (the rest is spent working).
-RENEW_WHEN_LEFT = 0.5
-#: After a failed renewal, the next try comes this share of the lease later.
-RETRY_SHARE = 0.125
+RENEW_WHEN_LEFT = 1 / 3
+#: After a failed renewal, the next try comes this share of the lease later (three fit).
+RETRY_SHARE = 1 / 12
 #: The renewer's shortest sleep, real seconds.
 _MIN_SLEEP = 0.05
 
@@ -131,7 +132,7 @@ class HeldClaim:
         self.due = time.monotonic() + left - lease * RENEW_WHEN_LEFT
 
     def retry_soon(self) -> None:
-        """A renewal failed: try again an eighth of the lease from now."""
+        """A renewal failed: try again a twelfth of the lease from now."""
         self.due = time.monotonic() + clock.real_seconds(self.doc.lease_seconds) * RETRY_SHARE
 
 

@@ -91,9 +91,9 @@ __all__ = [
 logger = logging.getLogger("kf2v_tasks.generation.claims")
 
 #: A lease never lasts less than this in real seconds, whatever the time scale. Under time
-#: compression it sets the renewal cadence (at half the lease): rows held a second or two
-#: by a busy process are then not renewed, and a stall must last 2 s to lose a claim.
-MIN_LEASE_REAL_SECONDS = 4.0
+#: compression it sets the renewal cadence (4 s, two thirds of it): rows a busy process
+#: holds a few seconds are not renewed, and only a 2 s stall of the renewer loses a claim.
+MIN_LEASE_REAL_SECONDS = 6.0
 
 
 class ClaimPolicy(BaseModel):
