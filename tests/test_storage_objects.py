@@ -20,6 +20,7 @@ from kf2v_tasks.storage.files import read_bytes, read_json
 from kf2v_tasks.storage.objects import (
     get_object,
     is_s3,
+    list_files,
     object_exists,
     open_object,
     read_object,
@@ -197,5 +198,56 @@ def test_other_backends_give_the_same_answers(tmp_path, where: str) -> None:
     assert get_object(fs, f"{base}/clips/a.json")[1] is None
     with open_object(fs, f"{base}/clips/a.json", size=12) as f:
         assert f.read() == b'{"ok": true}'
+    names, stopped_at = list_files(fs, f"{base}/clips")
+    assert [n.rsplit("/", 1)[-1] for n in names] == ["a.json"] and stopped_at is None
+    assert list_files(fs, f"{base}/nowhere") == ([], None)
     if where == "memory":
         fsspec.filesystem("memory").rm(base, recursive=True)
+
+
+async def test_many_ledger_records_are_found_with_one_listing(proxy, bucket) -> None:
+    """A batch's plan: the absent records cost nothing more, only the present are read."""
+    opts = proxy.storage_options
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    fps = [f"{i:02x}" * 32 for i in range(6)]
+    for fp in fps[:2]:
+        rec = LedgerRecord.new(fp)
+        rec.begin_create()
+        await ledger.put(rec)
+    count = Requests(proxy)
+    got = await ledger.get_many(reversed(fps))
+    assert count.take() == {"ListObjects": 1, "GetObject": 2}  # not 6 GetObject
+    assert list(got) == sorted(fps)
+    assert [fp for fp, rec in got.items() if rec] == fps[:2]
+    assert got[fps[0]].create_attempts == 1 and got[fps[5]] is None
+
+
+async def test_a_listing_that_stops_early_leaves_the_rest_to_single_reads(
+    proxy, bucket, monkeypatch
+) -> None:
+    from kf2v_tasks.storage import objects
+
+    monkeypatch.setattr(objects, "LIST_PAGE", 2)
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=proxy.storage_options)
+    fps = [f"{i:02x}" * 32 for i in range(5)]
+    for fp in fps[:4]:
+        rec = LedgerRecord.new(fp)
+        rec.begin_create()
+        await ledger.put(rec)
+    count = Requests(proxy)
+    got = await ledger.get_many(fps)  # 5 wanted: one page of 2 allowed
+    # The page says fps[0] and fps[1] exist; fps[2..4] lie beyond it and are read each.
+    assert count.take() == {"ListObjects": 1, "GetObject": 5}
+    assert [fp for fp, rec in got.items() if rec] == fps[:4] and got[fps[4]] is None
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+async def test_many_records_elsewhere_are_read_one_by_one(tmp_path, where: str) -> None:
+    root = str(tmp_path) if where == "local" else f"memory://kf2v-many-{tmp_path.name}"
+    ledger = Ledger(root)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    await ledger.put(rec)
+    got = await ledger.get_many([FP, "cd" * 32])
+    assert got[FP].create_attempts == 1 and got["cd" * 32] is None
+    assert await ledger.get_many([]) == {}

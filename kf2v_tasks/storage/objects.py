@@ -9,7 +9,9 @@ know names a file, one request says everything:
 * :func:`stat_object` — one HeadObject (``FileNotFoundError`` on 404), no ListObjects;
 * :func:`object_exists` — :func:`stat_object` as a bool;
 * :func:`open_object` — a seekable reader of ranges; given the size (the caller has just
-  written the file), it sends no HeadObject first.
+  written the file), it sends no HeadObject first;
+* :func:`list_files` — the files directly in a folder, one ListObjectsV2 per 1,000 keys
+  (bounded: it says how far it got), never a HeadObject per key.
 
 None of them looks at fsspec's listing cache: the answer is the store's, now. On other
 filesystems they are the plain fsspec calls (local disk: the OS, one syscall each).
@@ -34,7 +36,18 @@ from fsspec.asyn import sync as fsspec_sync
 
 from kf2v_tasks.storage.paths import forget_cached, is_local
 
-__all__ = ["get_object", "is_s3", "object_exists", "open_object", "read_object", "stat_object"]
+__all__ = [
+    "get_object",
+    "is_s3",
+    "list_files",
+    "object_exists",
+    "open_object",
+    "read_object",
+    "stat_object",
+]
+
+#: Keys in one S3 listing page (the most S3 returns).
+LIST_PAGE = 1000
 
 
 def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
@@ -185,3 +198,49 @@ def open_object(fs: fsspec.AbstractFileSystem, path: str, *, size: Optional[int]
     # s3fs asks for the details (a HeadObject) at its first range unless it has them.
     f.details = {"name": path, "size": size, "type": "file"}
     return f
+
+
+def list_files(
+    fs: fsspec.AbstractFileSystem, folder: str, *, max_pages: Optional[int] = None
+) -> tuple[list[str], Optional[str]]:
+    """The files directly in ``folder`` (sorted paths), from the store (never a cache).
+
+    On S3 one ListObjectsV2 per :data:`LIST_PAGE` keys, at most ``max_pages`` of them.
+    Returns the paths and, when it stopped before the end, the last path it covered (every
+    path sorting after it is unknown; ``""`` if none); ``None`` when the listing is
+    complete. A missing folder is empty.
+
+    Example:
+        ```python
+        from kf2v_tasks.storage.objects import list_files
+        paths, stopped_at = list_files(fs, "bucket/out/.kf2v/ledger", max_pages=3)
+        ```
+    """
+    if not is_s3(fs):
+        forget_cached(fs, folder)
+        try:
+            found = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            return [], None
+        return sorted(f["name"] for f in found if f.get("type") == "file"), None
+    bucket, key, _ = fs.split_path(folder)
+    prefix = key.rstrip("/") + "/" if key else ""
+
+    async def pages() -> tuple[list[str], Optional[str]]:
+        out: list[str] = []
+        token: Optional[str] = None
+        done = 0
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await fs._call_s3("list_objects_v2", MaxKeys=LIST_PAGE, **kwargs)
+            out += [f"{bucket}/{o['Key']}" for o in page.get("Contents", [])]
+            done += 1
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if token is None:
+                return out, None
+            if max_pages is not None and done >= max_pages:
+                return out, out[-1] if out else ""  # "": nothing covered yet
+
+    return fsspec_sync(fs.loop, pages)
