@@ -27,7 +27,11 @@ from helpers import fast_service, make_pairs, manifest_text, pointed_at
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 ROWS = 6
-#: Requests per fresh row, by (kind of file, operation).
+#: Requests per fresh row, by (kind of file, operation). When the batch plans with
+#: Ledger.get_many, hands the planning read to submit_generation(record=...) and puts a
+#: success off until "persisted" (record_outcome(persist_follows=True)), the ledger's
+#: share falls to one GetObject (under the claim) and three PutObject, plus one
+#: ListObjects per run.
 PER_ROW = {
     ("ledger", "GetObject"): 3,  # planning, then before and under the claim
     ("ledger", "PutObject"): 4,  # submitting, submitted, ended, persisted
