@@ -446,3 +446,37 @@ async def test_a_success_put_off_is_written_with_persisted_or_alone_if_not_kept(
     assert writes == ["terminal"]
     rec = await ledger.get("e" * 64)
     assert rec.terminal_status is TaskStatus.SUCCEEDED and Ledger.is_task_reusable(rec)
+
+
+async def test_previews_made_for_a_record_read_at_planning_are_noted_without_a_read(s3_server):
+    """On S3 the note is a conditional PUT of the record the plan read: no second read."""
+    import io
+
+    from PIL import Image
+
+    from kf2v_tasks.simulator.render import render_video
+
+    def png(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 240), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    mp4 = render_video(png((220, 30, 30)), png((30, 30, 220)), "480P", fps=24)
+    bucket = s3_server.new_bucket()
+    opts = s3_server.storage_options
+    dest = f"s3://{bucket}/out/old.mp4"
+    s3_server.filesystem().pipe_file(f"{bucket}/out/old.mp4", mp4)
+    led = Ledger(f"s3://{bucket}/out", storage_options=opts)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    rec.persisted(dest, hashlib.sha256(mp4).hexdigest(), len(mp4))  # kept before previews
+    await Ledger(f"s3://{bucket}/out", storage_options=opts).put(rec)
+    planned = await led.get(FP)
+    reads: list[str] = []
+    real_get = led._get_sync
+    led._get_sync = lambda path: reads.append(path) or real_get(path)
+    kept = await find_persisted(led, FP, dest, storage_options=opts, record=planned)
+    assert kept is not None and kept.previews is not None and reads == []
+    stored = await Ledger(f"s3://{bucket}/out", storage_options=opts).get(FP)
+    assert stored.previews == kept.previews and stored.events[-1]["event"] == "previews"

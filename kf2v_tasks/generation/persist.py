@@ -435,16 +435,19 @@ async def _backfill_previews(
     previews = await _make_previews(path, storage_options)
     if previews is None:
         return None
-    # Read again: another run may have moved the record since (a re-download elsewhere).
-    record = await ledger.get(kept.fingerprint)
-    if (
-        record is None
-        or record.state is not LedgerState.PERSISTED
-        or record.output_path != path
-        or record.sha256 != kept.sha256
-    ):
-        return previews
-    if record.previews is None:
+
+    def note(record: LedgerRecord) -> bool:
+        # Another run may have moved the record since (a re-download elsewhere).
+        if (
+            record.state is not LedgerState.PERSISTED
+            or record.output_path != path
+            or record.sha256 != kept.sha256
+            or record.previews is not None
+        ):
+            return False
         record.previews_made(previews)
-        await ledger.put(record)
+        return True
+
+    # Conditional on S3 (and no read when this ledger read the record at planning).
+    await ledger.modify(kept.fingerprint, note)
     return previews
