@@ -480,3 +480,21 @@ async def test_previews_made_for_a_record_read_at_planning_are_noted_without_a_r
     assert kept is not None and kept.previews is not None and reads == []
     stored = await Ledger(f"s3://{bucket}/out", storage_options=opts).get(FP)
     assert stored.previews == kept.previews and stored.events[-1]["event"] == "previews"
+
+
+async def test_a_kept_video_of_a_task_past_its_lifetime_is_found_by_its_sidecar(ledger, dest):
+    """Only a live task's sidecar is taken as absent: an expired one could not be fetched."""
+    from datetime import timedelta
+
+    from kf2v_tasks.generation import sidecar
+
+    first = await persist_task_video(
+        succeeded(), dest, client=VideoClient(), submission=submission(), ledger=ledger
+    )
+    sidecar._written.clear()  # another process: nothing of this in memory
+    old = submission(submitted_at=datetime.now(UTC) - timedelta(hours=30))
+    client = VideoClient()
+    again = await persist_task_video(
+        succeeded(), dest, client=client, submission=old, ledger=ledger
+    )
+    assert again.reused_existing and again.sha256 == first.sha256 and client.requests == []

@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
 
+from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
 from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, utc
 from kf2v_tasks.generation.previews import Previews, make_previews
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.sidecar import (
@@ -265,13 +268,18 @@ async def _persist(
 
 
 def _created_here(submission: Optional[Submission]) -> bool:
-    """Whether this process created the task just now: no earlier run kept its video.
+    """Whether this submission created its task, and the task can still deliver its video.
 
     Then no sidecar of this task can be in storage unless this process wrote it (and it
     remembers that) or another run that re-attached to the task kept it while we still
-    held the claim past its wait for us: then we fetch it again, nothing lost or paid.
+    held the claim past its wait for us: then we fetch it again, nothing lost or paid. A
+    task past its lifetime could not be fetched again: its sidecar is always looked for.
     """
-    return submission is not None and not submission.reused
+    if submission is None or submission.reused:
+        return False
+    age = datetime.now(UTC) - (utc(submission.submitted_at) or datetime.now(UTC))
+    # Service time, as the ledger counts a task's lifetime (KF2V_TIME_SCALE compresses it).
+    return age * clock.time_scale() < TASK_TTL - TASK_TTL_MARGIN
 
 
 async def _read_sidecar(read_json, path: str, storage_options) -> dict[str, Any]:
