@@ -338,7 +338,9 @@ async def assess_plan(
     prices = prices or PriceTable.default()
     plan.costs = {r.id: estimate_row(r.options, prices) for r in rows}
     if ledger is not None:
-        records = await asyncio.gather(*(ledger.get(plan.fingerprints[r.id]) for r in rows))
+        # One listing of the ledger on S3 instead of a read per row (most rows are new).
+        known = await ledger.get_many(plan.fingerprints[r.id] for r in rows)
+        records = [known[plan.fingerprints[r.id]] for r in rows]
         plan.records = {r.id: rec for r, rec in zip(rows, records, strict=True)}
         kept = await asyncio.gather(
             *(
