@@ -258,6 +258,13 @@ def _run_cli(manifest: Path, out: Path, env: dict) -> subprocess.Popen:
     )
 
 
+def _persisted_records(out: Path) -> int:
+    return sum(
+        json.loads(p.read_text())["state"] == "persisted"
+        for p in (out / ".kf2v" / "ledger").glob("*.json")
+    )
+
+
 def test_resume_after_sigkill_makes_no_extra_creates(tmp_path):
     """Kill the CLI half-way (SIGKILL), run it again: rows already submitted are not re-created."""
     from prefect.settings import PREFECT_API_URL
@@ -286,17 +293,16 @@ def test_resume_after_sigkill_makes_no_extra_creates(tmp_path):
         )
         proc = _run_cli(folder / "m.csv", out, env)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list(out.glob("*.mp4"))) < 4:
+        # The ledger, not the files, says what is kept: a video on disk is recorded
+        # "persisted" only after its previews and sidecar (a slower machine widens that).
+        while time.monotonic() < deadline and _persisted_records(out) < 3:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         first = s.stats()
-        assert 4 <= first["creates"] < 12, first["creates"]
-        persisted_at_kill = sum(
-            json.loads(p.read_text())["state"] == "persisted"
-            for p in (out / ".kf2v" / "ledger").glob("*.json")
-        )
+        assert 3 <= first["creates"] < 12, first["creates"]
+        persisted_at_kill = _persisted_records(out)
         assert not (out / "results.csv").exists()
 
         proc = _run_cli(folder / "m.csv", out, env)

@@ -2,8 +2,8 @@
 
 A batch of fresh rows (a local manifest, the output on S3 behind a counting proxy in
 front of moto) runs through ``generate_batch`` in its default mode; every request is
-attributed to the file it touched. Each row may cost: the ledger record read at planning
-and around its claim, written at "submitting", "submitted" and "persisted"; its claim
+attributed to the file it touched. Each row may cost: the ledger record read under its
+claim, written at "submitting", "submitted" and "persisted"; its claim
 created and deleted (near-instant work is never renewed); its video written (and read
 once for its previews, then its poster and strip); its sidecar written, never read back (the gallery takes it from
 memory). The run itself writes the gallery and results.csv a few times, whatever its size.
@@ -27,14 +27,13 @@ from helpers import fast_service, make_pairs, manifest_text, pointed_at
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 ROWS = 6
-#: Requests per fresh row, by (kind of file, operation). When the batch plans with
-#: Ledger.get_many, hands the planning read to submit_generation(record=...) and puts a
-#: success off until "persisted" (record_outcome(persist_follows=True)), the ledger's
-#: share falls to one GetObject (under the claim) and three PutObject, plus one
-#: ListObjects per run.
+#: Requests per fresh row, by (kind of file, operation). The batch plans with
+#: Ledger.get_many (one ListObjects per run), hands the planning read to
+#: submit_generation(record=...) and puts a success off until "persisted"
+#: (record_outcome(persist_follows=True)).
 PER_ROW = {
-    ("ledger", "GetObject"): 2,  # before and under the claim (planning lists the folder)
-    ("ledger", "PutObject"): 4,  # submitting, submitted, ended, persisted
+    ("ledger", "GetObject"): 1,  # under the claim (planning lists the folder)
+    ("ledger", "PutObject"): 3,  # submitting, submitted, persisted (with how it ended)
     ("claim", "PutObject"): 1,  # created; never renewed (the work is near-instant)
     ("claim", "DeleteObject"): 1,
     ("video", "PutObject"): 1,

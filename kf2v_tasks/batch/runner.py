@@ -55,7 +55,7 @@ from kf2v_tasks.batch.results import (
 )
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
 from kf2v_tasks.batch.slots import SlotPool
-from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
+from kf2v_tasks.batch.steps import NOT_READ, RowSteps, TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
@@ -567,7 +567,9 @@ class _RowFanOut:
                     )
                 reserved = price
             try:
-                sub = await self.steps.submit(row, self.plan.frames[row.id], fp)
+                # The plan's read of the record spares the one before the claim.
+                read = record if row.id in self.plan.records else NOT_READ
+                sub = await self.steps.submit(row, self.plan.frames[row.id], fp, read)
                 started()  # created (or picked up): the next row may start
                 self.tasks[sub.task_id] = row
                 if getattr(sub, "already_persisted_at", None) is not None:

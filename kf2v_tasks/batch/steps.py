@@ -41,6 +41,9 @@ from kf2v_tasks.generation.submit import Submission, submit_generation
 T = TypeVar("T")
 Work = Callable[[], Awaitable[T]]
 
+#: :meth:`RowSteps.submit` without a record from the plan: the ledger is read.
+NOT_READ: Any = object()
+
 
 class TaskRuns(str, Enum):
     """Prefect task runs per manifest row."""
@@ -75,9 +78,16 @@ class RowSteps:
         """What the sidecar says about the row it came from."""
         return {"row": row.row_number, "id": row.id, "manifest": self.config.manifest_url}
 
-    async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
-        """Create the row's remote task, or re-attach to the one the ledger knows."""
+    async def submit(
+        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = NOT_READ
+    ) -> Submission:
+        """Create the row's remote task, or re-attach to the one the ledger knows.
+
+        ``record``: the row's ledger record as the plan read it (``None``: it had none),
+        which spares a read before the claim; the record is read again under the claim.
+        """
         c = self.config
+        known = {} if record is NOT_READ else {"record": record}
         sub = await submit_generation(
             self.client,
             frames,
@@ -88,6 +98,7 @@ class RowSteps:
             ambiguous_policy=c.ambiguous_policy,
             row_id=row.id,
             storage_options=c.storage_options,
+            **known,
         )
         if self.look_ahead is not None and sub.already_persisted_at is None:
             self.look_ahead.seen(sub.task_id, "PENDING")  # until a poll says otherwise
@@ -113,7 +124,8 @@ class RowSteps:
                     self.look_ahead.fall_back(f"task {sub.task_id} was queued and never started")
             await record_outcome(c.ledger, sub.fingerprint, exc)
             raise
-        await record_outcome(c.ledger, sub.fingerprint, state)
+        # A success is written with "persisted", which the batch's persist step does next.
+        await record_outcome(c.ledger, sub.fingerprint, state, persist_follows=True)
         return state
 
     async def _tell_look_ahead(self, state: TaskState) -> None:
@@ -167,10 +179,12 @@ class TaskSteps(RowSteps):
         ```
     """
 
-    async def submit(self, row: ManifestRow, frames: FramePair, fingerprint: str) -> Submission:
+    async def submit(
+        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = NOT_READ
+    ) -> Submission:
         """:meth:`RowSteps.submit` as the task run ``submit-<row id>``."""
         work = super().submit
-        return (await _submit_step(row.id, lambda: work(row, frames, fingerprint))).value
+        return (await _submit_step(row.id, lambda: work(row, frames, fingerprint, record))).value
 
     async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
         """:meth:`RowSteps.poll` as the task run ``poll-<row id>``."""
