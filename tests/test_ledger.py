@@ -433,7 +433,8 @@ async def test_record_outcome_after_our_own_write_is_one_conditional_put_on_s3(s
     assert spent(s3_proxy, before) == {"GetObject": 1, "PutObject": 1}
 
 
-async def test_a_record_changed_by_another_writer_is_read_again_never_overwritten(s3_server):
+async def _two_writers(s3_server) -> tuple[str, Ledger, Ledger]:
+    """Two ledgers on one S3 output; ``mine`` wrote FP's record (task-1) and remembers it."""
     bucket = s3_server.new_bucket()
     opts = s3_server.storage_options
     mine = Ledger(f"s3://{bucket}/out", storage_options=opts)
@@ -441,7 +442,12 @@ async def test_a_record_changed_by_another_writer_is_read_again_never_overwritte
     rec = LedgerRecord.new(FP)
     rec.begin_create()
     rec.submitted("task-1", "req-1")
-    await mine.put(rec)  # mine remembers this version
+    await mine.put(rec)
+    return bucket, mine, theirs
+
+
+async def test_a_record_changed_by_another_writer_is_read_again_never_overwritten(s3_server):
+    bucket, mine, theirs = await _two_writers(s3_server)
     # Another run re-created the work since: the record follows another task now.
     other = await theirs.get(FP)
     other.ended(TaskStatus.FAILED, "InternalError", "boom")
@@ -481,14 +487,7 @@ def test_a_ledger_pickles_without_what_it_saw(s3_server):
 
 async def test_update_on_s3_applies_its_changes_to_what_another_writer_wrote(s3_server):
     """update() is a conditional write: a record moved meanwhile is read again, not lost."""
-    bucket = s3_server.new_bucket()
-    opts = s3_server.storage_options
-    mine = Ledger(f"s3://{bucket}/out", storage_options=opts)
-    theirs = Ledger(f"s3://{bucket}/out", storage_options=opts)
-    rec = LedgerRecord.new(FP)
-    rec.begin_create()
-    rec.submitted("task-1", "req-1")
-    await mine.put(rec)  # mine remembers this version
+    _, mine, theirs = await _two_writers(s3_server)
     other = await theirs.get(FP)
     other.ended(TaskStatus.SUCCEEDED)
     await theirs.put(other)

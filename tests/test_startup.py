@@ -30,11 +30,17 @@ ROWS = 30
 async def test_rows_start_a_few_at_a_time(tmp_path: Path, monkeypatch, task_runs):
     pairs = make_pairs(tmp_path, 3)
     rows = [
-        {"id": f"r{i}", "first_frame": pairs[i % 3][0], "last_frame": pairs[i % 3][1],
-         "prompt": f"clip {i}"}
+        {
+            "id": f"r{i}",
+            "first_frame": pairs[i % 3][0],
+            "last_frame": pairs[i % 3][1],
+            "prompt": f"clip {i}",
+        }
         for i in range(ROWS)
     ]
-    (tmp_path / "m.csv").write_text(manifest_text(rows, ["id", "first_frame", "last_frame", "prompt"]))
+    (tmp_path / "m.csv").write_text(
+        manifest_text(rows, ["id", "first_frame", "last_frame", "prompt"])
+    )
     starting, most = 0, 0
     make_steps = runner_module.make_steps
 

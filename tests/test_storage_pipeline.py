@@ -155,9 +155,8 @@ def server():
     srv.close()
 
 
-@pytest.mark.parametrize("size", [0, 65536 + 7])
-async def test_body_smaller_than_a_batch_starts_no_thread_of_its_own(tmp_path, monkeypatch, size):
-    """A short clip is written and hashed in one hop, committed in another: no pool threads."""
+def _count_pools(monkeypatch) -> list[str]:
+    """The name prefix of every thread pool the download starts from now on."""
     started: list[str] = []
     real_pool = storage.concurrent.futures.ThreadPoolExecutor
 
@@ -166,6 +165,13 @@ async def test_body_smaller_than_a_batch_starts_no_thread_of_its_own(tmp_path, m
         return real_pool(*args, **kwargs)
 
     monkeypatch.setattr(storage.concurrent.futures, "ThreadPoolExecutor", counting_pool)
+    return started
+
+
+@pytest.mark.parametrize("size", [0, 65536 + 7])
+async def test_body_smaller_than_a_batch_starts_no_thread_of_its_own(tmp_path, monkeypatch, size):
+    """A short clip is written and hashed in one hop, committed in another: no pool threads."""
+    started = _count_pools(monkeypatch)
     body = Body(size, seed=11)
     srv = FaultServer(body)
     try:
@@ -185,14 +191,7 @@ async def test_body_smaller_than_a_batch_starts_no_thread_of_its_own(tmp_path, m
 
 
 async def test_body_larger_than_a_batch_still_uses_the_threads(tmp_path, big_server, monkeypatch):
-    started: list[str] = []
-    real_pool = storage.concurrent.futures.ThreadPoolExecutor
-
-    def counting_pool(*args: Any, **kwargs: Any) -> Any:
-        started.append(kwargs.get("thread_name_prefix", ""))
-        return real_pool(*args, **kwargs)
-
-    monkeypatch.setattr(storage.concurrent.futures, "ThreadPoolExecutor", counting_pool)
+    started = _count_pools(monkeypatch)
     dest = tmp_path / "v.mp4"
     res = await stream_to_storage(big_server.url, str(dest), chunk_size=MIB, retry=NO_WAIT)
     assert sorted(started) == ["kf2v-hash", "kf2v-write"]

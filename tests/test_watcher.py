@@ -241,14 +241,18 @@ class QueueingService(Service):
         return super().__call__(request)
 
 
-async def _wait_queued(service: QueueingService, limits) -> list:
-    client = Kf2vClient(
+def _limited_client(service: Service, limits) -> Kf2vClient:
+    return Kf2vClient(
         TEST_API_KEY,
         base_url=BASE,
         transport=httpx.MockTransport(service),
         retry=RetryPolicy(base_delay=1.0, jitter=0.0, max_attempts=1),
         limits=limits,
     )
+
+
+async def _wait_queued(service: QueueingService, limits) -> list:
+    client = _limited_client(service, limits)
     async with client:
         return await asyncio.gather(
             *(wait_for_task(client, t, schedule=SCHEDULE) for t in service.runtimes)
@@ -271,14 +275,7 @@ async def test_a_queued_task_that_ends_without_running_is_still_found() -> None:
 
     service = CancelledInQueue({"t0": 900.0, "t1": 900.0, "t2": 60.0})
     limits = AccountLimits(max_in_flight=2, submits_per_second=100, queries_per_second=1000)
-    client = Kf2vClient(
-        TEST_API_KEY,
-        base_url=BASE,
-        transport=httpx.MockTransport(service),
-        retry=RetryPolicy(base_delay=1.0, jitter=0.0, max_attempts=1),
-        limits=limits,
-    )
-    async with client:
+    async with _limited_client(service, limits) as client:
         waits = [
             asyncio.ensure_future(wait_for_task(client, t, schedule=SCHEDULE, deadline=2000))
             for t in ("t0", "t1")
