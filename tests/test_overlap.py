@@ -32,7 +32,7 @@ from kf2v_tasks.testing import MOTO_KEY
 from conftest import TEST_API_KEY
 from helpers import make_pairs, manifest_text
 
-SPEED = 60.0  # one service minute per real second: a claim's lease is 2 real seconds
+SPEED = 60.0  # one service minute per real second: a claim's lease is 6 real seconds (the floor)
 MAX_IN_FLIGHT = 2
 CLI = [sys.executable, "-m", "kf2v_tasks._cli.main"]
 
