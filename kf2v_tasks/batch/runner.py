@@ -55,14 +55,14 @@ from kf2v_tasks.batch.results import (
 )
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
 from kf2v_tasks.batch.slots import SlotPool
-from kf2v_tasks.batch.steps import NOT_READ, RowSteps, TaskRuns, make_steps, run_row_task
+from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
 from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.frames import FrameLimits
-from kf2v_tasks.generation.ledger import Ledger
+from kf2v_tasks.generation.ledger import UNREAD, Ledger
 from kf2v_tasks.generation.persist import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
@@ -568,7 +568,7 @@ class _RowFanOut:
                 reserved = price
             try:
                 # The plan's read of the record spares the one before the claim.
-                read = record if row.id in self.plan.records else NOT_READ
+                read = record if row.id in self.plan.records else UNREAD
                 sub = await self.steps.submit(row, self.plan.frames[row.id], fp, read)
                 started()  # created (or picked up): the next row may start
                 self.tasks[sub.task_id] = row

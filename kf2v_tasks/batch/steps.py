@@ -33,16 +33,13 @@ from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import wait_for_task
 from kf2v_tasks.errors import QueueTimeoutError
 from kf2v_tasks.events import emit_video_persisted
-from kf2v_tasks.generation.ledger import record_outcome
+from kf2v_tasks.generation.ledger import UNREAD, record_outcome
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.submit import Submission, submit_generation
 
 T = TypeVar("T")
 Work = Callable[[], Awaitable[T]]
-
-#: :meth:`RowSteps.submit` without a record from the plan: the ledger is read.
-NOT_READ: Any = object()
 
 
 class TaskRuns(str, Enum):
@@ -79,7 +76,7 @@ class RowSteps:
         return {"row": row.row_number, "id": row.id, "manifest": self.config.manifest_url}
 
     async def submit(
-        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = NOT_READ
+        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = UNREAD
     ) -> Submission:
         """Create the row's remote task, or re-attach to the one the ledger knows.
 
@@ -87,7 +84,6 @@ class RowSteps:
         which spares a read before the claim; the record is read again under the claim.
         """
         c = self.config
-        known = {} if record is NOT_READ else {"record": record}
         sub = await submit_generation(
             self.client,
             frames,
@@ -98,7 +94,7 @@ class RowSteps:
             ambiguous_policy=c.ambiguous_policy,
             row_id=row.id,
             storage_options=c.storage_options,
-            **known,
+            record=record,
         )
         if self.look_ahead is not None and sub.already_persisted_at is None:
             self.look_ahead.seen(sub.task_id, "PENDING")  # until a poll says otherwise
@@ -180,7 +176,7 @@ class TaskSteps(RowSteps):
     """
 
     async def submit(
-        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = NOT_READ
+        self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = UNREAD
     ) -> Submission:
         """:meth:`RowSteps.submit` as the task run ``submit-<row id>``."""
         work = super().submit

@@ -6,11 +6,10 @@ a background *thread* renews it with a conditional replace
 are spent, by the real time its own file says (a claim whose work ends sooner is never
 renewed: a row costs one write per two thirds of a lease it is held, not one per tick),
 and retries a failed renewal every twelfth of the lease, so three retries still fit before
-it expires. A
-thread, so the lease outlives any event loop (sync twins and task runs open and close
-their own) and dies with the process, as a lease should. A renewal that finds the claim
-changed (taken over after we stalled past the lease, or removed) gives it up and says so
-in the log.
+it expires. A thread, so the lease outlives any event loop (sync twins and task runs open
+and close their own) and dies with the process, as a lease should. A renewal that finds
+the claim changed (taken over after we stalled past the lease, or removed) gives it up and
+says so in the log.
 
 Example:
     ```python

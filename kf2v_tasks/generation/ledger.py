@@ -75,6 +75,7 @@ __all__ = [
     "LedgerError",
     "LedgerRecord",
     "LedgerState",
+    "UNREAD",
     "record_outcome",
 ]
 
@@ -85,6 +86,9 @@ _FP_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _SEEN_MAX = 1024
 #: Conditional writes that may lose to another writer before modify() stops trying.
 _MODIFY_TURNS = 5
+#: A ``record`` argument left out: the callee reads the ledger itself (``None`` means the
+#: caller read it and there is no record).
+UNREAD: Any = object()
 
 
 class Ledger:
@@ -366,7 +370,7 @@ class Ledger:
             await ledger.modify(fp, mark_persisted)   # one write: ended, then persisted
             ```
         """
-        self.path_of(fingerprint)
+        self.path_of(fingerprint)  # a bad fingerprint fails here, not at the later write
         with self._seen_lock:
             earlier = self._deferred.get(fingerprint)
             self._deferred[fingerprint] = change if earlier is None else _both(earlier, change)

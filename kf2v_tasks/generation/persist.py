@@ -35,7 +35,7 @@ from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
 from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
 from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
-from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, utc
 from kf2v_tasks.generation.previews import Previews, make_previews
 from kf2v_tasks.generation.pricing import PriceTable
@@ -347,16 +347,13 @@ async def _mark_persisted(
     await ledger.modify(fingerprint, change)
 
 
-_UNREAD = object()
-
-
 async def find_persisted(
     ledger: Optional[Ledger],
     fingerprint: str,
     destination: str,
     *,
     storage_options: Optional[dict] = None,
-    record: Any = _UNREAD,
+    record: Any = UNREAD,
     price_table: Optional[PriceTable] = None,
     make_missing_previews: bool = True,
 ) -> Optional[PersistedVideo]:
@@ -386,7 +383,7 @@ async def find_persisted(
 
     if ledger is None:
         return None
-    if record is _UNREAD:
+    if record is UNREAD:
         record = await ledger.get(fingerprint)
     if (
         not isinstance(record, LedgerRecord)

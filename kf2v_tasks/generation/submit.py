@@ -37,7 +37,7 @@ from kf2v_tasks.generation.audio import prepare_audio
 from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import prepare_frame
-from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.ledger_record import DEAD_STATUSES
 from kf2v_tasks.generation.models import FramePair
 
@@ -113,10 +113,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-#: ``record`` not given: read it from the ledger.
-_UNREAD: Any = object()
-
-
 async def submit_generation(
     client: Kf2vClient,
     frames: FramePair,
@@ -129,7 +125,7 @@ async def submit_generation(
     row_id: Optional[str] = None,
     storage_options: Optional[dict] = None,
     claims: Optional[ClaimPolicy] = None,
-    record: Any = _UNREAD,
+    record: Any = UNREAD,
 ) -> Submission:
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
 
@@ -200,7 +196,7 @@ async def submit_generation(
     book = ClaimBook(ledger, policy) if policy.enabled else None
     # An old read is enough to decide whether to claim: the claim's own read decides a
     # create. Without claims this read is the only guard: it is made fresh.
-    record = await _current(client, ledger, fp, record if book is not None else _UNREAD)
+    record = await _current(client, ledger, fp, record if book is not None else UNREAD)
     if record is not None and Ledger.is_task_reusable(record):
         if book is not None and record.state is not LedgerState.PERSISTED:
             # Hold the claim while we poll and persist if nobody does (free, or expired:
@@ -252,11 +248,11 @@ def _reused(record: LedgerRecord, base: dict) -> Submission:
 
 
 async def _current(
-    client: Kf2vClient, ledger: Ledger, fp: str, known: Any = _UNREAD
+    client: Kf2vClient, ledger: Ledger, fp: str, known: Any = UNREAD
 ) -> Optional[LedgerRecord]:
     """The record (``known``: as already read), with a usable-looking task checked once
     against the service."""
-    record = await ledger.get(fp) if known is _UNREAD else known
+    record = await ledger.get(fp) if known is UNREAD else known
     checked: Optional[str] = None
     while record is not None and Ledger.is_task_reusable(record) and record.task_id != checked:
         # One query makes reuse safe even when nobody recorded how the task ended.
