@@ -408,6 +408,17 @@ def forwarded(proxy) -> dict[str, int]:
     }
 
 
+async def _submitted_on_s3(s3_server, storage_options: dict) -> tuple[str, Ledger]:
+    """A new bucket whose ledger holds FP's record, submitted as task-1 (written by it)."""
+    bucket = s3_server.new_bucket()
+    ledger = Ledger(f"s3://{bucket}/out", storage_options=storage_options)
+    rec = LedgerRecord.new(FP)
+    rec.begin_create()
+    rec.submitted("task-1", "req-1")
+    await ledger.put(rec)
+    return bucket, ledger
+
+
 def spent(proxy, before: dict[str, int]) -> dict[str, int]:
     now = forwarded(proxy)
     return {k: v - before.get(k, 0) for k, v in now.items() if v != before.get(k, 0)}
@@ -415,12 +426,7 @@ def spent(proxy, before: dict[str, int]) -> dict[str, int]:
 
 async def test_record_outcome_after_our_own_write_is_one_conditional_put_on_s3(s3_server, s3_proxy):
     """What this ledger wrote last is not read again: one PUT If-Match its ETag."""
-    bucket = s3_server.new_bucket()
-    ledger = Ledger(f"s3://{bucket}/out", storage_options=s3_proxy.storage_options)
-    rec = LedgerRecord.new(FP)
-    rec.begin_create()
-    rec.submitted("task-1", "req-1")
-    await ledger.put(rec)
+    bucket, ledger = await _submitted_on_s3(s3_server, s3_proxy.storage_options)
     before = forwarded(s3_proxy)
     await record_outcome(ledger, FP, state_of(TaskStatus.SUCCEEDED))
     assert spent(s3_proxy, before) == {"PutObject": 1}
@@ -435,15 +441,8 @@ async def test_record_outcome_after_our_own_write_is_one_conditional_put_on_s3(s
 
 async def _two_writers(s3_server) -> tuple[str, Ledger, Ledger]:
     """Two ledgers on one S3 output; ``mine`` wrote FP's record (task-1) and remembers it."""
-    bucket = s3_server.new_bucket()
-    opts = s3_server.storage_options
-    mine = Ledger(f"s3://{bucket}/out", storage_options=opts)
-    theirs = Ledger(f"s3://{bucket}/out", storage_options=opts)
-    rec = LedgerRecord.new(FP)
-    rec.begin_create()
-    rec.submitted("task-1", "req-1")
-    await mine.put(rec)
-    return bucket, mine, theirs
+    bucket, mine = await _submitted_on_s3(s3_server, s3_server.storage_options)
+    return bucket, mine, Ledger(f"s3://{bucket}/out", storage_options=s3_server.storage_options)
 
 
 async def test_a_record_changed_by_another_writer_is_read_again_never_overwritten(s3_server):
@@ -505,12 +504,7 @@ async def test_update_on_s3_applies_its_changes_to_what_another_writer_wrote(s3_
 
 async def test_a_success_put_off_is_written_with_the_next_change_in_one_put(s3_server, s3_proxy):
     """record_outcome(persist_follows=True) writes nothing; "persisted" then writes both."""
-    bucket = s3_server.new_bucket()
-    ledger = Ledger(f"s3://{bucket}/out", storage_options=s3_proxy.storage_options)
-    rec = LedgerRecord.new(FP)
-    rec.begin_create()
-    rec.submitted("task-1", "req-1")
-    await ledger.put(rec)
+    bucket, ledger = await _submitted_on_s3(s3_server, s3_proxy.storage_options)
     before = forwarded(s3_proxy)
     await record_outcome(ledger, FP, state_of(TaskStatus.SUCCEEDED), persist_follows=True)
     assert spent(s3_proxy, before) == {}
