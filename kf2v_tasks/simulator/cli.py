@@ -53,6 +53,29 @@ _AT_LEAST_ONE = _checked(int, lambda v: v >= 1, ">= 1")
 _NATURAL = _checked(int, lambda v: v >= 0, ">= 0")
 
 
+def parse_model_limit(spec: str) -> tuple[str, tuple[int, float]]:
+    """``"MODEL=RUNNING:CREATES"`` -> ``(MODEL, (RUNNING, CREATES))`` as ``--model-limit`` takes it.
+
+    Example:
+        ```python
+        from kf2v_tasks.simulator.cli import parse_model_limit
+        assert parse_model_limit("wan2.7-i2v=3:1.5") == ("wan2.7-i2v", (3, 1.5))
+        ```
+    """
+    model, sep, figures = spec.partition("=")
+    running, colon, creates = figures.partition(":")
+    try:
+        limits = (int(running), float(creates))
+    except ValueError:
+        limits = (0, 0.0)
+    if not (sep and colon and model.strip()) or limits[0] < 1 or not limits[1] > 0:
+        raise ValueError(
+            f"model limit {spec!r} needs MODEL=RUNNING:CREATES with RUNNING >= 1 and "
+            "CREATES > 0, e.g. wan2.7-i2v=3:1.5"
+        )
+    return model.strip(), limits
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's options to ``parser`` (every option validated and explained).
 
@@ -94,20 +117,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent",
         type=_AT_LEAST_ONE,
-        default=2,
-        help="Tasks the account may have running at once (default 2, as the service).",
+        default=None,
+        help="Tasks of each model an account may run at once (default: each model's own "
+        "figure from the models table, as the service: kf2v 2, wan2.7-i2v 5).",
     )
     parser.add_argument(
         "--concurrency-mode",
         choices=["queue", "reject"],
         default="queue",
-        help="Over --max-concurrent: queue tasks as PENDING (default) or reject with 429.",
+        help="Over a model's running limit: queue tasks as PENDING (default) or reject with 429.",
     )
     parser.add_argument(
         "--submits-per-second",
         type=_POSITIVE,
-        default=2.0,
-        help="Create calls allowed per second before 429 (default 2, as the service).",
+        default=None,
+        help="Creates of each model allowed per second before 429 (default: each model's "
+        "own figure from the models table, as the service: kf2v 2, wan2.7-i2v 5).",
+    )
+    parser.add_argument(
+        "--model-limit",
+        type=_spec(parse_model_limit),
+        action="append",
+        default=[],
+        metavar="MODEL=RUNNING:CREATES",
+        help="One model's running-at-once and creates/s, over the two options above; "
+        "repeatable, e.g. wan2.7-i2v=3:1.5.",
+    )
+    parser.add_argument(
+        "--no-runtime-scaling",
+        action="store_true",
+        help="Run every task the drawn time, whatever its duration and resolution.",
     )
     parser.add_argument(
         "--queries-per-second",
@@ -167,6 +206,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         max_concurrent=args.max_concurrent,
         concurrency_mode=args.concurrency_mode,
         submits_per_second=args.submits_per_second,
+        model_limits=dict(getattr(args, "model_limit", None) or []),
+        runtime_scaling=not getattr(args, "no_runtime_scaling", False),
         queries_per_second=args.queries_per_second,
         rate_limits_real_time=args.rate_limits_real_time,
         render=args.render,

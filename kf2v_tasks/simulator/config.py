@@ -11,6 +11,14 @@ from kf2v_tasks.simulator.faults import FaultConfig
 
 RuntimeKind = Literal["uniform", "fixed", "lognormal"]
 
+#: Run-time factor per resolution (the simulator's own choice: reference §16 only says
+#: bigger videos take longer). With ``duration / 5`` it scales each drawn run time, so a
+#: 5-s 720P task runs exactly the drawn time.
+RESOLUTION_RUNTIME_FACTOR: dict[str, float] = {"480P": 0.6, "720P": 1.0, "1080P": 1.6}
+
+#: Limits of a model the models table has no figure for: (running at once, creates/s).
+DEFAULT_MODEL_LIMITS: tuple[int, float] = (2, 2.0)
+
 
 @dataclass(frozen=True)
 class RuntimeDistribution:
@@ -76,9 +84,20 @@ class SimulatorConfig:
     rate_limits_real_time: bool = False
     #: ``None`` accepts any non-empty Bearer key (each key is its own account).
     api_key: Optional[str] = None
-    submits_per_second: float = 2.0
+    #: Creates per second per (account, model); ``None``: each model's own figure from the
+    #: models table (2.0 when it has none). A number applies to every model.
+    submits_per_second: Optional[float] = None
+    #: Task queries (GET, list) per second per account, whatever the model.
     queries_per_second: float = 20.0
-    max_concurrent: int = 2
+    #: Tasks of one model an account runs at once; ``None``: the model's own figure from
+    #: the models table (2 when it has none). A number applies to every model.
+    max_concurrent: Optional[int] = None
+    #: Model name -> (running at once, creates/s); wins over the two settings above.
+    #: A name of the models table also covers its dated variants (each still its own lane).
+    model_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: Scale each drawn run time by ``duration / 5`` and the resolution's factor
+    #: (:data:`RESOLUTION_RUNTIME_FACTOR`); a benchmark may want raw draws.
+    runtime_scaling: bool = True
     #: ``"queue"``: extra tasks wait PENDING; ``"reject"``: 429 ``Throttling`` on create.
     concurrency_mode: Literal["queue", "reject"] = "queue"
     task_ttl: float = 86400.0
@@ -104,8 +123,13 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
-        if self.max_concurrent < 1:
+        if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
+        if self.submits_per_second is not None and self.submits_per_second <= 0:
+            raise ValueError("submits_per_second must be > 0")
+        for model, (running, creates) in self.model_limits.items():
+            if running < 1 or creates <= 0:
+                raise ValueError(f"model_limits[{model!r}] needs running >= 1 and creates/s > 0")
         if self.concurrency_mode not in ("queue", "reject"):
             raise ValueError("concurrency_mode is 'queue' or 'reject'")
         if self.render not in ("full", "tiny"):
@@ -114,6 +138,12 @@ class SimulatorConfig:
     def real(self, service_seconds: float) -> float:
         """Real seconds that ``service_seconds`` take at this speed."""
         return service_seconds / self.speed
+
+    def runtime_factor(self, duration: int, resolution: str) -> float:
+        """How much longer than the drawn run time a task of this size runs."""
+        if not self.runtime_scaling:
+            return 1.0
+        return (duration / 5) * RESOLUTION_RUNTIME_FACTOR.get(resolution, 1.0)
 
     @property
     def rate_scale(self) -> float:

@@ -27,7 +27,7 @@ from kf2v_tasks.dashscope.models import (
 from kf2v_tasks.simulator.frames import check_image, fetch_image
 from kf2v_tasks.simulator.gate import BAD_PARAMETER, authenticate, inject, rate_limit
 from kf2v_tasks.simulator.soundtrack import probe_audio
-from kf2v_tasks.simulator.state import SimState
+from kf2v_tasks.simulator.state import Account, SimState
 from kf2v_tasks.simulator.wire import ApiError, connection_reset, dashscope_json
 
 
@@ -226,16 +226,15 @@ async def _create(request: Request, protocol: Protocol) -> Response:
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = None
     model_key = body.get("model") if isinstance(body, dict) else None
-    rate_limit(state, acct, "create", f"submit:{model_key}", state.config.submits_per_second)
+    # Per (account, model) at the model's own rate, checked before the body is validated.
+    rate = state.model_limits(model_key if isinstance(model_key, str) else "")[1]
+    rate_limit(state, acct, "create", f"submit:{model_key}", rate)
     spec = parse_create(body, protocol)
     model = spec.options.model
 
     cfg = state.config
     if cfg.concurrency_mode == "reject":
-        acct.advance(state.clock.now())
-        if acct.busy() >= cfg.max_concurrent:
-            state.throttle("create")
-            raise ApiError(429, "Throttling")
+        _reject_when_lane_full(state, acct, model)
 
     images = []
     fields = ("first_frame_url", "last_frame_url")
@@ -264,10 +263,7 @@ async def _create(request: Request, protocol: Protocol) -> Response:
     if cfg.concurrency_mode == "reject":
         # Checked again with no await before the task is added: two creates that passed
         # the first check together (while their frames were fetched) cannot both get in.
-        acct.advance(state.clock.now())
-        if acct.busy() >= cfg.max_concurrent:
-            state.throttle("create")
-            raise ApiError(429, "Throttling")
+        _reject_when_lane_full(state, acct, model)
     task = state.add_task(
         acct,
         fingerprint=fp,
@@ -292,6 +288,15 @@ async def _create(request: Request, protocol: Protocol) -> Response:
     if injection.kind == "ambiguous":
         raise ApiError(500, "InternalError")  # the task exists, but the caller can't know
     return dashscope_json({"output": {"task_status": "PENDING", "task_id": task.task_id}})
+
+
+def _reject_when_lane_full(state: SimState, acct: Account, model: str) -> None:
+    """429 Throttling when ``model``'s lane on this account has no free slot (reject mode)."""
+    acct.advance(state.clock.now())
+    lane = acct.lane(model)
+    if lane.busy() >= lane.limit:
+        state.throttle("create")
+        raise ApiError(429, "Throttling")
 
 
 def _check_audio(data: bytes, spec: ModelSpec) -> None:

@@ -1,8 +1,10 @@
 """Simulated service state: tasks and their time-driven lifecycle, accounts, rate limits.
 
-Task states are computed lazily from timestamps: before any read, :meth:`Account.advance`
-replays the queue up to "now" as a discrete-event simulation, so a queued task starts at
-exactly the instant a slot frees (no polling scheduler, perfect server-side utilisation).
+Each account (API key) has one lane per model name as sent, as the service grants quota
+per account and per model (reference §16). Task states are computed lazily from
+timestamps: before any read, :meth:`Account.advance` replays the lanes up to "now" as a
+discrete-event simulation, so a queued task starts at exactly the instant a slot of its
+lane frees (no polling scheduler, perfect server-side utilisation).
 All times here are real seconds since the simulator started (``SimClock.now``).
 """
 
@@ -13,11 +15,13 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
 
-from kf2v_tasks.simulator.config import SimulatorConfig
+from kf2v_tasks.dashscope.catalog import active_catalog
+from kf2v_tasks.simulator.config import DEFAULT_MODEL_LIMITS, SimulatorConfig
 from kf2v_tasks.simulator.faults import FaultInjector
 
 
@@ -101,40 +105,86 @@ class SimTask:
 
 
 @dataclass
-class Account:
-    """One API key's tasks, concurrency slots and rate-limit buckets."""
+class Lane:
+    """One model's queue on one account: the service's quota is per model (reference §16)."""
 
-    account_id: str
-    max_concurrent: int
+    model: str  # as sent: a dated variant is its own lane
+    limit: int
     pending: deque[SimTask] = field(default_factory=deque)
     running: list[SimTask] = field(default_factory=list)
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
     peak: int = 0
+
+    def busy(self) -> int:
+        """Tasks holding or waiting for a slot."""
+        return len(self.running) + len(self.pending)
+
+
+@dataclass
+class Account:
+    """One API key's lanes (one per model) and rate-limit buckets."""
+
+    account_id: str
+    #: Running-at-once limit of a model's lane, asked once when the lane is made.
+    limit_of: Callable[[str], int]
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    peak: int = 0  # all lanes together
     # Time of the last processed event: a queued task cannot start before it.
     _clock: float = 0.0
+
+    def lane(self, model: str) -> Lane:
+        """The lane of ``model`` (made on first use)."""
+        lane = self.lanes.get(model)
+        if lane is None:
+            lane = self.lanes[model] = Lane(model, self.limit_of(model))
+        return lane
+
+    def running(self) -> int:
+        """Tasks running now, all lanes together."""
+        return sum(len(lane.running) for lane in self.lanes.values())
+
+    def pending(self) -> int:
+        """Tasks waiting for a slot, all lanes together."""
+        return sum(len(lane.pending) for lane in self.lanes.values())
+
+    def _fill(self) -> None:
+        started = False
+        for lane in self.lanes.values():
+            while lane.pending and len(lane.running) < lane.limit:
+                task = lane.pending.popleft()
+                task.started = max(task.created, self._clock)
+                lane.running.append(task)
+                lane.peak = max(lane.peak, len(lane.running))
+                started = True
+        if started:
+            self.peak = max(self.peak, self.running())
 
     def advance(self, now: float) -> None:
         """Replay starts and ends up to ``now``, in time order."""
         while True:
-            while self.pending and len(self.running) < self.max_concurrent:
-                task = self.pending.popleft()
-                task.started = max(task.created, self._clock)
-                self.running.append(task)
-                self.peak = max(self.peak, len(self.running))
-            if not self.running:
+            self._fill()
+            ends = [
+                (t.started + t.run_real, t.seq, lane, t)  # type: ignore[operator]
+                for lane in self.lanes.values()
+                for t in lane.running
+            ]
+            if not ends:
                 return
-            first = min(self.running, key=lambda t: (t.started + t.run_real, t.seq))
-            end = first.started + first.run_real  # type: ignore[operator]
+            end = min(ends, key=lambda e: (e[0], e[1]))[0]
             if end > now:
                 return
-            self.running.remove(first)
-            first.ended = end
+            # Every task ending at this instant leaves before any queued one starts, so
+            # the all-lanes peak never counts an ended task and its successor together.
+            for e, _seq, lane, task in ends:
+                if e == end:
+                    lane.running.remove(task)
+                    task.ended = end
             self._clock = end
 
     def enqueue(self, task: SimTask) -> None:
         """Queue a task created at ``task.created`` (call :meth:`advance` first)."""
         self._clock = max(self._clock, task.created)
-        self.pending.append(task)
+        self.lane(task.model).pending.append(task)
         self.advance(task.created)
 
     def cancel(self, task: SimTask, now: float) -> bool:
@@ -142,13 +192,9 @@ class Account:
         self.advance(now)
         if task.status() != "PENDING":
             return False
-        self.pending.remove(task)
+        self.lane(task.model).pending.remove(task)
         task.canceled = now
         return True
-
-    def busy(self) -> int:
-        """Tasks holding or waiting for a slot."""
-        return len(self.running) + len(self.pending)
 
 
 @dataclass
@@ -208,8 +254,31 @@ class SimState:
         """The account of ``api_key`` (created on first use)."""
         aid = account_id(api_key)
         if aid not in self.accounts:
-            self.accounts[aid] = Account(aid, self.config.max_concurrent)
+            self.accounts[aid] = Account(aid, lambda model: self.model_limits(model)[0])
         return self.accounts[aid]
+
+    def model_limits(self, model: str) -> tuple[int, float]:
+        """(running at once, creates/s) of ``model`` on one account.
+
+        ``config.model_limits`` first (the name as sent, then its models-table row's),
+        then the explicit ``max_concurrent``/``submits_per_second``, then the table.
+        """
+        cfg = self.config
+        spec = active_catalog().find(model)
+        for name in (model, spec.name if spec is not None else None):
+            if name in cfg.model_limits:
+                running, creates = cfg.model_limits[name]
+                return int(running), float(creates)
+        running, creates = DEFAULT_MODEL_LIMITS
+        if spec is not None:
+            running = spec.concurrency or running
+            # getattr: tables built before the field existed have no creates figure.
+            creates = getattr(spec, "creates_per_second", None) or creates
+        if cfg.max_concurrent is not None:
+            running = cfg.max_concurrent
+        if cfg.submits_per_second is not None:
+            creates = cfg.submits_per_second
+        return running, creates
 
     def allow(self, acct: Account, bucket: str, per_second: float) -> bool:
         """Take a rate-limit token (burst: about one second's worth)."""
@@ -228,7 +297,9 @@ class SimState:
         """Create a task now, drawing its run time and outcome from the seeded RNGs."""
         now = self.clock.now()
         acct.advance(now)
-        run_seconds = self.config.runtime.draw(self._runtime_rng)
+        run_seconds = self.config.runtime.draw(self._runtime_rng) * self.config.runtime_factor(
+            fields.get("duration", 5), fields.get("resolution", "720P")
+        )
         injection = self.faults.draw("task")
         self._seq += 1
         task = SimTask(
@@ -273,6 +344,10 @@ class SimState:
         by_status: Counter[str] = Counter(
             "UNKNOWN" if self.expired(t, now) else t.status() for t in self.tasks.values()
         )
+        peak_by_model: dict[str, int] = {}
+        for acct in self.accounts.values():
+            for lane in acct.lanes.values():
+                peak_by_model[lane.model] = max(peak_by_model.get(lane.model, 0), lane.peak)
         return {
             "creates": self.counters["creates"],
             "creates_by_fingerprint": dict(self.by_fingerprint),
@@ -289,8 +364,9 @@ class SimState:
             "throttled_by_endpoint": dict(self.throttled_by_endpoint),
             "faults": dict(self.faults.counts),
             "peak_concurrency": max((a.peak for a in self.accounts.values()), default=0),
-            "running": sum(len(a.running) for a in self.accounts.values()),
-            "pending": sum(len(a.pending) for a in self.accounts.values()),
+            "peak_by_model": peak_by_model,
+            "running": sum(a.running() for a in self.accounts.values()),
+            "pending": sum(a.pending() for a in self.accounts.values()),
             "tasks_by_status": dict(by_status),
             "elapsed": now,
         }

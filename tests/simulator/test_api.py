@@ -119,8 +119,9 @@ def test_sdk_extra_fields_and_truncation(sim):
 
 
 def test_lifecycle_and_usage_shapes(make_sim):
-    # 600 service seconds = 0.6 s real: long enough that a loaded machine still sees RUNNING.
-    sim = make_sim(runtime=RuntimeDistribution(kind="fixed", low=600.0))
+    # 600 service seconds = 0.6 s real: long enough that a loaded machine still sees RUNNING
+    # (r22 is 480P: 1000 drawn x 0.6; r21 is 720P and runs the drawn 1000).
+    sim = make_sim(runtime=RuntimeDistribution(kind="fixed", low=1000.0))
     r22 = create(sim).json()["output"]["task_id"]
     r21 = create(sim, body(model="wanx2.1-kf2v-plus", parameters={"resolution": "720P"}))
     r21 = r21.json()["output"]["task_id"]

@@ -39,6 +39,16 @@ def test_arguments_build_the_config():
     assert (cfg.runtime.kind, cfg.runtime.low, cfg.runtime.high) == ("uniform", 5.0, 9.0)
 
 
+def test_limits_default_to_the_models_table_and_take_per_model_overrides():
+    cfg = config_from_args(parser().parse_args([]))
+    assert (cfg.max_concurrent, cfg.submits_per_second, cfg.model_limits) == (None, None, {})
+    assert cfg.runtime_scaling
+    argv = ["--model-limit", "wan2.7-i2v=3:1.5", "--model-limit", "wan2.2-kf2v-flash=1:0.5"]
+    cfg = config_from_args(parser().parse_args([*argv, "--no-runtime-scaling"]))
+    assert cfg.model_limits == {"wan2.7-i2v": (3, 1.5), "wan2.2-kf2v-flash": (1, 0.5)}
+    assert not cfg.runtime_scaling
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -46,6 +56,8 @@ def test_arguments_build_the_config():
         (["--speed", "0"], "argument --speed: must be > 0, got '0'"),
         (["--max-concurrent", "0"], "argument --max-concurrent: must be >= 1, got '0'"),
         (["--queries-per-second", "-1"], "argument --queries-per-second: must be > 0"),
+        (["--model-limit", "wan2.7-i2v=0:1"], "argument --model-limit: model limit 'wan2.7-"),
+        (["--model-limit", "wan2.7-i2v"], "argument --model-limit: model limit 'wan2.7-i2v' "),
         (["--runtime", "9:5"], "argument --runtime: runtime needs 0 <= low <= high"),
         (["--faults", "query.error500"], "argument --faults: fault 'query.error500' needs"),
         (["--video-bytes", "x"], "argument --video-bytes: must be >= 0, got 'x'"),
