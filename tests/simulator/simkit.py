@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from kf2v_tasks.dashscope.models import CREATE_PATH
+from kf2v_tasks.dashscope.models import CREATE_PATH, MEDIA_PATH
 from kf2v_tasks.simulator import RuntimeDistribution, Simulator, SimulatorConfig
 
 KEY = "sk-sim-test-key"
@@ -59,12 +59,37 @@ def body(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
+#: Frames the media models accept (their sides start at 360 px).
+MEDIA_FIRST = gradient_png(480, 400)
+MEDIA_LAST = gradient_png(400, 480, hue=90)
+
+
+def media_body(
+    *, model: str = "wan2.7-i2v", audio: bytes | None = None, **parameters: Any
+) -> dict[str, Any]:
+    """A valid media-protocol (wan2.7-i2v) create body; ``parameters`` merge into 720P."""
+    media = [
+        {"type": "first_frame", "url": data_uri(MEDIA_FIRST)},
+        {"type": "last_frame", "url": data_uri(MEDIA_LAST)},
+    ]
+    if audio is not None:
+        media.append({"type": "driving_audio", "url": data_uri(audio, "audio/mpeg")})
+    return {
+        "model": model,
+        "input": {"prompt": "a gradient turning", "media": media},
+        "parameters": {"resolution": "720P", **parameters},
+    }
+
+
 def create(sim: Simulator, payload: dict[str, Any] | None = None, **kwargs: Any) -> httpx.Response:
-    """POST the create endpoint."""
+    """POST the create endpoint (the media path for a media body)."""
     headers = kwargs.pop("headers", HEADERS)
-    return httpx.post(
-        sim.base_url + CREATE_PATH, json=payload or body(), headers=headers, timeout=30, **kwargs
+    payload = payload or body()
+    inp = payload.get("input")
+    path = kwargs.pop(
+        "path", MEDIA_PATH if isinstance(inp, dict) and "media" in inp else CREATE_PATH
     )
+    return httpx.post(sim.base_url + path, json=payload, headers=headers, timeout=30, **kwargs)
 
 
 def query(sim: Simulator, task_id: str, headers: dict[str, str] = HEADERS) -> dict[str, Any]:

@@ -14,25 +14,19 @@ from kf2v_tasks.dashscope.models import MEDIA_PATH, GenerationOptions
 from kf2v_tasks.generation.fingerprint import fingerprint
 from kf2v_tasks.simulator.soundtrack import tone
 
-from .simkit import HEADERS, body, data_uri, gradient_png, wait_status
+from .simkit import (
+    HEADERS,
+    MEDIA_FIRST,
+    MEDIA_LAST,
+    body,
+    data_uri,
+    gradient_png,
+    media_body,
+    wait_status,
+)
 
-FIRST = gradient_png(480, 400)
-LAST = gradient_png(400, 480, hue=90)
+FIRST, LAST = MEDIA_FIRST, MEDIA_LAST
 VOICE = tone(3.0)  # mp3
-
-
-def media_body(*, audio: bytes | None = None, **parameters: Any) -> dict[str, Any]:
-    media = [
-        {"type": "first_frame", "url": data_uri(FIRST)},
-        {"type": "last_frame", "url": data_uri(LAST)},
-    ]
-    if audio is not None:
-        media.append({"type": "driving_audio", "url": data_uri(audio, "audio/mpeg")})
-    return {
-        "model": "wan2.7-i2v",
-        "input": {"prompt": "a gradient turning", "media": media},
-        "parameters": {"resolution": "720P", **parameters},
-    }
 
 
 def post(sim, payload: dict[str, Any], path: str = MEDIA_PATH) -> httpx.Response:
