@@ -22,6 +22,7 @@ from kf2v_tasks.batch.manifest import ExtraColumns, RowDefaults
 from kf2v_tasks.batch.reporting import PrefectReporter, run_observer
 from kf2v_tasks.batch.results import BatchSummary
 from kf2v_tasks.batch.runner import BatchRunner
+from kf2v_tasks.batch.runtimes import Order
 from kf2v_tasks.batch.sharding import run_shards, shard_from_tags
 from kf2v_tasks.batch.steps import TaskRuns
 from kf2v_tasks.credentials import DashScopeCredentials, resolve_storage_options
@@ -54,6 +55,7 @@ async def generate_batch(
     shards: Annotated[int, Field(ge=1, le=256)] = 1,
     task_runs: TaskRuns = TaskRuns.PER_STEP,
     extra_columns: ExtraColumns = False,
+    order: Order = Order.LONGEST,
 ):
     """Generate a video for every row of a CSV manifest.
 
@@ -70,8 +72,9 @@ async def generate_batch(
         manifest: CSV manifest: a local path or any fsspec URL (s3://bucket/manifest.csv).
         output: Output folder: a local path or any fsspec URL.
         defaults: Values for the manifest's empty or missing optional columns.
-        concurrency: The account quota: tasks in flight, creates per second, queries
-            per second.
+        concurrency: The account's quota, a lane per model: running tasks and creates
+            per second (default: each model's own, from the models table), queries per
+            second, and the look-ahead.
         polling: How long to wait for each video, and how often to ask.
         dry_run: Check every row and estimate the cost; submit nothing. The table goes
             to results.dry-run.csv (rows already made show as skipped).
@@ -96,6 +99,9 @@ async def generate_batch(
             results.csv (after its own columns): True for any column, or a list of
             their names (any other unknown column is then still an error, with a
             did-you-mean). Off: an unknown column is an error.
+        order: longest: within each model's lane, rows start longest first (predicted
+            from duration, resolution and the run times this output has seen), so the
+            batch's tail is short. manifest: rows start in manifest order.
 
     Returns:
         A BatchSummary, with one result per row in ``results``.
@@ -142,6 +148,7 @@ async def generate_batch(
                 ambiguous_policy=ambiguous_policy,
                 task_runs=task_runs,
                 extra_columns=extra_columns,
+                order=order,
             ),
             observer=run_observer(PrefectReporter(storage_options=opts)),
         )
@@ -165,6 +172,7 @@ async def generate_batch(
             observer=PrefectReporter(storage_options=opts, gallery=shard_count == 1),
             task_runs=task_runs,
             extra_columns=extra_columns,
+            order=order,
         )
         summary = await runner.run()
     return _final_state(summary)

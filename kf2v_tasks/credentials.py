@@ -84,6 +84,13 @@ class DashScopeCredentials(CredentialsBlock):
         default=None,
         description="Workspace id, sent as the X-DashScope-WorkSpace header.",
     )
+    account: Optional[str] = Field(
+        default=None,
+        description=(
+            "Name of the Alibaba Cloud main account (not secret). The service's quota is per "
+            "main account: blocks with different keys of one account give the same name."
+        ),
+    )
 
     @property
     def resolved_base_url(self) -> str:

@@ -86,17 +86,30 @@ class Kf2vSettings(PrefectBaseSettings):
         "second), for rehearsals on the simulator. Also read from KF2V_TIME_SCALE.",
         validation_alias=_aliases("time_scale", "kf2v_time_scale"),
     )
-    max_in_flight: int = Field(
-        default=2,
+    max_in_flight: Optional[int] = Field(
+        default=None,
         ge=1,
-        description="Tasks of the account allowed to be PENDING or RUNNING at once.",
+        description="Running tasks of every model's lane (default: each model's own quota, "
+        "from the models table: kf2v 2, wan2.7-i2v 5).",
         validation_alias=_aliases("max_in_flight"),
     )
-    submits_per_second: float = Field(
-        default=2.0,
+    submits_per_second: Optional[float] = Field(
+        default=None,
         gt=0,
-        description="Create requests per second allowed for the account.",
+        description="Creates per second of every model's lane (default: the table's).",
         validation_alias=_aliases("submits_per_second"),
+    )
+    lanes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-model quota for accounts with raised limits: {"wan2.7-i2v": "8:5"} '
+        "is 8 running tasks and 5 creates/s (RUNNING[:CREATES]).",
+        validation_alias=_aliases("lanes"),
+    )
+    ledger: Optional[str] = Field(
+        default=None,
+        description="Where the public tasks keep their ledger when given no ledger_root "
+        "(default: <PREFECT_HOME>/kf2v/ledger); an s3:// URL shares it between machines.",
+        validation_alias=_aliases("ledger"),
     )
     queries_per_second: float = Field(
         default=20.0,
@@ -120,7 +133,14 @@ class Kf2vSettings(PrefectBaseSettings):
             return value.strip().lower() or "singapore"
         return value
 
-    @field_validator("api_key", "base_url", "workspace", "models_file", mode="before")
+    @field_validator("lanes")
+    @classmethod
+    def _lane_specs(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, spec in value.items():
+            parse_lane_spec(spec, model)
+        return value
+
+    @field_validator("api_key", "base_url", "workspace", "models_file", "ledger", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An exported-but-empty variable (DASHSCOPE_API_KEY=) means "not set".
@@ -145,3 +165,25 @@ def get_settings() -> Kf2vSettings:
         ```
     """
     return Kf2vSettings()
+
+
+def parse_lane_spec(spec: str, model: str = "") -> tuple[int, Optional[float]]:
+    """``"RUNNING[:CREATES]"`` as (running, creates/s or None); a bad one names the model.
+
+    Example:
+        ```python
+        from kf2v_tasks.settings import parse_lane_spec
+        assert parse_lane_spec("8:5") == (8, 5.0) and parse_lane_spec("3") == (3, None)
+        ```
+    """
+    running, _, creates = str(spec).strip().partition(":")
+    try:
+        n = int(running)
+        rate = float(creates) if creates else None
+    except ValueError:
+        raise ValueError(
+            f"lane {model!r}: {spec!r} is not RUNNING[:CREATES] (e.g. 5 or 5:5)"
+        ) from None
+    if n < 1 or (rate is not None and rate <= 0):
+        raise ValueError(f"lane {model!r}: size must be >= 1 and creates/s > 0, got {spec!r}")
+    return n, rate

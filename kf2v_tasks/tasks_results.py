@@ -28,7 +28,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
-from kf2v_tasks.account import CredentialsLike, open_account
 from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
@@ -38,19 +37,18 @@ from kf2v_tasks.dashscope.polling import (
 )
 from kf2v_tasks.errors import TaskError, TaskTimeoutError
 from kf2v_tasks.events import emit_video_persisted
-from kf2v_tasks.generation.ledger import Ledger, record_outcome
+from kf2v_tasks.generation.ledger import record_outcome
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import Submission
+from kf2v_tasks.lanes.account import CredentialsLike, open_account
+from kf2v_tasks.lanes.lane import release_task
+from kf2v_tasks.lanes.ledger import ledger_for
 from kf2v_tasks.redaction import md_escape
 
 __all__ = ["TaskRef", "apersist_video", "apoll_until_done", "persist_video", "poll_until_done"]
 
 TaskRef = Union[Submission, str]
-
-
-def _ledger(ledger_root: Optional[str], storage_options: Optional[dict]) -> Optional[Ledger]:
-    return Ledger(ledger_root, storage_options=storage_options) if ledger_root else None
 
 
 # ------------------------------------------------------------------ the cores
@@ -68,7 +66,7 @@ async def _poll(
 ) -> TaskState:
     fingerprint = task_id.fingerprint if isinstance(task_id, Submission) else None
     tid = task_id.task_id if isinstance(task_id, Submission) else task_id
-    ledger = _ledger(ledger_root, storage_options) if fingerprint else None
+    ledger = ledger_for(ledger_root, storage_options) if fingerprint else None
     async with open_account(credentials) as account:
         try:
             state = await wait_for_task(
@@ -81,10 +79,10 @@ async def _poll(
             )
         except Exception as exc:
             if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
-                account.limits.in_flight.release(tid)  # it ended; a timeout is still running
+                release_task(tid)  # it ended; a timeout is still running
             await record_outcome(ledger, fingerprint, exc)
             raise
-        account.limits.in_flight.release(tid)
+        release_task(tid)
     await record_outcome(ledger, fingerprint, state)
     get_run_logger().info("Task %s ended %s", tid, state.status.value)
     return state
@@ -107,7 +105,7 @@ async def _persist(
             destination,
             client=account.client if account else None,
             submission=submission,
-            ledger=_ledger(ledger_root, storage_options),
+            ledger=ledger_for(ledger_root, storage_options),
             storage_options=storage_options,
             extra=extra,
             price_table=price_table,
@@ -188,7 +186,7 @@ async def apoll_until_done(
         deadline_seconds: total wait before giving up.
         queue_deadline_seconds: time PENDING before the task is cancelled.
         raise_on_failure: raise for FAILED / CANCELED / UNKNOWN (default) or return the state.
-        ledger_root: the ledger's folder (with a Submission).
+        ledger_root: the ledger's folder (with a Submission; default: the shared one).
         storage_options: fsspec options of the ledger.
 
     Returns:
@@ -276,7 +274,7 @@ async def apersist_video(
         destination: video path or URL (``out/cat.mp4``, ``s3://bucket/cat.mp4``…).
         submission: the :func:`asubmit_kf2v` result, for the sidecar and ledger.
         credentials: block, block name or ``None``; used only to refresh an expired URL.
-        ledger_root: the ledger's folder, to mark the work persisted.
+        ledger_root: the ledger's folder, to mark the work persisted (default: the shared one).
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar.
         price_table: prices per model and resolution, for the video's cost.

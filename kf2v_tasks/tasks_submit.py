@@ -26,18 +26,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
-from kf2v_tasks.account import CredentialsLike, open_account
 from kf2v_tasks.dashscope.models import GenerationOptions
 from kf2v_tasks.generation.frames import FrameLimits, check_pair
-from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
+from kf2v_tasks.lanes.account import CredentialsLike, open_account
+from kf2v_tasks.lanes.ledger import ledger_for
 
 __all__ = ["asubmit_kf2v", "avalidate_frames", "submit_kf2v", "validate_frames"]
-
-
-def _ledger(ledger_root: Optional[str], storage_options: Optional[dict]) -> Optional[Ledger]:
-    return Ledger(ledger_root, storage_options=storage_options) if ledger_root else None
 
 
 # ------------------------------------------------------------------ the cores
@@ -75,8 +71,9 @@ async def _submit(
     storage_options: Optional[dict],
     ambiguous_policy: AmbiguousPolicy,
 ) -> Submission:
+    model = (options or GenerationOptions()).model
     async with open_account(credentials) as account:
-        slot = await account.take_slot()
+        slot = await account.take_slot(model)
         try:
             sub = await submit_generation(
                 account.client,
@@ -84,15 +81,18 @@ async def _submit(
                 prompt,
                 negative_prompt,
                 options,
-                ledger=_ledger(ledger_root, storage_options),
+                ledger=ledger_for(ledger_root, storage_options),
                 ambiguous_policy=ambiguous_policy,
                 storage_options=storage_options,
             )
         except BaseException:
-            account.limits.in_flight.release(slot)
+            slot.release()
             raise
-        # The slot now belongs to the task: whoever sees it end frees it.
-        account.limits.in_flight.bind(slot, sub.task_id)
+        if sub.already_persisted_at is not None:
+            slot.release()  # another run kept this work already: nothing is at the service
+        else:
+            # The slot now belongs to the task: whoever sees it end frees it.
+            slot.bind(sub.task_id)
     logger = get_run_logger()
     if sub.reused:
         logger.info("Reused task %s (the same work was submitted before)", sub.task_id)
@@ -205,10 +205,11 @@ async def asubmit_kf2v(
     """Create the remote task, never paying twice for the same work (async).
 
     The work's fingerprint (model, parameters, prompts, both frames' sha256) is looked up
-    in the ledger under ``ledger_root`` first; a task submitted less than 24 h ago that
-    has not failed is reused instead of creating another. The create waits for one of the
-    account's in-flight slots, shared by every kf2v task in this process; the slot is freed
-    when :func:`apoll_until_done` sees the task end (or, if nobody polls it, when a later
+    in the ledger first; a task submitted less than 24 h ago that has not failed is reused
+    instead of creating another, also one another process is creating right now (its
+    claim). The create waits for a slot of the model's lane on the account, shared with
+    every batch and pipeline (see :mod:`kf2v_tasks.lanes`); the slot is freed when
+    :func:`apoll_until_done` sees the task end (or, if nobody polls it, when a later
     submitter finds it ended).
 
     Args:
@@ -217,7 +218,8 @@ async def asubmit_kf2v(
         negative_prompt: what to avoid (≤ 500 characters).
         options: model, resolution, seed, prompt_extend, watermark.
         ledger_root: folder or URL for the durable record (usually the output folder);
-            without it nothing protects a re-run from paying again.
+            default: the shared one (``PREFECT_INTEGRATIONS_KF2V_LEDGER``, else
+            ``<PREFECT_HOME>/kf2v/ledger``), so a re-run never pays again.
         credentials: a ``DashScopeCredentials`` block, a saved block's name, or ``None``
             for ``DASHSCOPE_API_KEY``.
         storage_options: fsspec options, for the ledger and for re-reading frames.

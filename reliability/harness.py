@@ -601,10 +601,11 @@ async def run_batch(
     which a test at 600x compression sees as 20 service minutes.
     """
     from kf2v_flows.batch import generate_batch
-    from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT, ConcurrencySettings
+    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.lanes.names import DEFAULT_LIMIT_PREFIX
 
     if global_limit == "default":
-        global_limit = DEFAULT_GLOBAL_LIMIT
+        global_limit = DEFAULT_LIMIT_PREFIX
     return await generate_batch(
         manifest=str(manifest),
         output=str(output),

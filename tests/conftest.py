@@ -83,6 +83,15 @@ def prefect_server():
 
 
 @pytest.fixture(autouse=True)
+def _own_default_ledger(tmp_path_factory, monkeypatch):
+    """Each test's public tasks keep their default ledger apart: the same frames and prompt
+    in two tests are two pieces of work here, not one paid once (as they are for a user)."""
+    monkeypatch.setenv(
+        "PREFECT_INTEGRATIONS_KF2V_LEDGER", str(tmp_path_factory.mktemp("default-ledger"))
+    )
+
+
+@pytest.fixture(autouse=True)
 def _fresh_account_limits(request):
     """Each test that uses the Prefect server starts with no kf2v global concurrency limit.
 

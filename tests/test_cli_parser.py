@@ -99,8 +99,14 @@ def test_version_from_the_script_and_the_module(tmp_path):
          "kf2v run: error: argument --storage-block: must be '<block-type-slug>/<block-name>', "
          "e.g. 'aws-credentials/prod', got 'prod'"),
         (["stack", "--workers", "0"], "kf2v stack: error: argument --workers: must be >= 1, got 0"),
-        (["limits", "apply", "--max-in-flight", "0"],
-         "kf2v limits apply: error: argument --max-in-flight: must be >= 1, got 0"),
+        (["limits", "apply", "--concurrency", "0"],
+         "kf2v limits apply: error: argument --concurrency: must be >= 1, got 0"),
+        (["run", "m.csv", "--output", "o", "--lane", "wan2.7-i2v=0"],
+         "kf2v run: error: argument --lane: lane 'wan2.7-i2v': size must be >= 1 and "
+         "creates/s > 0, got '0'"),
+        (["run", "m.csv", "--output", "o", "--order", "random"],
+         "kf2v run: error: argument --order: invalid choice: 'random' (choose from "
+         "'longest', 'manifest')"),
         (["simulator", "--speed", "-1"],
          "kf2v simulator: error: argument --speed: must be > 0, got '-1'"),
     ],
@@ -185,7 +191,7 @@ def test_the_script_answers_help_quickly(tmp_path):
 
 
 def test_queue_ahead_defaults_to_the_librarys_and_is_checked():
-    from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD
+    from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 
     parser = build_parser()
     args = parser.parse_args(["run", "m.csv", "--output", "out"])
@@ -193,7 +199,9 @@ def test_queue_ahead_defaults_to_the_librarys_and_is_checked():
     assert (
         parser.parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "0"]).queue_ahead == 0
     )
-    limits = parser.parse_args(["limits", "apply", "--max-in-flight", "4", "--queue-ahead", "2"])
-    assert (limits.max_in_flight, limits.queue_ahead) == (4, 2)
+    limits = parser.parse_args(
+        ["limits", "apply", "--lane", "wan2.7-i2v=8:5", "--queue-ahead", "2"]
+    )
+    assert (limits.lane, limits.queue_ahead) == ([("wan2.7-i2v", "8:5")], 2)
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "-1"])

@@ -555,8 +555,8 @@ async def test_retry_after_honoured_and_limiter_penalised(
     async def acquire() -> None:
         acquired.append("submit")
 
-    monkeypatch.setattr(limits.submit_limiter, "penalize", penalties.append)
-    monkeypatch.setattr(limits.submit_limiter, "acquire", acquire)
+    monkeypatch.setattr(limits.create_limiter("wan2.2-kf2v-flash"), "penalize", penalties.append)
+    monkeypatch.setattr(limits.create_limiter("wan2.2-kf2v-flash"), "acquire", acquire)
     server = Server(
         err(429, "Throttling", headers={"Retry-After": "7"}),
         err(429, "Throttling", headers={"retry-after-ms": "500"}),
@@ -578,7 +578,9 @@ async def test_get_task_waits_on_query_limiter(monkeypatch: pytest.MonkeyPatch) 
         calls.append("query")
 
     monkeypatch.setattr(limits.query_limiter, "acquire", acquire)
-    monkeypatch.setattr(limits.submit_limiter, "acquire", lambda: pytest.fail("submit used"))
+    monkeypatch.setattr(
+        limits.create_limiter("wan2.2-kf2v-flash"), "acquire", lambda: pytest.fail("submit used")
+    )
     server = Server(ok({"request_id": "r", "output": {"task_id": "t", "task_status": "RUNNING"}}))
     async with make_client(server, limits=limits) as client:
         await client.get_task("t")

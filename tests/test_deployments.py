@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kf2v_tasks._cli.stack import LocalStack, api, free_port, tail
-from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD
+from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
@@ -201,7 +201,7 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
     ):
         # -------------------------------------------------------------- server and setup
         stack.start_server()
-        registered = stack.prepare(pool=POOL, max_in_flight=MAX_IN_FLIGHT)
+        registered = stack.prepare(pool=POOL)
         assert "DashScope Credentials" in registered, registered
         with api(stack.api_url):
             asyncio.run(save_blocks(sim.base_url, s3_server.storage_options))

@@ -20,7 +20,7 @@ import pytest
 from kf2v_flows.batch import generate_batch
 from kf2v_tasks import clock
 from kf2v_tasks.batch.config import ConcurrencySettings
-from kf2v_tasks.batch.lookahead import LookAhead, is_concurrency_refusal
+from kf2v_tasks.lanes.lookahead import LookAhead, is_concurrency_refusal
 from kf2v_tasks.batch.results import from_csv
 from kf2v_tasks.errors import ThrottledError
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
@@ -310,7 +310,7 @@ def test_a_prefect_cancellation_cancels_the_queued_tasks(tmp_path):
         LocalStack(home=tmp_path / "home", prefect_port=free_port(), ui=False) as stack,
     ):
         stack.start_server()
-        stack.prepare(pool=POOL, max_in_flight=2)
+        stack.prepare(pool=POOL)
         with api(stack.api_url):
             asyncio.run(save_blocks(sim.base_url, {}))
         stack.deploy(REPO)

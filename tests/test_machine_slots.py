@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from kf2v_tasks.batch.machine_slots import MachineSlot
-from kf2v_tasks.batch.slots import SlotPool
+from kf2v_tasks.lanes.machine_slots import MachineSlot
+from kf2v_tasks.lanes.slots import SlotPool
 
 
 async def test_two_runs_on_one_machine_keep_the_accounts_two_slots(tmp_path):
@@ -47,7 +47,7 @@ def test_a_killed_run_leaves_no_slot_taken(tmp_path):
             sys.executable,
             "-c",
             "import sys, time, pathlib\n"
-            "from kf2v_tasks.batch.machine_slots import MachineSlot\n"
+            "from kf2v_tasks.lanes.machine_slots import MachineSlot\n"
             f"s = MachineSlot.try_acquire(pathlib.Path({str(tmp_path)!r}), 1)\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n",

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from kf2v_tasks.batch import rates as rates_module
-from kf2v_tasks.batch.rates import RateShare, runs_limit_name
+from kf2v_tasks.lanes import rates as rates_module
+from kf2v_tasks.lanes.rates import RateShare, runs_limit_name
 from kf2v_tasks.batch.sharding import shard_parameters
 from kf2v_tasks.dashscope.limits import RateLimiter
 

@@ -22,6 +22,8 @@ FIELDS = (
     "MAX_IN_FLIGHT",
     "SUBMITS_PER_SECOND",
     "QUERIES_PER_SECOND",
+    "LANES",
+    "LEDGER",
     "MODELS_FILE",
 )
 LEGACY = {
@@ -50,7 +52,9 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     s = get_settings()
     assert s.api_key is None and s.base_url is None and s.workspace is None
     assert s.region == "singapore" and s.time_scale == 1.0
-    assert (s.max_in_flight, s.submits_per_second, s.queries_per_second) == (2, 2.0, 20.0)
+    # Lane sizes come from the models table unless set: None means "each model's own".
+    assert (s.max_in_flight, s.submits_per_second, s.queries_per_second) == (None, None, 20.0)
+    assert s.lanes == {} and s.ledger is None
 
 
 @pytest.mark.parametrize(
@@ -78,6 +82,8 @@ def test_legacy_names(env: pytest.MonkeyPatch, field: str, value: str, expected:
         ("MAX_IN_FLIGHT", "5", "max_in_flight", 5),
         ("SUBMITS_PER_SECOND", "0.5", "submits_per_second", 0.5),
         ("QUERIES_PER_SECOND", "10", "queries_per_second", 10.0),
+        ("LANES", '{"wan2.7-i2v": "8:5"}', "lanes", {"wan2.7-i2v": "8:5"}),
+        ("LEDGER", "s3://bucket/ledger", "ledger", "s3://bucket/ledger"),
     ],
 )
 def test_prefect_namespaced_names(
@@ -202,3 +208,9 @@ def test_set_time_scale_rejects_bad_values(env: pytest.MonkeyPatch, value: objec
     with pytest.raises(ValueError, match="time scale must be"):
         clock.set_time_scale(value)  # type: ignore[arg-type]
     assert clock.time_scale() == 1.0  # the previous state is kept
+
+
+def test_a_bad_lane_setting_names_the_model(env: pytest.MonkeyPatch) -> None:
+    env.setenv(f"{ENV_PREFIX}LANES", '{"wan2.7-i2v": "zero"}')
+    with pytest.raises(ValueError, match="lane 'wan2.7-i2v': 'zero' is not RUNNING"):
+        get_settings()

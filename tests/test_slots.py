@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from kf2v_tasks.batch.gcl import apply_limits, ensure_limit, show_limits
-from kf2v_tasks.batch.slots import SlotPool
+from kf2v_tasks.lanes.gcl import apply_limits, ensure_limit, show_limits
+from kf2v_tasks.lanes.slots import SlotPool
 
 
 async def _run_jobs(pool: SlotPool, n: int, seconds: float) -> float:
@@ -39,8 +39,8 @@ async def test_gcl_leases_are_kept_and_handed_on_in_process():
     of 0.1 s on 2 slots would take many seconds that way, instead of ~0.6 s.
     """
     name = "kf2v-test-handoff"
-    first = await apply_limits(2, queue_ahead=0, name=name)
-    again = await apply_limits(2, queue_ahead=0, name=name)
+    first = await apply_limits(name, 2, queue_ahead=0)
+    again = await apply_limits(name, 2, queue_ahead=0)
     assert (first["action"], again["action"]) == ("created", "unchanged")
     assert any(x["name"] == name and x["limit"] == 2 for x in await show_limits())
 
@@ -74,7 +74,7 @@ async def test_a_missing_gcl_is_created_with_the_runs_limit_once_even_by_two_at_
     assert all(r["limit"] == 3 and r["active"] for r in results)
     assert (await ensure_limit(name, 5))["limit"] == 3  # an existing size is left alone
 
-    caplog.set_level(logging.INFO, logger="kf2v_tasks.batch.slots")
+    caplog.set_level(logging.INFO, logger="kf2v_tasks.lanes.slots")
     fresh = f"kf2v-test-pool-{uuid.uuid4().hex[:8]}"
     pool = await SlotPool.create(2, fresh)
     assert pool.gcl_name == fresh
@@ -88,7 +88,7 @@ async def test_a_missing_gcl_is_created_with_the_runs_limit_once_even_by_two_at_
 async def test_no_server_means_local_limiting_and_says_so(caplog):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    caplog.set_level(logging.WARNING, logger="kf2v_tasks.batch.slots")
+    caplog.set_level(logging.WARNING, logger="kf2v_tasks.lanes.slots")
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # no one
         pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
     assert pool.gcl_name is None
@@ -127,7 +127,7 @@ async def test_the_slots_of_a_killed_run_are_given_back_by_the_next_run():
 
     from prefect.client.orchestration import get_client
 
-    from kf2v_tasks.batch.gcl import _api_url, _lease_folder, acquire_slot
+    from kf2v_tasks.lanes.gcl import _api_url, _lease_folder, acquire_slot
 
     name = f"kf2v-test-dead-{uuid.uuid4().hex[:8]}"
     await ensure_limit(name, 1)
@@ -157,7 +157,7 @@ async def test_a_pool_asks_for_its_waiting_rows_slots_at_once_one_ask_at_a_time(
     """Each ask costs a server round trip (seconds on a busy SQLite server) and concurrent
     asks contend: the pool asks for every waiting row's slot in one call, never has two
     asks in flight, and all its leases share one Prefect client."""
-    from kf2v_tasks.batch import slots as slots_module
+    from kf2v_tasks.lanes import slots as slots_module
 
     real_acquire = slots_module.acquire_slot
     clients: set[int] = set()
@@ -192,7 +192,7 @@ async def test_a_pool_asks_for_its_waiting_rows_slots_at_once_one_ask_at_a_time(
 @pytest.mark.usefixtures("prefect_server")
 async def test_a_block_shrinks_to_what_the_limit_has_free():
     name = "kf2v-test-shrink"
-    await apply_limits(3, queue_ahead=0, name=name)
+    await apply_limits(name, 3, queue_ahead=0)
     other = await SlotPool.create(3, name)  # another run holds one of the three
     async with other.slot():
         pool = await SlotPool.create(8, name)
@@ -205,7 +205,7 @@ async def test_a_block_shrinks_to_what_the_limit_has_free():
 
 @pytest.mark.usefixtures("prefect_server")
 async def test_rows_announced_ahead_are_covered_by_the_first_ask(monkeypatch):
-    from kf2v_tasks.batch import slots as slots_module
+    from kf2v_tasks.lanes import slots as slots_module
 
     real_acquire = slots_module.acquire_slot
     asked: list[int] = []

@@ -242,6 +242,9 @@ class QueueingService(Service):
 
 
 def _limited_client(service: Service, limits) -> Kf2vClient:
+    if limits is not None:  # these tasks were created elsewhere: say which lane they are in
+        for task_id in getattr(service, "runtimes", None) or ("t0", "t1", "t2", "t3"):
+            limits.note_task(task_id, "wan2.2-kf2v-flash")
     return Kf2vClient(
         TEST_API_KEY,
         base_url=BASE,

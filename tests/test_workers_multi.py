@@ -45,7 +45,7 @@ from test_deployments import (
 )
 
 from kf2v_tasks._cli.stack import LocalStack, StackProcess, api, free_port, prefect_env, spawn
-from kf2v_tasks.batch.config import DEFAULT_QUEUE_AHEAD
+from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
@@ -234,7 +234,7 @@ def test_sharded_batch_on_two_workers_that_share_only_the_server_and_s3(tmp_path
         LocalStack(home=tmp_path / "server", prefect_port=free_port(), ui=False) as stack,
     ):
         stack.start_server()
-        stack.prepare(pool=POOL, max_in_flight=MAX_IN_FLIGHT)
+        stack.prepare(pool=POOL)
         with api(stack.api_url):
             asyncio.run(save_blocks(sim.base_url, s3_server.storage_options))
         deploy_out = stack.deploy(checkout)

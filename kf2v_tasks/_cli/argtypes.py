@@ -250,3 +250,24 @@ def _audio_problem(spec: ModelSpec, name: str, audio: Optional[str]) -> Optional
     if os.path.isdir(path):
         return "--audio", f"{audio!r}: is a folder, not an audio file"
     return None
+
+
+def lane(text: str) -> tuple[str, str]:
+    """``MODEL=RUNNING[:CREATES]`` (``--lane``): a bad one exits 2 naming it.
+
+    Example:
+        ```python
+        from kf2v_tasks._cli.argtypes import lane
+        assert lane("wan2.7-i2v=8:5") == ("wan2.7-i2v", "8:5")
+        ```
+    """
+    from kf2v_tasks.settings import parse_lane_spec
+
+    model, sep, spec = text.partition("=")
+    if not sep or not model.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODEL=RUNNING[:CREATES]")
+    try:
+        parse_lane_spec(spec, model.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return model.strip(), spec.strip()

@@ -83,7 +83,7 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
 
 
 def concurrency_from_args(args: argparse.Namespace) -> Any:
-    """The account quota of ``--concurrency``, ``--queue-ahead`` and the per-second rates.
+    """The account quota of ``--concurrency``, ``--lane``, ``--queue-ahead`` and the rates.
 
     Example:
         ```python
@@ -96,6 +96,7 @@ def concurrency_from_args(args: argparse.Namespace) -> Any:
 
     return ConcurrencySettings(
         max_in_flight=args.concurrency,
+        lanes=dict(getattr(args, "lane", None) or []),
         queue_ahead=args.queue_ahead,
         submits_per_second=args.submits_per_second,
         queries_per_second=args.queries_per_second,

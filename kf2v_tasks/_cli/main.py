@@ -44,21 +44,43 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _limits(args: argparse.Namespace) -> int:
-    """``kf2v limits apply|show``: the account's Prefect global concurrency limits."""
+    """``kf2v limits apply|show``: each lane's Prefect global concurrency limit."""
     import asyncio
 
     from kf2v_tasks._cli.service import quiet_prefect
-    from kf2v_tasks.batch.gcl import apply_limits, show_limits
+    from kf2v_tasks.lanes.gcl import apply_limits, show_limits
 
     with quiet_prefect(verbose=False):
         if args.limits_command == "apply":
-            result = asyncio.run(
-                apply_limits(args.max_in_flight, queue_ahead=args.queue_ahead, name=args.name)
-            )
+            result = asyncio.run(_apply_lane_limits(args, apply_limits))
         else:
             result = asyncio.run(show_limits())
     print(json.dumps(result, indent=2))
     return 0
+
+
+async def _apply_lane_limits(args: argparse.Namespace, apply_limits) -> list[dict]:
+    """Each model's lane limit on the account, at running + queue-ahead slots."""
+    from kf2v_tasks.batch.config import ConcurrencySettings
+    from kf2v_tasks.credentials import aresolve_credentials
+    from kf2v_tasks.dashscope.catalog import active_catalog
+    from kf2v_tasks.lanes.account import account_label
+    from kf2v_tasks.lanes.names import lane_limit_name
+
+    lanes = dict(args.lane)
+    models = args.model or list(
+        dict.fromkeys([m.name for m in active_catalog().models] + list(lanes))
+    )
+    quotas = ConcurrencySettings(max_in_flight=args.concurrency, lanes=lanes).quotas(models)
+    label = account_label(await aresolve_credentials(args.credentials_block))
+    return [
+        await apply_limits(
+            lane_limit_name(args.prefix, label, model),
+            quota.running,
+            queue_ahead=args.queue_ahead,
+        )
+        for model, quota in quotas.items()
+    ]
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -182,33 +182,56 @@ def _add_run(sub) -> None:
     _debug(run)
 
 
-def _quota(p: argparse.ArgumentParser) -> None:
-    """The account quota a run keeps to: tasks in flight, creates and queries per second."""
+def _lane_args(p: argparse.ArgumentParser) -> None:
+    """The lanes' sizes: one for every model, or per model."""
     p.add_argument(
         "--concurrency",
         type=argtypes.integer(1, 1024),
-        default=2,
-        help="Remote tasks in flight at once (default 2, the account default).",
+        default=None,
+        help="Running tasks of every model's lane (default: each model's own quota from the "
+        "models table: kf2v 2, wan2.7-i2v 5).",
+    )
+    p.add_argument(
+        "--lane",
+        action="append",
+        default=[],
+        metavar="MODEL=RUNNING[:CREATES]",
+        type=argtypes.lane,
+        help="One model's lane, for an account with raised quotas (repeatable): "
+        "--lane wan2.7-i2v=8:5 is 8 running tasks and 5 creates/s.",
     )
     p.add_argument(
         "--queue-ahead",
         type=argtypes.integer(0, 64),
         default=1,
-        help="Tasks kept waiting at the service beyond --concurrency, so the next one starts "
-        "the moment a running one ends (default 1; 0 turns it off). Cancelled, free, if the "
-        "run stops early.",
+        help="Tasks kept waiting at the service beyond each lane's running ones, so the next "
+        "one starts the moment a running one ends (default 1; 0 turns it off). Cancelled, "
+        "free, if the run stops early.",
     )
+
+
+def _quota(p: argparse.ArgumentParser) -> None:
+    """The account quota a run keeps to: a lane per model, creates and queries per second."""
+    _lane_args(p)
     p.add_argument(
         "--submits-per-second",
         type=argtypes.number(above=0),
-        default=2.0,
-        help="Create calls per second (default 2, the account default).",
+        default=None,
+        help="Create calls per second of every lane (default: each model's own, 2 or 5).",
     )
     p.add_argument(
         "--queries-per-second",
         type=argtypes.number(above=0),
         default=20.0,
         help="Task queries per second (default 20, the account default).",
+    )
+    p.add_argument(
+        "--order",
+        choices=["longest", "manifest"],
+        default="longest",
+        help="longest (default): within each lane, rows start longest first (predicted from "
+        "duration, resolution and the run times this output has seen), for the shortest "
+        "tail; manifest: in manifest order.",
     )
 
 
@@ -328,20 +351,26 @@ def _add_limits(sub) -> None:
     limits_sub = limits.add_subparsers(
         dest="limits_command", required=True, metavar="ACTION", help="What to do."
     )
-    apply = limits_sub.add_parser("apply", help="Create or update the limits (idempotent).")
+    apply = limits_sub.add_parser(
+        "apply",
+        help="Create or update each model's lane limit for the account (idempotent).",
+        description="Create or update the Prefect global concurrency limit of each model's "
+        "lane, <prefix>-<account>-<model>, at running + queue-ahead slots.",
+    )
+    _lane_args(apply)
     apply.add_argument(
-        "--max-in-flight",
-        type=argtypes.integer(1, 1024),
-        default=2,
-        help="Tasks the account may have in flight (default 2, the account default).",
+        "--credentials-block",
+        default=None,
+        help="The account (its block's name); default: DASHSCOPE_API_KEY.",
     )
     apply.add_argument(
-        "--queue-ahead",
-        type=argtypes.integer(0, 64),
-        default=1,
-        help="Tasks queued at the service beyond them (default 1, as kf2v run).",
+        "--model",
+        action="append",
+        default=[],
+        help="Only this model's lane (repeatable; default: every model of the models table "
+        "and every --lane).",
     )
-    apply.add_argument("--name", default=None, help="Limit name (default kf2v-dashscope-tasks).")
+    apply.add_argument("--prefix", default="kf2v", help="Limit name prefix (default kf2v).")
     _debug(apply)
     show = limits_sub.add_parser("show", help="Show the limits.")
     _debug(show)

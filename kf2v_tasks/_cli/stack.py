@@ -12,7 +12,7 @@ Example:
 
     with LocalStack(home="/tmp/kf2v-stack", prefect_port=4200) as stack:
         stack.start_server()
-        stack.prepare(pool="kf2v-process", max_in_flight=2)
+        stack.prepare(pool="kf2v-process")
         stack.start_worker("kf2v-process", name="worker-1")
         ...
     ```
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -233,16 +232,13 @@ class LocalStack:
             )
         return result.stdout
 
-    def prepare(self, pool: str = DEFAULT_POOL, max_in_flight: int = 2) -> str:
-        """Work pool, account limit and block types (each step is idempotent).
+    def prepare(self, pool: str = DEFAULT_POOL) -> str:
+        """Work pool and block types (each step is idempotent; each lane creates its own
+        global concurrency limit when it first opens).
 
         Returns the output of ``prefect block register -m kf2v_tasks``.
         """
         run(ensure_work_pool(self.api_url, pool))
-        kf2v = str(Path(sys.executable).parent / "kf2v")
-        if not Path(kf2v).exists():
-            kf2v = shutil.which("kf2v") or "kf2v"
-        self.cli(kf2v, "limits", "apply", "--max-in-flight", str(max_in_flight))
         return self.cli(prefect_bin(), "block", "register", "-m", "kf2v_tasks")
 
     def deploy(

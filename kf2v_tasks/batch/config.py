@@ -1,4 +1,4 @@
-"""What a batch is configured with: the account quota, polling, and the config every row shares.
+"""What a batch is configured with: the lanes' quota, polling, and the config every row shares.
 
 :class:`ConcurrencySettings` and :class:`PollingSettings` are flow parameters (the Prefect
 UI renders them as forms). :class:`RowConfig` is the small frozen bundle the row steps and
@@ -7,75 +7,114 @@ the reporters receive instead of the runner, so they depend on data, not on the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kf2v_tasks.dashscope.limits import LaneQuota, table_quota
 from kf2v_tasks.dashscope.polling import DEFAULT_DEADLINE, DEFAULT_QUEUE_DEADLINE, PollSchedule
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
-
-#: Name of the Prefect global concurrency limit that stands for the account's task quota.
-DEFAULT_GLOBAL_LIMIT = "kf2v-dashscope-tasks"
-#: Tasks queued at the service beyond the running ones (see ConcurrencySettings.queue_ahead).
-DEFAULT_QUEUE_AHEAD = 1
+from kf2v_tasks.lanes.names import DEFAULT_LIMIT_PREFIX, DEFAULT_QUEUE_AHEAD
+from kf2v_tasks.settings import parse_lane_spec
 
 
 class ConcurrencySettings(BaseModel):
-    """The account quota this run must respect.
+    """The account's quota as this run keeps to it: a lane per model.
+
+    Each model runs in its own lane (reference §16: kf2v 2 tasks and 2 creates/s,
+    wan2.7-i2v 5 and 5), sized from the models table unless set here.
 
     Example:
         ```python
         from kf2v_tasks.batch.config import ConcurrencySettings
-        quota = ConcurrencySettings(max_in_flight=4, submits_per_second=2.0)
-        assert quota.queries_per_second == 20.0 and quota.at_service == 4 + quota.queue_ahead
+        quota = ConcurrencySettings(lanes={"wan2.7-i2v": "8:5"})
+        assert quota.max_in_flight is None and quota.queue_ahead == 1
         ```
     """
 
     # The UI shows the schema's description: one plain line, not this docstring's example.
     model_config = ConfigDict(
-        json_schema_extra={"description": "The account quota this run must respect."}
+        json_schema_extra={"description": "The account's quota, a lane per model."}
     )
 
-    max_in_flight: int = Field(
-        default=2,
+    max_in_flight: Optional[int] = Field(
+        default=None,
         ge=1,
         le=1024,
-        description="Remote tasks submitted and not yet finished (the service default is 2).",
+        description=(
+            "Running tasks of every model's lane (empty: each model's own quota from the "
+            "models table: kf2v 2, wan2.7-i2v 5)."
+        ),
+    )
+    lanes: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            'Per-model quota for accounts with raised limits: {"wan2.7-i2v": "8:5"} is 8 '
+            "running tasks and 5 creates/s (RUNNING[:CREATES])."
+        ),
     )
     queue_ahead: int = Field(
         default=DEFAULT_QUEUE_AHEAD,
         ge=0,
         le=64,
         description=(
-            "Tasks kept waiting (PENDING) at the service beyond max_in_flight, so the next "
-            "one starts the moment a running one ends; 0 turns look-ahead off. Cancelled "
-            "(free) if the run stops early."
+            "Tasks kept waiting (PENDING) at the service beyond each lane's running ones, so "
+            "the next one starts the moment a running one ends; 0 turns look-ahead off. "
+            "Cancelled (free) if the run stops early."
         ),
     )
-    submits_per_second: float = Field(
-        default=2.0, gt=0, description="Create calls per second (the service default is 2)."
+    submits_per_second: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="Creates per second of every lane (empty: each model's own, 2 or 5).",
     )
     queries_per_second: float = Field(
         default=20.0, gt=0, description="Task queries per second (the service default is 20)."
     )
     global_limit: Optional[str] = Field(
-        default=DEFAULT_GLOBAL_LIMIT,
+        default=DEFAULT_LIMIT_PREFIX,
         description=(
-            "Prefect global concurrency limit shared by every run and worker on the same "
-            "Prefect server; created with max_in_flight + queue_ahead when missing."
+            "Prefix of each lane's Prefect global concurrency limit, <prefix>-<account>-<model>, "
+            "shared by every run, worker and pipeline on the same Prefect server (created "
+            "when missing); empty: this run limits itself alone."
         ),
     )
     validate_concurrency: int = Field(
         default=8, ge=1, le=256, description="Frame pairs validated at the same time."
     )
 
-    @property
-    def at_service(self) -> int:
-        """Tasks this run keeps at the service: running plus queued ahead."""
-        return self.max_in_flight + self.queue_ahead
+    @field_validator("lanes")
+    @classmethod
+    def _lane_specs(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, spec in value.items():
+            parse_lane_spec(spec, model)
+        return value
+
+    def quotas(self, models: Iterable[str]) -> dict[str, LaneQuota]:
+        """Each of ``models``' lane as this run sets it (``lanes`` over ``max_in_flight``).
+
+        Example:
+            ```python
+            from kf2v_tasks.batch.config import ConcurrencySettings
+            q = ConcurrencySettings(max_in_flight=3).quotas(["wan2.7-i2v"])
+            assert (q["wan2.7-i2v"].running, q["wan2.7-i2v"].creates_per_second) == (3, 5.0)
+            ```
+        """
+        out = {}
+        for model in models:
+            table, _ = table_quota(model)
+            if model in self.lanes:
+                running, creates = parse_lane_spec(self.lanes[model], model)
+            else:
+                running, creates = self.max_in_flight or table.running, None
+            out[model] = LaneQuota(
+                running, creates or self.submits_per_second or table.creates_per_second
+            )
+        return out
 
 
 class PollingSettings(BaseModel):

@@ -5,7 +5,7 @@ One coroutine per row on the flow's event loop. Every row and frame is validated
 then each row's steps run (:mod:`~kf2v_tasks.batch.steps`) — never a subflow per row,
 which costs about a second each. Rows share one client, one
 :class:`~kf2v_tasks.dashscope.limits.AccountLimits` (submits/s, queries/s) and one
-:class:`~kf2v_tasks.batch.slots.SlotPool` (tasks in flight), so the run stays under the
+:class:`~kf2v_tasks.lanes.slots.SlotPool` (tasks in flight), so the run stays under the
 account's quota instead of finding it through 429s, and a slot freed by a finished task
 goes straight to the next row. Steps and observers get a frozen
 :class:`~kf2v_tasks.batch.config.RowConfig`, never the runner.
@@ -33,7 +33,6 @@ from kf2v_tasks.batch.config import (
     PollingSettings,
     RowConfig,
 )
-from kf2v_tasks.batch.lookahead import LookAhead, is_concurrency_refusal
 from kf2v_tasks.batch.manifest import ExtraColumns, ManifestRow, RowDefaults
 from kf2v_tasks.batch.plan import (
     BatchPlan,
@@ -43,7 +42,6 @@ from kf2v_tasks.batch.plan import (
     plan_batch,
     with_extras,
 )
-from kf2v_tasks.batch.rates import RateShare
 from kf2v_tasks.batch.reporting import BatchObserver, run_observer
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
@@ -53,13 +51,12 @@ from kf2v_tasks.batch.results import (
     failed_result,
     to_csv,
 )
+from kf2v_tasks.batch.runtimes import Order, RunTimeHistory, order_rows, run_seconds_of
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
-from kf2v_tasks.batch.slots import SlotPool
 from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
-from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import UNREAD, Ledger
@@ -67,6 +64,11 @@ from kf2v_tasks.generation.persist import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
 from kf2v_tasks.generation.submit import AmbiguousPolicy
+from kf2v_tasks.lanes.account import account_label, limits_for
+from kf2v_tasks.lanes.lane import Lane, open_lane
+from kf2v_tasks.lanes.lookahead import LookAhead, is_concurrency_refusal
+from kf2v_tasks.lanes.names import account_limit_name
+from kf2v_tasks.lanes.rates import RateShare
 from kf2v_tasks.storage.files import copy_video, remove_stale_temps, write_text_atomic
 from kf2v_tasks.storage.paths import join
 
@@ -119,6 +121,7 @@ class BatchRunner:
         observer: Optional[BatchObserver] = None,
         task_runs: TaskRuns | str = TaskRuns.PER_STEP,
         extra_columns: ExtraColumns = False,
+        order: Order | str = Order.LONGEST,
     ) -> None:
         self.prices = price_table or PriceTable.default()
         self.config = RowConfig.build(
@@ -141,8 +144,10 @@ class BatchRunner:
         self.observer = observer
         self.task_runs = TaskRuns(task_runs)
         self.extra_columns = extra_columns
+        self.order = Order(order)
         self.results: dict[int, RowResult] = {}
-        self.look_ahead: Optional[LookAhead] = None
+        self.look_aheads: dict[str, LookAhead] = {}
+        self.lanes: dict[str, Lane] = {}
         self._fan: Optional[_RowFanOut] = None
         self._counts: Counter[str] = Counter()  # kept as rows finish: O(1) per row
         self._total = 0
@@ -243,8 +248,10 @@ class BatchRunner:
             wall_seconds=round(time.monotonic() - started, 3),
             dry_run=self.dry_run,
             max_cost=plan.max_cost,
-            cancelled=len(self.look_ahead.cancelled) if self.look_ahead else 0,
-            look_ahead_off=self.look_ahead.fell_back if self.look_ahead else None,
+            cancelled=len(self._cancelled()),
+            look_ahead_off=next(
+                (a.fell_back for a in self.look_aheads.values() if a.fell_back), None
+            ),
             results=results,
         )
         summary.results_path = await self._write(
@@ -260,8 +267,8 @@ class BatchRunner:
 
     async def _write_interrupted(self, plan: BatchPlan) -> None:
         """Stopped early: results.csv says what finished, what was cancelled, what was not run."""
-        ahead, fan = self.look_ahead, self._fan
-        cancelled = set(ahead.cancelled) if ahead else set()
+        fan = self._fan
+        cancelled = self._cancelled()
         created = {row.id: tid for tid, row in (fan.tasks.items() if fan else ())}
         for row in plan.runnable:
             if row.row_number in self.results:
@@ -299,6 +306,10 @@ class BatchRunner:
                 "interrupted: %d queued task(s) cancelled before they started (not billed)",
                 len(cancelled),
             )
+
+    def _cancelled(self) -> set[str]:
+        """Tasks queued ahead and cancelled, free, because the run stopped early."""
+        return {t for ahead in self.look_aheads.values() for t in ahead.cancelled}
 
     async def _reconcile_failed(self, plan: BatchPlan) -> None:
         """A failed row whose video an overlapping run has kept since is reported ``skipped``.
@@ -350,39 +361,50 @@ class BatchRunner:
             )
 
     async def _execute(self, plan: BatchPlan, rows: list[ManifestRow]) -> tuple[int, int]:
-        """Run every row; return (tasks created, tasks re-attached)."""
+        """Run every row in its model's lane; return (tasks created, tasks re-attached)."""
         c = self.concurrency
-        limits = AccountLimits(
-            max_in_flight=c.max_in_flight,
-            submits_per_second=c.submits_per_second,
-            queries_per_second=c.queries_per_second,
-        )
         credentials = await aresolve_credentials(self.credentials)
-        # Running slots plus the look-ahead queue: all of it is "tasks at the service".
-        pool = await SlotPool.create(c.at_service, c.global_limit)
-        ahead = self.look_ahead = LookAhead(
-            c.max_in_flight,
-            c.queue_ahead,
-            on_fall_back=lambda _why: pool.shrink(c.max_in_flight),
-            held=lambda: pool.in_use,
-        )
-        # A create the service refuses for concurrency is not retried where it failed:
-        # the row gives its slot back and waits for a running one (_RowFanOut).
-        limits.submit_limiter.stop_retry = ahead.refuses
-        share = await self._share_rates(pool, limits)
-        order = self._resume_order(plan, rows)
-        pool.expect(len(order) - len(plan.persisted))
+        models = list(dict.fromkeys(r.options.model for r in rows))
+        limits = limits_for(credentials, c.quotas(models))
+        limits.query_limiter.set_rate(c.queries_per_second)
+        label = account_label(credentials)
+        for model in models:
+            lane = self.lanes[model] = await open_lane(
+                label,
+                model,
+                limits.quota(model),
+                queue_ahead=c.queue_ahead,
+                limit_prefix=c.global_limit or None,
+            )
+            ahead = self.look_aheads[model] = LookAhead(
+                lane.running,
+                c.queue_ahead,
+                on_fall_back=lambda _why, lane=lane: lane.shrink(lane.running),
+                held=lambda lane=lane: lane.in_use,
+            )
+            # A create the service refuses for concurrency is not retried where it failed:
+            # the row gives its slot back and waits for a running one (_RowFanOut).
+            limits.create_limiter(model).stop_retry = ahead.refuses
+        shares = await self._share_rates(limits, label)
+        history = await RunTimeHistory.load(self.output, self.config.storage_options)
+        order = self._resume_order(plan, rows, history)
+        for model, lane in self.lanes.items():
+            lane.expect(
+                sum(1 for r, _ in order if r.options.model == model and r.id not in plan.persisted)
+            )
+        fan = None
         try:
             async with credentials.get_client(limits=limits) as client:
                 steps = make_steps(self.task_runs, self.config, client)
-                steps.look_ahead = ahead
+                steps.look_aheads = self.look_aheads
                 fan = self._fan = _RowFanOut(
                     plan=plan,
                     steps=steps,
-                    pool=pool,
+                    lanes=self.lanes,
                     budget=Budget(self.max_cost),
                     per_row_task=self.task_runs is TaskRuns.PER_ROW,
                     finish=self._finish,
+                    history=history,
                 )
                 # Known from the create answer on, not from the submit step's return: a
                 # stop landing in between must still cancel it.
@@ -393,43 +415,67 @@ class BatchRunner:
                     # row has stopped and the creates on the wire have answered, the tasks
                     # queued ahead never started; cancelled now, they cost nothing.
                     await client.settle_creates()
-                    await ahead.cancel_pending(client)
+                    for ahead in self.look_aheads.values():
+                        await ahead.cancel_pending(client)
 
                 await run_rows((fan.run_row(row, rec) for row, rec in order), stopped_early)
         finally:
-            await pool.close()
-            if share is not None:
+            for lane in self.lanes.values():
+                with contextlib.suppress(Exception):
+                    await lane.settle()
+            for share in shares:
                 await share.leave()
+            if fan is not None and fan.learned:
+                try:
+                    await history.save(self.output, self.config.storage_options)
+                except Exception as exc:  # only the next run's order suffers
+                    logger.warning("could not keep this run's task run times: %s", exc)
         return fan.submitted, fan.reattached
 
-    async def _share_rates(self, pool: SlotPool, limits: AccountLimits) -> Optional[RateShare]:
-        """Keep to this run's share of the account's creates/s and queries/s (see rates.py)."""
+    async def _share_rates(self, limits, label: str) -> list[RateShare]:
+        """Keep to this run's share of each lane's creates/s and the account's queries/s."""
         c = self.concurrency
-        share = None
-        if pool.gcl_name:
-            share = await RateShare.join(
-                pool.gcl_name,
-                {
-                    limits.submit_limiter: c.submits_per_second,
-                    limits.query_limiter: c.queries_per_second,
-                },
+        shares: list[RateShare] = []
+        shared = bool(self.lanes) and all(lane.limit_name for lane in self.lanes.values())
+        if shared:
+            wanted = [
+                (lane.limit_name, {limits.create_limiter(m): lane.quota.creates_per_second})
+                for m, lane in self.lanes.items()
+            ]
+            wanted.append(
+                (
+                    account_limit_name(c.global_limit or "kf2v", label),
+                    {limits.query_limiter: c.queries_per_second},
+                )
             )
-        if share is None and self.shard_count > 1:
+            for name, limiters in wanted:
+                share = await RateShare.join(name, limiters)
+                if share is None:
+                    shared = False
+                    break
+                shares.append(share)
+        if not shared and self.shard_count > 1:
             # Nothing counts the shards that run at once: each keeps to its part.
-            limits.submit_limiter.set_rate(c.submits_per_second / self.shard_count)
+            for m, lane in self.lanes.items():
+                limits.create_limiter(m).set_rate(lane.quota.creates_per_second / self.shard_count)
             limits.query_limiter.set_rate(c.queries_per_second / self.shard_count)
             logger.info(
                 "rates not shared through the server: this shard keeps to 1/%d of them",
                 self.shard_count,
             )
-        return share
+        return shares
 
-    @staticmethod
-    def _resume_order(plan: BatchPlan, rows: list[ManifestRow]):
-        """Rows with a live task first (re-attach), then the rest in manifest order."""
+    def _resume_order(self, plan: BatchPlan, rows: list[ManifestRow], history: RunTimeHistory):
+        """Rows with a live task first (re-attach), then the rest longest first (or as listed)."""
         live = set(plan.live)
         order = [(r, plan.records.get(r.id)) for r in rows]
-        return [o for o in order if o[0].id in live] + [o for o in order if o[0].id not in live]
+        rest = order_rows(
+            [o for o in order if o[0].id not in live],
+            lambda o: (o[0].options.model, o[0].options.resolution, o[0].options.duration),
+            history,
+            self.order,
+        )
+        return [o for o in order if o[0].id in live] + rest
 
     def _finish(self, result: RowResult) -> None:
         self.results[result.row] = result
@@ -455,26 +501,38 @@ def _long_lived_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-class _Once:
-    """Calls ``fn`` the first time it is called, and never again."""
+class _StartPermit:
+    """One row's permit to start (see STARTING_ROWS): taken once, given back once."""
 
-    def __init__(self, fn) -> None:
-        self._fn = fn
+    def __init__(self, gate: asyncio.Semaphore) -> None:
+        self._gate = gate
+        self._held = False
+        self._done = False
+
+    async def acquire(self) -> None:
+        if not self._held and not self._done:
+            await self._gate.acquire()
+            self._held = True
 
     def __call__(self) -> None:
-        fn, self._fn = self._fn, None
-        if fn is not None:
-            fn()
+        self._done = True
+        if self._held:
+            self._held = False
+            self._gate.release()
 
 
 class _RowFanOut:
     """What every row coroutine of one run shares (never the runner itself)."""
 
-    def __init__(self, *, plan, steps: RowSteps, pool, budget, per_row_task: bool, finish) -> None:
+    def __init__(
+        self, *, plan, steps: RowSteps, lanes, budget, per_row_task: bool, finish, history
+    ) -> None:
         self.plan: BatchPlan = plan
         self.steps = steps
         self.config: RowConfig = steps.config
-        self.pool: SlotPool = pool
+        self.lanes: dict[str, Lane] = lanes
+        self.history: RunTimeHistory = history
+        self.learned = 0
         self.budget: Budget = budget
         self.per_row_task = per_row_task
         self.finish = finish
@@ -488,12 +546,12 @@ class _RowFanOut:
 
     def created(self, state) -> None:
         """A create answered: the task is ours and queued, whatever happens to its row next."""
-        ahead = self.steps.look_ahead
-        if ahead is not None:
-            ahead.seen(state.task_id, "PENDING")
         row = _ROW.get()
         if row is not None:
             self.tasks[state.task_id] = row
+            ahead = self.steps.look_aheads.get(row.options.model)
+            if ahead is not None:
+                ahead.seen(state.task_id, "PENDING")
 
     async def run_row(self, row: ManifestRow, record) -> None:
         _ROW.set(row)  # this row's own task: its context is its own
@@ -519,8 +577,9 @@ class _RowFanOut:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.leaders[fp] = done
         price = self.plan.costs[row.id]
-        await self.starting.acquire()
-        started = _Once(self.starting.release)
+        started = _StartPermit(self.starting)
+        if self.per_row_task:  # the row's task run begins now: wait for a start permit first
+            await started.acquire()
         try:
             if self.per_row_task:
                 result = await run_row_task(
@@ -553,7 +612,10 @@ class _RowFanOut:
         reserved = 0.0
         sub: Any = None
         refused = False
-        async with self.pool.slot() as held:
+        async with self.lanes[row.options.model].slot() as held:
+            # Taken after the slot: a row waiting for its lane must not keep another lane's
+            # rows from starting.
+            await started.acquire()
             if not reattach:
                 if not self.budget.try_reserve(price):
                     return RowResult(
@@ -595,7 +657,7 @@ class _RowFanOut:
             except Exception as exc:
                 if reserved:
                     self.budget.release(reserved)  # failed tasks are not billed
-                ahead = self.steps.look_ahead
+                ahead = self.steps.look_aheads.get(row.options.model)
                 if not (sub is None and ahead is not None and ahead.fell_back is not None):
                     return failed_result(base, exc, sub)
                 if not is_concurrency_refusal(exc):
@@ -605,6 +667,7 @@ class _RowFanOut:
             return await self._generate(row, record, fp, dest, price, base, started)
         if reserved:
             self.budget.commit(reserved)
+        self._learn(row, state)
         try:
             video = await self.steps.persist(row, state, sub, dest)
         except Exception as exc:  # the task succeeded (and is billed); only keeping it failed
@@ -619,6 +682,14 @@ class _RowFanOut:
             reattached=sub.reused,
             possible_duplicate=sub.possible_duplicate,
         )
+
+    def _learn(self, row: ManifestRow, state) -> None:
+        """Note how long the task ran: the next run of this output orders its rows by it."""
+        seconds = run_seconds_of(state)
+        if seconds is not None:
+            o = row.options
+            if self.history.observe(o.model, o.resolution, o.duration or 5, seconds):
+                self.learned += 1
 
     async def _made_elsewhere(
         self, sub: Any, fp: str, dest: str, base: dict

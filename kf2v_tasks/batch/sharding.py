@@ -5,7 +5,7 @@ picks it up. A shard learns which slice it runs from its flow-run tag
 ``kf2v-shard:<i>-of-<n>`` (set by the parent), not from parameters, so the deployment's
 form shows nothing internal. The account's tasks-in-flight quota holds across shards
 through the Prefect global concurrency limit, and so do the per-second rates (rate-mode
-limits, :mod:`~kf2v_tasks.batch.rates`): each shard is given the account's whole rates and
+limits, :mod:`~kf2v_tasks.lanes.rates`): each shard is given the account's whole rates and
 the server shares them, whether the shards run alone or all at once. A shard that cannot
 reach those limits divides the rates by the shard count itself.
 """

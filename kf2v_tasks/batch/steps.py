@@ -67,9 +67,9 @@ class RowSteps:
     def __init__(self, config: RowConfig, client: Any) -> None:
         self.config = config
         self.client = client
-        #: The run's look-ahead (batch.lookahead.LookAhead): told every task's status,
-        #: and the clock that says when a queued task is late.
-        self.look_ahead: Any = None
+        #: Each lane's look-ahead (lanes.lookahead.LookAhead), by model: told every task's
+        #: status, and the clock that says when a queued task is late.
+        self.look_aheads: dict[str, Any] = {}
 
     def _extra(self, row: ManifestRow) -> dict[str, Any]:
         """What the sidecar says about the row it came from."""
@@ -96,13 +96,20 @@ class RowSteps:
             storage_options=c.storage_options,
             record=record,
         )
-        if self.look_ahead is not None and sub.already_persisted_at is None:
-            self.look_ahead.seen(sub.task_id, "PENDING")  # until a poll says otherwise
+        ahead = self.look_aheads.get(row.options.model)
+        if ahead is not None and sub.already_persisted_at is None:
+            ahead.seen(sub.task_id, "PENDING")  # until a poll says otherwise
         return sub
 
     async def poll(self, row: ManifestRow, sub: Submission) -> TaskState:
         """Wait for the task to end; record how it ended so a dead task is never reused."""
         c = self.config
+        ahead = self.look_aheads.get(row.options.model)
+
+        async def tell(state: TaskState) -> None:
+            if ahead is not None:
+                ahead.seen(state.task_id, state.status)
+
         try:
             state = await wait_for_task(
                 self.client,
@@ -110,23 +117,19 @@ class RowSteps:
                 schedule=c.polling.schedule,
                 deadline=c.polling.deadline_seconds,
                 queue_deadline=c.polling.queue_deadline_seconds,
-                on_status=self._tell_look_ahead,
-                queue_clock=self.look_ahead,
+                on_status=tell,
+                queue_clock=ahead,
             )
         except Exception as exc:
-            if self.look_ahead is not None:
-                self.look_ahead.seen(sub.task_id, "UNKNOWN")  # ended, as far as we wait
+            if ahead is not None:
+                ahead.seen(sub.task_id, "UNKNOWN")  # ended, as far as we wait
                 if isinstance(exc, QueueTimeoutError):
-                    self.look_ahead.fall_back(f"task {sub.task_id} was queued and never started")
+                    ahead.fall_back(f"task {sub.task_id} was queued and never started")
             await record_outcome(c.ledger, sub.fingerprint, exc)
             raise
         # A success is written with "persisted", which the batch's persist step does next.
         await record_outcome(c.ledger, sub.fingerprint, state, persist_follows=True)
         return state
-
-    async def _tell_look_ahead(self, state: TaskState) -> None:
-        if self.look_ahead is not None:
-            self.look_ahead.seen(state.task_id, state.status)
 
     async def persist(
         self, row: ManifestRow, state: TaskState, sub: Submission, dest: str

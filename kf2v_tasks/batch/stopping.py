@@ -2,7 +2,7 @@
 
 A run stops early on Ctrl-C, on SIGTERM (a supervisor, a Prefect cancellation), or when a
 row raises. Before the tasks queued ahead are cancelled (:meth:`LookAhead.cancel_pending
-<kf2v_tasks.batch.lookahead.LookAhead.cancel_pending>`), no row may still be running: a
+<kf2v_tasks.lanes.lookahead.LookAhead.cancel_pending>`), no row may still be running: a
 sibling row left going would take the slot a cancel frees and create one more task
 behind our back. So :func:`run_rows` cancels every row, waits for them, lets the creates
 already sent answer (their task ids are then known), and only then runs the clean-up.

@@ -168,7 +168,7 @@ _FACT_FIELDS = {
     "audio": ("audio", "audio_formats", "audio_min_seconds", "audio_max_seconds"),
     "prompt": ("prompt_max_chars", "negative_prompt_max_chars"),
     "prices": ("prices", "currency"),
-    "concurrency": ("concurrency",),
+    "concurrency": ("concurrency", "creates_per_second"),
 }
 
 

@@ -44,6 +44,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             "price; UNCERTAIN"
         ),
         concurrency=2,
+        creates_per_second=2.0,
         sources={**_KF2V_SOURCES, "prices": _3P},
     ),
     ModelSpec(
@@ -53,6 +54,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         prices={"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
         price_note="no published price; 0.70 CNY/s ASSUMED (same as wan2.1-kf2v-plus)",
         concurrency=2,
+        creates_per_second=2.0,
         sources={**_KF2V_SOURCES, "prices": _ASSUMED},
     ),
     ModelSpec(
@@ -62,6 +64,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         prices={"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
         price_note="documented as USD 0.10/s (Singapore); 0.70 CNY/s ASSUMED at 7 CNY/USD",
         concurrency=2,
+        creates_per_second=2.0,
         sources={**_KF2V_SOURCES, "resolutions": _3P, "prices": _ASSUMED},
     ),
     ModelSpec(
@@ -84,7 +87,10 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         negative_prompt_max_chars=500,
         prices={"720P": 0.60, "1080P": 1.00},
         price_note="no published price found; 0.60/1.00 CNY/s at 720P/1080P ASSUMED",
-        concurrency=None,
+        # Model Studio's rate-limit page (reference §16): each model, and each dated
+        # variant, has its own 5 running and 5 creates/s per main account.
+        concurrency=5,
+        creates_per_second=5.0,
         sources={
             "protocol": _SDK,
             "resolutions": _3P,
@@ -93,7 +99,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             "audio": _3P,
             "prompt": _3P,
             "prices": _ASSUMED,
-            "concurrency": _ASSUMED,
+            "concurrency": _DOC,
         },
     ),
 )

@@ -122,7 +122,10 @@ class ModelSpec(BaseModel):
     )
     price_note: str = Field(default="", description="Where the prices come from.")
     concurrency: Optional[int] = Field(
-        default=None, ge=1, description="Tasks the account may run at once (if known)."
+        default=None, ge=1, description="Tasks one account may run at once of this model."
+    )
+    creates_per_second: Optional[float] = Field(
+        default=None, gt=0, description="Creates per second one account may send for this model."
     )
     sources: dict[str, FactSource] = Field(
         default_factory=dict, description="Fact (see FACTS) -> where it comes from."

@@ -72,8 +72,8 @@ class Kf2vClient(DashScopeSession):
         api_key: DashScope API key (``sk-...``); sent only as ``Authorization: Bearer``.
         base_url: API base ending in ``/api/v1`` (a region, workspace or simulator URL).
         workspace: workspace id, sent as ``X-DashScope-WorkSpace``.
-        limits: the account quota shared by every caller; creates wait on its
-            ``submit_limiter`` and task queries on its ``query_limiter``.
+        limits: the account quota shared by every caller; creates wait on their model's
+            ``create_limiter`` and task queries on its ``query_limiter``.
         retry: the one retry budget of every request (default :class:`RetryPolicy()`: at
             most 8 attempts in total, the first included, with waits of 1, 2, 4, 8, 16, 32
             and 60 service seconds between them, at most 123 s in all unless the server's
@@ -143,12 +143,14 @@ class Kf2vClient(DashScopeSession):
         headers = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
         if request.uses_oss:
             headers["X-DashScope-OssResourceResolve"] = "enable"
-        limiter = self.limits.submit_limiter if self.limits else None
+        limiter = self.limits.create_limiter(request.options.model) if self.limits else None
         path = request.create_path
 
         def announce(response: httpx.Response) -> None:
             state = _parse_state(response) if response.is_success else None
             if state is not None and state.task_id:
+                if self.limits is not None:
+                    self.limits.note_task(state.task_id, request.options.model)
                 for hook in self.created_hooks:
                     hook(state)
 

@@ -1,9 +1,10 @@
-"""Account quota, enforced in-process: creates per second, queries per second, tasks in flight.
+"""Account quota, enforced in-process: a lane per model, and the account's queries per second.
 
-DashScope limits a whole account (2 creates/s, 20 task queries/s, 2 concurrent tasks by
-default). One :class:`AccountLimits` is shared by every caller that uses the account, so
-together they stay under the quota instead of discovering it through 429s. Rate windows
-are in service seconds (see :mod:`kf2v_tasks.clock`).
+DashScope limits each main account per model, independently (reference §16: kf2v 2 running
+and 2 creates/s, wan2.7-i2v 5 and 5), and task queries (20/s) per account. One
+:class:`AccountLimits` is shared by every caller that uses the account, so together they
+stay under the quota instead of discovering it through 429s. Rate windows are in service
+seconds (see :mod:`kf2v_tasks.clock`).
 
 Prefect runs each task submitted with ``.submit()``/``.map()`` on its own thread and
 event loop, so nothing here is tied to a loop: state sits behind a ``threading.Lock`` and
@@ -12,12 +13,10 @@ a waiter on another loop is woken with ``call_soon_threadsafe``.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import threading
-import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Optional
 
 from kf2v_tasks import clock
@@ -95,159 +94,136 @@ class RateLimiter:
             self._tat = max(self._tat, clock.now()) + max(0.0, service_seconds)
 
 
-#: ``probe(task_ids)`` answers which of them have ended at the service.
-Probe = Callable[[list[str]], Awaitable[Iterable[str]]]
+#: A lane's size when the models table knows nothing of its model (the service's default).
+DEFAULT_RUNNING = 2
+DEFAULT_CREATES_PER_SECOND = 2.0
+
+logger = logging.getLogger("kf2v_tasks.dashscope.limits")
 
 
-class InFlight:
-    """Remote tasks in flight for one account: at most ``limit``, each held by its task id.
+@dataclass(frozen=True)
+class LaneQuota:
+    """What one account may do with one model at once: running tasks and creates per second."""
 
-    A slot is taken before a create and bound to the new task's id; whoever sees the task
-    end releases it by id, from any thread or event loop (the poller usually, which may
-    run in another Prefect task run than the submitter). A caller that waits long for a
-    slot asks ``probe`` which held tasks have ended, so slots of tasks nobody polls are
-    freed too.
-
-    Example:
-        ```python
-        in_flight = InFlight(2)
-        key = await in_flight.acquire()
-        in_flight.bind(key, "task-1")     # after the create answered
-        in_flight.release("task-1")       # when the task is seen ended
-        ```
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("in-flight limit must be ≥ 1")
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._held: dict[str, bool] = {}  # key -> bound to a real task id
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]] = deque()
-        self.peak = 0
-
-    @property
-    def held(self) -> int:
-        """Slots taken now."""
-        with self._lock:
-            return len(self._held)
-
-    def task_ids(self) -> list[str]:
-        """Task ids holding a slot now."""
-        with self._lock:
-            return [k for k, bound in self._held.items() if bound]
-
-    def _take(self, key: str) -> None:
-        self._held[key] = False
-        self.peak = max(self.peak, len(self._held))
-
-    async def acquire(self, *, probe: Optional[Probe] = None, probe_after: float = 30.0) -> str:
-        """Wait for a slot; return its provisional key (bind it to the task id later).
-
-        Args:
-            probe: asked, after ``probe_after`` service seconds of waiting and then as often,
-                which held tasks have ended; their slots are freed.
-            probe_after: service seconds between probes.
-        """
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            if len(self._held) < self.limit and not self._waiters:
-                key = uuid.uuid4().hex
-                self._take(key)
-                return key
-            fut: asyncio.Future[str] = loop.create_future()
-            self._waiters.append((loop, fut))
-        try:
-            while True:
-                done, _ = await asyncio.wait({fut}, timeout=clock.real_seconds(probe_after))
-                if done:
-                    return fut.result()
-                if probe is not None:
-                    ids = self.task_ids()
-                    if ids:
-                        for task_id in await probe(ids):
-                            self.release(task_id)
-        except BaseException:
-            with self._lock:
-                try:
-                    self._waiters.remove((loop, fut))
-                except ValueError:
-                    pass
-            # Cancelled before a slot came: a hand-off still on its way passes it on.
-            # Already handed one: give it back.
-            if not fut.cancel() and not fut.cancelled():
-                self.release(fut.result())
-            raise
-
-    def bind(self, key: str, task_id: str) -> None:
-        """The slot taken as ``key`` now belongs to ``task_id``.
-
-        If ``task_id`` already holds a slot (the same task reused), the extra one is freed.
-        """
-        with self._lock:
-            if key not in self._held:
-                return
-            if task_id in self._held:
-                self._give_up(key)
-                return
-            del self._held[key]
-            self._held[task_id] = True
-
-    def release(self, key: str) -> None:
-        """Free the slot held by ``key`` (a task id or a provisional key); idempotent."""
-        with self._lock:
-            if key in self._held:
-                self._give_up(key)
-
-    def _give_up(self, key: str) -> None:
-        del self._held[key]
-        while self._waiters:
-            loop, fut = self._waiters.popleft()
-            if fut.done():
-                continue
-            new_key = uuid.uuid4().hex
-            self._take(new_key)  # handed over directly: no one can jump the queue
-
-            def wake(f: asyncio.Future[str] = fut, k: str = new_key) -> None:
-                if f.done():  # cancelled meanwhile: pass the slot on
-                    self.release(k)
-                else:
-                    f.set_result(k)
-
-            try:
-                loop.call_soon_threadsafe(wake)
-            except RuntimeError:  # that loop is closed: its waiter is gone
-                self._held.pop(new_key, None)
-                continue
-            return
-
-
-@dataclass
-class AccountLimits:
-    """The quota of one DashScope account, shared by everything in this process that uses it.
-
-    Args:
-        max_in_flight: remote tasks submitted and not yet finished (service default 2).
-        submits_per_second: create calls per service second (service default 2).
-        queries_per_second: task queries per service second (service default 20).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.limits import AccountLimits
-        limits = AccountLimits(max_in_flight=2, submits_per_second=2, queries_per_second=20)
-        ```
-    """
-
-    max_in_flight: int = 2
-    submits_per_second: float = 2.0
-    queries_per_second: float = 20.0
-    submit_limiter: RateLimiter = field(init=False, repr=False)
-    query_limiter: RateLimiter = field(init=False, repr=False)
-    in_flight: InFlight = field(init=False, repr=False)
+    running: int = DEFAULT_RUNNING
+    creates_per_second: float = DEFAULT_CREATES_PER_SECOND
 
     def __post_init__(self) -> None:
-        if self.max_in_flight < 1:
+        if self.running < 1:
+            raise ValueError(f"a lane runs at least 1 task, got {self.running}")
+        if self.creates_per_second <= 0:
+            raise ValueError(f"creates per second must be > 0, got {self.creates_per_second}")
+
+
+def table_quota(model: str) -> tuple[LaneQuota, bool]:
+    """The models table's quota for ``model``, and whether the table knows the model."""
+    from kf2v_tasks.dashscope.catalog import UnknownModelError, get_model
+
+    try:
+        spec = get_model(model)
+    except UnknownModelError:
+        return LaneQuota(), False
+    return (
+        LaneQuota(
+            running=spec.concurrency or DEFAULT_RUNNING,
+            creates_per_second=spec.creates_per_second or DEFAULT_CREATES_PER_SECOND,
+        ),
+        True,
+    )
+
+
+class AccountLimits:
+    """The quota of one DashScope account: a lane per model, and the account's queries/s.
+
+    The service counts running tasks and creates per second per model, each model (and
+    each dated variant) independently; task queries per second count for the account.
+
+    Args:
+        max_in_flight: running tasks of *every* model (``None``: each model's own, from
+            the models table).
+        submits_per_second: creates/s of every model (``None``: the table's).
+        queries_per_second: task queries per second, account-wide (service default 20).
+        quotas: per-model overrides (an account with raised quotas), over all of the above.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.limits import AccountLimits, LaneQuota
+        limits = AccountLimits(quotas={"wan2.7-i2v": LaneQuota(running=8, creates_per_second=5)})
+        assert limits.quota("wan2.2-kf2v-flash").running == 2
+        assert limits.quota("wan2.7-i2v").running == 8
+        ```
+    """
+
+    def __init__(
+        self,
+        max_in_flight: Optional[int] = None,
+        submits_per_second: Optional[float] = None,
+        queries_per_second: float = 20.0,
+        quotas: Optional[Mapping[str, LaneQuota]] = None,
+    ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be ≥ 1")
-        self.submit_limiter = RateLimiter(self.submits_per_second)
-        self.query_limiter = RateLimiter(self.queries_per_second)
-        self.in_flight = InFlight(self.max_in_flight)
+        self.max_in_flight = max_in_flight
+        self.submits_per_second = submits_per_second
+        self.queries_per_second = queries_per_second
+        self.quotas = dict(quotas or {})
+        self.query_limiter = RateLimiter(queries_per_second)
+        self._create_limiters: dict[str, RateLimiter] = {}
+        self._task_models: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def quota(self, model: str) -> LaneQuota:
+        """The lane of ``model``: its override, else the account-wide one, else the table's."""
+        if model in self.quotas:
+            return self.quotas[model]
+        table, known = table_quota(model)
+        if not known and model not in self._warned:
+            self._warned.add(model)
+            logger.warning(
+                "model %r is not in the models table: its lane gets %d running tasks and "
+                "%.0f creates/s (set its quota to change that)",
+                model,
+                table.running,
+                table.creates_per_second,
+            )
+        return LaneQuota(
+            running=self.max_in_flight or table.running,
+            creates_per_second=self.submits_per_second or table.creates_per_second,
+        )
+
+    def set_quotas(self, quotas: Mapping[str, LaneQuota]) -> None:
+        """Override some models' lanes from now on (a run's own sizes); rates follow."""
+        with self._lock:
+            self.quotas.update(quotas)
+            for model, quota in quotas.items():
+                limiter = self._create_limiters.get(model)
+                if limiter is not None:
+                    limiter.set_rate(quota.creates_per_second)
+
+    def create_limiter(self, model: str) -> RateLimiter:
+        """The one creates/s limiter of ``model``'s lane on this account."""
+        with self._lock:
+            limiter = self._create_limiters.get(model)
+            if limiter is None:
+                limiter = RateLimiter(self.quota(model).creates_per_second)
+                self._create_limiters[model] = limiter
+            return limiter
+
+    def note_task(self, task_id: str, model: str) -> None:
+        """Remember which lane a created task is in (for :meth:`lane_full`)."""
+        with self._lock:
+            self._task_models[task_id] = model
+
+    def lane_full(self, task_id: str, running: set[str]) -> bool:
+        """Whether the lane of ``task_id`` has all its running slots taken by ``running``.
+
+        ``running`` is a sweep of the account's RUNNING tasks; a task whose lane is not
+        known here (not created through these limits) is never said to wait.
+        """
+        with self._lock:
+            model = self._task_models.get(task_id)
+            if model is None:
+                return False
+            same = sum(1 for t in running if self._task_models.get(t) == model)
+        return same >= self.quota(model).running

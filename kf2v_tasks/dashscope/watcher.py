@@ -72,6 +72,7 @@ class Watch:
     list_blind: bool = False
     failed_queries: int = 0
     fetching: bool = False
+    lane_full_at: Optional[float] = None  # when a sweep last showed its lane full
     inbox: asyncio.Queue[Union[TaskState, BaseException]] = field(default_factory=asyncio.Queue)
 
     @property
@@ -125,10 +126,8 @@ class TaskWatcher:
         self._fetches: set[asyncio.Task[None]] = set()
         self._on_end: dict[str, list[Callable[[TaskState], None]]] = {}
         self._sharing = 0  # tasks in their tight phase that one sweep answers for
-        # When the last complete sweep showed every running slot of the account taken, and
-        # when a task of ours was last seen ending: a PENDING task cannot have started in
-        # between, so it is not fetched (see _still_queued).
-        self._full_at: Optional[float] = None
+        # When a task of ours was last seen ending: a PENDING task whose lane a sweep showed
+        # full since cannot have started, so it is not fetched (see _still_queued).
         self._ended_at = -math.inf
 
     @contextlib.asynccontextmanager
@@ -204,13 +203,14 @@ class TaskWatcher:
         if self._sweeps_enabled and sum(w.sweepable for w in due) >= 2:
             running = await self._running_task_ids()
         seen = clock.now()
-        slots = self._client.limits.max_in_flight if self._client.limits else 0
-        # What this round's sweep showed (None: no sweep this round).
-        full = None if running is None else bool(slots) and len(running) >= slots
+        limits = self._client.limits
         fetch: list[Watch] = []
         for w in watches:
             if w.fetching:
                 continue
+            # What this round's sweep showed of w's lane (None: no sweep this round). Each
+            # model is its own lane: a task waits only behind its own model's tasks.
+            full: Optional[bool] = None
             if running is not None and w.sweepable:
                 if w.task_id in running:
                     w.mark_running()
@@ -221,19 +221,19 @@ class TaskWatcher:
                     self._ended_at = seen
                     fetch.append(w)  # was running, now missing: ended (or the list lags)
                     continue
+                full = limits is not None and limits.lane_full(w.task_id, running)
+                w.lane_full_at = seen if full else None
                 if full:
                     w.not_running_at = seen
             if w.next_check > now:
                 continue
             if self._still_queued(w, seen, full):
-                # Queued behind a full account: it has not started, so no GET. The waiter
+                # Queued behind its full lane: it has not started, so no GET. The waiter
                 # still hears PENDING, to keep its queue deadline.
                 w.inbox.put_nowait(TaskState(task_id=w.task_id, status=TaskStatus.PENDING))
                 self._schedule(w, seen)
                 continue
             fetch.append(w)
-        if running is not None:
-            self._full_at = seen if full else None
         for w in fetch:
             # In the background: the next sweep must not wait for these answers.
             w.fetching = True
@@ -329,9 +329,9 @@ class TaskWatcher:
         if full is not None:
             return full
         return (
-            self._full_at is not None
-            and self._ended_at < self._full_at
-            and now - self._full_at <= w.schedule.pending_interval
+            w.lane_full_at is not None
+            and self._ended_at < w.lane_full_at
+            and now - w.lane_full_at <= w.schedule.pending_interval
         )
 
     # ------------------------------------------------------------------ scheduling

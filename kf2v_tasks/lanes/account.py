@@ -1,12 +1,11 @@
-"""One quota per DashScope account in this process, shared by every kf2v task that uses it.
+"""One DashScope account in this process: its limits, its lanes, a client per event loop.
 
-The four tasks may run inline in a flow, or on their own threads and event loops when
-fanned out with ``.submit()``/``.map()``. They all reach the account through
-:func:`open_account`: the limits (creates/s, queries/s, tasks in flight) are one object
-per account, whatever the thread, so a ``.map`` over 100 pairs keeps within the account's
-2 tasks in flight instead of 100 clients each assuming the whole quota. An httpx pool
-belongs to one event loop, so the HTTP client is shared by the tasks running on the same
-loop at the same time.
+Every kf2v task and every batch row reaches the service through :func:`open_account`:
+the limits (each model's creates/s, the account's queries/s) are one object per account
+whatever the thread, and each model's running slots are one :class:`~kf2v_tasks.lanes.
+lane.Lane`, so a ``.map`` over 100 pairs, a batch and another process's pipeline together
+keep within the account's quota. An httpx pool belongs to one event loop, so the HTTP
+client is shared by the tasks running on the same loop at the same time.
 """
 
 from __future__ import annotations
@@ -14,77 +13,107 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
 from kf2v_tasks.dashscope.client import Kf2vClient
-from kf2v_tasks.dashscope.limits import AccountLimits
+from kf2v_tasks.dashscope.limits import AccountLimits, LaneQuota
+from kf2v_tasks.lanes.lane import Lane, LaneSlot, open_lane
+from kf2v_tasks.lanes.names import DEFAULT_LIMIT_PREFIX, DEFAULT_QUEUE_AHEAD
 
 CredentialsLike = Union[DashScopeCredentials, str, None]
-
-#: Service seconds a submitter waits for a slot before asking which held tasks ended.
-PROBE_AFTER = 30.0
 
 _limits: dict[str, AccountLimits] = {}
 _lock = threading.Lock()
 
 
 def account_id(credentials: DashScopeCredentials) -> str:
-    """A stable, non-secret name for the account behind ``credentials``.
+    """A stable, non-secret id of the account behind ``credentials`` (key and endpoint).
 
-    A hash of the key, endpoint and workspace: the same account shares one quota, and the
-    key itself is never kept as a dictionary key or shown.
+    Two blocks with the same key are one account. A one-way hash: the key itself is
+    never kept as a dictionary key or shown.
     """
-    raw = "\n".join(
-        [
-            credentials.api_key.get_secret_value(),
-            credentials.resolved_base_url,
-            credentials.workspace or "",
-        ]
-    )
+    raw = "\n".join([credentials.api_key.get_secret_value(), credentials.resolved_base_url])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def limits_for(credentials: DashScopeCredentials) -> AccountLimits:
-    """The process-wide :class:`AccountLimits` of this account (created on first use).
-
-    Its sizes come from the settings (``PREFECT_INTEGRATIONS_KF2V_MAX_IN_FLIGHT`` …,
-    defaults 2 tasks in flight, 2 creates/s, 20 queries/s).
+def account_label(credentials: DashScopeCredentials) -> str:
+    """The account's name in lane and limit names: the block's ``account``, else ``key-<hash>``.
 
     Example:
         ```python
-        from kf2v_tasks.account import limits_for
-        limits = limits_for(DashScopeCredentials.load("prod"))
-        print(limits.in_flight.held)
+        from kf2v_tasks.credentials import DashScopeCredentials
+        from kf2v_tasks.lanes.account import account_label
+        creds = DashScopeCredentials(api_key="sk-x", account="acme")
+        assert account_label(creds) == "acme"
+        assert account_label(creds.model_copy(update={"account": None})).startswith("key-")
         ```
     """
+    return credentials.account or f"key-{account_id(credentials)[:10]}"
+
+
+def limits_for(
+    credentials: DashScopeCredentials, quotas: Optional[Mapping[str, LaneQuota]] = None
+) -> AccountLimits:
+    """The process-wide :class:`AccountLimits` of this account (created on first use).
+
+    Lane sizes come from the models table, overridden by the settings
+    (``PREFECT_INTEGRATIONS_KF2V_MAX_IN_FLIGHT`` for every model, ``_LANES`` per model) and
+    by ``quotas`` (a run's own, e.g. ``--lane``), latest first.
+    """
+    from kf2v_tasks.settings import get_settings
+
     key = account_id(credentials)
     with _lock:
         limits = _limits.get(key)
         if limits is None:
-            from kf2v_tasks.settings import get_settings
-
             s = get_settings()
             limits = _limits[key] = AccountLimits(
                 max_in_flight=s.max_in_flight,
                 submits_per_second=s.submits_per_second,
                 queries_per_second=s.queries_per_second,
+                quotas=lane_quotas(s.lanes),
             )
-        return limits
+    if quotas:
+        limits.set_quotas(quotas)
+    return limits
+
+
+def lane_quotas(specs: Mapping[str, str]) -> dict[str, LaneQuota]:
+    """Per-model quotas from ``{"model": "RUNNING[:CREATES]"}`` (settings, CLI, flow).
+
+    Example:
+        ```python
+        from kf2v_tasks.lanes.account import lane_quotas
+        quotas = lane_quotas({"wan2.7-i2v": "8"})
+        assert (quotas["wan2.7-i2v"].running, quotas["wan2.7-i2v"].creates_per_second) == (8, 5.0)
+        ```
+    """
+    from kf2v_tasks.dashscope.limits import table_quota
+    from kf2v_tasks.settings import parse_lane_spec
+
+    quotas = {}
+    for model, spec in specs.items():
+        running, creates = parse_lane_spec(spec, model)
+        table, _ = table_quota(model)
+        quotas[model] = LaneQuota(running, creates or table.creates_per_second)
+    return quotas
 
 
 @dataclass
 class Account:
-    """What a task needs to talk to DashScope: a client for this loop and the shared quota."""
+    """What a task needs to talk to DashScope: a client for this loop, the limits, the lanes."""
 
     client: Kf2vClient
     limits: AccountLimits
+    label: str
+    name: str = ""  # the credentials block it came from ("" for the environment)
 
     async def ended(self, task_ids: list[str]) -> Iterable[str]:
-        """Which of ``task_ids`` the service reports ended (for freeing in-flight slots)."""
+        """Which of ``task_ids`` the service reports ended (for freeing slots)."""
         states = await asyncio.gather(
             *(self.client.get_task(t) for t in task_ids), return_exceptions=True
         )
@@ -94,9 +123,26 @@ class Account:
             if not isinstance(s, BaseException) and s.status.is_terminal
         ]
 
-    async def take_slot(self) -> str:
-        """Wait for an in-flight slot; returns its provisional key (bind it after the create)."""
-        return await self.limits.in_flight.acquire(probe=self.ended, probe_after=PROBE_AFTER)
+    async def lane(
+        self,
+        model: str,
+        *,
+        queue_ahead: int = DEFAULT_QUEUE_AHEAD,
+        limit_prefix: Optional[str] = DEFAULT_LIMIT_PREFIX,
+    ) -> Lane:
+        """The lane of ``model`` on this account."""
+        return await open_lane(
+            self.label,
+            model,
+            self.limits.quota(model),
+            queue_ahead=queue_ahead,
+            limit_prefix=limit_prefix,
+        )
+
+    async def take_slot(self, model: str) -> LaneSlot:
+        """Wait for a slot of ``model``'s lane; bind it to the task once created."""
+        lane = await self.lane(model)
+        return await lane.take(probe=self.ended)
 
 
 @dataclass
@@ -117,20 +163,13 @@ async def open_account(
 
     Tasks that run at the same time on one event loop share one client (one connection
     pool, one poller that answers for all their tasks with shared list sweeps); it is
-    closed when the last of them is done. The sync twins all run on Prefect's one
-    "run sync" loop, so a ``.map`` of them shares a client too.
+    closed when the last of them is done.
 
     Args:
         credentials: a ``DashScopeCredentials`` block, its saved name, or ``None`` for
             ``DASHSCOPE_API_KEY`` (and ``DASHSCOPE_HTTP_BASE_URL``).
         optional: yield ``None`` instead of raising when no credentials are configured
             anywhere (a fresh video URL downloads without them).
-
-    Example:
-        ```python
-        async with open_account("prod") as account:
-            state = await account.client.get_task(task_id)
-        ```
     """
     try:
         creds = await aresolve_credentials(credentials)
@@ -147,7 +186,12 @@ async def open_account(
             shared = _clients[key] = _Shared(creds.get_client(limits=limits))
         shared.users += 1
     try:
-        yield Account(client=shared.client, limits=limits)
+        yield Account(
+            client=shared.client,
+            limits=limits,
+            label=account_label(creds),
+            name=credentials if isinstance(credentials, str) else "",
+        )
     finally:
         with _lock:
             shared.users -= 1

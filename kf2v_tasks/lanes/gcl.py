@@ -1,10 +1,10 @@
-"""Create the Prefect global concurrency limit that stands for the account's task quota.
+"""The Prefect global concurrency limit of each lane (one account's quota for one model).
 
-Several flow runs and workers that share one DashScope account share its "tasks in
-flight" quota through this limit. Idempotent: applying twice changes nothing.
-:func:`apply_limits` sets the limit (``kf2v limits apply``); :func:`ensure_limit` only
-creates it when missing, which every batch run does, so overlapping runs share the quota
-without anyone having run ``kf2v limits apply``.
+Several flow runs, workers and pipelines that share one DashScope account share each
+model's quota through that model's limit. Idempotent: applying twice changes nothing.
+:func:`apply_limits` sets a limit (``kf2v limits apply``); :func:`ensure_limit` only
+creates it when missing, which every lane does when it opens, so overlapping runs share
+the quota without anyone having run ``kf2v limits apply``.
 """
 
 from __future__ import annotations
@@ -15,27 +15,26 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from uuid import UUID, uuid4
 
-from kf2v_tasks.batch.config import DEFAULT_GLOBAL_LIMIT, DEFAULT_QUEUE_AHEAD
+from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 
-logger = logging.getLogger("kf2v_tasks.batch.gcl")
+logger = logging.getLogger("kf2v_tasks.lanes.gcl")
 
 
 async def apply_limits(
-    max_in_flight: int = 2, *, queue_ahead: int = DEFAULT_QUEUE_AHEAD, name: Optional[str] = None
+    name: str, running: int = 2, *, queue_ahead: int = DEFAULT_QUEUE_AHEAD
 ) -> dict:
-    """Set the limit ``name`` (default ``kf2v-dashscope-tasks``) to the tasks at the service.
+    """Set the lane limit ``name`` to the tasks at the service: running plus queued ahead.
 
-    That is ``max_in_flight`` running plus ``queue_ahead`` queued (look-ahead), the same
-    total every batch run keeps to.
+    The same total every batch run and task keeps to (see :mod:`kf2v_tasks.lanes.lane`).
 
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.gcl import apply_limits
-        asyncio.run(apply_limits(2))
+        from kf2v_tasks.lanes.gcl import apply_limits
+        asyncio.run(apply_limits("kf2v-acme-wan2.7-i2v", 5))
         ```
     """
     from prefect.client.orchestration import get_client
@@ -45,12 +44,11 @@ async def apply_limits(
     )
     from prefect.exceptions import ObjectNotFound
 
-    name = name or DEFAULT_GLOBAL_LIMIT
-    if max_in_flight < 1:
-        raise ValueError("max_in_flight must be ≥ 1")
+    if running < 1:
+        raise ValueError("a lane runs at least 1 task")
     if queue_ahead < 0:
         raise ValueError("queue_ahead must be ≥ 0")
-    total = max_in_flight + queue_ahead
+    total = running + queue_ahead
     async with get_client() as client:
         try:
             current = await client.read_global_concurrency_limit_by_name(name)
@@ -78,7 +76,7 @@ async def show_limits() -> list[dict]:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.gcl import show_limits
+        from kf2v_tasks.lanes.gcl import show_limits
         for limit in asyncio.run(show_limits()):
             print(limit["name"], limit["limit"], limit["active_slots"])
         ```
@@ -108,7 +106,7 @@ async def ensure_limit(name: str, limit: int) -> dict:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.gcl import ensure_limit
+        from kf2v_tasks.lanes.gcl import ensure_limit
         status = asyncio.run(ensure_limit("kf2v-dashscope-tasks", 2))
         print(status["action"], status["limit"])
         ```
@@ -174,7 +172,7 @@ class LeaseBook:
 
     Example:
         ```python
-        from kf2v_tasks.batch.gcl import LeaseBook
+        from kf2v_tasks.lanes.gcl import LeaseBook
         book = LeaseBook()
         book.add("0b5e6a4c-0000-4000-8000-000000000000")
         book.remove("0b5e6a4c-0000-4000-8000-000000000000")   # file removed when empty
@@ -224,7 +222,7 @@ async def free_dead_leases() -> int:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.gcl import free_dead_leases
+        from kf2v_tasks.lanes.gcl import free_dead_leases
         print(asyncio.run(free_dead_leases()), "slots of killed runs given back")
         ```
     """
@@ -267,7 +265,7 @@ async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, in
     Example:
         ```python
         from prefect.client.orchestration import get_client
-        from kf2v_tasks.batch.gcl import acquire_slot
+        from kf2v_tasks.lanes.gcl import acquire_slot
         async with get_client() as client:
             lease_id, held = await acquire_slot(client, "kf2v-dashscope-tasks", slots=4)
         ```
@@ -295,8 +293,12 @@ async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, in
             continue
         body = response.json()
         if not body.get("limits"):
-            raise RuntimeError(f"global concurrency limit {name!r} does not exist")
+            raise LimitMissingError(f"global concurrency limit {name!r} does not exist")
         return UUID(body["lease_id"]), want
+
+
+class LimitMissingError(RuntimeError):
+    """The global concurrency limit is gone (deleted since the lane opened)."""
 
 
 #: Real seconds at most between two asks for a slot of a full limit.

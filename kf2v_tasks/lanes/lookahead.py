@@ -28,7 +28,7 @@ from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.errors import ThrottledError
 
-logger = logging.getLogger("kf2v_tasks.batch.lookahead")
+logger = logging.getLogger("kf2v_tasks.lanes.lookahead")
 
 
 def is_concurrency_refusal(error: BaseException) -> bool:
@@ -36,7 +36,7 @@ def is_concurrency_refusal(error: BaseException) -> bool:
 
     Example:
         ```python
-        from kf2v_tasks.batch.lookahead import is_concurrency_refusal
+        from kf2v_tasks.lanes.lookahead import is_concurrency_refusal
         from kf2v_tasks.errors import ThrottledError
         assert is_concurrency_refusal(ThrottledError("Throttling", "busy", status_code=429))
         assert not is_concurrency_refusal(
@@ -61,7 +61,7 @@ class LookAhead:
 
     Example:
         ```python
-        from kf2v_tasks.batch.lookahead import LookAhead
+        from kf2v_tasks.lanes.lookahead import LookAhead
         ahead = LookAhead(running=2, queue_ahead=1)
         ahead.seen("t1", "RUNNING"); ahead.seen("t2", "RUNNING"); ahead.seen("t3", "PENDING")
         assert ahead.explained()          # t3 waits behind our own two running tasks

@@ -15,7 +15,7 @@ as bursts the service throttled (113 of 209 creates answered 429). A share costs
 every few seconds, off the path of every call. When a run joins while others are working,
 it waits one refresh before its first call so that they have slowed down for it; a run
 that leaves is given back within one refresh. A killed run's slot is freed by the next
-run on its machine (:class:`~kf2v_tasks.batch.gcl.LeaseBook`) or when its lease expires.
+run on its machine (:class:`~kf2v_tasks.lanes.gcl.LeaseBook`) or when its lease expires.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import logging
 from typing import Any, Optional
 
 from kf2v_tasks.background import spawn
-from kf2v_tasks.batch.gcl import LEASE_SECONDS, LeaseBook, acquire_slot
 from kf2v_tasks.dashscope.limits import RateLimiter
+from kf2v_tasks.lanes.gcl import LEASE_SECONDS, LeaseBook, acquire_slot
 
-logger = logging.getLogger("kf2v_tasks.batch.rates")
+logger = logging.getLogger("kf2v_tasks.lanes.rates")
 
 #: Real seconds between two reads of how many runs share the account.
 REFRESH_SECONDS = 2.0
@@ -42,7 +42,7 @@ def runs_limit_name(global_limit: str) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.batch.rates import runs_limit_name
+        from kf2v_tasks.lanes.rates import runs_limit_name
         assert runs_limit_name("kf2v-dashscope-tasks") == "kf2v-dashscope-tasks-runs"
         ```
     """
@@ -59,7 +59,7 @@ class RateShare:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.rates import RateShare
+        from kf2v_tasks.lanes.rates import RateShare
         from kf2v_tasks.dashscope.limits import RateLimiter
 
         async def main():

@@ -5,14 +5,14 @@ task to the next row costs nothing. Each local slot also holds one slot of the a
 global concurrency limit (GCL) on the Prefect server, so several runs and workers on one
 server (or one ``PREFECT_HOME``) together keep no more tasks at the service than one run
 would. The limit is created with the run's ``max_in_flight`` when it is missing
-(:func:`~kf2v_tasks.batch.gcl.ensure_limit`); an existing one is used as it is, and an
+(:func:`~kf2v_tasks.lanes.gcl.ensure_limit`); an existing one is used as it is, and an
 inactive one (switched off on purpose) or an unreachable server leaves the run limited
 in-process only, as does ephemeral mode (no ``PREFECT_API_URL``: nothing to share, and
 no service there frees a killed process's slots): then runs on the same machine share the
-slots through lock files (:mod:`~kf2v_tasks.batch.machine_slots`), which the kernel frees
+slots through lock files (:mod:`~kf2v_tasks.lanes.machine_slots`), which the kernel frees
 when a process dies. Which of these applies is logged. The
 ids of held leases are written under ``PREFECT_HOME`` so that the next run on the machine
-gives back the slots of a run that was killed (:class:`~kf2v_tasks.batch.gcl.LeaseBook`)
+gives back the slots of a run that was killed (:class:`~kf2v_tasks.lanes.gcl.LeaseBook`)
 rather than waiting for them. Prefect hands GCL slots over slowly
 (seconds; see PrefectHQ/prefect#15618 and #23183), so a GCL slot that this run holds is
 *kept* and passed straight to the next waiting row of this run instead of being
@@ -30,16 +30,17 @@ from pathlib import Path
 from typing import Optional, Union
 
 from kf2v_tasks.background import spawn
-from kf2v_tasks.batch.gcl import (
+from kf2v_tasks.lanes.gcl import (
     LEASE_SECONDS,
     LeaseBook,
+    LimitMissingError,
     acquire_slot,
     ensure_limit,
     free_dead_leases,
 )
-from kf2v_tasks.batch.machine_slots import MachineSlot, slot_folder
+from kf2v_tasks.lanes.machine_slots import MachineSlot, slot_folder
 
-logger = logging.getLogger("kf2v_tasks.batch.slots")
+logger = logging.getLogger("kf2v_tasks.lanes.slots")
 
 
 class _Lease:
@@ -52,8 +53,9 @@ class _Lease:
     granted, one after the other 0.13 s on an idle server).
     """
 
-    def __init__(self, name: str, book: LeaseBook, gate: _ServerGate, want: int) -> None:
+    def __init__(self, name: str, book: LeaseBook, gate: _ServerGate, want: int, size: int) -> None:
         self.name = name
+        self.size = size
         self.book = book
         self.gate = gate
         self.want = want
@@ -67,7 +69,11 @@ class _Lease:
     async def _hold(self) -> None:
         try:
             client = await self.gate.client()
-            lease_id, self.slots = await acquire_slot(client, self.name, self.want)
+            try:
+                lease_id, self.slots = await acquire_slot(client, self.name, self.want)
+            except LimitMissingError:  # deleted since the lane opened: the lane's own again
+                await ensure_limit(self.name, self.size)
+                lease_id, self.slots = await acquire_slot(client, self.name, self.want)
             # Written down so that, if this process is killed, the next run here gives
             # the slots back instead of waiting for a lease that may never expire.
             self.book.add(lease_id)
@@ -166,7 +172,7 @@ class SlotPool:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.slots import SlotPool
+        from kf2v_tasks.lanes.slots import SlotPool
 
         async def main():
             pool = SlotPool(2)
@@ -274,7 +280,7 @@ class SlotPool:
         assert self.gcl_name and self._book and self._gate
         want = max(1, min(max(self._needing, self._expected), self.size - self._held))
         self._expected = 0  # a hint for the first ask only
-        lease = self._asking = _Lease(self.gcl_name, self._book, self._gate, want)
+        lease = self._asking = _Lease(self.gcl_name, self._book, self._gate, want, self.size)
         self._all.append(lease)
 
         async def collect() -> None:
@@ -338,13 +344,8 @@ class SlotPool:
         """
         self._expected = max(0, int(rows))
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[HeldSlot]:
-        """Hold one in-flight slot for the body (submit until the remote task ends).
-
-        The body may hand the slot back early with ``held.release()`` (the moment the
-        remote task is seen ended, before the bookkeeping that follows).
-        """
+    async def take(self) -> HeldSlot:
+        """Wait for one in-flight slot; ``release()`` it once the remote task has ended."""
         # Counted here rather than read from asyncio.Semaphore's private waiter list.
         self._waiting += 1
         try:
@@ -368,11 +369,34 @@ class SlotPool:
             else:
                 self._local.release()
 
-        held = HeldSlot(give_back)
+        return HeldSlot(give_back)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[HeldSlot]:
+        """Hold one in-flight slot for the body (submit until the remote task ends).
+
+        The body may hand the slot back early with ``held.release()`` (the moment the
+        remote task is seen ended, before the bookkeeping that follows).
+        """
+        held = await self.take()
         try:
             yield held
         finally:
             held.release()
+
+    async def settle(self) -> None:
+        """Wait until every global-limit slot no row holds is back on the server.
+
+        A run ends with this: idle leases go back on their own, and the next run (or
+        ``kf2v limits show``) must see them free.
+        """
+        for lease in list(self._all):
+            if lease.in_use == 0 and lease not in self._idle:
+                lease.release.set()
+                if lease.task is not None:
+                    with contextlib.suppress(BaseException):
+                        await lease.task
+                self._all.remove(lease)
 
     async def close(self) -> None:
         """Give every held global-limit slot back to the server, and wait until it has them.
@@ -472,7 +496,7 @@ async def gcl_exists(name: str) -> bool:
     Example:
         ```python
         import asyncio
-        from kf2v_tasks.batch.slots import gcl_exists
+        from kf2v_tasks.lanes.slots import gcl_exists
         print(asyncio.run(gcl_exists("kf2v-dashscope-tasks")))
         ```
     """
