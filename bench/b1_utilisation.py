@@ -26,6 +26,9 @@ def sim_config(concurrency: int, low: float = 60.0, high: float = 300.0, seed: i
         render="tiny",
         seed=seed,
         runtime=dict(kind="uniform", low=low, high=high),
+        # Raw draws, as before the simulator scaled run time by duration and resolution
+        # (480P rows would run 0.6x): keeps B1 comparable with earlier measurements.
+        runtime_scaling=False,
     )
 
 

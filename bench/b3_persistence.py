@@ -23,6 +23,7 @@ def run(size_bytes: int, repeats: int = 3) -> dict:
         seed=3,
         video_bytes=size_bytes,
         runtime=dict(kind="fixed", low=1.0, high=1.0),
+        runtime_scaling=False,  # raw draws, comparable with earlier measurements
     )
     results: dict = {"bytes": size_bytes}
     s3 = MotoS3()

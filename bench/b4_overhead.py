@@ -27,6 +27,7 @@ def sim_config(concurrency: int) -> dict:
         submits_per_second=10000,
         queries_per_second=10000,
         runtime=dict(kind="fixed", low=0.0, high=0.0),
+        runtime_scaling=False,  # raw draws, comparable with earlier measurements
     )
 
 

@@ -8,8 +8,9 @@ Sides: ours = the batch flow with its defaults (``task_runs="per_step"``), ``our
 SDK. Order (the 2 cores decide it): B3 (alone), B1 at concurrency 32 (CPU-bound: each side
 alone, one after the other), then B1 at concurrency 2 (≈5 min of mostly idle waiting: the
 sides side by side, each started once the previous one has filled its slots, so no two
-start-ups share the CPU), then the B4 floor, ours and ours per_row (each alone). B2 is
-read from the B1 runs.
+start-ups share the CPU), then the B4 floor, ours and ours per_row (each alone), B5, and
+B6 (a mixed wan2.7-i2v + kf2v manifest on default settings, order longest then manifest,
+each alone; ≈35 s). B2 is read from the B1 runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import b1_utilisation, b2_polling, b3_persistence, b4_overhead, b5_scale, report
+from bench import (
+    b1_utilisation,
+    b2_polling,
+    b3_persistence,
+    b4_overhead,
+    b5_scale,
+    b6_lanes,
+    report,
+)
 from bench.common import ROOT, PrefectServer, log
 
 FULL = dict(
@@ -35,6 +44,8 @@ FULL = dict(
     b4_concurrency=64,
     b5_rows=10000,
     b5_concurrency=64,
+    b6_wan_durations=b6_lanes.WAN_DURATIONS,
+    b6_kf2v_rows=b6_lanes.KF2V_ROWS,
 )
 QUICK = dict(
     b1_rows=8,
@@ -45,6 +56,9 @@ QUICK = dict(
     b4_concurrency=8,
     b5_rows=40,
     b5_concurrency=8,
+    # B6 is short already (≈10 s per side); fewer than 6 wan rows would not fill its lane.
+    b6_wan_durations=b6_lanes.WAN_DURATIONS,
+    b6_kf2v_rows=b6_lanes.KF2V_ROWS,
 )
 #: Variants of our side: label -> extra flow parameters (shipped options, not patches).
 VARIANTS = {"ours per_row": {"task_runs": "per_row"}}
@@ -53,7 +67,7 @@ B1_VARIANTS = {**VARIANTS, "ours queue_ahead=0": {"queue_ahead": 0}}
 
 
 #: The sections of BENCHMARKS.md, each measured by one part of the run.
-ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5")
+ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5", "b6")
 
 
 def _commit() -> str:
@@ -315,7 +329,68 @@ def notes(res: dict) -> list[str]:
             "output, 2,000 rows); how much of that is the S3 calls and how much the batch's "
             "size was not measured apart."
         )
+    b6 = res.get("b6")
+    if b6:
+        out.append(b6_note(b6))
     return out
+
+
+def b6_note(b6: dict) -> str:
+    """What B6's timeline says about each side: bounds, and where the critical lane's time went."""
+    parts = []
+    for name, x in b6["sides"].items():
+        model, lane = max(x["lanes"].items(), key=lambda kv: kv[1]["measured_s"])
+        chain = lane["critical_chain"]
+        over = x["measured_makespan_s"] - x["longest_first_bound_s"]
+        late = max(x["lanes"].items(), key=lambda kv: kv[1]["first_create_s"])
+        text = (
+            f"{name}: makespan {x['measured_makespan_s']:.1f} s against the longest-first bound "
+            f"{x['longest_first_bound_s']:.1f} s ({x['ratio_longest_first']:.3f}; {over:+.1f} s) "
+            f"and the manifest-order FIFO bound {x['manifest_fifo_bound_s']:.1f} s "
+            f"({x['ratio_manifest_fifo']:.3f}); peak running "
+            + ", ".join(
+                f"{m} {p}/{x['running_quota'].get(m, '?')}" for m, p in x["peak_running"].items()
+            )
+            + f". The last task to end is in the {model} lane; its slot ran "
+            f"{' + '.join(f'{r:g}' for r in chain['runs_s'])} = {chain['run_s']:.1f} s of tasks "
+            f"and {chain['gap_s']:.1f} s of gaps (start-up included). "
+        )
+        if x["lane_start_stagger_s"] > 0:
+            text += (
+                f"The {late[0]} lane made its first create {x['lane_start_stagger_s']:.1f} s "
+                f"after the batch's first ({x['lane_start_stagger_s'] / b6['speed']:.2f} real s); "
+                f"timed from each lane's own first create, the batch takes "
+                f"{x['in_lane_makespan_s']:.1f} s ({x['ratio_longest_first_in_lane']:.3f} of the "
+                "longest-first bound). "
+            )
+        fills = "; ".join(
+            f"{m}: {', '.join(f'{r:g}' for r in v['first_fill_queued_run_s']) or 'none'} "
+            f"(its order queues {', '.join(f'{r:g}' for r in v['first_fill_expected_queued_run_s']) or 'none'})"
+            for m, v in x["lanes"].items()
+        )
+        text += (
+            f"Look-ahead task of each lane's first fill (run s): {fills}. Hand-over gaps "
+            + ", ".join(f"{m} {v['handover_gap_s']:.1f} s" for m, v in x["lanes"].items())
+            + "."
+        )
+        parts.append(text)
+    x = b6["sides"].get("ours", {})
+    spacing = (
+        f" Create spacing (the token bucket, burst = one second's creates) adds "
+        f"{x['longest_first_bound_s'] - x['longest_first_bound_no_spacing_s']:.1f} s to the "
+        "longest-first bound. The longest-first bound is the LPT list schedule, not a lower "
+        "bound: another order can beat it (the lanes' lower bound, max(longest task, Σ run / "
+        "slots), is "
+        + ", ".join(f"{m} {v['lower_bound_s']:.1f} s" for m, v in x["lanes"].items())
+        + ")."
+        if x
+        else ""
+    )
+    return (
+        f"B6 ({b6['rows']} rows at {b6['speed']:g}×, default settings): "
+        + " ".join(parts)
+        + spacing
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        default="b1,b2,b3,b4,b5",
+        default=",".join(ALL_SECTIONS),
         help="comma-separated subset; the other sections keep their last results (see --fresh)",
     )
     ap.add_argument(
@@ -421,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
                 res["b4"]["variants"][name] = b4_overhead.compare(res["b4"], {"ours": other})
         if "b5" in only:
             res["b5"] = b5_scale.run(sizes["b5_rows"], sizes["b5_concurrency"], prefect)
+        if "b6" in only:
+            res["b6"] = b6_lanes.run(
+                prefect.env(), sizes["b6_wan_durations"], sizes["b6_kf2v_rows"]
+            )
     finally:
         prefect.stop()
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)

@@ -111,19 +111,26 @@ def run_ours(a: dict) -> dict:
 
         profiler = Profiler(async_mode="disabled", interval=0.002)
         profiler.start()
+    # ``concurrency`` None: the flow's own default settings (each model's lane from the
+    # models table, B6); a number: every lane at that many running tasks (B1, B4, B5).
+    extra: dict = {}
+    if a.get("concurrency") is not None:
+        extra["concurrency"] = ConcurrencySettings(
+            max_in_flight=a["concurrency"],
+            queue_ahead=a.get("queue_ahead", DEFAULT_QUEUE_AHEAD),
+            submits_per_second=a.get("submits_per_second", 2.0),
+            queries_per_second=a.get("queries_per_second", 20.0),
+            **({"global_limit": a["global_limit"]} if "global_limit" in a else {}),
+        )
+    if a.get("order"):
+        extra["order"] = a["order"]
     cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     with observing(Progress()):
         state = asyncio.run(
             generate_batch(
                 manifest=a["manifest"],
                 output=a["output"],
-                concurrency=ConcurrencySettings(
-                    max_in_flight=a["concurrency"],
-                    queue_ahead=a.get("queue_ahead", DEFAULT_QUEUE_AHEAD),
-                    submits_per_second=a.get("submits_per_second", 2.0),
-                    queries_per_second=a.get("queries_per_second", 20.0),
-                    **({"global_limit": a["global_limit"]} if "global_limit" in a else {}),
-                ),
+                **extra,
                 task_runs=TaskRuns(a.get("task_runs", "per_step")),
                 storage_options=a.get("storage_options"),
                 return_state=True,

@@ -63,7 +63,17 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     assert b5["counts"] == {"succeeded": b5["rows"]} and b5["creates"] == b5["rows"]
     assert b5["s3_requests_per_row"] > 0 and sum(b5["s3_operations"].values()) > 0
 
+    b6 = res["b6"]
+    assert set(b6["sides"]) == {"ours", "ours order=manifest"}
+    for side in b6["sides"].values():
+        assert side["rows_succeeded"] == b6["rows"] and side["duplicate_tasks"] == 0
+        assert side["measured_makespan_s"] > 0
+        assert 0 < side["longest_first_bound_s"] <= side["manifest_fifo_bound_s"]
+        # Each model's own lane: wan2.7-i2v reaches 5 running, no lane goes above its quota.
+        assert side["peak_running"]["wan2.7-i2v"] == 5
+        assert side["peak_running"]["wan2.2-kf2v-flash"] <= 2
+
     assert (out / "b1_occupancy.png").stat().st_size > 1000
     text = md.read_text()
-    for heading in ("## B1", "## B2", "## B3", "## B4", "## B5", "## Targets"):
+    for heading in ("## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## Targets"):
         assert heading in text
