@@ -47,7 +47,9 @@ async def generate_batch(
     dry_run: bool = False,
     max_cost: Optional[float] = None,
     fail_fast: bool = False,
-    credentials_block: Union[DashScopeCredentials, str, None] = None,
+    credentials_block: Union[
+        DashScopeCredentials, str, list[Union[DashScopeCredentials, str]], None
+    ] = None,
     storage_block: Optional[str] = None,
     storage_options: Optional[dict] = None,
     price_table: Optional[PriceTable] = None,
@@ -81,7 +83,9 @@ async def generate_batch(
         max_cost: Budget for this run. Rows are counted in manifest order; a row that
             would go over it is not submitted (over_budget), and the run then ends Failed.
         fail_fast: If any row is invalid, submit nothing.
-        credentials_block: DashScope credentials: a saved block, or its name. Empty: the
+        credentials_block: DashScope credentials: a saved block, or its name, or a list of
+            them (an account pool: each account has its own lanes, and a row goes to the
+            account whose lane frees first). Empty: the
             DASHSCOPE_API_KEY environment variable of the worker.
         storage_block: A saved block with storage credentials, as type/name:
             secret/kf2v-s3 (a Secret holding JSON fsspec options), aws-credentials/prod
@@ -189,8 +193,10 @@ def _final_state(summary: BatchSummary):
     return Completed(message=summary.headline(), data=summary)
 
 
-def _shareable(credentials: Union[DashScopeCredentials, str, None]) -> Optional[str]:
-    """What shard runs on other workers can load: a saved block's name (or None: the env)."""
+def _shareable(credentials):
+    """What shard runs on other workers can load: saved blocks' names (or None: the env)."""
+    if isinstance(credentials, (list, tuple)):
+        return [_shareable(c) for c in credentials]
     if not isinstance(credentials, DashScopeCredentials):
         return credentials or None
     name = getattr(credentials, "_block_document_name", None)

@@ -71,7 +71,9 @@ async def generate_storyboard(
     max_cost: Optional[float] = None,
     fail_fast: bool = False,
     extra_columns: ExtraColumns = False,
-    credentials_block: Union[DashScopeCredentials, str, None] = None,
+    credentials_block: Union[
+        DashScopeCredentials, str, list[Union[DashScopeCredentials, str]], None
+    ] = None,
     storage_block: Optional[str] = None,
     storage_options: Optional[dict] = None,
     price_table: Optional[PriceTable] = None,

@@ -51,6 +51,7 @@ _EXPORTS = {
     # the client and the account's quota
     "Kf2vClient": "kf2v_tasks.dashscope.client",
     "AccountLimits": "kf2v_tasks.dashscope.limits",
+    "LaneQuota": "kf2v_tasks.dashscope.limits",
     # errors a caller catches
     "Kf2vError": "kf2v_tasks.errors",
     "TransientError": "kf2v_tasks.errors",

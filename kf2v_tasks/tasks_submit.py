@@ -84,6 +84,7 @@ async def _submit(
                 ledger=ledger_for(ledger_root, storage_options),
                 ambiguous_policy=ambiguous_policy,
                 storage_options=storage_options,
+                account=account.label,
             )
         except BaseException:
             slot.release()

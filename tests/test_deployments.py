@@ -240,7 +240,12 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
                 runs = await runs_of(client, batch.id)
                 nightly = await client.read_deployment_by_name("kf2v-generate-batch/nightly")
                 single = await client.read_deployment_by_name("kf2v-generate-video/single")
-                limit = await client.read_global_concurrency_limit_by_name("kf2v-dashscope-tasks")
+                # The kf2v lane of the account: kf2v-<account>-wan2.2-kf2v-flash.
+                (limit,) = [
+                    x
+                    for x in await client.read_global_concurrency_limits(limit=200, offset=0)
+                    if x.name.startswith("kf2v-") and x.name.endswith("-wan2.2-kf2v-flash")
+                ]
                 return parent, batch, runs, nightly, single, limit
 
         with api(stack.api_url):
@@ -307,7 +312,7 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
     _check_batch_schema(batch.parameter_openapi_schema)
     _check_single_schema(single.parameter_openapi_schema)
     assert set(batch.tags) >= {"kf2v", "batch"} and batch.work_pool_name == POOL
-    assert batch.parameters["concurrency"]["global_limit"] == "kf2v-dashscope-tasks"
+    assert batch.parameters["concurrency"]["global_limit"] == "kf2v"
     assert single.global_concurrency_limit.limit == 4
     assert single.concurrency_options.collision_strategy.value == "ENQUEUE"
 
@@ -353,8 +358,15 @@ def _check_batch_schema(schema: dict) -> None:
     assert _enum_of(schema, "Resolution") == ["480P", "720P", "1080P"]
     assert set(_enum_of(schema, "AmbiguousPolicy")) == {"retry_once", "fail"}
     conc = schema["definitions"]["ConcurrencySettings"]["properties"]
-    for field in ("max_in_flight", "submits_per_second", "queries_per_second", "global_limit"):
+    for field in (
+        "max_in_flight",
+        "lanes",
+        "submits_per_second",
+        "queries_per_second",
+        "global_limit",
+    ):
         assert conc[field].get("description"), f"concurrency.{field} has no description"
+    assert set(_enum_of(schema, "Order")) == {"longest", "manifest"}
 
 
 def _check_single_schema(schema: dict) -> None:

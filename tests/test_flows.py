@@ -125,7 +125,9 @@ async def test_fifty_rows_with_invalid_ones(sim, tmp_path):
         side = json.loads(Path(r["output"]).with_suffix(".json").read_text())
         assert side["sha256"] == r["sha256"] and side["task_id"] == r["task_id"]
     assert not (tmp_path / "etc").exists()
-    assert sim.stats()["peak_concurrency"] <= FAST.max_in_flight + FAST.queue_ahead  # running + look-ahead
+    assert (
+        sim.stats()["peak_concurrency"] <= FAST.max_in_flight + FAST.queue_ahead
+    )  # running + look-ahead
 
 
 async def test_reporting_artifacts_and_events(sim, tmp_path):

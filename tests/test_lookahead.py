@@ -20,9 +20,9 @@ import pytest
 from kf2v_flows.batch import generate_batch
 from kf2v_tasks import clock
 from kf2v_tasks.batch.config import ConcurrencySettings
-from kf2v_tasks.lanes.lookahead import LookAhead, is_concurrency_refusal
 from kf2v_tasks.batch.results import from_csv
 from kf2v_tasks.errors import ThrottledError
+from kf2v_tasks.lanes.lookahead import LookAhead, is_concurrency_refusal
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY

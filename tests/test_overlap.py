@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from kf2v_tasks._cli.stack import LocalStack, free_port
-from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.generation.claims import ClaimDoc
+from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 from kf2v_tasks.testing import MOTO_KEY
 

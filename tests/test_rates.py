@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from kf2v_tasks.lanes import rates as rates_module
-from kf2v_tasks.lanes.rates import RateShare, runs_limit_name
 from kf2v_tasks.batch.sharding import shard_parameters
 from kf2v_tasks.dashscope.limits import RateLimiter
+from kf2v_tasks.lanes import rates as rates_module
+from kf2v_tasks.lanes.rates import RateShare, runs_limit_name
 
 
 def test_shards_keep_the_whole_rates_and_split_the_budget():

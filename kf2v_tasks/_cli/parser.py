@@ -127,8 +127,11 @@ def _service_options(p: argparse.ArgumentParser) -> None:
     """How ``run`` and ``generate`` reach DashScope (or the built-in simulator)."""
     p.add_argument(
         "--credentials-block",
+        action="append",
+        default=None,
         help="Saved DashScopeCredentials block name (default: DASHSCOPE_API_KEY, else the "
-        "built-in simulator).",
+        "built-in simulator). `kf2v run` takes it more than once: an account pool, each "
+        "account with its own lanes.",
     )
     p.add_argument(
         "--time-scale",

@@ -76,6 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from kf2v_tasks.dashscope.catalog import get_model
     from kf2v_tasks.dashscope.models import GenerationOptions
 
+    one_account(args)
     d = defaults_from_args(args)
     options = GenerationOptions(
         model=d.model,
@@ -149,3 +150,14 @@ def _result(state: Any) -> Any:
     if value is None and not state.is_completed():
         raise RuntimeError(state.message or f"the flow run ended {state.name}")
     return value
+
+
+def one_account(args: argparse.Namespace) -> None:
+    """One video runs on one account: a second ``--credentials-block`` is an error (exit 2)."""
+    from kf2v_tasks._cli.errors import UsageError
+
+    if len(args.credentials_block or []) > 1:
+        raise UsageError(
+            "argument --credentials-block: one video runs on one account; give it once "
+            "(`kf2v run` takes several, an account pool)"
+        )

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any, Optional, TextIO
+from typing import Any, Optional, TextIO, Union
 
 from kf2v_tasks import clock
 from kf2v_tasks._cli.errors import UsageError
@@ -24,7 +24,7 @@ SIMULATOR_API_KEY = "sk-simulator"
 
 @contextlib.contextmanager
 def dashscope_service(
-    credentials_block: Optional[str],
+    credentials_block: Union[str, list[str], None],
     *,
     simulator_speed: float,
     time_scale: Optional[float] = None,
@@ -32,7 +32,7 @@ def dashscope_service(
 ) -> Iterator[Any]:
     """What a flow gets as ``credentials_block`` for the ``with`` body.
 
-    * ``credentials_block`` given: that saved block's name;
+    * ``credentials_block`` given: that saved block's name (several: the list, a pool);
     * else a key configured (``DASHSCOPE_API_KEY``, or the Prefect setting
       ``PREFECT_INTEGRATIONS_KF2V_API_KEY``): ``None``, the flow reads it itself;
     * else a built-in simulator runs for the body, and this yields a
@@ -54,6 +54,12 @@ def dashscope_service(
     scaled = time_scale is not None
     if scaled:
         clock.set_time_scale(time_scale)
+    if isinstance(credentials_block, list):
+        for name in credentials_block:
+            _check_block(name)  # a missing block is said before anything starts or is paid
+        credentials_block = (
+            credentials_block[0] if len(credentials_block) == 1 else credentials_block or None
+        )
     try:
         if credentials_block:
             yield credentials_block
@@ -68,6 +74,20 @@ def dashscope_service(
     finally:
         if scaled:
             clock.set_time_scale(None)
+
+
+def _check_block(name: str) -> None:
+    """``name`` is a saved DashScopeCredentials block, else UsageError (exit 2) naming it."""
+    from kf2v_tasks._cli.errors import UsageError
+    from kf2v_tasks.credentials import DashScopeCredentials
+
+    try:
+        DashScopeCredentials.load(name, _sync=True)
+    except Exception as exc:  # not saved, another block type, or no server to ask
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"argument --credentials-block: {name!r} cannot be loaded ({reason[:200]})"
+        ) from None
 
 
 def _key_configured() -> bool:

@@ -61,6 +61,7 @@ RESULT_FILE_COLUMNS: tuple[str, ...] = (
     "bytes",
     "reattached",
     "possible_duplicate",
+    "account",
 )
 
 

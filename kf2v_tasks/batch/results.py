@@ -68,6 +68,9 @@ class RowResult(BaseModel):
     bytes: Optional[int] = None
     reattached: bool = False
     possible_duplicate: bool = False
+    account: Optional[str] = Field(
+        default=None, description="The credentials block the task ran on (never the key)."
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="The manifest's own columns (extra_columns) as read."
     )

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Optional
 
+from kf2v_tasks.batch.accounts import AccountPool, RunAccount, on_created, resolve_accounts
 from kf2v_tasks.batch.config import (
     ConcurrencySettings,
     PollingSettings,
@@ -53,10 +54,10 @@ from kf2v_tasks.batch.results import (
 )
 from kf2v_tasks.batch.runtimes import Order, RunTimeHistory, order_rows, run_seconds_of
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
-from kf2v_tasks.batch.steps import RowSteps, TaskRuns, make_steps, run_row_task
+from kf2v_tasks.batch.steps import TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
-from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
+from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import UNREAD, Ledger
@@ -64,11 +65,7 @@ from kf2v_tasks.generation.persist import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
 from kf2v_tasks.generation.submit import AmbiguousPolicy
-from kf2v_tasks.lanes.account import account_label, limits_for
-from kf2v_tasks.lanes.lane import Lane, open_lane
-from kf2v_tasks.lanes.lookahead import LookAhead, is_concurrency_refusal
-from kf2v_tasks.lanes.names import account_limit_name
-from kf2v_tasks.lanes.rates import RateShare
+from kf2v_tasks.lanes.lookahead import is_concurrency_refusal
 from kf2v_tasks.storage.files import copy_video, remove_stale_temps, write_text_atomic
 from kf2v_tasks.storage.paths import join
 
@@ -146,8 +143,7 @@ class BatchRunner:
         self.extra_columns = extra_columns
         self.order = Order(order)
         self.results: dict[int, RowResult] = {}
-        self.look_aheads: dict[str, LookAhead] = {}
-        self.lanes: dict[str, Lane] = {}
+        self.pool: Optional[AccountPool] = None
         self._fan: Optional[_RowFanOut] = None
         self._counts: Counter[str] = Counter()  # kept as rows finish: O(1) per row
         self._total = 0
@@ -249,9 +245,7 @@ class BatchRunner:
             dry_run=self.dry_run,
             max_cost=plan.max_cost,
             cancelled=len(self._cancelled()),
-            look_ahead_off=next(
-                (a.fell_back for a in self.look_aheads.values() if a.fell_back), None
-            ),
+            look_ahead_off=next((a.fell_back for a in self._aheads() if a.fell_back), None),
             results=results,
         )
         summary.results_path = await self._write(
@@ -307,9 +301,12 @@ class BatchRunner:
                 len(cancelled),
             )
 
+    def _aheads(self) -> list:
+        return self.pool.look_aheads if self.pool else []
+
     def _cancelled(self) -> set[str]:
         """Tasks queued ahead and cancelled, free, because the run stopped early."""
-        return {t for ahead in self.look_aheads.values() for t in ahead.cancelled}
+        return {t for ahead in self._aheads() for t in ahead.cancelled}
 
     async def _reconcile_failed(self, plan: BatchPlan) -> None:
         """A failed row whose video an overlapping run has kept since is reported ``skipped``.
@@ -362,108 +359,63 @@ class BatchRunner:
 
     async def _execute(self, plan: BatchPlan, rows: list[ManifestRow]) -> tuple[int, int]:
         """Run every row in its model's lane; return (tasks created, tasks re-attached)."""
-        c = self.concurrency
-        credentials = await aresolve_credentials(self.credentials)
+        pool = self.pool = AccountPool(await resolve_accounts(self.credentials), self.concurrency)
         models = list(dict.fromkeys(r.options.model for r in rows))
-        limits = limits_for(credentials, c.quotas(models))
-        limits.query_limiter.set_rate(c.queries_per_second)
-        label = account_label(credentials)
-        for model in models:
-            lane = self.lanes[model] = await open_lane(
-                label,
-                model,
-                limits.quota(model),
-                queue_ahead=c.queue_ahead,
-                limit_prefix=c.global_limit or None,
-            )
-            ahead = self.look_aheads[model] = LookAhead(
-                lane.running,
-                c.queue_ahead,
-                on_fall_back=lambda _why, lane=lane: lane.shrink(lane.running),
-                held=lambda lane=lane: lane.in_use,
-            )
-            # A create the service refuses for concurrency is not retried where it failed:
-            # the row gives its slot back and waits for a running one (_RowFanOut).
-            limits.create_limiter(model).stop_retry = ahead.refuses
-        shares = await self._share_rates(limits, label)
         history = await RunTimeHistory.load(self.output, self.config.storage_options)
-        order = self._resume_order(plan, rows, history)
-        for model, lane in self.lanes.items():
-            lane.expect(
-                sum(1 for r, _ in order if r.options.model == model and r.id not in plan.persisted)
-            )
         fan = None
         try:
-            async with credentials.get_client(limits=limits) as client:
-                steps = make_steps(self.task_runs, self.config, client)
-                steps.look_aheads = self.look_aheads
+            await pool.open(models, self.shard_count)
+            order = self._resume_order(plan, rows, history)
+            for acct in pool.accounts:
+                for model, lane in acct.lanes.items():
+                    lane.expect(
+                        sum(
+                            1
+                            for r, _ in order
+                            if r.options.model == model and r.id not in plan.persisted
+                        )
+                    )
+            async with contextlib.AsyncExitStack() as stack:
                 fan = self._fan = _RowFanOut(
                     plan=plan,
-                    steps=steps,
-                    lanes=self.lanes,
+                    pool=pool,
+                    config=self.config,
                     budget=Budget(self.max_cost),
                     per_row_task=self.task_runs is TaskRuns.PER_ROW,
                     finish=self._finish,
                     history=history,
                 )
-                # Known from the create answer on, not from the submit step's return: a
-                # stop landing in between must still cancel it.
-                client.created_hooks.append(fan.created)
+                for acct in pool.accounts:
+                    acct.client = await stack.enter_async_context(
+                        acct.credentials.get_client(limits=acct.limits)
+                    )
+                    acct.steps = make_steps(self.task_runs, self.config, acct.client)
+                    acct.steps.look_aheads = acct.aheads
+                    acct.steps.account = acct.label
+                    acct.steps.account_name = acct.name
+                    # Known from the create answer on, not from the submit step's return: a
+                    # stop landing in between must still cancel it.
+                    acct.client.created_hooks.append(on_created(acct, fan.created))
 
                 async def stopped_early() -> None:
                     # Ctrl-C, SIGTERM, a Prefect cancellation, a row that raised: once every
                     # row has stopped and the creates on the wire have answered, the tasks
                     # queued ahead never started; cancelled now, they cost nothing.
-                    await client.settle_creates()
-                    for ahead in self.look_aheads.values():
-                        await ahead.cancel_pending(client)
+                    for acct in pool.accounts:
+                        await acct.client.settle_creates()
+                        for ahead in acct.aheads.values():
+                            await ahead.cancel_pending(acct.client)
 
                 await run_rows((fan.run_row(row, rec) for row, rec in order), stopped_early)
         finally:
-            for lane in self.lanes.values():
-                with contextlib.suppress(Exception):
-                    await lane.settle()
-            for share in shares:
-                await share.leave()
+            await pool.close()
             if fan is not None and fan.learned:
                 try:
                     await history.save(self.output, self.config.storage_options)
                 except Exception as exc:  # only the next run's order suffers
                     logger.warning("could not keep this run's task run times: %s", exc)
+        assert fan is not None
         return fan.submitted, fan.reattached
-
-    async def _share_rates(self, limits, label: str) -> list[RateShare]:
-        """Keep to this run's share of each lane's creates/s and the account's queries/s."""
-        c = self.concurrency
-        shares: list[RateShare] = []
-        shared = bool(self.lanes) and all(lane.limit_name for lane in self.lanes.values())
-        if shared:
-            wanted = [
-                (lane.limit_name, {limits.create_limiter(m): lane.quota.creates_per_second})
-                for m, lane in self.lanes.items()
-            ]
-            wanted.append(
-                (
-                    account_limit_name(c.global_limit or "kf2v", label),
-                    {limits.query_limiter: c.queries_per_second},
-                )
-            )
-            for name, limiters in wanted:
-                share = await RateShare.join(name, limiters)
-                if share is None:
-                    shared = False
-                    break
-                shares.append(share)
-        if not shared and self.shard_count > 1:
-            # Nothing counts the shards that run at once: each keeps to its part.
-            for m, lane in self.lanes.items():
-                limits.create_limiter(m).set_rate(lane.quota.creates_per_second / self.shard_count)
-            limits.query_limiter.set_rate(c.queries_per_second / self.shard_count)
-            logger.info(
-                "rates not shared through the server: this shard keeps to 1/%d of them",
-                self.shard_count,
-            )
-        return shares
 
     def _resume_order(self, plan: BatchPlan, rows: list[ManifestRow], history: RunTimeHistory):
         """Rows with a live task first (re-attach), then the rest longest first (or as listed)."""
@@ -525,12 +477,11 @@ class _RowFanOut:
     """What every row coroutine of one run shares (never the runner itself)."""
 
     def __init__(
-        self, *, plan, steps: RowSteps, lanes, budget, per_row_task: bool, finish, history
+        self, *, plan, pool: AccountPool, config, budget, per_row_task: bool, finish, history
     ) -> None:
         self.plan: BatchPlan = plan
-        self.steps = steps
-        self.config: RowConfig = steps.config
-        self.lanes: dict[str, Lane] = lanes
+        self.pool = pool
+        self.config: RowConfig = config
         self.history: RunTimeHistory = history
         self.learned = 0
         self.budget: Budget = budget
@@ -544,12 +495,12 @@ class _RowFanOut:
         self.tasks: dict[str, ManifestRow] = {}  # task id -> its row, as created
         self.starting = asyncio.Semaphore(STARTING_ROWS)
 
-    def created(self, state) -> None:
+    def created(self, acct: RunAccount, state) -> None:
         """A create answered: the task is ours and queued, whatever happens to its row next."""
         row = _ROW.get()
         if row is not None:
             self.tasks[state.task_id] = row
-            ahead = self.steps.look_aheads.get(row.options.model)
+            ahead = acct.aheads.get(row.options.model)
             if ahead is not None:
                 ahead.seen(state.task_id, "PENDING")
 
@@ -609,10 +560,14 @@ class _RowFanOut:
                 possible_duplicate=bool(record and record.possible_duplicate),
             )
         reattach = bool(record is not None and record.task_id and Ledger.is_task_reusable(record))
+        # A task that exists is polled on the account that holds it.
+        pinned = self.pool.holder(record) if reattach else None
         reserved = 0.0
         sub: Any = None
         refused = False
-        async with self.lanes[row.options.model].slot() as held:
+        async with self.pool.slot(row.options.model, pinned) as (acct, held):
+            steps = acct.steps
+            base = {**base, "account": acct.name}
             # Taken after the slot: a row waiting for its lane must not keep another lane's
             # rows from starting.
             await started.acquire()
@@ -631,7 +586,7 @@ class _RowFanOut:
             try:
                 # The plan's read of the record spares the one before the claim.
                 read = record if row.id in self.plan.records else UNREAD
-                sub = await self.steps.submit(row, self.plan.frames[row.id], fp, read)
+                sub = await steps.submit(row, self.plan.frames[row.id], fp, read)
                 started()  # created (or picked up): the next row may start
                 self.tasks[sub.task_id] = row
                 if getattr(sub, "already_persisted_at", None) is not None:
@@ -648,28 +603,29 @@ class _RowFanOut:
                     self.submitted += 1
                 # Free the slot the moment the task is seen ended, not after its
                 # bookkeeping: the next row's create goes out milliseconds sooner.
-                watcher = watcher_for(self.steps.client)
+                watcher = watcher_for(steps.client)
                 watcher.on_end(sub.task_id, lambda _state: held.release())
                 try:
-                    state = await self.steps.poll(row, sub)
+                    state = await steps.poll(row, sub)
                 finally:
                     watcher.forget(sub.task_id)
             except Exception as exc:
                 if reserved:
                     self.budget.release(reserved)  # failed tasks are not billed
-                ahead = self.steps.look_aheads.get(row.options.model)
+                ahead = acct.aheads.get(row.options.model)
                 if not (sub is None and ahead is not None and ahead.fell_back is not None):
                     return failed_result(base, exc, sub)
                 if not is_concurrency_refusal(exc):
                     return failed_result(base, exc, sub)
                 refused = True  # not created: try again once a running slot is free
         if refused:
+            base = {k: v for k, v in base.items() if k != "account"}
             return await self._generate(row, record, fp, dest, price, base, started)
         if reserved:
             self.budget.commit(reserved)
         self._learn(row, state)
         try:
-            video = await self.steps.persist(row, state, sub, dest)
+            video = await steps.persist(row, state, sub, dest)
         except Exception as exc:  # the task succeeded (and is billed); only keeping it failed
             return failed_result(base, exc, sub, cost=price)
         return RowResult(

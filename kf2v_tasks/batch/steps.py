@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -70,10 +70,17 @@ class RowSteps:
         #: Each lane's look-ahead (lanes.lookahead.LookAhead), by model: told every task's
         #: status, and the clock that says when a queued task is late.
         self.look_aheads: dict[str, Any] = {}
+        #: The account this run creates on: its label goes into the ledger (a re-run polls
+        #: there), its name (the block's, never key material) into each sidecar.
+        self.account: Optional[str] = None
+        self.account_name: Optional[str] = None
 
     def _extra(self, row: ManifestRow) -> dict[str, Any]:
         """What the sidecar says about the row it came from."""
-        return {"row": row.row_number, "id": row.id, "manifest": self.config.manifest_url}
+        extra = {"row": row.row_number, "id": row.id, "manifest": self.config.manifest_url}
+        if self.account_name:
+            extra["account"] = self.account_name
+        return extra
 
     async def submit(
         self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = UNREAD
@@ -95,6 +102,7 @@ class RowSteps:
             row_id=row.id,
             storage_options=c.storage_options,
             record=record,
+            account=self.account,
         )
         ahead = self.look_aheads.get(row.options.model)
         if ahead is not None and sub.already_persisted_at is None:

@@ -126,6 +126,7 @@ async def submit_generation(
     storage_options: Optional[dict] = None,
     claims: Optional[ClaimPolicy] = None,
     record: Any = UNREAD,
+    account: Optional[str] = None,
 ) -> Submission:
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
 
@@ -144,6 +145,8 @@ async def submit_generation(
         ledger: the durable record; without one, nothing protects a re-run from paying twice.
         ambiguous_policy: what an ambiguous create leads to.
         row_id: manifest row id, recorded in the ledger for people reading it.
+        account: the name of the account the task is created on (never a key), recorded
+            in the ledger so that a re-run polls and downloads from that account.
         storage_options: fsspec options for reading the frames again at send time.
         claims: lease and wait lengths of the claim (default :class:`ClaimPolicy`);
             ``ClaimPolicy(enabled=False)`` skips claiming (a single run on its own output).
@@ -190,7 +193,9 @@ async def submit_generation(
     )
     work = _Work(client, frames, prompt, negative_prompt, options, storage_options)
     if ledger is None:
-        return await work.create(LedgerRecord.new(fp, row_id=row_id), None, ambiguous_policy, base)
+        return await work.create(
+            LedgerRecord.new(fp, row_id=row_id), None, ambiguous_policy, base, account=account
+        )
 
     policy = claims or ClaimPolicy()
     book = ClaimBook(ledger, policy) if policy.enabled else None
@@ -224,7 +229,9 @@ async def submit_generation(
                 if record.state is LedgerState.PERSISTED:
                     await book.release(fp)
                 return _reused(record, base)
-        return await work.create(record, ledger, ambiguous_policy, base, row_id=row_id)
+        return await work.create(
+            record, ledger, ambiguous_policy, base, row_id=row_id, account=account
+        )
     except BaseException:
         if book is not None:  # the create failed (or we were cancelled): the row is over
             await book.release(fp)
@@ -314,6 +321,7 @@ class _Work:
         base: dict,
         *,
         row_id: Optional[str] = None,
+        account: Optional[str] = None,
     ) -> Submission:
         fp = base["fingerprint"]
         if record is None:
@@ -343,6 +351,8 @@ class _Work:
                 "(possible duplicate)",
                 fp[:12],
             )
+        if account:
+            record.extra["account"] = account
         return await self._send(record, ledger, ambiguous_policy, base)
 
     async def _send(

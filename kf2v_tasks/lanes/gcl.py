@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -253,6 +254,23 @@ async def free_dead_leases() -> int:
     return freed
 
 
+#: One ask at a time from this process, whatever the lane: concurrent writes to a SQLite
+#: server's database answer 503, which Prefect's client retries after 2 s, then 4 s (B6
+#: measured a lane opening up to 6 real seconds late that way). One lock per loop: the
+#: lanes all ask from their own loop; a run's rate share from the flow's.
+_asking: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _ask_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _asking.get(loop)
+    if lock is None:
+        lock = _asking[loop] = asyncio.Lock()
+    return lock
+
+
 async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, int]:
     """Take up to ``slots`` slots of the limit ``name`` under one lease; wait while it is full.
 
@@ -275,9 +293,10 @@ async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, in
     want = max(1, slots)
     while True:
         try:
-            response = await client.increment_concurrency_slots_with_lease(
-                names=[name], slots=want, mode="concurrency", lease_duration=LEASE_SECONDS
-            )
+            async with _ask_lock():
+                response = await client.increment_concurrency_slots_with_lease(
+                    names=[name], slots=want, mode="concurrency", lease_duration=LEASE_SECONDS
+                )
         except httpx.HTTPStatusError as exc:
             # 423 Locked: not that many free; 422: more than the whole limit.
             if exc.response.status_code not in (422, 423):
