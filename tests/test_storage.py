@@ -23,7 +23,7 @@ import pytest
 from kf2v_tasks import clock
 from kf2v_tasks.errors import DownloadError, UrlExpiredError
 from kf2v_tasks.retry import RetryPolicy
-from kf2v_tasks.storage.download import DOWNLOAD_RETRY, stream_to_storage
+from kf2v_tasks.storage.download import DOWNLOAD_PATIENCE, DOWNLOAD_RETRY, stream_to_storage
 from kf2v_tasks.storage.files import (
     StoredFile,
     copy_video,
@@ -37,7 +37,7 @@ from kf2v_tasks.storage.files import (
 from kf2v_tasks.storage.paths import join, parent, resolve_relative, safe_child
 
 MIB = 1024 * 1024
-#: The default budget (6 requests) without the waits, so fault tests run fast.
+#: At most 6 requests, without the waits, so fault tests run fast.
 NO_WAIT = RetryPolicy(max_attempts=6, base_delay=0)
 
 
@@ -422,12 +422,105 @@ async def test_download_makes_exactly_max_attempts_requests(
     assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []
 
 
-async def test_download_default_budget(tmp_path, sleeps) -> None:
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A service clock that only moves when the code sleeps: hours pass in no real time."""
+    now = [1_000.0]
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(clock, "sleep", fake_sleep)
+    monkeypatch.setattr(clock, "now", lambda: now[0])
+    return waits
+
+
+async def test_download_keeps_retrying_past_the_old_six_request_budget(tmp_path, fake_clock):
+    # 40 transient failures of every kind (the old budget gave up after 6 requests).
+    failures = [httpx.Response(502), httpx.Response(429), httpx.ConnectError, httpx.Response(503)]
+    handler = Scripted(*(failures * 10), httpx.Response(200, content=b"paid video"))
+    res = await _download(tmp_path, handler)
+    assert res.attempts == 41 and (tmp_path / "v.mp4").read_bytes() == b"paid video"
+    assert len(fake_clock) == 40 and max(fake_clock) <= DOWNLOAD_RETRY.max_delay
+    assert sum(fake_clock) > 31.0  # longer than the old budget's 31 s of waits
+
+
+async def test_download_gives_up_only_when_its_patience_is_spent(tmp_path, fake_clock):
     handler = Scripted(httpx.Response(502))
-    with pytest.raises(DownloadError, match="after 6 attempts"):
+    with pytest.raises(DownloadError, match=r"gave up after \d+ requests .*patience 3600 s"):
+        await _download(tmp_path, handler, patience=3600)
+    assert sum(fake_clock) <= 3600 and sum(fake_clock) > 3600 - DOWNLOAD_RETRY.max_delay
+    assert len(handler.requests) > 60  # about one a minute once the backoff is at its cap
+    assert not (tmp_path / "v.mp4").exists() and leftovers(tmp_path) == []
+
+
+async def test_download_default_patience_is_the_life_of_the_url(tmp_path, fake_clock):
+    handler = Scripted(httpx.Response(500))
+    with pytest.raises(DownloadError, match="patience 86400 s"):
         await _download(tmp_path, handler)
-    assert DOWNLOAD_RETRY.max_attempts == 6 and len(handler.requests) == 6
-    assert len(sleeps) == 5 and sum(sleeps) <= DOWNLOAD_RETRY.worst_case_wait() == 31.0
+    assert DOWNLOAD_PATIENCE == 24 * 3600 and 86400 - 60 < sum(fake_clock) <= 86400
+
+
+async def test_download_backoff_starts_again_after_a_request_that_brought_bytes(
+    tmp_path, fake_clock
+):
+    body = b"x" * 100
+    cut = httpx.Response(200, headers={"Content-Length": "100"}, content=body[:10])
+    handler = Scripted(
+        httpx.Response(500),
+        httpx.Response(500),
+        httpx.Response(500),
+        cut,  # 10 bytes arrive, then the body ends short
+        httpx.Response(206, headers={"Content-Range": "bytes 10-99/100"}, content=body[10:]),
+    )
+    res = await _download(tmp_path, handler, retry=RetryPolicy(max_attempts=9, jitter=0.0))
+    assert res.bytes == 100 and res.resumed
+    assert fake_clock == [1.0, 2.0, 4.0, 1.0]
+
+
+async def test_download_refresh_that_fails_transiently_is_asked_again(tmp_path, fake_clock):
+    from kf2v_tasks.errors import ServerError
+
+    asked: list[int] = []
+
+    async def refresh() -> str:
+        asked.append(1)
+        if len(asked) < 3:
+            raise ServerError("InternalError", "down", status_code=500)
+        return "https://oss.test/v.mp4?Signature=fresh"
+
+    handler = Scripted(
+        httpx.Response(403),
+        httpx.Response(403),
+        httpx.Response(403),
+        httpx.Response(200, content=b"v"),
+    )
+    res = await _download(tmp_path, handler, refresh_url=refresh)
+    assert res.bytes == 1 and len(asked) == 3 and len(fake_clock) == 2
+
+
+async def test_download_refresh_that_expired_again_waits(tmp_path, fake_clock):
+    async def refresh() -> str:
+        return "https://oss.test/v.mp4?Signature=fresh"
+
+    handler = Scripted(*[httpx.Response(403)] * 5, httpx.Response(200, content=b"v"))
+    res = await _download(tmp_path, handler, refresh_url=refresh)
+    # 403 -> refresh at once; 403 again -> wait, then the same fresh URL; and so on.
+    assert res.attempts == 6 and len(fake_clock) == 2
+
+
+async def test_download_permanent_answer_ends_it_at_once(tmp_path, fake_clock):
+    from kf2v_tasks.errors import TaskExpiredError
+
+    async def refresh() -> str:
+        raise TaskExpiredError("t-1", "task t-1 is UNKNOWN; its video can no longer be fetched")
+
+    handler = Scripted(httpx.Response(500), httpx.Response(403))
+    with pytest.raises(TaskExpiredError):
+        await _download(tmp_path, handler, refresh_url=refresh)
+    assert len(handler.requests) == 2 and len(fake_clock) == 1
 
 
 async def test_download_honours_retry_after(tmp_path, sleeps) -> None:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
 
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import Resolution, TaskState, TaskStatus
-from kf2v_tasks.errors import TaskExpiredError, UrlExpiredError
+from kf2v_tasks.errors import DownloadError, TaskExpiredError, UrlExpiredError
 from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, utc
@@ -53,7 +53,16 @@ if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
 # build_sidecar lives in generation.sidecar; re-exported for callers of the old home.
-__all__ = ["PersistedVideo", "build_sidecar", "find_persisted", "persist_task_video"]
+__all__ = [
+    "PersistedVideo",
+    "build_sidecar",
+    "download_patience",
+    "find_persisted",
+    "link_expiry",
+    "persist_task_video",
+    "rerun_by",
+    "still_at_service",
+]
 
 logger = logging.getLogger("kf2v_tasks.generation.persist")
 
@@ -117,8 +126,15 @@ async def persist_task_video(
     storage_options: Optional[dict] = None,
     extra: Optional[dict[str, Any]] = None,
     price_table: Optional[PriceTable] = None,
+    deadline: Optional[float] = None,
 ) -> PersistedVideo:
     """Stream ``state.video_url`` to ``destination`` atomically and record it.
+
+    The video is paid for, so its download never gives up on a transient failure while
+    the URL can still work: it keeps retrying (with backoff, refreshing an expired URL)
+    until 24 service hours after the task ended (:func:`link_expiry`), or until
+    ``deadline``. Only a permanent answer ends it sooner; the error then says that the
+    video is still at the service and that a re-run fetches it (nothing is paid twice).
 
     Args:
         state: a SUCCEEDED task state (from ``poll_until_done``).
@@ -129,13 +145,17 @@ async def persist_task_video(
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar (e.g. the manifest row).
         price_table: prices for the video's cost (default: the built-in table).
+        deadline: the run's own deadline, a :func:`kf2v_tasks.clock.now` reading (service
+            seconds) after which the download starts no new wait; ``None``: the URL's life.
 
     Returns:
         The :class:`PersistedVideo`, with its model, resolution, length, prompts and cost.
 
     Raises:
         ValueError: ``state`` is not SUCCEEDED with a video URL.
-        DownloadError / TaskExpiredError: the video could not be fetched.
+        DownloadError: the video could not be fetched now; the message says until when
+            it stays at the service (a re-run re-attaches to the task and fetches it).
+        TaskExpiredError: the service no longer has the task: its video is gone.
 
     Example:
         ```python
@@ -149,7 +169,15 @@ async def persist_task_video(
         # let it finish (bounded), then its committed file is found below, not fetched again.
         await wait_for_other_holder(ledger, fingerprint)
         return await _persist(
-            state, destination, client, submission, ledger, storage_options, extra, price_table
+            state,
+            destination,
+            client,
+            submission,
+            ledger,
+            storage_options,
+            extra,
+            price_table,
+            deadline,
         )
     finally:
         # Not kept: how the task ended, if put off to be written with "persisted", alone.
@@ -176,6 +204,7 @@ async def _persist(
     storage_options: Optional[dict],
     extra: Optional[dict[str, Any]],
     price_table: Optional[PriceTable],
+    deadline: Optional[float] = None,
 ) -> PersistedVideo:
     from kf2v_tasks.storage.download import stream_to_storage
     from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file, write_json_atomic
@@ -229,13 +258,22 @@ async def _persist(
         )
 
     t0 = time.monotonic()
-    stored = await stream_to_storage(
-        state.video_url,
-        destination,
-        storage_options=storage_options,
-        refresh_url=refresh_url,
-        http=client.download_http if client is not None else None,
-    )
+    expires = link_expiry(state, submission)
+    try:
+        stored = await stream_to_storage(
+            state.video_url,
+            destination,
+            storage_options=storage_options,
+            refresh_url=refresh_url,
+            http=client.download_http if client is not None else None,
+            patience=download_patience(expires, deadline),
+        )
+    except UrlExpiredError:
+        raise
+    except DownloadError as exc:
+        raise DownloadError(
+            still_at_service(state.task_id, rerun_by(expires, submission), exc)
+        ) from exc
     download_seconds = time.monotonic() - t0
     previews = await _make_previews(destination, storage_options, stored.bytes)
     sidecar = build_sidecar(
@@ -265,6 +303,99 @@ async def _persist(
     )
     await _mark_persisted(ledger, fingerprint, persisted)
     return persisted
+
+
+#: However early the URL is believed to expire, a download is tried this long (service
+#: seconds): the service, not our estimate, says when a video is gone (a 403, then a task
+#: it no longer knows).
+MIN_DOWNLOAD_PATIENCE = 3600.0
+
+
+def link_expiry(state: TaskState, submission: Optional[Submission] = None) -> datetime:
+    """When (UTC, as this machine counts) the task's video URL stops working at the latest.
+
+    The service keeps a task and its video 24 h (service time) from the task's end. The
+    end is the earliest of: when this client first saw the task SUCCEEDED, and, when the
+    service's own times are known, the create's time here plus the service's run time
+    (``end_time - submit_time``). Service durations become real ones through the time
+    scale (:mod:`kf2v_tasks.clock`), as the ledger counts a task's lifetime.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.persist import link_expiry
+        expires = link_expiry(state, submission)   # about 24 h after the task ended
+        ```
+    """
+    scale = clock.time_scale()
+    now = datetime.now(UTC)
+    ends = [utc(h.seen_at) for h in state.history if h.status is TaskStatus.SUCCEEDED]
+    submitted = utc(submission.submitted_at) if submission is not None else None
+    if submitted is not None and state.submit_time is not None and state.end_time is not None:
+        ran = (state.end_time - state.submit_time).total_seconds()
+        if ran >= 0:
+            ends.append(submitted + timedelta(seconds=ran / scale))
+    end = min((e for e in ends if e is not None), default=now)
+    return min(end, now) + TASK_TTL / scale
+
+
+def download_patience(expires: datetime, deadline: Optional[float] = None) -> float:
+    """Service seconds a download may keep retrying: until ``expires``, or ``deadline``.
+
+    At least :data:`MIN_DOWNLOAD_PATIENCE` for the URL (an estimate must not end a paid
+    download early); a run's ``deadline`` (a :func:`kf2v_tasks.clock.now` reading) cuts it.
+
+    Example:
+        ```python
+        from datetime import UTC, datetime, timedelta
+        from kf2v_tasks.generation.persist import download_patience
+        assert download_patience(datetime.now(UTC) + timedelta(hours=2)) > 7000
+        ```
+    """
+    left = (expires - datetime.now(UTC)).total_seconds() * clock.time_scale()
+    patience = max(MIN_DOWNLOAD_PATIENCE, left)
+    if deadline is not None:
+        patience = min(patience, max(0.0, deadline - clock.now()))
+    return patience
+
+
+def rerun_by(expires: datetime, submission: Optional[Submission] = None) -> datetime:
+    """Until when a re-run re-attaches to the task (and fetches its video) instead of paying.
+
+    The ledger reuses a task until ``TASK_TTL - TASK_TTL_MARGIN`` after its create (service
+    time), and the video cannot outlive its URL (``expires``).
+
+    Example:
+        ```python
+        from datetime import UTC, datetime
+        from kf2v_tasks.generation.persist import rerun_by
+        assert rerun_by(datetime(2026, 1, 2, tzinfo=UTC)) < datetime(2026, 1, 2, tzinfo=UTC)
+        ```
+    """
+    scale = clock.time_scale()
+    by = expires - TASK_TTL_MARGIN / scale
+    submitted = utc(submission.submitted_at) if submission is not None else None
+    if submitted is not None:
+        by = min(by, submitted + (TASK_TTL - TASK_TTL_MARGIN) / scale)
+    return by
+
+
+def still_at_service(task_id: str, fetch_by: datetime, error: BaseException) -> str:
+    """The row's message for a paid video that could not be fetched: where it still is.
+
+    Example:
+        ```python
+        from datetime import UTC, datetime
+        from kf2v_tasks.generation.persist import still_at_service
+        text = still_at_service("t-1", datetime(2026, 1, 2, 3, 4, tzinfo=UTC), OSError("x"))
+        assert "still at the service" in text and "run again before" in text
+        ```
+    """
+    return (
+        f"the video of task {task_id} was made and paid for but could not be fetched "
+        f"({error}); it is still at the service: run again before about "
+        f"{fetch_by:%Y-%m-%d %H:%M} UTC to fetch it (the run re-attaches to the task, "
+        "nothing is paid twice)"
+    )
 
 
 def _created_here(submission: Optional[Submission]) -> bool:

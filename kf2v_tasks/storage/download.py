@@ -36,7 +36,7 @@ from typing import Optional
 import httpx
 
 from kf2v_tasks import clock
-from kf2v_tasks.errors import DownloadError, UrlExpiredError
+from kf2v_tasks.errors import DownloadError, TransientError, UrlExpiredError
 from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.retry import RetryPolicy, parse_retry_after
 from kf2v_tasks.storage.files import (
@@ -59,6 +59,7 @@ from kf2v_tasks.storage.paths import open_fs
 from kf2v_tasks.storage.pipeline import S3_PART_SIZE, _Download
 
 __all__ = [
+    "DOWNLOAD_PATIENCE",
     "DOWNLOAD_RETRY",
     "S3_PART_SIZE",
     "stream_to_storage",
@@ -84,10 +85,17 @@ logger = logging.getLogger("kf2v_tasks.storage.download")
 _HTTP_TIMEOUT = httpx.Timeout(60.0, connect=15.0)
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
-#: The download's one retry budget: at most 6 HTTP requests in total, the first included
-#: (resumes and URL refreshes count), with waits of at most 1, 2, 4, 8 and 16 service
-#: seconds between failed ones (31 s in all, longer only if the server's Retry-After says).
-DOWNLOAD_RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=30.0, jitter=0.5)
+#: The backoff between failed requests of a download: waits of at most 1, 2, 4, 8, 16, 32
+#: and then 60 service seconds (longer only if the server's Retry-After says). How many
+#: requests: as many as :data:`DOWNLOAD_PATIENCE` (or the caller's ``patience``) allows,
+#: not a fixed number; ``max_attempts`` caps them only when a caller passes its own policy.
+DOWNLOAD_RETRY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0, jitter=0.5)
+
+#: How long (service seconds) a download keeps retrying transient failures by default:
+#: the life of a DashScope video URL (24 h from the task's end). A paid video is worth
+#: waiting for; only a permanent answer (a 4xx other than 403/416, or a task the service
+#: no longer knows) ends it sooner.
+DOWNLOAD_PATIENCE = 24 * 3600.0
 
 
 @contextlib.asynccontextmanager
@@ -182,16 +190,23 @@ async def stream_to_storage(
     expected_bytes: Optional[int] = None,
     retry: Optional[RetryPolicy] = None,
     content_type: Optional[str] = None,
+    patience: Optional[float] = None,
 ) -> StoredFile:
     """Stream ``url`` into ``dest`` (any fsspec URL or local path) and commit it atomically.
 
     Interrupted bodies resume with ``Range: bytes=<written>-`` (a server answering 200
     instead of 206 restarts the file from zero); 403 (expired signed URL) asks
-    ``refresh_url`` for a fresh URL and tries again at once; 429/5xx, short bodies and
-    connection errors wait ``retry.delay(...)`` service seconds (never less than a
-    ``Retry-After``) through :func:`kf2v_tasks.clock.sleep`. Every HTTP request counts
-    against one budget: at most ``retry.max_attempts`` requests in total, the first
-    included (6 with :data:`DOWNLOAD_RETRY`, waits of at most 31 service seconds in all).
+    ``refresh_url`` for a fresh URL and tries again at once (a fresh URL that answers 403
+    too waits first); 429/5xx, short bodies, connection errors and a refresh that failed
+    transiently wait ``retry.delay(...)`` service seconds (never less than a
+    ``Retry-After``; the backoff starts again from 1 s after a request that brought bytes)
+    through :func:`kf2v_tasks.clock.sleep`.
+
+    How long: transient failures are retried for ``patience`` service seconds (default
+    :data:`DOWNLOAD_PATIENCE`, the 24 h a video URL lives), however many requests that
+    takes; a ``retry`` passed by the caller also caps the requests at its
+    ``max_attempts`` (the first included). Only a permanent answer ends it sooner: a 4xx
+    other than 403/416, or ``refresh_url`` raising a permanent error (the task is gone).
     Memory stays bounded by three batches (one being received, up to two being hashed
     and written by worker threads; one on S3) plus the filesystem's write block, whatever
     the video size: a batch is ``chunk_size``, or one 8 MiB part on S3.
@@ -204,45 +219,53 @@ async def stream_to_storage(
         refresh_url: coroutine returning a fresh URL when the current one answers 403.
         chunk_size: bytes per write batch (S3 batches are at least one upload part).
         expected_bytes: size the video must have, when known from elsewhere.
-        retry: the attempts budget and backoff (default :data:`DOWNLOAD_RETRY`).
+        retry: the backoff (default :data:`DOWNLOAD_RETRY`, no cap on requests); a policy
+            given here caps the requests at its ``max_attempts`` too.
         content_type: the object's Content-Type on S3 (default: from ``dest``'s name,
             ``video/mp4`` for ``.mp4``), so a browser plays it inline from a presigned URL.
+        patience: service seconds from now after which no new wait is started (default
+            :data:`DOWNLOAD_PATIENCE`); the first request is always made.
 
     Returns:
         :class:`~kf2v_tasks.storage.files.StoredFile` (``sidecar_path`` is ``None``).
 
     Raises:
         UrlExpiredError: 403 and no ``refresh_url``.
-        DownloadError: attempts exhausted, a 4xx, or the size did not match.
+        DownloadError: ``patience`` (or the caller's ``max_attempts``) used up, a 4xx, or
+            the size did not match.
 
     Example:
         ```python
-        from kf2v_tasks.retry import RetryPolicy
         from kf2v_tasks.storage.download import stream_to_storage
 
         res = await stream_to_storage(
-            state.video_url, "out/row-1.mp4", refresh_url=refresh,
-            retry=RetryPolicy(max_attempts=10, base_delay=2.0),
+            state.video_url, "out/row-1.mp4", refresh_url=refresh, patience=3600,
         )
         print(res.sha256, res.bytes, res.attempts)
         ```
     """
     policy = retry or DOWNLOAD_RETRY
+    max_attempts = retry.max_attempts if retry is not None else None
+    window = DOWNLOAD_PATIENCE if patience is None else max(0.0, patience)
     fs, path = open_fs(dest, storage_options)
     dl = _Download(fs, path, content_type or content_type_for(dest))
     own_http = http is None
     if http is None:
         http = httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True)
+    started = clock.now()
     attempts = 0
+    failures = 0  # failed requests since the last one that brought bytes: the backoff step
+    refreshed = False  # the URL was just refreshed: a 403 again waits before the next one
     last_error = "no attempt made"
     try:
         await dl.restart()
         while True:
-            if attempts >= policy.max_attempts:
+            if max_attempts is not None and attempts >= max_attempts:
                 raise DownloadError(
                     f"download of {redact_url(url)} failed after {attempts} attempts: {last_error}"
                 )
             attempts += 1
+            before = dl.written
             try:
                 step = await _request(dl, http, url, chunk_size)
             except httpx.TransportError as exc:
@@ -255,12 +278,30 @@ async def stream_to_storage(
                     raise UrlExpiredError(
                         f"video URL {redact_url(url)} answered 403 (expired signature?)"
                     )
-                logger.info("video URL answered 403; asking for a fresh one")
-                url = await refresh_url()
-                continue  # a fresh URL needs no backoff
-            logger.info("download attempt %d: %s; retrying", attempts, last_error)
-            if attempts < policy.max_attempts:
-                await clock.sleep(policy.delay(attempts, step.retry_after))
+                if not refreshed:
+                    logger.info("video URL answered 403; asking for a fresh one")
+                    try:
+                        url = await refresh_url()
+                    except DownloadError:  # no way to refresh it: said as it is
+                        raise
+                    except TransientError as exc:  # the query failed for now: wait, ask again
+                        last_error = f"{step.reason}; asking for a fresh URL failed: {exc}"
+                    else:
+                        refreshed = True
+                        continue  # a fresh URL needs no backoff
+            refreshed = False
+            failures = 1 if dl.written > before else failures + 1
+            if max_attempts is not None and attempts >= max_attempts:
+                continue  # said at the top of the loop, without a wait for nothing
+            delay = policy.delay(failures, step.retry_after)
+            waited = clock.now() - started
+            if waited + delay > window:
+                raise DownloadError(
+                    f"download of {redact_url(url)} gave up after {attempts} requests in "
+                    f"{waited:.0f} service seconds (patience {window:.0f} s): {last_error}"
+                )
+            logger.info("download attempt %d: %s; retrying in %.1f s", attempts, last_error, delay)
+            await clock.sleep(delay)
 
         size = dl.written
         if dl.total is not None and size != dl.total:  # defensive: loop exits only when equal
