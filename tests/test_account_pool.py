@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -155,33 +153,3 @@ async def test_two_blocks_with_one_key_are_one_account(sim, tmp_path, caplog):
         "credentials 'pool-a' and 'pool-a-again' hold the same key: one account, used once"
     ]
     assert _peak(sim.tasks()) == 2
-
-
-def test_a_missing_block_is_one_line_and_exit_2(tmp_path):
-    pairs = _manifest(tmp_path, 1)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kf2v_tasks",
-            "run",
-            pairs,
-            "--output",
-            str(tmp_path / "o"),
-            "--credentials-block",
-            "no-such-block",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={
-            **__import__("os").environ,
-            "PREFECT_HOME": str(tmp_path / "home"),
-            "PREFECT_API_URL": "",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        },
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if "no-such-block" in line]
-    assert len(lines) == 1 and "cannot be loaded" in lines[0], result.stderr[-2000:]
-    assert not (tmp_path / "o" / "results.csv").exists()

@@ -127,15 +127,17 @@ def test_no_key_runs_on_the_built_in_simulator(tmp_path):
     assert "sk-simulator" not in p.stdout + p.stderr
 
 
-def test_a_failing_flow_is_one_line(env, tmp_path):
+def test_a_credentials_block_that_cannot_be_loaded_is_one_line_and_exit_2(env, tmp_path):
     (a, b) = make_pairs(tmp_path, 1)[0]
     (tmp_path / "m.csv").write_text(manifest_text([{"first_frame": a, "last_frame": b}]))
     p = kf2v(
         "run", str(tmp_path / "m.csv"), "--output", str(tmp_path / "out"),
         "--credentials-block", "kf2v-no-such-block", env=env,
     )  # fmt: skip
-    assert p.returncode == 1
+    # A block that cannot be loaded is a usage error, said before anything starts.
+    assert p.returncode == 2
     errors = [line for line in p.stderr.splitlines() if line.startswith("kf2v run: error: ")]
     assert len(errors) == 1 and "kf2v-no-such-block" in errors[0], p.stderr[-2000:]
-    assert errors[0].endswith("(--debug shows the traceback)")
+    assert "cannot be loaded" in errors[0]
     assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out" / "results.csv").exists()

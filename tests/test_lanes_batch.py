@@ -140,3 +140,27 @@ async def test_the_learned_run_times_reorder_a_lane(sim, tmp_path):
     # And the run added what it saw to the history, beside the ledger.
     kept = json.loads((out / ".kf2v" / "runtimes.json").read_text())
     assert len(kept["samples"]["wan2.7-i2v"]["720P"]) == 7
+
+
+async def test_limits_apply_sets_one_limit_per_lane_of_the_account(monkeypatch):
+    import argparse
+
+    from kf2v_tasks._cli.main import _apply_lane_limits
+    from kf2v_tasks.lanes.gcl import apply_limits, show_limits
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", TEST_API_KEY)
+    args = argparse.Namespace(
+        lane=[("wan2.7-i2v", "8:5")],
+        concurrency=None,
+        queue_ahead=1,
+        credentials_block=None,
+        model=["wan2.7-i2v", "wan2.7-i2v-2026-04-25", "wan2.2-kf2v-flash"],
+        prefix="kf2v",
+    )
+    applied = await _apply_lane_limits(args, apply_limits)
+    sizes = {a["name"].split("-", 2)[-1].split("-", 1)[-1]: a["limit"] for a in applied}
+    # Raised wan2.7-i2v (8 + 1), its dated variant its own lane at the table's 5 + 1, kf2v 2 + 1.
+    assert sizes == {"wan2.7-i2v": 9, "wan2.7-i2v-2026-04-25": 6, "wan2.2-kf2v-flash": 3}
+    shown = {x["name"]: x["limit"] for x in await show_limits()}
+    assert all(shown[a["name"]] == a["limit"] for a in applied)
+    assert not any(TEST_API_KEY in name for name in shown)

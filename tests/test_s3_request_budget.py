@@ -101,5 +101,9 @@ async def test_a_fresh_row_on_s3_costs_its_budget_of_requests(
         ("index.presigned.html", "PutObject"),
         ("results.csv", "PutObject"),
         ("listing", "ListObjects"),  # the ledger folder, once per run when planned so
+        # The run times this output has seen (longest first): read once; written once
+        # (read again to merge) when the run learned any.
+        ("runtimes.json", "GetObject"),
+        ("runtimes.json", "PutObject"),
     }, run_level
-    assert sum(run_level.values()) <= 8, run_level
+    assert sum(run_level.values()) <= 11, run_level

@@ -78,7 +78,7 @@ class ConcurrencySettings(BaseModel):
     global_limit: Optional[str] = Field(
         default=DEFAULT_LIMIT_PREFIX,
         description=(
-            "Prefix of each lane's Prefect global concurrency limit, <prefix>-<account>-<model>, "
+            "Prefix of each lane's Prefect global concurrency limit (prefix-account-model), "
             "shared by every run, worker and pipeline on the same Prefect server (created "
             "when missing); empty: this run limits itself alone."
         ),
