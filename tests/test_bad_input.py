@@ -6,7 +6,8 @@ before the first submit), plus one real batch on the simulator with a catalogue 
 mixed with good ones: the bad rows end as ``invalid`` naming row, column and reason, the
 simulator sees zero creates for them, and the good rows are delivered.
 
-Frames with an alpha channel are the exception by design: accepted with a warning.
+A PNG with an alpha channel is one of them: both Model Studio pages say PNG without alpha
+(reference §16), so it is refused before any create, with the fix in the message.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ FRAME_CASES = [
     FrameCase("huge", _huge, r"8100|8000|large|at most|too"),
     FrameCase("tiff", _wrong_extension, r"TIFF|format"),
     FrameCase("folder", _folder, r"folder|directory"),
-    FrameCase("alpha", _alpha, r"alpha", accepted=True),
+    FrameCase("alpha", _alpha, r"alpha channel.*save it without transparency"),
 ]
 
 
@@ -512,7 +513,7 @@ async def test_batch_with_a_catalogue_of_bad_rows_creates_nothing_for_them(tmp_p
     by_id: dict[str, list[dict]] = {}
     for r in results:
         by_id.setdefault(r["id"], []).append(r)
-    good_ids = ["good1", "good2", "frame-alpha"]  # both rows with id good0 are invalid
+    good_ids = ["good1", "good2"]  # both rows with id good0 are invalid
     for gid in good_ids:
         assert by_id[gid][0]["status"] == "succeeded", by_id[gid]
     invalid = [r for r in results if r["status"] == "invalid"]

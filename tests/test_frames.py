@@ -100,17 +100,25 @@ async def test_boundary_sides_are_inclusive(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
-async def test_alpha_is_a_warning_not_an_error(tmp_path, mode):
+async def test_png_with_alpha_is_refused_with_the_fix(tmp_path, mode):
+    # Both Model Studio pages: PNG *without* alpha (reference §4, §16).
     p = make_image(tmp_path / "a.png", (300, 300), mode)
-    info = await inspect_frame(str(p))
-    assert info.has_alpha
-    assert any("alpha" in w for w in info.warnings)
+    err = await reject(p, f"PNG with an alpha channel (mode {mode}) is not accepted")
+    assert "save it without transparency" in err.reason
+    assert err.role == "first" and "RGBA" not in err.reason.split("(mode")[0]
 
 
-async def test_palette_with_transparency_counts_as_alpha(tmp_path):
+async def test_palette_png_with_a_transparent_colour_is_refused(tmp_path):
     p = make_image(tmp_path / "p.png", (300, 300), "P", transparency=0)
+    err = await reject(p, "PNG with an alpha channel (mode P with a transparent colour)")
+    assert "save it without transparency" in err.reason
+
+
+@pytest.mark.parametrize("fmt,ext", [("WEBP", "webp")])
+async def test_alpha_in_another_format_is_a_warning(tmp_path, fmt, ext):
+    p = make_image(tmp_path / f"a.{ext}", (300, 300), "RGBA", fmt)
     info = await inspect_frame(str(p))
-    assert info.mode == "P" and info.has_alpha
+    assert info.has_alpha and any("alpha" in w for w in info.warnings)
 
 
 # -- rejected -----------------------------------------------------------------------------
@@ -138,7 +146,8 @@ async def test_animated_png_rejected(tmp_path):
 
 async def test_cmyk_jpeg_rejected(tmp_path):
     p = make_image(tmp_path / "c.jpg", (300, 300), "CMYK", "JPEG")
-    await reject(p, "colour mode CMYK")
+    err = await reject(p, "colour mode CMYK")
+    assert "without transparency" in err.reason and "RGBA" not in err.reason
 
 
 async def test_16bit_gray_png_rejected(tmp_path):
@@ -308,10 +317,18 @@ async def test_http_404_and_oversize(http_frames):
 
 async def test_pair_aspect_warning_and_alpha(tmp_path):
     a = make_image(tmp_path / "a.png", (640, 360))
-    b = make_image(tmp_path / "b.png", (400, 400), "RGBA")
+    b = make_image(tmp_path / "b.webp", (400, 400), "RGBA", "WEBP")
     pair = await check_pair(str(a), str(b))
     assert any("cropped to the first frame's aspect ratio" in w for w in pair.warnings)
     assert any(w.startswith("last frame:") and "alpha" in w for w in pair.warnings)
+
+
+async def test_pair_with_an_alpha_png_is_refused_naming_the_frame(tmp_path):
+    a = make_image(tmp_path / "a.png", (640, 360))
+    b = make_image(tmp_path / "b.png", (640, 360), "RGBA")
+    with pytest.raises(FrameValidationError) as ei:
+        await check_pair(str(a), str(b))
+    assert ei.value.role == "last" and "save it without transparency" in str(ei.value)
 
 
 async def test_pair_same_ratio_no_warning(tmp_path):

@@ -1,7 +1,9 @@
 """Frame validation and preparation: read a first/last frame, check it, decide how it travels.
 
-Checks follow reference §4: JPEG/PNG/BMP/WEBP, each side within [min_side, max_side] px
-(240..8000 by default; older docs say 360..2000, so both are configurable), at most 10 MiB.
+Checks follow reference §4 and §16: JPEG/PNG/BMP/WEBP, a PNG without alpha (both Model
+Studio pages say so, for both protocols: refused here, before anything is paid), each side
+within [min_side, max_side] px (240..8000 by default; older docs say 360..2000, so both are
+configurable), at most 10 MiB.
 Each model's own bounds are in the models table (:meth:`FrameLimits.for_model`; wan2.7-i2v:
 360..2000 px, UNCERTAIN). A driving audio, for the models that take one, is checked with
 the frames (:mod:`kf2v_tasks.generation.audio`).
@@ -63,8 +65,11 @@ MIME_TYPES: dict[str, str] = {
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp"}
 
 #: Colour modes a standard 8-bit decoder reads ("1" is bilevel, still 8-bit-compatible).
+#: A PNG must also have no alpha (:data:`NO_ALPHA_FORMATS`).
 ACCEPTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "1"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+#: Formats the service takes only without an alpha channel (reference §4, §16).
+NO_ALPHA_FORMATS = frozenset({"PNG"})
 _MODE_NOTES = {
     "CMYK": "CMYK",
     "I;16": "16-bit",
@@ -176,12 +181,23 @@ def _decode(data: bytes, limits: FrameLimits) -> _Decoded:
                 note = _MODE_NOTES.get(mode, mode)
                 raise _Reject(
                     f"colour mode {mode} ({note}) is not accepted; save it as 8-bit RGB "
-                    "(or RGBA/grayscale)"
+                    "(or grayscale), without transparency"
                 )
             if fmt == "PNG" and len(data) > 24 and data[24] == 16:
                 # IHDR bit depth: Pillow silently reads 16-bit RGB PNGs as 8-bit "RGB".
                 raise _Reject(f"16-bit PNG (mode {mode}) is not accepted; save it with 8 bits")
             has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
+            if has_alpha and fmt in NO_ALPHA_FORMATS:
+                kind = (
+                    f"mode {mode}"
+                    if mode in _ALPHA_MODES
+                    else f"mode {mode} with a transparent colour"
+                )
+                raise _Reject(
+                    f"{fmt} with an alpha channel ({kind}) is not accepted: the service "
+                    f"takes {fmt} without alpha; save it without transparency (flattened "
+                    "onto a background, as an RGB PNG or a JPEG)"
+                )
             try:
                 im.verify()
             except Exception as exc:
@@ -214,7 +230,9 @@ async def inspect_frame(
         storage_options: fsspec options for remote filesystems.
 
     Returns:
-        A :class:`~kf2v_tasks.generation.models.FrameInfo`; an alpha channel gives a warning, not an error.
+        A :class:`~kf2v_tasks.generation.models.FrameInfo`. A PNG with an alpha channel
+        is refused (the service takes PNG without alpha); an alpha channel in another
+        format (WEBP, BMP) gives a warning.
 
     Raises:
         FrameValidationError: the frame is unusable; ``reason`` says why in plain words.
@@ -336,7 +354,8 @@ async def check_pair(
     """Validate both frames (and a driving audio) concurrently; warn about what will change.
 
     Warnings (on ``FramePair.warnings``): aspect ratios differing by more than 2 % (the
-    last frame is cropped to the first's) and alpha channels.
+    last frame is cropped to the first's) and alpha channels of formats other than PNG
+    (a PNG with alpha is refused).
 
     Args:
         first: the first frame (path or URL).

@@ -16,6 +16,8 @@ from kf2v_tasks.simulator.state import Account, SimState
 from kf2v_tasks.simulator.wire import ApiError
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP"}
+#: Pillow modes with an alpha channel (a palette or RGB PNG with a tRNS chunk counts too).
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
 def _is_loopback(host: str) -> bool:
@@ -94,7 +96,10 @@ async def fetch_image(
 
 
 def check_image(data: bytes, field: str, min_side: int, max_side: int, max_bytes: int) -> None:
-    """400 InvalidParameter unless ``data`` is a decodable image of an allowed size."""
+    """400 InvalidParameter unless ``data`` is a decodable image of an allowed size.
+
+    A PNG must have no alpha channel, as the service documents for both protocols.
+    """
     if len(data) > max_bytes:
         raise ApiError(
             400, "InvalidParameter", f"The {field} is larger than {max_bytes // 2**20} MB."
@@ -103,12 +108,19 @@ def check_image(data: bytes, field: str, min_side: int, max_side: int, max_bytes
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             fmt, (w, h) = img.format, img.size
+            alpha = img.mode in ALPHA_MODES or "transparency" in img.info
     except Exception:
         raise ApiError(
             400, "InvalidParameter", f"The {field} cannot be decoded as an image."
         ) from None
     if fmt not in IMAGE_FORMATS:
         raise ApiError(400, "InvalidParameter", f"The {field} format {fmt} is not supported.")
+    if fmt == "PNG" and alpha:  # reference §4/§16: "PNG (no alpha channel)", both protocols
+        raise ApiError(
+            400,
+            "InvalidParameter",
+            f"The {field} is a PNG with an alpha channel; PNG images must have no transparency.",
+        )
     if not (min_side <= w <= max_side and min_side <= h <= max_side):
         raise ApiError(
             400,
