@@ -133,12 +133,7 @@ class Kf2vSettings(PrefectBaseSettings):
             return value.strip().lower() or "singapore"
         return value
 
-    @field_validator("lanes")
-    @classmethod
-    def _lane_specs(cls, value: dict[str, str]) -> dict[str, str]:
-        for model, spec in value.items():
-            parse_lane_spec(spec, model)
-        return value
+    _lane_specs = field_validator("lanes")(lambda cls, value: check_lane_specs(value))
 
     @field_validator("api_key", "base_url", "workspace", "models_file", "ledger", mode="before")
     @classmethod
@@ -165,6 +160,13 @@ def get_settings() -> Kf2vSettings:
         ```
     """
     return Kf2vSettings()
+
+
+def check_lane_specs(specs: dict[str, str]) -> dict[str, str]:
+    """``specs`` as given, once each is a valid ``RUNNING[:CREATES]`` (else ValueError)."""
+    for model, spec in specs.items():
+        parse_lane_spec(spec, model)
+    return specs
 
 
 def parse_lane_spec(spec: str, model: str = "") -> tuple[int, Optional[float]]:

@@ -80,3 +80,16 @@ def pointed_at(sim, monkeypatch):
         yield
     finally:
         clock.set_time_scale(None)
+
+
+def peak_running(rows: list[dict], keep=lambda row: True) -> int:
+    """Most tasks RUNNING at once in a simulator timeline (``/_sim/tasks`` rows ``keep`` says)."""
+    edges = []
+    for r in rows:
+        if r["started"] is not None and keep(r):
+            edges += [(r["started"], 1), (r["ended"], -1)]
+    level = peak = 0
+    for _, step in sorted(edges):
+        level += step
+        peak = max(peak, level)
+    return peak

@@ -19,7 +19,7 @@ from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.errors import BatchFailedError
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
-from helpers import SPEED, make_pairs, manifest_text, pointed_at
+from helpers import SPEED, make_pairs, manifest_text, peak_running, pointed_at
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 KEYS = {"pool-a": "sk-pool-a-0123456789abcdef", "pool-b": "sk-pool-b-0123456789abcdef"}
@@ -54,15 +54,18 @@ def _results(out: Path) -> list[dict]:
 
 
 def _peak(rows: list[dict], account: str | None = None) -> int:
-    edges = []
-    for r in rows:
-        if r["started"] is not None and (account is None or r["account"] == account):
-            edges += [(r["started"], 1), (r["ended"], -1)]
-    level = peak = 0
-    for _, step in sorted(edges):
-        level += step
-        peak = max(peak, level)
-    return peak
+    return peak_running(rows, lambda r: account is None or r["account"] == account)
+
+
+async def _give_up_waiting(manifest: str, out: Path) -> None:
+    """A first run that stops waiting (the tasks run on): every record holds a live task."""
+    with pytest.raises(BatchFailedError):
+        await generate_batch(
+            manifest,
+            str(out),
+            credentials_block=["pool-a", "pool-b"],
+            polling=PollingSettings(deadline_seconds=1, queue_deadline_seconds=3600),
+        )
 
 
 async def test_two_accounts_run_a_batch_on_both_lanes(sim, tmp_path):
@@ -92,14 +95,7 @@ async def test_two_accounts_run_a_batch_on_both_lanes(sim, tmp_path):
 async def test_a_rerun_reattaches_each_task_on_its_own_account(sim, tmp_path):
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, 6)
-    # The first run gives up waiting (the tasks run on): every record holds a live task.
-    with pytest.raises(BatchFailedError):
-        await generate_batch(
-            manifest,
-            str(out),
-            credentials_block=["pool-a", "pool-b"],
-            polling=PollingSettings(deadline_seconds=1, queue_deadline_seconds=3600),
-        )
+    await _give_up_waiting(manifest, out)
     first = sim.stats()["creates"]
     assert first >= 2
     # The re-run lists the accounts the other way round: each task is still polled and
@@ -115,13 +111,7 @@ async def test_a_rerun_reattaches_each_task_on_its_own_account(sim, tmp_path):
 async def test_a_task_on_an_account_the_run_lacks_is_not_created_again(sim, tmp_path):
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, 2)
-    with pytest.raises(BatchFailedError):
-        await generate_batch(
-            manifest,
-            str(out),
-            credentials_block=["pool-a", "pool-b"],
-            polling=PollingSettings(deadline_seconds=1, queue_deadline_seconds=3600),
-        )
+    await _give_up_waiting(manifest, out)
     before = sim.stats()["creates"]
     # A block that does not exist: named, before anything is created.
     with pytest.raises(ValueError, match="other"):

@@ -17,7 +17,7 @@ from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from conftest import TEST_API_KEY
-from helpers import SPEED, make_frame, manifest_text, pointed_at
+from helpers import SPEED, make_frame, manifest_text, peak_running, pointed_at
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 COLUMNS = ["id", "first_frame", "last_frame", "model", "resolution", "duration", "prompt"]
@@ -66,15 +66,7 @@ def _manifest(folder: Path, rows: list[dict]) -> str:
 
 
 def _peak_running(rows: list[dict], model: str) -> int:
-    edges = []
-    for r in rows:
-        if r["model"] == model and r["started"] is not None:
-            edges += [(r["started"], 1), (r["ended"], -1)]
-    level = peak = 0
-    for _, step in sorted(edges):
-        level += step
-        peak = max(peak, level)
-    return peak
+    return peak_running(rows, lambda r: r["model"] == model)
 
 
 async def test_each_model_fills_its_own_lane_and_never_more(sim, tmp_path):

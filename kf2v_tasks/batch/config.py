@@ -19,7 +19,7 @@ from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.lanes.names import DEFAULT_LIMIT_PREFIX, DEFAULT_QUEUE_AHEAD
-from kf2v_tasks.settings import parse_lane_spec
+from kf2v_tasks.settings import check_lane_specs, parse_lane_spec
 
 
 class ConcurrencySettings(BaseModel):
@@ -87,12 +87,7 @@ class ConcurrencySettings(BaseModel):
         default=8, ge=1, le=256, description="Frame pairs validated at the same time."
     )
 
-    @field_validator("lanes")
-    @classmethod
-    def _lane_specs(cls, value: dict[str, str]) -> dict[str, str]:
-        for model, spec in value.items():
-            parse_lane_spec(spec, model)
-        return value
+    _lane_specs = field_validator("lanes")(lambda cls, value: check_lane_specs(value))
 
     def quotas(self, models: Iterable[str]) -> dict[str, LaneQuota]:
         """Each of ``models``' lane as this run sets it (``lanes`` over ``max_in_flight``).

@@ -232,8 +232,8 @@ class SlotPool:
                 # No server to share through: runs on this machine share lock files instead.
                 folder = slot_folder(gcl_name)
                 logger.info(
-                    "sharing the account's %d tasks in flight with other runs on this machine "
-                    "through lock files in %s",
+                    "sharing the lane's %d tasks at the service with other runs on this "
+                    "machine through lock files in %s",
                     size,
                     folder,
                 )
@@ -450,7 +450,7 @@ async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bo
         return False
     if not create_missing:
         if await gcl_exists(name):
-            logger.info("sharing the account's tasks through global concurrency limit %r", name)
+            logger.info("sharing the lane's tasks through global concurrency limit %r", name)
             return True
         logger.info("no global concurrency limit %r on the server; limiting in-process", name)
         return False
@@ -471,7 +471,7 @@ async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bo
         )
         return False
     logger.info(
-        "sharing the account's tasks with other runs through global concurrency limit %r "
+        "sharing the lane's tasks with other runs through global concurrency limit %r "
         "(%d slots, %s)",
         name,
         status["limit"],
@@ -481,8 +481,8 @@ async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bo
         # The server's limit is the account's: this run keeps to it, whatever it asked for.
         logger.warning(
             "global concurrency limit %r allows %d tasks at the service, fewer than this "
-            "run's %d (max_in_flight + queue_ahead); change it with `kf2v limits apply "
-            "--max-in-flight N --queue-ahead M`",
+            "run's %d (running + queue_ahead); change it with `kf2v limits apply "
+            "--lane MODEL=N --queue-ahead M`",
             name,
             status["limit"],
             size,
