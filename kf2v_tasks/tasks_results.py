@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
-from kf2v_tasks.dashscope.models import TaskState
+from kf2v_tasks.dashscope.models import TaskState, TaskStatus
 from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
     DEFAULT_QUEUE_DEADLINE,
@@ -36,8 +36,9 @@ from kf2v_tasks.dashscope.polling import (
     wait_for_task,
 )
 from kf2v_tasks.errors import TaskError, TaskTimeoutError
-from kf2v_tasks.events import emit_video_persisted
+from kf2v_tasks.events import emit_video_asset, emit_video_failed, emit_video_persisted
 from kf2v_tasks.generation.ledger import record_outcome
+from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import Submission
@@ -64,8 +65,9 @@ async def _poll(
     ledger_root: Optional[str],
     storage_options: Optional[dict],
 ) -> TaskState:
-    fingerprint = task_id.fingerprint if isinstance(task_id, Submission) else None
-    tid = task_id.task_id if isinstance(task_id, Submission) else task_id
+    sub = task_id if isinstance(task_id, Submission) else None
+    fingerprint = sub.fingerprint if sub else None
+    tid = sub.task_id if sub else task_id
     ledger = ledger_for(ledger_root, storage_options) if fingerprint else None
     async with open_account(credentials) as account:
         try:
@@ -81,11 +83,35 @@ async def _poll(
             if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
                 release_task(tid)  # it ended; a timeout is still running
             await record_outcome(ledger, fingerprint, exc)
+            _failed(exc, sub, tid)
             raise
         release_task(tid)
     await record_outcome(ledger, fingerprint, state)
+    if state.status is not TaskStatus.SUCCEEDED:  # raise_on_failure=False: ended without video
+        emit_video_failed(
+            error_code=state.code or state.status.value,
+            error_message=state.message or f"task ended {state.status.value}",
+            status="cancelled" if state.status is TaskStatus.CANCELED else "failed",
+            model=sub.model if sub else None,
+            task_id=tid,
+            fingerprint=fingerprint,
+            possible_duplicate=bool(sub and sub.possible_duplicate),
+        )
     get_run_logger().info("Task %s ended %s", tid, state.status.value)
     return state
+
+
+def _failed(exc: BaseException, sub: Optional[Submission], task_id: Optional[str], **more) -> None:
+    """``kf2v.video.failed`` for a standalone task that raised, as the batch says it."""
+    emit_video_failed(
+        error_code=getattr(exc, "code", None) or type(exc).__name__,
+        error_message=str(exc),
+        model=sub.model if sub else None,
+        task_id=task_id,
+        fingerprint=sub.fingerprint if sub else None,
+        possible_duplicate=bool(sub and sub.possible_duplicate),
+        **more,
+    )
 
 
 async def _persist(
@@ -97,23 +123,36 @@ async def _persist(
     storage_options: Optional[dict],
     extra: Optional[dict],
     price_table: Optional[PriceTable],
+    frames: Optional[FramePair] = None,
 ) -> PersistedVideo:
     # The client only refreshes an expired URL: a fresh URL downloads without credentials.
-    async with open_account(credentials, optional=True) as account:
-        video = await persist_task_video(
-            state,
-            destination,
-            client=account.client if account else None,
-            submission=submission,
-            ledger=ledger_for(ledger_root, storage_options),
-            storage_options=storage_options,
-            extra=extra,
-            price_table=price_table,
-        )
+    try:
+        async with open_account(credentials, optional=True) as account:
+            video = await persist_task_video(
+                state,
+                destination,
+                client=account.client if account else None,
+                submission=submission,
+                ledger=ledger_for(ledger_root, storage_options),
+                storage_options=storage_options,
+                extra=extra,
+                price_table=price_table,
+            )
+    except Exception as exc:  # the task succeeded, so it is billed; only keeping it failed
+        _failed(exc, submission, state.task_id, billed=True, output=destination)
+        raise
     get_run_logger().info(
         "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
     )
     emit_video_persisted(video)
+    inputs = [frames.first.source, frames.last.source] if frames else []
+    emit_video_asset(
+        video.path,
+        upstream=[*inputs, video.audio_source],
+        name=video.path.rsplit("/", 1)[-1],
+        metadata={"sha256": video.sha256, "bytes": video.bytes, "task_id": video.task_id,
+                  "model": video.model, "cost": video.cost},
+    )  # fmt: skip
     await _video_artifact(video)
     return video
 
@@ -175,7 +214,8 @@ async def apoll_until_done(
     :class:`~kf2v_tasks.errors.TaskTimeoutError` (the task may still finish: a later
     poll or re-run re-attaches to it). Durations are service seconds (divided by
     ``KF2V_TIME_SCALE``). The deadline is exact: the task has no Prefect retries that
-    would restart it.
+    would restart it. A task that ends without a video, or times out, emits
+    ``kf2v.video.failed``, as a batch row does.
 
     Args:
         task_id: the task id, or the :class:`~kf2v_tasks.generation.submit.Submission`
@@ -258,6 +298,7 @@ async def apersist_video(
     storage_options: Optional[dict] = None,
     extra: Optional[dict] = None,
     price_table: Optional[PriceTable] = None,
+    frames: Optional[FramePair] = None,
 ) -> PersistedVideo:
     """Stream a SUCCEEDED task's video to any fsspec destination, atomically (async).
 
@@ -267,7 +308,9 @@ async def apersist_video(
     querying the task again. A JSON sidecar (task id, request ids, prompts incl.
     ``actual_prompt``, parameters, usage, cost, timings, sha256, bytes) is written beside
     the video (``out/cat.mp4`` → ``out/cat.json``), a ``kf2v.video.persisted`` event is
-    emitted and a markdown artifact describes the video, as the batch does.
+    emitted, the video is recorded as a Prefect asset (its ``frames`` and audio
+    upstream) and a markdown artifact describes the video, as the batch does. If keeping
+    it fails, ``kf2v.video.failed`` says so (billed: the task succeeded).
 
     Args:
         state: the final state from :func:`apoll_until_done`.
@@ -278,6 +321,7 @@ async def apersist_video(
         storage_options: fsspec options of the destination.
         extra: more fields for the sidecar.
         price_table: prices per model and resolution, for the video's cost.
+        frames: the pair from :func:`avalidate_frames`: the video's asset dependencies.
 
     Returns:
         A :class:`~kf2v_tasks.generation.persist.PersistedVideo`: path, sha256, bytes,
@@ -307,6 +351,7 @@ async def apersist_video(
         storage_options,
         extra,
         price_table,
+        frames,
     )
 
 

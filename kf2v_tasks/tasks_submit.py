@@ -27,6 +27,8 @@ from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
 from kf2v_tasks.dashscope.models import GenerationOptions
+from kf2v_tasks.errors import AmbiguousCreateError
+from kf2v_tasks.events import emit_possible_duplicate, emit_video_failed
 from kf2v_tasks.generation.frames import FrameLimits, check_pair
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.submit import AmbiguousPolicy, Submission, submit_generation
@@ -86,8 +88,16 @@ async def _submit(
                 storage_options=storage_options,
                 account=account.label,
             )
-        except BaseException:
+        except BaseException as exc:
             slot.release()
+            if isinstance(exc, Exception):  # as a batch row that failed at submit says it
+                emit_video_failed(
+                    error_code=getattr(exc, "code", None) or type(exc).__name__,
+                    error_message=str(exc),
+                    model=model,
+                    task_id=getattr(exc, "task_id", None),
+                    possible_duplicate=isinstance(exc, AmbiguousCreateError),
+                )
             raise
         if sub.already_persisted_at is not None:
             slot.release()  # another run kept this work already: nothing is at the service
@@ -101,6 +111,10 @@ async def _submit(
         logger.info("Created task %s", sub.task_id)
     if sub.possible_duplicate:
         logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
+        if not sub.reused:  # a reused task's duplicate was reported when it was created
+            emit_possible_duplicate(
+                task_id=sub.task_id, model=sub.model, fingerprint=sub.fingerprint
+            )
     return sub
 
 
@@ -208,7 +222,9 @@ async def asubmit_kf2v(
     The work's fingerprint (model, parameters, prompts, both frames' sha256) is looked up
     in the ledger first; a task submitted less than 24 h ago that has not failed is reused
     instead of creating another, also one another process is creating right now (its
-    claim). The create waits for a slot of the model's lane on the account, shared with
+    claim). A create retried after an ambiguous answer emits
+    ``kf2v.video.possible-duplicate``, a refused one ``kf2v.video.failed``, as a batch
+    row does. The create waits for a slot of the model's lane on the account, shared with
     every batch and pipeline (see :mod:`kf2v_tasks.lanes`); the slot is freed when
     :func:`apoll_until_done` sees the task end (or, if nobody polls it, when a later
     submitter finds it ended).

@@ -255,9 +255,11 @@ async def test_s3_outputs_get_presigned_links_posters_and_a_gallery(s3_server):
         RowResult(row=3, id="b", status=RowStatus.FAILED, output=f"{root}/b.mp4",
                   error_code="DataInspectionFailed", error_message=HOSTILE),
     ]  # fmt: skip
+    fs.pipe_file(f"{bucket}/out/results.csv", b"row,id\n")
     summary = BatchSummary(
-        manifest="m.csv", output=root, total=2, counts=BatchSummary.count(results), results=results
-    )
+        manifest="m.csv", output=root, total=2, counts=BatchSummary.count(results), results=results,
+        results_path=f"{root}/results.csv",
+    )  # fmt: skip
     reporter = PrefectReporter(storage_options=opts, link_expiry=3600)
 
     @flow
@@ -271,8 +273,17 @@ async def test_s3_outputs_get_presigned_links_posters_and_a_gallery(s3_server):
             "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}
         )
     arts = resp.json()
-    md = next(a["data"] for a in arts if a["type"] == "markdown")
+    md = next(a["data"] for a in arts if a["key"] == "kf2v-batch-summary")
     images = [a for a in arts if a["type"] == "image"]
+    # Link artifacts (markdown links) to the presigned gallery and results.csv.
+    links = {a["key"]: a for a in arts if a["key"].endswith(("-gallery", "-results-csv"))}
+    gallery_link = links["kf2v-batch-gallery"]["data"]
+    assert (
+        f"/{bucket}/out/{PRESIGNED_GALLERY_NAME}?" in gallery_link and "Signature=" in gallery_link
+    )
+    csv_url = re.search(r"\]\((http[^)]+)\)", links["kf2v-batch-results-csv"]["data"]).group(1)
+    assert "expires at" in links["kf2v-batch-results-csv"]["description"]
+    assert httpx.get(csv_url).content == b"row,id\n"
     assert "s3://" not in md.split("## Videos")[1]  # every video is a link a browser can open
     assert "expire at" in md and "Signature=" in md, md
     assert f"/{bucket}/out/{PRESIGNED_GALLERY_NAME}?" in md

@@ -14,7 +14,9 @@ page is blocked by every browser). Posters of S3 outputs are also image artifact
 
 The artifacts' text (the results table, the summary, artifact keys; every value from
 users or the service escaped) is made by :mod:`kf2v_tasks.batch.reporting_markdown`; its
-names are exported here too. Progress updates are throttled (at most one API call per
+names are exported here too. :class:`EventReporter` turns the same calls into Prefect
+events (:mod:`kf2v_tasks.events`); :class:`PrefectReporter` runs one unless told not to.
+Progress updates are throttled (at most one API call per
 second) so a 10,000-row batch does not spend its time reporting.
 """
 
@@ -26,17 +28,28 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Optional
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery import GalleryWriter, write_gallery
 from kf2v_tasks.batch.reporting_markdown import (
     ERROR_CELL_CHARS,
     artifact_key,
+    link_target,
     results_table,
     summary_markdown,
 )
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
+from kf2v_tasks.events import (
+    MAX_LISTED_ROWS,
+    attempt_from_tags,
+    emit_batch_finished,
+    emit_budget_exceeded,
+    emit_possible_duplicate,
+    emit_video_asset,
+    emit_video_failed,
+    is_shard,
+)
 from kf2v_tasks.redaction import md_escape, redact_url
 from kf2v_tasks.storage.presign import (
     DEFAULT_EXPIRY_SECONDS,
@@ -46,6 +59,7 @@ from kf2v_tasks.storage.presign import (
 )
 
 if TYPE_CHECKING:
+    from kf2v_tasks.batch.manifest import ManifestRow
     from kf2v_tasks.batch.plan import BatchPlan
     from kf2v_tasks.generation.pricing import CostEstimate
 
@@ -53,7 +67,9 @@ __all__ = [
     "ERROR_CELL_CHARS",
     "MAX_IMAGE_ARTIFACTS",
     "PRESIGNED_GALLERY_NAME",
+    "RETRYABLE_STATUSES",
     "BatchObserver",
+    "EventReporter",
     "ObserverGroup",
     "PrefectReporter",
     "artifact_key",
@@ -69,6 +85,8 @@ logger = logging.getLogger("kf2v_tasks.batch.reporting")
 MAX_IMAGE_ARTIFACTS = 12
 #: The gallery with presigned links, written beside index.html for S3 outputs.
 PRESIGNED_GALLERY_NAME = "index.presigned.html"
+#: Rows a re-run of the batch could make: failed at the service, cancelled, interrupted.
+RETRYABLE_STATUSES = frozenset({RowStatus.FAILED, RowStatus.CANCELLED, RowStatus.NOT_RUN})
 
 
 class BatchObserver:
@@ -171,6 +189,157 @@ def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
     return ObserverGroup([o for o in extra if o is not None] + list(_registered))
 
 
+# -- the Prefect events ---------------------------------------------------------------------
+
+
+class EventReporter(BatchObserver):
+    """Emits a batch's Prefect events (:mod:`kf2v_tasks.events`), as the rows end and once at the end.
+
+    Per row: ``kf2v.video.failed`` for a failed or cancelled row,
+    ``kf2v.video.possible-duplicate`` for a row whose create was retried after an
+    ambiguous answer, and each video made as a Prefect asset (its frames and audio
+    upstream). Per batch: ``kf2v.budget.exceeded`` when ``max_cost`` left rows out, then
+    ``kf2v.batch.finished`` (also when the batch ends Failed). A dry run emits nothing, and
+    a shard run only its rows' events: the parent run reports the batch.
+    (``kf2v.video.persisted`` is emitted by the persist step itself.)
+
+    Args:
+        assets: record each video made as a Prefect asset.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting import EventReporter, ObserverGroup, PrefectReporter
+        observer = ObserverGroup([PrefectReporter(events=False), EventReporter(assets=False)])
+        ```
+    """
+
+    def __init__(self, *, assets: bool = True) -> None:
+        self.assets = assets
+        self.batch_id = uuid4().hex  # the flow run's id once one is seen
+        self.flow_run_id: Optional[str] = None
+        self.attempt = 1
+        self.shard = False
+        self._dry_run = False
+        self._rows: dict[int, ManifestRow] = {}
+        self._fingerprints: dict[str, str] = {}
+        self._models: set[str] = set()
+
+    def _see_run(self) -> None:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        run = ctx.flow_run if ctx is not None else None
+        if run is not None and self.flow_run_id is None:
+            self.flow_run_id = self.batch_id = str(run.id)
+            self.attempt = attempt_from_tags(run.tags)
+            self.shard = is_shard(run.tags)
+
+    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
+        """Note the run, and each row's model, fingerprint and inputs for its events."""
+        self._see_run()
+        self._dry_run = dry_run
+        self._rows = {r.row_number: r for r in plan.runnable}
+        self._fingerprints = dict(plan.fingerprints)
+        self._models = {r.options.model for r in plan.runnable}
+
+    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
+        """The row's events: failed, possible duplicate, and the video as an asset."""
+        if self._dry_run:
+            return
+        row = self._rows.get(result.row)
+        model = row.options.model if row is not None else None
+        about = dict(
+            output=result.output,
+            model=model,
+            task_id=result.task_id,
+            fingerprint=self._fingerprints.get(result.id or ""),
+            row_id=result.id,
+            row=result.row,
+            batch_id=self.batch_id,
+        )
+        status = result.status
+        if status in (RowStatus.FAILED, RowStatus.CANCELLED):
+            emit_video_failed(
+                error_code=result.error_code,
+                error_message=result.error_message,
+                billed=result.cost > 0,  # a failed row costs only if its task succeeded
+                status=status.value,
+                cost=result.cost,
+                possible_duplicate=result.possible_duplicate,
+                **about,
+            )
+        if result.possible_duplicate and status in (RowStatus.SUCCEEDED, RowStatus.FAILED):
+            emit_possible_duplicate(status=status.value, **about)
+        if self.assets and status is RowStatus.SUCCEEDED and result.output:
+            inputs = [row.first_frame, row.last_frame, row.audio] if row is not None else []
+            emit_video_asset(
+                result.output,
+                upstream=inputs,
+                name=result.id,
+                metadata={
+                    "sha256": result.sha256,
+                    "bytes": result.bytes,
+                    "task_id": result.task_id,
+                    "model": model,
+                    "cost": result.cost,
+                    "row": result.row,
+                },
+            )
+
+    async def on_finish(self, summary: BatchSummary) -> None:
+        """``kf2v.budget.exceeded`` if rows were left out, then ``kf2v.batch.finished``."""
+        self._see_run()
+        if summary.dry_run or self.shard:
+            return
+        results = summary.results
+
+        def ids(statuses) -> list[str]:
+            return [r.id or str(r.row) for r in results if r.status in statuses][:MAX_LISTED_ROWS]
+
+        facts = dict(
+            flow_run_id=self.flow_run_id,
+            manifest=redact_url(summary.manifest),
+            results_csv=redact_url(summary.results_path),
+            currency=summary.currency,
+            estimated_cost=summary.estimated_cost,
+            spent=summary.spent,
+            max_cost=summary.max_cost,
+        )
+        models = sorted(self._models)
+        if summary.over_budget:
+            emit_budget_exceeded(
+                batch_id=self.batch_id,
+                rows=ids({RowStatus.OVER_BUDGET}),
+                output=summary.output,
+                models=models,
+                **facts,
+            )
+        retry = [r for r in results if r.status in RETRYABLE_STATUSES]
+        emit_batch_finished(
+            batch_id=self.batch_id,
+            state="Failed" if summary.failed or summary.over_budget else "Completed",
+            # A re-run needs the run's parameters: only a flow run can be re-run.
+            retryable=bool(retry or summary.counts.get("shard_failed"))
+            and self.flow_run_id is not None,
+            attempt=self.attempt,
+            output=summary.output,
+            models=models,
+            total=summary.total,
+            counts=summary.counts,
+            failed=summary.failed,
+            over_budget=summary.over_budget,
+            submitted=summary.submitted,
+            reattached=summary.reattached,
+            skipped=summary.skipped,
+            cancelled=summary.cancelled,
+            possible_duplicates=summary.possible_duplicates,
+            wall_seconds=summary.wall_seconds,
+            failed_rows=ids(RETRYABLE_STATUSES),
+            invalid_rows=ids({RowStatus.INVALID}),
+            **facts,
+        )
+
+
 # -- the Prefect artifacts ------------------------------------------------------------------
 
 
@@ -185,6 +354,8 @@ class PrefectReporter(BatchObserver):
         gallery: keep ``index.html`` in the output folder up to date (not in dry runs).
         link_expiry: seconds the presigned links of S3 outputs work (at most 7 days).
         max_images: posters shown as image artifacts (S3 outputs only).
+        events: emit the batch's Prefect events (an :class:`EventReporter`).
+        assets: with events, record each video made as a Prefect asset.
 
     Example:
         ```python
@@ -205,8 +376,11 @@ class PrefectReporter(BatchObserver):
         gallery: bool = True,
         link_expiry: int = DEFAULT_EXPIRY_SECONDS,
         max_images: int = MAX_IMAGE_ARTIFACTS,
+        events: bool = True,
+        assets: bool = True,
     ) -> None:
         self.key_prefix = artifact_key(key_prefix)
+        self.events = EventReporter(assets=assets) if events else None
         self.min_interval = min_interval
         self.storage_options = storage_options
         self.link_expiry = link_expiry
@@ -257,6 +431,8 @@ class PrefectReporter(BatchObserver):
         # In the background: the first submit must not wait for an API round trip;
         # updates start once the artifact exists, and on_finish waits for it.
         self._creating = spawn(create(), name="kf2v-progress-artifact")
+        if self.events is not None:
+            await self.events.on_plan(plan, cost, dry_run)
         if self.gallery is not None:
             try:
                 await self.gallery.on_plan(plan, cost, dry_run)
@@ -264,7 +440,12 @@ class PrefectReporter(BatchObserver):
                 logger.warning("writing the gallery failed", exc_info=True)
 
     def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """Schedule a throttled progress update (and gallery rewrite)."""
+        """Schedule a throttled progress update (and gallery rewrite); the row's events."""
+        if self.events is not None:
+            try:
+                self.events.on_row(result, counts, total)
+            except Exception:  # reporting must never fail the batch
+                logger.warning("emitting the row's events failed", exc_info=True)
         if self.gallery is not None:
             try:
                 self.gallery.on_row(result, counts, total)
@@ -293,12 +474,19 @@ class PrefectReporter(BatchObserver):
             logger.warning("progress artifact update failed", exc_info=True)
 
     async def on_finish(self, summary: BatchSummary) -> None:
-        """Final progress, the gallery, the results table, the summary and the posters."""
+        """The batch's events; final progress, the gallery, the results table, the summary,
+        links to the gallery and results.csv, and the posters."""
         from prefect.artifacts import (
             acreate_image_artifact,
             acreate_markdown_artifact,
             acreate_table_artifact,
         )
+
+        if self.events is not None:
+            try:
+                await self.events.on_finish(summary)
+            except Exception:  # reporting must never fail the batch
+                logger.warning("emitting the batch's events failed", exc_info=True)
 
         if self._creating is not None:
             try:
@@ -332,6 +520,8 @@ class PrefectReporter(BatchObserver):
             key=f"{self.key_prefix}-summary",
             description=md_escape(summary.headline()),
         )
+        if not summary.dry_run:  # a rehearsal has no gallery and no results.csv
+            await self._links(summary, links, gallery_path)
         for row, poster in self._posters(summary, links):
             await acreate_image_artifact(
                 image_url=poster.url,
@@ -339,6 +529,42 @@ class PrefectReporter(BatchObserver):
                 description=f"Poster of {md_escape(row.id or row.row)} (row {row.row}); "
                 f"the link expires at {poster.expiry_text()}",
             )
+
+    async def _links(
+        self, summary: BatchSummary, links: dict[str, PresignedUrl], gallery_path: Optional[str]
+    ) -> None:
+        """Link artifacts to the gallery and to results.csv (presigned on S3)."""
+        from prefect.artifacts import acreate_link_artifact
+
+        results = summary.results_path
+        if results and can_presign(results) and results not in links:
+            try:
+                (signed,) = await presign_many(
+                    [results], storage_options=self.storage_options, expires_in=self.link_expiry
+                )
+                links = {**links, results: signed}
+            except Exception:  # the path is still in the summary
+                logger.warning("presigning results.csv failed", exc_info=True)
+        targets = [("gallery", gallery_path, "Open the gallery")]
+        targets.append(("results-csv", results, "results.csv"))
+        for name, path, text in targets:
+            target = link_target(path, links) if path else None
+            if target is None or path is None:
+                continue
+            note = md_escape(path)
+            if path in links:
+                note += f"; the link expires at {links[path].expiry_text()}"
+            elif target.startswith("file:"):
+                note += "; a local file: browsers open it when pasted in the address bar"
+            try:
+                await acreate_link_artifact(
+                    link=target,
+                    link_text=text,
+                    key=f"{self.key_prefix}-{name}",
+                    description=note,
+                )
+            except Exception:  # a link is a convenience; the summary has the path
+                logger.warning("the %s link artifact failed", name, exc_info=True)
 
     def _made(self, summary: BatchSummary) -> list[RowResult]:
         return [

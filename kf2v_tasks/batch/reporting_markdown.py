@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -29,7 +31,7 @@ from kf2v_tasks.batch.results import FAILED_STATUSES, BatchSummary, RowResult, R
 from kf2v_tasks.redaction import md_escape
 from kf2v_tasks.storage.presign import PresignedUrl
 
-__all__ = ["ERROR_CELL_CHARS", "artifact_key", "results_table", "summary_markdown"]
+__all__ = ["ERROR_CELL_CHARS", "artifact_key", "link_target", "results_table", "summary_markdown"]
 
 #: Longest error text shown in a results-table cell (results.csv has the whole message).
 ERROR_CELL_CHARS = 120
@@ -109,6 +111,27 @@ def _where(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
     if sep and scheme.lower() in ("http", "https"):
         return quote(path, safe="/:@%")
     return None
+
+
+def link_target(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
+    """The target of a link artifact to a stored file: as :func:`_where`, and a local file
+    as a ``file://`` URI (a link artifact is one place a person can copy it from).
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.reporting_markdown import link_target
+        assert link_target("/data/out/index.html", {}) == "file:///data/out/index.html"
+        assert link_target("gs://b/out/index.html", {}) is None
+        ```
+    """
+    where = _where(path, links)
+    if where is not None:
+        return where
+    scheme, sep, _ = path.partition("://")
+    if sep and scheme.lower() != "file":
+        return None
+    local = path[len("file://") :] if sep else path
+    return Path(os.path.abspath(local)).as_uri()
 
 
 def summary_markdown(

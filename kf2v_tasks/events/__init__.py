@@ -1,0 +1,79 @@
+"""Prefect events for automations: what happened to each video and to each batch.
+
+========================================  ===================================================
+``kf2v.video.persisted``                  a video was kept (batch row or ``persist_video``)
+``kf2v.video.failed``                     a row or task failed or was cancelled (code,
+                                          message, whether it was billed)
+``kf2v.video.possible-duplicate``         an ambiguous create was retried: a second billed
+                                          task may exist
+``kf2v.batch.finished``                   once per batch, Completed or Failed (counts, cost,
+                                          output, results.csv)
+``kf2v.budget.exceeded``                  ``max_cost`` left rows of a batch out
+========================================  ===================================================
+
+The batch (through its reporter) and the standalone tasks emit the same per-video events,
+so an automation works whichever way the video was made. Each event names the model
+(``kf2v.model.<name>``, role ``model``) and, for batch rows, the batch
+(``kf2v.batch.<flow run id>``, role ``batch``) as related resources; Prefect adds the
+flow run, flow, deployment and tags. Row id, output URL and model are also resource
+labels (``kf2v.row.id``, ``kf2v.output``, ``kf2v.model``) so a trigger can match them.
+
+Every string goes through :mod:`kf2v_tasks.redaction` first: no key, no signed URL query.
+Emitting is best effort: an event that cannot be sent is logged, never raised.
+
+Kept videos are also Prefect assets where ``prefect.assets`` exists
+(:func:`emit_video_asset`): the same ``prefect.asset.*`` events ``@materialize`` emits,
+with the frames and audio as upstream assets, without a task run per video.
+"""
+
+from kf2v_tasks.events.assets import asset_key, emit_video_asset
+from kf2v_tasks.events.batch import emit_batch_finished, emit_budget_exceeded
+from kf2v_tasks.events.core import (
+    ATTEMPT_TAG,
+    BATCH_FINISHED,
+    BUDGET_EXCEEDED,
+    EVENTS,
+    MATERIALIZED_BY,
+    MAX_LISTED_ROWS,
+    SHARD_TAG,
+    VIDEO_FAILED,
+    VIDEO_PERSISTED,
+    VIDEO_POSSIBLE_DUPLICATE,
+    attempt_from_tags,
+    attempt_tag,
+    batch_resource,
+    is_shard,
+    model_resource,
+)
+from kf2v_tasks.events.video import (
+    emit_possible_duplicate,
+    emit_video_failed,
+    emit_video_persisted,
+    video_resource_id,
+)
+
+__all__ = [
+    "ATTEMPT_TAG",
+    "BATCH_FINISHED",
+    "BUDGET_EXCEEDED",
+    "EVENTS",
+    "MATERIALIZED_BY",
+    "MAX_LISTED_ROWS",
+    "SHARD_TAG",
+    "VIDEO_FAILED",
+    "VIDEO_PERSISTED",
+    "VIDEO_POSSIBLE_DUPLICATE",
+    "asset_key",
+    "attempt_from_tags",
+    "attempt_tag",
+    "batch_resource",
+    "emit_batch_finished",
+    "emit_budget_exceeded",
+    "emit_possible_duplicate",
+    "emit_video_asset",
+    "emit_video_failed",
+    "emit_video_persisted",
+    "is_shard",
+    "model_resource",
+    "video_resource_id",
+]

@@ -1,0 +1,164 @@
+"""The per-video events: kept, failed or cancelled, possibly created twice."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from kf2v_tasks.events.core import (
+    VIDEO_FAILED,
+    VIDEO_PERSISTED,
+    VIDEO_POSSIBLE_DUPLICATE,
+    _emit,
+    _video_related,
+    _video_resource,
+)
+
+if TYPE_CHECKING:
+    from kf2v_tasks.generation.persist import PersistedVideo
+
+
+def video_resource_id(video: PersistedVideo) -> str:
+    """The event resource of a video: its work fingerprint, else its task id."""
+    return f"kf2v.video.{video.fingerprint or video.task_id}"
+
+
+def emit_video_persisted(
+    video: PersistedVideo,
+    *,
+    row_id: Optional[str] = None,
+    row: Optional[int] = None,
+    batch_id: Optional[str] = None,
+) -> None:
+    """Emit ``kf2v.video.persisted`` for ``video`` (best effort: the video is already safe).
+
+    Args:
+        video: the persisted video.
+        row_id: the manifest row id, when the video belongs to a batch row.
+        row: the manifest row number.
+        batch_id: the batch's id (its flow run id), when the video belongs to a batch.
+
+    Example:
+        ```python
+        from kf2v_tasks.events import emit_video_persisted
+        emit_video_persisted(video, row_id="sunrise", row=2)
+        ```
+    """
+    resource = _video_resource(
+        fingerprint=video.fingerprint,
+        task_id=video.task_id,
+        output=video.path,
+        row_id=row_id,
+        model=video.model,
+    )
+    payload: dict[str, Any] = {
+        "path": video.path,
+        "output": video.path,
+        "sha256": video.sha256,
+        "bytes": video.bytes,
+        "task_id": video.task_id,
+        "row_id": row_id,
+        "row": row,
+    }
+    facts = video.model_dump(
+        mode="json", include={"cost", "currency", "resolution", "duration_seconds", "model"}
+    )
+    payload.update({k: v for k, v in facts.items() if v is not None})
+    _emit(VIDEO_PERSISTED, resource, payload, _video_related(video.model, batch_id))
+
+
+def emit_video_failed(
+    *,
+    error_code: Optional[str],
+    error_message: Optional[str],
+    billed: bool = False,
+    status: str = "failed",
+    output: Optional[str] = None,
+    model: Optional[str] = None,
+    task_id: Optional[str] = None,
+    fingerprint: Optional[str] = None,
+    row_id: Optional[str] = None,
+    row: Optional[int] = None,
+    cost: float = 0.0,
+    possible_duplicate: bool = False,
+    batch_id: Optional[str] = None,
+) -> bool:
+    """Emit ``kf2v.video.failed``: a video was not made (failed or cancelled).
+
+    Args:
+        error_code: the service's or the package's error code.
+        error_message: what went wrong (redacted; at most 1000 characters).
+        billed: the service charged for it (the task succeeded, keeping the video failed).
+        status: ``failed`` or ``cancelled``.
+        output: where the video should have gone.
+        model: the model asked.
+        task_id: the DashScope task, if one was created.
+        fingerprint: the work's fingerprint, if known.
+        row_id: the manifest row id (batch rows).
+        row: the manifest row number.
+        cost: what was charged (0 unless billed).
+        possible_duplicate: an ambiguous create happened: a second task may exist.
+        batch_id: the batch's id, for batch rows.
+
+    Returns:
+        Whether the event was handed to Prefect.
+
+    Example:
+        ```python
+        from kf2v_tasks.events import emit_video_failed
+        emit_video_failed(error_code="DataInspectionFailed", error_message="refused",
+                          model="wan2.2-kf2v-flash", row_id="shot3", output="out/shot3.mp4")
+        ```
+    """
+    resource = _video_resource(
+        fingerprint=fingerprint, task_id=task_id, output=output, row_id=row_id, model=model
+    )
+    resource["kf2v.video.status"] = status
+    payload = {
+        "status": status,
+        "error_code": error_code,
+        "error_message": (error_message or "")[:1000],
+        "billed": bool(billed),
+        "cost": cost,
+        "possible_duplicate": bool(possible_duplicate),
+        "output": output,
+        "model": model,
+        "task_id": task_id,
+        "row_id": row_id,
+        "row": row,
+    }
+    return _emit(VIDEO_FAILED, resource, payload, _video_related(model, batch_id))
+
+
+def emit_possible_duplicate(
+    *,
+    task_id: Optional[str],
+    model: Optional[str] = None,
+    fingerprint: Optional[str] = None,
+    output: Optional[str] = None,
+    row_id: Optional[str] = None,
+    row: Optional[int] = None,
+    status: Optional[str] = None,
+    batch_id: Optional[str] = None,
+) -> bool:
+    """Emit ``kf2v.video.possible-duplicate``: a create had no clear answer and was retried.
+
+    The work may have been created (and billed) twice; ``task_id`` is the task kept.
+
+    Example:
+        ```python
+        from kf2v_tasks.events import emit_possible_duplicate
+        emit_possible_duplicate(task_id="t-1", model="wan2.2-kf2v-flash", row_id="shot3")
+        ```
+    """
+    resource = _video_resource(
+        fingerprint=fingerprint, task_id=task_id, output=output, row_id=row_id, model=model
+    )
+    payload = {
+        "task_id": task_id,
+        "status": status,
+        "output": output,
+        "model": model,
+        "row_id": row_id,
+        "row": row,
+    }
+    return _emit(VIDEO_POSSIBLE_DUPLICATE, resource, payload, _video_related(model, batch_id))
