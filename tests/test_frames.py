@@ -171,6 +171,18 @@ async def test_too_large_dimensions_rejected_cheaply(tmp_path):
     await reject(p, "image is 9000×300 px")
 
 
+async def test_wan27_takes_what_model_studio_takes_and_refuses_beyond_8_to_1(tmp_path):
+    wan = FrameLimits.for_model("wan2.7-i2v")  # reference §16: 240..8000 px, 1:8..8:1, 20 MB
+    big = make_image(tmp_path / "uhd.jpg", (3840, 2160), fmt="JPEG")
+    info = await inspect_frame(str(big), limits=wan)
+    assert (info.width, info.height) == (3840, 2160)
+    edge = make_image(tmp_path / "edge.png", (1920, 240), "L")  # exactly 8:1
+    assert (await inspect_frame(str(edge), limits=wan)).width == 1920
+    tall = make_image(tmp_path / "tall.png", (240, 2000), "L")  # 1:8.33
+    await reject(tall, "an aspect of 8.33:1; it must be between 1:8 and 8:1", limits=wan)
+    assert wan.max_bytes == 20 * 2**20 and FrameLimits().max_aspect is None
+
+
 async def test_configurable_side_limits(tmp_path):
     p = make_image(tmp_path / "m.png", (300, 300))
     await reject(

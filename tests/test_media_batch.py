@@ -150,8 +150,8 @@ BAD_ROWS = {
         {**W27, "audio": "nope.mp3"},
         "file not found",
     ),
-    "frame too small for wan2.7": (
-        {"first_frame": "k_a.png", "last_frame": "w_b.png", "model": "wan2.7-i2v"},
+    "frame beyond 8:1 for wan2.7": (
+        {"first_frame": "strip.png", "last_frame": "w_b.png", "model": "wan2.7-i2v"},
         "column 'first_frame'",
     ),
 }
@@ -172,6 +172,7 @@ async def test_every_new_bad_input_is_refused_before_any_create(sim, tmp_path):
     src.mkdir()
     _inputs(src)
     _long_wav(src / "long.wav", 31)
+    make_frame(src / "strip.png", (2000, 240))  # 8.33:1, beyond §16's 1:8..8:1
     rows = [{"id": f"r{i}", **row} for i, (row, _) in enumerate(BAD_ROWS.values())]
     manifest = _write(src, rows)
     plan = await plan_batch(str(manifest), str(tmp_path / "out"))

@@ -76,11 +76,14 @@ def test_wan27_row_and_its_sources():
     assert spec.protocol is Protocol.MEDIA and spec.create_path == MEDIA_CREATE_PATH
     assert spec.resolutions == ("720P", "1080P") and spec.duration_text() == "2..15"
     assert spec.audio and spec.audio_formats == ("mp3", "wav")
-    assert (spec.min_side, spec.max_side) == (360, 2000)
-    # The protocol comes from the SDK; the limits are third-party; prices assumed.
+    # Model Studio's own page (reference §16): 240..8000 px, 1:8..8:1, 20 MB, prompt 5000.
+    assert (spec.min_side, spec.max_side, spec.max_aspect) == (240, 8000, 8.0)
+    assert spec.max_frame_bytes == 20 * 2**20 and spec.prompt_max_chars == 5000
+    assert (spec.concurrency, spec.creates_per_second) == (5, 5.0)
+    # The protocol comes from the SDK; the rest from Model Studio's docs; prices assumed.
     assert spec.source("protocol") is FactSource.SDK
-    for fact in ("resolutions", "durations", "frame_limits", "audio", "prompt"):
-        assert "UNCERTAIN" in spec.source(fact).value
+    for fact in ("resolutions", "durations", "frame_limits", "audio", "prompt", "concurrency"):
+        assert spec.source(fact) is FactSource.OFFICIAL_DOC, fact
     assert spec.source("prices") is FactSource.ASSUMED and spec.source("concurrency").value
     assert get_model("wan2.2-kf2v-flash").source("prices") is FactSource.THIRD_PARTY
 

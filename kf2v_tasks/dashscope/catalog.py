@@ -164,7 +164,7 @@ _FACT_FIELDS = {
     "protocol": ("protocol",),
     "resolutions": ("resolutions", "default_resolution"),
     "durations": ("duration_min", "duration_max", "default_duration"),
-    "frame_limits": ("min_side", "max_side", "max_frame_bytes"),
+    "frame_limits": ("min_side", "max_side", "max_frame_bytes", "max_aspect"),
     "audio": ("audio", "audio_formats", "audio_min_seconds", "audio_max_seconds"),
     "prompt": ("prompt_max_chars", "negative_prompt_max_chars"),
     "prices": ("prices", "currency"),

@@ -1,9 +1,9 @@
 """The built-in rows of the models table, each fact with its source.
 
 The kf2v rows say what the plugin always used (reference §1.3, §4, §9); the wan2.7-i2v row's
-protocol is the official SDK's (``dashscope/v2/resources/videos.py``), its limits come
-from third-party docs and its prices are assumed: all UNCERTAIN, all overridable (see
-:mod:`kf2v_tasks.dashscope.catalog`).
+protocol is the official SDK's (``dashscope/v2/resources/videos.py``), its limits and quota
+come from Model Studio's own pages (reference §16) and its prices are assumed (UNCERTAIN);
+all overridable (see :mod:`kf2v_tasks.dashscope.catalog`).
 
 Example:
     ```python
@@ -75,15 +75,17 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         duration_min=2,
         duration_max=15,
         default_duration=5,
-        min_side=360,
-        max_side=2000,
-        max_frame_bytes=10 * MIB,
+        # Model Studio's wan2.7-i2v page (reference §16): 240..8000 px, 1:8..8:1, 20 MB.
+        min_side=240,
+        max_side=8000,
+        max_frame_bytes=20 * MIB,
+        max_aspect=8.0,
         audio=True,
         audio_formats=("mp3", "wav"),
         audio_min_seconds=2.0,
         audio_max_seconds=30.0,
         audio_max_bytes=15 * MIB,
-        prompt_max_chars=800,
+        prompt_max_chars=5000,
         negative_prompt_max_chars=500,
         prices={"720P": 0.60, "1080P": 1.00},
         price_note="no published price found; 0.60/1.00 CNY/s at 720P/1080P ASSUMED",
@@ -93,11 +95,11 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         creates_per_second=5.0,
         sources={
             "protocol": _SDK,
-            "resolutions": _3P,
-            "durations": _3P,
-            "frame_limits": _3P,
-            "audio": _3P,
-            "prompt": _3P,
+            "resolutions": _DOC,
+            "durations": _DOC,
+            "frame_limits": _DOC,
+            "audio": _DOC,
+            "prompt": _DOC,
             "prices": _ASSUMED,
             "concurrency": _DOC,
         },

@@ -107,6 +107,9 @@ class ModelSpec(BaseModel):
     min_side: int = Field(default=240, ge=1, description="Smallest frame side (px).")
     max_side: int = Field(default=8000, ge=1, description="Largest frame side (px).")
     max_frame_bytes: int = Field(default=10 * MIB, ge=1, description="Largest frame file.")
+    max_aspect: Optional[float] = Field(
+        default=None, ge=1, description="Widest accepted aspect, either way (8: 1:8..8:1)."
+    )
     audio: bool = Field(default=False, description="Takes a driving audio; output has sound.")
     audio_formats: tuple[str, ...] = Field(
         default=(), description="Driving-audio formats accepted (mp3, wav)."

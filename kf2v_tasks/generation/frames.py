@@ -102,6 +102,9 @@ class FrameLimits(BaseModel):
     min_side: int = Field(default=240, ge=1, description="Smallest allowed width/height (px).")
     max_side: int = Field(default=8000, ge=1, description="Largest allowed width/height (px).")
     max_bytes: int = Field(default=10 * MIB, ge=1, description="Largest accepted file size.")
+    max_aspect: Optional[float] = Field(
+        default=None, ge=1, description="Widest accepted aspect ratio, either way (None: any)."
+    )
     inline_max_bytes: int = Field(
         default=4 * MIB,
         ge=0,
@@ -120,11 +123,16 @@ class FrameLimits(BaseModel):
             ```python
             from kf2v_tasks.generation.frames import FrameLimits
             assert FrameLimits.for_model("wan2.2-kf2v-flash") == FrameLimits()
-            assert FrameLimits.for_model("wan2.7-i2v").min_side == 360
+            assert FrameLimits.for_model("wan2.7-i2v").max_aspect == 8
             ```
         """
         spec = get_model(str(getattr(model, "value", model)))
-        return cls(min_side=spec.min_side, max_side=spec.max_side, max_bytes=spec.max_frame_bytes)
+        return cls(
+            min_side=spec.min_side,
+            max_side=spec.max_side,
+            max_bytes=spec.max_frame_bytes,
+            max_aspect=spec.max_aspect,
+        )
 
     @model_validator(mode="after")
     def _check(self) -> FrameLimits:
@@ -176,6 +184,12 @@ def _decode(data: bytes, limits: FrameLimits) -> _Decoded:
             lo, hi = limits.min_side, limits.max_side
             if not (lo <= w <= hi and lo <= h <= hi):
                 raise _Reject(f"image is {w}×{h} px; each side must be {lo}..{hi} px")
+            wide = limits.max_aspect
+            if wide and max(w, h) > wide * min(w, h):
+                raise _Reject(
+                    f"image is {w}×{h} px, an aspect of {max(w, h) / min(w, h):.2f}:1; it must "
+                    f"be between 1:{wide:g} and {wide:g}:1"
+                )
             mode = im.mode
             if mode not in ACCEPTED_MODES:
                 note = _MODE_NOTES.get(mode, mode)

@@ -238,10 +238,11 @@ async def _create(request: Request, protocol: Protocol) -> Response:
 
     images = []
     fields = ("first_frame_url", "last_frame_url")
-    limits = (cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes)
-    if protocol is Protocol.MEDIA:  # the model's own bounds (third-party docs: 360..2000)
+    limits = (cfg.min_image_side, cfg.max_image_side, cfg.max_image_bytes, None)
+    if protocol is Protocol.MEDIA:  # the model's own bounds (§16: 240..8000, 1:8..8:1, 20 MB)
         fields = ("first_frame", "last_frame")
-        limits = (spec.spec.min_side, spec.spec.max_side, spec.spec.max_frame_bytes)
+        s = spec.spec
+        limits = (s.min_side, s.max_side, s.max_frame_bytes, s.max_aspect)
     for field, url in zip(fields, (spec.first_url, spec.last_url), strict=True):
         data = await fetch_image(request, state, acct, url, field, model)
         await anyio.to_thread.run_sync(check_image, data, field, *limits)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import ipaddress
+from typing import Optional
 from urllib.parse import urlsplit
 
 import httpx
@@ -95,7 +96,14 @@ async def fetch_image(
     return resp.content
 
 
-def check_image(data: bytes, field: str, min_side: int, max_side: int, max_bytes: int) -> None:
+def check_image(
+    data: bytes,
+    field: str,
+    min_side: int,
+    max_side: int,
+    max_bytes: int,
+    max_aspect: Optional[float] = None,
+) -> None:
     """400 InvalidParameter unless ``data`` is a decodable image of an allowed size.
 
     A PNG must have no alpha channel, as the service documents for both protocols.
@@ -126,4 +134,10 @@ def check_image(data: bytes, field: str, min_side: int, max_side: int, max_bytes
             400,
             "InvalidParameter",
             f"The {field} size {w}x{h} is outside [{min_side}, {max_side}] pixels.",
+        )
+    if max_aspect and max(w, h) > max_aspect * min(w, h):
+        raise ApiError(
+            400,
+            "InvalidParameter",
+            f"The {field} aspect ratio {w}:{h} is outside 1:{max_aspect:g} to {max_aspect:g}:1.",
         )

@@ -108,16 +108,27 @@ BAD = {
         {**media_body(), "input": {"media": [{"type": "mask", "url": data_uri(FIRST)}]}},
         "input.media.type",
     ),
-    "frame under 360 px": (
+    "frame beyond 8:1": (
         {
             **media_body(),
             "input": {
                 "media": _swap(
-                    media_body()["input"]["media"], "first_frame", data_uri(gradient_png(320, 240))
+                    media_body()["input"]["media"], "first_frame", data_uri(gradient_png(2000, 240))
                 )
             },
         },
-        "outside [360, 2000]",
+        "aspect ratio 2000:240 is outside 1:8 to 8:1",
+    ),
+    "frame under 240 px": (
+        {
+            **media_body(),
+            "input": {
+                "media": _swap(
+                    media_body()["input"]["media"], "first_frame", data_uri(gradient_png(320, 200))
+                )
+            },
+        },
+        "outside [240, 8000]",
     ),
     "audio not audio": (media_body(audio=FIRST), "cannot be decoded as audio"),
     "audio too short": (media_body(audio=tone(1.0)), "must be 2 to 30 seconds"),
