@@ -135,7 +135,7 @@ def test_the_cli_exits_three_on_a_budget_stop_and_prints_the_plan_first(sim, tmp
     plan = "budget max_cost 1.20 CNY: 2 rows fit (1.00 CNY): 2 (a), 3 (b); 1 row over budget"
     assert plan in p.stderr
     assert p.stderr.index(plan) < p.stderr.index("3 rows: 1 over_budget, 2 succeeded")
-    assert "over_budget 1 rows not submitted (max_cost 1.20 CNY): 4 (c)" in p.stderr
+    assert "over_budget 1 row not submitted (max_cost 1.20 CNY): 4 (c)" in p.stderr
     assert "Traceback" not in p.stderr
     helptext = subprocess.run(
         cmd[:-1] + ["--help"], capture_output=True, text=True, timeout=60

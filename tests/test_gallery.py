@@ -23,7 +23,7 @@ from kf2v_tasks.batch.gallery import (
     relative_link,
     render_gallery,
 )
-from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, to_csv
 from kf2v_tasks.storage.presign import (
     MAX_EXPIRY_SECONDS,
     can_presign,
@@ -94,9 +94,13 @@ def test_links_are_relative_encoded_and_never_leave_the_folder():
 
 
 def _plan(root: str, prompts: dict[int, str]):
-    rows = [SimpleNamespace(row_number=n, prompt=p) for n, p in prompts.items()]
+    rows = [
+        SimpleNamespace(row_number=n, prompt=p, id=f"r{n}", output=f"r{n}.mp4")
+        for n, p in prompts.items()
+    ]
     manifest = SimpleNamespace(source="https://x.test/m.csv?sig=1", rows=rows)
-    return SimpleNamespace(output=root, manifest=manifest), SimpleNamespace(currency="CNY")
+    plan = SimpleNamespace(output=root, manifest=manifest, invalid=[])
+    return plan, SimpleNamespace(currency="CNY")
 
 
 def _video(root: Path, name: str, previews: bool = True) -> str:
@@ -145,6 +149,52 @@ async def test_the_page_is_rewritten_as_rows_finish_at_most_once_per_interval(tm
     page = (root / "index.html").read_text()
     assert "40 rows: 40 succeeded" in page and 'poster="r2.poster.jpg"' in page
     assert 'src="r2.strip.jpg"' in page and "prompt 2" in page
+
+
+async def test_the_cards_of_rows_an_earlier_run_made_stay_on_the_page(tmp_path):
+    # results.csv of an earlier run with another manifest: r2 (this run has it) and old9.
+    root = tmp_path / "out"
+    root.mkdir()
+    before = [
+        RowResult(row=2, id="r2", status=RowStatus.FAILED, output=str(root / "r2.mp4")),
+        RowResult(
+            row=9, id="old9", status=RowStatus.SUCCEEDED, output=_video(root, "old9"), cost=0.5
+        ),
+    ]
+    (root / "results.csv").write_text(to_csv(before))
+    writer = GalleryWriter(min_interval=0.01)
+    plan, cost = _plan(str(root), {2: "prompt 2"})
+    await writer.on_plan(plan, cost, dry_run=False)
+    page = (root / "index.html").read_text()
+    assert 'id="earlier-row-9"' in page and "old9, cinematic" in page  # there from the start
+    assert "0 rows finished so far" in page and "earlier run: 1" in page
+    now = [RowResult(row=2, id="r2", status=RowStatus.SUCCEEDED, output=_video(root, "r2"))]
+    summary = BatchSummary(
+        manifest="m.csv", output=str(root), total=1, counts={"succeeded": 1}, results=now
+    )
+    await writer.on_finish(summary)
+    page = (root / "index.html").read_text()
+    assert page.count("<article") == 2 and "1 row: 1 succeeded" in page
+    assert page.index('id="row-2"') < page.index('id="earlier-row-9"')
+    assert 'data-earlier-run="true"' in page and ">earlier run</span>" in page
+    assert page.count('data-earlier-run="true"') == 1  # r2 is this run's now
+
+
+async def test_a_sharded_parent_keeps_the_earlier_cards_from_the_merged_results(tmp_path):
+    # No plan is seen by the parent's gallery: the merged results.csv says what to keep.
+    root = tmp_path / "out"
+    root.mkdir()
+    now = [RowResult(row=2, id="r2", status=RowStatus.SUCCEEDED, output=_video(root, "r2"))]
+    old = RowResult(row=5, id="old5", status=RowStatus.SUCCEEDED, output=_video(root, "old5"))
+    merged = [*now, old.model_copy(update={"earlier_run": True})]
+    (root / "results.csv").write_text(to_csv(merged))
+    writer = GalleryWriter()
+    summary = BatchSummary(
+        manifest="m.csv", output=str(root), total=1, counts={"succeeded": 1}, results=now
+    )
+    await writer.on_finish(summary)
+    page = (root / "index.html").read_text()
+    assert page.count("<article") == 2 and 'id="earlier-row-5"' in page
 
 
 async def test_a_dry_run_writes_no_gallery(tmp_path):

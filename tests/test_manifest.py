@@ -615,6 +615,16 @@ async def test_load_manifest_from_memory_fs():
     assert parsed.rows[0].first_frame == "memory://kf2v-test/dir/a.png"
 
 
+@pytest.mark.parametrize("text", ["first_frame,last_frame\n", "id,first_frame,last_frame\n\n,,\n"])
+async def test_a_manifest_to_run_needs_a_row(tmp_path, text):
+    # Parsing says "no rows"; loading one to run refuses it, so a run never writes an
+    # empty results.csv and gallery over an output's earlier ones.
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ManifestFileError, match="has a header but no rows: nothing to run"):
+        await load_manifest(str(path))
+
+
 async def test_load_manifest_missing_file(tmp_path):
     missing = str(tmp_path / "nope.csv")
     with pytest.raises(ManifestFileError) as info:

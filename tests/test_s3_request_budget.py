@@ -6,7 +6,8 @@ attributed to the file it touched. Each row may cost: the ledger record read und
 claim, written at "submitting", "submitted" and "persisted"; its claim
 created and deleted (near-instant work is never renewed); its video written (and read
 once for its previews, then its poster and strip); its sidecar written, never read back (the gallery takes it from
-memory). The run itself writes the gallery and results.csv a few times, whatever its size.
+memory). The run itself writes the gallery and results.csv a few times, whatever its size,
+and reads the earlier results.csv (twice) so that none of its rows is lost.
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ async def test_a_fresh_row_on_s3_costs_its_budget_of_requests(
         ("index.html", "PutObject"),
         ("index.presigned.html", "PutObject"),
         ("results.csv", "PutObject"),
+        # The earlier results.csv, read before it is replaced (its rows this manifest has
+        # none for are kept): once for the gallery's first page, once at the end.
+        ("results.csv", "GetObject"),
         ("listing", "ListObjects"),  # the ledger folder, once per run when planned so
         # The run times this output has seen (longest first): read once; written once
         # (read again to merge) when the run learned any.
         ("runtimes.json", "GetObject"),
         ("runtimes.json", "PutObject"),
     }, run_level
-    assert sum(run_level.values()) <= 11, run_level
+    assert sum(run_level.values()) <= 13, run_level

@@ -47,9 +47,11 @@ class ProgressBar(BatchObserver):
         """Say what will run, what it should cost and what fits max_cost, before spending."""
         from rich.markup import escape  # ids and paths may hold "[...]"
 
+        from kf2v_tasks.batch.results import n_rows
+
         console = self.bar.console
         console.print(
-            f"{len(plan.runnable)} valid rows, {len(plan.invalid)} invalid; estimated cost "
+            f"{n_rows(len(plan.runnable), 'valid')}, {len(plan.invalid)} invalid; estimated cost "
             f"{cost.total:.2f} {cost.currency}"
             + (" (dry run: nothing is submitted)" if dry_run else ""),
             markup=False,
@@ -98,7 +100,7 @@ def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
     """
     from rich.markup import escape  # messages and paths may hold "[...]"
 
-    from kf2v_tasks.batch.results import FAILED_STATUSES, RowStatus
+    from kf2v_tasks.batch.results import FAILED_STATUSES, RowStatus, n_rows
 
     bad = [r for r in summary.results if r.status in FAILED_STATUSES]
     for r in bad[:max_rows]:
@@ -110,7 +112,7 @@ def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
         more = f" and {len(over) - max_rows} more" if len(over) > max_rows else ""
         limit = f"{summary.max_cost:.2f}" if summary.max_cost is not None else "set"
         console.print(
-            f"[yellow]over_budget[/yellow] {len(over)} rows not submitted (max_cost "
+            f"[yellow]over_budget[/yellow] {n_rows(len(over))} not submitted (max_cost "
             f"{limit} {escape(summary.currency)}): {escape(names)}{more}"
         )
     if len(bad) > max_rows:

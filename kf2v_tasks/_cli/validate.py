@@ -98,9 +98,11 @@ def _nowhere() -> str:
 
 
 def _print_report(out: TextIO, manifest: str, plan: Any, cost: Any) -> None:
+    from kf2v_tasks.batch.results import n_rows
+
     total = plan.manifest.total
     print(
-        f"{manifest}: {total} rows, {len(plan.runnable)} valid, {len(plan.invalid)} invalid",
+        f"{manifest}: {n_rows(total)}, {len(plan.runnable)} valid, {len(plan.invalid)} invalid",
         file=out,
     )
     for warning in plan.manifest.warnings:
@@ -108,14 +110,15 @@ def _print_report(out: TextIO, manifest: str, plan: Any, cost: Any) -> None:
     for bad in plan.invalid:
         print(bad.error_message, file=out)
     if plan.persisted:
-        print(f"{len(plan.persisted)} rows already made in the output folder: skipped", file=out)
+        made = n_rows(len(plan.persisted))
+        print(f"{made} already made in the output folder: skipped", file=out)
     models = ", ".join(
         f"{model} {resolution} x{n}"
         for model, entry in sorted(cost.by_model.items())
         for resolution, n in sorted(entry["resolutions"].items())
     )
     print(
-        f"estimated cost {cost.total:.2f} {cost.currency} for {cost.rows} valid rows"
+        f"estimated cost {cost.total:.2f} {cost.currency} for {n_rows(cost.rows, 'valid')}"
         + (f" ({models})" if models else ""),
         file=out,
     )

@@ -14,6 +14,10 @@ for pages that take long to build), and once more at the end. What a finished ro
 holds (the actual prompt, its previews) is read once from its sidecar, or taken from memory
 when this process has just written it.
 
+A page never shows less than the output holds: the rows of the output's results.csv that
+this run's manifest has no row for (another manifest into the same folder) keep their
+cards, after this run's, marked "earlier run" (as results.csv keeps them).
+
 Example:
     ```python
     from kf2v_tasks.batch.gallery import GalleryWriter
@@ -39,7 +43,15 @@ from pydantic import BaseModel
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery_page import GalleryCard, relative_link, render_gallery
-from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.results import (
+    RESULTS_NAME,
+    BatchSummary,
+    RowResult,
+    RowStatus,
+    earlier_rows,
+    n_rows,
+    read_results,
+)
 from kf2v_tasks.generation.previews import Previews, preview_paths
 from kf2v_tasks.generation.sidecar import written_sidecar
 from kf2v_tasks.redaction import redact_text
@@ -142,6 +154,11 @@ def _error_text(r: RowResult) -> Optional[str]:
     return redact_text(": ".join(x for x in (r.error_code, r.error_message) if x))
 
 
+def _key(r: RowResult) -> tuple[bool, int]:
+    """A card's key: an earlier run's row 2 is not this run's row 2."""
+    return (r.earlier_run, r.row)
+
+
 class GalleryWriter:
     """Keeps ``index.html`` in the output folder up to date while a batch runs.
 
@@ -179,7 +196,8 @@ class GalleryWriter:
         self.writes = 0
         self._prompts: dict[int, str] = {}
         self._results: dict[int, RowResult] = {}
-        self._made: dict[int, _Made] = {}
+        self._earlier: Optional[list[RowResult]] = None  # cards kept from an earlier run
+        self._made: dict[object, _Made] = {}
         self._dirty = False
         self._loop: Optional[asyncio.Task] = None
         self._lock = asyncio.Lock()
@@ -194,6 +212,18 @@ class GalleryWriter:
         self.title = f"kf2v gallery: {os.path.basename(plan.manifest.source.split('?')[0])}"
         self._prompts = {r.row_number: r.prompt for r in plan.manifest.rows if r.prompt}
         if not dry_run:  # a rehearsal writes nothing into the output folder
+            from kf2v_tasks.batch.plan import output_path
+
+            this_run = [
+                RowResult(
+                    row=r.row_number,
+                    id=r.id,
+                    status=RowStatus.PLANNED,
+                    output=output_path(plan.output, r),
+                )
+                for r in plan.manifest.rows
+            ] + list(plan.invalid)
+            await self._load_earlier(this_run)
             await self._write()
 
     def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
@@ -216,7 +246,24 @@ class GalleryWriter:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop
         self._results = {r.row: r for r in summary.results}
+        if self._earlier is None:  # no plan seen here (a sharded run's parent)
+            await self._load_earlier(summary.results)
+        else:  # the final rows say best which earlier ones this run replaced
+            self._earlier = earlier_rows(summary.results, self._earlier)
         await self._write(subtitle=summary.headline())
+
+    async def _load_earlier(self, this_run: list[RowResult]) -> None:
+        """The rows of the output's results.csv that ``this_run`` has none for."""
+        if self.root is None:
+            return
+        try:
+            found = await read_results(
+                join(self.root, RESULTS_NAME), storage_options=self.storage_options
+            )
+        except Exception as exc:  # the page goes on without them; said once
+            logger.warning("earlier rows of %s not shown: %s", self.root, exc)
+            found = []
+        self._earlier = earlier_rows(this_run, found)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -248,13 +295,17 @@ class GalleryWriter:
             print([c.status for c in cards])
             ```
         """
-        results = [self._results[n] for n in sorted(self._results)]
-        todo = [r for r in results if r.status in _MADE and r.output and r.row not in self._made]
+        results = self._rows()
+        todo = [r for r in results if r.status in _MADE and r.output and _key(r) not in self._made]
         found = await asyncio.gather(
             *(_read_made(r.output or "", self.storage_options) for r in todo)
         )
-        self._made.update({r.row: m for r, m in zip(todo, found, strict=True)})
+        self._made.update({_key(r): m for r, m in zip(todo, found, strict=True)})
         return [self._card(r, link or self.link) for r in results]
+
+    def _rows(self) -> list[RowResult]:
+        """This run's rows in row order, then the earlier run's kept ones."""
+        return [self._results[n] for n in sorted(self._results)] + list(self._earlier or [])
 
     def files(self) -> list[str]:
         """Every video, poster and strip the cards link to (after :meth:`cards`).
@@ -266,8 +317,8 @@ class GalleryWriter:
             ```
         """
         out: list[str] = []
-        for r in sorted(self._results.values(), key=lambda r: r.row):
-            made = self._made.get(r.row)
+        for r in self._rows():
+            made = self._made.get(_key(r))
             if made is None or r.status not in _MADE or not r.output:
                 continue
             out += [p for p in (r.output, made.poster, made.strip) if p]
@@ -275,7 +326,7 @@ class GalleryWriter:
 
     def poster_of(self, row: int) -> Optional[str]:
         """The stored poster of a finished row (after :meth:`cards`), or ``None``."""
-        made = self._made.get(row)
+        made = self._made.get((False, row))
         return made.poster if made else None
 
     def render(self, cards: list[GalleryCard], subtitle: Optional[str] = None) -> str:
@@ -287,14 +338,14 @@ class GalleryWriter:
             ```
         """
         if subtitle is None:
-            subtitle = f"{len(cards)} rows finished so far"
+            subtitle = f"{n_rows(sum(not c.earlier_run for c in cards))} finished so far"
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         return render_gallery(cards, title=self.title, subtitle=f"{subtitle} · {stamp}")
 
     def _card(
         self, r: RowResult, link: Callable[[str, Optional[str]], Optional[str]]
     ) -> GalleryCard:
-        made = self._made.get(r.row) if r.status in _MADE else None
+        made = self._made.get(_key(r)) if r.status in _MADE else None
         root = self.root or ""
         previews = made.previews if made else None
         return GalleryCard(
@@ -312,6 +363,7 @@ class GalleryWriter:
             currency=(made.currency if made and made.currency else None) or self.currency,
             error=_error_text(r),
             task_id=r.task_id,
+            earlier_run=r.earlier_run,
         )
 
     async def _write(self, subtitle: Optional[str] = None) -> None:

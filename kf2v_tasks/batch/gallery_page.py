@@ -63,6 +63,9 @@ class GalleryCard(BaseModel):
     currency: str = "CNY"
     error: Optional[str] = None
     task_id: Optional[str] = None
+    earlier_run: bool = Field(
+        default=False, description="Kept from an earlier run: this run's manifest has no such row."
+    )
 
     @property
     def made(self) -> bool:
@@ -127,6 +130,7 @@ justify-content:center}
 padding:1px 6px;border-radius:4px;color:#fff;background:var(--dim)}
 .s-succeeded{background:var(--ok)}.s-skipped{background:var(--skip)}
 .s-failed,.s-invalid{background:var(--bad)}.s-over_budget,.s-not_run{background:var(--warn)}
+.badge.earlier{background:var(--dim)}
 dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 10px}
 dt{color:var(--dim)}dd{margin:0;white-space:pre-wrap;overflow-wrap:anywhere}
 .error dd{color:var(--bad)}
@@ -168,8 +172,10 @@ def _card(c: GalleryCard) -> str:
         media = f'<img class="poster" src="{poster}" alt="poster of {_e(label)}"{size}>'
     else:
         media = f'<div class="none">{_e(c.status.replace("_", " "))}: no video</div>'
+    anchor = f"earlier-row-{c.row}" if c.earlier_run else f"row-{c.row}"
+    earlier = ' data-earlier-run="true"' if c.earlier_run else ""
     parts = [
-        f'<article class="card" id="row-{c.row}" data-status="{_e(c.status)}">',
+        f'<article class="card" id="{anchor}" data-status="{_e(c.status)}"{earlier}>',
         f'<div class="media">{media}</div>',
     ]
     if strip:
@@ -180,7 +186,9 @@ def _card(c: GalleryCard) -> str:
     parts.append('<div class="body">')
     parts.append(
         f'<h2><span class="id">{_e(label)}</span><span class="row">row {c.row}</span>'
-        f'<span class="badge s-{_e(c.status)}">{_e(c.status.replace("_", " "))}</span></h2>'
+        f'<span class="badge s-{_e(c.status)}">{_e(c.status.replace("_", " "))}</span>'
+        + ('<span class="badge earlier">earlier run</span>' if c.earlier_run else "")
+        + "</h2>"
     )
     fields = [("prompt", c.prompt), ("actual prompt", c.actual_prompt)]
     rows = "".join(
@@ -220,7 +228,8 @@ def render_gallery(
         ```
     """
     cards = list(cards)
-    counts = counts if counts is not None else _count(c.status for c in cards)
+    if counts is None:  # an earlier run's cards are counted apart
+        counts = _count("earlier_run" if c.earlier_run else c.status for c in cards)
     count_html = "".join(
         f"<span>{_e(k.replace('_', ' '))}: {v}</span>" for k, v in sorted(counts.items())
     )

@@ -217,10 +217,13 @@ async def load_manifest(
     """Read a manifest from any fsspec URL (local path, ``s3://``, ``https://`` …) and parse it.
 
     Relative frame paths are resolved against the manifest's own folder; ``extra_columns``
-    is as in :func:`parse_manifest`.
+    is as in :func:`parse_manifest`. A file to run must hold at least one row: an empty
+    or header-only file is refused, so a run never replaces an output's results.csv and
+    gallery with an empty table.
 
     Raises:
-        ManifestFileError: the file cannot be read or has a file-level problem.
+        ManifestFileError: the file cannot be read, has a file-level problem, or has no
+            data row.
 
     Example:
         ```python
@@ -231,13 +234,18 @@ async def load_manifest(
         ```
     """
     data = await asyncio.to_thread(_read_bytes, url, dict(storage_options or {}))
-    return parse_manifest(
+    parsed = parse_manifest(
         data,
         source=url,
         base_dir=manifest_base_dir(url),
         defaults=defaults,
         extra_columns=extra_columns,
     )
+    if parsed.total == 0:
+        raise ManifestFileError(
+            url, "has a header but no rows: nothing to run; add a row per video", line=2
+        )
+    return parsed
 
 
 # --------------------------------------------------------------------------- reading the file

@@ -4,12 +4,18 @@ A real run writes ``results.csv`` with every row's latest outcome. A dry run (an
 ``kf2v validate --output``) writes :data:`DRY_RUN_RESULTS_NAME` instead and never touches
 ``results.csv``: the task ids and sha256 of a finished run must never be lost to a rehearsal.
 A manifest's own columns (``extra_columns``) follow the file's own columns, in manifest order.
+
+No run writes a results.csv that holds less than the one it replaces: the rows of the
+existing file that this run's manifest has no row for (another manifest into the same
+output, or rows since removed from this one) are kept after this run's rows, marked
+``earlier_run`` (:func:`with_earlier_rows`); the gallery keeps them the same way.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections import Counter
 from enum import Enum
 from typing import Any, Optional
@@ -18,6 +24,8 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.batch.manifest_schema import RESULT_FILE_COLUMNS
 from kf2v_tasks.errors import AmbiguousCreateError
+
+logger = logging.getLogger("kf2v_tasks.batch.results")
 
 #: What a real run writes under the output folder.
 RESULTS_NAME = "results.csv"
@@ -41,7 +49,9 @@ class RowStatus(str, Enum):
 #: Statuses that count as a failure of the batch.
 FAILED_STATUSES = frozenset({RowStatus.FAILED, RowStatus.INVALID})
 
-RESULT_COLUMNS = list(RESULT_FILE_COLUMNS)
+#: The file's own columns; ``earlier_run`` (True: kept from an earlier run's results.csv,
+#: this manifest has no such row) comes last.
+RESULT_COLUMNS = list(dict.fromkeys([*RESULT_FILE_COLUMNS, "earlier_run"]))
 
 
 class RowResult(BaseModel):
@@ -71,6 +81,10 @@ class RowResult(BaseModel):
     account: Optional[str] = Field(
         default=None, description="The credentials block the task ran on (never the key)."
     )
+    earlier_run: bool = Field(
+        default=False,
+        description="Kept from an earlier run's results.csv: this run's manifest has no such row.",
+    )
     extra: dict[str, str] = Field(
         default_factory=dict, description="The manifest's own columns (extra_columns) as read."
     )
@@ -95,16 +109,18 @@ def failed_result(
 ) -> RowResult:
     """The ``failed`` result of a row (``base``: its row, id and output) that raised ``exc``.
 
-    The message carries the task's status history when the error has one; a create whose
-    outcome is unknown is flagged as a possible duplicate (a billed task may exist).
+        The message carries the task's status history when the error has one; a create whose
+        outcome is unknown is flagged as a possible duplicate (a billed task may exist).
 
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import failed_result
-        from kf2v_tasks.errors import AmbiguousCreateError
-        r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
-        assert r.status.value == "failed" and r.possible_duplicate
-        ```
+        Example:
+            ```python
+            from kf2v_tasks.batch.results import failed_result
+            from kf2v_tasks.errors import AmbiguousCreateError
+
+    logger = logging.getLogger("kf2v_tasks.batch.results")
+            r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
+            assert r.status.value == "failed" and r.possible_duplicate
+            ```
     """
     message = str(exc)
     history = getattr(exc, "history", None)
@@ -128,26 +144,28 @@ def to_csv(results: list[RowResult], extra_columns: Optional[list[str]] = None) 
     """Render results (sorted by row) as CSV text: the file's columns, then the extras.
 
     ``extra_columns`` defaults to the rows' extra columns in the order first seen, which
-    is manifest order when every row carries all of them (as the runner's rows do).
+    is manifest order when every row carries all of them (as the runner's rows do). Rows
+    kept from an earlier run come after this run's, with their own extra columns too.
 
     Example:
         ```python
         from kf2v_tasks.batch.results import RowResult, RowStatus, from_csv, to_csv
         rows = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, cost=0.5,
                           extra={"job": "42"})]
-        assert to_csv(rows).splitlines()[0].endswith(",possible_duplicate,job")
+        assert to_csv(rows).splitlines()[0].endswith(",earlier_run,job")
         assert from_csv(to_csv(rows)) == rows
         ```
     """
     if extra_columns is None:
         extra_columns = list(dict.fromkeys(k for r in results for k in r.extra))
-    extras = [c for c in extra_columns if c not in RESULT_COLUMNS]
+    earlier = (k for r in results if r.earlier_run for k in r.extra)
+    extras = [c for c in dict.fromkeys([*extra_columns, *earlier]) if c not in RESULT_COLUMNS]
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf, fieldnames=RESULT_COLUMNS + extras, lineterminator="\n", restval=""
     )
     writer.writeheader()
-    for r in sorted(results, key=lambda r: r.row):
+    for r in sorted(results, key=lambda r: (r.earlier_run, r.row)):
         cells = r.csv_row()
         writer.writerow({k: cells.get(k, "") for k in RESULT_COLUMNS + extras})
     return buf.getvalue()
@@ -170,7 +188,7 @@ def from_csv(text: str) -> list[RowResult]:
         clean: dict[str, Any] = {
             k: (v if v != "" else None) for k, v in cells.items() if k in RESULT_COLUMNS
         }
-        for flag in ("reattached", "possible_duplicate"):
+        for flag in ("reattached", "possible_duplicate", "earlier_run"):
             clean[flag] = clean.get(flag) == "True"
         clean["cost"] = float(clean.get("cost") or 0)
         clean["extra"] = {
@@ -178,6 +196,110 @@ def from_csv(text: str) -> list[RowResult]:
         }
         out.append(RowResult.model_validate(clean))
     return out
+
+
+def earlier_rows(current: list[RowResult], previous: list[RowResult]) -> list[RowResult]:
+    """The rows of ``previous`` (an earlier results.csv) that ``current`` has no row for.
+
+    A row is the same row when it has the same id or the same output (the same video); a
+    row with neither is matched by its row number. What is left is returned marked
+    ``earlier_run``, in its own row order.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.results import RowResult, RowStatus, earlier_rows
+        now = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, output="out/a.mp4")]
+        before = [RowResult(row=2, id="a", status=RowStatus.FAILED),
+                  RowResult(row=3, id="b", status=RowStatus.SUCCEEDED, output="out/b.mp4")]
+        kept = earlier_rows(now, before)
+        assert [(r.id, r.earlier_run) for r in kept] == [("b", True)]
+        ```
+    """
+    ids = {r.id for r in current if r.id}
+    outputs = {r.output for r in current if r.output}
+    numbers = {r.row for r in current}
+    kept = []
+    for r in sorted(previous, key=lambda r: r.row):
+        if r.id in ids or r.output in outputs:
+            continue
+        if not r.id and not r.output and r.row in numbers:
+            continue
+        kept.append(r if r.earlier_run else r.model_copy(update={"earlier_run": True}))
+    return kept
+
+
+async def read_results(path: str, *, storage_options: Optional[dict] = None) -> list[RowResult]:
+    """The rows of the results.csv at ``path``; none when there is no such file.
+
+    Raises:
+        OSError: the file exists but cannot be read (it is not taken as empty).
+        ValueError: the file is not a results table.
+
+    Example:
+        ```python
+        rows = await read_results("out/results.csv")
+        ```
+    """
+    from kf2v_tasks.storage.files import read_bytes
+
+    try:
+        data = await read_bytes(path, storage_options=storage_options)
+    except FileNotFoundError:
+        return []
+    return from_csv(data.decode("utf-8"))
+
+
+async def with_earlier_rows(
+    output: str,
+    name: str,
+    results: list[RowResult],
+    *,
+    storage_options: Optional[dict] = None,
+) -> list[RowResult]:
+    """``results``, then the rows of ``<output>/<name>`` this run has none for (``results.csv`` only).
+
+    A shard's file and a dry run's table are this run's alone: returned as they are. An
+    existing results.csv that cannot be parsed is kept beside it as
+    ``results.unreadable.csv`` (never lost), and a warning says so; one that cannot be
+    read at all raises (it is not taken as empty).
+
+    Example:
+        ```python
+        rows = await with_earlier_rows("out", "results.csv", results)
+        text = to_csv(rows, extra_columns)   # this run's rows first, then the earlier ones
+        ```
+    """
+    from kf2v_tasks.storage.files import read_bytes, write_bytes_atomic
+    from kf2v_tasks.storage.paths import join
+
+    if name != RESULTS_NAME:
+        return results
+    path = join(output, name)
+    try:
+        data = await read_bytes(path, storage_options=storage_options)
+    except FileNotFoundError:
+        return results
+    try:
+        previous = from_csv(data.decode("utf-8"))
+    except (ValueError, csv.Error) as exc:  # not UTF-8, or not a results table
+        aside = join(output, "results.unreadable.csv")
+        await write_bytes_atomic(aside, data, storage_options=storage_options)
+        logger.warning("%s is not a results table (%s); kept as %s", path, exc, aside)
+        return results
+    return [*results, *earlier_rows(results, previous)]
+
+
+def n_rows(n: int, what: str = "") -> str:
+    """``"1 row"``, ``"2 rows"``; ``what`` goes between: ``n_rows(1, "valid")`` is ``"1 valid row"``.
+
+    Example:
+        ```python
+        from kf2v_tasks.batch.results import n_rows
+        assert (n_rows(1), n_rows(0), n_rows(3, "valid")) == ("1 row", "0 rows", "3 valid rows")
+        ```
+    """
+    word = "row" if n == 1 else "rows"
+    return f"{n} {what} {word}" if what else f"{n} {word}"
 
 
 class BatchSummary(BaseModel):
@@ -190,7 +312,7 @@ class BatchSummary(BaseModel):
         rows = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED)]
         summary = BatchSummary(manifest="m.csv", output="out", total=1,
                                counts=BatchSummary.count(rows), results=rows)
-        assert summary.failed == 0 and summary.headline() == "1 rows: 1 succeeded"
+        assert summary.failed == 0 and summary.headline() == "1 row: 1 succeeded"
         ```
     """
 
@@ -270,7 +392,7 @@ class BatchSummary(BaseModel):
             ```
         """
         parts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts.items()))
-        line = f"{self.total} rows: {parts}"
+        line = f"{n_rows(self.total)}: {parts}"
         if self.over_budget:
             limit = f" {self.max_cost:.2f}" if self.max_cost is not None else ""
             verb = "would not be submitted" if self.dry_run else "not submitted"

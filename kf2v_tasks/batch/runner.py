@@ -50,7 +50,9 @@ from kf2v_tasks.batch.results import (
     RowResult,
     RowStatus,
     failed_result,
+    n_rows,
     to_csv,
+    with_earlier_rows,
 )
 from kf2v_tasks.batch.runtimes import Order, RunTimeHistory, order_rows, run_seconds_of
 from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
@@ -201,8 +203,8 @@ class BatchRunner:
         self._total = plan.manifest.total
         cost = estimate([r.options for r in rows], self.prices)
         logger.info(
-            "%d valid rows, %d invalid; estimated cost %.2f %s",
-            len(rows),
+            "%s, %d invalid; estimated cost %.2f %s",
+            n_rows(len(rows), "valid"),
             len(plan.invalid),
             cost.total,
             cost.currency,
@@ -248,8 +250,11 @@ class BatchRunner:
             look_ahead_off=next((a.fell_back for a in self._aheads() if a.fell_back), None),
             results=results,
         )
+        kept = await with_earlier_rows(
+            self.output, self._results_name(), results, storage_options=self.config.storage_options
+        )
         summary.results_path = await self._write(
-            self._results_name(), to_csv(results, plan.manifest.extra_columns)
+            self._results_name(), to_csv(kept, plan.manifest.extra_columns)
         )
         if self.shard_count > 1:  # the parent merges these; the rows are in the CSV already
             await self._write(
@@ -292,7 +297,13 @@ class BatchRunner:
             self.results[row.row_number] = result
         results = with_extras(plan, sorted(self.results.values(), key=lambda r: r.row))
         try:
-            await self._write(self._results_name(), to_csv(results, plan.manifest.extra_columns))
+            kept = await with_earlier_rows(
+                self.output,
+                self._results_name(),
+                results,
+                storage_options=self.config.storage_options,
+            )
+            await self._write(self._results_name(), to_csv(kept, plan.manifest.extra_columns))
         except Exception as exc:  # the ledger still knows every task; say why the file is old
             logger.warning("could not write the results of the interrupted run: %s", exc)
         if cancelled:

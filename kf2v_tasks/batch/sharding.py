@@ -27,6 +27,7 @@ from kf2v_tasks.batch.results import (
     RowStatus,
     from_csv,
     to_csv,
+    with_earlier_rows,
 )
 from kf2v_tasks.storage.files import read_text, write_text_atomic
 from kf2v_tasks.storage.paths import join
@@ -218,8 +219,11 @@ async def run_shards(
         log.error(message)
     results.sort(key=lambda r: r.row)
     # A rehearsal never replaces a real run's results.csv.
-    final = join(output, DRY_RUN_RESULTS_NAME if parameters.get("dry_run") else RESULTS_NAME)
-    await write_text_atomic(final, to_csv(results), storage_options=storage_options)
+    name = DRY_RUN_RESULTS_NAME if parameters.get("dry_run") else RESULTS_NAME
+    final = join(output, name)
+    # Rows of an earlier run that this manifest has none for are kept (marked so).
+    kept = await with_earlier_rows(output, name, results, storage_options=storage_options)
+    await write_text_atomic(final, to_csv(kept), storage_options=storage_options)
     summary = BatchSummary(
         manifest=manifest,
         output=output,
