@@ -286,3 +286,45 @@ async def _children(flow_run_id) -> list:
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
             )
         )
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_standalone_tasks_emit_the_same_per_video_events(refusing, tmp_path):
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from kf2v_tasks import apersist_video, apoll_until_done, asubmit_kf2v, avalidate_frames
+    from kf2v_tasks.errors import TaskFailedError
+
+    _inputs(tmp_path)
+    ledger, out = str(tmp_path / "ledger"), tmp_path / "out" / "dup.mp4"
+
+    @flow
+    async def pipeline() -> str:
+        pair = await avalidate_frames(str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+        sub = await asubmit_kf2v(pair, "AMBIGUOUS alone", ledger_root=ledger)
+        state = await apoll_until_done(sub, ledger_root=ledger)
+        await apersist_video(state, str(out), submission=sub, ledger_root=ledger, frames=pair)
+        bad = await asubmit_kf2v(pair, "REFUSE alone", ledger_root=ledger)
+        with pytest.raises(TaskFailedError):
+            await apoll_until_done(bad, ledger_root=ledger)
+        return flow_run.id
+
+    run_id = await pipeline()
+    events = await _events_of(run_id, "kf2v.video.failed")
+    assert Counter(e.event for e in events) == {
+        "kf2v.video.possible-duplicate": 1,
+        "kf2v.video.persisted": 1,
+        "kf2v.video.failed": 1,
+        "prefect.asset.materialization.succeeded": 1,
+        "prefect.asset.referenced": 2,
+    }
+    by = {e.event: e for e in events}
+    assert by["kf2v.video.failed"].payload["error_code"] == "DataInspectionFailed"
+    assert by["kf2v.video.failed"].resource["kf2v.model"] == "wan2.2-kf2v-flash"
+    assert by["kf2v.video.persisted"].resource["kf2v.output"] == str(out)
+    made = by["prefect.asset.materialization.succeeded"]
+    assert made.resource.id == asset_key(str(out))
+    assert {r.id for r in made.related if r.role == "asset"} == {
+        asset_key(str(tmp_path / f)) for f in ("a.png", "b.png")
+    }
