@@ -357,7 +357,8 @@ def _check_batch_schema(schema: dict) -> None:
     # the built-in ones as examples; the run refuses an unknown one, naming the row.
     assert row_defaults["model"]["type"] == "string"
     assert {"wan2.2-kf2v-flash", "wan2.7-i2v"} <= set(row_defaults["model"]["examples"])
-    assert row_defaults["resolution"]["$ref"] == "#/definitions/Resolution"
+    # Empty: each row's model's own default (kf2v 720P, wan2.7-i2v 1080P).
+    assert {"$ref": "#/definitions/Resolution"} in row_defaults["resolution"]["anyOf"]
     assert _enum_of(schema, "Resolution") == ["480P", "720P", "1080P"]
     assert set(_enum_of(schema, "AmbiguousPolicy")) == {"retry_once", "fail"}
     conc = schema["definitions"]["ConcurrencySettings"]["properties"]

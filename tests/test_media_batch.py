@@ -107,7 +107,8 @@ async def test_a_manifest_mixing_kf2v_and_wan27_rows(sim, tmp_path):
     assert side["wa"]["audio_source"] == str(src / "voice.wav")
     assert side["wa"]["audio_sha256"] and side["w5"]["audio_source"] is None
     assert side["wa"]["parameters"]["duration"] == 6
-    assert side["w8"]["cost"] == pytest.approx(8 * 0.60)  # assumed wan2.7 720P price
+    # No resolution cell: the service's default for wan2.7-i2v, 1080P (assumed 1.00 CNY/s).
+    assert side["w8"]["cost"] == pytest.approx(8 * 1.00) and side["w8"]["resolution"] == "1080P"
     # Previews (poster, strip) are made for videos with sound and of any length too.
     assert side["w8"].get("previews") and side["wa"].get("previews")
     assert _streams(out / "k.mp4") == (["video"], pytest.approx(5.0, abs=0.1))

@@ -130,15 +130,16 @@ def test_media_model_is_priced_by_its_duration_and_dated_variants_by_their_entry
     t = PriceTable.default()
     assert t.price("wan2.7-i2v", "720P") == 0.60 and t.price("wan2.7-i2v", "1080P") == 1.0
     assert t.price("wan2.7-i2v-2026-04-25", "1080P") == 1.0  # priced as its table entry
-    eight = GenerationOptions(model="wan2.7-i2v", duration=8)
-    assert estimate_row(eight) == 4.8
+    eight = GenerationOptions(model="wan2.7-i2v", duration=8)  # the service's default 1080P
+    assert eight.resolution.value == "1080P" and estimate_row(eight) == 8.0
+    assert estimate_row(GenerationOptions(model="wan2.7-i2v", duration=8, resolution="720P")) == 4.8
     est = estimate([eight, GenerationOptions(resolution="480P")])
-    assert (est.seconds, est.total) == (13, 5.3)
+    assert (est.seconds, est.total) == (13, 8.5)
     assert est.by_model["wan2.7-i2v"] == {
         "rows": 1,
         "seconds": 8,
-        "cost": 4.8,
-        "resolutions": {"720P": 1},
+        "cost": 8.0,
+        "resolutions": {"1080P": 1},
     }
 
 
@@ -151,7 +152,7 @@ def test_models_file_prices_reach_the_default_table(tmp_path, monkeypatch):
     reset_catalog()
     try:
         assert PriceTable.default().price("wan2.7-i2v", "720P") == 0.5
-        assert estimate_row(GenerationOptions(model="wan2.7-i2v", duration=10)) == 5.0
+        assert estimate_row(GenerationOptions(model="wan2.7-i2v", duration=10)) == 9.0  # 1080P
     finally:
         monkeypatch.delenv(MODELS_FILE_ENV)
         reset_catalog()

@@ -88,8 +88,8 @@ def _generation_options(p: argparse.ArgumentParser, *, per_row: bool = True) -> 
     p.add_argument(
         "--resolution",
         choices=[r.value for r in Resolution],
-        help=f"Resolution tier{default_for} (default 720P); the aspect ratio follows the "
-        "first frame.",
+        help=f"Resolution tier{default_for} (default: the model's own, 720P for kf2v, 1080P "
+        "for wan2.7-i2v); the aspect ratio follows the first frame.",
     )
     p.add_argument(
         "--duration",

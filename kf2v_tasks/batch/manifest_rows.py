@@ -261,7 +261,7 @@ def parse_row(
     if errors:
         return None, errors
     assert row_id is not None and output is not None and model is not None
-    assert resolution is not None and seed_ok and duration is not None
+    assert seed_ok and duration is not None
     try:
         options = GenerationOptions(
             model=model,

@@ -104,9 +104,10 @@ class RowDefaults(BaseModel):
         description="Model for rows whose model cell is empty (wan2.2-kf2v-flash, "
         "wanx2.1-kf2v-plus, wan2.1-kf2v-plus, wan2.7-i2v, or one of a models file).",
     )
-    resolution: Resolution = Field(
-        default=Resolution.P720,
-        description="Resolution for rows whose resolution cell is empty (2.1 plus: 720P only).",
+    resolution: Optional[Resolution] = Field(
+        default=None,
+        description="Resolution for rows whose resolution cell is empty; empty: each row's "
+        "model's own default (kf2v 720P, wan2.7-i2v 1080P).",
     )
     seed: Optional[int] = Field(
         default=None,
@@ -137,7 +138,7 @@ class RowDefaults(BaseModel):
     def _fits_model(self) -> RowDefaults:
         name = self.model
         spec = get_model(name)  # an unknown model is a ValueError naming the known ones
-        if self.resolution.value not in spec.resolutions:
+        if self.resolution is not None and self.resolution.value not in spec.resolutions:
             raise ValueError(
                 f"default resolution {self.resolution.value} is not available for the default "
                 f"model {name} (allowed: {', '.join(sorted(spec.resolutions))})"

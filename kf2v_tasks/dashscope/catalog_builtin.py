@@ -72,6 +72,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         match_prefix=True,  # wan2.7-i2v-2026-04-25 and other dated variants
         protocol=Protocol.MEDIA,
         resolutions=("720P", "1080P"),
+        default_resolution="1080P",  # the service's own default (reference §16)
         duration_min=2,
         duration_max=15,
         default_duration=5,

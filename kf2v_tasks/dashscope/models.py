@@ -122,10 +122,11 @@ class GenerationOptions(BaseModel):
         description="Model to generate with: wan2.2-kf2v-flash, wanx2.1-kf2v-plus, "
         "wan2.1-kf2v-plus, wan2.7-i2v (and its dated variants), or one of a models file.",
     )
-    resolution: Resolution = Field(
-        default=Resolution.P720,
+    resolution: Optional[Resolution] = Field(
+        default=None,
         description="Resolution tier (480P, 720P, 1080P; the 2.1 plus models take 720P only, "
-        "wan2.7-i2v 720P or 1080P).",
+        "wan2.7-i2v 720P or 1080P); empty: the model's own default (kf2v 720P, wan2.7-i2v "
+        "1080P).",
     )
     seed: Optional[int] = Field(
         default=None,
@@ -153,6 +154,9 @@ class GenerationOptions(BaseModel):
     @model_validator(mode="after")
     def _fits_model(self) -> GenerationOptions:
         spec = get_model(self.model)  # UnknownModelError is a ValueError
+        if self.resolution is None:  # the service's own default for the model
+            object.__setattr__(self, "resolution", Resolution(spec.resolution))
+        assert self.resolution is not None
         if self.resolution.value not in spec.resolutions:
             names = ", ".join(sorted(spec.resolutions))
             raise ValueError(
