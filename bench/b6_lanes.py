@@ -41,7 +41,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from bench.common import API_KEY_OURS, SimProcess, log, start_side
+from bench.common import (
+    API_KEY_OURS,
+    SimProcess,
+    log,
+    retryable_errors,
+    start_side,
+    writes_before_503s,
+)
 
 SPEED = 60.0
 WAN = "wan2.7-i2v"
@@ -196,6 +203,69 @@ def lane_slots(tasks: list[dict], running: int, t0: float) -> dict:
     }
 
 
+def opening(trace: Optional[dict], first_create_unix: float, names: dict[str, str]) -> dict:
+    """When each lane asked the Prefect server for its global-limit slots, and what got retried.
+
+    ``trace`` is the side's (bench.side ``_trace``); ``names`` maps a lane's limit name to
+    the key it is reported under (a model, or account/model). Times are real seconds from
+    the batch's first create (negative: before it).
+    """
+    if not trace:
+        return {}
+
+    def rel(t: float) -> float:
+        return round(t - first_create_unix, 3)
+
+    lanes: dict[str, dict] = {}
+    for a in sorted(trace.get("asks", []), key=lambda a: a["called"]):
+        key = names.get(a["name"])
+        if key is None:
+            continue
+        lane = lanes.setdefault(key, {"asks": []})
+        lane["asks"].append(
+            dict(
+                called_s=rel(a["called"]), granted_s=rel(a["granted"]), want=a["want"], got=a["got"]
+            )
+        )
+    for lane in lanes.values():
+        first = lane["asks"][0]
+        lane["first_ask_called_s"] = first["called_s"]
+        lane["first_ask_granted_s"] = first["granted_s"]
+        lane["first_ask_took_s"] = round(first["granted_s"] - first["called_s"], 3)
+    http = sorted(trace.get("http", []), key=lambda h: h["sent"])
+    # Every Prefect API request (each try) on the wire while the lanes' first asks were.
+    window = (
+        (
+            min(v["first_ask_called_s"] for v in lanes.values()),
+            max(v["first_ask_granted_s"] for v in lanes.values()),
+        )
+        if lanes
+        else (0.0, 0.0)
+    )
+    around = [
+        dict(
+            request=q["request"],
+            sent_s=rel(q["sent"]),
+            answered_s=rel(q["answered"]),
+            status=q["status"],
+        )
+        for q in sorted(trace.get("requests", []), key=lambda q: q["sent"])
+        if rel(q["answered"]) >= window[0] and rel(q["sent"]) <= window[1]
+    ]
+    return {
+        "lanes": lanes,
+        "requests_during_first_asks": around,
+        "gcl_http_calls": [
+            dict(names=h["names"], sent_s=rel(h["sent"]), answered_s=rel(h["answered"]))
+            for h in http
+        ],
+        "retries": [
+            dict(at_s=rel(r["at"]), request=r.get("request"), message=r["message"])
+            for r in sorted(trace.get("retries", []), key=lambda r: r["at"])
+        ],
+    }
+
+
 def analyse(side: dict, sim: SimProcess, durations, kf2v_rows: int, order: str = "longest") -> dict:
     tasks = sim.tasks()
     asked = time.time()
@@ -251,6 +321,14 @@ def analyse(side: dict, sim: SimProcess, durations, kf2v_rows: int, order: str =
         )
     lpt_bound, fifo_bound = max(lpt.values()), max(fifo.values())
     in_lane = max(v["own_makespan_s"] for v in lanes.values())
+    # The lanes' global-limit asks, timed in the client (real seconds from the first create).
+    opened = opening(
+        side.get("trace"),
+        sim_origin + t0,
+        {n: m for n in _limit_names(side) for m in by_model if n.endswith("-" + m)},
+    )
+    for model, o in opened.get("lanes", {}).items():
+        lanes[model]["opening"] = o
     timeline_peaks = peaks(tasks)
     return {
         "rows": len(durations) + kf2v_rows,
@@ -277,10 +355,17 @@ def analyse(side: dict, sim: SimProcess, durations, kf2v_rows: int, order: str =
         "peak_running_sim": stats.get("peak_by_model", {}),
         "running_quota": {m: q[0] for m, q in quotas.items()},
         "lanes": lanes,
+        "prefect_retries": opened.get("retries", []),
+        "gcl_http_calls": opened.get("gcl_http_calls", []),
+        "requests_during_first_asks": opened.get("requests_during_first_asks", []),
         "cpu_s": round(side["cpu_s"], 3),
         "counts": side.get("counts"),
         "state": side.get("state"),
     }
+
+
+def _limit_names(side: dict) -> set[str]:
+    return {a["name"] for a in (side.get("trace") or {}).get("asks", [])}
 
 
 def run(prefect_env: dict, durations=WAN_DURATIONS, kf2v_rows: int = KF2V_ROWS) -> dict:
@@ -301,8 +386,10 @@ def run(prefect_env: dict, durations=WAN_DURATIONS, kf2v_rows: int = KF2V_ROWS) 
         "base_runtime_s": BASE_RUNTIME,
         "sides": {},
     }
+    server_log = Path(prefect_env.get("PREFECT_HOME", "")) / "server.log"
     for name, extra in SIDES.items():
         slug = name.replace(" ", "-").replace("=", "-")
+        mark = server_log.stat().st_size if server_log.exists() else 0
         with SimProcess(sim_config()) as sim:
             side = start_side(
                 f"b6-{slug}",
@@ -315,11 +402,15 @@ def run(prefect_env: dict, durations=WAN_DURATIONS, kf2v_rows: int = KF2V_ROWS) 
                     api_key=API_KEYS[name],
                     base_url=sim.base_url,
                     output=str(work / slug),
+                    trace=True,  # times the lanes' global-limit asks (observation only)
                     **extra,
                 ),
                 prefect_env,
             ).wait(timeout=600)
             r = analyse(side, sim, durations, kf2v_rows, extra.get("order", "longest"))
+        # What the Prefect server answered 503 during this side (its exception, last line).
+        r["server_retryable_errors"] = retryable_errors(server_log, mark)
+        r["server_writes_before_503s"] = writes_before_503s(server_log.parent, mark)
         r["flow_args"] = extra
         result["sides"][name] = r
         log(

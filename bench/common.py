@@ -226,8 +226,12 @@ class PrefectServer:
                 # what Prefect's own ephemeral server sets (SubprocessASGIServer)
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",
+                # A request answered 503 (SQLite busy, say) is logged with its exception.
+                "PREFECT_API_LOG_RETRYABLE_ERRORS": "true",
             }
         )
+        self.log_path = Path(self.home) / "server.log"
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 PY,
@@ -245,7 +249,7 @@ class PrefectServer:
                 "error",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
             env=env,
             cwd=ROOT,
             start_new_session=True,
@@ -293,6 +297,75 @@ class PrefectServer:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        self._log.close()
+
+
+def retryable_errors(log_path: Path, since: int = 0) -> list[str]:
+    """The last line of each ``Encountered retryable exception`` traceback in a server log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for block in text.split("Encountered retryable exception in request")[1:]:
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        last = next((ln for ln in lines if ln.startswith(("sqlite3.", "sqlalchemy."))), None)
+        out.append((last or (lines[-1] if lines else "?")).strip()[:200])
+    return out
+
+
+def writes_before_503s(home: Path, since: int = 0, window: float = 0.5) -> list[dict]:
+    """What the Prefect server itself wrote in the ``window`` s before each 503 it logged.
+
+    ``home`` is the bench server's PREFECT_HOME (``server.log`` and ``prefect.db``); the log
+    is read from offset ``since``. For each retryable error: the task-run rows the server
+    inserted (its task-run recorder, from the state events clients send over the websocket)
+    and the events it recorded, by type, in the window before it. The server logs local
+    time and stores UTC: the bench machine runs in UTC.
+    """
+    import sqlite3
+    from datetime import datetime, timedelta
+
+    try:
+        with open(home / "server.log", "rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        db = sqlite3.connect(f"file:{home / 'prefect.db'}?mode=ro", uri=True)
+    except (OSError, sqlite3.Error):
+        return []
+    out = []
+    try:
+        day = db.execute("SELECT substr(max(received), 1, 10) FROM events").fetchone()[0]
+        for line in lines:
+            if "Encountered retryable exception" not in line or not day:
+                continue
+            at = datetime.fromisoformat(f"{day} {line.split(' |')[0].strip()}")
+            lo = (at - timedelta(seconds=window)).isoformat(sep=" ")
+            hi = at.isoformat(sep=" ")
+            runs = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM task_run WHERE created BETWEEN ? AND ? ORDER BY created",
+                    (lo, hi),
+                )
+            ]
+            events = dict(
+                db.execute(
+                    "SELECT event, count(*) FROM events WHERE received BETWEEN ? AND ? "
+                    "GROUP BY event ORDER BY count(*) DESC",
+                    (lo, hi),
+                ).fetchall()
+            )
+            out.append(
+                dict(at=hi[11:23], task_runs_inserted=runs, events_recorded=events, window_s=window)
+            )
+    except sqlite3.Error:
+        pass
+    finally:
+        db.close()
+    return out
 
 
 # --- S3 (moto server) --------------------------------------------------------------------

@@ -10,7 +10,8 @@ alone, one after the other), then B1 at concurrency 2 (≈5 min of mostly idle w
 sides side by side, each started once the previous one has filled its slots, so no two
 start-ups share the CPU), then the B4 floor, ours and ours per_row (each alone), B5, and
 B6 (a mixed wan2.7-i2v + kf2v manifest on default settings, order longest then manifest,
-each alone; ≈35 s). B2 is read from the B1 runs.
+each alone; ≈35 s) and B7 (one kf2v batch over two accounts, ``credentials_block`` a list,
+three times; ≈60 s). B2 is read from the B1 runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bench import (
     b4_overhead,
     b5_scale,
     b6_lanes,
+    b7_pool,
     report,
 )
 from bench.common import ROOT, PrefectServer, log
@@ -46,6 +48,8 @@ FULL = dict(
     b5_concurrency=64,
     b6_wan_durations=b6_lanes.WAN_DURATIONS,
     b6_kf2v_rows=b6_lanes.KF2V_ROWS,
+    b7_rows=b7_pool.ROWS,
+    b7_repeats=b7_pool.REPEATS,
 )
 QUICK = dict(
     b1_rows=8,
@@ -59,6 +63,9 @@ QUICK = dict(
     # B6 is short already (≈10 s per side); fewer than 6 wan rows would not fill its lane.
     b6_wan_durations=b6_lanes.WAN_DURATIONS,
     b6_kf2v_rows=b6_lanes.KF2V_ROWS,
+    # One round on both accounts' 4 slots (≈1 real s of tasks).
+    b7_rows=4,
+    b7_repeats=1,
 )
 #: Variants of our side: label -> extra flow parameters (shipped options, not patches).
 VARIANTS = {"ours per_row": {"task_runs": "per_row"}}
@@ -67,12 +74,19 @@ B1_VARIANTS = {**VARIANTS, "ours queue_ahead=0": {"queue_ahead": 0}}
 
 
 #: The sections of BENCHMARKS.md, each measured by one part of the run.
-ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5", "b6")
+ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5", "b6", "b7")
 
 
 def _commit() -> str:
-    """The commit measured (``+dirty`` when the work tree had changes)."""
+    """The commit measured (``+dirty`` when the work tree had changes).
+
+    ``KF2V_BENCH_COMMIT`` names it instead when the tree is not a checkout (an export of a
+    commit, e.g. ``git archive``, to measure it apart from a shared work tree's edits).
+    """
     import subprocess
+
+    if os.environ.get("KF2V_BENCH_COMMIT"):
+        return os.environ["KF2V_BENCH_COMMIT"]
 
     def git(*a: str) -> str:
         r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
@@ -217,14 +231,25 @@ def notes(res: dict) -> list[str]:
             "trips; at 60× compression each millisecond of round trip is 0.06 service seconds."
         )
         out.append(text)
+    # The load of the run that measured B1-B4 (a later partial run keeps its own apart).
+    meta = res.get("meta", {})
+    sections = meta.get("sections", {})
+    timed = next(
+        (sections[k] for k in ("b4", "b1") if "loadavg_start" in sections.get(k, {})), None
+    )
+    if timed is None and not sections:  # a results file from before per-section stamps
+        timed = meta
+    load = (
+        f"{timed.get('loadavg_start', '–')} / {timed.get('loadavg_end', '–')}"
+        if timed is not None
+        else "not recorded"
+    )
     out.append(
         "Time compression multiplies client latency: at 60×, 10 ms of event-loop delay is 0.6 "
         "service seconds of lag and of idle slot. Our client runs Prefect task runs, ledger "
         "writes and sidecars on one event loop; the SDK's threads block in `requests` and wake "
-        "at once. Load average (1 min) at start / end of this run: "
-        f"{res.get('meta', {}).get('loadavg_start', '–')} / "
-        f"{res.get('meta', {}).get('loadavg_end', '–')} on 2 cores (the end value is B4's own "
-        "load; B4 saturates both cores)."
+        "at once. Load average (1 min) at start / end of the run that measured B1-B4: "
+        f"{load} on 2 cores (the end value is B4's own load; B4 saturates both cores)."
     )
     out.append(
         "The simulator answers in under a millisecond over loopback (it turns Nagle off on "
@@ -332,7 +357,55 @@ def notes(res: dict) -> list[str]:
     b6 = res.get("b6")
     if b6:
         out.append(b6_note(b6))
+    b7 = res.get("b7")
+    if b7:
+        out.append(b7_note(b7))
     return out
+
+
+def _opening_text(o: dict | None, x: dict) -> str:
+    """What the side's trace says about a lane's first global-limit ask (real seconds)."""
+    if not o:
+        return ""
+    retried = [  # the asks' retries while this lane's first ask was out
+        r
+        for r in x.get("prefect_retries", [])
+        if "increment" in (r.get("request") or "")
+        and o["first_ask_called_s"] <= r["at_s"] <= o["first_ask_granted_s"]
+    ]
+    text = (
+        f": its first global-limit ask went out {o['first_ask_called_s']:+.2f} real s from "
+        f"the batch's first create and was granted at {o['first_ask_granted_s']:+.2f} s"
+    )
+    if retried:
+        errors = sorted(set(x.get("server_retryable_errors", []))) or ["not logged"]
+        text += (
+            f", after {len(retried)} answer(s) 503 to `POST "
+            "/api/v2/concurrency_limits/increment-with-lease` (the server: "
+            + "; ".join(f"`{e}`" for e in errors)
+            + "), which Prefect's client retries after "
+            + ", ".join(
+                f"{float(r['message'].split('made in ')[1].split('s.')[0]):.2f}"
+                for r in retried
+                if "made in " in r["message"]
+            )
+            + " s"
+        )
+        writes = x.get("server_writes_before_503s", [])
+        if writes:
+            text += (
+                f" (in the {writes[0]['window_s']:g} s before each 503 the server was writing "
+                "task runs of rows already started — rows its task-run recorder inserted, "
+                "from the state events the client sends over its websocket: "
+                + "; ".join(
+                    (", ".join(w["task_runs_inserted"][:5]) or "none")
+                    + (" …" if len(w["task_runs_inserted"]) > 5 else "")
+                    + f" with {sum(w['events_recorded'].values())} events recorded"
+                    for w in writes
+                )
+                + ")"
+            )
+    return text
 
 
 def b6_note(b6: dict) -> str:
@@ -358,8 +431,9 @@ def b6_note(b6: dict) -> str:
         if x["lane_start_stagger_s"] > 0:
             text += (
                 f"The {late[0]} lane made its first create {x['lane_start_stagger_s']:.1f} s "
-                f"after the batch's first ({x['lane_start_stagger_s'] / b6['speed']:.2f} real s); "
-                f"timed from each lane's own first create, the batch takes "
+                f"after the batch's first ({x['lane_start_stagger_s'] / b6['speed']:.2f} real s)"
+                + _opening_text(late[1].get("opening"), x)
+                + "; timed from each lane's own first create, the batch takes "
                 f"{x['in_lane_makespan_s']:.1f} s ({x['ratio_longest_first_in_lane']:.3f} of the "
                 "longest-first bound). "
             )
@@ -373,6 +447,21 @@ def b6_note(b6: dict) -> str:
             + ", ".join(f"{m} {v['handover_gap_s']:.1f} s" for m, v in x["lanes"].items())
             + "."
         )
+        for m, v in x["lanes"].items():
+            got, want = v["first_fill_queued_run_s"], v["first_fill_expected_queued_run_s"]
+            if got and want and got[0] != want[0] and x["flow_args"].get("order") is None:
+                fill = v["create_order_run_s"][: v["running_quota"] + 1]
+                text += (
+                    f" In the {m} lane the first fill's creates went out in the order "
+                    f"{', '.join(f'{r:g}' for r in fill)} (run s), not longest first, so the "
+                    f"{got[0]:g} s task waited queued"
+                    + (
+                        f" and ran on the slot that ends last ({' + '.join(f'{r:g}' for r in chain['runs_s'])})"
+                        if model == m and got[0] in chain["runs_s"]
+                        else ""
+                    )
+                    + "."
+                )
         parts.append(text)
     x = b6["sides"].get("ours", {})
     spacing = (
@@ -391,6 +480,105 @@ def b6_note(b6: dict) -> str:
         + " ".join(parts)
         + spacing
     )
+
+
+def b7_note(b7: dict) -> str:
+    """What B7's timeline says: the pool against its bound, and where the rest went."""
+    accts = b7["accounts"]
+    rows = ", ".join(f"{n} {v.get('tasks', 0)}" for n, v in accts.items())
+    peaks = ", ".join(
+        f"{n} {v.get('peak_running', 0)}/{b7['running_quota']} running, "
+        f"{v.get('peak_in_flight', 0)} in flight"
+        for n, v in accts.items()
+    )
+    met = b7["ratio_pooled"] >= 0.9
+    reps = b7.get("repeats", [])
+    text = (
+        f"B7 ({b7['rows']} {b7['model']} rows over {b7['accounts_n']} accounts at "
+        f"{b7['speed']:g}×, default settings"
+        + (
+            f"; ratios of the {len(reps)} repeats "
+            + ", ".join(f"{x['ratio_pooled']:.3f}" for x in reps)
+            + f", the median one (repeat {b7['median_index'] + 1}) in detail"
+            if len(reps) > 1
+            else ""
+        )
+        + f"): makespan {b7['measured_makespan_s']:.1f} s "
+        f"against the pooled bound {b7['pooled_bound_s']:.1f} s (ratio {b7['ratio_pooled']:.3f}, "
+        f"target 0.9 {'met' if met else 'missed'}); one account alone would be bounded by "
+        f"{b7['one_account_bound_s']:.1f} s (that bound / the makespan = "
+        f"{b7['speedup_over_one_account_bound']:.2f}). Rows per account: {rows}; peaks: {peaks}. "
+    )
+    late = max(
+        accts.items(),
+        key=lambda kv: kv[1].get("first_create_s", float("inf")) if kv[1].get("tasks") else 1e18,
+    )
+    o = b7.get("opening", {}).get(late[0])
+    if b7.get("account_start_stagger_s") is None:
+        text += f"Account {late[0]} ran no row" + _opening_text(o, b7) + ". "
+    else:
+        stagger = b7["account_start_stagger_s"]
+        text += (
+            f"Account {late[0]} made its first create {stagger:.1f} s after the batch's first "
+            f"({stagger / b7['speed']:.2f} real s)" + _opening_text(o, b7) + ". "
+        )
+        over = b7["measured_makespan_s"] - b7["pooled_bound_s"]
+        late_part = b7["bound_given_stagger_s"] - b7["pooled_bound_s"]
+        text += (
+            f"Of the {over:.1f} s above the bound, {late_part:.1f} s is that late start (the "
+            "same list schedule with that account's slots free only from its first create: "
+            f"{b7['bound_given_stagger_s']:.1f} s) and {over - late_part:.1f} s the rest: "
+        )
+    parts = []
+    for n, v in accts.items():
+        if not v.get("tasks"):
+            continue
+        split = v.get("handover_split", [])
+        lag = v.get("detection_lag_s", [])
+        mid = lag[len(lag) // 2] if lag else None
+        parts.append(
+            f"{n}: hand-over gaps {v['handover_gap_s']:.1f} s ("
+            + (
+                ", ".join(
+                    f"{g['gap_s']:.1f} = detection {g['detection_lag_s']:.1f} + seen → create "
+                    f"{g['seen_to_create_s']:.1f}"
+                    for g in split
+                )
+                or "none"
+            )
+            + f"), tail idle {v['tail_idle_s']:.1f} s, ended at {v['ended_s']:.1f} s"
+            + (f", detection lag median {mid:.1f} s, max {lag[-1]:.1f} s" if lag else "")
+        )
+    text += "; ".join(parts) + "."
+    if any(v.get("handover_gap_s", 0) > 0 for v in accts.values()):
+        text += (
+            " One look-ahead per account covers one of its two slots: when both end together "
+            "(equal tasks started together), the other slot waits for the client to see an "
+            "end and create (the hand-over gaps above)."
+        )
+    waits = b7.get("queued_while_other_idle", [])
+    if waits:
+        text += (
+            f" {len(waits)} row(s) waited queued on one account while the other had a running "
+            f"slot idle, {sum(w['other_idle_s'] for w in waits):.1f} s in all (a look-ahead "
+            "slot counts as free: a row goes to the first lane with any slot, running or "
+            "queued)."
+        )
+    late_runs = [x for x in reps if x["ask_503s"]]
+    if len(reps) > 1 and late_runs:
+        text += (
+            f" In {len(late_runs)} of {len(reps)} repeats the later account's first "
+            "global-limit ask was answered 503 ("
+            + "; ".join(
+                f"repeat {reps.index(x) + 1}: {x['ask_503s']}×, granted at "
+                f"{x['later_first_ask_granted_s']:+.2f} real s, rows "
+                + "/".join(str(v) for v in x["rows_per_account"].values())
+                + f", ratio {x['ratio_pooled']:.3f}"
+                for x in late_runs
+            )
+            + ")."
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_start": round(os.getloadavg()[0], 2),
         }
     }
+    walls: dict[str, float] = {}  # each section's own wall time (the server's start aside)
     log(f"starting the Prefect API server ({'quick' if args.quick else 'full'} run)")
     prefect = PrefectServer()
     try:
@@ -497,18 +686,34 @@ def main(argv: list[str] | None = None) -> int:
         if "b5" in only:
             res["b5"] = b5_scale.run(sizes["b5_rows"], sizes["b5_concurrency"], prefect)
         if "b6" in only:
+            t = time.monotonic()
             res["b6"] = b6_lanes.run(
                 prefect.env(), sizes["b6_wan_durations"], sizes["b6_kf2v_rows"]
             )
+            walls["b6"] = round(time.monotonic() - t, 1)
+        if "b7" in only:
+            t = time.monotonic()
+            res["b7"] = b7_pool.run(prefect.env(), sizes["b7_rows"], sizes["b7_repeats"])
+            walls["b7"] = round(time.monotonic() - t, 1)
     finally:
         prefect.stop()
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)
-    stamp = {"date": res["meta"]["date"], "commit": _commit(), "command": command}
-    res["meta"]["sections"] = {k: stamp for k in ALL_SECTIONS if k in only and k in res}
+    res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
+    stamp = {
+        "date": res["meta"]["date"],
+        "commit": _commit(),
+        "command": command,
+        "loadavg_start": res["meta"]["loadavg_start"],
+        "loadavg_end": res["meta"]["loadavg_end"],
+    }
+    res["meta"]["sections"] = {
+        k: {**stamp, **({"wall_s": walls[k]} if k in walls else {})}
+        for k in ALL_SECTIONS
+        if k in only and k in res
+    }
     for key, (value, provenance) in kept.items():
         res[key] = value
         res["meta"]["sections"][key] = provenance
-    res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     res["notes"] = notes(res)
     res["targets"] = report.targets(res)
     if res.get("b1"):

@@ -124,6 +124,14 @@ def run_ours(a: dict) -> dict:
         )
     if a.get("order"):
         extra["order"] = a["order"]
+    if a.get("api_keys"):
+        # An account pool (B7): one unsaved block per key, each key its own account.
+        from kf2v_tasks.credentials import DashScopeCredentials
+
+        extra["credentials_block"] = [
+            DashScopeCredentials(api_key=k, base_url=a["base_url"]) for k in a["api_keys"]
+        ]
+    trace = _trace() if a.get("trace") else None
     cpu0, t0, started_unix = _cpu(), time.monotonic(), time.time()
     with observing(Progress()):
         state = asyncio.run(
@@ -164,7 +172,92 @@ def run_ours(a: dict) -> dict:
         "threads_cpu_s": _threads_cpu(),
         "state": state.type.value,
         "message": state.message,
+        **({"trace": trace} if trace is not None else {}),
     }
+
+
+def _trace() -> dict:
+    """Record, in unix seconds, each global-limit ask of the lanes and each Prefect retry.
+
+    Observation only (B6, B7): ``acquire_slot`` (one lane's ask, the process's ask lock and
+    the client's retries included), the client's HTTP call inside it and every Prefect API
+    request (the first 400, retries included) are wrapped to time them, and the Prefect
+    client's debug line for a retried request (a 503 from a busy SQLite server, say) is
+    kept with its time and request. Nothing they do is changed.
+    """
+    import functools
+    import logging
+
+    from prefect.client.orchestration import PrefectClient
+
+    from kf2v_tasks.lanes import slots
+
+    out: dict = {"asks": [], "http": [], "retries": []}
+    ask = slots.acquire_slot
+
+    @functools.wraps(ask)
+    async def timed_ask(client, name, want=1):
+        t = time.time()
+        lease, got = await ask(client, name, want)
+        out["asks"].append(dict(name=name, want=want, got=got, called=t, granted=time.time()))
+        return lease, got
+
+    slots.acquire_slot = timed_ask
+    inc = PrefectClient.increment_concurrency_slots_with_lease
+
+    @functools.wraps(inc)
+    async def timed_inc(self, *args, **kwargs):
+        t = time.time()
+        try:
+            return await inc(self, *args, **kwargs)
+        finally:
+            names = kwargs.get("names") or (args[0] if args else [])
+            out["http"].append(dict(names=list(names), sent=t, answered=time.time()))
+
+    PrefectClient.increment_concurrency_slots_with_lease = timed_inc
+    # Every Prefect API request of the first seconds (each try of a retried one): which
+    # writes were on the server when a lane's ask was answered 503.
+    import httpx
+    from prefect.client.base import PrefectHttpxAsyncClient
+
+    out["requests"] = []
+    send = httpx.AsyncClient.send  # what the Prefect client's retry loop sends each try with
+
+    @functools.wraps(send)
+    async def timed_send(self, request, *args, **kwargs):
+        t = time.time()
+        response = await send(self, request, *args, **kwargs)
+        if isinstance(self, PrefectHttpxAsyncClient) and len(out["requests"]) < 400:
+            out["requests"].append(
+                dict(
+                    request=f"{request.method} {request.url.path}",
+                    sent=t,
+                    answered=time.time(),
+                    status=response.status_code,
+                )
+            )
+        return response
+
+    httpx.AsyncClient.send = timed_send
+
+    class Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = record.getMessage()
+            if "retryable" not in msg:
+                return
+            # The request retried: a local of the client's retry loop, a few frames up.
+            frame, path = sys._getframe(), None
+            while frame is not None and path is None:
+                if frame.f_code.co_name == "_send_with_retry":
+                    request = frame.f_locals.get("request")
+                    path = f"{request.method} {request.url.path}" if request else None
+                frame = frame.f_back
+            out["retries"].append(dict(at=record.created, request=path, message=msg[:120]))
+
+    client_log = logging.getLogger("prefect.client")
+    client_log.setLevel(logging.DEBUG)
+    client_log.addHandler(Retries(logging.DEBUG))
+    return out
 
 
 # --- the official SDK ----------------------------------------------------------------------

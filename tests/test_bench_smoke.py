@@ -73,7 +73,16 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         assert side["peak_running"]["wan2.7-i2v"] == 5
         assert side["peak_running"]["wan2.2-kf2v-flash"] <= 2
 
+    # B7: one kf2v batch over two accounts (credentials_block a list of two blocks).
+    b7 = res["b7"]
+    assert b7["rows_succeeded"] == b7["rows"] and b7["duplicate_tasks"] == 0
+    assert sum(v["tasks"] for v in b7["accounts"].values()) == b7["rows"]
+    for account in b7["accounts"].values():  # each its own lane: 2 running + 1 queued at most
+        assert account.get("peak_running", 0) <= b7["running_quota"]
+        assert account.get("peak_in_flight", 0) <= b7["running_quota"] + 1
+    assert 0 < b7["ratio_pooled"] <= 1.0  # equal tasks: the pooled bound is a lower bound
+
     assert (out / "b1_occupancy.png").stat().st_size > 1000
     text = md.read_text()
-    for heading in ("## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## Targets"):
+    for heading in ("## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## B7", "## Targets"):
         assert heading in text
