@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Optional, Union
 
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 from pydantic import Field
 
 from kf2v_tasks._twins import twin_flow
@@ -189,7 +189,11 @@ def _final_state(summary: BatchSummary):
     a run that ended Completed would tell a scheduled pipeline that every video exists.
     """
     if summary.failed or summary.over_budget:
-        raise BatchFailedError(summary)
+        # Not raised: as a Failed state holding the error, a caller still gets the typed
+        # BatchFailedError (a parent flow catches it), and the engine logs no traceback
+        # at ERROR for an outcome the run states in one line.
+        error = BatchFailedError(summary)
+        return Failed(message=str(error), data=error)
     return Completed(message=summary.headline(), data=summary)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from kf2v_flows.storyboard_films import make_film
 from kf2v_flows.storyboard_plan import (
@@ -174,5 +174,8 @@ async def generate_storyboard(
     failed = [f for f in made if f.status == "failed"]
     if failed or batch.failed or batch.over_budget:
         message = "; ".join(f"storyboard {f.sequence!r}: {f.error}" for f in failed)
-        raise StoryboardFailedError(batch, summary, message or None)
+        # A Failed state holding the error, not a raise: the caller still gets it, typed,
+        # and the engine logs no traceback for an outcome stated in one line.
+        error = StoryboardFailedError(batch, summary, message or None)
+        return Failed(message=str(error), data=error)
     return Completed(message=summary.headline(), data=summary)

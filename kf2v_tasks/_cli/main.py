@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Optional
@@ -122,6 +123,21 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+#: Commands that start Prefect (a temporary server, workers) or Prefect's client.
+_PREFECT_COMMANDS = frozenset({"run", "generate", "storyboard", "limits", "stack"})
+
+
+def _telemetry_off() -> None:
+    """Prefect's telemetry off for this command and every server and worker it starts.
+
+    Set before Prefect is imported, as defaults in the environment the temporary server
+    and the stack's processes inherit (so no "Failed to send telemetry" from them, and no
+    SDK analytics from this process); a user who set either variable keeps their value.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks that need two options at once; reported like argparse's own errors."""
     if hasattr(args, "resolution") and hasattr(args, "model"):
@@ -160,6 +176,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     _check_combinations(parser, args)
     prog = f"kf2v {args.command}"
+    if args.command in _PREFECT_COMMANDS:
+        _telemetry_off()
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

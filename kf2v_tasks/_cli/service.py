@@ -1,8 +1,9 @@
 """Which DashScope a command talks to, and how much of Prefect's chatter reaches the terminal.
 
-The CLI never writes ``os.environ``: the simulator's address and key travel to the flow
-as a :class:`~kf2v_tasks.credentials.DashScopeCredentials` block instance, the time scale
-through :func:`kf2v_tasks.clock.set_time_scale`, and Prefect options through
+The CLI writes nothing to ``os.environ`` but two telemetry defaults (Prefect's telemetry
+off, :func:`kf2v_tasks._cli.main._telemetry_off`): the simulator's address and key travel
+to the flow as a :class:`~kf2v_tasks.credentials.DashScopeCredentials` block instance, the
+time scale through :func:`kf2v_tasks.clock.set_time_scale`, and Prefect options through
 ``temporary_settings``.
 """
 

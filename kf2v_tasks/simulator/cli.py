@@ -17,6 +17,9 @@ from kf2v_tasks.simulator.faults import FaultConfig
 
 #: The key the printed ``export`` line suggests; any non-empty key is accepted by default.
 SUGGESTED_API_KEY = "sk-simulator"
+#: Default ``--speed``: one service minute per real second, as the simulator ``kf2v run``
+#: starts when no key is set (and as the README's sample prints); ``--speed 1`` is real time.
+DEFAULT_SPEED = 60.0
 
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], rule: str):
@@ -97,8 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--speed",
         type=_POSITIVE,
-        default=1.0,
-        help="Service seconds per real second: 60 runs a 5-minute task in 5 s (default 1).",
+        default=DEFAULT_SPEED,
+        help="Service seconds per real second: 60 runs a 5-minute task in 5 s; 1 is real "
+        f"time (default {DEFAULT_SPEED:g}, as `kf2v run` with no key).",
     )
     parser.add_argument(
         "--api-key",

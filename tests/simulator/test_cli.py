@@ -39,6 +39,19 @@ def test_arguments_build_the_config():
     assert (cfg.runtime.kind, cfg.runtime.low, cfg.runtime.high) == ("uniform", 5.0, 9.0)
 
 
+def test_the_default_speed_is_the_one_the_readme_sample_and_kf2v_run_use():
+    from kf2v_tasks._cli.parser import EMBEDDED_SPEED
+
+    cfg = config_from_args(parser().parse_args([]))
+    assert cfg.speed == EMBEDDED_SPEED == 60.0
+    # README: "`kf2v simulator` prints what a flow of your own needs to use it:" + sample.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme.split("`kf2v simulator` prints what a flow of your own needs", 1)[1]
+    sample = after.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert sample == client_environment("http://127.0.0.1:8910/api/v1", cfg.speed)
+    assert "kf2v simulator --port 8910" in readme
+
+
 def test_limits_default_to_the_models_table_and_take_per_model_overrides():
     cfg = config_from_args(parser().parse_args([]))
     assert (cfg.max_concurrent, cfg.submits_per_second, cfg.model_limits) == (None, None, {})
