@@ -87,3 +87,17 @@ def test_one_row_is_one_row():
     assert n_rows(1, "valid") == "1 valid row" and n_rows(5, "valid") == "5 valid rows"
     one = BatchSummary(manifest="m", output="o", total=1, counts={"succeeded": 1})
     assert one.headline() == "1 row: 1 succeeded"
+
+
+def test_a_manifest_column_of_ones_own_cannot_be_called_earlier_run():
+    import pytest
+
+    from kf2v_tasks.batch.manifest import ManifestFileError, parse_manifest
+
+    with pytest.raises(ManifestFileError, match="'earlier_run' cannot be carried into results"):
+        parse_manifest(
+            "first_frame,last_frame,earlier_run\na.png,b.png,x\n",
+            source="m.csv",
+            base_dir="",
+            extra_columns=True,
+        )

@@ -62,6 +62,7 @@ RESULT_FILE_COLUMNS: tuple[str, ...] = (
     "reattached",
     "possible_duplicate",
     "account",
+    "earlier_run",
 )
 
 

@@ -49,9 +49,7 @@ class RowStatus(str, Enum):
 #: Statuses that count as a failure of the batch.
 FAILED_STATUSES = frozenset({RowStatus.FAILED, RowStatus.INVALID})
 
-#: The file's own columns; ``earlier_run`` (True: kept from an earlier run's results.csv,
-#: this manifest has no such row) comes last.
-RESULT_COLUMNS = list(dict.fromkeys([*RESULT_FILE_COLUMNS, "earlier_run"]))
+RESULT_COLUMNS = list(RESULT_FILE_COLUMNS)
 
 
 class RowResult(BaseModel):
