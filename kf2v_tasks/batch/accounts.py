@@ -193,6 +193,10 @@ class AccountPool:
             held.release()
 
     async def _take(self, model: str, candidates: list[RunAccount]) -> tuple[RunAccount, LaneSlot]:
+        # A free running slot first: a task queued behind one account's running tasks
+        # while another account has a slot idle would wait for nothing (B7).
+        running = [a for a in candidates if a.lanes[model].in_use < a.lanes[model].running]
+        candidates = running or candidates
         if len(candidates) == 1:
             return candidates[0], await candidates[0].lanes[model].take()
         takes = [asyncio.ensure_future(a.lanes[model].take()) for a in candidates]

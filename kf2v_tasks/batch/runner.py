@@ -377,9 +377,10 @@ class BatchRunner:
         try:
             await pool.open(models, self.shard_count)
             order = self._resume_order(plan, rows, history)
+            # Every lane's slots before any row starts its task runs (see SlotPool.warm).
             for acct in pool.accounts:
                 for model, lane in acct.lanes.items():
-                    lane.expect(
+                    await lane.warm(
                         sum(
                             1
                             for r, _ in order

@@ -22,6 +22,9 @@ from kf2v_tasks.lanes import engine
 from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD, lane_limit_name
 from kf2v_tasks.lanes.slots import HeldSlot, SlotPool
 
+#: Real seconds a run waits for a lane's first slots before its rows start.
+WARM_SECONDS = 3.0
+
 #: Service seconds a public task waits for a slot before asking which held tasks ended.
 PROBE_AFTER = 30.0
 
@@ -168,6 +171,16 @@ class Lane:
     def expect(self, rows: int) -> None:
         """``rows`` rows are about to ask: the first server ask covers them all."""
         engine.call(self.pool.expect, rows)
+
+    async def warm(self, rows: int, timeout: float = WARM_SECONDS) -> None:
+        """Take the slots ``rows`` rows will want before they start (see SlotPool.warm).
+
+        Waits at most ``timeout`` real seconds: a lane another process fills is no reason
+        to hold back the run (its ask goes on, and its rows wait for it as usual).
+        """
+        self.expect(rows)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(engine.run(self.pool.warm(rows)), timeout)
 
     async def settle(self) -> None:
         """Wait until the global-limit slots nobody here holds are back on the server."""

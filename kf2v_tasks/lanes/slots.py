@@ -199,6 +199,7 @@ class SlotPool:
         self._held = 0  # server slots this run holds
         self._asking: Optional[_Lease] = None  # the one ask to the server in flight
         self._expected = 0  # rows about to ask (see expect())
+        self._warm = False  # slots asked for before the rows start are kept for them (warm())
         self._excess = 0  # slots to take away as they are given back (shrink())
         self._ask_error: Optional[BaseException] = None
         self._collector: Optional[asyncio.Task[None]] = None
@@ -304,7 +305,7 @@ class SlotPool:
     def _give_back_if_unwanted(self, lease: _AnyLease) -> None:
         # A block goes back to the server only when none of its slots is in use and no row
         # here waits for one.
-        if lease.in_use == 0 and not self._waiting and not self._needing:
+        if lease.in_use == 0 and not self._waiting and not self._needing and not self._warm:
             self._idle = deque(x for x in self._idle if x is not lease)
             self._held -= lease.slots
             lease.release.set()
@@ -344,8 +345,34 @@ class SlotPool:
         """
         self._expected = max(0, int(rows))
 
+    async def warm(self, rows: int) -> None:
+        """Take the slots ``rows`` rows will want from the server now, before they start.
+
+        A lane's first ask made while another lane's rows start their task runs meets a
+        SQLite server busy with their writes: it is answered 503 and Prefect's client asks
+        again only 2 s later (B6/B7 measured the second lane starting 2-7 real s late).
+        Asked before any row starts, every lane has its slots at once; they are kept for
+        this run's rows until the first of them takes one (or :meth:`settle`).
+        """
+        if not self.gcl_name or rows < 1 or self._idle or self._asking is not None:
+            return
+        if self._book is None:
+            self._book = LeaseBook()
+        if self._gate is None:
+            self._gate = _ServerGate()
+        self._warm = True
+        self._expected = rows
+        self._ask()
+        asking = self._asking
+        if asking is not None:
+            await asking.acquired.wait()
+        if self._collector is not None:
+            with contextlib.suppress(BaseException):
+                await self._collector
+
     async def take(self) -> HeldSlot:
         """Wait for one in-flight slot; ``release()`` it once the remote task has ended."""
+        self._warm = False  # the rows have started: slots no row wants go back as usual
         # Counted here rather than read from asyncio.Semaphore's private waiter list.
         self._waiting += 1
         try:
@@ -390,6 +417,10 @@ class SlotPool:
         A run ends with this: idle leases go back on their own, and the next run (or
         ``kf2v limits show``) must see them free.
         """
+        if self._warm:  # warmed for rows that never came (all kept already, say)
+            self._warm = False
+            for lease in list(self._idle):
+                self._give_back_if_unwanted(lease)
         for lease in list(self._all):
             if lease.in_use == 0 and lease not in self._idle:
                 lease.release.set()
