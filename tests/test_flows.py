@@ -152,8 +152,11 @@ async def test_reporting_artifacts_and_events(sim, tmp_path):
         assert {"progress", "table", "markdown"} <= kinds
         progress = [a for a in arts if a.type == "progress"][0]
         assert float(progress.data) == 100.0
-        md = [a for a in arts if a.type == "markdown"][0]
+        # The summary (link artifacts to the gallery and results.csv are markdown too).
+        (md,) = [a for a in arts if a.type == "markdown" and "succeeded" in (a.data or "")]
         assert "3 succeeded" in md.data
+        links = [a for a in arts if a.type == "markdown" and "Open the gallery" in (a.data or "")]
+        assert len(links) == 1
         want = {str(tmp_path / "out" / f"r{i}.mp4") for i in range(3)}
         paths: set[str] = set()
         for _ in range(60):  # events reach the server asynchronously

@@ -24,7 +24,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from typing import Any, Optional
 
@@ -83,6 +83,8 @@ _ROW: ContextVar[Optional[ManifestRow]] = ContextVar("kf2v_row", default=None)
 #: row starting at once interleaves its task-run set-up with all the others', so the
 #: first create waited for hundreds of them; a few at a time, it goes out at once.
 STARTING_ROWS = 8
+#: Real seconds a row waits for the row before it in its lane to create (see _turn).
+TURN_SECONDS = 2.0
 
 
 class BatchRunner:
@@ -397,6 +399,7 @@ class BatchRunner:
                     finish=self._finish,
                     history=history,
                 )
+                fan.sequenced = _models_in_order(order, history)
                 for acct in pool.accounts:
                     acct.client = await stack.enter_async_context(
                         acct.credentials.get_client(limits=acct.limits)
@@ -452,6 +455,15 @@ class BatchRunner:
         return path
 
 
+def _models_in_order(order, history: RunTimeHistory) -> set[str]:
+    """The models whose rows differ in predicted run time: their creates keep their order."""
+    seen: dict[str, set[float]] = {}
+    for row, _ in order:
+        o = row.options
+        seen.setdefault(o.model, set()).add(history.predict(o.model, o.resolution, o.duration))
+    return {model for model, times in seen.items() if len(times) > 1}
+
+
 @contextlib.contextmanager
 def _long_lived_heap() -> Iterator[None]:
     """Leave what exists when the run starts (modules, Prefect, the run's own set-up) out of
@@ -496,6 +508,10 @@ class _RowFanOut:
         self.config: RowConfig = config
         self.history: RunTimeHistory = history
         self.learned = 0
+        # Lanes (models) whose rows differ in predicted run time: they create in turn.
+        self.sequenced: set[str] = set()
+        self.turns: dict[str, asyncio.Event] = {}
+        self.last_turns: dict[tuple[str, str], list[asyncio.Event]] = {}
         self.budget: Budget = budget
         self.per_row_task = per_row_task
         self.finish = finish
@@ -507,11 +523,44 @@ class _RowFanOut:
         self.tasks: dict[str, ManifestRow] = {}  # task id -> its row, as created
         self.starting = asyncio.Semaphore(STARTING_ROWS)
 
+    @contextlib.asynccontextmanager
+    async def _turn(self, acct: RunAccount, row: ManifestRow) -> AsyncIterator[None]:
+        """Queue a lane's tasks at the service in the order its rows got their slots.
+
+        Rows that get slots together (a lane's first fill) create in whatever order their
+        task runs and ledger writes finish, and the longest task could be the one left
+        queued ahead instead of running (B6 measured it). The lane's first ``running``
+        rows create at once (they all run at once); each later one waits until every row
+        before it has created. Only lanes whose rows differ in predicted run time wait,
+        and at most TURN_SECONDS a wait.
+        """
+        model = row.options.model
+        if model not in self.sequenced:
+            yield
+            return
+        mine = self.turns[row.id] = asyncio.Event()
+        lane = self.last_turns.setdefault((acct.label, model), [])
+        running = acct.lanes[model].running
+        before = lane[:running] if len(lane) == running else lane[-1:]
+        lane.append(mine)
+        if len(lane) > running:
+            waits = [e.wait() for e in before if not e.is_set()]
+            if waits:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waits), TURN_SECONDS)
+        try:
+            yield
+        finally:
+            mine.set()  # re-attached, refused or failed: nothing to wait for
+
     def created(self, acct: RunAccount, state) -> None:
         """A create answered: the task is ours and queued, whatever happens to its row next."""
         row = _ROW.get()
         if row is not None:
             self.tasks[state.task_id] = row
+            turn = self.turns.get(row.id)
+            if turn is not None:
+                turn.set()  # the next row of the lane may create now
             ahead = acct.aheads.get(row.options.model)
             if ahead is not None:
                 ahead.seen(state.task_id, "PENDING")
@@ -598,7 +647,8 @@ class _RowFanOut:
             try:
                 # The plan's read of the record spares the one before the claim.
                 read = record if row.id in self.plan.records else UNREAD
-                sub = await steps.submit(row, self.plan.frames[row.id], fp, read)
+                async with self._turn(acct, row):
+                    sub = await steps.submit(row, self.plan.frames[row.id], fp, read)
                 started()  # created (or picked up): the next row may start
                 self.tasks[sub.task_id] = row
                 if getattr(sub, "already_persisted_at", None) is not None:
