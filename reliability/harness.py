@@ -386,7 +386,16 @@ def audit(
             continue
         ambiguous = (
             bool(rec.get("possible_duplicate"))
-            or any(e.get("event") == "ambiguous_create" for e in rec.get("events", []))
+            # A create with no answer (ambiguous_create), or one a killed run sent and
+            # never heard back from (create_outcome_unknown, recorded by the run that took
+            # the claim over): both are the ledger's own record of an ambiguous create.
+            or any(e.get("event") in _AMBIGUOUS_EVENTS for e in rec.get("events", []))
+            # A re-create after a FAILED task starts a fresh record; the earlier task's
+            # possible_duplicate is kept under extra.earlier_tasks.
+            or any(
+                t.get("possible_duplicate")
+                for t in (rec.get("extra") or {}).get("earlier_tasks", [])
+            )
             or fp[:12] in (ambiguous_evidence or set())
         )
         a.ambiguous_fingerprints += ambiguous
@@ -434,6 +443,8 @@ def audit(
 
 _FP_IN_LOG = re.compile(r"fingerprint ([0-9a-f]{12})")
 _AMBIGUOUS_WORDS = ("ambiguous", "outcome unknown", "may have reached")
+#: Ledger events that record an ambiguous create (see kf2v_tasks.generation.ledger_record).
+_AMBIGUOUS_EVENTS = frozenset({"ambiguous_create", "create_outcome_unknown"})
 
 
 def ambiguous_from_logs(texts) -> set[str]:
