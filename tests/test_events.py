@@ -328,3 +328,41 @@ async def test_standalone_tasks_emit_the_same_per_video_events(refusing, tmp_pat
     assert {r.id for r in made.related if r.role == "asset"} == {
         asset_key(str(tmp_path / f)) for f in ("a.png", "b.png")
     }
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_batch_that_never_runs_its_rows_still_finishes_failed(tmp_path):
+    """An unusable manifest: no row ran, yet pipelines hear the batch end (Failed)."""
+    from kf2v_flows.batch import generate_batch
+
+    (tmp_path / "m.csv").write_text("id,prompt\nr1,no frames here\n")
+    state = await generate_batch(str(tmp_path / "m.csv"), str(tmp_path / "out"), return_state=True)
+    assert state.is_failed()
+    events = await _events_of(str(state.state_details.flow_run_id), "kf2v.batch.finished")
+    (finished,) = [e for e in events if e.event == "kf2v.batch.finished"]
+    assert finished.resource["kf2v.batch.state"] == "Failed"
+    assert finished.payload["stopped"].startswith("ManifestFileError")
+
+
+async def test_an_interrupted_batch_says_so_before_it_exits(tmp_path, monkeypatch):
+    """Ctrl-C, SIGTERM or a cancellation mid-run: results.csv and kf2v.batch.finished."""
+    from kf2v_tasks.batch.reporting import BatchObserver
+    from kf2v_tasks.batch.runner import BatchRunner
+
+    heard = []
+
+    class Hears(BatchObserver):
+        async def on_stopped(self, summary):
+            heard.append(summary)
+
+    async def interrupted(self, plan, rows):
+        raise KeyboardInterrupt  # as Prefect raises a signal wherever the run is
+
+    monkeypatch.setattr(BatchRunner, "_execute", interrupted)
+    manifest = _inputs(tmp_path)
+    runner = BatchRunner(str(manifest), str(tmp_path / "out"), observer=Hears())
+    with pytest.raises(KeyboardInterrupt):
+        await runner.run()
+    (summary,) = heard
+    assert summary.stopped == "KeyboardInterrupt" and summary.counts.get("not_run") == 4
+    assert "interrupted before it was submitted" in (tmp_path / "out" / "results.csv").read_text()

@@ -50,7 +50,7 @@ from kf2v_tasks.events import (
     emit_video_failed,
     is_shard,
 )
-from kf2v_tasks.redaction import md_escape, redact_url
+from kf2v_tasks.redaction import md_escape, redact_text, redact_url
 from kf2v_tasks.storage.presign import (
     DEFAULT_EXPIRY_SECONDS,
     PresignedUrl,
@@ -114,6 +114,9 @@ class BatchObserver:
     async def on_finish(self, summary: BatchSummary) -> None:
         """The batch is done; ``summary.results`` has every row, in row order."""
 
+    async def on_stopped(self, summary: BatchSummary) -> None:
+        """The batch ended early (``summary.stopped`` says why): what is known so far."""
+
 
 class ObserverGroup(BatchObserver):
     """Several observers as one; a failing observer is logged and the others still run.
@@ -151,6 +154,14 @@ class ObserverGroup(BatchObserver):
                 await o.on_finish(summary)
             except Exception:  # reporting must never fail the batch
                 logger.exception("observer %r failed in on_finish", o)
+
+    async def on_stopped(self, summary: BatchSummary) -> None:
+        """Tell every observer the batch ended early."""
+        for o in self.observers:
+            try:
+                await o.on_stopped(summary)
+            except Exception:  # reporting must never fail the batch
+                logger.exception("observer %r failed in on_stopped", o)
 
 
 #: Observers registered for every batch run in this process (the CLI's progress bar).
@@ -286,6 +297,10 @@ class EventReporter(BatchObserver):
                 },
             )
 
+    async def on_stopped(self, summary: BatchSummary) -> None:
+        """A batch that ended early finishes too: ``kf2v.batch.finished``, Failed."""
+        await self.on_finish(summary)
+
     async def on_finish(self, summary: BatchSummary) -> None:
         """``kf2v.budget.exceeded`` if rows were left out, then ``kf2v.batch.finished``."""
         self._see_run()
@@ -304,6 +319,7 @@ class EventReporter(BatchObserver):
             estimated_cost=summary.estimated_cost,
             spent=summary.spent,
             max_cost=summary.max_cost,
+            stopped=redact_text(summary.stopped) if summary.stopped else None,
         )
         models = sorted(self._models)
         if summary.over_budget:
@@ -317,7 +333,9 @@ class EventReporter(BatchObserver):
         retry = [r for r in results if r.status in RETRYABLE_STATUSES]
         emit_batch_finished(
             batch_id=self.batch_id,
-            state="Failed" if summary.failed or summary.over_budget else "Completed",
+            state="Failed"
+            if summary.failed or summary.over_budget or summary.stopped
+            else "Completed",
             # A re-run needs the run's parameters: only a flow run can be re-run.
             retryable=bool(retry or summary.counts.get("shard_failed"))
             and self.flow_run_id is not None,
@@ -472,6 +490,11 @@ class PrefectReporter(BatchObserver):
             )
         except Exception:  # reporting must never fail the batch
             logger.warning("progress artifact update failed", exc_info=True)
+
+    async def on_stopped(self, summary: BatchSummary) -> None:
+        """A batch that ended early: its events (the artifacts wait for a run that ends)."""
+        if self.events is not None:
+            await self.events.on_stopped(summary)
 
     async def on_finish(self, summary: BatchSummary) -> None:
         """The batch's events; final progress, the gallery, the results table, the summary,

@@ -335,6 +335,10 @@ class BatchSummary(BaseModel):
     look_ahead_off: Optional[str] = Field(
         default=None, description="Why look-ahead was switched off during the run, if it was."
     )
+    stopped: Optional[str] = Field(
+        default=None,
+        description="Why the run ended before its rows did (interrupted, unusable manifest).",
+    )
     results: list[RowResult] = Field(
         default_factory=list, description="One result per manifest row, in row order."
     )

@@ -61,6 +61,7 @@ from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.dashscope.watcher import watcher_for
+from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import UNREAD, Ledger
 from kf2v_tasks.generation.persist import find_persisted
@@ -83,6 +84,8 @@ _ROW: ContextVar[Optional[ManifestRow]] = ContextVar("kf2v_row", default=None)
 #: row starting at once interleaves its task-run set-up with all the others', so the
 #: first create waited for hundreds of them; a few at a time, it goes out at once.
 STARTING_ROWS = 8
+#: Real seconds a stopped run gives its observers to say so (events) before it exits.
+STOPPED_REPORT_SECONDS = 3.0
 #: Real seconds a row waits for the row before it in its lane to create (see _turn).
 TURN_SECONDS = 2.0
 
@@ -189,7 +192,19 @@ class BatchRunner:
         self._observer = run_observer(self.observer)  # registrations in force now
         if not self.dry_run:
             await remove_stale_temps(self.output)
-        plan = await self.plan()
+        try:
+            plan = await self.plan()
+        except ManifestFileError as exc:  # nothing runs; pipelines still hear it ended
+            if not self.dry_run:
+                await self._observer.on_stopped(
+                    BatchSummary(
+                        manifest=self.config.manifest_url,
+                        output=self.output,
+                        total=0,
+                        stopped=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+            raise
         # What is already made, and what fits max_cost: decided once, before any create.
         await assess_plan(
             plan,
@@ -226,14 +241,34 @@ class BatchRunner:
         else:
             try:
                 submitted, reattached = await self._execute(plan, rows)
-            except BaseException:
-                await asyncio.shield(self._write_interrupted(plan))
+            except BaseException as exc:
+                await asyncio.shield(self._write_interrupted(plan, cost, started, exc))
                 raise
             await self._reconcile_failed(plan)
 
+        summary = self._summary(plan, cost, started, submitted, reattached)
+        kept = await with_earlier_rows(
+            self.output,
+            self._results_name(),
+            summary.results,
+            storage_options=self.config.storage_options,
+        )
+        summary.results_path = await self._write(
+            self._results_name(), to_csv(kept, plan.manifest.extra_columns)
+        )
+        if self.shard_count > 1:  # the parent merges these; the rows are in the CSV already
+            await self._write(
+                shard_summary_name(self.shard_index),
+                summary.model_dump_json(indent=2, exclude={"results"}),
+            )
+        await self._observer.on_finish(summary)
+        return summary
+
+    def _summary(self, plan, cost, started: float, submitted: int, reattached: int):
+        """The run's summary from the rows' results so far."""
         results = with_extras(plan, sorted(self.results.values(), key=lambda r: r.row))
         counts = BatchSummary.count(results)
-        summary = BatchSummary(
+        return BatchSummary(
             manifest=self.config.manifest_url,
             output=self.output,
             total=plan.manifest.total,
@@ -252,22 +287,15 @@ class BatchRunner:
             look_ahead_off=next((a.fell_back for a in self._aheads() if a.fell_back), None),
             results=results,
         )
-        kept = await with_earlier_rows(
-            self.output, self._results_name(), results, storage_options=self.config.storage_options
-        )
-        summary.results_path = await self._write(
-            self._results_name(), to_csv(kept, plan.manifest.extra_columns)
-        )
-        if self.shard_count > 1:  # the parent merges these; the rows are in the CSV already
-            await self._write(
-                shard_summary_name(self.shard_index),
-                summary.model_dump_json(indent=2, exclude={"results"}),
-            )
-        await self._observer.on_finish(summary)
-        return summary
 
-    async def _write_interrupted(self, plan: BatchPlan) -> None:
-        """Stopped early: results.csv says what finished, what was cancelled, what was not run."""
+    async def _write_interrupted(
+        self, plan: BatchPlan, cost, started: float, exc: BaseException
+    ) -> None:
+        """Stopped early: results.csv says what finished, what was cancelled, what was not run.
+
+        Pipelines hear it too: ``kf2v.batch.finished``, Failed, with what is known (at
+        most a few seconds: a run being stopped must stop).
+        """
         fan = self._fan
         cancelled = self._cancelled()
         created = {row.id: tid for tid, row in (fan.tasks.items() if fan else ())}
@@ -313,6 +341,13 @@ class BatchRunner:
                 "interrupted: %d queued task(s) cancelled before they started (not billed)",
                 len(cancelled),
             )
+        fan = self._fan
+        summary = self._summary(
+            plan, cost, started, fan.submitted if fan else 0, fan.reattached if fan else 0
+        )
+        summary.stopped = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._observer.on_stopped(summary), STOPPED_REPORT_SECONDS)
 
     def _aheads(self) -> list:
         return self.pool.look_aheads if self.pool else []
