@@ -118,7 +118,7 @@ def test_summary_says_how_many_rows_max_cost_left_out():
         summary.headline()
         == "2 rows: 1 over_budget, 1 succeeded; 1 not submitted: over max_cost 0.60"
     )
-    assert "max\\_cost 0.60: 1 rows over budget, not submitted" in summary_markdown(summary)
+    assert "max\\_cost 0.60: 1 row over budget, not submitted" in summary_markdown(summary)
     assert "1 not submitted: over max_cost 0.60" in str(BatchFailedError(summary))
 
 

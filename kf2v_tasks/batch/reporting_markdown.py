@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
-from kf2v_tasks.batch.results import FAILED_STATUSES, BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.results import (
+    FAILED_STATUSES,
+    BatchSummary,
+    RowResult,
+    RowStatus,
+    n_rows,
+)
 from kf2v_tasks.redaction import md_escape
 from kf2v_tasks.storage.presign import PresignedUrl
 
@@ -174,7 +180,7 @@ def summary_markdown(
         f"- Cost: estimated {s.estimated_cost:.2f} {md_escape(s.currency)}, "
         f"spent {s.spent:.2f} {md_escape(s.currency)}"
         + (
-            f", max\\_cost {s.max_cost:.2f}: {s.over_budget} rows over budget, not submitted"
+            f", max\\_cost {s.max_cost:.2f}: {n_rows(s.over_budget)} over budget, not submitted"
             if s.max_cost is not None
             else ""
         ),
