@@ -148,12 +148,13 @@ class AccountPool:
                     {limits.query_limiter: c.queries_per_second},
                 )
             )
-            for name, limiters in wanted:
-                share = await RateShare.join(name, limiters)  # type: ignore[arg-type]
-                if share is None:
-                    shared = False
-                    break
-                self._shares.append(share)
+            # At once: each join is a few server round trips, and waits one refresh when
+            # other runs are at work; one after the other they delayed the first create.
+            joined = await asyncio.gather(
+                *(RateShare.join(name, limiters) for name, limiters in wanted)  # type: ignore[arg-type]
+            )
+            self._shares.extend(share for share in joined if share is not None)
+            shared = all(share is not None for share in joined)
         if not shared and shard_count > 1:
             # Nothing counts the shards that run at once: each keeps to its part.
             for m, lane in acct.lanes.items():
