@@ -9,9 +9,10 @@ Tasks due alone are fetched directly, which costs the same single query and answ
 at once. Due times of tasks in the tight phase are snapped to one shared grid, so
 they fall due together.
 
-A task PENDING while a complete sweep shows every running slot of the account taken
-(``AccountLimits.max_in_flight``) cannot have started: it is not fetched until a task of
-ours ends or the account has a slot free (look-ahead keeps such tasks queued on purpose;
+A task PENDING while a complete sweep shows every running slot of its lane taken
+(``AccountLimits.lane_full``: the service counts running tasks per model) cannot have
+started: it is not fetched until a task of ours ends or its lane has a slot free
+(look-ahead keeps such tasks queued on purpose;
 polling them cost more queries than it answered). It is still fetched every few PENDING
 intervals, as a task can end without ever running.
 

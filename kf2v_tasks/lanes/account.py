@@ -110,7 +110,6 @@ class Account:
     client: Kf2vClient
     limits: AccountLimits
     label: str
-    name: str = ""  # the credentials block it came from ("" for the environment)
 
     async def ended(self, task_ids: list[str]) -> Iterable[str]:
         """Which of ``task_ids`` the service reports ended (for freeing slots)."""
@@ -190,7 +189,6 @@ async def open_account(
             client=shared.client,
             limits=limits,
             label=account_label(creds),
-            name=credentials if isinstance(credentials, str) else "",
         )
     finally:
         with _lock:

@@ -47,26 +47,11 @@ def start(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     return asyncio.run_coroutine_threadsafe(coro, engine_loop())
 
 
-async def run(coro: Coroutine[Any, Any, T], *, undo: Optional[Callable[[T], None]] = None) -> T:
-    """Await ``coro`` on the lanes' loop from any loop.
-
-    ``undo``: called with the result if the caller is cancelled after ``coro`` finished
-    (a slot taken for a caller that is gone is given back, never leaked).
-    """
+async def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` on the lanes' loop from any loop (a caller that goes away cancels it)."""
     if on_engine():
         return await coro
-    future = start(coro)
-    try:
-        return await asyncio.wrap_future(future)
-    except BaseException:
-        if undo is not None:
-
-            def done(f: concurrent.futures.Future[T]) -> None:
-                if not f.cancelled() and f.exception() is None:
-                    undo(f.result())
-
-            future.add_done_callback(done)
-        raise
+    return await asyncio.wrap_future(start(coro))
 
 
 def call(fn: Callable[..., Any], *args: Any) -> None:

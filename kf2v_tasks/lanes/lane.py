@@ -168,17 +168,12 @@ class Lane:
         self.queue_ahead = 0
         engine.call(self.pool.shrink, running)
 
-    def expect(self, rows: int) -> None:
-        """``rows`` rows are about to ask: the first server ask covers them all."""
-        engine.call(self.pool.expect, rows)
-
     async def warm(self, rows: int, timeout: float = WARM_SECONDS) -> None:
         """Take the slots ``rows`` rows will want before they start (see SlotPool.warm).
 
         Waits at most ``timeout`` real seconds: a lane another process fills is no reason
         to hold back the run (its ask goes on, and its rows wait for it as usual).
         """
-        self.expect(rows)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(engine.run(self.pool.warm(rows)), timeout)
 

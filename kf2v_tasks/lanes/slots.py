@@ -354,6 +354,7 @@ class SlotPool:
         Asked before any row starts, every lane has its slots at once; they are kept for
         this run's rows until the first of them takes one (or :meth:`settle`).
         """
+        self.expect(rows)  # also the hint for a later ask, when this one is not made
         if not self.gcl_name or rows < 1 or self._idle or self._asking is not None:
             return
         if self._book is None:
@@ -361,7 +362,6 @@ class SlotPool:
         if self._gate is None:
             self._gate = _ServerGate()
         self._warm = True
-        self._expected = rows
         self._ask()
         asking = self._asking
         if asking is not None:
