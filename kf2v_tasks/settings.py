@@ -27,6 +27,8 @@ from typing import Literal, Optional
 from prefect.settings.base import PrefectBaseSettings, build_settings_config
 from pydantic import AliasChoices, AliasPath, Field, SecretStr, field_validator
 
+from kf2v_tasks.settings_env import check_lane_specs
+
 __all__ = ["ENV_PREFIX", "Kf2vSettings", "get_settings"]
 
 #: Prefix of this package's variables in Prefect's namespace.
@@ -161,31 +163,3 @@ def get_settings() -> Kf2vSettings:
     """
     return Kf2vSettings()
 
-
-def check_lane_specs(specs: dict[str, str]) -> dict[str, str]:
-    """``specs`` as given, once each is a valid ``RUNNING[:CREATES]`` (else ValueError)."""
-    for model, spec in specs.items():
-        parse_lane_spec(spec, model)
-    return specs
-
-
-def parse_lane_spec(spec: str, model: str = "") -> tuple[int, Optional[float]]:
-    """``"RUNNING[:CREATES]"`` as (running, creates/s or None); a bad one names the model.
-
-    Example:
-        ```python
-        from kf2v_tasks.settings import parse_lane_spec
-        assert parse_lane_spec("8:5") == (8, 5.0) and parse_lane_spec("3") == (3, None)
-        ```
-    """
-    running, _, creates = str(spec).strip().partition(":")
-    try:
-        n = int(running)
-        rate = float(creates) if creates else None
-    except ValueError:
-        raise ValueError(
-            f"lane {model!r}: {spec!r} is not RUNNING[:CREATES] (e.g. 5 or 5:5)"
-        ) from None
-    if n < 1 or (rate is not None and rate <= 0):
-        raise ValueError(f"lane {model!r}: size must be >= 1 and creates/s > 0, got {spec!r}")
-    return n, rate

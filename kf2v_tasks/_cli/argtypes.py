@@ -261,7 +261,7 @@ def lane(text: str) -> tuple[str, str]:
         assert lane("wan2.7-i2v=8:5") == ("wan2.7-i2v", "8:5")
         ```
     """
-    from kf2v_tasks.settings import parse_lane_spec
+    from kf2v_tasks.settings_env import parse_lane_spec
 
     model, sep, spec = text.partition("=")
     if not sep or not model.strip():

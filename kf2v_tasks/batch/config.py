@@ -19,7 +19,7 @@ from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.lanes.names import DEFAULT_LIMIT_PREFIX, DEFAULT_QUEUE_AHEAD
-from kf2v_tasks.settings import check_lane_specs, parse_lane_spec
+from kf2v_tasks.settings_env import check_lane_specs, parse_lane_spec
 
 
 class ConcurrencySettings(BaseModel):

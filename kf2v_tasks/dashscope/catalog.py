@@ -50,6 +50,7 @@ from kf2v_tasks.dashscope.catalog_spec import (
     Protocol,
     UnknownModelError,
 )
+from kf2v_tasks.settings_env import may_be_set
 
 __all__ = [
     "ASSUMED_CNY_PER_USD",
@@ -232,6 +233,8 @@ def _models_file_setting() -> Optional[str]:
     value = os.environ.get(MODELS_FILE_ENV)
     if value is not None:
         return value.strip() or None
+    if not may_be_set("models_file"):  # no Prefect import for the default
+        return None
     try:  # lazily: kf2v --help and the simulator need no Prefect unless this is read
         from kf2v_tasks.settings import get_settings
 

@@ -93,7 +93,7 @@ def lane_quotas(specs: Mapping[str, str]) -> dict[str, LaneQuota]:
         ```
     """
     from kf2v_tasks.dashscope.limits import table_quota
-    from kf2v_tasks.settings import parse_lane_spec
+    from kf2v_tasks.settings_env import parse_lane_spec
 
     quotas = {}
     for model, spec in specs.items():
