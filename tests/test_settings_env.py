@@ -56,7 +56,7 @@ def test_the_price_table_and_models_table_need_no_prefect(bare):
     code = (
         "import sys\n"
         "from kf2v_tasks.generation.pricing import PriceTable\n"
-        "assert PriceTable.default().region == 'singapore'\n"
+        "PriceTable.default()\n"
         "assert not [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')]\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.lower().startswith("prefect_integ")}
