@@ -145,10 +145,9 @@ async def _persist(
         "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
     )
     emit_video_persisted(video)
-    inputs = [frames.first.source, frames.last.source] if frames else []
     emit_video_asset(
         video.path,
-        upstream=[*inputs, video.audio_source],
+        upstream=frames.sources if frames else [],
         name=video.path.rsplit("/", 1)[-1],
         metadata={"sha256": video.sha256, "bytes": video.bytes, "task_id": video.task_id,
                   "model": video.model, "cost": video.cost},

@@ -6,7 +6,9 @@ A manifest is a CSV file with a header. Required columns are ``first_frame`` and
 ``output``. Header names are trimmed and case-insensitive. An empty cell means "use the
 default" (:class:`RowDefaults`). One manifest may mix models of both protocols (kf2v and
 ``wan2.7-i2v``): ``duration`` (seconds) and ``audio`` (a driving mp3/wav, path or URL,
-resolved like the frames) are refused, row by row, on a model that does not take them.
+resolved like the frames) are refused, row by row, on a model that does not take them, and
+so is ``first_clip`` (an mp4/mov to continue, instead of ``first_frame``; ``last_frame`` is
+then optional).
 
 Any other named column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring
 it would make a video without the prompt the user wrote. Pipelines that carry columns of

@@ -209,12 +209,13 @@ def check_header(columns: list[str], line: int, source: str) -> None:
                 line=line,
             )
         seen[c] = i
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen]
+    # Rows that continue a clip need no frame columns (each row is checked on its own).
+    missing = [c for c in REQUIRED_COLUMNS if c not in seen and "first_clip" not in seen]
     if missing:
         found = ", ".join(repr(c) for c in columns if c) or "none"
+        names = ", ".join(missing).replace("first_frame", "first_frame (or first_clip)")
         raise ManifestFileError(
             source,
-            f"line {line} (header): missing required column(s) {', '.join(missing)} "
-            f"(header has: {found})",
+            f"line {line} (header): missing required column(s) {names} (header has: {found})",
             line=line,
         )

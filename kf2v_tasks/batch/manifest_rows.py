@@ -132,12 +132,21 @@ def parse_row(
         row_id = f"row-{line:04d}"
         claims.claim_id(row_id, line, derived=True)
 
-    # frames
-    frames: dict[str, str] = {}
-    for col in ("first_frame", "last_frame"):
+    # frames, or a clip to continue (first_clip, optionally ending on last_frame)
+    frames: dict[str, Optional[str]] = {}
+    clip = bool(cell["first_clip"])
+    if clip and cell["first_frame"]:
+        fail(
+            "first_clip",
+            "a row continues a first_clip or starts from a first_frame, not both",
+            row_id,
+        )
+    for col in ("first_clip", "first_frame", "last_frame"):
         value = cell[col]
         if not value:
-            fail(col, "is empty; every row needs a first and a last frame", row_id)
+            if not clip and col != "first_clip":
+                fail(col, "is empty; every row needs a first and a last frame", row_id)
+            frames[col] = None
         elif has_control(value):
             fail(col, f"{show(value)} contains a control character", row_id)
         else:
@@ -204,8 +213,13 @@ def parse_row(
                 row_id,
             )
 
-    # duration and driving audio: only where the row's model takes them
+    # duration, driving audio and first_clip: only where the row's model takes them
     duration = _duration(cell["duration"], defaults.duration, spec, model, fail, row_id)
+    if clip and spec is not None and not spec.clip:
+        takers = ", ".join(s.name for s in catalog.models if s.clip)
+        fail("first_clip", f"{model} cannot continue a clip (models that can: {takers})", row_id)
+    if clip and cell["audio"]:
+        fail("audio", "a row that continues a first_clip takes no driving audio", row_id)
     audio: Optional[str] = None
     if cell["audio"]:
         if has_control(cell["audio"]):
@@ -279,6 +293,7 @@ def parse_row(
         id=row_id,
         first_frame=frames["first_frame"],
         last_frame=frames["last_frame"],
+        first_clip=frames["first_clip"],
         audio=audio,
         prompt=prompts["prompt"],
         negative_prompt=prompts["negative_prompt"],

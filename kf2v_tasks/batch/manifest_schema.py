@@ -33,6 +33,7 @@ KNOWN_COLUMNS: tuple[str, ...] = (
     "watermark",
     "duration",
     "audio",
+    "first_clip",
     "output",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
@@ -164,8 +165,15 @@ class ManifestRow(BaseModel):
 
     row_number: int = Field(description="Line of the file the row starts on (header is line 1).")
     id: str = Field(description="The id cell, or row-<line> zero-padded to 4 digits.")
-    first_frame: str = Field(description="First frame path or URL, resolved.")
-    last_frame: str = Field(description="Last frame path or URL, resolved.")
+    first_frame: Optional[str] = Field(
+        default=None, description="First frame path or URL, resolved (None with a clip)."
+    )
+    last_frame: Optional[str] = Field(
+        default=None, description="Last frame path or URL, resolved (optional with a clip)."
+    )
+    first_clip: Optional[str] = Field(
+        default=None, description="Clip (mp4/mov) to continue instead of a first frame."
+    )
     audio: Optional[str] = Field(
         default=None, description="Driving audio (mp3/wav) path or URL, resolved; media models."
     )

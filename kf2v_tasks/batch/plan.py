@@ -40,7 +40,12 @@ from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
 
 #: The manifest column a validation error's ``role`` points at.
-_ROLE_COLUMNS = {"first": "first_frame", "last": "last_frame", "audio": "audio"}
+_ROLE_COLUMNS = {
+    "first": "first_frame",
+    "last": "last_frame",
+    "audio": "audio",
+    "clip": "first_clip",
+}
 
 #: Wraps the validation of ``rows`` rows: ``await gate(rows, work)`` must await ``work()``.
 Gate = Callable[[int, Callable[[], Awaitable[Any]]], Awaitable[Any]]
@@ -271,12 +276,16 @@ async def plan_batch(
                     audio=row.audio,
                     model=row.options.model,
                     inspect=frames,
+                    clip=row.first_clip,
                 )
             except Kf2vError as exc:
                 role = getattr(exc, "role", None)
                 column = _ROLE_COLUMNS.get(role, "first_frame")
-                code = "InvalidAudio" if role == "audio" else "InvalidFrame"
-                invalid(row.row_number, row.id, code, f"{where} {column!r}: {exc}")
+                code = {"audio": "InvalidAudio", "clip": "InvalidClip"}.get(role, "InvalidFrame")
+                # a clip: one line per limit it breaks
+                lines = [f"{exc.frame!r}: {p}" for p in getattr(exc, "problems", ())] or [exc]
+                text = "\n".join(f"{where} {column!r}: {line}" for line in lines)
+                invalid(row.row_number, row.id, code, text)
                 return
         plan.frames[row.id] = pair
         plan.fingerprints[row.id] = request_fingerprint(

@@ -282,7 +282,7 @@ class EventReporter(BatchObserver):
         if result.possible_duplicate and status in (RowStatus.SUCCEEDED, RowStatus.FAILED):
             emit_possible_duplicate(status=status.value, **about)
         if self.assets and status is RowStatus.SUCCEEDED and result.output:
-            inputs = [row.first_frame, row.last_frame, row.audio] if row is not None else []
+            inputs = [row.first_clip, row.first_frame, row.last_frame, row.audio] if row else []
             emit_video_asset(
                 result.output,
                 upstream=inputs,

@@ -86,6 +86,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         audio_min_seconds=2.0,
         audio_max_seconds=30.0,
         audio_max_bytes=15 * MIB,
+        clip=True,  # first_clip and first_clip + last_frame (reference §16)
         prompt_max_chars=5000,
         negative_prompt_max_chars=500,
         prices={"720P": 0.60, "1080P": 1.00},

@@ -117,6 +117,9 @@ class ModelSpec(BaseModel):
     audio_min_seconds: float = Field(default=0.0, ge=0, description="Shortest driving audio.")
     audio_max_seconds: float = Field(default=0.0, ge=0, description="Longest driving audio.")
     audio_max_bytes: int = Field(default=15 * MIB, ge=1, description="Largest audio file.")
+    clip: bool = Field(
+        default=False, description="Continues a first_clip (mp4/mov, the limits of §16)."
+    )
     prompt_max_chars: int = Field(default=800, ge=1, description="Longer prompts are cut.")
     negative_prompt_max_chars: int = Field(default=500, ge=1)
     currency: str = Field(default="CNY", description="Currency of prices.")
@@ -165,6 +168,8 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name}: audio needs audio_formats")
         if self.protocol is Protocol.KF2V and self.audio:
             raise ValueError(f"model {self.name}: the kf2v protocol has no audio input")
+        if self.protocol is Protocol.KF2V and self.clip:
+            raise ValueError(f"model {self.name}: the kf2v protocol has no first_clip input")
         for price in self.prices.values():
             if price < 0:
                 raise ValueError(f"model {self.name}: prices must be >= 0")

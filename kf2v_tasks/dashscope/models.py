@@ -41,6 +41,14 @@ VIDEO_DURATION_SECONDS = 5
 #: The default model.
 DEFAULT_MODEL = "wan2.2-kf2v-flash"
 
+#: A ``first_clip`` (reference §16): mp4 or mov, 2-10 s, each side 240-4096 px, aspect
+#: 1:8-8:1, at most 100 MB. The output is the clip continued up to ``duration`` in total.
+CLIP_FORMATS = ("mp4", "mov")
+CLIP_MIN_SECONDS, CLIP_MAX_SECONDS = 2.0, 10.0
+CLIP_MIN_SIDE, CLIP_MAX_SIDE = 240, 4096
+CLIP_MAX_ASPECT = 8.0
+CLIP_MAX_BYTES = 100 * 1024 * 1024
+
 #: DashScope's task times are "YYYY-MM-DD HH:mm:ss.SSS" in UTC+8 with no zone suffix.
 SERVICE_TZ = timezone(timedelta(hours=8))
 SERVICE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -197,7 +205,9 @@ class Kf2vRequest(BaseModel):
     """A complete create-task request: frames as they will be sent, prompts and options.
 
     ``first_frame_url``/``last_frame_url`` are what goes on the wire: a public
-    ``http(s)`` URL, a ``data:`` URI or an ``oss://`` temporary-upload URL.
+    ``http(s)`` URL, a ``data:`` URI or an ``oss://`` temporary-upload URL. A model that
+    continues clips takes ``clip_url`` instead of the first frame (``first_clip``), with or
+    without a last frame.
 
     Example:
         ```python
@@ -213,8 +223,15 @@ class Kf2vRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    first_frame_url: str = Field(min_length=1, description="First frame as sent.")
-    last_frame_url: str = Field(min_length=1, description="Last frame as sent.")
+    first_frame_url: Optional[str] = Field(
+        default=None, min_length=1, description="First frame as sent (None with a clip)."
+    )
+    last_frame_url: Optional[str] = Field(
+        default=None, min_length=1, description="Last frame as sent (optional with a clip)."
+    )
+    clip_url: Optional[str] = Field(
+        default=None, min_length=1, description="first_clip as sent, to be continued."
+    )
     prompt: Optional[str] = Field(default=None, description="Text prompt (≤ 800 characters).")
     negative_prompt: Optional[str] = Field(
         default=None, description="What to avoid (≤ 500 characters)."
@@ -226,9 +243,17 @@ class Kf2vRequest(BaseModel):
     options: GenerationOptions = Field(default_factory=GenerationOptions)
 
     @model_validator(mode="after")
-    def _audio_fits_model(self) -> Kf2vRequest:
+    def _inputs_fit_model(self) -> Kf2vRequest:
         if self.audio_url is not None and not self.options.spec.audio:
             raise ValueError(f"{self.options.model} takes no driving audio")
+        if self.clip_url is None:
+            if self.first_frame_url is None or self.last_frame_url is None:
+                raise ValueError("a first and a last frame are needed (or a first_clip)")
+        elif not self.options.spec.clip:
+            raise ValueError(f"{self.options.model} cannot continue a first_clip")
+        elif self.first_frame_url is not None or self.audio_url is not None:
+            # §16: first_clip goes alone or with a last_frame; nothing else with it
+            raise ValueError("a first_clip takes no first frame or driving audio")
         return self
 
     @field_validator("prompt")
@@ -246,8 +271,8 @@ class Kf2vRequest(BaseModel):
     @property
     def uses_oss(self) -> bool:
         """Whether an ``oss://`` input needs ``X-DashScope-OssResourceResolve: enable``."""
-        urls = (self.first_frame_url, self.last_frame_url, self.audio_url or "")
-        return any(u.startswith("oss://") for u in urls)
+        urls = (self.first_frame_url, self.last_frame_url, self.audio_url, self.clip_url)
+        return any(u.startswith("oss://") for u in urls if u)
 
     @property
     def create_path(self) -> str:
@@ -273,13 +298,13 @@ class Kf2vRequest(BaseModel):
         if self.negative_prompt:
             inp["negative_prompt"] = self.negative_prompt
         if self.options.protocol is Protocol.MEDIA:
-            media = [
-                {"type": "first_frame", "url": self.first_frame_url},
-                {"type": "last_frame", "url": self.last_frame_url},
-            ]
-            if self.audio_url is not None:
-                media.append({"type": "driving_audio", "url": self.audio_url})
-            inp["media"] = media
+            items = (
+                ("first_clip", self.clip_url),
+                ("first_frame", self.first_frame_url),
+                ("last_frame", self.last_frame_url),
+                ("driving_audio", self.audio_url),
+            )
+            inp["media"] = [{"type": kind, "url": url} for kind, url in items if url]
         else:
             inp = {
                 "first_frame_url": self.first_frame_url,

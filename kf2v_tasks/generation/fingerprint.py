@@ -2,10 +2,12 @@
 
 It hashes the frames' bytes (not their URLs, which differ between a data URI and an
 upload of the same file), both prompts and every generation parameter (the duration among
-them), and the driving audio's bytes when there is one. The ledger keys its records by it,
-so it must never change for the same work: the document hashed is versioned (``"v": 1``)
-and any change to it needs a new version. Fields added since (``audio``) enter the
-document only when set, so the work of earlier rows keeps its fingerprint.
+them), and the driving audio's and the first_clip's bytes when there are. The ledger keys
+its records by it, so it must never change for the same work: the document hashed is
+versioned (``"v": 1``) and any change to it needs a new version. Fields added since
+(``audio``, ``clip``) enter the document only when set, so the work of earlier rows keeps
+its fingerprint. A clip's work has no first frame (``"first": ""``), and no last frame
+unless it ends on one.
 
 Example:
     ```python
@@ -40,11 +42,13 @@ def fingerprint(
     first_sha256: str,
     last_sha256: str,
     audio_sha256: Optional[str] = None,
+    clip_sha256: Optional[str] = None,
 ) -> str:
     """Content fingerprint of a piece of work, as 64 hex characters.
 
     An empty prompt and no prompt are the same work (the service sends neither). The
-    duration is in the parameters; ``audio_sha256`` (driving audio) is hashed when given.
+    duration is in the parameters; ``audio_sha256`` (driving audio) and ``clip_sha256``
+    (first_clip) are hashed when given.
 
     Example:
         ```python
@@ -65,6 +69,8 @@ def fingerprint(
     }
     if audio_sha256:
         doc["audio"] = audio_sha256
+    if clip_sha256:
+        doc["clip"] = clip_sha256
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -89,7 +95,8 @@ def request_fingerprint(
         assert fp == fingerprint(GenerationOptions(), "pan", None, "ab" * 32, "ab" * 32)
         ```
     """
-    audio = frames.audio.sha256 if frames.audio is not None else None
-    return fingerprint(
-        options, prompt, negative_prompt, frames.first.sha256, frames.last.sha256, audio
+    first, last, audio, clip = (
+        f.sha256 if f is not None else None
+        for f in (frames.first, frames.last, frames.audio, frames.clip)
     )
+    return fingerprint(options, prompt, negative_prompt, first or "", last or "", audio, clip)

@@ -6,7 +6,8 @@ within [min_side, max_side] px (240..8000 by default; older docs say 360..2000, 
 configurable), at most 10 MiB.
 Each model's own bounds are in the models table (:meth:`FrameLimits.for_model`; wan2.7-i2v:
 360..2000 px, UNCERTAIN). A driving audio, for the models that take one, is checked with
-the frames (:mod:`kf2v_tasks.generation.audio`).
+the frames (:mod:`kf2v_tasks.generation.audio`), and so is a first_clip that takes the first
+frame's place (:mod:`kf2v_tasks.generation.clip`).
 Small files are inlined as ``data:`` URIs, larger ones go through the temporary ``oss://``
 upload (§10), public ``http(s)`` URLs are passed through untouched.
 
@@ -39,7 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kf2v_tasks.dashscope.catalog import get_model
 from kf2v_tasks.dashscope.models import DEFAULT_MODEL, Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.generation.audio import inspect_audio
+from kf2v_tasks.generation.audio import AudioValidationError, inspect_audio
+from kf2v_tasks.generation.clip import inspect_clip
 from kf2v_tasks.generation.frame_source import (
     MIB,
     display_source,
@@ -356,14 +358,15 @@ class FrameMemo:
 
 
 async def check_pair(
-    first: str,
-    last: str,
+    first: Optional[str],
+    last: Optional[str],
     *,
     limits: Optional[FrameLimits] = None,
     storage_options: Optional[dict] = None,
     audio: Optional[str] = None,
     model: Union[Kf2vModel, str, None] = None,
     inspect: Optional[FrameInspector] = None,
+    clip: Optional[str] = None,
 ) -> FramePair:
     """Validate both frames (and a driving audio) concurrently; warn about what will change.
 
@@ -372,8 +375,8 @@ async def check_pair(
     (a PNG with alpha is refused).
 
     Args:
-        first: the first frame (path or URL).
-        last: the last frame.
+        first: the first frame (path or URL); ``None`` with a clip.
+        last: the last frame (optional with a clip).
         limits: frame bounds (default: :class:`FrameLimits`).
         storage_options: fsspec options for remote files.
         audio: a driving audio (mp3/wav path or URL), for models that take one.
@@ -381,12 +384,15 @@ async def check_pair(
             takes none).
         inspect: how each frame is read (default :func:`inspect_frame`); a batch passes
             one :class:`FrameMemo` for all its rows.
+        clip: a first_clip (mp4/mov path or URL) to continue instead of a first frame,
+            for models that continue clips.
 
     Raises:
         FrameValidationError: for the first failing frame; when both fail the message
             carries both reasons. A bad audio raises
             :class:`~kf2v_tasks.generation.audio.AudioValidationError` (``role="audio"``)
-            when the frames are fine.
+            when the frames are fine, a bad clip
+            :class:`~kf2v_tasks.generation.clip.ClipValidationError` (``role="clip"``).
 
     Example:
         ```python
@@ -395,16 +401,31 @@ async def check_pair(
     """
     limits = limits or FrameLimits()
     read = inspect or inspect_frame
+    spec = get_model(str(getattr(model, "value", model or DEFAULT_MODEL)))
+    if (first is None) == (clip is None):
+        raise ValueError("give a first frame or a first_clip (one of them)")
+    if first is not None and last is None:
+        raise ValueError("a first frame needs a last frame")
+
+    async def nothing() -> None:
+        return None
+
     checks = [
-        read(first, role="first", limits=limits, storage_options=storage_options),
-        read(last, role="last", limits=limits, storage_options=storage_options),
+        read(first, role="first", limits=limits, storage_options=storage_options)
+        if first is not None
+        else nothing(),
+        read(last, role="last", limits=limits, storage_options=storage_options)
+        if last is not None
+        else nothing(),
+        inspect_audio(audio, spec, storage_options=storage_options)
+        if audio is not None
+        else nothing(),
+        inspect_clip(clip, spec, storage_options=storage_options)
+        if clip is not None
+        else nothing(),
     ]
-    if audio is not None:
-        spec = get_model(str(getattr(model, "value", model or DEFAULT_MODEL)))
-        checks.append(inspect_audio(audio, spec, storage_options=storage_options))
     results = await asyncio.gather(*checks, return_exceptions=True)
-    a, b = results[0], results[1]
-    sound = results[2] if audio is not None else None
+    a, b, sound, video = results
     for r in results:  # anything but a validation error is a bug or cancellation: surface it
         if isinstance(r, BaseException) and not isinstance(r, FrameValidationError):
             raise r
@@ -418,17 +439,24 @@ async def check_pair(
         raise b
     if isinstance(sound, FrameValidationError):
         raise sound
-    assert isinstance(a, FrameInfo) and isinstance(b, FrameInfo)
+    if isinstance(video, FrameValidationError):
+        raise video
+    if clip is not None and audio is not None:  # §16: nothing but a last frame goes with a clip
+        raise AudioValidationError(display_source(audio), "a first_clip takes no driving audio")
 
-    warnings = [f"first frame: {w}" for w in a.warnings] + [f"last frame: {w}" for w in b.warnings]
-    ra, rb = a.aspect_ratio, b.aspect_ratio
-    if abs(ra / rb - 1.0) > 0.02:
-        warnings.append(
-            f"aspect ratios differ (first {a.width}×{a.height} = {ra:.3f}, last "
-            f"{b.width}×{b.height} = {rb:.3f}); the last frame is cropped to the first "
-            "frame's aspect ratio"
-        )
-    return FramePair(first=a, last=b, audio=sound, warnings=warnings)
+    start = a if a is not None else video
+    warnings = [f"first frame: {w}" for w in getattr(a, "warnings", [])]
+    warnings += [f"last frame: {w}" for w in getattr(b, "warnings", [])]
+    if start is not None and b is not None:
+        ra, rb = start.width / start.height, b.aspect_ratio
+        if abs(ra / rb - 1.0) > 0.02:
+            what = "first frame" if a is not None else "clip"
+            warnings.append(
+                f"aspect ratios differ ({what} {start.width}×{start.height} = {ra:.3f}, last "
+                f"{b.width}×{b.height} = {rb:.3f}); the last frame is cropped to the {what}'s "
+                "aspect ratio"
+            )
+    return FramePair(first=a, last=b, audio=sound, clip=video, warnings=warnings)
 
 
 def _upload_name(info: FrameInfo) -> str:

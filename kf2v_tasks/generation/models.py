@@ -22,9 +22,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-__all__ = ["AudioInfo", "FrameInfo", "FramePair", "FrameTransport"]
+__all__ = ["AudioInfo", "ClipInfo", "FrameInfo", "FramePair", "FrameTransport"]
 
 
 class FrameTransport(StrEnum):
@@ -105,8 +105,28 @@ class AudioInfo(BaseModel):
         return "audio/mpeg" if self.format == "mp3" else "audio/wav"
 
 
+class ClipInfo(BaseModel):
+    """A ``first_clip`` that passed validation (mp4 or mov), to be continued by the model.
+
+    Like a frame, the bytes are not kept: they are read again at submit time and checked
+    against ``sha256``.
+    """
+
+    source: str = Field(description="The clip as the user gave it (path or URL).")
+    sha256: str
+    size_bytes: int
+    format: str = Field(description="mp4 or mov.")
+    seconds: float = Field(description="Length of the clip in seconds.")
+    width: int
+    height: int
+    transport: FrameTransport
+
+
 class FramePair(BaseModel):
     """The first and last frame of one generation, both validated (and its driving audio).
+
+    A generation that continues a clip has ``clip`` instead of ``first``, and ``last``
+    only when it is to end on a given frame.
 
     Example:
         ```python
@@ -120,9 +140,26 @@ class FramePair(BaseModel):
         ```
     """
 
-    first: FrameInfo
-    last: FrameInfo
+    first: Optional[FrameInfo] = None
+    last: Optional[FrameInfo] = None
     audio: Optional[AudioInfo] = Field(
         default=None, description="Driving audio (media-protocol models only), if any."
     )
+    clip: Optional[ClipInfo] = Field(
+        default=None, description="The first_clip to continue (instead of a first frame)."
+    )
     warnings: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_start(self) -> FramePair:
+        if (self.first is None) == (self.clip is None):
+            raise ValueError("a generation starts from a first frame or a first_clip")
+        if self.first is not None and self.last is None:
+            raise ValueError("a first frame needs a last frame")
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        """Every input as the user gave it: clip, frames, audio."""
+        items = (self.clip, self.first, self.last, self.audio)
+        return [i.source for i in items if i is not None]

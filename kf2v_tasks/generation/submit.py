@@ -35,6 +35,7 @@ from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resoluti
 from kf2v_tasks.errors import AmbiguousCreateError
 from kf2v_tasks.generation.audio import prepare_audio
 from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
+from kf2v_tasks.generation.clip import prepare_clip
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import prepare_frame
 from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
@@ -294,20 +295,13 @@ class _Work:
         self.storage_options = storage_options
 
     async def request(self) -> Kf2vRequest:
-        c, o, so = self.client, self.options, self.storage_options
-        audio = self.frames.audio
+        f, o = self.frames, self.options
+        how = {"client": self.client, "model": o.model, "storage_options": self.storage_options}
         return Kf2vRequest(
-            first_frame_url=await prepare_frame(
-                self.frames.first, client=c, model=o.model, storage_options=so
-            ),
-            last_frame_url=await prepare_frame(
-                self.frames.last, client=c, model=o.model, storage_options=so
-            ),
-            audio_url=(
-                await prepare_audio(audio, client=c, model=o.model, storage_options=so)
-                if audio is not None
-                else None
-            ),
+            first_frame_url=await prepare_frame(f.first, **how) if f.first else None,
+            last_frame_url=await prepare_frame(f.last, **how) if f.last else None,
+            audio_url=await prepare_audio(f.audio, **how) if f.audio else None,
+            clip_url=await prepare_clip(f.clip, **how) if f.clip else None,
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             options=o,

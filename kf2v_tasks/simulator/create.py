@@ -3,8 +3,9 @@
 Two create paths, one per protocol of the models table (:mod:`kf2v_tasks.dashscope.catalog`):
 ``image2video`` takes ``first_frame_url``/``last_frame_url`` (kf2v models), and
 ``video-generation`` takes an ``input.media`` list (``wan2.7-i2v``: ``first_frame``,
-``last_frame``, ``driving_audio``). A model on the other protocol's path, or one
-protocol's inputs on the other's path, is refused, as a strict server does.
+``last_frame``, ``driving_audio``, ``first_clip``, in the combinations of §16). A model on
+the other protocol's path, or one protocol's inputs on the other's path, is refused, as a
+strict server does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kf2v_tasks.dashscope.models import (
     GenerationOptions,
     Resolution,
 )
+from kf2v_tasks.simulator.clips import check_clip
 from kf2v_tasks.simulator.frames import check_image, fetch_image
 from kf2v_tasks.simulator.gate import BAD_PARAMETER, authenticate, inject, rate_limit
 from kf2v_tasks.simulator.soundtrack import probe_audio
@@ -38,12 +40,14 @@ def fingerprint(
     first_sha256: str,
     last_sha256: str,
     audio_sha256: str | None = None,
+    clip_sha256: str | None = None,
 ) -> str:
     """The work fingerprint (document version 1), computed on the server's side.
 
     A copy of the documented hash, not the client's function: the simulator must catch
-    a client that hashes the wrong thing, not share its mistake. The driving audio's
-    sha256 enters the document only when there is one.
+    a client that hashes the wrong thing, not share its mistake. The driving audio's and
+    the first_clip's sha256 enter the document only when there is one; a clip's work has
+    ``"first": ""`` (and ``"last": ""`` without a last frame).
     """
     doc = {
         "v": 1,
@@ -56,6 +60,8 @@ def fingerprint(
     }
     if audio_sha256:
         doc["audio"] = audio_sha256
+    if clip_sha256:
+        doc["clip"] = clip_sha256
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -66,10 +72,11 @@ class CreateSpec:
     options: GenerationOptions
     prompt: Optional[str]
     negative_prompt: Optional[str]
-    first_url: str
-    last_url: str
+    first_url: Optional[str]  # None: the work continues clip_url
+    last_url: Optional[str]
     spec: ModelSpec
     audio_url: Optional[str] = None
+    clip_url: Optional[str] = None
 
 
 def _optional(params: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -83,6 +90,18 @@ def _optional(params: dict[str, Any], name: str, kind: type, default: Any) -> An
 
 
 _MEDIA_TYPES = ("first_frame", "last_frame", "driving_audio", "first_clip")
+#: The media combinations the service accepts (§16); any other is an error.
+_COMBINATIONS = {
+    frozenset(c)
+    for c in (
+        ("first_frame",),
+        ("first_frame", "driving_audio"),
+        ("first_frame", "last_frame"),
+        ("first_frame", "last_frame", "driving_audio"),
+        ("first_clip",),
+        ("first_clip", "last_frame"),
+    )
+}
 _WRONG_PATH = "url error, please check url!"
 
 
@@ -140,8 +159,9 @@ def parse_create(body: Any, protocol: Protocol = Protocol.KF2V) -> CreateSpec:
 
     prompt = _optional(inp, "prompt", str, None)
     negative = _optional(inp, "negative_prompt", str, None)
+    clip = None
     if protocol is Protocol.MEDIA:
-        first, last, audio = _media_inputs(inp, spec)
+        first, last, audio, clip = _media_inputs(inp, spec)
     else:
         first, last, audio = _kf2v_inputs(inp)
     options = GenerationOptions(
@@ -152,7 +172,7 @@ def parse_create(body: Any, protocol: Protocol = Protocol.KF2V) -> CreateSpec:
         watermark=watermark,
         duration=duration,
     )
-    return CreateSpec(options, prompt, negative, first, last, spec, audio)
+    return CreateSpec(options, prompt, negative, first, last, spec, audio, clip)
 
 
 def _kf2v_inputs(inp: dict[str, Any]) -> tuple[str, str, None]:
@@ -167,8 +187,13 @@ def _kf2v_inputs(inp: dict[str, Any]) -> tuple[str, str, None]:
     return urls[0], urls[1], None
 
 
-def _media_inputs(inp: dict[str, Any], spec: ModelSpec) -> tuple[str, str, Optional[str]]:
-    """first_frame (required), last_frame (else the first frame is held), driving_audio."""
+def _media_inputs(
+    inp: dict[str, Any], spec: ModelSpec
+) -> tuple[Optional[str], Optional[str], Optional[str], Optional[str]]:
+    """(first_frame, last_frame, driving_audio, first_clip) in an accepted combination.
+
+    Without a last_frame the first frame is held; a clip alone is continued freely.
+    """
     for name in ("first_frame_url", "last_frame_url", "img_url"):
         if name in inp:
             raise ApiError(
@@ -190,16 +215,22 @@ def _media_inputs(inp: dict[str, Any], spec: ModelSpec) -> tuple[str, str, Optio
         if kind in urls:
             raise ApiError(400, "InvalidParameter", f"input.media has more than one {kind} item.")
         urls[kind] = url.strip()
-    if "first_frame" not in urls:
+    if "first_frame" not in urls and "first_clip" not in urls:
         raise ApiError(400, "InvalidParameter", BAD_PARAMETER.format("input.media.first_frame"))
-    if "first_clip" in urls:
-        raise ApiError(400, "InvalidParameter", "first_clip is not supported by the simulator.")
-    if "driving_audio" in urls and not spec.audio:
+    if frozenset(urls) not in _COMBINATIONS:
         raise ApiError(
-            400, "InvalidParameter", f"driving_audio is not supported by model {spec.name}."
+            400,
+            "InvalidParameter",
+            f"input.media combination {'+'.join(sorted(urls))} is not supported.",
         )
-    first = urls["first_frame"]
-    return first, urls.get("last_frame", first), urls.get("driving_audio")
+    for kind, takes in (("driving_audio", spec.audio), ("first_clip", spec.clip)):
+        if kind in urls and not takes:
+            raise ApiError(
+                400, "InvalidParameter", f"{kind} is not supported by model {spec.name}."
+            )
+    first = urls.get("first_frame")
+    last = urls.get("last_frame", first)
+    return first, last, urls.get("driving_audio"), urls.get("first_clip")
 
 
 async def create_task(request: Request) -> Response:
@@ -243,10 +274,20 @@ async def _create(request: Request, protocol: Protocol) -> Response:
         fields = ("first_frame", "last_frame")
         s = spec.spec
         limits = (s.min_side, s.max_side, s.max_frame_bytes, s.max_aspect)
+    hashes = []  # of the frames as sent; a frame not sent hashes as ""
+    clip = clip_end = None
+    if spec.clip_url is not None:
+        clip = await fetch_image(request, state, acct, spec.clip_url, "first_clip", model)
+        clip_end = await anyio.to_thread.run_sync(check_clip, clip)
     for field, url in zip(fields, (spec.first_url, spec.last_url), strict=True):
+        if url is None:  # a clip's work: it starts (or, alone, ends too) on the clip's end
+            images.append(clip_end)
+            hashes.append("")
+            continue
         data = await fetch_image(request, state, acct, url, field, model)
         await anyio.to_thread.run_sync(check_image, data, field, *limits)
         images.append(data)
+        hashes.append(hashlib.sha256(data).hexdigest())
     audio = None
     if spec.audio_url is not None:
         audio = await fetch_image(request, state, acct, spec.audio_url, "driving_audio", model)
@@ -257,9 +298,9 @@ async def _create(request: Request, protocol: Protocol) -> Response:
         spec.options,
         spec.prompt,
         spec.negative_prompt,
-        hashlib.sha256(images[0]).hexdigest(),
-        hashlib.sha256(images[1]).hexdigest(),
+        *hashes,
         hashlib.sha256(audio).hexdigest() if audio is not None else None,
+        hashlib.sha256(clip).hexdigest() if clip is not None else None,
     )
     if cfg.concurrency_mode == "reject":
         # Checked again with no await before the task is added: two creates that passed

@@ -1,0 +1,89 @@
+"""wan2.7-i2v continuing a clip on the simulator: first_clip and first_clip + last_frame (§16).
+
+The simulator accepts exactly the documented combinations and clip limits, renders the
+requested duration, bills all of it, and fingerprints the clip's bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import av
+import httpx
+import pytest
+
+from kf2v_tasks.dashscope.models import MEDIA_PATH, GenerationOptions
+from kf2v_tasks.generation.fingerprint import fingerprint
+from kf2v_tasks.simulator.render import render_video
+from kf2v_tasks.simulator.soundtrack import tone
+
+from .simkit import HEADERS, MEDIA_FIRST, MEDIA_LAST, data_uri, gradient_png, wait_status
+
+
+def clip(seconds: int, size: tuple[int, int] = (480, 400), tiny: bool = False) -> bytes:
+    first, last = gradient_png(*size), gradient_png(*size, hue=40)
+    return render_video(first, last, "480P", tiny=tiny, fps=2, seconds=seconds)
+
+
+CLIP = clip(3)
+
+
+def payload(*items: tuple[str, bytes], duration: int = 8) -> dict[str, Any]:
+    mimes = {"first_clip": "video/mp4", "driving_audio": "audio/mpeg"}
+    media = [{"type": k, "url": data_uri(v, mimes.get(k, "image/png"))} for k, v in items]
+    return {
+        "model": "wan2.7-i2v",
+        "input": {"prompt": "and then", "media": media},
+        "parameters": {"resolution": "720P", "duration": duration},
+    }
+
+
+def post(sim, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(sim.base_url + MEDIA_PATH, json=body, headers=HEADERS, timeout=30)
+
+
+@pytest.mark.parametrize("with_last", [False, True], ids=["first_clip", "first_clip+last_frame"])
+def test_a_clip_is_continued_to_the_requested_duration_and_billed_for_all_of_it(sim, with_last):
+    items = [("first_clip", CLIP)] + ([("last_frame", MEDIA_LAST)] if with_last else [])
+    resp = post(sim, payload(*items, duration=8))
+    assert resp.status_code == 200, resp.text
+    doc = wait_status(sim, resp.json()["output"]["task_id"], {"SUCCEEDED"})
+    assert doc["usage"]["video_duration"] == 8  # the whole output, the clip's 3 s included
+    data = httpx.get(doc["output"]["video_url"], timeout=30).content
+    with av.open(io.BytesIO(data)) as container:
+        assert container.duration / 1e6 == pytest.approx(8.0, abs=0.1)
+    opts = GenerationOptions(model="wan2.7-i2v", resolution="720P", duration=8)
+    last = hashlib.sha256(MEDIA_LAST).hexdigest() if with_last else ""
+    expected = fingerprint(
+        opts, "and then", None, "", last, clip_sha256=hashlib.sha256(CLIP).hexdigest()
+    )
+    assert expected in sim.stats()["creates_by_fingerprint"]
+
+
+BAD = {
+    "clip and first frame": (
+        [("first_clip", CLIP), ("first_frame", MEDIA_FIRST)],
+        "first_clip+first_frame is not supported",
+    ),
+    "clip and audio": (
+        [("first_clip", CLIP), ("driving_audio", tone(3.0))],
+        "driving_audio+first_clip is not supported",
+    ),
+    "two clips": ([("first_clip", CLIP), ("first_clip", CLIP)], "more than one first_clip"),
+    "clip too long": ([("first_clip", clip(12, tiny=True))], "must be 2 to 10 seconds long"),
+    "clip too short": ([("first_clip", clip(1))], "must be 2 to 10 seconds long, not 1.0"),
+    "clip under 240 px": ([("first_clip", clip(3, tiny=True))], "outside [240, 4096] pixels"),
+    "clip not a video": ([("first_clip", MEDIA_FIRST)], "must be an mp4 or mov video"),
+    "clip not media at all": ([("first_clip", b"no video here" * 50)], "cannot be decoded"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_what_the_service_refuses_about_clips_is_refused(sim, case):
+    items, message = BAD[case]
+    resp = post(sim, payload(*items))
+    assert resp.status_code == 400, resp.text
+    assert message in resp.json()["message"]
+    assert sim.stats()["creates"] == 0
