@@ -1,15 +1,19 @@
 """Turn parsed options into the library's inputs, and check the cheap things first.
 
-A manifest that cannot be read, or whose header is wrong, fails here in one line,
-before a Prefect server or the simulator is started.
+A manifest that cannot be read, or whose header is wrong, and an output that cannot be
+written (read-only, an unknown protocol, ``s3://`` without credentials) fail here in one
+line, before a Prefect server or the simulator is started.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import tempfile
 from typing import Any, Optional
 
+from kf2v_tasks._cli.errors import UsageError
 from kf2v_tasks.batch.manifest import RowDefaults
 
 
@@ -80,6 +84,83 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
             extra_columns=getattr(args, "extra_columns", False),
         )
     )
+
+
+def check_output(args: argparse.Namespace, *, folder: bool = True) -> None:
+    """``--output`` can be written: a known protocol, credentials for ``s3://``, a local
+    folder (``folder=False``: a file's folder) this process can write in.
+
+    Skipped with ``--storage-block`` (its options need the Prefect API).
+
+    Raises:
+        UsageError: one line naming ``--output``, the reason and the fix (exit 2).
+
+    Example:
+        ```python
+        check_output(args)   # before Prefect or the simulator start
+        ```
+    """
+    import fsspec
+
+    from kf2v_tasks.storage.paths import is_url
+
+    output = args.output
+    if getattr(args, "storage_block", None):
+        return
+    protocol = output.split("://", 1)[0].lower() if is_url(output) else "file"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        raise UsageError(
+            f"argument --output: unknown protocol {protocol}:// in {output!r}: give a local "
+            "folder or a URL fsspec knows (s3://bucket/prefix, gs://, az://, ...)"
+        ) from None
+    except ImportError as exc:
+        raise UsageError(f"argument --output: {protocol}:// cannot be used here: {exc}") from None
+    if protocol in ("s3", "s3a"):
+        _check_s3_credentials(output, args.storage_options)
+    elif protocol in ("file", "local"):
+        path = os.path.abspath(os.path.expanduser(output.split("://", 1)[-1]))
+        _check_writable(path if folder else os.path.dirname(path))
+
+
+def _check_s3_credentials(output: str, options: Optional[dict]) -> None:
+    """The credentials s3fs would find (options, environment, AWS config), found now."""
+    o = options or {}
+    if o.get("anon") or o.get("key") or o.get("token") or o.get("session"):
+        return
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        found = botocore.session.Session(profile=o.get("profile")).get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:  # e.g. a profile that is not there
+        raise UsageError(f"argument --output: {output}: {exc}") from None
+    if found is None:
+        raise UsageError(
+            f"argument --output: no AWS credentials found for {output}: set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass "
+            "--storage-block aws-credentials/<name>"
+        )
+
+
+def _check_writable(folder: str) -> None:
+    """A file can be made in ``folder``, or in its nearest existing parent (nothing is left)."""
+    probe = folder
+    while not os.path.isdir(probe):
+        if os.path.exists(probe):
+            raise UsageError(
+                f"argument --output: {probe} is a file, not a folder: give a folder path"
+            )
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kf2v-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"argument --output: cannot write in {probe} ({exc.strerror or exc}): give a "
+            "folder you can write to"
+        ) from None
 
 
 def concurrency_from_args(args: argparse.Namespace) -> Any:

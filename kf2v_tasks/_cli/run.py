@@ -9,7 +9,12 @@ import argparse
 import asyncio
 from typing import Any
 
-from kf2v_tasks._cli.inputs import check_manifest, concurrency_from_args, defaults_from_args
+from kf2v_tasks._cli.inputs import (
+    check_manifest,
+    check_output,
+    concurrency_from_args,
+    defaults_from_args,
+)
 from kf2v_tasks._cli.service import dashscope_service, flow_service, quiet_prefect
 
 
@@ -30,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     defaults = defaults_from_args(args)
     check_manifest(args, defaults)  # before Prefect or the simulator start
+    check_output(args)
     concurrency = concurrency_from_args(args)
     console = Console(stderr=True, soft_wrap=True)
     with flow_service(args) as credentials:
@@ -89,6 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if not args.storage_block:  # unusable frames or audio are said before anything starts
         _check_inputs(args, d.model)
+    check_output(args, folder=False)
     console = Console(stderr=True, soft_wrap=True)
     with (
         dashscope_service(
