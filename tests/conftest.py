@@ -24,6 +24,8 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # Tests talk to the simulator only; a developer's real key must never be used here.
 os.environ.pop("DASHSCOPE_API_KEY", None)
 os.environ.pop("DASHSCOPE_HTTP_BASE_URL", None)
+# Prices depend on the region: the suite's are Beijing's unless a test says otherwise.
+os.environ["KF2V_REGION"] = "beijing"
 
 #: A recognisable fake key: tests grep logs and outputs for it.
 TEST_API_KEY = "sk-kf2vtestsecret-0123456789abcdef"

@@ -84,7 +84,7 @@ def test_validate_good_manifest_writes_nothing_and_exits_zero(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"{folder / 'm.csv'}: 2 rows, 2 valid, 0 invalid",
-        "estimated cost 2.00 CNY for 2 valid rows (wan2.2-kf2v-flash 720P x2)",
+        "estimated cost 2.00 CNY for 2 valid rows (wan2.2-kf2v-flash 720P x2) at beijing prices",
     ]
     assert user_files(tmp_path) == before  # nothing written
 

@@ -145,7 +145,8 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
 
 
 async def test_dry_run_and_validate_on_an_old_record_write_nothing_but_their_table(sim, tmp_path):
-    from kf2v_tasks.batch.plan import assess_plan, plan_batch
+    from kf2v_tasks.batch.plan import plan_batch
+    from kf2v_tasks.batch.plan_assess import assess_plan
     from kf2v_tasks.generation.ledger import Ledger
     from kf2v_tasks.generation.previews import preview_paths
 

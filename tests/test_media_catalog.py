@@ -80,12 +80,12 @@ def test_wan27_row_and_its_sources():
     assert (spec.min_side, spec.max_side, spec.max_aspect) == (240, 8000, 8.0)
     assert spec.max_frame_bytes == 20 * 2**20 and spec.prompt_max_chars == 5000
     assert (spec.concurrency, spec.creates_per_second) == (5, 5.0)
-    # The protocol comes from the SDK; the rest from Model Studio's docs; prices assumed.
+    # The protocol comes from the SDK; the rest, prices by region too, from Model Studio's docs.
     assert spec.source("protocol") is FactSource.SDK
-    for fact in ("resolutions", "durations", "frame_limits", "audio", "prompt", "concurrency"):
+    facts = ("resolutions", "durations", "frame_limits", "audio", "prompt", "prices", "regions")
+    for fact in (*facts, "concurrency"):
         assert spec.source(fact) is FactSource.OFFICIAL_DOC, fact
-    assert spec.source("prices") is FactSource.ASSUMED and spec.source("concurrency").value
-    assert get_model("wan2.2-kf2v-flash").source("prices") is FactSource.THIRD_PARTY
+    assert get_model("wan2.2-kf2v-flash").source("prices") is FactSource.OFFICIAL_DOC
 
 
 def test_dated_variants_match_by_prefix_and_unknown_names_fail():

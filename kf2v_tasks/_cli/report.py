@@ -52,10 +52,12 @@ class ProgressBar(BatchObserver):
         console = self.bar.console
         console.print(
             f"{n_rows(len(plan.runnable), 'valid')}, {len(plan.invalid)} invalid; estimated cost "
-            f"{cost.total:.2f} {cost.currency}"
+            f"{cost.total:.2f} {cost.currency}{cost.notes()}"
             + (" (dry run: nothing is submitted)" if dry_run else ""),
             markup=False,
         )
+        if cost.warning:  # once, before anything is paid
+            console.print(f"[yellow]warning[/yellow] {escape(cost.warning)}")
         for warning in plan.manifest.warnings:
             console.print(f"[yellow]warning[/yellow] {escape(warning)}")
         budget = plan.budget_line(cost.currency)

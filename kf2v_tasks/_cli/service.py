@@ -110,6 +110,7 @@ def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
     from pydantic import SecretStr
 
     from kf2v_tasks.credentials import DashScopeCredentials
+    from kf2v_tasks.generation.pricing import configured_region
     from kf2v_tasks.simulator import SimulatorConfig, run_simulator
 
     with run_simulator(SimulatorConfig(speed=speed)) as sim:
@@ -120,7 +121,11 @@ def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
             file=out,
             flush=True,
         )
-        yield DashScopeCredentials(api_key=SecretStr(SIMULATOR_API_KEY), base_url=sim.base_url)
+        # The configured region (KF2V_REGION): the estimate is what the service would charge.
+        region = configured_region()
+        yield DashScopeCredentials(
+            api_key=SecretStr(SIMULATOR_API_KEY), base_url=sim.base_url, region=region
+        )
 
 
 @contextlib.contextmanager

@@ -64,10 +64,10 @@ async def _validate(
     args: argparse.Namespace, table: Any, storage_options: Optional[dict]
 ) -> tuple[Any, Any, Optional[str]]:
     from kf2v_tasks.batch.config import normalize_output
-    from kf2v_tasks.batch.plan import assess_plan, dry_run_results, plan_batch, with_extras
+    from kf2v_tasks.batch.plan import plan_batch, with_extras
+    from kf2v_tasks.batch.plan_assess import assess_plan, dry_run_results
     from kf2v_tasks.batch.results import DRY_RUN_RESULTS_NAME, to_csv
     from kf2v_tasks.generation.ledger import Ledger
-    from kf2v_tasks.generation.pricing import estimate
     from kf2v_tasks.storage.files import write_text_atomic
     from kf2v_tasks.storage.paths import join
 
@@ -83,7 +83,7 @@ async def _validate(
     await assess_plan(
         plan, ledger, prices=table, max_cost=args.max_cost, storage_options=storage_options
     )
-    cost = estimate([r.options for r in plan.runnable], table)
+    cost = plan.estimate(table)
     if not args.output:
         return plan, cost, None
     path = join(normalize_output(args.output), DRY_RUN_RESULTS_NAME)
@@ -119,9 +119,12 @@ def _print_report(out: TextIO, manifest: str, plan: Any, cost: Any) -> None:
     )
     print(
         f"estimated cost {cost.total:.2f} {cost.currency} for {n_rows(cost.rows, 'valid')}"
-        + (f" ({models})" if models else ""),
+        + (f" ({models})" if models else "")
+        + cost.notes(),
         file=out,
     )
+    if cost.warning:
+        print(f"warning: {cost.warning}", file=out)
     budget = plan.budget_line(cost.currency)
     if budget:
         print(f"budget: {budget}", file=out)

@@ -59,7 +59,7 @@ class GalleryCard(BaseModel):
     strip: Optional[str] = Field(default=None, description="Link to the strip JPEG.")
     width: Optional[int] = None
     height: Optional[int] = None
-    cost: float = 0.0
+    cost: Optional[float] = Field(default=0.0, description="What it cost when made; None: unknown.")
     currency: str = "CNY"
     error: Optional[str] = None
     task_id: Optional[str] = None
@@ -200,7 +200,7 @@ def _card(c: GalleryCard) -> str:
         parts.append(
             f'<dl class="error"><dt>error</dt><dd class="error-text">{_e(c.error)}</dd></dl>'
         )
-    meta = [f"cost {c.cost:.2f} {_e(c.currency)}"]
+    meta = ["cost unknown" if c.cost is None else f"cost {c.cost:.2f} {_e(c.currency)}"]
     if c.task_id:
         meta.append(f"task {_e(c.task_id)}")
     if video:

@@ -1,22 +1,9 @@
-"""Plan a batch: validate every row and its frames, see what is already made, fit the budget.
+"""Plan a batch: validate every row and its frames; :mod:`~kf2v_tasks.batch.plan_assess` then
+says what is already made and what fits the budget.
 
 Plain async code with no Prefect in it, so ``kf2v validate`` can call it without a server.
 The batch flow passes a ``gate`` that runs the whole validation as one Prefect task run:
 a task run per row would cost milliseconds of CPU per row before the first submit.
-
-:func:`assess_plan` then reads the output folder's ledger (nothing is called at DashScope)
-and decides, before anything is spent, what each valid row will do:
-
-* **skipped**: an earlier run kept its video at its output and the file still hashes right;
-* **re-attached**: an earlier run's task can still deliver: it is picked up, not paid again;
-* **same work**: an earlier row of this manifest has the same request: its video is copied;
-* otherwise it is **paid for**, and with ``max_cost`` the budget rule applies, in manifest
-  order: a row fits if its price on top of the rows before it that fit stays within
-  ``max_cost``; one that does not is ``over_budget`` (a cheaper later row may still fit).
-  A row of the same work as an over-budget row is over budget too.
-
-The runner applies exactly this plan (it never submits an over-budget row), so the plan
-printed before the first create, a dry run's table and the run itself agree.
 """
 
 from __future__ import annotations
@@ -32,10 +19,13 @@ from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, 
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
 from kf2v_tasks.generation.frames import FrameLimits, FrameMemo, check_pair
-from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.models import FramePair
-from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
-from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate_row
+from kf2v_tasks.generation.persist import PersistedVideo
+from kf2v_tasks.generation.pricing import (
+    CostEstimate,
+    PriceTable,
+    estimate,
+)
 from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
 
@@ -72,7 +62,9 @@ class BatchPlan(BaseModel):
     frames: dict[str, FramePair] = Field(default_factory=dict)  # by row id
     fingerprints: dict[str, str] = Field(default_factory=dict)  # by row id
     invalid: list[RowResult] = Field(default_factory=list)
-    costs: dict[str, float] = Field(default_factory=dict, description="Price per row id.")
+    costs: dict[str, Optional[float]] = Field(
+        default_factory=dict, description="Price per row id (None: unknown in the region)."
+    )
     persisted: dict[str, PersistedVideo] = Field(
         default_factory=dict, description="Rows an earlier run already made, intact (by id)."
     )
@@ -92,22 +84,29 @@ class BatchPlan(BaseModel):
         """Rows that passed every check, in manifest order."""
         return [r for r in self.manifest.rows if r.id in self.frames]
 
+    def estimate(self, prices: PriceTable) -> CostEstimate:
+        """What this run will make, at ``prices``; the videos already kept shown apart.
+
+        Rows picked up again or copied from another row are not made (nor paid) again.
+        """
+        done = set(self.persisted) | set(self.live) | set(self.same_work)
+        new = [r for r in self.runnable if r.id not in done]
+        return estimate(new, prices, kept=[v.cost for v in self.persisted.values()])
+
     def budget_line(self, currency: str = "CNY", max_names: int = 10) -> Optional[str]:
         """With ``max_cost``: one line naming the rows that fit and those that do not.
 
-        Example:
-            ```python
-            line = plan.budget_line()
-            # 'max_cost 1.20 CNY: 1 row fits (1.00 CNY): 2 (a); 1 row over budget, not
-            #  submitted: 3 (b)'
-            ```
+        ``'max_cost 1.20 CNY: 1 row fits (1.00 CNY): 2 (a); 1 row over budget, not
+        submitted: 3 (b)'``; rows with no price in the region are named with the reason.
         """
         if self.max_cost is None:
             return None
         done = set(self.persisted) | set(self.live) | set(self.same_work)
         paid = [r for r in self.runnable if r.id not in done and r.id not in self.over_budget]
         over = [r for r in self.runnable if r.id in self.over_budget]
-        total = sum(self.costs.get(r.id, 0.0) for r in paid)
+        unpriced = [r for r in over if self.costs.get(r.id) is None]
+        over = [r for r in over if self.costs.get(r.id) is not None]
+        total = sum(self.costs.get(r.id) or 0.0 for r in paid)
 
         def names(rows: list[ManifestRow]) -> str:
             shown = ", ".join(f"{r.row_number} ({r.id})" for r in rows[:max_names])
@@ -121,6 +120,9 @@ class BatchPlan(BaseModel):
         )
         if over:
             line += f"; {_n(len(over))} over budget, not submitted: {names(over)}"
+        if unpriced:  # each reason names the model, the region and how to give a price
+            why = "; ".join(dict.fromkeys(self.over_budget[r.id] for r in unpriced))
+            line += f"; {_n(len(unpriced))} {why}: {names(unpriced)}"
         if done:
             line += f"; {_n(len(done))} already made, picked up or copied (not paid again)"
         return line
@@ -131,14 +133,7 @@ def _n(count: int) -> str:
 
 
 def output_path(output_root: str, row: ManifestRow) -> str:
-    """Where a row's video goes (its ``output`` name is already checked to stay inside).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.plan import output_path
-        path = output_path("s3://bucket/out", row)   # s3://bucket/out/<row.output>
-        ```
-    """
+    """Where a row's video goes (its ``output`` name is already checked to stay inside)."""
     return join(output_root, safe_child(output_root, row.output))
 
 
@@ -300,156 +295,8 @@ async def plan_batch(
     return plan
 
 
-async def assess_plan(
-    plan: BatchPlan,
-    ledger: Optional[Ledger],
-    *,
-    prices: Optional[PriceTable] = None,
-    max_cost: Optional[float] = None,
-    storage_options: Optional[dict] = None,
-    make_missing_previews: bool = False,
-) -> BatchPlan:
-    """Decide what each runnable row will do, reading only the ledger (see the module docstring).
-
-    Read-only by default, so a dry run and ``kf2v validate --output`` write nothing: a
-    video kept before previews existed is reported as made, without its previews. A real
-    run passes ``make_missing_previews=True`` to make them now, from the stored video (no
-    DashScope call, nothing paid; see
-    :func:`~kf2v_tasks.generation.persist.find_persisted`).
-
-    Args:
-        plan: a plan from :func:`plan_batch`; filled in place (and returned).
-        ledger: the output folder's ledger; ``None`` (nothing written there yet, or
-            ``kf2v validate`` without ``--output``): no row is made yet.
-        prices: the price table (default: the built-in one).
-        max_cost: the budget; ``None``: every row fits.
-        storage_options: fsspec options of the output folder (to check kept files).
-        make_missing_previews: make (and record) the missing previews of kept videos;
-            ``False`` (the default) writes nothing anywhere.
-
-    Raises:
-        ValueError: ``max_cost`` is negative or not a number.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.plan import assess_plan, plan_batch
-        from kf2v_tasks.generation.ledger import Ledger
-
-        plan = asyncio.run(plan_batch("examples/manifest.csv", "out/"))
-        asyncio.run(assess_plan(plan, Ledger("out/"), max_cost=1.2))
-        print(plan.budget_line())
-        ```
-    """
-    budget = Budget(max_cost)  # the same arithmetic (and float slack) as at run time
-    plan.max_cost = budget.max_cost
-    rows = plan.runnable
-    prices = prices or PriceTable.default()
-    plan.costs = {r.id: estimate_row(r.options, prices) for r in rows}
-    if ledger is not None:
-        # One listing of the ledger on S3 instead of a read per row (most rows are new).
-        known = await ledger.get_many(plan.fingerprints[r.id] for r in rows)
-        records = [known[plan.fingerprints[r.id]] for r in rows]
-        plan.records = {r.id: rec for r, rec in zip(rows, records, strict=True)}
-        kept = await asyncio.gather(
-            *(
-                find_persisted(
-                    ledger,
-                    plan.fingerprints[r.id],
-                    output_path(plan.output, r),
-                    storage_options=storage_options,
-                    record=rec,
-                    price_table=prices,
-                    make_missing_previews=make_missing_previews,
-                )
-                for r, rec in zip(rows, records, strict=True)
-            )
-        )
-        plan.persisted = {r.id: k for r, k in zip(rows, kept, strict=True) if k is not None}
-    leaders: dict[str, str] = {}  # fingerprint -> first row id doing that work
-    for row in rows:
-        # The first row of a piece of work leads it, as at run time; the others copy.
-        leader = leaders.setdefault(plan.fingerprints[row.id], row.id)
-        if row.id in plan.persisted:
-            continue
-        if leader != row.id:
-            plan.same_work[row.id] = leader
-            if leader in plan.over_budget:
-                plan.over_budget[row.id] = (
-                    f"same work as row {_row_of(plan, leader)}, " + (plan.over_budget[leader])
-                )
-            continue
-        rec = plan.records.get(row.id)
-        if rec is not None and rec.task_id and Ledger.is_task_reusable(rec):
-            plan.live.append(row.id)  # picked up, not created again: outside max_cost
-            continue
-        price = plan.costs[row.id]
-        if not budget.try_reserve(price):
-            plan.over_budget[row.id] = (
-                f"not submitted: its {price:.2f} on top of {budget.reserved:.2f} for the "
-                f"rows before it would exceed max_cost {budget.max_cost:.2f}"
-            )
-    return plan
-
-
-def _row_of(plan: BatchPlan, row_id: str) -> int:
-    return next(r.row_number for r in plan.manifest.rows if r.id == row_id)
-
-
-def dry_run_results(plan: BatchPlan, *, invalid: bool = True) -> list[RowResult]:
-    """A dry run's table: what a real run of this assessed plan would do, row by row.
-
-    Rows already made are ``skipped`` with their task id and sha256 (as a real run reports
-    them); rows over the budget are ``over_budget``; the rest ``planned``; invalid rows as
-    validated (left out with ``invalid=False``).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.plan import dry_run_results
-        from kf2v_tasks.batch.results import to_csv
-        text = to_csv(dry_run_results(plan))   # what results.dry-run.csv holds
-        ```
-    """
-    out = list(plan.invalid) if invalid else []
-    for row in plan.runnable:
-        base = dict(row=row.row_number, id=row.id, output=output_path(plan.output, row))
-        kept = plan.persisted.get(row.id)
-        if kept is not None:
-            out.append(
-                RowResult(
-                    **base,
-                    status=RowStatus.SKIPPED,
-                    task_id=kept.task_id or None,
-                    sha256=kept.sha256,
-                    bytes=kept.bytes,
-                )
-            )
-        elif row.id in plan.over_budget:
-            out.append(
-                RowResult(
-                    **base,
-                    status=RowStatus.OVER_BUDGET,
-                    error_code="BudgetExceeded",
-                    error_message=plan.over_budget[row.id],
-                    cost=plan.costs.get(row.id, 0.0),
-                )
-            )
-        else:
-            out.append(
-                RowResult(**base, status=RowStatus.PLANNED, cost=plan.costs.get(row.id, 0.0))
-            )
-    return sorted(out, key=lambda r: r.row)
-
-
 def with_extras(plan: BatchPlan, results: list[RowResult]) -> list[RowResult]:
-    """``results`` carrying the manifest's own columns of their rows (``extra_columns``).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.plan import with_extras
-        results = with_extras(plan, results)   # then to_csv(results) writes the extras
-        ```
-    """
+    """``results`` carrying the manifest's own columns of their rows (``extra_columns``)."""
     extras = plan.manifest.extras
     if not extras:
         return results

@@ -273,7 +273,8 @@ class EventReporter(BatchObserver):
             emit_video_failed(
                 error_code=result.error_code,
                 error_message=result.error_message,
-                billed=result.cost > 0,  # a failed row costs only if its task succeeded
+                # A failed row costs only if its task succeeded (None: billed, price unknown).
+                billed=result.cost is None or result.cost > 0,
                 status=status.value,
                 cost=result.cost,
                 possible_duplicate=result.possible_duplicate,
@@ -422,15 +423,18 @@ class PrefectReporter(BatchObserver):
         source = redact_url(plan.manifest.source)
         self._total = plan.manifest.total
         log.info(
-            "Manifest %s: %d rows, %d valid, %d invalid. Estimated cost: %.2f %s%s",
+            "Manifest %s: %d rows, %d valid, %d invalid. Estimated cost: %.2f %s%s%s",
             source,
             plan.manifest.total,
             len(plan.runnable),
             len(plan.invalid),
             cost.total,
             cost.currency,
+            cost.notes(),
             " (dry run: nothing will be submitted)" if dry_run else "",
         )
+        if cost.warning:  # once, before anything is paid
+            log.warning("Region: %s", cost.warning)
         budget = plan.budget_line(cost.currency)
         if budget:  # before the first create: which rows fit max_cost, which will not
             (log.warning if plan.over_budget else log.info)("Budget: %s", budget)

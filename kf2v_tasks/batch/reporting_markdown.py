@@ -99,7 +99,7 @@ def results_table(
             "id": md_escape(r.id or ""),
             "status": r.status.value,
             "video": md_escape(_shown_path(output_root, r.output)),
-            "cost": round(r.cost, 4),
+            "cost": None if r.cost is None else round(r.cost, 4),
             "error": md_escape(_short_error(r)),
             "task_id": md_escape(r.task_id or ""),
             "possible_duplicate": r.possible_duplicate,

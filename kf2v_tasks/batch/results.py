@@ -71,7 +71,9 @@ class RowResult(BaseModel):
     task_id: Optional[str] = None
     error_code: Optional[str] = None
     error_message: Optional[str] = None
-    cost: float = 0.0
+    cost: Optional[float] = Field(
+        default=0.0, description="What its video cost when made (empty: price unknown)."
+    )
     sha256: Optional[str] = None
     bytes: Optional[int] = None
     reattached: bool = False
@@ -103,22 +105,12 @@ class RowResult(BaseModel):
 
 
 def failed_result(
-    base: dict[str, Any], exc: BaseException, submission: Any = None, cost: float = 0.0
+    base: dict[str, Any], exc: BaseException, submission: Any = None, cost: Optional[float] = 0.0
 ) -> RowResult:
     """The ``failed`` result of a row (``base``: its row, id and output) that raised ``exc``.
 
-        The message carries the task's status history when the error has one; a create whose
-        outcome is unknown is flagged as a possible duplicate (a billed task may exist).
-
-        Example:
-            ```python
-            from kf2v_tasks.batch.results import failed_result
-            from kf2v_tasks.errors import AmbiguousCreateError
-
-    logger = logging.getLogger("kf2v_tasks.batch.results")
-            r = failed_result({"row": 2, "id": "a"}, AmbiguousCreateError("no answer"))
-            assert r.status.value == "failed" and r.possible_duplicate
-            ```
+    The message carries the task's status history when the error has one; a create whose
+    outcome is unknown is flagged as a possible duplicate (a billed task may exist).
     """
     message = str(exc)
     history = getattr(exc, "history", None)
@@ -188,7 +180,7 @@ def from_csv(text: str) -> list[RowResult]:
         }
         for flag in ("reattached", "possible_duplicate", "earlier_run"):
             clean[flag] = clean.get(flag) == "True"
-        clean["cost"] = float(clean.get("cost") or 0)
+        clean["cost"] = None if clean.get("cost") is None else float(clean["cost"])
         clean["extra"] = {
             k: v or "" for k, v in cells.items() if k is not None and k not in RESULT_COLUMNS
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -35,14 +36,8 @@ from kf2v_tasks.batch.config import (
     RowConfig,
 )
 from kf2v_tasks.batch.manifest import ExtraColumns, ManifestRow, RowDefaults
-from kf2v_tasks.batch.plan import (
-    BatchPlan,
-    assess_plan,
-    dry_run_results,
-    output_path,
-    plan_batch,
-    with_extras,
-)
+from kf2v_tasks.batch.plan import BatchPlan, output_path, plan_batch, with_extras
+from kf2v_tasks.batch.plan_assess import assess_plan, dry_run_results, run_prices
 from kf2v_tasks.batch.reporting import BatchObserver, run_observer
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
@@ -62,11 +57,12 @@ from kf2v_tasks.batch.stopping import run_rows
 from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import ManifestFileError
+from kf2v_tasks.generation.budget import Budget
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import UNREAD, Ledger
 from kf2v_tasks.generation.persist import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
-from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
+from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.lanes.lookahead import is_concurrency_refusal
 from kf2v_tasks.storage.files import copy_video, remove_stale_temps, write_text_atomic
@@ -127,6 +123,7 @@ class BatchRunner:
         extra_columns: ExtraColumns = False,
         order: Order | str = Order.LONGEST,
     ) -> None:
+        self._price_table = price_table
         self.prices = price_table or PriceTable.default()
         self.config = RowConfig.build(
             output,
@@ -205,6 +202,9 @@ class BatchRunner:
                     )
                 )
             raise
+        # Every row priced in the region of the credentials in use (a dry run needs no key).
+        self.prices = await run_prices(self.credentials, self._price_table)
+        self.config = dataclasses.replace(self.config, prices=self.prices)
         # What is already made, and what fits max_cost: decided once, before any create.
         await assess_plan(
             plan,
@@ -218,13 +218,14 @@ class BatchRunner:
         )
         rows = plan.runnable
         self._total = plan.manifest.total
-        cost = estimate([r.options for r in rows], self.prices)
+        cost = plan.estimate(self.prices)  # what this run makes; kept videos apart
         logger.info(
-            "%s, %d invalid; estimated cost %.2f %s",
+            "%s, %d invalid; estimated cost %.2f %s%s",
             n_rows(len(rows), "valid"),
             len(plan.invalid),
             cost.total,
             cost.currency,
+            cost.notes(),
         )
         budget_line = plan.budget_line(cost.currency)
         if budget_line:
@@ -278,7 +279,7 @@ class BatchRunner:
             skipped=counts.get(RowStatus.SKIPPED.value, 0),
             possible_duplicates=sum(1 for r in results if r.possible_duplicate),
             estimated_cost=cost.total,
-            spent=round(sum(r.cost for r in results if r.status is RowStatus.SUCCEEDED), 4),
+            spent=round(sum(r.cost or 0.0 for r in results if r.status is RowStatus.SUCCEEDED), 4),
             currency=cost.currency,
             wall_seconds=round(time.monotonic() - started, 3),
             dry_run=self.dry_run,
@@ -380,7 +381,7 @@ class BatchRunner:
                         "task_id": kept.task_id,
                         "sha256": kept.sha256,
                         "bytes": kept.bytes,
-                        "cost": 0.0,
+                        "cost": kept.cost,  # what it cost when it was made
                         "error_code": None,
                         "error_message": None,
                     }
@@ -653,6 +654,7 @@ class _RowFanOut:
                 task_id=kept.task_id,
                 sha256=kept.sha256,
                 bytes=kept.bytes,
+                cost=kept.cost,  # what it cost when it was made
                 possible_duplicate=bool(record and record.possible_duplicate),
             )
         reattach = bool(record is not None and record.task_id and Ledger.is_task_reusable(record))
@@ -668,7 +670,7 @@ class _RowFanOut:
             # rows from starting.
             await started.acquire()
             if not reattach:
-                if not self.budget.try_reserve(price):
+                if not self.budget.try_reserve(price or 0.0):  # None: unknown, no max_cost
                     return RowResult(
                         **base,
                         status=RowStatus.OVER_BUDGET,
@@ -678,7 +680,7 @@ class _RowFanOut:
                             f"{self.budget.max_cost:.2f} (reserved {self.budget.reserved:.2f})"
                         ),
                     )
-                reserved = price
+                reserved = price or 0.0
             try:
                 # The plan's read of the record spares the one before the claim.
                 read = record if row.id in self.plan.records else UNREAD
@@ -762,6 +764,7 @@ class _RowFanOut:
             task_id=kept.task_id or sub.task_id,
             sha256=kept.sha256,
             bytes=kept.bytes,
+            cost=kept.cost,
             possible_duplicate=bool(sub.possible_duplicate),
         )
 

@@ -235,7 +235,7 @@ async def run_shards(
         skipped=sum(1 for r in results if r.status is RowStatus.SKIPPED),
         possible_duplicates=sum(1 for r in results if r.possible_duplicate),
         estimated_cost=round(sum(s.estimated_cost for s in shard_summaries), 4),
-        spent=round(sum(r.cost for r in results if r.status is RowStatus.SUCCEEDED), 4),
+        spent=round(sum(r.cost or 0.0 for r in results if r.status is RowStatus.SUCCEEDED), 4),
         currency=shard_summaries[0].currency if shard_summaries else "CNY",
         wall_seconds=round(time.monotonic() - started, 3),
         dry_run=bool(parameters.get("dry_run")),

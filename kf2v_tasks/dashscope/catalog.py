@@ -40,8 +40,9 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kf2v_tasks.dashscope.catalog_builtin import ASSUMED_CNY_PER_USD, BUILTIN_MODELS
+from kf2v_tasks.dashscope.catalog_builtin import BUILTIN_MODELS
 from kf2v_tasks.dashscope.catalog_spec import (
+    ANY_REGION,
     FACTS,
     KF2V_CREATE_PATH,
     MEDIA_CREATE_PATH,
@@ -49,11 +50,12 @@ from kf2v_tasks.dashscope.catalog_spec import (
     ModelSpec,
     Protocol,
     UnknownModelError,
+    by_region,
 )
 from kf2v_tasks.settings_env import may_be_set
 
 __all__ = [
-    "ASSUMED_CNY_PER_USD",
+    "ANY_REGION",
     "BUILTIN_MODELS",
     "FACTS",
     "KF2V_CREATE_PATH",
@@ -142,7 +144,7 @@ class ModelCatalog(BaseModel):
             ```python
             from kf2v_tasks.dashscope.catalog import ModelCatalog
             cat = ModelCatalog().with_entries([{"name": "wan2.7-i2v", "prices": {"720P": 0.5}}])
-            assert cat.get("wan2.7-i2v").prices == {"720P": 0.5}
+            assert cat.get("wan2.7-i2v").prices == {"any": {"720P": 0.5}}  # every region
             ```
         """
         models = list(self.models)
@@ -154,6 +156,10 @@ class ModelCatalog(BaseModel):
                 name = str(patch.get("name", "")).strip()
                 old = next((m for m in models if m.name == name), None)
                 base = old.model_dump() if old is not None else {}
+                prices = patch.get("prices")
+                if old is not None and isinstance(prices, Mapping):
+                    prices = by_region(prices)  # a flat price replaces every region's
+                    patch["prices"] = prices if ANY_REGION in prices else {**old.prices, **prices}
                 touched = {k: FactSource.USER for k in _facts_of(patch)}
                 sources = {**base.get("sources", {}), **touched, **patch.pop("sources", {})}
                 spec = ModelSpec.model_validate({**base, **patch, "sources": sources})
@@ -169,6 +175,7 @@ _FACT_FIELDS = {
     "audio": ("audio", "audio_formats", "audio_min_seconds", "audio_max_seconds"),
     "prompt": ("prompt_max_chars", "negative_prompt_max_chars"),
     "prices": ("prices", "currency"),
+    "regions": ("regions",),
     "concurrency": ("concurrency", "creates_per_second"),
 }
 
@@ -288,7 +295,7 @@ def register_model(spec: Union[ModelSpec, Mapping[str, Any]]) -> ModelSpec:
         ```python
         from kf2v_tasks.dashscope.catalog import get_model, register_model
         register_model({"name": "wan2.7-i2v", "prices": {"720P": 0.5, "1080P": 0.9}})
-        assert get_model("wan2.7-i2v").prices["720P"] == 0.5
+        assert get_model("wan2.7-i2v").price("singapore", "720P") == 0.5
         ```
     """
     global _cache

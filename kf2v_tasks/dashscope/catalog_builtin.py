@@ -1,9 +1,10 @@
 """The built-in rows of the models table, each fact with its source.
 
-The kf2v rows say what the plugin always used (reference §1.3, §4, §9); the wan2.7-i2v row's
+The kf2v rows say what the plugin always used (reference §1.3, §4); the wan2.7-i2v row's
 protocol is the official SDK's (``dashscope/v2/resources/videos.py``), its limits and quota
-come from Model Studio's own pages (reference §16) and its prices are assumed (UNCERTAIN);
-all overridable (see :mod:`kf2v_tasks.dashscope.catalog`).
+come from Model Studio's own pages (reference §16). Every price, per region, is Model
+Studio's pricing page's (reference §16); a region it does not list a model in has no price
+(unknown). All overridable (see :mod:`kf2v_tasks.dashscope.catalog`).
 
 Example:
     ```python
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 from kf2v_tasks.dashscope.catalog_spec import MIB, FactSource, ModelSpec, Protocol
 
-__all__ = ["ASSUMED_CNY_PER_USD", "BUILTIN_MODELS"]
+__all__ = ["BUILTIN_MODELS"]
 
 _SDK, _DOC = FactSource.SDK, FactSource.OFFICIAL_DOC
-_3P, _ASSUMED = FactSource.THIRD_PARTY, FactSource.ASSUMED
+_3P = FactSource.THIRD_PARTY
 _KF2V_SOURCES = {
     "protocol": _DOC,
     "resolutions": _DOC,
@@ -27,10 +28,12 @@ _KF2V_SOURCES = {
     "frame_limits": _DOC,
     "audio": _DOC,
     "prompt": _DOC,
+    "prices": _DOC,
+    "regions": _DOC,
     "concurrency": _DOC,
 }
-#: Assumed exchange rate for prices documented in USD only.
-ASSUMED_CNY_PER_USD = 7.0
+#: Where the prices come from (reference §16).
+_PRICE_PAGE = "Model Studio's pricing page (2026)"
 
 #: The built-in table: the kf2v models as the plugin has always used them, and wan2.7-i2v.
 BUILTIN_MODELS: tuple[ModelSpec, ...] = (
@@ -38,34 +41,36 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         name="wan2.2-kf2v-flash",
         protocol=Protocol.KF2V,
         resolutions=("480P", "720P", "1080P"),
-        prices={"480P": 0.10, "720P": 0.20, "1080P": 0.48},
-        price_note=(
-            "0.10/0.20/0.48 CNY/s at 480P/720P/1080P from a third-party quote of the official "
-            "price; UNCERTAIN"
-        ),
+        # Not on the price list for Singapore, though the kf2v page's Singapore samples
+        # use it: priced unknown there, and a run there is warned (§16 UNCERTAIN).
+        prices={"beijing": {"480P": 0.10, "720P": 0.20, "1080P": 0.48}},
+        regions=("beijing",),
+        price_note=f"{_PRICE_PAGE}: Beijing only; no Singapore price",
         concurrency=2,
         creates_per_second=2.0,
-        sources={**_KF2V_SOURCES, "prices": _3P},
+        sources=_KF2V_SOURCES,
     ),
     ModelSpec(
         name="wanx2.1-kf2v-plus",  # Beijing name
         protocol=Protocol.KF2V,
         resolutions=("720P",),
-        prices={"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
-        price_note="no published price; 0.70 CNY/s ASSUMED (same as wan2.1-kf2v-plus)",
+        prices={"beijing": {"720P": 0.70}},
+        regions=("beijing",),
+        price_note=f"{_PRICE_PAGE}: Beijing only",
         concurrency=2,
         creates_per_second=2.0,
-        sources={**_KF2V_SOURCES, "prices": _ASSUMED},
+        sources=_KF2V_SOURCES,
     ),
     ModelSpec(
         name="wan2.1-kf2v-plus",  # Singapore (international) name
         protocol=Protocol.KF2V,
         resolutions=("720P",),
-        prices={"720P": round(0.10 * ASSUMED_CNY_PER_USD, 4)},
-        price_note="documented as USD 0.10/s (Singapore); 0.70 CNY/s ASSUMED at 7 CNY/USD",
+        prices={"singapore": {"720P": 0.733924}},
+        regions=("singapore",),
+        price_note=f"{_PRICE_PAGE}: Singapore only",
         concurrency=2,
         creates_per_second=2.0,
-        sources={**_KF2V_SOURCES, "resolutions": _3P, "prices": _ASSUMED},
+        sources={**_KF2V_SOURCES, "resolutions": _3P},
     ),
     ModelSpec(
         name="wan2.7-i2v",
@@ -89,8 +94,13 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         clip=True,  # first_clip and first_clip + last_frame (reference §16)
         prompt_max_chars=5000,
         negative_prompt_max_chars=500,
-        prices={"720P": 0.60, "1080P": 1.00},
-        price_note="no published price found; 0.60/1.00 CNY/s at 720P/1080P ASSUMED",
+        # Dated variants (wan2.7-i2v-2026-04-25) are priced as wan2.7-i2v (§16).
+        prices={
+            "beijing": {"720P": 0.6, "1080P": 1.0},
+            "singapore": {"720P": 0.733924, "1080P": 1.100886},
+        },
+        regions=("beijing", "singapore"),
+        price_note=f"{_PRICE_PAGE}",
         # Model Studio's rate-limit page (reference §16): each model, and each dated
         # variant, has its own 5 running and 5 creates/s per main account.
         concurrency=5,
@@ -102,7 +112,8 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
             "frame_limits": _DOC,
             "audio": _DOC,
             "prompt": _DOC,
-            "prices": _ASSUMED,
+            "prices": _DOC,
+            "regions": _DOC,
             "concurrency": _DOC,
         },
     ),

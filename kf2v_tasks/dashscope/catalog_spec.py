@@ -20,6 +20,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "ANY_REGION",
     "FACTS",
     "KF2V_CREATE_PATH",
     "MEDIA_CREATE_PATH",
@@ -28,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "Protocol",
     "UnknownModelError",
+    "by_region",
 ]
 
 #: Create path of the kf2v protocol (relative to ``.../api/v1``).
@@ -66,8 +68,12 @@ FACTS = (
     "audio",
     "prompt",
     "prices",
+    "regions",
     "concurrency",
 )
+
+#: The ``prices`` key of a price that holds in every region (a flat ``{res: price}``).
+ANY_REGION = "any"
 
 
 class UnknownModelError(ValueError):
@@ -123,8 +129,13 @@ class ModelSpec(BaseModel):
     prompt_max_chars: int = Field(default=800, ge=1, description="Longer prompts are cut.")
     negative_prompt_max_chars: int = Field(default=500, ge=1)
     currency: str = Field(default="CNY", description="Currency of prices.")
-    prices: dict[str, float] = Field(
-        default_factory=dict, description="Resolution -> price per generated second."
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Region -> resolution -> price per generated second; a flat "
+        "{resolution: price} holds in every region. A region without one: price unknown.",
+    )
+    regions: tuple[str, ...] = Field(
+        default=(), description="Regions the docs list the model in (empty: not known)."
     )
     price_note: str = Field(default="", description="Where the prices come from.")
     concurrency: Optional[int] = Field(
@@ -147,9 +158,23 @@ class ModelSpec(BaseModel):
     @field_validator("prices", mode="before")
     @classmethod
     def _price_keys(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k).strip().upper(): v for k, v in value.items()}
-        return value
+        return by_region(value) if isinstance(value, Mapping) else value
+
+    def price(self, region: str, resolution: str) -> Optional[float]:
+        """Price per second in ``region`` at ``resolution``; ``None``: not known there.
+
+        Example:
+            ```python
+            from kf2v_tasks.dashscope.catalog import get_model
+            assert get_model("wan2.7-i2v").price("singapore", "720P") == 0.733924
+            assert get_model("wan2.2-kf2v-flash").price("singapore", "720P") is None
+            ```
+        """
+        res = resolution.upper()
+        for key in (region.lower(), ANY_REGION):
+            if res in self.prices.get(key, {}):
+                return self.prices[key][res]
+        return None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -170,9 +195,8 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {self.name}: the kf2v protocol has no audio input")
         if self.protocol is Protocol.KF2V and self.clip:
             raise ValueError(f"model {self.name}: the kf2v protocol has no first_clip input")
-        for price in self.prices.values():
-            if price < 0:
-                raise ValueError(f"model {self.name}: prices must be >= 0")
+        if any(p < 0 for by_res in self.prices.values() for p in by_res.values()):
+            raise ValueError(f"model {self.name}: prices must be >= 0")
         return self
 
     @property
@@ -258,3 +282,25 @@ class ModelSpec(BaseModel):
             ```
         """
         return self.sources.get(fact, FactSource.ASSUMED)
+
+
+def by_region(prices: Mapping[str, Any]) -> dict[str, Any]:
+    """``prices`` as region -> resolution -> price; a flat ``{res: price}`` is every region's.
+
+    Example:
+        ```python
+        from kf2v_tasks.dashscope.catalog_spec import by_region
+        assert by_region({"720p": 0.5}) == {"any": {"720P": 0.5}}
+        assert by_region({"Beijing": {"720p": 0.6}}) == {"beijing": {"720P": 0.6}}
+        ```
+    """
+    if not any(isinstance(v, Mapping) for v in prices.values()):
+        return {ANY_REGION: {str(k).strip().upper(): v for k, v in prices.items()}}
+    return {
+        str(region).strip().lower(): (
+            {str(k).strip().upper(): v for k, v in by_res.items()}
+            if isinstance(by_res, Mapping)
+            else by_res
+        )
+        for region, by_res in prices.items()
+    }

@@ -1,22 +1,20 @@
-"""What a batch will cost, and a budget that stops submitting before it overspends.
+"""What a batch will cost, by region (:mod:`~kf2v_tasks.generation.budget` keeps max_cost).
 
 Every model is billed per generated second of video (kf2v: always 5 s; wan2.7-i2v: the
-asked duration), on success only: failed tasks are free (reference §9). The prices come
-from the models table (:mod:`kf2v_tasks.dashscope.catalog`, which a models file can patch);
-they are partly documented and partly assumed — see :data:`DEFAULT_NOTES` — so a run
-that matters should pass its own table.
+asked duration), on success only: failed tasks are free. Prices depend on the region
+(reference §16): they come from the models table (:mod:`kf2v_tasks.dashscope.catalog`,
+which a models file can patch), for the region of the credentials in use. A model the
+price list does not list in that region has no price there: its rows are counted as
+"price unknown", and ``max_cost`` does not run them (it cannot be kept without a price).
 
 Example:
     ```python
     from kf2v_tasks.dashscope.models import GenerationOptions
-    from kf2v_tasks.generation.pricing import Budget, PriceTable, estimate
+    from kf2v_tasks.generation.pricing import PriceTable, estimate
 
-    table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}})  # patch one price
+    table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}}, region="beijing")
     est = estimate([GenerationOptions(), GenerationOptions(resolution="480P")], table)
     assert est.total == 1.75  # 5 s x 0.25 + 5 s x 0.10
-
-    budget = Budget(max_cost=2.0)
-    assert budget.try_reserve(1.25) and not budget.try_reserve(1.25)
     ```
 """
 
@@ -24,55 +22,31 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from kf2v_tasks.dashscope.catalog import (
-    ASSUMED_CNY_PER_USD,
-    BUILTIN_MODELS,
-    ModelCatalog,
-    active_catalog,
-)
+from kf2v_tasks.dashscope.catalog import MODELS_FILE_ENV, active_catalog
 from kf2v_tasks.dashscope.models import (
     VIDEO_DURATION_SECONDS,
     GenerationOptions,
     Kf2vModel,
     Resolution,
 )
-from kf2v_tasks.errors import BudgetExceededError
+from kf2v_tasks.settings_env import may_be_set
 
 __all__ = [
-    "ASSUMED_CNY_PER_USD",
-    "DEFAULT_NOTES",
-    "DEFAULT_PRICES",
-    "Budget",
     "CostEstimate",
     "PriceTable",
+    "configured_region",
     "estimate",
     "estimate_row",
+    "region_warning",
+    "unknown_price",
     "video_cost",
 ]
-
-# Reference §9 and the models table. flash: third-party "official price" quote
-# (UNCERTAIN); wan2.1 plus: documented $0.10/s (Singapore), converted at 7 CNY/USD;
-# wanx2.1 plus: no published price, assumed equal to wan2.1 plus; wan2.7-i2v: assumed.
-#: The built-in prices (CNY per generated second), by model and resolution.
-DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    spec.name: dict(spec.prices) for spec in BUILTIN_MODELS
-}
-
-#: Where each default price comes from.
-DEFAULT_NOTES: dict[str, str] = {spec.name: spec.price_note for spec in BUILTIN_MODELS}
-
-
-def _catalog_table(catalog: ModelCatalog) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    prices = {s.name: dict(s.prices) for s in catalog.models if s.prices}
-    notes = {s.name: s.price_note or f"prices: {s.source('prices').value}" for s in catalog.models}
-    return prices, {m: n for m, n in notes.items() if m in prices}
-
 
 _ModelLike = Union[Kf2vModel, str]
 _ResolutionLike = Union[Resolution, str]
@@ -85,29 +59,77 @@ class _HasOptions(Protocol):
     def options(self) -> GenerationOptions: ...
 
 
+def configured_region() -> str:
+    """The region of a key from the environment (``KF2V_REGION``; default singapore)."""
+    for name in ("PREFECT_INTEGRATIONS_KF2V_REGION", "KF2V_REGION"):  # read first, no Prefect
+        value = os.environ.get(name, "").strip().lower()
+        if value in ("beijing", "singapore"):
+            return value
+    if not may_be_set("region", "kf2v_region"):  # no Prefect import for the default
+        return "singapore"
+    from kf2v_tasks.settings import get_settings
+
+    try:
+        return get_settings().region
+    except Exception:  # an unreadable config: DashScopeCredentials' own default region
+        return "singapore"
+
+
+def unknown_price(model: str, resolution: str, region: Optional[str]) -> str:
+    """Why a row has no price, and how to give it one (for messages)."""
+    where = f" in {region} (Model Studio's price list has none)" if region else " in this table"
+    key = region.split("+")[0] if region else "singapore"
+    return (
+        f"no price for model {model} at resolution {resolution}{where}; "
+        f'give one in a models file ({MODELS_FILE_ENV}: name = "{model}", '
+        f'prices = {{ {key} = {{ "{resolution}" = 0.2 }} }}) or the price_table parameter'
+    )
+
+
+def region_warning(models: Iterable[str], region: Optional[str]) -> Optional[str]:
+    """One line naming the models the docs list only for another region; None if none.
+
+    Not a refusal: the service may still take them (the docs disagree for kf2v-flash).
+    """
+    if not region:
+        return None
+    regions = region.split("+")
+    found = []
+    for model in dict.fromkeys(models):
+        spec = active_catalog().find(model)
+        if spec is not None and spec.regions and not set(regions) <= set(spec.regions):
+            found.append(f"{model} is listed for {'/'.join(spec.regions)} only")
+    if not found:
+        return None
+    return (
+        f"{'; '.join(found)}, and this run is in {region}: the service may refuse "
+        f"{'it' if len(found) == 1 else 'them'} (Model Studio's pricing and rate-limit pages)"
+    )
+
+
 class PriceTable(BaseModel):
-    """Price per generated second, by model and resolution.
+    """Price per generated second, by model and resolution, in one region.
 
     Example:
         ```python
         from kf2v_tasks.generation.pricing import PriceTable
-        table = PriceTable.default()
-        assert table.price("wan2.2-kf2v-flash", "1080P") == 0.48
+        assert PriceTable.default("beijing").price("wan2.2-kf2v-flash", "1080P") == 0.48
+        assert PriceTable.default("singapore").find("wan2.2-kf2v-flash", "1080P") is None
         usd = PriceTable(currency="USD", per_second={"wan2.1-kf2v-plus": {"720P": 0.10}})
         ```
     """
-
-    # One line for the Prefect UI form (the docstring carries an example).
-    model_config = ConfigDict(
-        json_schema_extra={"description": "Price per generated second, by model and resolution."}
-    )
 
     currency: str = Field(default="CNY", description="Currency of every price in the table.")
     per_second: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="model -> resolution -> price per generated second."
     )
+    region: Optional[str] = Field(
+        default=None,
+        description="Where the prices hold (beijing+singapore: the dearest of both); "
+        "empty: a table of your own.",
+    )
     notes: dict[str, str] = Field(
-        default_factory=dict, description="Where prices come from (documented or assumed)."
+        default_factory=dict, description="Where prices come from (documented or yours)."
     )
 
     @field_validator("per_second")
@@ -122,33 +144,47 @@ class PriceTable(BaseModel):
         return out
 
     @classmethod
-    def default(cls) -> PriceTable:
-        """The CNY table of the active models table (see :data:`DEFAULT_NOTES`).
+    def default(cls, region: Union[str, Sequence[str], None] = None) -> PriceTable:
+        """The CNY table of the active models table in ``region`` (default: :func:`configured_region`).
 
         Prices a models file sets (``PREFECT_INTEGRATIONS_KF2V_MODELS_FILE``) are included.
+        Several regions (an account pool across regions): each price is the dearest of
+        them, and one unknown in any of them is unknown.
         """
-        prices, notes = _catalog_table(active_catalog())
-        return cls(currency="CNY", per_second=prices, notes=notes)
+        regions = [region] if isinstance(region, str) else list(region or [configured_region()])
+        per_second: dict[str, dict[str, float]] = {}
+        notes: dict[str, str] = {}
+        for spec in active_catalog().models:
+            tiers = dict.fromkeys(r for by_res in spec.prices.values() for r in by_res)
+            for res in tiers:
+                found = [spec.price(r, res) for r in regions]
+                if None not in found:
+                    per_second.setdefault(spec.name, {})[res] = max(found)  # type: ignore[type-var]
+            if spec.name in per_second:
+                notes[spec.name] = spec.price_note or f"prices: {spec.source('prices').value}"
+        return cls(per_second=per_second, region="+".join(regions), notes=notes)
 
     @classmethod
     def from_value(
-        cls, value: Union[PriceTable, Mapping[str, Any], str, None] = None
+        cls,
+        value: Union[PriceTable, Mapping[str, Any], str, None] = None,
+        region: Union[str, Sequence[str], None] = None,
     ) -> PriceTable:
         """Build a table from a flow parameter: a table, a dict, JSON text, or None.
 
-        A *full* table (a mapping with ``per_second``) replaces the defaults; a *bare*
-        ``{model: {resolution: price}}`` mapping patches the default (CNY) table.
+        A *full* table (a mapping with ``per_second``) is used as given; a *bare*
+        ``{model: {resolution: price}}`` mapping patches the default table of ``region``.
 
         Example:
             ```python
             from kf2v_tasks.generation.pricing import PriceTable
-            t = PriceTable.from_value('{"wan2.2-kf2v-flash": {"1080P": 0.5}}')
+            t = PriceTable.from_value('{"wan2.2-kf2v-flash": {"1080P": 0.5}}', "beijing")
             assert t.price("wan2.2-kf2v-flash", "1080P") == 0.5
             assert t.price("wan2.2-kf2v-flash", "480P") == 0.10  # kept from the defaults
             ```
         """
         if value is None:
-            return cls.default()
+            return cls.default(region)
         if isinstance(value, PriceTable):
             return value
         if isinstance(value, str):
@@ -161,32 +197,38 @@ class PriceTable(BaseModel):
         if "per_second" in value:
             return cls.model_validate(dict(value))
         patch = cls(per_second=dict(value))  # validates and normalises
-        table = cls.default()
+        table = cls.default(region)
         for model, by_res in patch.per_second.items():
             table.per_second.setdefault(model, {}).update(by_res)
             table.notes[model] = "overridden by the caller"
         return table
 
-    def price(self, model: _ModelLike, resolution: _ResolutionLike) -> float:
-        """Price per generated second of ``model`` at ``resolution``.
+    def find(self, model: _ModelLike, resolution: _ResolutionLike) -> Optional[float]:
+        """Price per generated second of ``model`` at ``resolution``; ``None``: unknown.
 
         A dated variant (``wan2.7-i2v-2026-04-25``) without a price of its own is priced
         as its models-table entry.
-
-        Raises:
-            ValueError: the table has no price for that combination.
         """
         m = model.value if isinstance(model, Kf2vModel) else str(model)
         r = resolution.value if isinstance(resolution, Resolution) else str(resolution).upper()
         if m not in self.per_second:
             spec = active_catalog().find(m)
             m = spec.name if spec is not None and spec.name in self.per_second else m
-        try:
-            return self.per_second[m][r]
-        except KeyError:
-            raise ValueError(
-                f"no price for model {m} at resolution {r}; pass a price table"
-            ) from None
+        return self.per_second.get(m, {}).get(r)
+
+    def price(self, model: _ModelLike, resolution: _ResolutionLike) -> float:
+        """Like :meth:`find`, but an unknown price raises.
+
+        Raises:
+            ValueError: the table has no price for that combination (the message says
+                how to give one).
+        """
+        found = self.find(model, resolution)
+        if found is None:
+            m = model.value if isinstance(model, Kf2vModel) else str(model)
+            r = resolution.value if isinstance(resolution, Resolution) else str(resolution)
+            raise ValueError(unknown_price(m, r.upper(), self.region))
+        return found
 
 
 def video_cost(
@@ -203,8 +245,8 @@ def video_cost(
 
     Example:
         ```python
-        from kf2v_tasks.generation.pricing import video_cost
-        assert video_cost("wan2.2-kf2v-flash", "480P", 5) == 0.5
+        from kf2v_tasks.generation.pricing import PriceTable, video_cost
+        assert video_cost("wan2.2-kf2v-flash", "480P", 5, PriceTable.default("beijing")) == 0.5
         ```
     """
     if seconds < 0:
@@ -213,70 +255,116 @@ def video_cost(
     return round(seconds * table.price(model, resolution), 6)
 
 
-def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> float:
-    """Cost of one successful generation: its duration x price per second.
+def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> Optional[float]:
+    """Cost of one successful generation: its duration x price per second; ``None``: unknown.
 
     Example:
         ```python
         from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.pricing import estimate_row
-        assert estimate_row(GenerationOptions(resolution="1080P")) == 2.4
+        from kf2v_tasks.generation.pricing import PriceTable, estimate_row
+        beijing = PriceTable.default("beijing")
+        assert estimate_row(GenerationOptions(resolution="1080P"), beijing) == 2.4
         ```
     """
+    table = table or PriceTable.default()
+    price = table.find(options.model, options.resolution)
     seconds = options.duration or VIDEO_DURATION_SECONDS
-    return video_cost(options.model, options.resolution, seconds, table)
+    return None if price is None else round(seconds * price, 6)
 
 
 class CostEstimate(BaseModel):
-    """Expected cost of a batch if every row succeeds (failures are not billed).
+    """Expected cost of what a run will make, if every row succeeds (failures are not billed).
+
+    Rows whose price is unknown in the region are counted apart (``unpriced_rows``), as
+    are videos an earlier run already kept (``kept_rows``, at what they cost then).
 
     Example:
         ```python
         from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.pricing import estimate
-        est = estimate([GenerationOptions(resolution="480P")] * 2)
+        from kf2v_tasks.generation.pricing import PriceTable, estimate
+        est = estimate([GenerationOptions(resolution="480P")] * 2, PriceTable.default("beijing"))
         assert est.describe() == "2 rows, 10 s of video, about 1.00 CNY"
         ```
     """
 
     rows: int = Field(description="Rows counted.")
     seconds: int = Field(description="Video seconds that would be billed.")
-    total: float = Field(description="Total cost, in currency.")
+    total: float = Field(description="Total cost of the priced rows, in currency.")
     currency: str
+    region: Optional[str] = Field(default=None, description="Region of the prices.")
     by_model: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="model -> {rows, seconds, cost, resolutions: {res: rows}}.",
     )
+    unpriced_rows: int = Field(default=0, description="Rows with no price in the region.")
+    unpriced_seconds: int = Field(default=0, description="Their video seconds.")
+    unpriced_models: list[str] = Field(default_factory=list)
+    kept_rows: int = Field(default=0, description="Videos already kept: not made again.")
+    kept_cost: float = Field(default=0.0, description="What the kept videos cost when made.")
+    warning: Optional[str] = Field(
+        default=None, description="Models the docs list only for another region."
+    )
 
     def describe(self) -> str:
-        """One line for logs: ``"3 rows, 15 s of video, about 1.70 CNY"``."""
+        """One line for logs: ``"3 rows, 15 s of video, about 1.70 CNY"`` (and the notes)."""
         return (
-            f"{self.rows} rows, {self.seconds} s of video, about {self.total:.2f} {self.currency}"
+            f"{_rows(self.rows)}, {self.seconds} s of video, about {self.total:.2f} "
+            f"{self.currency}{self.notes()}"
         )
+
+    def notes(self) -> str:
+        """What follows the total: the region, unpriced rows, kept videos (not counted)."""
+        text = f" at {self.region} prices" if self.region else ""
+        if self.unpriced_rows:
+            text += (
+                f"; price unknown for {_rows(self.unpriced_rows)} ({self.unpriced_seconds} s): "
+                f"{', '.join(self.unpriced_models)} in {self.region or 'this table'}, not counted"
+            )
+        if self.kept_rows:
+            text += (
+                f"; {_rows(self.kept_rows)} already kept (made for {self.kept_cost:.2f} "
+                f"{self.currency}), not made again"
+            )
+        return text
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
 
 
 def estimate(
     rows: Sequence[Union[_HasOptions, GenerationOptions]],
     table: Optional[PriceTable] = None,
+    *,
+    region: Optional[str] = None,
+    kept: Sequence[Optional[float]] = (),
 ) -> CostEstimate:
     """Estimate a batch: ``rows`` are ManifestRows (anything with ``.options``) or options.
+
+    ``table`` defaults to :meth:`PriceTable.default` of ``region``; ``kept`` are the costs
+    (when made) of videos already kept, shown apart and not counted.
 
     Example:
         ```python
         from kf2v_tasks.dashscope.models import GenerationOptions
         from kf2v_tasks.generation.pricing import estimate
-        est = estimate([GenerationOptions()] * 3)
+        est = estimate([GenerationOptions()] * 3, region="beijing")
         assert (est.rows, est.total, est.currency) == (3, 3.0, "CNY")
         ```
     """
-    table = table or PriceTable.default()
+    table = table or PriceTable.default(region)
     total = 0.0
-    seconds = 0
+    seconds = unpriced_seconds = 0
     by_model: dict[str, dict[str, Any]] = {}
+    unpriced: dict[str, int] = {}
     for row in rows:
         options: GenerationOptions = row if isinstance(row, GenerationOptions) else row.options
         cost = estimate_row(options, table)
         secs = options.duration or VIDEO_DURATION_SECONDS
+        if cost is None:
+            unpriced[options.model] = unpriced.get(options.model, 0) + 1
+            unpriced_seconds += secs
+            continue
         total += cost
         seconds += secs
         entry = by_model.setdefault(
@@ -287,107 +375,18 @@ def estimate(
         entry["cost"] = round(entry["cost"] + cost, 6)
         res = entry["resolutions"]
         res[options.resolution.value] = res.get(options.resolution.value, 0) + 1
+    models = [(r if isinstance(r, GenerationOptions) else r.options).model for r in rows]
     return CostEstimate(
-        rows=len(rows),
+        rows=len(rows) - sum(unpriced.values()),
         seconds=seconds,
         total=round(total, 6),
         currency=table.currency,
+        region=table.region,
         by_model=by_model,
+        unpriced_rows=sum(unpriced.values()),
+        unpriced_seconds=unpriced_seconds,
+        unpriced_models=list(unpriced),
+        kept_rows=len(kept),
+        kept_cost=round(sum(c for c in kept if c is not None), 6),
+        warning=region_warning(models, table.region),
     )
-
-
-class Budget:
-    """A spending cap shared by the tasks of one run.
-
-    Reserve a row's cost before submitting it; :meth:`commit` it when the task succeeds
-    (billed) or :meth:`release` it when the task fails (failed tasks are free). A row
-    that would take ``spent + reserved`` over ``max_cost`` is refused. ``max_cost=None``
-    never refuses but still tracks spending. The lock makes it safe from threads and,
-    as the critical sections never await, from tasks of one event loop.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.pricing import Budget
-        b = Budget(max_cost=2.0)
-        assert b.try_reserve(1.0) and b.try_reserve(1.0) and not b.try_reserve(1.0)
-        b.release(1.0)              # that task failed: not billed
-        b.commit(1.0)               # that one succeeded
-        assert (b.spent, b.reserved) == (1.0, 0.0) and b.try_reserve(1.0)
-        ```
-    """
-
-    #: Relative slack so that 10 x 0.2 fits a 2.0 budget despite float rounding.
-    _EPSILON = 1e-9
-
-    def __init__(self, max_cost: Optional[float] = None) -> None:
-        if max_cost is not None and (not math.isfinite(max_cost) or max_cost < 0):
-            raise ValueError(f"max_cost must be a number >= 0 or None, got {max_cost}")
-        self.max_cost = None if max_cost is None else float(max_cost)
-        self._spent = 0.0
-        self._reserved = 0.0
-        self._refused = 0
-        self._lock = threading.Lock()
-
-    @property
-    def spent(self) -> float:
-        """Cost of committed (succeeded, billed) rows."""
-        return round(self._spent, 9)
-
-    @property
-    def reserved(self) -> float:
-        """Cost of rows submitted and not yet finished."""
-        return round(self._reserved, 9)
-
-    @property
-    def refused(self) -> int:
-        """How many reservations were refused."""
-        return self._refused
-
-    @property
-    def remaining(self) -> Optional[float]:
-        """What can still be reserved (None: unlimited)."""
-        if self.max_cost is None:
-            return None
-        with self._lock:
-            return max(0.0, round(self.max_cost - self._spent - self._reserved, 9))
-
-    def try_reserve(self, amount: float) -> bool:
-        """Reserve ``amount`` if it fits under ``max_cost``; False (and nothing held) if not."""
-        _check_amount(amount)
-        with self._lock:
-            if self.max_cost is not None:
-                after = self._spent + self._reserved + amount
-                if after > self.max_cost + self._EPSILON * max(1.0, self.max_cost):
-                    self._refused += 1
-                    return False
-            self._reserved += amount
-            return True
-
-    def reserve(self, amount: float) -> None:
-        """Like :meth:`try_reserve`, but raise :class:`BudgetExceededError` when it does not fit."""
-        if not self.try_reserve(amount):
-            raise BudgetExceededError(
-                f"a row costing {amount:g} would exceed max_cost {self.max_cost:g} "
-                f"(spent {self.spent:g}, reserved {self.reserved:g})"
-            )
-
-    def commit(self, amount: float) -> None:
-        """A reserved row succeeded and is billed: move ``amount`` from reserved to spent."""
-        _check_amount(amount)
-        with self._lock:
-            self._reserved = max(0.0, self._reserved - amount)
-            self._spent += amount
-
-    def release(self, amount: float) -> None:
-        """A reserved row failed or was never submitted: it is not billed, free its reservation."""
-        _check_amount(amount)
-        with self._lock:
-            self._reserved = max(0.0, self._reserved - amount)
-
-    def __repr__(self) -> str:
-        return f"Budget(max_cost={self.max_cost}, spent={self.spent}, reserved={self.reserved})"
-
-
-def _check_amount(amount: float) -> None:
-    if not math.isfinite(amount) or amount < 0:
-        raise ValueError(f"amount must be a finite number >= 0, got {amount}")

@@ -67,9 +67,10 @@ class VideoFacts(BaseModel):
 
     Example:
         ```python
+        from kf2v_tasks.generation.pricing import PriceTable
         from kf2v_tasks.generation.sidecar import VideoFacts
         facts = VideoFacts(model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5)
-        assert facts.priced(None).cost == 0.5
+        assert facts.priced(PriceTable.default("beijing")).cost == 0.5
         ```
     """
 
@@ -91,7 +92,8 @@ class VideoFacts(BaseModel):
     currency: Optional[str] = None
 
     def priced(self, price_table: Optional[PriceTable]) -> VideoFacts:
-        """These facts with cost and currency from ``price_table`` (default table) if known.
+        """These facts with cost and currency from ``price_table`` if known (default: the
+        models table's prices in the configured region, ``KF2V_REGION``).
 
         A cost already known is kept; a table without a price for the model and
         resolution leaves the cost empty (logged): the video is kept whatever the table says.
