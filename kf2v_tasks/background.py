@@ -20,35 +20,12 @@ __all__ = ["is_signal", "spawn"]
 
 
 def is_signal(error: Optional[BaseException]) -> bool:
-    """A signal-like exception: a ``BaseException`` that is neither an error nor a cancel.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.background import is_signal
-        assert is_signal(KeyboardInterrupt()) and not is_signal(ValueError())
-        assert not is_signal(asyncio.CancelledError())
-        ```
-    """
+    """A signal-like exception: a ``BaseException`` that is neither an error nor a cancel."""
     return error is not None and not isinstance(error, (Exception, asyncio.CancelledError))
 
 
 def spawn(coro: Coroutine[Any, Any, T], *, name: Optional[str] = None) -> asyncio.Task[T]:
-    """Start ``coro`` as a task on the running loop; a signal that ends it reaches the loop.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.background import spawn
-
-        async def main():
-            async def tick():
-                return 1
-            assert await spawn(tick(), name="tick") == 1
-
-        asyncio.run(main())
-        ```
-    """
+    """Start ``coro`` as a task on the running loop; a signal that ends it reaches the loop."""
     task = asyncio.get_running_loop().create_task(coro, name=name)
     task.add_done_callback(_escalate)
     return task

@@ -186,13 +186,6 @@ class ManifestFileError(PermanentError, ValueError):
         path: the manifest as the caller named it (query string removed).
         reason: what is wrong, in words a user can act on.
         line: the line of the file the problem is on, when it has one.
-
-    Example:
-        ```python
-        from kf2v_tasks.errors import ManifestFileError
-        err = ManifestFileError("m.csv", "no such file")
-        assert str(err) == "manifest m.csv: no such file"
-        ```
     """
 
     def __init__(self, path: str, reason: str, *, line: Optional[int] = None) -> None:

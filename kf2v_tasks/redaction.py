@@ -10,15 +10,6 @@ helpers first:
   ``Bearer <token>`` values it was *not* told about;
 * :func:`redact_url` trims one URL to scheme, host and path;
 * :func:`scrub` applies :func:`redact_text` to every string inside dicts, lists and tuples.
-
-Example:
-    ```python
-    from kf2v_tasks.redaction import redact_text, redact_url, scrub
-
-    assert redact_url("https://oss.test/v.mp4?Signature=abc#t=1") == "https://oss.test/v.mp4"
-    assert redact_text("key sk-abcdef123456 used") == "key sk-[secure] used"
-    assert scrub({"url": ["https://x.test/a?sig=1"]}) == {"url": ["https://x.test/a"]}
-    ```
 """
 
 from __future__ import annotations
@@ -55,17 +46,6 @@ def redact_text(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
         fragment) of every ``http(s)://`` / ``oss://`` URL dropped, ``user:pass@`` removed
         from URLs, ``sk-...`` keys shown as ``sk-[secure]`` and ``Bearer <token>`` as
         ``Bearer [secure]``.
-
-    Example:
-        ```python
-        from kf2v_tasks.redaction import redact_text
-
-        text = "GET https://oss.test/v.mp4?Expires=1&Signature=x failed for hunter2"
-        assert redact_text(text, ["hunter2"]) == "GET https://oss.test/v.mp4 failed for [secure]"
-        assert redact_text("Authorization: Bearer abcdefgh1234") == (
-            "Authorization: Bearer [secure]"
-        )
-        ```
     """
     # Longest first: a secret that contains another is blanked whole.
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
@@ -86,17 +66,6 @@ def redact_url(url: Optional[str]) -> Optional[str]:
     Signed OSS URLs authenticate by their query (``Signature``, ``OSSAccessKeyId``,
     ``Expires``), so only scheme, host and path may be stored or shown. ``None`` and
     ``""`` come back unchanged.
-
-    Example:
-        ```python
-        from kf2v_tasks.redaction import redact_url
-
-        assert redact_url("https://b.oss.test/v.mp4?Expires=1&Signature=x") == (
-            "https://b.oss.test/v.mp4"
-        )
-        assert redact_url("s3://key:secret@bucket/a.mp4#frag") == "s3://bucket/a.mp4"
-        assert redact_url(None) is None
-        ```
     """
     if not url:
         return url
@@ -113,14 +82,6 @@ def scrub(value: Any, secrets: Iterable[Optional[str]] = ()) -> Any:
     Args:
         value: a JSON-like document (a ledger record, a sidecar, an error detail).
         secrets: exact values to blank out, as for :func:`redact_text`.
-
-    Example:
-        ```python
-        from kf2v_tasks.redaction import scrub
-
-        doc = {"error": "401 for sk-live-0123456789", "urls": ("https://x.test/a?sig=1",)}
-        assert scrub(doc) == {"error": "401 for sk-[secure]", "urls": ("https://x.test/a",)}
-        ```
     """
     known = tuple(s for s in secrets if s)
     return _scrub(value, known)
@@ -146,12 +107,6 @@ def md_escape(text: object) -> str:
     Signed-URL query strings and key-shaped strings are removed first
     (:func:`redact_text`): artifacts are visible to everyone who
     can see the flow run.
-
-    Example:
-        ```python
-        from kf2v_tasks.redaction import md_escape
-        assert md_escape("<b>x</b> | *y*") == "&lt;b&gt;x&lt;/b&gt; \\\\| \\\\*y\\\\*"
-        ```
     """
     value = re.sub(r"\s+", " ", redact_text(str(text))).strip()
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -45,15 +45,6 @@ class RetryPolicy:
         max_delay: ceiling of the exponential part, in service seconds.
         jitter: fraction (0..1) of each wait that is drawn at random.
         rand: source of uniform floats in ``[0, 1)``; inject one for deterministic tests.
-
-    Example:
-        ```python
-        from kf2v_tasks.retry import RetryPolicy
-        policy = RetryPolicy(max_attempts=5, base_delay=0.5, jitter=0.0)
-        assert [policy.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
-        assert policy.delay(1, retry_after=7.0) == 7.0
-        assert policy.worst_case_wait() == 0.5 + 1.0 + 2.0 + 4.0
-        ```
     """
 
     max_attempts: int = 8
@@ -71,14 +62,7 @@ class RetryPolicy:
             raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
 
     def backoff(self, attempt: int) -> float:
-        """The un-jittered wait after failed attempt number ``attempt`` (1-based).
-
-        Example:
-            ```python
-            from kf2v_tasks.retry import RetryPolicy
-            assert RetryPolicy(base_delay=1.0, max_delay=5.0).backoff(4) == 5.0
-            ```
-        """
+        """The un-jittered wait after failed attempt number ``attempt`` (1-based)."""
         exponent = min(max(attempt, 1) - 1, 62)  # 2**62 already dwarfs any max_delay
         return min(self.max_delay, self.base_delay * 2.0**exponent)
 
@@ -89,13 +73,6 @@ class RetryPolicy:
             attempt: how many attempts have failed so far.
             retry_after: the server's ``Retry-After`` in seconds, if it sent one; the
                 result is never shorter than it.
-
-        Example:
-            ```python
-            from kf2v_tasks.retry import RetryPolicy
-            policy = RetryPolicy(base_delay=2.0, jitter=0.5)
-            assert 2.0 <= policy.delay(2) <= 4.0   # backoff 4, its top half random
-            ```
         """
         base = self.backoff(attempt)
         wait = base * (1.0 - self.jitter * self.rand())
@@ -108,12 +85,6 @@ class RetryPolicy:
 
         The sum of the un-jittered backoffs between the ``max_attempts`` attempts (jitter
         only shortens a wait); a server's ``Retry-After`` can only lengthen it.
-
-        Example:
-            ```python
-            from kf2v_tasks.retry import RetryPolicy
-            assert RetryPolicy().worst_case_wait() == 123.0   # 1+2+4+8+16+32+60
-            ```
         """
         return sum(self.backoff(n) for n in range(1, self.max_attempts))
 
@@ -139,16 +110,6 @@ async def retry_call(
         policy: the backoff schedule.
         is_retryable: which errors to retry (default: :class:`~kf2v_tasks.errors.TransientError`).
         on_retry: called as ``on_retry(attempt, error, delay)`` before each wait.
-
-    Example:
-        ```python
-        from kf2v_tasks.retry import RetryPolicy, retry_call
-
-        async def fetch():
-            return await client.get_task(task_id)
-
-        state = await retry_call(fetch, RetryPolicy(max_attempts=3))
-        ```
     """
     attempt = 0
     while True:
@@ -176,14 +137,6 @@ def parse_retry_after(headers: Mapping[str, str]) -> Optional[float]:
     ``Retry-After`` may be seconds or an HTTP date. Unparsable or absent values give
     ``None``; past dates and negative values give ``0``. ``headers`` is any mapping with
     lower-case keys or a case-insensitive one (``httpx.Headers``).
-
-    Example:
-        ```python
-        from kf2v_tasks.retry import parse_retry_after
-        assert parse_retry_after({"retry-after": "7"}) == 7.0
-        assert parse_retry_after({"retry-after-ms": "2500", "retry-after": "9"}) == 2.5
-        assert parse_retry_after({}) is None
-        ```
     """
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:

@@ -10,14 +10,6 @@ package writes these variables: a process override (the CLI's ``--time-scale``) 
 through :func:`kf2v_tasks.clock.set_time_scale`.
 
 This is the one base module that imports Prefect (for ``PrefectBaseSettings``).
-
-Example:
-    ```python
-    from kf2v_tasks.settings import get_settings
-
-    settings = get_settings()
-    print(settings.region, settings.time_scale)   # "singapore" 1.0 unless configured
-    ```
 """
 
 from __future__ import annotations
@@ -46,14 +38,6 @@ class Kf2vSettings(PrefectBaseSettings):
 
     The API key is a ``SecretStr``: it never appears in ``repr``, ``str`` or a dump of
     the settings; unwrap it with ``.get_secret_value()`` only where a client is built.
-
-    Example:
-        ```python
-        from kf2v_tasks.settings import Kf2vSettings
-
-        settings = Kf2vSettings(time_scale=60)   # keywords win over the environment
-        assert settings.time_scale == 60.0
-        ```
     """
 
     model_config = build_settings_config(("integrations", "kf2v"))
@@ -151,15 +135,6 @@ def get_settings() -> Kf2vSettings:
 
     Reading costs well under a millisecond after the first import; hot paths (the
     clock's time scale) cache what they need instead of calling this per use.
-
-    Example:
-        ```python
-        from kf2v_tasks.settings import get_settings
-
-        # e.g. after `export PREFECT_INTEGRATIONS_KF2V_REGION=beijing` (or KF2V_REGION)
-        settings = get_settings()
-        print(settings.region, settings.max_in_flight)
-        ```
     """
     return Kf2vSettings()
 

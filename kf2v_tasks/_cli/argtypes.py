@@ -21,14 +21,7 @@ if TYPE_CHECKING:
 
 
 def integer(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[str], int]:
-    """An integer option within ``low..high`` (either bound may be open).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import integer
-        assert integer(1)("3") == 3
-        ```
-    """
+    """An integer option within ``low..high`` (either bound may be open)."""
     if low is not None and high is not None:
         rule = f"an integer in {low}..{high}"
     elif low is not None:
@@ -52,14 +45,7 @@ def integer(low: Optional[int] = None, high: Optional[int] = None) -> Callable[[
 
 
 def number(*, above: Optional[float] = None, at_least: Optional[float] = None):
-    """A finite number ``> above`` or ``>= at_least``.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import number
-        assert number(above=0)("2.5") == 2.5
-        ```
-    """
+    """A finite number ``> above`` or ``>= at_least``."""
     rule = f"> {above:g}" if above is not None else f">= {at_least:g}"
 
     def parse(text: str) -> float:
@@ -85,14 +71,7 @@ port = integer(1, 65535)
 
 
 def json_object(text: str) -> dict[str, Any]:
-    """``--storage-options``: a JSON object (the value is never echoed: it may hold a secret).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import json_object
-        assert json_object('{"anon": true}') == {"anon": True}
-        ```
-    """
+    """``--storage-options``: a JSON object (the value is never echoed: it may hold a secret)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -107,14 +86,7 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def block_slug(text: str) -> str:
-    """``--storage-block``: ``<block-type-slug>/<block-name>``.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import block_slug
-        assert block_slug("aws-credentials/prod") == "aws-credentials/prod"
-        ```
-    """
+    """``--storage-block``: ``<block-type-slug>/<block-name>``."""
     slug, _, name = text.strip().partition("/")
     if not slug or not name:
         raise argparse.ArgumentTypeError(
@@ -128,14 +100,7 @@ duration = integer(1, 3600)
 
 
 def builtin_model_names() -> str:
-    """The built-in models, for ``--help`` (reading them imports no Prefect).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import builtin_model_names
-        assert "wan2.7-i2v" in builtin_model_names()
-        ```
-    """
+    """The built-in models, for ``--help`` (reading them imports no Prefect)."""
     return ", ".join(spec.name for spec in BUILTIN_MODELS)
 
 
@@ -144,12 +109,6 @@ def model_name(text: str) -> str:
 
     A built-in name (or a dated variant of one) is accepted without reading the models
     file; any other is looked up in the active table.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import model_name
-        assert model_name(" WAN2.7-I2V-2026-04-25 ") == "wan2.7-i2v-2026-04-25"
-        ```
     """
     name = text.strip().lower()
     if name and any(spec.matches(name) for spec in BUILTIN_MODELS):
@@ -180,15 +139,6 @@ def model_option_problem(
     as the batch uses them; the models table says what each model takes. A local
     ``--audio`` must be a file of a format the model takes (its content is checked
     before anything is paid, as the flow does).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import model_option_problem
-        assert model_option_problem("wan2.1-kf2v-plus", "1080P") == (
-            "--resolution", "1080P is not available for wan2.1-kf2v-plus (allowed: 720P)")
-        assert model_option_problem(None, None, seconds=8)[0] == "--duration"
-        assert model_option_problem("wan2.7-i2v", None, seconds=8) is None
-        ```
     """
     from kf2v_tasks.dashscope.catalog import get_model  # may read the models file
 
@@ -253,14 +203,7 @@ def _audio_problem(spec: ModelSpec, name: str, audio: Optional[str]) -> Optional
 
 
 def lane(text: str) -> tuple[str, str]:
-    """``MODEL=RUNNING[:CREATES]`` (``--lane``): a bad one exits 2 naming it.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.argtypes import lane
-        assert lane("wan2.7-i2v=8:5") == ("wan2.7-i2v", "8:5")
-        ```
-    """
+    """``MODEL=RUNNING[:CREATES]`` (``--lane``): a bad one exits 2 naming it."""
     from kf2v_tasks.settings_env import parse_lane_spec
 
     model, sep, spec = text.partition("=")

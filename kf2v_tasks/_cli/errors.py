@@ -33,41 +33,18 @@ exit codes:
 
 
 def summary_exit_code(summary: Any) -> int:
-    """1 if rows failed or were invalid, else 3 if max_cost left rows out, else 0.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.errors import summary_exit_code
-        from kf2v_tasks.batch.results import BatchSummary
-        s = BatchSummary(manifest="m", output="o", counts={"over_budget": 1, "succeeded": 1})
-        assert summary_exit_code(s) == 3
-        ```
-    """
+    """1 if rows failed or were invalid, else 3 if max_cost left rows out, else 0."""
     if summary.failed:
         return EXIT_FAILED
     return EXIT_OVER_BUDGET if summary.over_budget else EXIT_OK
 
 
 class UsageError(Exception):
-    """What the user asked for cannot be done as asked; the message says why (exit code 2).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.errors import UsageError
-        raise UsageError("out/results.csv already exists; choose another --output")
-        ```
-    """
+    """What the user asked for cannot be done as asked; the message says why (exit code 2)."""
 
 
 def exit_code(exc: BaseException) -> int:
-    """2 for problems with the input (fix it and run again), 1 for anything else.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.errors import UsageError, exit_code
-        assert exit_code(UsageError("bad")) == 2
-        ```
-    """
+    """2 for problems with the input (fix it and run again), 1 for anything else."""
     from pydantic import ValidationError
 
     bad_input = (UsageError, ManifestFileError, FrameValidationError, ValidationError)
@@ -78,12 +55,6 @@ def describe(exc: BaseException) -> str:
     """One line for ``exc``: its message, or for pydantic errors ``field: reason`` per error.
 
     Input values are never shown (a pydantic error would echo a key it failed to validate).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.errors import describe
-        assert describe(ValueError("line one\\n  line two")) == "line one line two"
-        ```
     """
     from pydantic import ValidationError
 

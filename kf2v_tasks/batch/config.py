@@ -27,13 +27,6 @@ class ConcurrencySettings(BaseModel):
 
     Each model runs in its own lane (reference §16: kf2v 2 tasks and 2 creates/s,
     wan2.7-i2v 5 and 5), sized from the models table unless set here.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import ConcurrencySettings
-        quota = ConcurrencySettings(lanes={"wan2.7-i2v": "8:5"})
-        assert quota.max_in_flight is None and quota.queue_ahead == 1
-        ```
     """
 
     # The UI shows the schema's description: one plain line, not this docstring's example.
@@ -90,15 +83,7 @@ class ConcurrencySettings(BaseModel):
     _lane_specs = field_validator("lanes")(lambda cls, value: check_lane_specs(value))
 
     def quotas(self, models: Iterable[str]) -> dict[str, LaneQuota]:
-        """Each of ``models``' lane as this run sets it (``lanes`` over ``max_in_flight``).
-
-        Example:
-            ```python
-            from kf2v_tasks.batch.config import ConcurrencySettings
-            q = ConcurrencySettings(max_in_flight=3).quotas(["wan2.7-i2v"])
-            assert (q["wan2.7-i2v"].running, q["wan2.7-i2v"].creates_per_second) == (3, 5.0)
-            ```
-        """
+        """Each of ``models``' lane as this run sets it (``lanes`` over ``max_in_flight``)."""
         out = {}
         for model in models:
             table, _ = table_quota(model)
@@ -113,15 +98,7 @@ class ConcurrencySettings(BaseModel):
 
 
 class PollingSettings(BaseModel):
-    """How long to wait for each task.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import PollingSettings
-        polling = PollingSettings(deadline_seconds=3600)
-        assert polling.queue_deadline_seconds > 0
-        ```
-    """
+    """How long to wait for each task."""
 
     model_config = ConfigDict(json_schema_extra={"description": "How long to wait for each task."})
 
@@ -139,15 +116,7 @@ class PollingSettings(BaseModel):
 
 
 def normalize_output(output: str) -> str:
-    """The output root as the batch uses it: no trailing slash on URLs.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import normalize_output
-        assert normalize_output("s3://bucket/out/") == "s3://bucket/out"
-        assert normalize_output("out/") == "out/"
-        ```
-    """
+    """The output root as the batch uses it: no trailing slash on URLs."""
     return output.rstrip("/") if "://" in output else output
 
 
@@ -157,13 +126,6 @@ class RowConfig:
 
     ``storage_options`` may hold storage credentials resolved from a block: they are left
     out of ``repr`` (and so out of logs and tracebacks), as is the ledger, which holds them.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import RowConfig
-        config = RowConfig.build("out/", manifest_url="manifest.csv")
-        assert config.ledger.root == "out/" and "storage_options" not in repr(config)
-        ```
     """
 
     output: str
@@ -191,15 +153,7 @@ class RowConfig:
         prices: Optional[PriceTable] = None,
         storage_options: Optional[dict[str, Any]] = None,
     ) -> RowConfig:
-        """A config for ``output`` (normalised), with its ledger.
-
-        Example:
-            ```python
-            from kf2v_tasks.batch.config import RowConfig
-            config = RowConfig.build("s3://bucket/out/", storage_options={"anon": False})
-            assert config.output == "s3://bucket/out"
-            ```
-        """
+        """A config for ``output`` (normalised), with its ledger."""
         return cls(
             output=normalize_output(output),
             manifest_url=manifest_url,

@@ -220,23 +220,6 @@ class RunTimeHistory:
     own samples to its family's, then to its other resolutions (scaled by
     :data:`RESOLUTION_FACTOR`), then to the prior. :meth:`save` adds this run's new samples
     to whatever the file holds by then, so overlapping runs on one output lose nothing.
-
-    Example:
-        ```python
-        import asyncio
-        import tempfile
-        from kf2v_tasks.batch.runtimes import RunTimeHistory
-
-        async def learn(out):
-            history = await RunTimeHistory.load(out)  # no file yet: empty
-            for _ in range(5):
-                history.observe("wan2.7-i2v", "720P", 5, 60.0)  # 12 s per video second
-            await history.save(out)  # <out>/.kf2v/runtimes.json
-            return (await RunTimeHistory.load(out)).predict("wan2.7-i2v", "720P", 10)
-
-        with tempfile.TemporaryDirectory() as out:
-            assert asyncio.run(learn(out)) == 120.0
-        ```
     """
 
     def __init__(self, samples: Optional[_Samples] = None) -> None:

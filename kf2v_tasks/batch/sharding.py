@@ -43,14 +43,7 @@ _TAG = re.compile(r"^kf2v-shard:(\d+)-of-(\d+)$")
 
 
 def shard_tag(index: int, count: int) -> str:
-    """The flow-run tag that tells a run it is shard ``index`` (0-based) of ``count``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import shard_tag
-        assert shard_tag(0, 4) == "kf2v-shard:0-of-4"
-        ```
-    """
+    """The flow-run tag that tells a run it is shard ``index`` (0-based) of ``count``."""
     return f"kf2v-shard:{index}-of-{count}"
 
 
@@ -59,13 +52,6 @@ def shard_from_tags(tags: Iterable[str]) -> tuple[int, int]:
 
     Raises:
         ValueError: a shard tag whose index is not in ``0..count-1``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import shard_from_tags
-        assert shard_from_tags(["kf2v", "kf2v-shard:2-of-4"]) == (2, 4)
-        assert shard_from_tags(["kf2v"]) == (0, 1)
-        ```
     """
     for tag in tags:
         m = _TAG.match(tag)
@@ -80,38 +66,17 @@ def shard_from_tags(tags: Iterable[str]) -> tuple[int, int]:
 def results_name_for(index: int, count: int) -> str:
     """Where a run writes its results under the output folder: a shard's own file, or
     ``results.csv``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import results_name_for
-        assert results_name_for(0, 1) == "results.csv"
-        assert results_name_for(1, 4) == ".kf2v/shards/results-001.csv"
-        ```
     """
     return shard_results_name(index) if count > 1 else RESULTS_NAME
 
 
 def shard_results_name(index: int) -> str:
-    """Where shard ``index`` writes its results.csv, under the output folder.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import shard_results_name
-        assert shard_results_name(3) == ".kf2v/shards/results-003.csv"
-        ```
-    """
+    """Where shard ``index`` writes its results.csv, under the output folder."""
     return f".kf2v/shards/results-{index:03d}.csv"
 
 
 def shard_summary_name(index: int) -> str:
-    """Where shard ``index`` writes its BatchSummary JSON, under the output folder.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import shard_summary_name
-        assert shard_summary_name(3) == ".kf2v/shards/summary-003.json"
-        ```
-    """
+    """Where shard ``index`` writes its BatchSummary JSON, under the output folder."""
     return f".kf2v/shards/summary-{index:03d}.json"
 
 
@@ -121,13 +86,6 @@ def shard_parameters(params: dict[str, Any], count: int) -> dict[str, Any]:
     Shards run at once on other workers and cannot see each other's spending, so each
     gets ``max_cost / count``: together they never spend more than the parent's budget.
     The rates stay whole: the server shares them between the shards.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.sharding import shard_parameters
-        p = shard_parameters({"manifest": "m.csv", "max_cost": 4.0}, 2)
-        assert p["shards"] == 1 and p["max_cost"] == 2.0
-        ```
     """
     out = dict(params)
     if out.get("max_cost") is not None:
@@ -156,12 +114,6 @@ async def run_shards(
 
     Raises:
         ValueError: the current run is not a run of a deployment.
-
-    Example:
-        ```python
-        # inside the batch flow, run from its deployment
-        summary = await run_shards("s3://b/m.csv", "s3://b/out", 4, parameters={})
-        ```
     """
     from prefect.deployments.flow_runs import arun_deployment
     from prefect.logging import get_run_logger

@@ -50,19 +50,7 @@ class TaskRuns(str, Enum):
 
 
 class RowSteps:
-    """Submit, poll and persist one row as plain coroutines (``per_row`` mode, and the core).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import RowConfig
-        from kf2v_tasks.batch.steps import RowSteps
-
-        steps = RowSteps(RowConfig.build("out/"), client)
-        sub = await steps.submit(row, frames, fingerprint)
-        state = await steps.poll(row, sub)
-        video = await steps.persist(row, state, sub, "out/clip.mp4")
-        ```
-    """
+    """Submit, poll and persist one row as plain coroutines (``per_row`` mode, and the core)."""
 
     def __init__(self, config: RowConfig, client: Any) -> None:
         self.config = config
@@ -174,17 +162,7 @@ class _Out(Generic[T]):
 
 
 class TaskSteps(RowSteps):
-    """The same steps, each one Prefect task run (``submit-``, ``poll-``, ``persist-<row id>``).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.config import RowConfig
-        from kf2v_tasks.batch.steps import TaskSteps
-
-        steps = TaskSteps(RowConfig.build("out/"), client)   # inside a flow run
-        sub = await steps.submit(row, frames, fingerprint)    # task run "submit-<row id>"
-        ```
-    """
+    """The same steps, each one Prefect task run (``submit-``, ``poll-``, ``persist-<row id>``)."""
 
     async def submit(
         self, row: ManifestRow, frames: FramePair, fingerprint: str, record: Any = UNREAD
@@ -207,14 +185,7 @@ class TaskSteps(RowSteps):
 
 
 def make_steps(task_runs: TaskRuns, config: RowConfig, client: Any) -> RowSteps:
-    """The row steps for ``task_runs``: task runs per step, or plain (inside one per row).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.steps import TaskRuns, make_steps
-        steps = make_steps(TaskRuns.PER_STEP, config, client)
-        ```
-    """
+    """The row steps for ``task_runs``: task runs per step, or plain (inside one per row)."""
     return RowSteps(config, client) if task_runs is TaskRuns.PER_ROW else TaskSteps(config, client)
 
 
@@ -271,13 +242,7 @@ async def _persist_step(row_id: str, work: Work[PersistedVideo]) -> _Out[Persist
     task_run_name="row-{row_id}",
 )
 async def run_row_task(row_id: str, work: Work[Any]) -> Any:
-    """One task run for a whole row (``task_runs="per_row"``); awaits ``work()``.
-
-    Example:
-        ```python
-        result = await run_row_task("shot1", lambda: generate_row(row))
-        ```
-    """
+    """One task run for a whole row (``task_runs="per_row"``); awaits ``work()``."""
     return await work()
 
 
@@ -288,13 +253,5 @@ async def run_row_task(row_id: str, work: Work[Any]) -> Any:
     task_run_name="validate-frames-{rows}-rows",
 )
 async def validate_manifest_task(rows: int, work: Work[Any]) -> Any:
-    """One task run for the batch's validation: the ``gate`` of :func:`plan_batch`.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.plan import plan_batch
-        from kf2v_tasks.batch.steps import validate_manifest_task
-        plan = await plan_batch("manifest.csv", "out/", gate=validate_manifest_task)
-        ```
-    """
+    """One task run for the batch's validation: the ``gate`` of :func:`plan_batch`."""
     return await work()

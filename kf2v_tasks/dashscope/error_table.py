@@ -117,13 +117,6 @@ class ErrorRule:
         create_retryable: a create that got this answer created no task and may be resent.
         create_may_have_happened: a create that got this answer may have created a task.
         reads_retry_after: the error carries the server's ``Retry-After``.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.error_table import rule_for
-        rule = rule_for(503, "ModelUnavailable", "Model is unavailable")
-        assert rule.create_retryable and not rule.create_may_have_happened
-        ```
     """
 
     name: str
@@ -189,15 +182,7 @@ ERROR_RULES: tuple[ErrorRule, ...] = (
 
 
 def rule_for(status: int, code: str, message: str = "") -> ErrorRule:
-    """The first row of :data:`ERROR_RULES` matching an answer: the one place it is read.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.error_table import rule_for
-        from kf2v_tasks.errors import ThrottledError
-        assert rule_for(429, "Throttling.RateQuota").error is ThrottledError
-        ```
-    """
+    """The first row of :data:`ERROR_RULES` matching an answer: the one place it is read."""
     for rule in ERROR_RULES:
         if rule.matches(status, code, message):
             return rule
@@ -213,14 +198,6 @@ def create_retryable(exc: BaseException) -> bool:
     True for answers whose row says ``create_retryable`` (429, 503) and for transport
     failures before the request left; False for everything else, including
     :class:`~kf2v_tasks.errors.AmbiguousCreateError`.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.error_table import create_retryable
-        from kf2v_tasks.errors import ServerError
-        assert create_retryable(ServerError("ModelUnavailable", "busy", status_code=503))
-        assert not create_retryable(ServerError("InternalError", "boom", status_code=500))
-        ```
     """
     if isinstance(exc, ApiError):
         return rule_for(exc.status_code, exc.code, exc.message).create_retryable
@@ -230,16 +207,7 @@ def create_retryable(exc: BaseException) -> bool:
 
 
 def create_may_have_happened(exc: BaseException) -> bool:
-    """Whether a create that failed this way may still have created (and billed) a task.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.error_table import create_may_have_happened
-        from kf2v_tasks.errors import ServerError, ThrottledError
-        assert create_may_have_happened(ServerError("GatewayTimeout", "", status_code=504))
-        assert not create_may_have_happened(ThrottledError("Throttling", "", status_code=429))
-        ```
-    """
+    """Whether a create that failed this way may still have created (and billed) a task."""
     if isinstance(exc, AmbiguousCreateError):
         return True
     if isinstance(exc, ApiError):

@@ -27,19 +27,6 @@ class RateLimiter:
 
     A reservation scheme (GCRA): each caller is given the next free instant under a lock,
     then sleeps outside it, so callers are served in the order they asked.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.dashscope.limits import RateLimiter
-
-        async def main():
-            limiter = RateLimiter(rate=2)
-            for _ in range(4):
-                await limiter.acquire()   # the 2nd, 3rd and 4th wait ~0.5 s each
-
-        asyncio.run(main())
-        ```
     """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
@@ -57,16 +44,7 @@ class RateLimiter:
         self.stop_retry: Optional[Callable[[BaseException], bool]] = None
 
     def set_rate(self, rate: float) -> None:
-        """Change the rate from the next reservation on (e.g. this run's share of the account's).
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.limits import RateLimiter
-            limiter = RateLimiter(2.0)
-            limiter.set_rate(1.0)   # another run now shares the account
-            assert limiter.rate == 1.0
-            ```
-        """
+        """Change the rate from the next reservation on (e.g. this run's share of the account's)."""
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         with self._lock:

@@ -47,14 +47,7 @@ class QueueClock(Protocol):
 
 
 class PollSchedule(BaseModel):
-    """When to ask again, in service seconds.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.polling import PollSchedule
-        fast = PollSchedule(min_interval=2.0)   # lower detection lag, more queries
-        ```
-    """
+    """When to ask again, in service seconds."""
 
     # One line for the Prefect UI form (the docstring carries an example).
     model_config = ConfigDict(

@@ -102,15 +102,6 @@ def error_from_response(
     Args:
         response: the answer.
         secrets: values to blank out of the server's text (the API key in use).
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import error_from_response
-        r = httpx.Response(429, json={"code": "Throttling.RateQuota", "message": "slow down"},
-                           headers={"Retry-After": "3"})
-        err = error_from_response(r)   # ThrottledError, err.retry_after == 3.0
-        ```
     """
     body = json_object(response)
     if body is not None and (body.get("code") or body.get("message")):
@@ -128,15 +119,6 @@ def error_from_oss_response(
 
     The code is prefixed ``OSS.`` (``OSS.AccessDenied``), then read through the same
     :data:`ERROR_RULES` as DashScope answers.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import error_from_oss_response
-        body = "<Error><Code>AccessDenied</Code><Message>Policy expired.</Message></Error>"
-        err = error_from_oss_response(httpx.Response(403, text=body))
-        assert err.code == "OSS.AccessDenied"   # an AccessDeniedError
-        ```
     """
     text = response.text if response.content else ""
     code = _xml_tag(text, "Code") or "Unknown"
@@ -166,14 +148,6 @@ def error_from_transport(
         :class:`~kf2v_tasks.errors.AmbiguousCreateError` for a create that may have been
         sent; else :class:`~kf2v_tasks.errors.ConnectionFailedError` with ``request_sent``
         telling whether it may have reached the server.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import error_from_transport
-        err = error_from_transport(httpx.ConnectError("refused"), method="GET", shown="/tasks/t")
-        assert err.request_sent is False   # a ConnectionFailedError: safe to resend
-        ```
     """
     sent = not isinstance(exc, TRANSPORT_NOT_SENT)
     what = redact_text(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)
@@ -186,17 +160,7 @@ def error_from_transport(
 
 
 def create_error(response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()) -> Kf2vError:
-    """What a create raises for a non-2xx answer: the typed error, or an ambiguous one.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import create_error
-        from kf2v_tasks.errors import AmbiguousCreateError
-        r = httpx.Response(502, json={"code": "BadGateway", "message": "bad gateway"})
-        assert isinstance(create_error(r), AmbiguousCreateError)
-        ```
-    """
+    """What a create raises for a non-2xx answer: the typed error, or an ambiguous one."""
     error = error_from_response(response, secrets=secrets)
     if create_may_have_happened(error):
         return AmbiguousCreateError(
@@ -210,16 +174,7 @@ def create_error(response: httpx.Response, *, secrets: Iterable[Optional[str]] =
 def bad_body_error(
     response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
 ) -> ServerError:
-    """A 2xx answer we cannot read (not JSON, or missing what it must hold): transient.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import bad_body_error
-        err = bad_body_error(httpx.Response(200, text="<html>"))
-        assert err.code == "InvalidResponse"
-        ```
-    """
+    """A 2xx answer we cannot read (not JSON, or missing what it must hold): transient."""
     return ServerError(
         "InvalidResponse",
         f"unparsable answer: {redact_text(excerpt(response), secrets)}",
@@ -231,16 +186,7 @@ def bad_body_error(
 def unusable_create_answer(
     response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
 ) -> AmbiguousCreateError:
-    """A 2xx create answer without a usable task id: a task may exist all the same.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import unusable_create_answer
-        err = unusable_create_answer(httpx.Response(200, json={"request_id": "r"}))
-        assert "request_id=r" in str(err)
-        ```
-    """
+    """A 2xx create answer without a usable task id: a task may exist all the same."""
     rid = request_id_of(response, None)
     return AmbiguousCreateError(
         f"create answered HTTP {response.status_code} without a usable task id; "
@@ -258,16 +204,7 @@ def unusable_create_answer(
 
 
 def json_object(response: httpx.Response) -> Optional[dict[str, Any]]:
-    """The body as a JSON object, or ``None`` (not JSON, or not an object).
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import json_object
-        assert json_object(httpx.Response(200, json={"a": 1})) == {"a": 1}
-        assert json_object(httpx.Response(200, json=[1])) is None
-        ```
-    """
+    """The body as a JSON object, or ``None`` (not JSON, or not an object)."""
     try:
         body = response.json()
     except (ValueError, UnicodeDecodeError):
@@ -276,16 +213,7 @@ def json_object(response: httpx.Response) -> Optional[dict[str, Any]]:
 
 
 def request_id_of(response: httpx.Response, body: Optional[dict[str, Any]]) -> Optional[str]:
-    """The request id: from the JSON body if it has one, else the ``X-Request-ID`` header.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import request_id_of
-        r = httpx.Response(502, text="<html>", headers={"X-Request-ID": "hdr-1"})
-        assert request_id_of(r, None) == "hdr-1"
-        ```
-    """
+    """The request id: from the JSON body if it has one, else the ``X-Request-ID`` header."""
     if body is None:
         body = json_object(response) if response.content[:1] == b"{" else None
     rid = body.get("request_id") if body else None
@@ -293,15 +221,7 @@ def request_id_of(response: httpx.Response, body: Optional[dict[str, Any]]) -> O
 
 
 def excerpt(response: httpx.Response) -> str:
-    """The body as one line of at most :data:`MAX_ERROR_TEXT` characters.
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import excerpt
-        assert excerpt(httpx.Response(503)) == "empty body (HTTP 503)"
-        ```
-    """
+    """The body as one line of at most :data:`MAX_ERROR_TEXT` characters."""
     try:
         text = response.text
     except (UnicodeDecodeError, LookupError):
@@ -313,15 +233,7 @@ def excerpt(response: httpx.Response) -> str:
 
 
 def retry_after_seconds(response: httpx.Response) -> Optional[float]:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
-
-    Example:
-        ```python
-        import httpx
-        from kf2v_tasks.dashscope.responses import retry_after_seconds
-        assert retry_after_seconds(httpx.Response(429, headers={"retry-after-ms": "2500"})) == 2.5
-        ```
-    """
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     return parse_retry_after(response.headers)
 
 

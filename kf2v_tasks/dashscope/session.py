@@ -68,15 +68,6 @@ class DashScopeSession:
 
     Use :class:`~kf2v_tasks.dashscope.client.Kf2vClient`, whose docstring lists these
     arguments; this class owns the connection pools, the credentials and the retry budget.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.client import Kf2vClient
-        from kf2v_tasks.dashscope.session import DashScopeSession
-        client = Kf2vClient("sk-...", base_url="http://127.0.0.1:8000/api/v1/")
-        assert isinstance(client, DashScopeSession)
-        assert client.base_url == "http://127.0.0.1:8000/api/v1"
-        ```
     """
 
     def __init__(

@@ -24,13 +24,6 @@ def asset_key(location: Optional[str]) -> Optional[str]:
 
     Characters Prefect does not allow in keys (spaces, ``%``, ``#``...) become ``_``;
     ``None`` when nothing usable is left or the key would be too long.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import asset_key
-        assert asset_key("S3://b/out/a.mp4?X-Amz-Signature=x") == "s3://b/out/a.mp4"
-        assert asset_key("/data/out/my clip.mp4") == "file:///data/out/my_clip.mp4"
-        ```
     """
     if not location:
         return None
@@ -57,13 +50,6 @@ def emit_video_asset(
     upstream asset, ``prefect.asset.materialization.succeeded`` for the video, with the
     upstream assets as related resources), from the running task or flow, without a
     task run of its own. Does nothing (returns False) where Prefect has no assets.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_video_asset
-        emit_video_asset("s3://b/out/a.mp4", upstream=["s3://b/in/a1.png", "s3://b/in/a2.png"],
-                         name="a", metadata={"sha256": "…"})
-        ```
     """
     try:
         from prefect.assets import Asset, AssetProperties

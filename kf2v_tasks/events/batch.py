@@ -41,13 +41,6 @@ def emit_batch_finished(
         output: the output folder.
         models: the models the batch's rows asked for.
         facts: the payload: counts, costs, manifest, results.csv, failed row ids...
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_batch_finished
-        emit_batch_finished(batch_id="…", state="Failed", retryable=True, attempt=1,
-                            output="s3://b/out", counts={"failed": 1, "succeeded": 3})
-        ```
     """
     out = redact_url(output)
     resource = {
@@ -80,14 +73,7 @@ def emit_budget_exceeded(
     models: Iterable[str] = (),
     **facts: Any,
 ) -> bool:
-    """Emit ``kf2v.budget.exceeded``: ``max_cost`` left ``rows`` out of a batch (not submitted).
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_budget_exceeded
-        emit_budget_exceeded(batch_id="…", max_cost=1.5, rows=["shot9"], output="out")
-        ```
-    """
+    """Emit ``kf2v.budget.exceeded``: ``max_cost`` left ``rows`` out of a batch (not submitted)."""
     out = redact_url(output)
     resource = {
         "prefect.resource.id": f"kf2v.batch.{batch_id}",

@@ -30,26 +30,12 @@ MATERIALIZED_BY = "kf2v"
 
 
 def attempt_tag(attempt: int) -> str:
-    """The tag that marks a run as attempt ``attempt`` of a batch.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import attempt_from_tags, attempt_tag
-        assert attempt_from_tags(["kf2v", attempt_tag(2)]) == 2
-        ```
-    """
+    """The tag that marks a run as attempt ``attempt`` of a batch."""
     return f"{ATTEMPT_TAG}{attempt}"
 
 
 def attempt_from_tags(tags: Iterable[str]) -> int:
-    """Which attempt of a batch a run with ``tags`` is (1 when untagged).
-
-    Example:
-        ```python
-        from kf2v_tasks.events import attempt_from_tags
-        assert attempt_from_tags([]) == 1 and attempt_from_tags(["kf2v-attempt:3"]) == 3
-        ```
-    """
+    """Which attempt of a batch a run with ``tags`` is (1 when untagged)."""
     found = [int(t[len(ATTEMPT_TAG) :]) for t in tags if re.fullmatch(r"kf2v-attempt:\d+", t)]
     return max(found, default=1)
 

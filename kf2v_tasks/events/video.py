@@ -36,12 +36,6 @@ def emit_video_persisted(
         row_id: the manifest row id, when the video belongs to a batch row.
         row: the manifest row number.
         batch_id: the batch's id (its flow run id), when the video belongs to a batch.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_video_persisted
-        emit_video_persisted(video, row_id="sunrise", row=2)
-        ```
     """
     resource = _video_resource(
         fingerprint=video.fingerprint,
@@ -101,13 +95,6 @@ def emit_video_failed(
 
     Returns:
         Whether the event was handed to Prefect.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_video_failed
-        emit_video_failed(error_code="DataInspectionFailed", error_message="refused",
-                          model="wan2.2-kf2v-flash", row_id="shot3", output="out/shot3.mp4")
-        ```
     """
     resource = _video_resource(
         fingerprint=fingerprint, task_id=task_id, output=output, row_id=row_id, model=model
@@ -143,12 +130,6 @@ def emit_possible_duplicate(
     """Emit ``kf2v.video.possible-duplicate``: a create had no clear answer and was retried.
 
     The work may have been created (and billed) twice; ``task_id`` is the task kept.
-
-    Example:
-        ```python
-        from kf2v_tasks.events import emit_possible_duplicate
-        emit_possible_duplicate(task_id="t-1", model="wan2.2-kf2v-flash", row_id="shot3")
-        ```
     """
     resource = _video_resource(
         fingerprint=fingerprint, task_id=task_id, output=output, row_id=row_id, model=model

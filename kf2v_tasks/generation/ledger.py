@@ -19,16 +19,6 @@ creates its task and writes its record until the task id is known; the others re
 Secrets never land here: every string is passed through :func:`kf2v_tasks.redaction.scrub`
 (URL query strings such as the signatures of ``video_url``, and anything shaped like an
 API key) before every write.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
-
-    ledger = Ledger("s3://bucket/out", storage_options={...})
-    rec = await ledger.get(fp) or LedgerRecord.new(fp)
-    rec.begin_create()
-    await ledger.put(rec)
-    ```
 """
 
 from __future__ import annotations
@@ -97,14 +87,6 @@ class Ledger:
     Args:
         root: output folder or URL (``out/``, ``s3://bucket/run``).
         storage_options: fsspec options of ``root``; never written anywhere.
-
-    Example:
-        ```python
-        ledger = Ledger("out")
-        rec = await ledger.get(fp)
-        if rec is not None and Ledger.is_task_reusable(rec):
-            ...  # re-attach to rec.task_id instead of paying again
-        ```
     """
 
     def __init__(self, root: str, storage_options: Optional[dict] = None) -> None:
@@ -137,26 +119,13 @@ class Ledger:
 
         Raises:
             ValueError: ``fingerprint`` is not a safe file name.
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger import Ledger
-            assert Ledger("out").path_of("ab" * 32).endswith("ledger/" + "ab" * 32 + ".json")
-            ```
         """
         if not _FP_RE.match(fingerprint or ""):
             raise ValueError(f"fingerprint {fingerprint!r} is not a safe file name")
         return f"{self._dir.rstrip('/')}/{fingerprint}.json"
 
     def url_of(self, fingerprint: str) -> str:
-        """The record's URL (or local path), for messages.
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger import Ledger
-            assert Ledger("memory://b/run").url_of("ab" * 32).endswith("/ledger/" + "ab" * 32 + ".json")
-            ```
-        """
+        """The record's URL (or local path), for messages."""
         self.path_of(fingerprint)
         return join(self.dir_url, f"{fingerprint}.json")
 
@@ -166,11 +135,6 @@ class Ledger:
         Raises:
             LedgerError: the file exists but is not a valid record (never treated as absent,
                 because "absent" would allow paying again).
-
-        Example:
-            ```python
-            rec = await Ledger("out").get(fp)
-            ```
         """
         path = self.path_of(fingerprint)
         return await run_sync(self._get_sync, path)
@@ -219,11 +183,6 @@ class Ledger:
 
         Raises:
             LedgerError: a record exists but is unreadable (as :meth:`get`).
-
-        Example:
-            ```python
-            records = await Ledger("s3://bucket/out", opts).get_many(fps)   # 1 LIST, not N GETs
-            ```
         """
         wanted = sorted(set(fingerprints))
         paths = {fp: self.path_of(fp) for fp in wanted}
@@ -248,15 +207,7 @@ class Ledger:
         return {fp: out[fp] for fp in wanted}
 
     async def put(self, record: LedgerRecord) -> None:
-        """Write ``record`` atomically (whole-record replace), scrubbed of secrets.
-
-        Example:
-            ```python
-            rec = LedgerRecord.new(fp)
-            rec.begin_create()
-            await Ledger("out").put(rec)
-            ```
-        """
+        """Write ``record`` atomically (whole-record replace), scrubbed of secrets."""
         path = self.path_of(record.fingerprint)
         await run_sync(self._put_sync, path, self._encode(record))
 
@@ -298,15 +249,6 @@ class Ledger:
 
         Returns:
             The record as written, or as read when ``change`` declined (``None``: no record).
-
-        Example:
-            ```python
-            def close(rec):
-                rec.ended("FAILED", "InternalError", "boom")
-                return True
-
-            await Ledger("out").modify(fp, close)
-            ```
         """
         path = self.path_of(fingerprint)
         with self._seen_lock:
@@ -363,12 +305,6 @@ class Ledger:
         the same write; :meth:`flush` writes it alone. Kept in this process only: a crash
         before then leaves the record as it was, so put off only what the record may
         safely lack (how a task that succeeded ended, while its video is being kept).
-
-        Example:
-            ```python
-            ledger.defer(fp, lambda rec: rec.ended("SUCCEEDED") or True)
-            await ledger.modify(fp, mark_persisted)   # one write: ended, then persisted
-            ```
         """
         self.path_of(fingerprint)  # a bad fingerprint fails here, not at the later write
         with self._seen_lock:
@@ -376,13 +312,7 @@ class Ledger:
             self._deferred[fingerprint] = change if earlier is None else _both(earlier, change)
 
     async def flush(self, fingerprint: str) -> None:
-        """Write what :meth:`defer` put off for ``fingerprint``, if anything (one write).
-
-        Example:
-            ```python
-            await ledger.flush(fp)   # the video could not be kept: say how the task ended
-            ```
-        """
+        """Write what :meth:`defer` put off for ``fingerprint``, if anything (one write)."""
         with self._seen_lock:
             if fingerprint not in self._deferred:
                 return
@@ -399,11 +329,6 @@ class Ledger:
             ValueError: ``changes`` name ``state`` or ``fingerprint`` (states move only
                 through the record's transitions), a field the record does not have, or
                 are not valid field values.
-
-        Example:
-            ```python
-            await Ledger("out").update(fp, row_id="sunrise")
-            ```
         """
         fixed = sorted({"state", "fingerprint"} & changes.keys())
         if fixed:
@@ -425,13 +350,7 @@ class Ledger:
         return record
 
     async def list(self) -> list[LedgerRecord]:
-        """Every record under this root, in fingerprint order (temp files ignored).
-
-        Example:
-            ```python
-            done = [r for r in await Ledger("out").list() if r.state == "persisted"]
-            ```
-        """
+        """Every record under this root, in fingerprint order (temp files ignored)."""
         return await run_sync(self._list_sync)
 
     def _list_sync(self) -> list[LedgerRecord]:
@@ -462,15 +381,6 @@ class Ledger:
 
         The same as :meth:`LedgerRecord.is_reusable`: a task id, submitted less than
         ``ttl - margin`` ago, and not ended FAILED, CANCELED or UNKNOWN.
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
-            rec = LedgerRecord.new("ab" * 32)
-            rec.begin_create()
-            rec.submitted("t-1")
-            assert Ledger.is_task_reusable(rec)  # re-attach to t-1 instead of paying again
-            ```
         """
         return record.is_reusable(now, ttl, margin)
 
@@ -518,18 +428,6 @@ async def record_outcome(
     written now but put off (:meth:`Ledger.defer`) and written with "persisted", one write
     instead of two; if the video cannot be kept, persisting writes it alone. A success is
     the one outcome a record may lack for a while: "submitted" is reused exactly alike.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger import Ledger, record_outcome
-
-        try:
-            state = await wait_for_task(client, sub.task_id)
-        except Exception as exc:
-            await record_outcome(ledger, sub.fingerprint, exc)
-            raise
-        await record_outcome(ledger, sub.fingerprint, state)
-        ```
     """
     if ledger is None or not fingerprint:
         return

@@ -34,19 +34,6 @@ The values on disk are the plain strings of :class:`LedgerState`, as they always
 records written before this module existed load unchanged. The states, the errors and the
 task lifetimes live in :mod:`kf2v_tasks.generation.ledger_state` and are exported here
 too.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.ledger_record import LedgerRecord, LedgerState
-
-    rec = LedgerRecord.new("ab" * 32, row_id="row-1")
-    rec.begin_create()                      # written just before the POST leaves
-    rec.submitted("task-1", "req-1")
-    rec.ended("SUCCEEDED")
-    rec.persisted("out/a.mp4", "ff" * 32, 1234)
-    assert rec.state is LedgerState.PERSISTED
-    assert [e["event"] for e in rec.events] == ["create", "submitted", "ended", "persisted"]
-    ```
 """
 
 from __future__ import annotations
@@ -94,15 +81,6 @@ class LedgerRecord(BaseModel):
     Start a record with :meth:`new` (first create) or :meth:`recreate_after` (the earlier
     task can no longer deliver), then move it with the transition methods. Loading a
     stored record (``model_validate``) accepts every state, including old plain strings.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger_record import LedgerRecord
-        rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "submitted",
-                                           "task_id": "t-1"})
-        rec.ended("FAILED", "DataInspectionFailed", "rejected")
-        assert rec.state == "terminal" and rec.terminal_status == "FAILED"
-        ```
     """
 
     model_config = ConfigDict(validate_assignment=True, extra="ignore")
@@ -147,16 +125,7 @@ class LedgerRecord(BaseModel):
     # -- reading ----------------------------------------------------------------------------
 
     def add_event(self, event: str, **data: Any) -> None:
-        """Append ``{"at": now, "event": event, **data}`` to the log (no state change).
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            rec = LedgerRecord.new("ab" * 32)
-            rec.add_event("note", text="checked by hand")
-            assert rec.events[-1]["text"] == "checked by hand" and rec.state == "submitting"
-            ```
-        """
+        """Append ``{"at": now, "event": event, **data}`` to the log (no state change)."""
         self.events.append({"at": _now().isoformat(), "event": event, **data})
 
     def is_reusable(
@@ -170,15 +139,6 @@ class LedgerRecord(BaseModel):
         True when it has a task id, was submitted less than ``ttl - margin`` ago (tasks
         and their video URLs expire 24 h after submission) and did not end FAILED,
         CANCELED or UNKNOWN.
-
-        Example:
-            ```python
-            from datetime import UTC, datetime
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            rec = LedgerRecord(fingerprint="ab" * 32, state="submitted", task_id="t",
-                               submitted_at=datetime.now(UTC))
-            assert rec.is_reusable()
-            ```
         """
         if not self.task_id or self.submitted_at is None:
             return False
@@ -193,15 +153,7 @@ class LedgerRecord(BaseModel):
 
     @classmethod
     def new(cls, fingerprint: str, *, row_id: Optional[str] = None) -> LedgerRecord:
-        """A record for work never submitted before (``submitting``, no attempt yet).
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            rec = LedgerRecord.new("ab" * 32, row_id="row-3")
-            assert rec.state == "submitting" and rec.create_attempts == 0
-            ```
-        """
+        """A record for work never submitted before (``submitting``, no attempt yet)."""
         return cls(fingerprint=fingerprint, state=LedgerState.SUBMITTING, row_id=row_id)
 
     @classmethod
@@ -216,16 +168,6 @@ class LedgerRecord(BaseModel):
         Raises:
             IllegalTransitionError: ``previous`` has no task, or its task is still usable
                 (reuse it: a new create would pay twice).
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            old = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "terminal",
-                                               "task_id": "t-1", "terminal_status": "FAILED"})
-            rec = LedgerRecord.recreate_after(old)
-            assert rec.state == "submitting" and rec.task_id is None
-            assert rec.extra["earlier_tasks"][0]["task_id"] == "t-1"
-            ```
         """
         if not previous.task_id:
             raise IllegalTransitionError(
@@ -401,17 +343,6 @@ class LedgerRecord(BaseModel):
         """The kept video's poster and strip are written: record them (an event only).
 
         Legal only once the video is ``persisted``: previews are made from the stored file.
-
-        Example:
-            ```python
-            from kf2v_tasks.generation.ledger_record import LedgerRecord
-            from kf2v_tasks.generation.previews import Previews
-            rec = LedgerRecord.model_validate({"fingerprint": "ab" * 32, "state": "persisted",
-                                               "task_id": "t-1", "output_path": "out/a.mp4"})
-            rec.previews_made(Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg",
-                                       frames=5, poster_frame=2, width=64, height=48))
-            assert rec.state == "persisted" and rec.events[-1]["event"] == "previews"
-            ```
         """
         self._check("previews_made", {_S.PERSISTED}, task=True)
         self.previews = previews

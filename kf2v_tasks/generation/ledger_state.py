@@ -7,13 +7,6 @@ still deliver its video depends on how it ended (:data:`DEAD_STATUSES`) and on i
 (:data:`TASK_TTL`, :data:`TASK_TTL_MARGIN`). Times are aware UTC (:func:`utc`).
 
 Everything here is also exported by :mod:`kf2v_tasks.generation.ledger_record`.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.ledger_state import LedgerState, utc
-
-    assert LedgerState("persisted") is LedgerState.PERSISTED
-    ```
 """
 
 from __future__ import annotations
@@ -45,15 +38,7 @@ TASK_TTL_MARGIN = timedelta(minutes=30)
 
 
 class LedgerState(StrEnum):
-    """Where a piece of work stands; the values are what the record files hold.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger_state import LedgerState
-        assert LedgerState("persisted") is LedgerState.PERSISTED
-        assert LedgerState.SUBMITTED == "submitted"
-        ```
-    """
+    """Where a piece of work stands; the values are what the record files hold."""
 
     SUBMITTING = "submitting"  # a create is about to be sent: its outcome unknown on a crash
     SUBMITTED = "submitted"  # the task id is known
@@ -70,16 +55,6 @@ class IllegalTransitionError(LedgerError):
     """A transition was asked from a state it cannot start from.
 
     Never retried: it means the caller would break a guarantee (typically, paying twice).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.ledger_record import IllegalTransitionError, LedgerRecord
-        rec = LedgerRecord.new("ab" * 32)
-        try:
-            rec.persisted("out/a.mp4", "ff" * 32, 10)
-        except IllegalTransitionError as exc:
-            assert exc.transition == "persisted" and exc.state == "submitting"
-        ```
     """
 
     def __init__(self, fingerprint: str, transition: str, state: LedgerState, why: str) -> None:
@@ -97,15 +72,7 @@ class IllegalTransitionError(LedgerError):
 
 
 def utc(value: Optional[datetime]) -> Optional[datetime]:
-    """``value`` as an aware UTC datetime (naive times in this package are UTC).
-
-    Example:
-        ```python
-        from datetime import datetime
-        from kf2v_tasks.generation.ledger_state import utc
-        assert utc(datetime(2025, 1, 1, 8)).tzinfo is not None
-        ```
-    """
+    """``value`` as an aware UTC datetime (naive times in this package are UTC)."""
     if value is None:
         return None
     if value.tzinfo is None:

@@ -3,18 +3,6 @@
 These are generation's records, not the wire protocol: the wire only ever sees the URL or
 data URI that :func:`~kf2v_tasks.generation.frames.prepare_frame` makes from them. They
 import nothing from the rest of the package, so any layer above can use them.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.models import FrameInfo, FramePair, FrameTransport
-
-    info = FrameInfo(
-        source="first.png", sha256="ab" * 32, size_bytes=1234, width=320, height=240,
-        format="PNG", mode="RGB", transport=FrameTransport.DATA_URI,
-    )
-    pair = FramePair(first=info, last=info)
-    assert pair.first.aspect_ratio == 320 / 240
-    ```
 """
 
 from __future__ import annotations
@@ -28,14 +16,7 @@ __all__ = ["AudioInfo", "ClipInfo", "FrameInfo", "FramePair", "FrameTransport"]
 
 
 class FrameTransport(StrEnum):
-    """How a validated frame travels to the service.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.models import FrameTransport
-        assert FrameTransport("upload") is FrameTransport.UPLOAD
-        ```
-    """
+    """How a validated frame travels to the service."""
 
     URL = "url"  # public http(s) URL passed through
     DATA_URI = "data_uri"  # small file inlined as base64
@@ -47,16 +28,6 @@ class FrameInfo(BaseModel):
 
     The bytes are not kept here (results stay small); ``prepare_frame`` re-reads the
     source at submit time and checks its sha256 against this record.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.models import FrameInfo
-        info = FrameInfo(
-            source="a.jpg", sha256="00" * 32, size_bytes=10, width=640, height=480,
-            format="JPEG", mode="RGB", transport="data_uri",
-        )
-        assert info.aspect_ratio == 640 / 480
-        ```
     """
 
     source: str = Field(description="The frame as the user gave it (path or URL).")
@@ -81,14 +52,6 @@ class AudioInfo(BaseModel):
 
     Like a frame, the bytes are not kept: they are read again at submit time and checked
     against ``sha256``.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.models import AudioInfo
-        audio = AudioInfo(source="voice.wav", sha256="00" * 32, size_bytes=10, format="wav",
-                          seconds=3.5, transport="data_uri")
-        assert audio.mime == "audio/wav"
-        ```
     """
 
     source: str = Field(description="The audio as the user gave it (path or URL).")

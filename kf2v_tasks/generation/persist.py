@@ -10,16 +10,6 @@ again — it never generates again. A video whose previews cannot be made is sti
 record written before previews existed gets them from the stored video on the next run
 (:func:`find_persisted`), with no DashScope call. Keeping a video (or failing to) ends the row's work, so this process's
 claim on the fingerprint is released (:mod:`kf2v_tasks.generation.claims`).
-
-Example:
-    ```python
-    from kf2v_tasks.generation.ledger import Ledger
-    from kf2v_tasks.generation.persist import persist_task_video
-
-    video = await persist_task_video(state, "out/clip.mp4", client=client, submission=sub,
-                                     ledger=Ledger("out"))
-    print(video.path, video.resolution, video.cost, video.currency)
-    ```
 """
 
 from __future__ import annotations
@@ -156,12 +146,6 @@ async def persist_task_video(
         DownloadError: the video could not be fetched now; the message says until when
             it stays at the service (a re-run re-attaches to the task and fetches it).
         TaskExpiredError: the service no longer has the task: its video is gone.
-
-    Example:
-        ```python
-        video = await persist_task_video(state, "s3://bucket/a.mp4", client=client,
-                                         submission=sub, storage_options={"anon": False})
-        ```
     """
     fingerprint = submission.fingerprint if submission else None
     try:
@@ -319,12 +303,6 @@ def link_expiry(state: TaskState, submission: Optional[Submission] = None) -> da
     service's own times are known, the create's time here plus the service's run time
     (``end_time - submit_time``). Service durations become real ones through the time
     scale (:mod:`kf2v_tasks.clock`), as the ledger counts a task's lifetime.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.persist import link_expiry
-        expires = link_expiry(state, submission)   # about 24 h after the task ended
-        ```
     """
     scale = clock.time_scale()
     now = datetime.now(UTC)
@@ -343,13 +321,6 @@ def download_patience(expires: datetime, deadline: Optional[float] = None) -> fl
 
     At least :data:`MIN_DOWNLOAD_PATIENCE` for the URL (an estimate must not end a paid
     download early); a run's ``deadline`` (a :func:`kf2v_tasks.clock.now` reading) cuts it.
-
-    Example:
-        ```python
-        from datetime import UTC, datetime, timedelta
-        from kf2v_tasks.generation.persist import download_patience
-        assert download_patience(datetime.now(UTC) + timedelta(hours=2)) > 7000
-        ```
     """
     left = (expires - datetime.now(UTC)).total_seconds() * clock.time_scale()
     patience = max(MIN_DOWNLOAD_PATIENCE, left)
@@ -363,13 +334,6 @@ def rerun_by(expires: datetime, submission: Optional[Submission] = None) -> date
 
     The ledger reuses a task until ``TASK_TTL - TASK_TTL_MARGIN`` after its create (service
     time), and the video cannot outlive its URL (``expires``).
-
-    Example:
-        ```python
-        from datetime import UTC, datetime
-        from kf2v_tasks.generation.persist import rerun_by
-        assert rerun_by(datetime(2026, 1, 2, tzinfo=UTC)) < datetime(2026, 1, 2, tzinfo=UTC)
-        ```
     """
     scale = clock.time_scale()
     by = expires - TASK_TTL_MARGIN / scale
@@ -380,16 +344,7 @@ def rerun_by(expires: datetime, submission: Optional[Submission] = None) -> date
 
 
 def still_at_service(task_id: str, fetch_by: datetime, error: BaseException) -> str:
-    """The row's message for a paid video that could not be fetched: where it still is.
-
-    Example:
-        ```python
-        from datetime import UTC, datetime
-        from kf2v_tasks.generation.persist import still_at_service
-        text = still_at_service("t-1", datetime(2026, 1, 2, 3, 4, tzinfo=UTC), OSError("x"))
-        assert "still at the service" in text and "run again before" in text
-        ```
-    """
+    """The row's message for a paid video that could not be fetched: where it still is."""
     return (
         f"the video of task {task_id} was made and paid for but could not be fetched "
         f"({error}); it is still at the service: run again before about "
@@ -502,13 +457,6 @@ async def find_persisted(
     them now, from the stored video, and records them in the ledger: no DashScope call,
     nothing paid. ``make_missing_previews=False`` writes nothing (the video is returned
     with ``previews=None``); a record that has previews never makes them again.
-
-    Example:
-        ```python
-        kept = await find_persisted(Ledger("out"), fp, "out/clip.mp4")
-        if kept is not None:
-            print("already there:", kept.path, kept.cost, kept.currency)
-        ```
     """
     from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file
 

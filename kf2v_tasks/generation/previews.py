@@ -12,14 +12,6 @@ count comes from the container (or, when the container does not say, from counti
 packets, which decodes nothing), then one decoding pass keeps the three frames. Each JPEG
 is written atomically through :mod:`kf2v_tasks.storage.files`, so a reader never sees
 half a poster. PyAV is imported when a preview is made, not when this module is.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.previews import make_previews
-
-    previews = await make_previews("out/sunrise.mp4")
-    print(previews.poster, previews.strip, previews.frames)
-    ```
 """
 
 from __future__ import annotations
@@ -73,16 +65,7 @@ class PreviewError(PermanentError, ValueError):
 
 
 class Previews(BaseModel):
-    """Where a video's previews are, and which of its frames they show.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import Previews
-        p = Previews(poster="out/a.poster.jpg", strip="out/a.strip.jpg", frames=5,
-                     poster_frame=2, width=64, height=48)
-        assert p.strip_frames == [0, 2, 4]
-        ```
-    """
+    """Where a video's previews are, and which of its frames they show."""
 
     poster: str = Field(description="The poster JPEG (the middle frame), beside the video.")
     strip: str = Field(description="The strip JPEG: first, middle and last frames.")
@@ -98,15 +81,7 @@ class Previews(BaseModel):
 
 
 def preview_paths(video_path: str) -> tuple[str, str]:
-    """The poster and strip paths of a video: same folder, same stem.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import preview_paths
-        assert preview_paths("s3://b/out/clip.v2.mp4") == (
-            "s3://b/out/clip.v2.poster.jpg", "s3://b/out/clip.v2.strip.jpg")
-        ```
-    """
+    """The poster and strip paths of a video: same folder, same stem."""
     head, sep, name = video_path.rpartition("/")
     stem, dot, _ext = name.rpartition(".")
     stem = stem if dot and stem else name
@@ -115,15 +90,7 @@ def preview_paths(video_path: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class RenderedPreviews:
-    """The two JPEGs of a video, in memory, and the frames they show.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import render_previews
-        rendered = render_previews("out/a.mp4")
-        assert rendered.poster_jpeg[:2] == b"\\xff\\xd8"
-        ```
-    """
+    """The two JPEGs of a video, in memory, and the frames they show."""
 
     poster_jpeg: bytes
     strip_jpeg: bytes
@@ -193,13 +160,6 @@ def render_previews(source: Any) -> RenderedPreviews:
 
     Raises:
         PreviewError: the video has no video stream or no decodable frame.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import render_previews
-        rendered = render_previews("out/a.mp4")
-        print(rendered.frames, rendered.poster_frame, len(rendered.poster_jpeg))
-        ```
     """
     import av
 
@@ -260,12 +220,6 @@ async def make_previews(
     Raises:
         PreviewError: the video cannot be decoded.
         FileNotFoundError: there is no video at ``video_path``.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import make_previews
-        previews = await make_previews("s3://bucket/out/a.mp4", storage_options={"anon": False})
-        ```
     """
     rendered = await run_sync(_render_stored, video_path, storage_options, size)
     poster, strip = preview_paths(video_path)
@@ -305,15 +259,6 @@ async def copy_previews(
 
     Returns:
         The copy's :class:`Previews`, or ``None`` when none could be made.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.previews import copy_previews
-        from kf2v_tasks.storage.files import copy_video
-
-        await copy_video("out/a.mp4", "out/b.mp4")
-        previews = await copy_previews("out/a.mp4", "out/b.mp4")   # out/b.poster.jpg ...
-        ```
     """
     dest_side = await _sidecar(dest_video, storage_options)
     try:

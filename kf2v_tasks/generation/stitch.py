@@ -13,15 +13,6 @@ each clip, so the film is then **re-encoded** (decoded, boundary frames dropped,
 once at CRF 18) and :attr:`StitchResult.reencode_reason` says why. Audio is not carried.
 
 Plain functions, no Prefect; the heavy work runs in a worker thread.
-
-Example:
-    ```python
-    import asyncio
-    from kf2v_tasks.generation.stitch import stitch_clips
-
-    film = asyncio.run(stitch_clips(["t1.mp4", "t2.mp4", "t3.mp4"], "film.mp4"))
-    print(film.frames, film.reencoded, film.reencode_reason)
-    ```
 """
 
 from __future__ import annotations
@@ -51,27 +42,11 @@ FALLBACK_ENCODERS = ("libx264", "mpeg4")
 
 
 class StitchError(ValueError):
-    """A clip cannot be stitched (unreadable, no video stream, no frames); names the clip.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.stitch import StitchError
-        raise StitchError("clip 2 (out/t2.mp4): no video stream")
-        ```
-    """
+    """A clip cannot be stitched (unreadable, no video stream, no frames); names the clip."""
 
 
 class StitchResult(BaseModel):
-    """What :func:`stitch_clips` wrote.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.stitch import StitchResult
-        r = StitchResult(path="film.mp4", clips=3, clip_frames=[5, 5, 5], frames=13,
-                         dropped_frames=2, reencoded=False, width=80, height=64, fps=1.0)
-        assert r.frames == sum(r.clip_frames) - r.dropped_frames
-        ```
-    """
+    """What :func:`stitch_clips` wrote."""
 
     path: str = Field(description="Where the film is (path or URL).")
     clips: int = Field(description="Clips joined.")
@@ -274,12 +249,6 @@ def stitch_local(
         dest: the film, a local path.
         reencode: None: remux when the streams allow, else re-encode; True: always
             re-encode; False: remux or raise :class:`StitchError`.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.stitch import stitch_local
-        film = stitch_local(["t1.mp4", "t2.mp4"], "/tmp/film.mp4")
-        ```
     """
     if not clips:
         raise StitchError("no clips to stitch")
@@ -383,15 +352,6 @@ async def stitch_clips(
 
     Raises:
         StitchError: a clip cannot be read or has no video (the clip is named).
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.generation.stitch import stitch_clips
-
-        film = asyncio.run(stitch_clips(["s3://b/t1.mp4", "s3://b/t2.mp4"], "s3://b/film.mp4"))
-        assert film.frames == sum(film.clip_frames) - 1
-        ```
     """
     result = await run_sync(_stitch_sync, list(clips), output, storage_options, reencode)
     if result.reencoded:

@@ -8,17 +8,6 @@ POST and recording its task id is seen on resume as an ambiguous create, never a
 (:mod:`kf2v_tasks.generation.ledger_record`). Two runs on the same output (an overlapping
 schedule, a retry of a run marked crashed) are kept from both creating by a claim on the
 fingerprint (:mod:`kf2v_tasks.generation.claims`): the loser re-attaches to the winner's task.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.frames import check_pair
-    from kf2v_tasks.generation.ledger import Ledger
-    from kf2v_tasks.generation.submit import submit_generation
-
-    pair = await check_pair("first.png", "last.png")
-    sub = await submit_generation(client, pair, "a slow pan", ledger=Ledger("out"))
-    print(sub.task_id, sub.reused, sub.resolution)
-    ```
 """
 
 from __future__ import annotations
@@ -164,19 +153,6 @@ async def submit_generation(
         AmbiguousCreateError: when the policy forbids (another) retry.
         ClaimHeldError: another run holds the claim and recorded no task in time.
         PermanentError / TransientError: from the client, as classified there.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.ledger import Ledger
-        from kf2v_tasks.generation.submit import submit_generation
-
-        async with credentials.get_client() as client:
-            sub = await submit_generation(
-                client, pair, "a slow pan", options=GenerationOptions(resolution="480P"),
-                ledger=Ledger("out"), row_id="sunrise",
-            )
-        ```
     """
     options = options or GenerationOptions()
     ambiguous_policy = AmbiguousPolicy(ambiguous_policy)

@@ -41,17 +41,7 @@ def account_id(credentials: DashScopeCredentials) -> str:
 
 
 def account_label(credentials: DashScopeCredentials) -> str:
-    """The account's name in lane and limit names: the block's ``account``, else ``key-<hash>``.
-
-    Example:
-        ```python
-        from kf2v_tasks.credentials import DashScopeCredentials
-        from kf2v_tasks.lanes.account import account_label
-        creds = DashScopeCredentials(api_key="sk-x", account="acme")
-        assert account_label(creds) == "acme"
-        assert account_label(creds.model_copy(update={"account": None})).startswith("key-")
-        ```
-    """
+    """The account's name in lane and limit names: the block's ``account``, else ``key-<hash>``."""
     return credentials.account or f"key-{account_id(credentials)[:10]}"
 
 
@@ -83,15 +73,7 @@ def limits_for(
 
 
 def lane_quotas(specs: Mapping[str, str]) -> dict[str, LaneQuota]:
-    """Per-model quotas from ``{"model": "RUNNING[:CREATES]"}`` (settings, CLI, flow).
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.account import lane_quotas
-        quotas = lane_quotas({"wan2.7-i2v": "8"})
-        assert (quotas["wan2.7-i2v"].running, quotas["wan2.7-i2v"].creates_per_second) == (8, 5.0)
-        ```
-    """
+    """Per-model quotas from ``{"model": "RUNNING[:CREATES]"}`` (settings, CLI, flow)."""
     from kf2v_tasks.dashscope.limits import table_quota
     from kf2v_tasks.settings_env import parse_lane_spec
 

@@ -30,13 +30,6 @@ async def apply_limits(
     """Set the lane limit ``name`` to the tasks at the service: running plus queued ahead.
 
     The same total every batch run and task keeps to (see :mod:`kf2v_tasks.lanes.lane`).
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.gcl import apply_limits
-        asyncio.run(apply_limits("kf2v-acme-wan2.7-i2v", 5))
-        ```
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import (
@@ -72,16 +65,7 @@ async def apply_limits(
 
 
 async def show_limits() -> list[dict]:
-    """Every kf2v global concurrency limit on the server.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.gcl import show_limits
-        for limit in asyncio.run(show_limits()):
-            print(limit["name"], limit["limit"], limit["active_slots"])
-        ```
-    """
+    """Every kf2v global concurrency limit on the server."""
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
@@ -103,14 +87,6 @@ async def ensure_limit(name: str, limit: int) -> dict:
     Returns:
         ``{"name", "limit", "active", "action"}`` with ``action`` ``"created"`` or
         ``"exists"``.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.gcl import ensure_limit
-        status = asyncio.run(ensure_limit("kf2v-dashscope-tasks", 2))
-        print(status["action"], status["limit"])
-        ```
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -170,14 +146,6 @@ class LeaseBook:
     holding slots would then block every later run on that server. So each pool writes
     the ids of the leases it holds (with host, pid and API URL); the next run on this
     machine gives back the leases of processes that are gone (:func:`free_dead_leases`).
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.gcl import LeaseBook
-        book = LeaseBook()
-        book.add("0b5e6a4c-0000-4000-8000-000000000000")
-        book.remove("0b5e6a4c-0000-4000-8000-000000000000")   # file removed when empty
-        ```
     """
 
     def __init__(self) -> None:
@@ -219,13 +187,6 @@ async def free_dead_leases() -> int:
 
     Returns:
         How many leases were given back.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.gcl import free_dead_leases
-        print(asyncio.run(free_dead_leases()), "slots of killed runs given back")
-        ```
     """
     from prefect.client.orchestration import get_client
 
@@ -279,14 +240,6 @@ async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, in
 
     Raises:
         RuntimeError: the limit does not exist.
-
-    Example:
-        ```python
-        from prefect.client.orchestration import get_client
-        from kf2v_tasks.lanes.gcl import acquire_slot
-        async with get_client() as client:
-            lease_id, held = await acquire_slot(client, "kf2v-dashscope-tasks", slots=4)
-        ```
     """
     import httpx
 

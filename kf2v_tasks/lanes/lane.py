@@ -75,23 +75,7 @@ def release_task(task_id: str) -> None:
 
 
 class Lane:
-    """One account's slots for one model: ``running`` tasks plus ``queue_ahead`` queued.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.dashscope.limits import LaneQuota
-        from kf2v_tasks.lanes.lane import open_lane
-
-        async def main():
-            lane = await open_lane("acme", "wan2.7-i2v", LaneQuota(5, 5.0), limit_prefix=None)
-            assert (lane.running, lane.size) == (5, 6)
-            async with lane.slot():
-                assert lane.in_use == 1
-
-        asyncio.run(main())
-        ```
-    """
+    """One account's slots for one model: ``running`` tasks plus ``queue_ahead`` queued."""
 
     def __init__(
         self, account: str, model: str, quota: LaneQuota, queue_ahead: int, pool: SlotPool

@@ -15,14 +15,7 @@ from kf2v_tasks.generation.ledger import Ledger
 
 
 def default_ledger_root() -> str:
-    """``PREFECT_INTEGRATIONS_KF2V_LEDGER``, else ``<PREFECT_HOME>/kf2v/ledger``.
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.ledger import default_ledger_root
-        assert default_ledger_root().endswith("ledger")
-        ```
-    """
+    """``PREFECT_INTEGRATIONS_KF2V_LEDGER``, else ``<PREFECT_HOME>/kf2v/ledger``."""
     from prefect.settings import get_current_settings
 
     from kf2v_tasks.settings import get_settings

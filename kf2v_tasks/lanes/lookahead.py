@@ -32,18 +32,7 @@ logger = logging.getLogger("kf2v_tasks.lanes.lookahead")
 
 
 def is_concurrency_refusal(error: BaseException) -> bool:
-    """A 429 on a create that is not the per-second rate: the account's running slots are full.
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.lookahead import is_concurrency_refusal
-        from kf2v_tasks.errors import ThrottledError
-        assert is_concurrency_refusal(ThrottledError("Throttling", "busy", status_code=429))
-        assert not is_concurrency_refusal(
-            ThrottledError("Throttling.RateQuota", "rate", status_code=429)
-        )
-        ```
-    """
+    """A 429 on a create that is not the per-second rate: the account's running slots are full."""
     if not isinstance(error, ThrottledError):
         return False
     code = getattr(error, "code", "") or ""
@@ -58,14 +47,6 @@ class LookAhead:
         queue_ahead: tasks kept PENDING beyond them (0: off).
         on_fall_back: called once when look-ahead is switched off (e.g. shrink the pool).
         held: how many tasks this run has at the service or on their way there.
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.lookahead import LookAhead
-        ahead = LookAhead(running=2, queue_ahead=1)
-        ahead.seen("t1", "RUNNING"); ahead.seen("t2", "RUNNING"); ahead.seen("t3", "PENDING")
-        assert ahead.explained()          # t3 waits behind our own two running tasks
-        ```
     """
 
     def __init__(

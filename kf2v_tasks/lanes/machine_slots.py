@@ -32,17 +32,7 @@ def slot_folder(name: str) -> Path:
 
 
 class MachineSlot:
-    """One held slot: an open lock file with an exclusive ``flock``.
-
-    Example:
-        ```python
-        slot = await MachineSlot.acquire(Path("/tmp/slots"), size=2)
-        try:
-            ...  # the task is in flight
-        finally:
-            slot.release()
-        ```
-    """
+    """One held slot: an open lock file with an exclusive ``flock``."""
 
     def __init__(self, fd: int, index: int) -> None:
         self._fd: Optional[int] = fd

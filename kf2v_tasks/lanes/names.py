@@ -17,14 +17,7 @@ DEFAULT_LIMIT_PREFIX = "kf2v"
 
 
 def lane_limit_name(prefix: str, account: str, model: str) -> str:
-    """The global concurrency limit of one lane.
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.names import lane_limit_name
-        assert lane_limit_name("kf2v", "acme", "wan2.7-i2v") == "kf2v-acme-wan2.7-i2v"
-        ```
-    """
+    """The global concurrency limit of one lane."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{prefix}-{account}-{model}")
     return safe.strip("-") or "kf2v"
 

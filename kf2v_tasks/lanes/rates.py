@@ -38,14 +38,7 @@ MAX_RUNS = 10_000
 
 
 def runs_limit_name(global_limit: str) -> str:
-    """The counting limit that goes with the in-flight limit ``global_limit``.
-
-    Example:
-        ```python
-        from kf2v_tasks.lanes.rates import runs_limit_name
-        assert runs_limit_name("kf2v-dashscope-tasks") == "kf2v-dashscope-tasks-runs"
-        ```
-    """
+    """The counting limit that goes with the in-flight limit ``global_limit``."""
     return f"{global_limit}-runs"
 
 
@@ -55,23 +48,6 @@ class RateShare:
     Args:
         global_limit: the account's in-flight limit; the counting limit is named after it.
         limiters: each local limiter with the account's whole rate for it.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.rates import RateShare
-        from kf2v_tasks.dashscope.limits import RateLimiter
-
-        async def main():
-            creates, queries = RateLimiter(2.0), RateLimiter(20.0)
-            share = await RateShare.join("kf2v-dashscope-tasks", {creates: 2.0, queries: 20.0})
-            try:
-                print(share.runs, creates.rate)   # 1 run alone: the whole 2.0 creates/s
-            finally:
-                await share.leave()
-
-        asyncio.run(main())
-        ```
     """
 
     def __init__(self, global_limit: str, limiters: dict[RateLimiter, float]) -> None:

@@ -144,17 +144,7 @@ _AnyLease = Union[_Lease, _MachineLease]
 
 
 class HeldSlot:
-    """One taken slot; :meth:`release` gives it back (once, however often it is called).
-
-    Example:
-        ```python
-        given_back = []
-        held = HeldSlot(lambda: given_back.append(1))
-        held.release()
-        held.release()
-        assert given_back == [1]
-        ```
-    """
+    """One taken slot; :meth:`release` gives it back (once, however often it is called)."""
 
     def __init__(self, give_back: Callable[[], None]) -> None:
         self._give_back: Optional[Callable[[], None]] = give_back
@@ -167,21 +157,7 @@ class HeldSlot:
 
 
 class SlotPool:
-    """At most ``size`` remote tasks in flight from this run (and, with ``gcl_name``, account-wide).
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.slots import SlotPool
-
-        async def main():
-            pool = SlotPool(2)
-            async with pool.slot():
-                ...  # submit and poll one task
-
-        asyncio.run(main())
-        ```
-    """
+    """At most ``size`` remote tasks in flight from this run (and, with ``gcl_name``, account-wide)."""
 
     def __init__(
         self, size: int, gcl_name: Optional[str] = None, *, machine_folder: Optional[Path] = None
@@ -220,11 +196,6 @@ class SlotPool:
         overlapping runs share the account without ``kf2v limits apply``. Without a
         usable limit (none and not created, inactive, or no server) the pool limits
         in-process only. Which applies is logged.
-
-        Example:
-            ```python
-            pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
-            ```
         """
         if gcl_name and not await _usable_limit(gcl_name, size, create_missing):
             from prefect.settings import get_current_settings
@@ -319,14 +290,7 @@ class SlotPool:
         self._notify()
 
     def shrink(self, size: int) -> None:
-        """Allow at most ``size`` slots from now on (rows holding more finish normally).
-
-        Example:
-            ```python
-            pool = SlotPool(3)
-            pool.shrink(2)   # e.g. the service refused queued tasks: no look-ahead
-            ```
-        """
+        """Allow at most ``size`` slots from now on (rows holding more finish normally)."""
         # The next slots given back are not handed on: each is one slot fewer, for good.
         self._excess += max(0, self.size - max(1, size))
         self.size = min(self.size, max(1, size))
@@ -336,12 +300,6 @@ class SlotPool:
 
         An ask costs a server round trip (seconds on a busy server), and rows start one
         after the other, so without the hint the first ask would be for one slot only.
-
-        Example:
-            ```python
-            pool = await SlotPool.create(32, "kf2v-dashscope-tasks")
-            pool.expect(200)   # the first ask is for all 32 slots
-            ```
         """
         self._expected = max(0, int(rows))
 
@@ -430,18 +388,7 @@ class SlotPool:
                 self._all.remove(lease)
 
     async def close(self) -> None:
-        """Give every held global-limit slot back to the server, and wait until it has them.
-
-        Example:
-            ```python
-            pool = await SlotPool.create(2, "kf2v-dashscope-tasks")
-            try:
-                async with pool.slot():
-                    ...
-            finally:
-                await pool.close()
-            ```
-        """
+        """Give every held global-limit slot back to the server, and wait until it has them."""
         while self._idle:
             self._idle.popleft().release.set()
         for lease in self._all:
@@ -522,15 +469,7 @@ async def _usable_limit_status(name: str, size: int, create_missing: bool) -> bo
 
 
 async def gcl_exists(name: str) -> bool:
-    """Whether the Prefect API knows an active global concurrency limit called ``name``.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.lanes.slots import gcl_exists
-        print(asyncio.run(gcl_exists("kf2v-dashscope-tasks")))
-        ```
-    """
+    """Whether the Prefect API knows an active global concurrency limit called ``name``."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 

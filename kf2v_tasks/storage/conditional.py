@@ -18,17 +18,6 @@ What two processes that race for one file can rely on, per storage:
   :func:`guarantee` says which applies.
 
 The *version* of a file is its S3 ETag, or the sha256 of its bytes elsewhere.
-
-Example:
-    ```python
-    from kf2v_tasks.storage.conditional import (
-        ConditionFailedError, create_exclusive, read_versioned, replace_if,
-    )
-
-    v1 = await create_exclusive("out/.kf2v/claims/x.json", b"mine")   # FileExistsError if taken
-    data, v = await read_versioned("out/.kf2v/claims/x.json")
-    v2 = await replace_if("out/.kf2v/claims/x.json", b"mine, renewed", v)  # or ConditionFailedError
-    ```
 """
 
 from __future__ import annotations
@@ -71,15 +60,7 @@ _LOST_RACE_CODES = frozenset(
 
 
 class ConditionFailedError(Exception):
-    """The file is not at the version the caller expected (changed, replaced or gone).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import ConditionFailedError
-        err = ConditionFailedError("out/.kf2v/claims/x.json", "changed since it was read")
-        assert "x.json" in str(err)
-        ```
-    """
+    """The file is not at the version the caller expected (changed, replaced or gone)."""
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -87,15 +68,7 @@ class ConditionFailedError(Exception):
 
 
 def guarantee(url: str, storage_options: Optional[dict] = None) -> Guarantee:
-    """``"atomic"`` where two racing writers cannot both win, else ``"racy"``.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import guarantee
-        assert guarantee("out/x.json") == "atomic"
-        assert guarantee("memory://b/x.json") == "racy"
-        ```
-    """
+    """``"atomic"`` where two racing writers cannot both win, else ``"racy"``."""
     fs, _ = open_fs(url, storage_options)
     if is_local(fs):
         return "atomic" if fcntl is not None else "racy"
@@ -289,12 +262,6 @@ def create_exclusive_sync(url: str, data: bytes, storage_options: Optional[dict]
 
     Raises:
         FileExistsError: the file exists (someone else created it first).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import create_exclusive_sync
-        version = create_exclusive_sync("/tmp/kf2v-doc/claim.json", b"{}")
-        ```
     """
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
@@ -309,12 +276,6 @@ def read_versioned_sync(url: str, storage_options: Optional[dict] = None) -> tup
 
     Raises:
         FileNotFoundError: no such file.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import read_versioned_sync
-        data, version = read_versioned_sync("/tmp/kf2v-doc/claim.json")
-        ```
     """
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
@@ -331,13 +292,6 @@ def replace_if_sync(
 
     Raises:
         ConditionFailedError: the file changed or disappeared since ``version`` was read.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import read_versioned_sync, replace_if_sync
-        _, v = read_versioned_sync("/tmp/kf2v-doc/claim.json")
-        v2 = replace_if_sync("/tmp/kf2v-doc/claim.json", b'{"renewed": true}', v)
-        ```
     """
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
@@ -352,13 +306,6 @@ def delete_if_sync(url: str, version: str, storage_options: Optional[dict] = Non
 
     Raises:
         ConditionFailedError: the file changed or disappeared since ``version`` was read.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import delete_if_sync, read_versioned_sync
-        _, v = read_versioned_sync("/tmp/kf2v-doc/claim.json")
-        delete_if_sync("/tmp/kf2v-doc/claim.json", v)
-        ```
     """
     fs, path = open_fs(url, storage_options)
     if is_local(fs):
@@ -369,53 +316,22 @@ def delete_if_sync(url: str, version: str, storage_options: Optional[dict] = Non
 
 
 async def create_exclusive(url: str, data: bytes, *, storage_options: Optional[dict] = None) -> str:
-    """:func:`create_exclusive_sync` in a worker thread.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import create_exclusive
-        try:
-            version = await create_exclusive("out/.kf2v/claims/x.json", b"{}")
-        except FileExistsError:
-            ...  # someone else holds it
-        ```
-    """
+    """:func:`create_exclusive_sync` in a worker thread."""
     return await run_sync(create_exclusive_sync, url, data, storage_options)
 
 
 async def read_versioned(url: str, *, storage_options: Optional[dict] = None) -> tuple[bytes, str]:
-    """:func:`read_versioned_sync` in a worker thread.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import read_versioned
-        data, version = await read_versioned("out/.kf2v/claims/x.json")
-        ```
-    """
+    """:func:`read_versioned_sync` in a worker thread."""
     return await run_sync(read_versioned_sync, url, storage_options)
 
 
 async def replace_if(
     url: str, data: bytes, version: str, *, storage_options: Optional[dict] = None
 ) -> str:
-    """:func:`replace_if_sync` in a worker thread.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import replace_if
-        new_version = await replace_if("out/.kf2v/claims/x.json", b"{}", version)
-        ```
-    """
+    """:func:`replace_if_sync` in a worker thread."""
     return await run_sync(replace_if_sync, url, data, version, storage_options)
 
 
 async def delete_if(url: str, version: str, *, storage_options: Optional[dict] = None) -> None:
-    """:func:`delete_if_sync` in a worker thread.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.conditional import delete_if
-        await delete_if("out/.kf2v/claims/x.json", version)
-        ```
-    """
+    """:func:`delete_if_sync` in a worker thread."""
     await run_sync(delete_if_sync, url, version, storage_options)

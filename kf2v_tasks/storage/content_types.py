@@ -6,12 +6,6 @@ showing it and will not play a video inline, and an image artifact shows nothing
 writers of :mod:`kf2v_tasks.storage.files` and the streamed download set it from the
 file's name (:func:`content_type_for`) unless told otherwise. Local disk has no such
 thing; other object stores keep their own default.
-
-Example:
-    ```python
-    from kf2v_tasks.storage.content_types import content_type_for
-    assert content_type_for("s3://bucket/out/sunrise.mp4") == "video/mp4"
-    ```
 """
 
 from __future__ import annotations
@@ -39,15 +33,7 @@ _S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
 
 def content_type_for(path: str) -> Optional[str]:
-    """The Content-Type of a file this package writes, from its name (``None``: unknown).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.content_types import content_type_for
-        assert content_type_for("s3://b/out/a.poster.jpg") == "image/jpeg"
-        assert content_type_for("out/index.html") == "text/html; charset=utf-8"
-        ```
-    """
+    """The Content-Type of a file this package writes, from its name (``None``: unknown)."""
     name = path.rstrip("/").rpartition("/")[2].lower()
     dot = name.rfind(".")
     return _CONTENT_TYPES.get(name[dot:]) if dot > 0 else None
@@ -57,13 +43,6 @@ def type_kwargs(fs: fsspec.AbstractFileSystem, content_type: Optional[str]) -> d
     """``ContentType=`` for a write to ``fs`` if it is S3 (else nothing), for s3fs calls.
 
     s3fs passes it to the PUT or the multipart create; other calls of an upload drop it.
-
-    Example:
-        ```python
-        import fsspec
-        from kf2v_tasks.storage.content_types import type_kwargs
-        assert type_kwargs(fsspec.filesystem("file"), "video/mp4") == {}
-        ```
     """
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if content_type and _S3_PROTOCOLS & set(protocols):

@@ -13,15 +13,6 @@ Hashing and writing (or uploading) run on two threads of their own while the eve
 receives the next batch (:mod:`kf2v_tasks.storage.pipeline`): at most three batches are in
 memory (two on S3, where a batch is a whole part). Small committed files (sidecars, CSVs, copies) live in
 :mod:`kf2v_tasks.storage.files`; their names are re-exported here for older imports.
-
-Example:
-    ```python
-    from kf2v_tasks.storage.download import stream_to_storage
-    from kf2v_tasks.storage.files import sidecar_path, write_json_atomic
-
-    res = await stream_to_storage(video_url, "s3://bucket/out/row-1.mp4", storage_options=opts)
-    await write_json_atomic(sidecar_path(res.path), {"sha256": res.sha256}, storage_options=opts)
-    ```
 """
 
 from __future__ import annotations
@@ -233,16 +224,6 @@ async def stream_to_storage(
         UrlExpiredError: 403 and no ``refresh_url``.
         DownloadError: ``patience`` (or the caller's ``max_attempts``) used up, a 4xx, or
             the size did not match.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.download import stream_to_storage
-
-        res = await stream_to_storage(
-            state.video_url, "out/row-1.mp4", refresh_url=refresh, patience=3600,
-        )
-        print(res.sha256, res.bytes, res.attempts)
-        ```
     """
     policy = retry or DOWNLOAD_RETRY
     max_attempts = retry.max_attempts if retry is not None else None

@@ -6,15 +6,6 @@ object stores a small file is one PUT, which replaces the object atomically, and
 copy goes to a temp object that is then moved (the copy appears in one step). Reads start
 from the store, never from fsspec's listing cache, since another worker may have written
 the file since. The streamed video download lives in :mod:`kf2v_tasks.storage.download`.
-
-Example:
-    ```python
-    from kf2v_tasks.storage.files import read_json, sidecar_path, write_json_atomic
-
-    side = sidecar_path("s3://bucket/out/row-1.mp4")          # s3://bucket/out/row-1.json
-    await write_json_atomic(side, {"sha256": "..."}, storage_options=opts)
-    doc = await read_json(side, storage_options=opts)
-    ```
 """
 
 from __future__ import annotations
@@ -69,15 +60,7 @@ WRITE_BLOCK_SIZE = 5 * MIB + 64 * 1024
 
 
 class StoredFile(BaseModel):
-    """A file committed at its final path: where, its sha256 and size, and how it got there.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import StoredFile
-        f = StoredFile(path="out/row-1.mp4", sha256="ab" * 32, bytes=1024)
-        assert f.attempts == 1 and not f.resumed
-        ```
-    """
+    """A file committed at its final path: where, its sha256 and size, and how it got there."""
 
     path: str = Field(description="Final path or URL of the file.")
     sha256: str = Field(description="Hex sha256 of the committed bytes.")
@@ -90,15 +73,7 @@ class StoredFile(BaseModel):
 
 
 def sidecar_path(video_path: str) -> str:
-    """The JSON sidecar beside a video: same folder, same stem, ``.json``.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import sidecar_path
-        assert sidecar_path("out/row-1.mp4") == "out/row-1.json"
-        assert sidecar_path("s3://b/x/clip.v2.mp4") == "s3://b/x/clip.v2.json"
-        ```
-    """
+    """The JSON sidecar beside a video: same folder, same stem, ``.json``."""
     head, sep, name = video_path.rpartition("/")
     stem, dot, _ext = name.rpartition(".")
     stem = stem if dot and stem else name
@@ -207,12 +182,6 @@ async def write_bytes_atomic(
         storage_options: fsspec options of ``dest``.
         content_type: the object's Content-Type on S3 (default: from the name, see
             :func:`content_type_for`; S3's own default when the name says nothing).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import write_bytes_atomic
-        await write_bytes_atomic("s3://b/out/a.poster.jpg", jpeg, content_type="image/jpeg")
-        ```
     """
     kind = content_type or content_type_for(dest)
     await run_sync(_write_bytes_atomic_sync, dest, data, storage_options, kind)
@@ -221,14 +190,7 @@ async def write_bytes_atomic(
 async def write_json_atomic(
     dest: str, data: dict[str, Any], *, storage_options: Optional[dict] = None
 ) -> None:
-    """Write a JSON document (e.g. a sidecar) atomically.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import write_json_atomic
-        await write_json_atomic("out/row-1.json", {"sha256": "..."})
-        ```
-    """
+    """Write a JSON document (e.g. a sidecar) atomically."""
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
     await write_bytes_atomic(
         dest, text.encode(), storage_options=storage_options, content_type="application/json"
@@ -245,12 +207,6 @@ async def write_text_atomic(
     """Write a UTF-8 text file (e.g. ``results.csv``) atomically.
 
     ``content_type`` as in :func:`write_bytes_atomic` (default: from the name).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import write_text_atomic
-        await write_text_atomic("out/results.csv", "row,status\\n1,succeeded\\n")
-        ```
     """
     await write_bytes_atomic(
         dest, text.encode(), storage_options=storage_options, content_type=content_type
@@ -270,12 +226,6 @@ async def read_bytes(path: str, *, storage_options: Optional[dict] = None) -> by
 
     Raises:
         FileNotFoundError: no such file.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import read_bytes
-        jpeg = await read_bytes("out/row-1.poster.jpg")
-        ```
     """
     return await run_sync(_read_bytes_sync, path, storage_options)
 
@@ -286,12 +236,6 @@ async def read_json(path: str, *, storage_options: Optional[dict] = None) -> Any
     Raises:
         FileNotFoundError: no such file.
         ValueError: not valid JSON.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import read_json
-        doc = await read_json("out/row-1.json")
-        ```
     """
     return json.loads(await run_sync(_read_bytes_sync, path, storage_options))
 
@@ -302,13 +246,6 @@ async def read_text(path: str, *, storage_options: Optional[dict] = None) -> str
     Raises:
         FileNotFoundError: no such file.
         UnicodeDecodeError: not UTF-8.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.storage.files import read_text
-        text = asyncio.run(read_text("out/results.csv"))
-        ```
     """
     data = await run_sync(_read_bytes_sync, path, storage_options)
     return data.decode("utf-8")
@@ -327,14 +264,7 @@ def _hash_sync(path: str, storage_options: Optional[dict]) -> tuple[str, int]:
 
 
 async def verify_file(path: str, sha256: str, *, storage_options: Optional[dict] = None) -> bool:
-    """Whether ``path`` exists and hashes (streamed) to ``sha256``.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import verify_file
-        ok = await verify_file("out/row-1.mp4", record.sha256)
-        ```
-    """
+    """Whether ``path`` exists and hashes (streamed) to ``sha256``."""
     if not sha256:
         return False
     try:
@@ -380,12 +310,6 @@ async def copy_video(
 
     Used when two manifest rows ask for identical work: the second gets a copy, not a
     second paid generation. The copied sidecar names its own video and ``copied_from``.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import copy_video
-        res = await copy_video("out/row-1.mp4", "out/row-7.mp4")
-        ```
     """
     digest, size = await run_sync(_copy_sync, src, dest, storage_options)
     side: Optional[str] = None
@@ -425,12 +349,6 @@ async def remove_stale_temps(root: str, *, older_than: float = 900.0) -> int:
     Object stores need nothing: an interrupted multipart upload never becomes an object.
     Files written to within ``older_than`` seconds are kept, since another shard of the
     same run may still be writing them.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.files import remove_stale_temps
-        removed = await remove_stale_temps("out/")
-        ```
     """
     local = root[len("file://") :] if root.startswith("file://") else root
     if is_url(local):

@@ -15,16 +15,6 @@ know names a file, one request says everything:
 
 None of them looks at fsspec's listing cache: the answer is the store's, now. On other
 filesystems they are the plain fsspec calls (local disk: the OS, one syscall each).
-
-Example:
-    ```python
-    from kf2v_tasks.storage.objects import object_exists, read_object
-    from kf2v_tasks.storage.paths import open_fs
-
-    fs, path = open_fs("s3://bucket/out/.kf2v/ledger/ab.json", opts)
-    if object_exists(fs, path):                     # one HeadObject, present or not
-        data = read_object(fs, path)                # one GetObject
-    ```
 """
 
 from __future__ import annotations
@@ -51,15 +41,7 @@ LIST_PAGE = 1000
 
 
 def is_s3(fs: fsspec.AbstractFileSystem) -> bool:
-    """Whether ``fs`` is s3fs (S3 or an S3-compatible store).
-
-    Example:
-        ```python
-        import fsspec
-        from kf2v_tasks.storage.objects import is_s3
-        assert not is_s3(fsspec.filesystem("memory"))
-        ```
-    """
+    """Whether ``fs`` is s3fs (S3 or an S3-compatible store)."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return any(p in ("s3", "s3a") for p in protocols) and hasattr(fs, "_call_s3")
 
@@ -95,12 +77,6 @@ def get_object(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, Optiona
 
     Raises:
         FileNotFoundError: no such file.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import get_object
-        data, etag = get_object(fs, "bucket/out/.kf2v/claims/ab.json")   # etag None off S3
-        ```
     """
     if is_s3(fs):
         return _s3_get(fs, path)
@@ -116,12 +92,6 @@ def read_object(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
 
     Raises:
         FileNotFoundError: no such file.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import read_object
-        doc = read_object(fs, "bucket/out/row-1.json")
-        ```
     """
     return get_object(fs, path)[0]
 
@@ -134,12 +104,6 @@ def stat_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file (on S3 a "folder" of other keys is no file either).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import stat_object
-        size = stat_object(fs, "bucket/out/row-1.mp4")["size"]
-        ```
     """
     if is_s3(fs):
         out = _s3_call(fs, "head_object", path)
@@ -159,15 +123,7 @@ def stat_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
 
 
 def object_exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
-    """Whether a file is at ``path``: one HeadObject on S3 (a 404 is ``False``).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import object_exists
-        if not object_exists(fs, "bucket/out/.kf2v/claims/ab.json"):
-            ...
-        ```
-    """
+    """Whether a file is at ``path``: one HeadObject on S3 (a 404 is ``False``)."""
     try:
         stat_object(fs, path)
     except (FileNotFoundError, IsADirectoryError):
@@ -181,13 +137,6 @@ def open_object(fs: fsspec.AbstractFileSystem, path: str, *, size: Optional[int]
     ``size``: the file's size when the caller knows it (it has just written the file);
     s3fs then sends no HeadObject before the first range. Without it, the reader asks
     the store once and checks every range against that version (``If-Match``).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import open_object
-        with open_object(fs, "bucket/out/row-1.mp4", size=stored.bytes) as f:
-            head = f.read(16)
-        ```
     """
     if is_local(fs):
         return open(path, "rb")
@@ -209,12 +158,6 @@ def list_files(
     Returns the paths and, when it stopped before the end, the last path it covered (every
     path sorting after it is unknown; ``""`` if none); ``None`` when the listing is
     complete. A missing folder is empty.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.objects import list_files
-        paths, stopped_at = list_files(fs, "bucket/out/.kf2v/ledger", max_pages=3)
-        ```
     """
     if not is_s3(fs):
         forget_cached(fs, folder)

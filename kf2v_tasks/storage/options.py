@@ -21,19 +21,7 @@ from typing import Any, Optional
 
 
 def merge_options(base: dict, extra: Optional[dict]) -> dict:
-    """``base`` with ``extra`` merged on top, nested dicts merged key by key.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.options import merge_options
-        base = {"key": "AK", "client_kwargs": {"region_name": "eu-west-1"}}
-        extra = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
-        assert merge_options(base, extra) == {
-            "key": "AK",
-            "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9000"},
-        }
-        ```
-    """
+    """``base`` with ``extra`` merged on top, nested dicts merged key by key."""
     out = dict(base)
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -48,14 +36,6 @@ def options_from_block(block: Any) -> dict:
 
     Raises:
         ValueError: a block of another type, or a Secret that is not a JSON object.
-
-    Example:
-        ```python
-        from prefect.filesystems import RemoteFileSystem
-        from kf2v_tasks.storage.options import options_from_block
-        block = RemoteFileSystem(basepath="s3://bucket/", settings={"anon": True})
-        assert options_from_block(block) == {"anon": True}
-        ```
     """
     kind = type(block).__name__
     if kind == "AwsCredentials":

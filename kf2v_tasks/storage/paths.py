@@ -48,13 +48,6 @@ def open_fs(
     """The filesystem and in-filesystem path of ``url``.
 
     Plain paths and ``file://`` URLs map to the local filesystem (``~`` expanded).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.paths import open_fs
-        fs, path = open_fs("s3://bucket/out/a.mp4", {"anon": False})
-        fs, path = open_fs("frames/first.png")   # local, absolute path returned
-        ```
     """
     if not is_url(url):
         url = os.path.abspath(os.path.expanduser(url))
@@ -63,17 +56,7 @@ def open_fs(
 
 
 def with_s3_retries(url: str, storage_options: Optional[dict]) -> dict:
-    """``storage_options``, plus :data:`S3_RETRIES` for an S3 URL that does not set retries.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.paths import S3_RETRIES, with_s3_retries
-        assert with_s3_retries("s3://b/k", {})["config_kwargs"]["retries"] == S3_RETRIES
-        mine = {"config_kwargs": {"retries": {"max_attempts": 2}}}
-        assert with_s3_retries("s3://b/k", mine) == mine
-        assert with_s3_retries("/tmp/x", None) == {}
-        ```
-    """
+    """``storage_options``, plus :data:`S3_RETRIES` for an S3 URL that does not set retries."""
     options = dict(storage_options or {})
     if url.split("://", 1)[0].lower() not in ("s3", "s3a"):
         return options
@@ -111,14 +94,7 @@ def forget_cached(fs: fsspec.AbstractFileSystem, path: str) -> None:
 
 
 def join(root: str, *parts: str) -> str:
-    """Join path parts onto a local path or a URL, using ``/`` for URLs.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.paths import join
-        assert join("s3://bucket/out/", "a", "b.mp4") == "s3://bucket/out/a/b.mp4"
-        ```
-    """
+    """Join path parts onto a local path or a URL, using ``/`` for URLs."""
     clean = [p.strip("/") for p in parts if p and p.strip("/")]
     if not is_url(root):
         return os.path.join(root, *clean) if clean else root
@@ -151,14 +127,6 @@ def resolve_relative(value: str, base_dir_url: str) -> str:
     URLs, ``data:`` URIs and absolute local paths are returned unchanged; relative paths are
     joined onto ``base_dir_url`` (itself local or a URL such as ``s3://bucket/manifests``)
     and normalised (``./`` and ``../`` folded).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.paths import resolve_relative
-        assert resolve_relative("img/a.png", "s3://b/m") == "s3://b/m/img/a.png"
-        assert resolve_relative("../img/a.png", "s3://b/m") == "s3://b/img/a.png"
-        assert resolve_relative("https://x/a.png", "s3://b/m") == "https://x/a.png"
-        ```
     """
     value = value.strip()
     if is_url(value) or value.startswith("data:"):
@@ -185,13 +153,6 @@ def safe_child(root: str, name: str) -> str:
     Rejected with a :class:`ValueError` naming the reason: empty names, ``..`` components,
     absolute paths, backslashes, NUL and control characters, URL schemes or drive letters,
     names ending in ``/`` and names inside the reserved ``.kf2v`` folder.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.paths import join, safe_child
-        dest = join("s3://bucket/out", safe_child("s3://bucket/out", "clips/row-1.mp4"))
-        safe_child("out", "../escape.mp4")   # ValueError: ... '..' ...
-        ```
     """
     if name is None or not name.strip():
         raise ValueError("output name is empty")

@@ -9,14 +9,6 @@ days, so a longer expiry is cut to that and the link says when it stops working.
 A presigned URL carries a signature in its query string: it is a capability for that one
 object until it expires, which is the point of putting it in an artifact. It is never
 logged (see :mod:`kf2v_tasks.redaction`, which strips query strings from logged URLs).
-
-Example:
-    ```python
-    from kf2v_tasks.storage.presign import presign
-
-    link = await presign("s3://bucket/out/a.mp4", storage_options={"anon": False})
-    print(link.url, "valid until", link.expires_at.isoformat())
-    ```
 """
 
 from __future__ import annotations
@@ -47,17 +39,7 @@ _SCHEMES = frozenset({"s3", "s3a"})
 
 
 class PresignedUrl(BaseModel):
-    """An HTTPS link to one object, and when it stops working.
-
-    Example:
-        ```python
-        from datetime import UTC, datetime
-        from kf2v_tasks.storage.presign import PresignedUrl
-        link = PresignedUrl(source="s3://b/a.mp4", url="https://b.s3.test/a.mp4?X-Amz-Signature=f",
-                            expires_at=datetime(2030, 1, 1, tzinfo=UTC), expires_in=3600)
-        assert link.expiry_text() == "2030-01-01 00:00 UTC"
-        ```
-    """
+    """An HTTPS link to one object, and when it stops working."""
 
     source: str = Field(description="The object's s3:// URL.")
     url: str = Field(description="The presigned https URL (holds a signature: never log it).")
@@ -75,14 +57,7 @@ class PresignedUrl(BaseModel):
 
 
 def can_presign(url: str) -> bool:
-    """Whether ``url`` is on a store this module can presign (S3).
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.presign import can_presign
-        assert can_presign("s3://bucket/a.mp4") and not can_presign("/data/out/a.mp4")
-        ```
-    """
+    """Whether ``url`` is on a store this module can presign (S3)."""
     scheme, sep, _ = url.partition("://")
     return bool(sep) and scheme.lower() in _SCHEMES
 
@@ -132,12 +107,6 @@ async def presign(
 
     Raises:
         ValueError: ``url`` is not on S3, or ``expires_in`` is below one second.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.presign import presign
-        link = await presign("s3://bucket/out/a.poster.jpg", expires_in=3600)
-        ```
     """
     return (await presign_many([url], storage_options=storage_options, expires_in=expires_in))[0]
 
@@ -151,11 +120,5 @@ async def presign_many(
     """Presigned links to many S3 objects, in order, signed in one worker thread.
 
     Signing is local (no request to S3), so thousands take well under a second.
-
-    Example:
-        ```python
-        from kf2v_tasks.storage.presign import presign_many
-        links = await presign_many(["s3://b/a.mp4", "s3://b/a.poster.jpg"], expires_in=600)
-        ```
     """
     return await run_sync(_sign_sync, list(urls), storage_options, _expiry(expires_in))
