@@ -44,6 +44,13 @@ def _results(out: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
 
 
+def _flow_runs() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs()
+
+
 @pytest.mark.parametrize("text", ["id,first_frame,last_frame\n", ""])
 def test_an_empty_or_header_only_manifest_is_one_line_exit_2_and_touches_nothing(tmp_path, text):
     out = tmp_path / "out"
@@ -88,15 +95,27 @@ def test_a_run_with_fewer_rows_keeps_the_earlier_rows_in_results_and_gallery(tmp
         )
         first = kf2v("run", str(tmp_path / "all.csv"), "--output", str(out), env=env)
         assert first.returncode == 0, first.stderr[-2000:]
+        # Every row kept: the re-run writes the same rows and starts no flow (issue 25 #1).
+        made = {name: (out / name).read_bytes() for name in ("results.csv", "index.html")}
+        runs = _flow_runs()
+        again = kf2v("run", str(tmp_path / "all.csv"), "--output", str(out), env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "3 rows: 3 skipped" in again.stderr and _flow_runs() == runs
+        assert [r["status"] for r in _results(out)] == ["skipped"] * 3
+        assert (out / "index.html").read_bytes().count(b"<article") == 3
+        assert (
+            made["results.csv"].split(b"\n")[0]
+            == (out / "results.csv").read_bytes().split(b"\n")[0]
+        )
         second = kf2v("run", str(tmp_path / "one.csv"), "--output", str(out), env=env)
         assert second.returncode == 0, second.stderr[-2000:]
-        assert sim.stats()["creates"] == 3  # the second run paid for nothing
+        assert sim.stats()["creates"] == 3  # the later runs paid for nothing
     assert "1 row: 1 skipped" in second.stderr and "1 valid row, 0 invalid" in second.stderr
     got = [(r["id"], r["status"], r["earlier_run"]) for r in _results(out)]
     assert got == [
         ("r1", "skipped", "False"),
-        ("r0", "succeeded", "True"),
-        ("r2", "succeeded", "True"),
+        ("r0", "skipped", "True"),  # as the re-run left them
+        ("r2", "skipped", "True"),
     ]
     page = (out / "index.html").read_text()
     assert page.count("<article") == 3 and page.count('data-earlier-run="true"') == 2

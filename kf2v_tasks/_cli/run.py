@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from typing import Any
 
 from kf2v_tasks._cli.inputs import (
@@ -30,14 +31,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kf2v_tasks._cli.errors import summary_exit_code
-    from kf2v_tasks._cli.report import print_summary, progress
+    from kf2v_tasks._cli.preflight import finish_if_all_kept
+    from kf2v_tasks._cli.report import ProgressBar, print_summary, progress
     from kf2v_tasks.errors import BatchFailedError
 
+    started = time.monotonic()
     defaults = defaults_from_args(args)
     check_manifest(args, defaults)  # before Prefect or the simulator start
     check_output(args)
-    concurrency = concurrency_from_args(args)
     console = Console(stderr=True, soft_wrap=True)
+    # Every row already kept: the results are written here, and nothing starts.
+    kept = finish_if_all_kept(args, defaults, started, ProgressBar(console))
+    if kept is not None:
+        print_summary(console, kept)
+        return summary_exit_code(kept)
+    concurrency = concurrency_from_args(args)
     with flow_service(args) as credentials:
         from kf2v_flows.batch import generate_batch
 
