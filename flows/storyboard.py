@@ -28,6 +28,7 @@ from prefect.states import Completed, Failed
 from kf2v_flows.storyboard_films import make_film
 from kf2v_flows.storyboard_plan import (
     SEQUENCE_COLUMN,
+    continuation_step,
     manifest_extra_columns,
     sequences,
     write_transitions,
@@ -79,6 +80,7 @@ async def generate_storyboard(
     price_table: Optional[PriceTable] = None,
     ambiguous_policy: AmbiguousPolicy = AmbiguousPolicy.RETRY_ONCE,
     task_runs: TaskRuns = TaskRuns.PER_STEP,
+    continue_clips: bool = False,
 ) -> StoryboardSummary:
     """Generate the transitions of a storyboard and stitch each storyboard into one MP4.
 
@@ -110,6 +112,10 @@ async def generate_storyboard(
         price_table: Prices per model and resolution; empty for the built-in prices.
         ambiguous_policy: What to do when a create got no clear answer.
         task_runs: per_step or per_row Prefect task runs per transition.
+        continue_clips: With frames: continue each clip toward the next keyframe
+            (``first_clip`` + ``last_frame``, a model that continues clips) instead of
+            stitching separate transitions; transition i lasts i times the row duration and
+            the film is the last clip. The transitions run one after the other.
 
     Returns:
         A StoryboardSummary: every film (path, frames, whether it was re-encoded and why)
@@ -137,37 +143,51 @@ async def generate_storyboard(
         raise ValueError("give either frames (one storyboard) or manifest (a sequence column)")
     if not output:
         raise ValueError("output is required: the film (.mp4) or, with a manifest, a folder")
-    if frames is not None:
-        manifest, root, films = await write_transitions(frames, output, prompt, prompts, opts)
-    else:
-        root, films = normalize_output(output), None
+    step = continuation_step(frames, defaults) if continue_clips else None
     # The sequence column is the storyboard's own; other unknown columns only if asked.
     own_columns = manifest_extra_columns(extra_columns)
-    parsed = await load_manifest(
-        manifest, defaults=defaults, storage_options=opts, extra_columns=own_columns
-    )
-    found = sequences(parsed, root, films)
-    runner = BatchRunner(
-        manifest,
-        root,
-        defaults=defaults,
-        concurrency=concurrency,
-        polling=polling,
-        credentials=credentials_block,
-        storage_options=opts,
-        price_table=price_table,
-        max_cost=max_cost,
-        dry_run=dry_run,
-        fail_fast=fail_fast,
-        ambiguous_policy=ambiguous_policy,
-        observer=PrefectReporter(key_prefix="kf2v-storyboard"),
-        task_runs=task_runs,
-        extra_columns=own_columns,
-    )
-    batch = await runner.run()
+    # A continuation's clip exists once the transition before it is made: one at a time.
+    ends = range(2, len(frames) + 1) if frames is not None and step else [None]
+    for end in ends:
+        if frames is not None:
+            manifest, root, films = await write_transitions(
+                frames[:end],
+                output,
+                prompt,
+                prompts[: end - 1] if prompts and end else prompts,
+                opts,
+                step,
+            )
+        else:
+            root, films = normalize_output(output), None
+        parsed = await load_manifest(
+            manifest, defaults=defaults, storage_options=opts, extra_columns=own_columns
+        )
+        found = sequences(parsed, root, films)
+        runner = BatchRunner(
+            manifest,
+            root,
+            defaults=defaults,
+            concurrency=concurrency,
+            polling=polling,
+            credentials=credentials_block,
+            storage_options=opts,
+            price_table=price_table,
+            max_cost=max_cost,
+            dry_run=dry_run,
+            fail_fast=fail_fast,
+            ambiguous_policy=ambiguous_policy,
+            observer=PrefectReporter(key_prefix="kf2v-storyboard"),
+            task_runs=task_runs,
+            extra_columns=own_columns,
+        )
+        batch = await runner.run()
+        if dry_run or batch.failed or batch.over_budget:
+            break
     by_row = {r.row: r for r in batch.results}
     made = [
-        await make_film(name, path, rows, by_row, dry_run=dry_run, opts=opts)
+        # A continued film is its last clip: each clip holds the ones before it.
+        await make_film(name, path, rows[-1:] if step else rows, by_row, dry_run=dry_run, opts=opts)
         for name, (path, rows) in found.items()
     ]
     summary = StoryboardSummary(films=made, batch=batch)

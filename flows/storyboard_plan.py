@@ -22,13 +22,21 @@ import itertools
 import os
 from typing import Optional
 
-from kf2v_tasks.batch.manifest import ExtraColumns, ParsedManifest
+from kf2v_tasks.batch.manifest import ExtraColumns, ParsedManifest, RowDefaults
 from kf2v_tasks.batch.plan import output_path
+from kf2v_tasks.dashscope.catalog import active_catalog, get_model
+from kf2v_tasks.dashscope.models import CLIP_MAX_SECONDS, CLIP_MIN_SECONDS
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.storage.files import write_text_atomic
 from kf2v_tasks.storage.paths import basename, is_url, join, parent, safe_child
 
-__all__ = ["SEQUENCE_COLUMN", "manifest_extra_columns", "sequences", "write_transitions"]
+__all__ = [
+    "SEQUENCE_COLUMN",
+    "continuation_step",
+    "manifest_extra_columns",
+    "sequences",
+    "write_transitions",
+]
 
 #: The manifest column that groups rows into storyboards.
 SEQUENCE_COLUMN = "sequence"
@@ -54,8 +62,14 @@ async def write_transitions(
     prompt: Optional[str],
     prompts: Optional[list[Optional[str]]],
     opts: Optional[dict],
+    step: Optional[int] = None,
 ) -> tuple[str, str, dict[str, str]]:
     """Write one storyboard's transitions as a manifest in ``<film>.storyboard/``.
+
+    With ``step`` (seconds), the transitions continue each other: transition 1 goes from
+    keyframe 1 to 2 in ``step`` s, transition i continues clip i-1 (its ``first_clip``) to
+    keyframe i+1, ``i * step`` s in total. Only the transitions of ``frames`` are written:
+    a clip exists only once the transition before it is made.
 
     Returns:
         ``(manifest, output root, {sequence: film path})``.
@@ -87,14 +101,56 @@ async def write_transitions(
     absolute = _absolute(frames)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "first_frame", "last_frame", "prompt", "output", SEQUENCE_COLUMN])
+    head = ["id", "first_frame", "last_frame", "prompt", "output", SEQUENCE_COLUMN]
+    writer.writerow(head + (["first_clip", "duration"] if step else []))
     for i in range(len(frames) - 1):
         text = (prompts[i] if prompts else None) or prompt or ""
         tid = f"transition-{i + 1:02d}"
-        writer.writerow([tid, absolute[i], absolute[i + 1], text, f"{tid}.mp4", stem])
+        first = absolute[i] if not step or i == 0 else ""
+        cells = [tid, first, absolute[i + 1], text, f"{tid}.mp4", stem]
+        if step:  # the clip before, beside this manifest; the film so far plus one step
+            cells += [f"transition-{i:02d}.mp4" if i else "", str((i + 1) * step)]
+        writer.writerow(cells)
     manifest = join(root, "storyboard.csv")
     await write_text_atomic(manifest, buf.getvalue(), storage_options=opts)
     return manifest, root, {stem: output}
+
+
+def continuation_step(frames: Optional[list[str]], defaults: RowDefaults) -> int:
+    """Seconds each continued transition adds; refuses a chain the model cannot make.
+
+    Transition i continues a clip of ``(i - 1) * step`` s to ``i * step`` s, so the last
+    clip must fit the model's longest video and each clip continued the first_clip limits.
+
+    Raises:
+        ValueError: no keyframes, a model that continues no clip, or a chain too long for
+            the limits (the message names the limit and the value).
+
+    Example:
+        ```python
+        from kf2v_flows.storyboard_plan import continuation_step
+        from kf2v_tasks.batch.manifest import RowDefaults
+        assert continuation_step(["a", "b", "c", "d"], RowDefaults(model="wan2.7-i2v")) == 5
+        ```
+    """
+    if frames is None:
+        raise ValueError("continue_clips: give keyframes (frames), not a manifest")
+    spec = get_model(defaults.model)
+    if not spec.clip:
+        takers = ", ".join(s.name for s in active_catalog().models if s.clip)
+        raise ValueError(
+            f"continue_clips: {spec.name} cannot continue a clip (models that can: {takers})"
+        )
+    step, n = defaults.duration or spec.default_duration, len(frames) - 1
+    longest = min(spec.duration_max, int(CLIP_MAX_SECONDS) + step)
+    if step < CLIP_MIN_SECONDS or n * step > longest:
+        raise ValueError(
+            f"continue_clips: {n} transitions of {step} s end in a {n * step} s clip; "
+            f"{spec.name} makes at most {spec.duration_max} s and continues clips of "
+            f"{CLIP_MIN_SECONDS:g}..{CLIP_MAX_SECONDS:g} s (use fewer keyframes or a shorter "
+            "duration)"
+        )
+    return step
 
 
 def _absolute(frames: list[str]) -> list[str]:
@@ -142,7 +198,17 @@ def sequences(
     for name, (_path, rows) in found.items():
         for before, after in itertools.pairwise(rows):
             a, b = valid.get(before), valid.get(after)
-            if a is not None and b is not None and a.last_frame != b.first_frame:
+            if a is None or b is None:
+                continue
+            if b.first_clip is not None:  # a continuation: of the clip of the row before
+                if b.first_clip != output_path(root, a):
+                    raise ManifestFileError(
+                        source,
+                        f"row {after}, column 'first_clip': {b.first_clip!r} is not the clip "
+                        f"of row {before}, the transition before it in sequence {name!r}",
+                        line=after,
+                    )
+            elif a.last_frame != b.first_frame:
                 raise ManifestFileError(
                     source,
                     f"row {after}, column 'first_frame': {b.first_frame!r} is not the "

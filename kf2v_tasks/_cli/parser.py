@@ -298,6 +298,13 @@ def _add_storyboard(sub) -> None:
         help="One prompt per transition (N-1 for N keyframes), in order.",
     )
     board.add_argument("--output", required=True, help="The film, .mp4 (path or fsspec URL).")
+    board.add_argument(
+        "--continue",
+        dest="continue_clips",
+        action="store_true",
+        help="Continue each clip toward the next keyframe (a model that continues clips, "
+        "e.g. --model wan2.7-i2v) instead of stitching separate transitions.",
+    )
     _quota(board)
     _max_cost(board)
     _generation_options(board)

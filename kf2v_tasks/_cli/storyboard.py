@@ -73,6 +73,15 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
 
     check_storyboard_args(args)
     defaults = defaults_from_args(args)
+    if args.continue_clips:  # a chain the model cannot make is said before anything starts
+        from kf2v_flows.storyboard_plan import continuation_step
+
+        try:
+            continuation_step(list(args.frames), defaults)
+        except ValueError as exc:
+            raise UsageError(
+                f"argument --continue: {exc}".replace("continue_clips: ", "")
+            ) from None
     concurrency = concurrency_from_args(args)
     console = Console(stderr=True, soft_wrap=True)
     with flow_service(args) as credentials:
@@ -91,6 +100,7 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
                     credentials_block=credentials,
                     storage_block=args.storage_block,
                     storage_options=args.storage_options,
+                    continue_clips=args.continue_clips,
                     return_state=True,
                 )
             )
