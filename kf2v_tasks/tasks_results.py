@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
+from kf2v_tasks.credentials import aresolve_credentials
 from kf2v_tasks.dashscope.models import TaskState, TaskStatus
 from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
@@ -127,6 +128,8 @@ async def _persist(
 ) -> PersistedVideo:
     # The client only refreshes an expired URL: a fresh URL downloads without credentials.
     try:
+        if price_table is None and credentials:  # priced in the region of the block in use
+            price_table = PriceTable.default((await aresolve_credentials(credentials)).region)
         async with open_account(credentials, optional=True) as account:
             video = await persist_task_video(
                 state,

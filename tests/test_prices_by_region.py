@@ -229,3 +229,22 @@ def test_a_video_of_unknown_price_shows_so_in_the_gallery():
         [GalleryCard(row=2, id="x", status="succeeded", cost=None)], title="t", subtitle="s"
     )
     assert "cost unknown" in page and "cost 0.00" not in page
+
+
+async def test_the_single_video_flow_prices_its_video_in_the_region_of_its_block(sim, tmp_path):
+    import json
+
+    from kf2v_flows.single import generate_video
+    from kf2v_tasks.dashscope.models import GenerationOptions
+
+    (a, b) = make_pairs(tmp_path / "in", 1)[0]
+    video = await generate_video(
+        str(tmp_path / "in" / a),
+        str(tmp_path / "in" / b),
+        str(tmp_path / "out" / "one.mp4"),
+        "a slow pan",
+        options=GenerationOptions(model="wan2.7-i2v", duration=2, resolution="720P"),
+        credentials_block=_block(sim, "singapore"),
+    )
+    assert (video.cost, video.currency) == (pytest.approx(2 * 0.733924), "CNY")
+    assert json.loads(Path(video.sidecar_path).read_text())["cost"] == video.cost
