@@ -30,15 +30,15 @@ def finish_if_all_kept(
         summary = finish_if_all_kept(args, defaults, time.monotonic(), bar)
         ```
     """
-    from kf2v_tasks.batch.config import normalize_output
     from kf2v_tasks.storage.paths import RESERVED_DIR, is_url, join
 
     if args.dry_run or args.storage_block:  # a dry run has its own table; a block needs Prefect
         return None
-    output = normalize_output(args.output)
-    if not is_url(output) and not os.path.isdir(join(output, RESERVED_DIR)):
+    if not is_url(args.output) and not os.path.isdir(join(args.output, RESERVED_DIR)):
         return None  # nothing was ever made there
-    return asyncio.run(_plan(args, defaults, output, started, bar))
+    from kf2v_tasks.batch.config import normalize_output
+
+    return asyncio.run(_plan(args, defaults, normalize_output(args.output), started, bar))
 
 
 async def _plan(args, defaults: RowDefaults, output: str, started: float, bar: Any):

@@ -16,7 +16,7 @@ from kf2v_tasks._cli.inputs import (
     concurrency_from_args,
     defaults_from_args,
 )
-from kf2v_tasks._cli.service import dashscope_service, flow_service, quiet_prefect
+from kf2v_tasks._cli.service import flow_service
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -105,14 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _check_inputs(args, d.model)
     check_output(args, folder=False)
     console = Console(stderr=True, soft_wrap=True)
-    with (
-        dashscope_service(
-            args.credentials_block,
-            simulator_speed=args.simulator_speed,
-            time_scale=args.time_scale,
-        ) as credentials,
-        quiet_prefect(args.verbose),
-    ):
+    with flow_service(args) as credentials:
         from kf2v_flows.single import generate_video
 
         state = asyncio.run(

@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Optional, TextIO, Union
 
 from kf2v_tasks import clock
@@ -98,8 +102,7 @@ def _key_configured() -> bool:
     return get_settings().api_key is not None
 
 
-@contextlib.contextmanager
-def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
+def _simulator_installed() -> None:
     from kf2v_tasks.simulator import INSTALL_HINT, missing_dependencies
 
     if missing_dependencies():
@@ -107,6 +110,11 @@ def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
             "no DASHSCOPE_API_KEY set and the built-in simulator is not installed: set "
             f"DASHSCOPE_API_KEY (or --credentials-block), or {INSTALL_HINT}"
         )
+
+
+@contextlib.contextmanager
+def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
+    _simulator_installed()
     from pydantic import SecretStr
 
     from kf2v_tasks.credentials import DashScopeCredentials
@@ -129,8 +137,9 @@ def _simulator(speed: float, out: TextIO) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def quiet_prefect(verbose: bool) -> Iterator[None]:
+def quiet_prefect(verbose: bool, api_url: Optional[str] = None) -> Iterator[None]:
     """Prefect settings for a CLI command; unless ``verbose``, Prefect prints nothing.
+    With ``api_url``, Prefect's client talks to that server.
 
     Run logs still go to the Prefect API at their usual level (the UI shows them); only
     the console handlers are silenced, so a failure is reported by the CLI in one line
@@ -144,9 +153,13 @@ def quiet_prefect(verbose: bool) -> Iterator[None]:
             ...  # run a flow
         ```
     """
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
 
-    updates: dict[Any, Any] = {}
+    updates: dict[Any, Any] = {PREFECT_API_URL: api_url} if api_url else {}
     if "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
         # An ephemeral server must not phone home from a CLI command.
         updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
@@ -181,18 +194,125 @@ def _drop_all(record: logging.LogRecord) -> bool:
 def flow_service(args: Any) -> Iterator[Any]:
     """The DashScope service a command's flow talks to (credentials), with Prefect kept quiet.
 
+    With no Prefect server configured, a temporary one starts first and comes up while
+    the simulator starts and the flow is imported (see :func:`prefect_api`).
+
     Example:
         ```python
         with flow_service(args) as credentials:
             generate_batch(..., credentials_block=credentials)
         ```
     """
-    with (
-        dashscope_service(
+    if not args.credentials_block and not _key_configured():
+        _simulator_installed()  # said before a Prefect server starts for nothing
+    with prefect_api() as ready, quiet_prefect(args.verbose, api_url=ready.url):
+        if args.credentials_block:
+            ready()  # the blocks are read from the server
+        with dashscope_service(
             args.credentials_block,
             simulator_speed=args.simulator_speed,
             time_scale=args.time_scale,
-        ) as credentials,
-        quiet_prefect(args.verbose),
-    ):
-        yield credentials
+        ) as credentials:
+            ready()
+            yield credentials
+
+
+#: Seconds Prefect itself waits for its temporary server (then fails the run); we say so
+#: once and wait on (a new PREFECT_HOME migrates its database first: 10 s on 2 cores).
+SLOW_SERVER_SECONDS = 20.0
+#: Seconds after which a temporary server that is still not up fails the command.
+SERVER_START_SECONDS = 600.0
+
+
+class _Ready:
+    """Waits (once) until the temporary server answers; ``url`` is known from the start."""
+
+    def __init__(self, url: Optional[str], process: Any = None, out: Optional[TextIO] = None):
+        self.url, self.process, self.out = url, process, out or sys.stderr
+        self.started = time.monotonic()
+
+    def __call__(self) -> None:
+        from kf2v_tasks._cli.processes import wait_for_health
+
+        if self.process is None:
+            return
+        try:
+            wait_for_health(self.url, timeout=SLOW_SERVER_SECONDS, process=self.process)
+        except RuntimeError:
+            if not self.process.alive():
+                raise
+            waited = time.monotonic() - self.started
+            print(
+                f"The temporary Prefect server is slow to start ({waited:.0f} s so far); "
+                "waiting for it. Set PREFECT_API_URL to use a server that is already running.",
+                file=self.out,
+                flush=True,
+            )
+            wait_for_health(self.url, timeout=SERVER_START_SECONDS, process=self.process)
+        self.process = None
+
+
+@contextlib.contextmanager
+def prefect_api(out: Optional[TextIO] = None) -> Iterator[_Ready]:
+    """The Prefect API for the ``with`` body: the configured server, else a temporary one.
+
+    Prefect starts its own temporary server only when a client is first made (after the
+    simulator and the flow's imports), and fails the run when it is not up within 20 s.
+    This one starts at once, as the same process Prefect runs (``uvicorn`` over
+    ``prefect.server.api.server:create_app``, ephemeral services, no UI, the database
+    under ``PREFECT_HOME``) and is waited for as long as it needs; it is stopped on the way
+    out. Calling the yielded object waits until the server answers.
+    """
+    if _api_url_configured():
+        yield _Ready(None)
+        return
+    from importlib.util import find_spec
+
+    from kf2v_tasks._cli.processes import free_port, spawn, stop_process
+
+    # Prefect's path only: its imports (seconds) happen in the server process.
+    site = Path(find_spec("prefect").origin).parent.parent  # type: ignore[union-attr,arg-type]
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(site)]
+    cmd += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1")
+    env["PREFECT__SERVER_FINAL"] = "1"
+    log = Path(tempfile.mkdtemp(prefix="kf2v-prefect-")) / "server.log"
+    server = spawn("the temporary Prefect server", cmd, env, log)
+    try:
+        yield _Ready(f"http://127.0.0.1:{port}/api", server, out)
+    finally:
+        _drain_to_api()
+        stop_process(server.proc, timeout=5.0)
+        shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def _drain_to_api(timeout: float = 5.0) -> None:
+    """Send the run's last logs and events while the server is still up: at exit, with
+    it gone, Prefect's workers would retry for a minute ("Error logging to API")."""
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=timeout)
+    if "prefect.events.worker" in sys.modules:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=timeout)
+
+
+def _api_url_configured() -> bool:
+    """Whether a Prefect server is configured: ``PREFECT_API_URL`` in the environment or in a
+    file Prefect reads it from (then Prefect is left to decide, as without kf2v)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    files = [Path(".env"), Path("prefect.toml"), Path("pyproject.toml"), home / "profiles.toml"]
+    if os.environ.get("PREFECT_PROFILES_PATH"):
+        files.append(Path(os.environ["PREFECT_PROFILES_PATH"]))
+    for path in files:
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace").lower()
+            if "api_url" in text and (path.name != "pyproject.toml" or "tool.prefect" in text):
+                return True
+    return False
