@@ -248,3 +248,20 @@ async def test_the_single_video_flow_prices_its_video_in_the_region_of_its_block
     )
     assert (video.cost, video.currency) == (pytest.approx(2 * 0.733924), "CNY")
     assert json.loads(Path(video.sidecar_path).read_text())["cost"] == video.cost
+
+
+async def test_an_account_pool_across_regions_prices_each_row_at_the_dearest(sim):
+    from kf2v_tasks.batch.plan_assess import run_prices
+    from kf2v_tasks.generation.pricing import PriceTable
+
+    other = DashScopeCredentials(
+        api_key=SecretStr(TEST_API_KEY + "-2"), region="singapore", base_url=sim.base_url
+    )
+    pool = await run_prices([_block(sim, "beijing"), other])
+    assert pool.region == "beijing+singapore" and pool.price("wan2.7-i2v", "1080P") == 1.100886
+    assert pool.find("wan2.2-kf2v-flash", "480P") is None  # unknown on the Singapore account
+    assert (await run_prices(None)).region == "beijing"  # no block: KF2V_REGION (the suite's)
+    mine = PriceTable(per_second={"wan2.2-kf2v-flash": {"720P": 1.0}})
+    assert await run_prices([other], mine) is mine  # a whole table of the caller's
+    patched = await run_prices([other], {"wan2.2-kf2v-flash": {"720P": 0.3}})
+    assert patched.price("wan2.2-kf2v-flash", "720P") == 0.3 and patched.region == "singapore"
