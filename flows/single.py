@@ -23,8 +23,13 @@ from kf2v_tasks.tasks import apersist_video, apoll_until_done, asubmit_kf2v, ava
     description="Generate one video that moves from a first frame to a last frame.",
 )
 async def generate_video(
-    first_frame: Annotated[str, Field(description="First frame: a path or URL (s3://, https://).")],
-    last_frame: Annotated[str, Field(description="Last frame: a path or URL.")],
+    first_frame: Annotated[
+        Optional[str],
+        Field(description="First frame: a path or URL (s3://, https://); empty with first_clip."),
+    ],
+    last_frame: Annotated[
+        Optional[str], Field(description="Last frame: a path or URL; optional with first_clip.")
+    ],
     output: Annotated[str, Field(description="Where the MP4 goes: a path or URL ending in .mp4.")],
     prompt: Annotated[
         Optional[str], Field(description="What should happen (up to 800 characters).")
@@ -38,6 +43,14 @@ async def generate_video(
         Field(
             description="Driving audio (mp3/wav, 2-30 s): a path or URL; only for models "
             "that take one (wan2.7-i2v). Empty: the model makes its own sound, if any."
+        ),
+    ] = None,
+    first_clip: Annotated[
+        Optional[str],
+        Field(
+            description="A clip to continue instead of a first frame (mp4/mov, 2-10 s): a path "
+            "or URL; only for models that continue clips (wan2.7-i2v). The video lasts "
+            "options.duration in total, and all of it is billed."
         ),
     ] = None,
     deadline_seconds: Annotated[
@@ -76,6 +89,8 @@ async def generate_video(
         options: model, resolution, seed, prompt_extend, watermark, duration (kf2v: 5 s;
             wan2.7-i2v: 2..15 s).
         audio: a driving audio (mp3/wav) for models that take one (wan2.7-i2v).
+        first_clip: a clip (mp4/mov) to continue up to ``options.duration`` in total,
+            instead of a first frame (wan2.7-i2v); ``last_frame`` is then optional.
         deadline_seconds: total wait for the task, in service seconds.
         credentials_block: a DashScopeCredentials block or a saved block's name; empty
             for the DASHSCOPE_API_KEY environment variable.
@@ -101,7 +116,12 @@ async def generate_video(
     opts = await resolve_storage_options(storage_block, storage_options)
     ledger_root = parent(output)
     pair = await avalidate_frames(
-        first_frame, last_frame, storage_options=opts, audio=audio, model=options.model
+        first_frame,
+        last_frame,
+        storage_options=opts,
+        audio=audio,
+        model=options.model,
+        first_clip=first_clip,
     )
     fingerprint = request_fingerprint(pair, prompt, negative_prompt, options)
     kept = await find_persisted(

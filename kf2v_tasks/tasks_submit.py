@@ -42,12 +42,13 @@ __all__ = ["asubmit_kf2v", "avalidate_frames", "submit_kf2v", "validate_frames"]
 
 
 async def _validate(
-    first_frame: str,
-    last_frame: str,
+    first_frame: Optional[str],
+    last_frame: Optional[str],
     limits: Optional[FrameLimits],
     storage_options: Optional[dict],
     audio: Optional[str] = None,
     model: Optional[str] = None,
+    first_clip: Optional[str] = None,
 ) -> FramePair:
     pair = await check_pair(
         first_frame,
@@ -56,6 +57,7 @@ async def _validate(
         storage_options=storage_options,
         audio=audio,
         model=model,
+        clip=first_clip,
     )
     logger = get_run_logger()
     for warning in pair.warnings:
@@ -129,12 +131,13 @@ _VALIDATE = dict(
 
 @task(**_VALIDATE)
 async def avalidate_frames(
-    first_frame: str,
-    last_frame: str,
+    first_frame: Optional[str],
+    last_frame: Optional[str],
     limits: Optional[FrameLimits] = None,
     storage_options: Optional[dict] = None,
     audio: Optional[str] = None,
     model: Optional[str] = None,
+    first_clip: Optional[str] = None,
 ) -> FramePair:
     """Validate a first/last frame pair (and a driving audio) before any DashScope call (async).
 
@@ -143,14 +146,17 @@ async def avalidate_frames(
     raises :class:`~kf2v_tasks.errors.FrameValidationError` naming it and the reason.
 
     Args:
-        first_frame: where the first frame is.
-        last_frame: where the last frame is.
+        first_frame: where the first frame is (``None`` with ``first_clip``).
+        last_frame: where the last frame is (optional with ``first_clip``).
         limits: size and dimension limits (default: the model's, from the models table;
             kf2v: 240..8000 px, ≤ 10 MB).
         storage_options: fsspec options for remote frames (e.g. an S3 endpoint).
         audio: a driving audio (mp3/wav, path or URL), for models that take one
             (``wan2.7-i2v``); refused with the model that takes none.
         model: the model the frames (and audio) are for (default: wan2.2-kf2v-flash).
+        first_clip: an mp4/mov (2-10 s, 240-4096 px, 1:8-8:1, ≤ 100 MB) to continue
+            instead of a first frame, for models that continue clips (``wan2.7-i2v``); the
+            video lasts ``duration`` in total, and all of it is billed.
 
     Returns:
         A :class:`~kf2v_tasks.generation.models.FramePair` with warnings (alpha, aspect mismatch).
@@ -169,7 +175,9 @@ async def avalidate_frames(
         asyncio.run(check())
         ```
     """
-    return await _validate(first_frame, last_frame, limits, storage_options, audio, model)
+    return await _validate(
+        first_frame, last_frame, limits, storage_options, audio, model, first_clip
+    )
 
 
 validate_frames = sync_twin(

@@ -137,3 +137,28 @@ async def test_every_bad_clip_is_refused_before_any_create_one_line_per_limit(si
         await generate_batch(str(manifest), str(tmp_path / "out"), concurrency=FAST)
     assert info.value.summary.counts == {"invalid": len(BAD_ROWS), "succeeded": 1}
     assert sim.stats()["creates"] - before == 1
+
+
+async def test_the_single_video_flow_continues_a_clip_and_a_rerun_pays_nothing(sim, tmp_path):
+    from kf2v_flows.single import generate_video
+    from kf2v_tasks.dashscope.models import GenerationOptions
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _clip(src / "shot.mp4", 4)
+    make_frame(src / "end.png", (480, 400), (20, 160, 90))
+    options = GenerationOptions(model="wan2.7-i2v", duration=7)
+    before = sim.stats()["creates"]
+    for _ in range(2):
+        video = await generate_video(
+            None,
+            str(src / "end.png"),
+            str(tmp_path / "out" / "more.mp4"),
+            "and then",
+            options=options,
+            first_clip=str(src / "shot.mp4"),
+        )
+        assert video.duration_seconds == 7 and _seconds(Path(video.path)) == pytest.approx(
+            7.0, abs=0.1
+        )
+    assert sim.stats()["creates"] - before == 1
