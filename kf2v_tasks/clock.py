@@ -24,6 +24,9 @@ import time
 ENV_VAR = "KF2V_TIME_SCALE"
 SETTINGS_ENV_VAR = "PREFECT_INTEGRATIONS_KF2V_TIME_SCALE"
 
+#: The real monotonic clock :func:`now` reads; tests swap in an event loop's virtual time.
+monotonic = time.monotonic
+
 _override: float | None = None  # set_time_scale(): wins over the settings
 _cached: float | None = None  # the settings' value, read on first use
 
@@ -120,7 +123,7 @@ def now() -> float:
         elapsed = clock.now() - started   # service seconds
         ```
     """
-    return time.monotonic() * time_scale()
+    return monotonic() * time_scale()
 
 
 def real_seconds(service_seconds: float) -> float:

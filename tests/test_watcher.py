@@ -1,8 +1,8 @@
 """The shared task watcher: one list sweep answers for every running task, a GET per end.
 
-A scripted service (httpx.MockTransport) ends each task at a known service time; the
-clock runs 50× so a 100-second task takes two seconds (slow enough that a
-busy test process does not turn scheduling jitter into seconds of lag).
+A scripted service (httpx.MockTransport) ends each task at a known service time; each
+test runs on virtual time (tests/fake_clock.py), so a 900-second task ends at once and
+in order, with no scheduling jitter.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from kf2v_tasks.errors import InvalidRequestError  # noqa: E402
 from kf2v_tasks.retry import RetryPolicy  # noqa: E402
 
 from conftest import TEST_API_KEY  # noqa: E402
+from fake_clock import on_virtual_time  # noqa: E402
 
 BASE = "https://dashscope.test/api/v1"
 SCALE = 50.0
@@ -105,6 +106,7 @@ async def wait_all(service: Service, schedule: PollSchedule = SCHEDULE):
 RUNTIMES = {f"t{i}": 70.0 + 8 * i for i in range(6)}
 
 
+@on_virtual_time
 async def test_one_list_answers_for_all_running_tasks() -> None:
     swept = Service(dict(RUNTIMES))
     states = await wait_all(swept)
@@ -126,6 +128,7 @@ async def test_one_list_answers_for_all_running_tasks() -> None:
     assert max(swept.ended_seen.values()) <= 3 * SCHEDULE.min_interval, swept.ended_seen
 
 
+@on_virtual_time
 async def test_a_refused_list_switches_sweeping_off() -> None:
     service = Service(dict(RUNTIMES), list_status=403)
     states = await wait_all(service)
@@ -133,6 +136,7 @@ async def test_a_refused_list_switches_sweeping_off() -> None:
     assert service.lists == 1  # asked once, then each task was polled on its own
 
 
+@on_virtual_time
 async def test_a_task_the_list_leaves_out_is_polled_on_its_own() -> None:
     service = Service(dict(RUNTIMES))
     service.hidden.add("t5")
@@ -146,6 +150,7 @@ async def test_a_task_the_list_leaves_out_is_polled_on_its_own() -> None:
     assert service.ended_seen["t5"] <= 3 * SCHEDULE.min_interval
 
 
+@on_virtual_time
 async def test_an_error_for_one_task_leaves_the_others_waiting() -> None:
     service = Service(dict(RUNTIMES))
     service.broken.add("t2")
@@ -155,6 +160,7 @@ async def test_an_error_for_one_task_leaves_the_others_waiting() -> None:
     assert [s.status for s in others] == [TaskStatus.SUCCEEDED] * 5
 
 
+@on_virtual_time
 async def test_a_single_task_is_polled_with_gets_only() -> None:
     service = Service({"solo": 75.0})
     (state,) = await wait_all(service)
@@ -162,6 +168,7 @@ async def test_a_single_task_is_polled_with_gets_only() -> None:
     assert service.lists == 0  # a list would cost as much as the GET and answer less
 
 
+@on_virtual_time
 async def test_on_end_runs_when_the_end_is_seen_before_the_waiter_wakes() -> None:
     from kf2v_tasks.dashscope.watcher import watcher_for
 
@@ -192,6 +199,7 @@ class Flaky(Service):
         return super().__call__(request)
 
 
+@on_virtual_time
 async def test_failed_queries_are_asked_again_on_schedule_not_fatal() -> None:
     # The client may try each query once; three failed queries in a row cost no answer.
     service = Flaky({"t0": 70.0}, failures=3)
@@ -201,6 +209,7 @@ async def test_failed_queries_are_asked_again_on_schedule_not_fatal() -> None:
     assert service.gets["t0"] >= 4
 
 
+@on_virtual_time
 async def test_queries_failing_past_the_deadline_raise_the_last_error() -> None:
     from kf2v_tasks.errors import ServerError
 
@@ -273,6 +282,7 @@ class CancelledInQueue(QueueingService):
         return super().status(task_id)
 
 
+@on_virtual_time
 async def test_a_queued_task_that_ends_without_running_is_still_found() -> None:
     from kf2v_tasks.dashscope.limits import AccountLimits
 
@@ -297,6 +307,7 @@ async def test_a_queued_task_that_ends_without_running_is_still_found() -> None:
     assert service.pending_gets["t2"] <= 2, service.pending_gets
 
 
+@on_virtual_time
 async def test_a_task_queued_behind_a_full_account_is_not_fetched_while_it_waits() -> None:
     from kf2v_tasks.dashscope.limits import AccountLimits
 

@@ -1,0 +1,79 @@
+"""A fake clock for unit tests that wait: virtual time that jumps to the next timer.
+
+``@on_virtual_time`` runs an ``async def`` test on its own event loop whose clock moves a
+microsecond per pass of the loop and, when every task waits on a timer, jumps straight to
+the earliest one. ``kf2v_tasks.clock`` reads that time, so service seconds, poll intervals,
+deadlines and ``asyncio.sleep``/``wait_for`` all pass at once and in the same order as in
+real time. Only for code that waits on timers and in-process work (``httpx.MockTransport``):
+a wait on real I/O or another thread blocks for real, as it would on a real loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import selectors
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from kf2v_tasks import clock
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose ``time()`` jumps ahead whenever everything waits on a timer."""
+
+    def __init__(self) -> None:
+        super().__init__(selectors.DefaultSelector())
+        self._virtual_now = 0.0
+        real_select = self._selector.select
+
+        def select(timeout: float | None = None):
+            # Each pass of the loop costs a microsecond, as on a real clock: a timer a
+            # rounding error away (a deadline converted between time scales) still comes.
+            self._virtual_now += 1e-6
+            events = real_select(0)
+            if events or timeout == 0:
+                return events
+            if timeout is None:  # no timer: only I/O or another thread can wake us
+                return real_select(None)
+            self._virtual_now += timeout  # nothing to do until the next timer: go there
+            return []
+
+        self._selector.select = select  # type: ignore[method-assign]
+
+    def time(self) -> float:
+        return self._virtual_now
+
+
+def run_on_virtual_time(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` to the end on a fresh :class:`VirtualTimeLoop`, the clock reading it."""
+    loop = VirtualTimeLoop()
+    saved = clock.monotonic
+    clock.monotonic = loop.time
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        clock.monotonic = saved
+        try:  # as asyncio.run does: end what the test left running (a watcher's loop)
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(_settle(left))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def on_virtual_time(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    """Decorate an ``async def`` test to run it on virtual time (a plain test for pytest)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return run_on_virtual_time(test(*args, **kwargs))
+
+    return run
