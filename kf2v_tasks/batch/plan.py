@@ -120,9 +120,10 @@ class BatchPlan(BaseModel):
         )
         if over:
             line += f"; {_n(len(over))} over budget, not submitted: {names(over)}"
-        if unpriced:  # each reason names the model, the region and how to give a price
-            why = "; ".join(dict.fromkeys(self.over_budget[r.id] for r in unpriced))
-            line += f"; {_n(len(unpriced))} {why}: {names(unpriced)}"
+        if unpriced:  # the first reason names the model, the region and how to give a price
+            whys = list(dict.fromkeys(self.over_budget[r.id] for r in unpriced))
+            more = f" (and {len(whys) - 1} more model/resolution)" if len(whys) > 1 else ""
+            line += f"; {_n(len(unpriced))} {whys[0]}{more}: {names(unpriced)}"
         if done:
             line += f"; {_n(len(done))} already made, picked up or copied (not paid again)"
         return line
