@@ -125,6 +125,12 @@ async def test_every_bad_clip_is_refused_before_any_create_one_line_per_limit(si
     manifest = _write(src, rows + [{"id": "good", **W27, "first_clip": "shot.mp4"}])
     plan = await plan_batch(str(manifest), str(tmp_path / "out"))
     assert [r.id for r in plan.runnable] == ["good"]  # nothing else of the batch is lost
+    # Said with the estimate: the whole output is billed, the clip's own seconds included.
+    good = len(BAD_ROWS) + 2
+    assert (
+        f"row {good}: first_clip: the video is the clip continued to 5 s in total; all 5 s "
+        "are billed, the clip's own seconds included"
+    ) in plan.manifest.warnings
     messages = {r.id: r.error_message for r in plan.invalid}
     for i, (case, (_, expected)) in enumerate(BAD_ROWS.items()):
         lines = messages[f"r{i}"].splitlines()

@@ -220,6 +220,11 @@ def parse_row(
         fail("first_clip", f"{model} cannot continue a clip (models that can: {takers})", row_id)
     if clip and cell["audio"]:
         fail("audio", "a row that continues a first_clip takes no driving audio", row_id)
+    if clip and duration is not None:  # said with the estimate, before anything is paid
+        warnings.append(
+            f"first_clip: the video is the clip continued to {duration} s in total; all "
+            f"{duration} s are billed, the clip's own seconds included"
+        )
     audio: Optional[str] = None
     if cell["audio"]:
         if has_control(cell["audio"]):
