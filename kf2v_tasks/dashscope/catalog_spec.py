@@ -218,7 +218,7 @@ class ModelSpec(BaseModel):
         Example:
             ```python
             from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.7-i2v").resolution == "720P"
+            assert get_model("wan2.7-i2v").resolution == "1080P"  # the service's own default
             ```
         """
         if self.default_resolution:

@@ -283,7 +283,7 @@ class CostEstimate(BaseModel):
         from kf2v_tasks.dashscope.models import GenerationOptions
         from kf2v_tasks.generation.pricing import PriceTable, estimate
         est = estimate([GenerationOptions(resolution="480P")] * 2, PriceTable.default("beijing"))
-        assert est.describe() == "2 rows, 10 s of video, about 1.00 CNY"
+        assert est.describe() == "2 rows, 10 s of video, about 1.00 CNY at beijing prices"
         ```
     """
 
