@@ -92,7 +92,7 @@ async def generate_batch(
             or remote-file-system/lake. Never put secrets in storage_options.
         storage_options: Non-secret fsspec options, e.g. an S3 endpoint_url.
         price_table: Prices per model and resolution, per generated second; empty for
-            the built-in prices.
+            Model Studio's, in the region of the credentials (see the README's Cost).
         ambiguous_policy: When a create got no clear answer (the task may exist): retry
             once and report a possible duplicate, or fail the row.
         shards: Split the batch into this many runs of this deployment, picked up by any

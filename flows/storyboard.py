@@ -109,7 +109,8 @@ async def generate_storyboard(
             DASHSCOPE_API_KEY.
         storage_block: A saved block with storage credentials, as type/name.
         storage_options: Non-secret fsspec options.
-        price_table: Prices per model and resolution; empty for the built-in prices.
+        price_table: Prices per model and resolution; empty for Model Studio's, in the
+            region of the credentials.
         ambiguous_policy: What to do when a create got no clear answer.
         task_runs: per_step or per_row Prefect task runs per transition.
         continue_clips: With frames: continue each clip toward the next keyframe
