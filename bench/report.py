@@ -622,6 +622,10 @@ def markdown(res: dict) -> str:
                 f"/ {v['tail_idle_s']:.1f} |"
             )
         L.append("")
+    if res.get("b8"):
+        from bench.b8_startup import markdown as b8_markdown
+
+        L.extend(b8_markdown(res["b8"]))
     L.append("## Reproduce\n")
     L.append(f"```\n{m['command']}\n```\n")
     return "\n".join(L)
