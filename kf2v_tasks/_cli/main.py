@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Optional
@@ -164,7 +165,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     Returns:
         0 done; 1 the work ran and something failed; 2 bad options or input (said in one
-        line); 130 interrupted.
+        line); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 
     Example:
         ```python
@@ -178,11 +179,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     prog = f"kf2v {args.command}"
     if args.command in _PREFECT_COMMANDS:
         _telemetry_off()
+    if args.command in _PREFECT_COMMANDS:
+        signal.signal(signal.SIGTERM, _terminated)  # inside a flow run Prefect's own applies
     try:
         return _COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:
         if getattr(args, "debug", False):
             raise
@@ -190,6 +190,48 @@ def main(argv: Optional[list[str]] = None) -> int:
         hint = "" if code == 2 else " (--debug shows the traceback)"
         print(f"{prog}: error: {describe(exc)}{hint}", file=sys.stderr, flush=True)
         return code
+    except BaseException as exc:  # Ctrl-C, SIGTERM: the run has stopped and said what is left
+        code = _signal_exit_code(exc)
+        if code is None:
+            raise
+        print(f"{prog}: {'interrupted' if code == 130 else 'terminated'}", file=sys.stderr)
+        if argv is None:  # the command itself, not a caller in Python: stop in a blink
+            _exit_now(code)
+        return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside a flow run (inside one, Prefect raises its ``TerminationSignal``)."""
+
+    signal = signal.SIGTERM
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _exit_now(code: int) -> None:
+    """Exit without tearing the interpreter down (seconds on a busy machine: Prefect's heap).
+
+    Only once everything is written and every child is stopped: the run's clean-up, the
+    server's logs and events, and the files of results are done by then.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _signal_exit_code(exc: BaseException) -> Optional[int]:
+    """130 for Ctrl-C, 128 + the signal's number for SIGTERM (Prefect's or ours), else None."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    prefect_exceptions = sys.modules.get("prefect.exceptions")
+    external = (_Terminated,)
+    if prefect_exceptions is not None:
+        external += (prefect_exceptions.ExternalSignal,)
+    if isinstance(exc, external) and isinstance(getattr(exc, "signal", None), int):
+        return 128 + exc.signal
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

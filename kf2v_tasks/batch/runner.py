@@ -58,6 +58,7 @@ from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.generation.budget import Budget
+from kf2v_tasks.generation.claims import release_claim
 from kf2v_tasks.generation.frames import FrameLimits
 from kf2v_tasks.generation.ledger import UNREAD, Ledger
 from kf2v_tasks.generation.persist import find_persisted
@@ -452,10 +453,16 @@ class BatchRunner:
                     # Ctrl-C, SIGTERM, a Prefect cancellation, a row that raised: once every
                     # row has stopped and the creates on the wire have answered, the tasks
                     # queued ahead never started; cancelled now, they cost nothing.
-                    for acct in pool.accounts:
-                        await acct.client.settle_creates()
-                        for ahead in acct.aheads.values():
-                            await ahead.cancel_pending(acct.client)
+                    try:
+                        for acct in pool.accounts:
+                            await acct.client.settle_creates()
+                            for ahead in acct.aheads.values():
+                                await ahead.cancel_pending(acct.client)
+                    finally:
+                        # The ledger keeps every task created; a re-run re-attaches by it
+                        # and must find no claim of ours in its way.
+                        for fp in set(plan.fingerprints.values()):
+                            await release_claim(self.config.ledger, fp)
 
                 await run_rows((fan.run_row(row, rec) for row, rec in order), stopped_early)
         finally:

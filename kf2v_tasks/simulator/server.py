@@ -121,6 +121,7 @@ class Simulator:
     def stop(self) -> None:
         """Stop serving and release the port."""
         self._server.should_exit = True
+        self._server.force_exit = True  # no wait for clients' idle keep-alive connections
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
