@@ -6,15 +6,19 @@ requested duration, bills all of it, and fingerprints the clip's bytes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from typing import Any
 
 import av
 import httpx
+import numpy as np
 import pytest
 
+from kf2v_tasks.dashscope.catalog import get_model
 from kf2v_tasks.dashscope.models import MEDIA_PATH, GenerationOptions
+from kf2v_tasks.generation.clip import ClipValidationError, inspect_clip
 from kf2v_tasks.generation.fingerprint import fingerprint
 from kf2v_tasks.simulator.render import render_video
 from kf2v_tasks.simulator.soundtrack import tone
@@ -87,3 +91,47 @@ def test_what_the_service_refuses_about_clips_is_refused(sim, case):
     assert resp.status_code == 400, resp.text
     assert message in resp.json()["message"]
     assert sim.stats()["creates"] == 0
+
+
+def encode(width: int, height: int, seconds: float, fmt: str = "mp4", fps: int = 2) -> bytes:
+    """A plain H.264 clip of exactly this size and length."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(round(seconds * fps)):
+            pixels = np.full((height, width, 3), (i * 40) % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+#: Clips at and just past each §16 limit: (width, height, seconds, container, accepted).
+EDGES = {
+    "2 s": (480, 400, 2, "mp4", True),
+    "10 s, mov": (480, 400, 10, "mov", True),
+    "1.5 s": (480, 400, 1.5, "mp4", False),
+    "10.5 s": (480, 400, 10.5, "mp4", False),
+    "1:8": (240, 1920, 2, "mp4", True),
+    "beyond 1:8": (240, 1928, 2, "mp4", False),
+    "238 px": (238, 400, 2, "mp4", False),
+    "4096 px": (4096, 600, 2, "mp4", True),
+    "4098 px": (4098, 600, 2, "mp4", False),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGES))
+def test_client_and_simulator_agree_on_every_clip_limit(sim, tmp_path, case):
+    width, height, seconds, fmt, accepted = EDGES[case]
+    data = encode(width, height, seconds, fmt)
+    path = tmp_path / f"clip.{fmt}"
+    path.write_bytes(data)
+    try:
+        asyncio.run(inspect_clip(str(path), get_model("wan2.7-i2v")))
+        client_accepts = True
+    except ClipValidationError:
+        client_accepts = False
+    resp = post(sim, payload(("first_clip", data), ("last_frame", MEDIA_LAST)))
+    assert (client_accepts, resp.status_code == 200) == (accepted, accepted), resp.text
