@@ -122,11 +122,14 @@ async def generate_batch(
         from prefect import flow
         from kf2v_flows.batch import generate_batch
 
-        summary = asyncio.run(generate_batch("examples/manifest.csv", "out/example"))
+        summary = asyncio.run(generate_batch("manifest.csv", "out/"))
+        assert summary.failed == 0
 
         @flow
         def nightly():                      # a sync parent gets the summary itself
-            return generate_batch("s3://bucket/manifest.csv", "s3://bucket/videos")
+            return generate_batch("manifest.csv", "out/")
+
+        assert nightly().total == summary.total   # kept rows: nothing is paid again
         ```
     """
     opts = await resolve_storage_options(storage_block, storage_options)

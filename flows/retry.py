@@ -51,13 +51,8 @@ async def retry_batch(flow_run_id: str, spent: float = 0.0) -> Optional[BatchSum
         BatchFailedError: rows still failed (or were left out by max_cost) on this attempt.
         ValueError: ``flow_run_id`` is not a run of the batch flow.
 
-    Example:
-        ```python
-        import asyncio
-        from kf2v_flows.retry import retry_batch
-
-        asyncio.run(retry_batch("0b7c3f52-…", spent=2.5))
-        ```
+    The ``kf2v-retry-failed`` automation starts it on a failed batch; by hand:
+    ``await retry_batch(flow_run_id)``.
     """
     log = get_run_logger()
     async with get_client() as client:

@@ -17,6 +17,8 @@ from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
 from kf2v_tasks.storage.paths import parent
 from kf2v_tasks.tasks import apersist_video, apoll_until_done, asubmit_kf2v, avalidate_frames
 
+__all__ = ["generate_video"]
+
 
 @twin_flow(
     name="kf2v-generate-video",

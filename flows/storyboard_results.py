@@ -1,12 +1,4 @@
-"""What the storyboard flow returns: one :class:`StoryboardFilm` per sequence, in a summary.
-
-Example:
-    ```python
-    from kf2v_flows.storyboard_results import StoryboardFilm
-    film = StoryboardFilm(sequence="day", path="out/day.mp4", rows=[2, 3], status="planned")
-    assert film.stitch is None   # set once the clips are stitched
-    ```
-"""
+"""What the storyboard flow returns: one :class:`StoryboardFilm` per sequence, in a summary."""
 
 from __future__ import annotations
 
@@ -44,7 +36,10 @@ class StoryboardSummary(BaseModel):
 
     Example:
         ```python
-        summary = generate_storyboard(["a.png", "b.png", "c.png"], "out/film.mp4")
+        import asyncio
+        from kf2v_flows.storyboard import generate_storyboard
+
+        summary = asyncio.run(generate_storyboard(["k1.png", "k2.png", "k3.png"], "out/film.mp4"))
         print(summary.headline(), summary.films[0].stitch.frames)
         ```
     """
@@ -53,12 +48,6 @@ class StoryboardSummary(BaseModel):
     batch: BatchSummary
 
     def headline(self) -> str:
-        """One line: films made, and the transitions' own headline.
-
-        Example:
-            ```python
-            summary.headline()  # '1 of 1 films made; transitions: 3 rows: 3 succeeded'
-            ```
-        """
+        """One line: films made, and the transitions' own headline."""
         made = sum(1 for f in self.films if f.status in ("made", "reused"))
         return f"{made} of {len(self.films)} films made; transitions: {self.batch.headline()}"

@@ -13,6 +13,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from kf2v_tasks.errors import PermanentError
 from kf2v_tasks.settings import get_settings
 from kf2v_tasks.storage.options import merge_options, options_from_block
 
@@ -39,6 +40,22 @@ NO_CREDENTIALS_MESSAGE = (
 )
 
 
+class MissingCredentialsError(PermanentError, ValueError):
+    """Neither a credentials block nor a key where the flow runs (a worker's environment).
+
+    Example:
+        ```python
+        from kf2v_tasks.credentials import NO_CREDENTIALS_MESSAGE, MissingCredentialsError
+        err = MissingCredentialsError(NO_CREDENTIALS_MESSAGE)
+        assert err.code == "NoCredentials" and "no credentials" in err.row_message
+        ```
+    """
+
+    code = "NoCredentials"
+    #: What results.csv says of each row the run could not submit.
+    row_message = f"not submitted: no credentials (pass credentials_block or set {API_KEY_ENV})"
+
+
 class DashScopeCredentials(CredentialsBlock):
     """Credentials and endpoint for Alibaba Model Studio (DashScope).
 
@@ -48,12 +65,15 @@ class DashScopeCredentials(CredentialsBlock):
     (or their ``PREFECT_INTEGRATIONS_KF2V_*`` names, see :mod:`kf2v_tasks.settings`).
 
     Example:
-        Load a saved block and get a client:
+        Save a block once (the key is stored as a secret), then use it by name:
         ```python
         from kf2v_tasks import DashScopeCredentials
-        credentials = DashScopeCredentials.load("BLOCK_NAME")
-        async with credentials.get_client() as client:
-            state = await client.get_task("a-task-id")
+
+        DashScopeCredentials(api_key="sk-...", region="singapore").save("my-dashscope", overwrite=True)
+
+        credentials = DashScopeCredentials.load("my-dashscope")
+        assert credentials.resolved_base_url == "https://dashscope-intl.aliyuncs.com/api/v1"
+        # generate_batch(..., credentials_block="my-dashscope")
         ```
     """
 
@@ -106,8 +126,8 @@ class DashScopeCredentials(CredentialsBlock):
         from ``DASHSCOPE_WORKSPACE_ID``; also from ``.env`` and Prefect's config files.
 
         Raises:
-            ValueError: no API key is configured (the message says what to set), or a
-                setting is invalid (the message names it).
+            MissingCredentialsError: no API key is configured (the message says what to set).
+            ValueError: a setting is invalid (the message names it).
 
         Example:
             ```python
@@ -120,7 +140,7 @@ class DashScopeCredentials(CredentialsBlock):
         """
         settings = get_settings()
         if settings.api_key is None or not settings.api_key.get_secret_value():
-            raise ValueError(NO_CREDENTIALS_MESSAGE)
+            raise MissingCredentialsError(NO_CREDENTIALS_MESSAGE)
         return cls(
             api_key=settings.api_key,
             region=settings.region,
@@ -158,14 +178,7 @@ async def aresolve_credentials(
 def resolve_credentials(
     credentials: Union[DashScopeCredentials, str, None] = None,
 ) -> DashScopeCredentials:
-    """A block instance, a saved block's name, or ``None`` for the environment.
-
-    Example:
-        ```python
-        from kf2v_tasks.credentials import resolve_credentials
-        creds = resolve_credentials("my-dashscope")   # loads the saved block
-        ```
-    """
+    """A block instance, a saved block's name, or ``None`` for the environment."""
     if isinstance(credentials, DashScopeCredentials):
         return credentials
     if isinstance(credentials, str) and credentials:
@@ -186,12 +199,6 @@ async def resolve_storage_options(
     Raises:
         ValueError: ``storage_block`` is not ``"<block-type-slug>/<block-name>"``, or the
             block is of a kind that holds no storage options.
-
-    Example:
-        ```python
-        from kf2v_tasks.credentials import resolve_storage_options
-        opts = await resolve_storage_options("aws-credentials/prod", {"client_kwargs": {}})
-        ```
     """
     if not storage_block:
         return storage_options

@@ -215,11 +215,13 @@ class BatchFailedError(PermanentError):
 
     Example:
         ```python
+        import asyncio
+        from kf2v_flows.batch import generate_batch
         from kf2v_tasks import BatchFailedError
 
         try:
-            summary = generate_batch("manifest.csv", "out/")
-        except BatchFailedError as exc:
+            summary = asyncio.run(generate_batch("manifest.csv", "out/"))
+        except BatchFailedError as exc:  # the rows that succeeded are kept
             for row in exc.summary.results:
                 print(row.row, row.status.value, row.error_message)
         ```
@@ -252,10 +254,12 @@ class StoryboardFailedError(BatchFailedError):
 
     Example:
         ```python
+        import asyncio
+        from kf2v_flows.storyboard import generate_storyboard
         from kf2v_tasks import StoryboardFailedError
 
         try:
-            generate_storyboard(["a.png", "b.png", "c.png"], "out/film.mp4")
+            asyncio.run(generate_storyboard(["k1.png", "k2.png", "k3.png"], "out/film.mp4"))
         except StoryboardFailedError as exc:
             print(exc)  # storyboard 'film': row 3 (transition-02) failed: ...
             print([f.status for f in exc.storyboard.films])

@@ -10,11 +10,15 @@ persist streams the video to storage and records it there, so it is never paid a
 Example:
     ```python
     from prefect import flow
+    from kf2v_tasks import submit_kf2v, validate_frames
     from kf2v_tasks.tasks_results import persist_video, poll_until_done
 
     @flow
     def finish(task_id: str):
         return persist_video(poll_until_done(task_id), "out/clip.mp4")
+
+    sub = submit_kf2v(validate_frames("first.png", "last.png"), "a slow pan")
+    finish(sub.task_id)   # e.g. in another flow run, later: the task id is all it needs
     ```
 """
 
@@ -238,14 +242,15 @@ async def apoll_until_done(
         ```python
         import asyncio
         from prefect import flow
-        from kf2v_tasks import apoll_until_done
+        from kf2v_tasks import apoll_until_done, asubmit_kf2v, avalidate_frames
 
         @flow
-        async def wait(task_id: str):
-            state = await apoll_until_done(task_id)
+        async def wait():
+            pair = await avalidate_frames("first.png", "last.png")
+            state = await apoll_until_done(await asubmit_kf2v(pair, "a slow pan"))
             print(state.status, state.actual_prompt)
 
-        asyncio.run(wait("a-task-id"))
+        asyncio.run(wait())
         ```
     """
     return await _poll(
@@ -267,13 +272,14 @@ poll_until_done = sync_twin(
 Example:
     ```python
     from prefect import flow
-    from kf2v_tasks import poll_until_done
+    from kf2v_tasks import poll_until_done, submit_kf2v, validate_frames
 
     @flow
-    def wait(task_ids: list[str]):
-        return poll_until_done.map(task_ids).result()
+    def both():
+        pairs = validate_frames.map(["k1.png", "k2.png"], ["k2.png", "k3.png"])
+        return poll_until_done.map(submit_kf2v.map(pairs, "a slow pan")).result()
 
-    wait(["task-1", "task-2"])
+    both()
     ```
 """,
     **_POLL,
@@ -333,15 +339,16 @@ async def apersist_video(
         ```python
         import asyncio
         from prefect import flow
-        from kf2v_tasks import apoll_until_done, apersist_video
+        from kf2v_tasks import apersist_video, apoll_until_done, asubmit_kf2v, avalidate_frames
 
         @flow
-        async def keep(task_id: str):
-            state = await apoll_until_done(task_id)
-            video = await apersist_video(state, "s3://my-bucket/videos/cat.mp4")
+        async def keep():
+            sub = await asubmit_kf2v(await avalidate_frames("first.png", "last.png"), "a pan")
+            state = await apoll_until_done(sub)
+            video = await apersist_video(state, "out/pan.mp4", submission=sub)  # or s3://...
             print(video.sha256, video.cost)
 
-        asyncio.run(keep("a-task-id"))
+        asyncio.run(keep())
         ```
     """
     return await _persist(
@@ -364,14 +371,14 @@ persist_video = sync_twin(
 Example:
     ```python
     from prefect import flow
-    from kf2v_tasks import poll_until_done, persist_video
+    from kf2v_tasks import persist_video, poll_until_done, submit_kf2v, validate_frames
 
     @flow
-    def keep(task_id: str):
-        state = poll_until_done(task_id)
-        return persist_video(state, "out/cat.mp4")
+    def keep():
+        sub = submit_kf2v(validate_frames("first.png", "last.png"), "a slow pan")
+        return persist_video(poll_until_done(sub), "out/pan.mp4", submission=sub)
 
-    keep("a-task-id")
+    assert keep().path.endswith("pan.mp4")
     ```
 """,
     **_PERSIST,

@@ -14,6 +14,8 @@ Example:
     @flow
     def start(first: str, last: str):
         return submit_kf2v(validate_frames(first, last), "a slow sunrise")
+
+    print(start("first.png", "last.png").task_id)
     ```
 """
 
@@ -195,7 +197,7 @@ Example:
     @flow
     def check():
         pair = validate_frames("first.png", "last.png")
-        pairs = validate_frames.map(["a1.png", "b1.png"], ["a2.png", "b2.png"]).result()
+        pairs = validate_frames.map(["k1.png", "k2.png"], ["k2.png", "k3.png"]).result()
         return pair, pairs
 
     check()

@@ -84,16 +84,26 @@ class Kf2vClient(DashScopeSession):
 
     Example:
         ```python
-        from kf2v_tasks.dashscope.client import Kf2vClient
-        from kf2v_tasks.dashscope.models import Kf2vRequest
+        import asyncio, base64, os
+        from kf2v_tasks import Kf2vClient, Kf2vRequest, TaskStatus
 
-        async with Kf2vClient("sk-...", base_url="http://127.0.0.1:8000/api/v1") as client:
-            state = await client.create_task(Kf2vRequest(
-                first_frame_url="https://example.com/a.png",
-                last_frame_url="https://example.com/b.png",
-                prompt="a slow dolly shot",
-            ))
-            state = await client.get_task(state.task_id)
+        def inline(path):  # small frames travel as data URIs; public https URLs work too
+            return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+
+        async def main():
+            key, url = os.environ["DASHSCOPE_API_KEY"], os.environ["DASHSCOPE_HTTP_BASE_URL"]
+            async with Kf2vClient(key, base_url=url) as client:
+                state = await client.create_task(Kf2vRequest(
+                    first_frame_url=inline("first.png"),
+                    last_frame_url=inline("last.png"),
+                    prompt="a slow dolly shot",
+                ))
+                while state.status not in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+                    await asyncio.sleep(5)
+                    state = await client.get_task(state.task_id)
+                return state
+
+        assert asyncio.run(main()).video_url
         ```
     """
 
@@ -132,12 +142,6 @@ class Kf2vClient(DashScopeSession):
                 unusable 200 answer.
             PermanentError: the service refused (bad input, auth, quota, moderation).
             TransientError: retries ran out on throttling / 503 / connect errors.
-
-        Example:
-            ```python
-            state = await client.create_task(request)
-            print(state.task_id, state.status)   # "...", TaskStatus.PENDING
-            ```
         """
         body = json.dumps(request.to_payload(), ensure_ascii=False).encode("utf-8")
         headers = {"X-DashScope-Async": "enable", "Content-Type": "application/json"}
@@ -184,13 +188,6 @@ class Kf2vClient(DashScopeSession):
         interpreting them is the caller's job. Transient errors (429, 5xx, transport
         failures, an unreadable 200) are retried: at most ``self.retry.max_attempts``
         GETs in total, the first included (8 by default); other errors raise at once.
-
-        Example:
-            ```python
-            state = await client.get_task(task_id)
-            if state.status is TaskStatus.SUCCEEDED:
-                print(state.video_url)
-            ```
         """
         path = f"{_TASKS_PATH}/{_quote_id(task_id)}"
         limiter = self.limits.query_limiter if self.limits else None
@@ -218,11 +215,6 @@ class Kf2vClient(DashScopeSession):
             UnsupportedOperationError: the task is no longer PENDING. (If an earlier
                 attempt was lost in transit and then retried, this can also mean that
                 attempt already cancelled it; query the task to know.)
-
-        Example:
-            ```python
-            await client.cancel_task(task_id)
-            ```
         """
         path = f"{_TASKS_PATH}/{_quote_id(task_id)}/cancel"
         limiter = self.limits.query_limiter if self.limits else None
@@ -251,12 +243,6 @@ class Kf2vClient(DashScopeSession):
         ``{"total", "data": [...], "total_page", "page_no", "page_size", "request_id"}``
         with epoch-millisecond times. Transient errors are retried: at most
         ``self.retry.max_attempts`` GETs in total, the first included (8 by default).
-
-        Example:
-            ```python
-            page = await client.list_tasks(status="RUNNING", model_name="wan2.2-kf2v-flash")
-            running = [row["task_id"] for row in page["data"]]
-            ```
         """
         params: dict[str, Any] = {"page_no": page_no, "page_size": page_size}
         if start_time is not None:
@@ -290,12 +276,6 @@ class Kf2vClient(DashScopeSession):
         Transient failures of either step retry the pair with a fresh policy (so a fresh
         object key): at most ``self.retry.max_attempts`` pairs in total, the first
         included (8 by default), so at most twice that many requests.
-
-        Example:
-            ```python
-            url = await client.upload_file(png_bytes, "first.png", "wan2.2-kf2v-flash")
-            # "oss://dashscope-instant/.../first.png"
-            ```
         """
         name = os.path.basename(filename.replace("\\", "/"))
         if not name:
