@@ -187,3 +187,29 @@ def test_v2_videos_errors_reach_the_sdk(sdk_sim, tmp_path):
         client.videos.jobs.create(model="wan2.2-kf2v-flash", image_url=first)
     assert "url error" in str(info.value)
     assert sdk_sim.stats()["creates"] == 0
+
+
+def test_v2_videos_generate_wan27_continuing_a_first_clip(sdk_sim, tmp_path):
+    import av
+
+    from kf2v_tasks.simulator.render import render_video
+
+    last = _gradient(tmp_path / "last.png", 480, 400)
+    shot = tmp_path / "shot.mp4"
+    frame = (tmp_path / "last.png").read_bytes()
+    shot.write_bytes(render_video(frame, frame, "480P", fps=2, seconds=3))
+    job = _v2_client(sdk_sim).videos.generate(
+        model="wan2.7-i2v",
+        prompt="and it goes on",
+        media=[
+            {"type": "first_clip", "url": f"file://{shot}"},
+            {"type": "last_frame", "url": last},
+        ],
+        resolution="720P",
+        duration=7,
+        **FAST_WAIT,
+    )
+    assert job.status == "SUCCEEDED" and job.video_url
+    with av.open(io.BytesIO(httpx.get(job.video_url).content)) as container:
+        assert container.duration / 1e6 == pytest.approx(7.0, abs=0.1)
+    assert sdk_sim.stats()["uploads"] == 2 and sdk_sim.stats()["creates"] == 1
