@@ -195,13 +195,12 @@ async def _video_artifact(video: PersistedVideo) -> None:
 # ------------------------------------------------------------------ poll_until_done
 
 _POLL = dict(
-    name="Poll kf2v task until done",
     description="Waits for the task to end, polling rarely at first and more often later.",
     cache_policy=NO_CACHE,
 )
 
 
-@task(**_POLL)
+@task(name="Poll kf2v task until done (async)", **_POLL)
 async def apoll_until_done(
     task_id: TaskRef,
     credentials: CredentialsLike = None,
@@ -282,6 +281,7 @@ Example:
     both()
     ```
 """,
+    name="Poll kf2v task until done",
     **_POLL,
 )
 
@@ -289,14 +289,13 @@ Example:
 # ------------------------------------------------------------------ persist_video
 
 _PERSIST = dict(
-    name="Persist kf2v video",
     description="Streams the video to storage atomically with a sha256 and a JSON sidecar.",
     cache_policy=NO_CACHE,
     cache_result_in_memory=False,
 )
 
 
-@task(**_PERSIST)
+@task(name="Persist kf2v video (async)", **_PERSIST)
 async def apersist_video(
     state: TaskState,
     destination: str,
@@ -381,5 +380,6 @@ Example:
     assert keep().path.endswith("pan.mp4")
     ```
 """,
+    name="Persist kf2v video",
     **_PERSIST,
 )

@@ -125,13 +125,12 @@ async def _submit(
 # ------------------------------------------------------------------ validate_frames
 
 _VALIDATE = dict(
-    name="Validate kf2v frames",
     description="Reads both frames and checks format, size, dimensions and decodability.",
     cache_policy=NO_CACHE,
 )
 
 
-@task(**_VALIDATE)
+@task(name="Validate kf2v frames (async)", **_VALIDATE)
 async def avalidate_frames(
     first_frame: Optional[str],
     last_frame: Optional[str],
@@ -203,6 +202,7 @@ Example:
     check()
     ```
 """,
+    name="Validate kf2v frames",
     **_VALIDATE,
 )
 
@@ -210,13 +210,12 @@ Example:
 # ------------------------------------------------------------------ submit_kf2v
 
 _SUBMIT = dict(
-    name="Submit kf2v task",
     description="Creates the kf2v task, or reuses a still-valid task for the same work.",
     cache_policy=NO_CACHE,
 )
 
 
-@task(**_SUBMIT)
+@task(name="Submit kf2v task (async)", **_SUBMIT)
 async def asubmit_kf2v(
     frames: FramePair,
     prompt: Optional[str] = None,
@@ -300,5 +299,6 @@ Example:
     one()
     ```
 """,
+    name="Submit kf2v task",
     **_SUBMIT,
 )
