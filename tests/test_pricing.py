@@ -291,9 +291,16 @@ def test_region_warning_names_each_model_listed_only_elsewhere_once():
 
 
 def test_kept_videos_are_shown_apart_at_what_they_cost_then():
-    est = estimate([GenerationOptions()], BEIJING, kept=[1.0, 0.5, None])
-    assert (est.rows, est.total, est.kept_rows, est.kept_cost) == (1, 1.0, 3, 1.5)
-    assert est.notes().endswith("; 3 rows already kept (made for 1.50 CNY), not made again")
+    est = estimate([GenerationOptions()], BEIJING, kept=[1.0, 0.5])
+    assert (est.rows, est.total, est.kept_rows, est.kept_cost) == (1, 1.0, 2, 1.5)
+    assert est.notes().endswith("; 2 rows already kept (made for 1.50 CNY), not made again")
+    # A video made where its price was unknown is not shown as free.
+    some = estimate([], BEIJING, kept=[1.0, None]).notes()
+    assert some.endswith(
+        "; 2 rows already kept (made for 1.00 CNY; 1 at an unknown price), not made again"
+    )
+    none = estimate([], BEIJING, kept=[None]).notes()
+    assert none.endswith("; 1 row already kept (made at an unknown price), not made again")
 
 
 def test_estimate_accepts_manifest_rows_and_a_custom_table():

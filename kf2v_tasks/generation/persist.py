@@ -507,7 +507,7 @@ async def find_persisted(
         download_attempts=0,
         reused_existing=True,
         previews=previews,
-        **facts.priced(price_table).model_dump(),
+        **facts.priced(price_table, quiet=True).model_dump(),
     )
 
 

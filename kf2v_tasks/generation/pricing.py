@@ -301,6 +301,7 @@ class CostEstimate(BaseModel):
     unpriced_models: list[str] = Field(default_factory=list)
     kept_rows: int = Field(default=0, description="Videos already kept: not made again.")
     kept_cost: float = Field(default=0.0, description="What the kept videos cost when made.")
+    kept_unpriced: int = Field(default=0, description="Kept videos whose cost is unknown.")
     warning: Optional[str] = Field(
         default=None, description="Models the docs list only for another region."
     )
@@ -321,10 +322,15 @@ class CostEstimate(BaseModel):
                 f"{', '.join(self.unpriced_models)} in {self.region or 'this table'}, not counted"
             )
         if self.kept_rows:
-            text += (
-                f"; {_rows(self.kept_rows)} already kept (made for {self.kept_cost:.2f} "
-                f"{self.currency}), not made again"
-            )
+            made = f"made for {self.kept_cost:.2f} {self.currency}"
+            if self.kept_unpriced:
+                n = self.kept_unpriced
+                made = (
+                    "made at an unknown price"
+                    if n == self.kept_rows
+                    else f"{made}; {n} at an unknown price"
+                )
+            text += f"; {_rows(self.kept_rows)} already kept ({made}), not made again"
         return text
 
 
@@ -388,5 +394,6 @@ def estimate(
         unpriced_models=list(unpriced),
         kept_rows=len(kept),
         kept_cost=round(sum(c for c in kept if c is not None), 6),
+        kept_unpriced=sum(c is None for c in kept),
         warning=region_warning(models, table.region),
     )

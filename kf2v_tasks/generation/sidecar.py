@@ -91,7 +91,7 @@ class VideoFacts(BaseModel):
     cost: Optional[float] = None
     currency: Optional[str] = None
 
-    def priced(self, price_table: Optional[PriceTable]) -> VideoFacts:
+    def priced(self, price_table: Optional[PriceTable], *, quiet: bool = False) -> VideoFacts:
         """These facts with cost and currency from ``price_table`` if known (default: the
         models table's prices in the configured region, ``KF2V_REGION``).
 
@@ -104,7 +104,8 @@ class VideoFacts(BaseModel):
         try:
             cost = video_cost(self.model, self.resolution, self.duration_seconds, table)
         except ValueError as exc:
-            logger.warning("no cost for the video: %s", exc)
+            if not quiet:  # ``quiet``: a kept video, its unknown price said by the estimate
+                logger.warning("no cost for the video: %s", exc)
             return self
         return self.model_copy(update={"cost": cost, "currency": table.currency})
 
