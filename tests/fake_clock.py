@@ -14,6 +14,7 @@ import asyncio
 import functools
 import selectors
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kf2v_tasks import clock
@@ -77,3 +78,51 @@ def on_virtual_time(test: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[.
         return run_on_virtual_time(test(*args, **kwargs))
 
     return run
+
+
+class LeaseTime:
+    """A fake clock for claims and their leases, moved only by :meth:`advance`.
+
+    It stands in for the lease's wall and monotonic clocks
+    (:mod:`kf2v_tasks.generation.claim_lease`), for ``kf2v_tasks.clock`` and for its
+    ``sleep``, which advances it. Renewals fall due as in real time: :meth:`advance` runs
+    the renewer's step at each due time it passes, in order (the renewer thread may do one
+    first; a claim is never renewed twice for one due time).
+    """
+
+    def __init__(self) -> None:
+        self.t = 0.0  # real seconds since the fake clock started
+        self._base = datetime.now(UTC)
+
+    def wall(self) -> datetime:
+        return self._base + timedelta(seconds=self.t)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def install(self, monkeypatch) -> LeaseTime:
+        from kf2v_tasks.generation import claim_lease
+
+        async def sleep(service_seconds: float) -> None:
+            self.advance(clock.real_seconds(service_seconds))
+            await asyncio.sleep(0)  # let other tasks run, as a real sleep would
+
+        monkeypatch.setattr(claim_lease, "wall_clock", self.wall)
+        monkeypatch.setattr(claim_lease, "monotonic", self.monotonic)
+        monkeypatch.setattr(clock, "monotonic", self.monotonic)
+        monkeypatch.setattr(clock, "sleep", sleep)
+        return self
+
+    def advance(self, seconds: float) -> None:
+        """Move ``seconds`` (real) ahead, renewing held claims at each due time on the way."""
+        from kf2v_tasks.generation import claim_lease
+
+        target = self.t + seconds
+        for _ in range(100_000):
+            due = claim_lease.renew_due()
+            if due > target:
+                break
+            self.t = max(self.t, due)
+        else:
+            raise RuntimeError("claims kept falling due without time passing")
+        self.t = target

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from test_generation_submit import ScriptedClient
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.models import GenerationOptions, TaskStatus
 from kf2v_tasks.errors import TaskFailedError
+from kf2v_tasks.generation import claim_lease
 from kf2v_tasks.generation import claims as claims_mod
 from kf2v_tasks.generation.claims import ClaimBook, ClaimDoc, ClaimHeldError, ClaimPolicy
 from kf2v_tasks.generation.fingerprint import request_fingerprint
@@ -39,6 +40,7 @@ from kf2v_tasks.storage.conditional import (
     replace_if_sync,
 )
 
+from fake_clock import LeaseTime
 from helpers import make_frame
 
 FP = "c" * 64
@@ -70,9 +72,15 @@ def test_a_lease_never_lasts_less_than_its_real_time_floor(monkeypatch):
     assert ClaimPolicy(lease_seconds=600).lease() == 600
 
 
+@pytest.fixture
+def lease_time(monkeypatch) -> LeaseTime:
+    """Fake time for leases, renewals and waits: moved by ``lease_time.advance(seconds)``."""
+    return LeaseTime().install(monkeypatch)
+
+
 def foreign_claim(book: ClaimBook, fp: str, *, expires_in: float, pid: int = 4242) -> None:
     """A claim file written by another (pretend) process: live or already expired."""
-    now = datetime.now(UTC)
+    now = claim_lease.wall_clock()  # the fake clock's, where a test uses one
     doc = ClaimDoc(
         fingerprint=fp, holder="0" * 32, token="other", host="elsewhere", pid=pid,
         acquired_at=now, renewed_at=now, expires_at=now + timedelta(seconds=expires_in),
@@ -152,6 +160,8 @@ from kf2v_tasks.generation.ledger import Ledger
 root, fp, go, opts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 import json
 book = ClaimBook(Ledger(root, storage_options=json.loads(opts) or None))
+asyncio.run(book.read("0" * 64))  # warm: the storage's own imports and client are loaded
+open(f"{go}.ready.{os.getpid()}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.005)
 held, other = asyncio.run(book.try_acquire(fp, row_id="r"))
@@ -159,6 +169,7 @@ print("won" if held else "lost", flush=True)
 """
 
 
+@pytest.mark.slow  # two fresh Python processes importing the package
 def test_two_processes_claim_at_once_and_one_wins(root, tmp_path):
     go = tmp_path / "go"
     procs = [
@@ -170,7 +181,9 @@ def test_two_processes_claim_at_once_and_one_wins(root, tmp_path):
         )
         for _ in range(2)
     ]
-    time.sleep(3.0)  # both imported and spinning on the start file
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until both are imported, warm and spinning on the start file
     go.write_text("go")
     outs = []
     for p in procs:
@@ -183,7 +196,7 @@ def test_two_processes_claim_at_once_and_one_wins(root, tmp_path):
 # -- lease, renewal, expiry, takeover ----------------------------------------------------------
 
 
-async def test_a_held_claim_is_renewed_past_its_lease_and_released(root):
+async def test_a_held_claim_is_renewed_past_its_lease_and_released(root, lease_time):
     book = ClaimBook(Ledger(root[0], storage_options=root[1]))
     held, other = await book.try_acquire(FP, row_id="r1")
     assert held is not None and other is None and book.holds(FP)
@@ -191,7 +204,7 @@ async def test_a_held_claim_is_renewed_past_its_lease_and_released(root):
     assert first.pid == os.getpid() and first.holder == claims_mod.HOLDER_ID
     lease_real = (first.expires_at - first.renewed_at).total_seconds()
     assert lease_real == pytest.approx(2.0, abs=0.05)  # 120 service s at 60x
-    await asyncio.sleep(lease_real * 1.5)
+    lease_time.advance(lease_real * 1.5)
     later = claim_doc(book, FP)
     assert later.token == first.token and later.expires_at > first.expires_at
     assert later.is_live()  # older than its lease, still live: the holder renews it
@@ -199,10 +212,10 @@ async def test_a_held_claim_is_renewed_past_its_lease_and_released(root):
     assert not await book.release(FP)  # nothing held any more
 
 
-async def test_a_claim_is_renewed_only_once_two_thirds_of_its_lease_are_spent(root, monkeypatch):
+async def test_a_claim_is_renewed_only_once_two_thirds_of_its_lease_are_spent(
+    root, monkeypatch, lease_time
+):
     """Short work is never renewed; a held claim is renewed every two thirds of a lease."""
-    from kf2v_tasks.generation import claim_lease
-
     renewals: list[str] = []
     real_replace = claim_lease.replace_if_sync
 
@@ -214,25 +227,25 @@ async def test_a_claim_is_renewed_only_once_two_thirds_of_its_lease_are_spent(ro
     book = ClaimBook(Ledger(root[0], storage_options=root[1]))
     held, _ = await book.try_acquire(FP)
     first = claim_doc(book, FP)
-    await asyncio.sleep(1.1)  # under two thirds of the 2 s lease: nothing to renew yet
+    lease_time.advance(1.1)  # under two thirds of the 2 s lease: nothing to renew yet
     assert renewals == [] and claim_doc(book, FP) == first
     await book.release(FP)
     assert renewals == []  # held 1.1 s of a 2 s lease: acquired and released, no renewal
 
     held, _ = await book.try_acquire(FP)
-    await asyncio.sleep(3.0)  # renewed at ~1.33 s and ~2.67 s
+    lease_time.advance(3.0)  # renewed at ~1.33 s and ~2.67 s
     assert len(renewals) == 2 and claim_doc(book, FP).is_live()
     await book.release(FP)
 
 
-async def test_a_failed_renewal_is_retried_well_before_the_lease_ends(root, monkeypatch):
-    from kf2v_tasks.generation import claim_lease
-
+async def test_a_failed_renewal_is_retried_well_before_the_lease_ends(
+    root, monkeypatch, lease_time
+):
     calls: list[float] = []
     real_replace = claim_lease.replace_if_sync
 
     def flaky(url, *args, **kwargs):
-        calls.append(time.monotonic())
+        calls.append(lease_time.monotonic())
         if len(calls) <= 2:
             raise OSError("storage hiccup")
         return real_replace(url, *args, **kwargs)
@@ -241,7 +254,7 @@ async def test_a_failed_renewal_is_retried_well_before_the_lease_ends(root, monk
     book = ClaimBook(Ledger(root[0], storage_options=root[1]))
     await book.try_acquire(FP)
     first = claim_doc(book, FP)
-    await asyncio.sleep(1.9)  # due at 1.33 s, retried at 1.5 s and 1.67 s: renewed by then
+    lease_time.advance(1.9)  # due at 1.33 s, retried at 1.5 s and 1.67 s: renewed by then
     assert len(calls) >= 3 and calls[1] - calls[0] == pytest.approx(1 / 6, abs=0.1)
     assert claim_doc(book, FP).expires_at > first.expires_at and book.holds(FP)
     await book.release(FP)
@@ -293,15 +306,15 @@ async def test_a_takeover_note_never_overwrites_what_another_writer_just_wrote(s
     await book.release(FP)
 
 
-async def test_a_live_claim_with_no_task_fails_after_a_bounded_wait(root):
+async def test_a_live_claim_with_no_task_fails_after_a_bounded_wait(root, lease_time):
     ledger = Ledger(root[0], storage_options=root[1])
     book = ClaimBook(ledger, ClaimPolicy(lease_seconds=60, poll_seconds=30))
     foreign_claim(book, FP, expires_in=3600, pid=777)  # alive (as far as we can tell)
-    started = time.monotonic()
+    started = lease_time.monotonic()
     with pytest.raises(ClaimHeldError, match="host elsewhere, pid 777") as err:
         await book.acquire(FP, row_id="r1")
-    waited = time.monotonic() - started
-    # The wait limit is 1.5 leases: 180 service s (the 2 s real floor) = 3 real seconds.
+    waited = lease_time.monotonic() - started
+    # The wait limit is 1.5 leases: 180 service s (the 2 s real floor) = 3 (fake) seconds.
     assert 2.5 < waited < 8, waited
     assert err.value.code == "ClaimHeld" and "not creating it again" in str(err.value)
     assert claim_doc(book, FP).pid == 777  # the other run's claim is left alone

@@ -26,7 +26,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
@@ -34,7 +36,16 @@ from pydantic import BaseModel, Field
 from kf2v_tasks import clock
 from kf2v_tasks.storage.conditional import ConditionFailedError, delete_if_sync, replace_if_sync
 
-__all__ = ["HOLDER_ID", "ClaimDoc", "HeldClaim", "held_at", "hold", "lease_doc", "release_sync"]
+__all__ = [
+    "HOLDER_ID",
+    "ClaimDoc",
+    "HeldClaim",
+    "held_at",
+    "hold",
+    "lease_doc",
+    "release_sync",
+    "renew_due",
+]
 
 logger = logging.getLogger("kf2v_tasks.generation.claims")
 
@@ -48,8 +59,14 @@ RETRY_SHARE = 1 / 12
 _MIN_SLEEP = 0.05
 
 
+#: The clocks a lease reads, swappable for a fake one in tests: the wall clock (UTC) that
+#: claim files compare across processes, and the monotonic one that says when to renew.
+wall_clock: Callable[[], datetime] = partial(datetime.now, UTC)
+monotonic: Callable[[], float] = time.monotonic
+
+
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return wall_clock()
 
 
 class ClaimDoc(BaseModel):
@@ -119,7 +136,7 @@ class HeldClaim:
         self.released = False
         self.since = clock.now()
         self.max_hold = max_hold  # service seconds; then no longer renewed
-        self.due = 0.0  # time.monotonic() at which to renew next
+        self.due = 0.0  # monotonic() at which to renew next
         self.schedule()
 
     def schedule(self) -> None:
@@ -128,11 +145,11 @@ class HeldClaim:
         # when the write returned.
         left = (self.doc.expires_at - _now()).total_seconds()
         lease = clock.real_seconds(self.doc.lease_seconds)
-        self.due = time.monotonic() + left - lease * RENEW_WHEN_LEFT
+        self.due = monotonic() + left - lease * RENEW_WHEN_LEFT
 
     def retry_soon(self) -> None:
         """A renewal failed: try again a twelfth of the lease from now."""
-        self.due = time.monotonic() + clock.real_seconds(self.doc.lease_seconds) * RETRY_SHARE
+        self.due = monotonic() + clock.real_seconds(self.doc.lease_seconds) * RETRY_SHARE
 
 
 _registry: dict[str, HeldClaim] = {}
@@ -174,8 +191,8 @@ def lease_doc(base: ClaimDoc, lease: float, **changes: Any) -> ClaimDoc:
 
 def _renew_sync(held: HeldClaim) -> None:
     with held.lock:
-        if held.released:
-            return
+        if held.released or held.due > monotonic():
+            return  # released, or renewed meanwhile by another caller of renew_due()
         if clock.now() - held.since > held.max_hold:
             logger.warning("claim %s held too long; no longer renewed", held.doc.fingerprint[:12])
             _forget(held)
@@ -206,20 +223,29 @@ def _forget(held: HeldClaim) -> None:
             del _registry[held.url]
 
 
+def renew_due() -> float:
+    """Renew every held claim that is due; return when the next one is (:data:`monotonic`).
+
+    The renewer thread's one step; a test on a fake clock calls it after moving the clock.
+    """
+    with _registry_lock:
+        held = list(_registry.values())
+    now = monotonic()
+    for h in held:
+        if h.due <= now:
+            _renew_sync(h)
+    with _registry_lock:
+        due = [h.due for h in _registry.values()]
+    return min(due, default=now + 5.0)
+
+
 def _renew_loop() -> None:
     while True:
         # Cleared before the registry is read: a claim held from now on wakes the sleep below.
         _wake.clear()
-        with _registry_lock:
-            held = list(_registry.values())
-        now = time.monotonic()
-        for h in held:
-            if h.due <= now:
-                _renew_sync(h)
-        with _registry_lock:
-            due = [h.due for h in _registry.values()]
+        next_due = renew_due()
         # Sleep until the next claim is due; hold() wakes us for a new one.
-        _wake.wait(max(_MIN_SLEEP, min(due, default=now + 5.0) - time.monotonic()))
+        _wake.wait(max(_MIN_SLEEP, next_due - monotonic()))
 
 
 def hold(held: HeldClaim) -> HeldClaim:
