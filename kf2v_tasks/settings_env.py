@@ -33,10 +33,10 @@ def may_be_set(name: str, *legacy: str) -> bool:
         return True
     # What the files may name: the setting, a profiles file elsewhere, Prefect's table.
     files = {
-        Path(".env"): ("kf2v", "profiles_path"),
+        Path(".env"): ("kf2v", "profiles_path", *legacy),
         Path("prefect.toml"): ("kf2v", "profiles_path"),
         Path("pyproject.toml"): ("tool.prefect",),
-        _profiles_path(): ("kf2v",),
+        _profiles_path(): ("kf2v", *legacy),
     }
     return any(_mentions(path, words) for path, words in files.items())
 

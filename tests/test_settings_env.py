@@ -33,6 +33,7 @@ def test_nothing_configured_means_the_default(bare):
         ("env", "kf2v_region"),
         ("env", "PREFECT_INTEGRATIONS_KF2V_REGION"),
         (".env", "KF2V_REGION=beijing\n"),
+        (".env", "DASHSCOPE_API_KEY=sk-x\n"),
         ("prefect.toml", "[integrations.kf2v]\nregion = 'beijing'\n"),
         ("pyproject.toml", "[tool.prefect.integrations.kf2v]\nregion = 'beijing'\n"),
         ("home/profiles.toml", "[profiles.x]\nPREFECT_INTEGRATIONS_KF2V_REGION = 'beijing'\n"),
@@ -44,7 +45,8 @@ def test_any_place_prefect_reads_counts(bare, monkeypatch, where, text):
     else:
         (bare / where).parent.mkdir(exist_ok=True)
         (bare / where).write_text(text)
-    assert may_be_set("region", "kf2v_region")
+    key = "DASHSCOPE_API_KEY" in text
+    assert may_be_set(*(("api_key", "dashscope_api_key") if key else ("region", "kf2v_region")))
 
 
 def test_a_project_pyproject_without_prefect_settings_does_not_count(bare):

@@ -107,3 +107,43 @@ async def test_a_run_keeps_what_existed_at_its_start_out_of_full_collections(tmp
     ).run()
     assert frozen and frozen[0] > before  # frozen while the run went on
     assert gc.get_freeze_count() == 0  # and handed back to the collector at its end
+
+
+def test_a_new_users_first_run_creates_before_its_temporary_server_is_up(tmp_path: Path):
+    """``kf2v run`` as a new user runs it: no key, no Prefect server configured, a new
+    PREFECT_HOME (issue 25 #1). The first creates go out while kf2v's temporary server is
+    still starting; the flow picks them up, so each row's work is created exactly once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pairs = make_pairs(tmp_path, 4)
+    rows = [{"id": f"r{i}", "first_frame": a, "last_frame": b} for i, (a, b) in enumerate(pairs)]
+    (tmp_path / "m.csv").write_text(manifest_text(rows, ["id", "first_frame", "last_frame"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "KF2V_"))}
+    env.pop("PREFECT_API_URL", None)
+    (tmp_path / "home").mkdir()
+    env.update(HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"))
+    out = tmp_path / "out"
+    kf2v = str(Path(sys.executable).parent / "kf2v")
+    p = subprocess.run(
+        [kf2v, "run", str(tmp_path / "m.csv"), "--output", str(out), "--simulator-speed", "600"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stderr.splitlines()
+    head = [i for i, line in enumerate(lines) if "created while the temporary Prefect" in line]
+    plan = [i for i, line in enumerate(lines) if "valid rows" in line]
+    assert head and plan and head[0] < plan[0], p.stderr  # before the flow planned anything
+    assert "submitted 4, re-attached 0" in p.stderr  # this run's creates, counted as such
+    creates = [
+        [e for e in json.loads(f.read_text())["events"] if e["event"] == "submitted"]
+        for f in (out / ".kf2v" / "ledger").glob("*.json")
+    ]
+    assert sorted(len(c) for c in creates) == [1, 1, 1, 1]  # nothing created twice
+    assert not list((out / ".kf2v" / "claims").glob("*.json"))  # every claim released
+    assert (tmp_path / "prefect" / "prefect.db").exists()  # the server kf2v started

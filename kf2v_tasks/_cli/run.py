@@ -31,6 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from kf2v_tasks._cli.errors import summary_exit_code
+    from kf2v_tasks._cli.head_start import head_start
     from kf2v_tasks._cli.preflight import finish_if_all_kept
     from kf2v_tasks._cli.report import ProgressBar, print_summary, progress
     from kf2v_tasks.errors import BatchFailedError
@@ -46,7 +47,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_summary(console, kept)
         return summary_exit_code(kept)
     concurrency = concurrency_from_args(args)
-    with flow_service(args) as credentials:
+    head: dict[str, float] = {}  # tasks created while the temporary server starts
+
+    def first_creates(credentials: Any) -> None:
+        head.update(head_start(args, defaults, concurrency, credentials))
+        if head:
+            console.print(
+                f"{len(head)} task(s) created while the temporary Prefect server starts; "
+                "the run picks them up",
+                markup=False,
+            )
+
+    with flow_service(args, meanwhile=first_creates) as credentials:
         from kf2v_flows.batch import generate_batch
 
         with progress(console):
@@ -71,8 +83,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = _result(state)
     except BatchFailedError as exc:  # rows failed or over budget: the summary says which
         summary = exc.summary
+    _count_head_start(summary, head)
     print_summary(console, summary)
     return summary_exit_code(summary)
+
+
+def _count_head_start(summary: Any, head: dict[str, float]) -> None:
+    """Tasks this run created before its flow began count as created (and estimated), not
+    as picked up from an earlier run."""
+    picked = [r for r in summary.results if r.task_id in head and r.reattached]
+    summary.submitted += len(picked)
+    summary.reattached -= len(picked)
+    summary.estimated_cost = round(summary.estimated_cost + sum(head[r.task_id] for r in picked), 4)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

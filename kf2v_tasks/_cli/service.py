@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TextIO, Union
 
@@ -97,6 +97,10 @@ def _check_block(name: str) -> None:
 
 def _key_configured() -> bool:
     # The same settings DashScopeCredentials.from_env reads: environment, .env, profile.
+    from kf2v_tasks.settings_env import may_be_set
+
+    if not may_be_set("api_key", "dashscope_api_key"):  # no key anywhere: no Prefect import
+        return False
     from kf2v_tasks.settings import get_settings
 
     return get_settings().api_key is not None
@@ -191,11 +195,12 @@ def _drop_all(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def flow_service(args: Any) -> Iterator[Any]:
+def flow_service(args: Any, meanwhile: Optional[Callable[[Any], None]] = None) -> Iterator[Any]:
     """The DashScope service a command's flow talks to (credentials), with Prefect kept quiet.
 
     With no Prefect server configured, a temporary one starts first and comes up while
-    the simulator starts and the flow is imported (see :func:`prefect_api`).
+    the simulator starts and the flow is imported (see :func:`prefect_api`);
+    ``meanwhile(credentials)`` runs while it is still starting.
 
     Example:
         ```python
@@ -205,16 +210,29 @@ def flow_service(args: Any) -> Iterator[Any]:
     """
     if not args.credentials_block and not _key_configured():
         _simulator_installed()  # said before a Prefect server starts for nothing
-    with prefect_api() as ready, quiet_prefect(args.verbose, api_url=ready.url):
-        if args.credentials_block:
-            ready()  # the blocks are read from the server
-        with dashscope_service(
-            args.credentials_block,
-            simulator_speed=args.simulator_speed,
-            time_scale=args.time_scale,
-        ) as credentials:
+    with contextlib.ExitStack() as stack:
+        ready = stack.enter_context(prefect_api())
+        quiet = quiet_prefect(args.verbose, api_url=ready.url)
+        if args.credentials_block:  # read from the server, by Prefect's client
+            stack.enter_context(quiet)
             ready()
+        credentials = stack.enter_context(
+            dashscope_service(
+                args.credentials_block,
+                simulator_speed=args.simulator_speed,
+                time_scale=args.time_scale,
+            )
+        )
+        if meanwhile is not None and ready.process is not None:
+            meanwhile(credentials)  # before Prefect's engine is imported: a second sooner
+        if not args.credentials_block:
+            stack.enter_context(quiet)
+        ready()
+        try:
             yield credentials
+        finally:
+            if ready.temporary:
+                _drain_to_api()  # while the server and Prefect's settings are still there
 
 
 #: Seconds Prefect itself waits for its temporary server (then fails the run); we say so
@@ -229,6 +247,7 @@ class _Ready:
 
     def __init__(self, url: Optional[str], process: Any = None, out: Optional[TextIO] = None):
         self.url, self.process, self.out = url, process, out or sys.stderr
+        self.temporary = process is not None
         self.started = time.monotonic()
 
     def __call__(self) -> None:
@@ -283,7 +302,6 @@ def prefect_api(out: Optional[TextIO] = None) -> Iterator[_Ready]:
     try:
         yield _Ready(f"http://127.0.0.1:{port}/api", server, out)
     finally:
-        _drain_to_api()
         stop_process(server.proc, timeout=5.0)
         shutil.rmtree(log.parent, ignore_errors=True)
 
