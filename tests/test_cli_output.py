@@ -52,11 +52,11 @@ def _read_only(folder: Path) -> list[str]:
     return prefix
 
 
-def _one_line_exit_2(p: subprocess.CompletedProcess, *words: str) -> str:
+def _one_line_exit_2(p: subprocess.CompletedProcess, *words: str, prog: str = "run") -> str:
     assert p.returncode == 2, p.stderr[-2000:]
     lines = p.stderr.splitlines()
     assert len(lines) == 1, p.stderr[-2000:]
-    assert lines[0].startswith("kf2v run: error: argument --output: ")
+    assert lines[0].startswith(f"kf2v {prog}: error: argument --output: ")
     assert all(w in lines[0] for w in words), lines[0]
     assert STARTED not in p.stderr and "Traceback" not in p.stderr
     return lines[0]
@@ -81,15 +81,16 @@ def test_a_read_only_output_is_one_line_exit_2_before_start_up(tmp_path):
     assert list(out.iterdir()) == []
 
 
-def test_s3_without_credentials_is_one_line_exit_2_before_start_up(tmp_path):
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_s3_without_credentials_is_one_line_exit_2_before_start_up(tmp_path, command):
     p = subprocess.run(
-        [KF2V, "run", _manifest(tmp_path), "--output", "s3://kf2v-no-such-bucket/out"],
+        [KF2V, command, _manifest(tmp_path), "--output", "s3://kf2v-no-such-bucket/out"],
         env=_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
     )
-    _one_line_exit_2(p, "no AWS credentials", "AWS_ACCESS_KEY_ID", "--storage-block")
+    _one_line_exit_2(p, "no AWS credentials", "AWS_ACCESS_KEY_ID", "--storage-block", prog=command)
     assert "NoCredentialsError" not in p.stderr
 
 

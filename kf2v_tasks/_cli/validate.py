@@ -19,7 +19,11 @@ import uuid
 from typing import Any, Optional, TextIO
 
 from kf2v_tasks._cli.errors import EXIT_FAILED, EXIT_OK, EXIT_OVER_BUDGET
-from kf2v_tasks._cli.inputs import defaults_from_args, storage_options_from_args
+from kf2v_tasks._cli.inputs import (
+    check_output,
+    defaults_from_args,
+    storage_options_from_args,
+)
 
 
 def cmd_validate(args: argparse.Namespace, *, out: Optional[TextIO] = None) -> int:
@@ -40,6 +44,8 @@ def cmd_validate(args: argparse.Namespace, *, out: Optional[TextIO] = None) -> i
     from kf2v_tasks.generation.pricing import PriceTable
 
     out = out or sys.stdout
+    if args.output:  # the dry run's table goes there: say now if it cannot
+        check_output(args)
     if args.storage_block:  # loading the block needs the Prefect API, quietly
         from kf2v_tasks._cli.service import quiet_prefect
 
