@@ -48,6 +48,17 @@ _EXPORTS = {
     "TaskState": "kf2v_tasks.dashscope.models",
     "TaskStatus": "kf2v_tasks.dashscope.models",
     "PriceTable": "kf2v_tasks.generation.pricing",
+    # the tasks' and flows' parameter types
+    "FrameLimits": "kf2v_tasks.generation.frames",
+    "AmbiguousPolicy": "kf2v_tasks.generation.submit",
+    "PollSchedule": "kf2v_tasks.dashscope.polling",
+    "TaskRef": "kf2v_tasks.tasks_results",
+    "Ledger": "kf2v_tasks.generation.ledger",
+    "RowDefaults": "kf2v_tasks.batch.manifest_schema",
+    "ConcurrencySettings": "kf2v_tasks.batch.config",
+    "PollingSettings": "kf2v_tasks.batch.config",
+    "TaskRuns": "kf2v_tasks.batch.steps",
+    "Order": "kf2v_tasks.batch.runtimes",
     # the client and the account's quota
     "Kf2vClient": "kf2v_tasks.dashscope.client",
     "AccountLimits": "kf2v_tasks.dashscope.limits",
