@@ -265,3 +265,15 @@ async def test_an_account_pool_across_regions_prices_each_row_at_the_dearest(sim
     assert await run_prices([other], mine) is mine  # a whole table of the caller's
     patched = await run_prices([other], {"wan2.2-kf2v-flash": {"720P": 0.3}})
     assert patched.price("wan2.2-kf2v-flash", "720P") == 0.3 and patched.region == "singapore"
+
+
+async def test_a_task_picked_up_again_is_warned_about_too(tmp_path):
+    from kf2v_tasks.batch.plan import plan_batch
+    from kf2v_tasks.generation.pricing import PriceTable
+
+    manifest = _manifest(tmp_path / "in", [("f", "wan2.2-kf2v-flash", "720P", "")])
+    plan = await plan_batch(str(manifest), str(tmp_path / "out"))
+    plan.live = ["f"]  # created before (a crashed run, or kf2v run's head start)
+    est = plan.estimate(PriceTable.default("singapore"))
+    assert (est.rows, est.unpriced_rows) == (0, 0)  # not made (nor paid) again by this run
+    assert est.warning.startswith("wan2.2-kf2v-flash is listed for beijing only")

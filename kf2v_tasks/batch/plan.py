@@ -25,6 +25,7 @@ from kf2v_tasks.generation.pricing import (
     CostEstimate,
     PriceTable,
     estimate,
+    region_warning,
 )
 from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
@@ -91,7 +92,10 @@ class BatchPlan(BaseModel):
         """
         done = set(self.persisted) | set(self.live) | set(self.same_work)
         new = [r for r in self.runnable if r.id not in done]
-        return estimate(new, prices, kept=[v.cost for v in self.persisted.values()])
+        est = estimate(new, prices, kept=[v.cost for v in self.persisted.values()])
+        # Tasks picked up run in this region too: the region warning covers them.
+        models = [r.options.model for r in self.runnable if r.id not in self.persisted]
+        return est.model_copy(update={"warning": region_warning(models, prices.region)})
 
     def budget_line(self, currency: str = "CNY", max_names: int = 10) -> Optional[str]:
         """With ``max_cost``: one line naming the rows that fit and those that do not.
