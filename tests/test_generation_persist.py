@@ -498,3 +498,14 @@ async def test_a_kept_video_of_a_task_past_its_lifetime_is_found_by_its_sidecar(
         succeeded(), dest, client=client, submission=old, ledger=ledger
     )
     assert again.reused_existing and again.sha256 == first.sha256 and client.requests == []
+
+
+async def test_a_video_made_at_an_unknown_price_stays_unknown_when_found_again(ledger, dest):
+    """Money as it was: not priced afterwards at whatever region the next run is in."""
+    nothing = PriceTable(per_second={})  # no price for the model where it was made
+    await persist_task_video(
+        succeeded(), dest, client=VideoClient(), submission=submission(), ledger=ledger,
+        price_table=nothing,
+    )  # fmt: skip
+    found = await find_persisted(ledger, FP, dest, price_table=PriceTable.default("beijing"))
+    assert (found.cost, found.currency) == (None, None)

@@ -448,8 +448,8 @@ async def find_persisted(
     Checked without any DashScope call: the ledger says "persisted" at this path and the
     file still hashes to the recorded sha256. Its model, resolution, length and cost come
     from the ledger record; the prompts, its sound (``audio``, ``audio_source``) and anything
-    an older record lacks from the sidecar; a cost neither holds is priced with
-    ``price_table`` (default: the built-in table).
+    an older record lacks from the sidecar. A video made at an unknown price keeps it
+    unknown; only one kept before costs were written is priced with ``price_table``.
     Pass ``record`` (possibly ``None``) when the caller has already read the ledger, to
     skip reading it again.
 
@@ -507,7 +507,9 @@ async def find_persisted(
         download_attempts=0,
         reused_existing=True,
         previews=previews,
-        **facts.priced(price_table, quiet=True).model_dump(),
+        # Priced when made (even at an unknown price, "cost": null): kept as it was. Only a
+        # sidecar from before costs were written is priced now.
+        **(facts if "cost" in sidecar else facts.priced(price_table, quiet=True)).model_dump(),
     )
 
 
