@@ -193,13 +193,15 @@ async def free_dead_leases() -> int:
     folder = _lease_folder()
     if not folder.is_dir():
         return 0
-    host, api_url, freed = socket.gethostname(), _api_url(), 0
+    host, freed = socket.gethostname(), 0
     for path in folder.glob("*.json"):
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if doc.get("host") != host or doc.get("api_url") != api_url or _alive(doc.get("pid")):
+        # Any API URL: `kf2v run`'s temporary server has a new port each time, over the
+        # same database; a lease this server does not know is refused, harmlessly.
+        if doc.get("host") != host or _alive(doc.get("pid")):
             continue
         async with get_client() as client:
             for lease_id in doc.get("leases", []):
@@ -267,6 +269,23 @@ async def acquire_slot(client: Any, name: str, slots: int = 1) -> tuple[UUID, in
         if not body.get("limits"):
             raise LimitMissingError(f"global concurrency limit {name!r} does not exist")
         return UUID(body["lease_id"]), want
+
+
+async def keep_lease(client: Any, lease_id: UUID, until: asyncio.Event) -> None:
+    """Renew the lease every third of its life until ``until`` is set.
+
+    Real seconds: the lease runs on the server's clock, not service time. A failed renewal
+    is logged and tried again: the lease has two more thirds of slack.
+    """
+    while True:
+        try:
+            await asyncio.wait_for(until.wait(), timeout=LEASE_SECONDS / 3)
+            return
+        except TimeoutError:
+            try:
+                await client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
+            except Exception as exc:
+                logger.warning("renewing a global-limit lease failed: %s", exc)
 
 
 class LimitMissingError(RuntimeError):

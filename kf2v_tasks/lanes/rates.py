@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.dashscope.limits import RateLimiter
-from kf2v_tasks.lanes.gcl import LEASE_SECONDS, LeaseBook, acquire_slot
+from kf2v_tasks.lanes.gcl import LeaseBook, acquire_slot, ensure_limit, keep_lease
 
 logger = logging.getLogger("kf2v_tasks.lanes.rates")
 
@@ -59,7 +59,8 @@ class RateShare:
         self._lease_id: Any = None
         self._stack: Optional[contextlib.AsyncExitStack] = None
         self._client: Any = None
-        self._task: Optional[asyncio.Task[None]] = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._left = asyncio.Event()
 
     @classmethod
     async def join(
@@ -93,14 +94,17 @@ class RateShare:
     async def _start(self) -> int:
         from prefect.client.orchestration import get_client
 
-        await _ensure_counting_limit(self.name)
+        await ensure_limit(self.name, MAX_RUNS)
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(get_client())
         self._stack = stack
         self._lease_id, _ = await acquire_slot(self._client, self.name)
         self._book.add(self._lease_id)
         await self._refresh()
-        self._task = spawn(self._keep(), name="kf2v-rate-share")
+        self._tasks = [
+            spawn(keep_lease(self._client, self._lease_id, self._left), name="kf2v-rate-lease"),
+            spawn(self._follow(), name="kf2v-rate-share"),
+        ]
         return self.runs - 1
 
     async def _refresh(self) -> None:
@@ -113,24 +117,20 @@ class RateShare:
         for limiter, rate in self.limiters.items():
             limiter.set_rate(rate / runs)
 
-    async def _keep(self) -> None:
-        """Renew this run's slot and follow the count until the run leaves."""
-        renewed = asyncio.get_running_loop().time()
+    async def _follow(self) -> None:
+        """Follow the count of runs until this run leaves."""
         while True:
             await asyncio.sleep(REFRESH_SECONDS)  # real seconds: the server's clock
             try:
-                now = asyncio.get_running_loop().time()
-                if now - renewed >= LEASE_SECONDS / 3:
-                    await self._client.renew_concurrency_lease(self._lease_id, LEASE_SECONDS)
-                    renewed = now
                 await self._refresh()
             except Exception as exc:  # keep the last share; the next read may succeed
                 logger.warning("could not read how many runs share the account: %s", exc)
 
     async def leave(self) -> None:
         """Stop counting this run (its share goes back to the others within one refresh)."""
-        task, self._task = self._task, None
-        if task is not None:
+        self._left.set()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
@@ -143,19 +143,3 @@ class RateShare:
         if stack is not None:
             with contextlib.suppress(Exception):
                 await stack.aclose()
-
-
-async def _ensure_counting_limit(name: str) -> None:
-    """Create the counting limit when missing (race-safe, as for the in-flight limit)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                await client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=MAX_RUNS, active=True)
-                )

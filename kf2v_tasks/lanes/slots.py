@@ -31,12 +31,12 @@ from typing import Optional, Union
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.lanes.gcl import (
-    LEASE_SECONDS,
     LeaseBook,
     LimitMissingError,
     acquire_slot,
     ensure_limit,
     free_dead_leases,
+    keep_lease,
 )
 from kf2v_tasks.lanes.machine_slots import MachineSlot, slot_folder
 
@@ -79,7 +79,7 @@ class _Lease:
             self.book.add(lease_id)
             try:
                 self.acquired.set()
-                await self._renew_until_released(client, lease_id)
+                await keep_lease(client, lease_id, self.release)
             finally:
                 with contextlib.suppress(Exception):
                     await client.release_concurrency_slots_with_lease(lease_id)
@@ -87,18 +87,6 @@ class _Lease:
         except BaseException as exc:  # surfaced to the waiter, never swallowed
             self.error = exc
             self.acquired.set()
-
-    async def _renew_until_released(self, client, lease_id) -> None:
-        # Real seconds: the lease is the server's clock, not service time.
-        while True:
-            try:
-                await asyncio.wait_for(self.release.wait(), timeout=LEASE_SECONDS / 3)
-                return
-            except TimeoutError:
-                try:
-                    await client.renew_concurrency_lease(lease_id, LEASE_SECONDS)
-                except Exception as exc:  # the next renewal may succeed; the lease has slack
-                    logger.warning("renewing a global-limit lease failed: %s", exc)
 
 
 class _ServerGate:
