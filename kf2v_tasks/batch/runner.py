@@ -54,13 +54,13 @@ from kf2v_tasks.batch.sharding import results_name_for, shard_summary_name
 from kf2v_tasks.batch.steps import TaskRuns, make_steps, run_row_task
 from kf2v_tasks.batch.steps import validate_manifest_task as _validate_gate
 from kf2v_tasks.batch.stopping import run_rows
-from kf2v_tasks.credentials import DashScopeCredentials
+from kf2v_tasks.credentials import DashScopeCredentials, MissingCredentialsError
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.generation.budget import Budget
 from kf2v_tasks.generation.claims import release_claim
 from kf2v_tasks.generation.frames import FrameLimits
-from kf2v_tasks.generation.ledger import UNREAD, Ledger
+from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerState
 from kf2v_tasks.generation.persist import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.generation.pricing import PriceTable
@@ -314,6 +314,13 @@ class BatchRunner:
                     error_code="Cancelled",
                     error_message="queued ahead; cancelled before it started (not billed)",
                 )
+            elif isinstance(exc, MissingCredentialsError):  # nothing could be submitted
+                result = RowResult(
+                    **base,
+                    status=RowStatus.NOT_RUN,
+                    error_code=exc.code,
+                    error_message=exc.row_message,
+                )
             else:
                 result = RowResult(
                     **base,
@@ -456,6 +463,8 @@ class BatchRunner:
                     try:
                         for acct in pool.accounts:
                             await acct.client.settle_creates()
+                        await fan.record_created()
+                        for acct in pool.accounts:
                             for ahead in acct.aheads.values():
                                 await ahead.cancel_pending(acct.client)
                     finally:
@@ -595,6 +604,23 @@ class _RowFanOut:
             yield
         finally:
             mine.set()  # re-attached, refused or failed: nothing to wait for
+
+    async def record_created(self) -> None:
+        """Every task created is in the ledger, also one whose row was stopped between the
+        create's answer and its own ledger write: the re-run re-attaches to it (or finds it
+        cancelled) instead of taking the create for ambiguous and creating it again."""
+        for task_id, row in list(self.tasks.items()):
+
+            def change(record, task_id=task_id) -> bool:
+                if record.task_id or record.state is not LedgerState.SUBMITTING:
+                    return False
+                record.submitted(task_id)
+                return True
+
+            try:
+                await self.config.ledger.modify(self.plan.fingerprints[row.id], change)
+            except Exception as exc:  # the re-run then treats the create as ambiguous
+                logger.warning("could not record task %s of row %s: %s", task_id, row.id, exc)
 
     def created(self, acct: RunAccount, state) -> None:
         """A create answered: the task is ours and queued, whatever happens to its row next."""
