@@ -23,13 +23,13 @@ from kf2v_tasks.dashscope.client import Kf2vClient
 from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskStatus
 from kf2v_tasks.dashscope.polling import wait_for_task
 from kf2v_tasks.errors import DownloadError
-from kf2v_tasks.generation.persist import (
+from kf2v_tasks.generation.link_life import (
     MIN_DOWNLOAD_PATIENCE,
     download_patience,
     link_expiry,
-    persist_task_video,
     rerun_by,
 )
+from kf2v_tasks.generation.persist import persist_task_video
 from kf2v_tasks.generation.submit import Submission
 
 from conftest import TEST_API_KEY

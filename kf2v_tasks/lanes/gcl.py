@@ -294,3 +294,83 @@ class LimitMissingError(RuntimeError):
 
 #: Real seconds at most between two asks for a slot of a full limit.
 MAX_FULL_WAIT = 1.0
+
+
+async def usable_limit(name: str, size: int, create_missing: bool) -> bool:
+    """Whether the pool can hold slots of ``name`` (creating it first if allowed); logs which."""
+    if not await _limit_status(name, size, create_missing):
+        return False
+    try:
+        await free_dead_leases()
+    except Exception as exc:  # they expire on a real server; say why a wait may be long
+        logger.warning("could not give back the slots of killed runs: %s", exc)
+    return True
+
+
+async def _limit_status(name: str, size: int, create_missing: bool) -> bool:
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        # Ephemeral mode: each process runs its own server over a shared SQLite file, and
+        # the slots of a killed process would stay taken there for good.
+        logger.info(
+            "no Prefect server configured (PREFECT_API_URL); limiting in-process to %d tasks",
+            size,
+        )
+        return False
+    if not create_missing:
+        if await gcl_exists(name):
+            logger.info("sharing the lane's tasks through global concurrency limit %r", name)
+            return True
+        logger.info("no global concurrency limit %r on the server; limiting in-process", name)
+        return False
+    try:
+        status = await ensure_limit(name, size)
+    except Exception as exc:  # no server reachable: local limiting still protects the account
+        logger.warning(
+            "could not read or create global concurrency limit %r (%s); limiting in-process "
+            "to %d tasks: overlapping runs are not limited together",
+            name,
+            exc,
+            size,
+        )
+        return False
+    if not status["active"]:
+        logger.info(
+            "global concurrency limit %r is inactive; limiting in-process to %d tasks", name, size
+        )
+        return False
+    logger.info(
+        "sharing the lane's tasks with other runs through global concurrency limit %r "
+        "(%d slots, %s)",
+        name,
+        status["limit"],
+        "created now" if status["action"] == "created" else "already there",
+    )
+    if status["limit"] < size:
+        # The server's limit is the account's: this run keeps to it, whatever it asked for.
+        logger.warning(
+            "global concurrency limit %r allows %d tasks at the service, fewer than this "
+            "run's %d (running + queue_ahead); change it with `kf2v limits apply "
+            "--lane MODEL=N --queue-ahead M`",
+            name,
+            status["limit"],
+            size,
+        )
+    return True
+
+
+async def gcl_exists(name: str) -> bool:
+    """Whether the Prefect API knows an active global concurrency limit called ``name``."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        async with get_client() as client:
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            return bool(limit.active)
+    except ObjectNotFound:
+        return False
+    except Exception as exc:  # no server reachable: local limiting still protects the account
+        logger.warning("could not read global concurrency limit %r: %s", name, exc)
+        return False
