@@ -147,3 +147,33 @@ def test_a_new_users_first_run_creates_before_its_temporary_server_is_up(tmp_pat
     assert sorted(len(c) for c in creates) == [1, 1, 1, 1]  # nothing created twice
     assert not list((out / ".kf2v" / "claims").glob("*.json"))  # every claim released
     assert (tmp_path / "prefect" / "prefect.db").exists()  # the server kf2v started
+
+
+def test_kf2v_validate_imports_no_prefect(tmp_path: Path):
+    """``kf2v validate`` plans and prices without Prefect (a second of imports; issue 25 #1)."""
+    import os
+    import subprocess
+    import sys
+
+    pairs = make_pairs(tmp_path, 2)
+    rows = [{"id": f"r{i}", "first_frame": a, "last_frame": b} for i, (a, b) in enumerate(pairs)]
+    (tmp_path / "m.csv").write_text(manifest_text(rows, ["id", "first_frame", "last_frame"]))
+    code = (
+        "import sys\n"
+        "from kf2v_tasks._cli.main import main\n"
+        "code = main(['validate', sys.argv[1], '--output', sys.argv[2]])\n"
+        "loaded = [m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')]\n"
+        "sys.exit(code or (9 if loaded else 0))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("prefect_integ")}
+    env.update(HOME=str(tmp_path), PREFECT_HOME=str(tmp_path / "prefect"))
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m.csv"), str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+    assert "2 rows, 2 valid, 0 invalid" in p.stdout
