@@ -652,8 +652,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     walls: dict[str, float] = {}  # each section's own wall time (the server's start aside)
-    log(f"starting the Prefect API server ({'quick' if args.quick else 'full'} run)")
-    prefect = PrefectServer()
+    # B3 needs no Prefect, and B8 starts its own (a new user's); the rest share this one.
+    prefect = None
+    if only - {"b3", "b8"}:
+        log(f"starting the Prefect API server ({'quick' if args.quick else 'full'} run)")
+        prefect = PrefectServer()
     try:
         variants = {} if args.no_variants else VARIANTS
         b1_variants = {} if args.no_variants else B1_VARIANTS
@@ -703,7 +706,8 @@ def main(argv: list[str] | None = None) -> int:
             res["b8"] = b8_startup.run(sizes["b8_runs"])
             walls["b8"] = round(time.monotonic() - t, 1)
     finally:
-        prefect.stop()
+        if prefect is not None:
+            prefect.stop()
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     stamp = {
