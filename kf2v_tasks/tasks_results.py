@@ -42,8 +42,8 @@ from kf2v_tasks.dashscope.polling import (
 )
 from kf2v_tasks.errors import TaskError, TaskTimeoutError
 from kf2v_tasks.events import emit_video_asset, emit_video_failed, emit_video_persisted
-from kf2v_tasks.generation.ledger import record_outcome
 from kf2v_tasks.generation.models import FramePair
+from kf2v_tasks.generation.outcome import record_outcome
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import Submission

@@ -29,7 +29,8 @@ from kf2v_tasks.generation import claims as claims_mod
 from kf2v_tasks.generation.claims import ClaimBook, ClaimDoc, ClaimHeldError, ClaimPolicy
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import check_pair
-from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, record_outcome
+from kf2v_tasks.generation.ledger import Ledger, LedgerRecord
+from kf2v_tasks.generation.outcome import record_outcome
 from kf2v_tasks.generation.submit import submit_generation
 from kf2v_tasks.storage.conditional import (
     ConditionFailedError,

@@ -405,7 +405,7 @@ async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
 async def test_a_success_put_off_is_written_with_persisted_or_alone_if_not_kept(ledger, dest):
     """One ledger write for "ended" and "persisted"; a video not kept still says it ended."""
     from kf2v_tasks.errors import TaskExpiredError
-    from kf2v_tasks.generation.ledger import record_outcome
+    from kf2v_tasks.generation.outcome import record_outcome
 
     writes: list[str] = []
     real_put = ledger._put_sync

@@ -29,8 +29,8 @@ from kf2v_tasks.generation.ledger import (
     LedgerError,
     LedgerRecord,
     LedgerState,
-    record_outcome,
 )
+from kf2v_tasks.generation.outcome import record_outcome
 
 FP = "a" * 64
 T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)

@@ -33,8 +33,9 @@ from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import wait_for_task
 from kf2v_tasks.errors import QueueTimeoutError
 from kf2v_tasks.events import emit_video_persisted
-from kf2v_tasks.generation.ledger import UNREAD, record_outcome
+from kf2v_tasks.generation.ledger import UNREAD
 from kf2v_tasks.generation.models import FramePair
+from kf2v_tasks.generation.outcome import record_outcome
 from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
 from kf2v_tasks.generation.submit import Submission, submit_generation
 

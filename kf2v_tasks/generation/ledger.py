@@ -6,15 +6,16 @@ fsspec URL). Every write replaces the whole record atomically — a temp file pl
 record or the new one, never half of one.
 
 The record and its state machine live in :mod:`kf2v_tasks.generation.ledger_record`
-(re-exported here); this module stores records and writes how a task ended
-(:func:`record_outcome`).
+(re-exported here); this module stores records. How a task ended is written by
+:mod:`kf2v_tasks.generation.outcome`.
 
 Concurrency: the flow deduplicates rows by fingerprint before submitting, so two workers
 of one run never write the same record at the same time. Two *separate* runs on the same
 output root (an overlapping schedule, a retry of a run marked crashed) are kept apart by
 claims (:mod:`kf2v_tasks.generation.claims`): only the run holding a fingerprint's claim
 creates its task and writes its record until the task id is known; the others re-attach.
-:func:`record_outcome` releases the claim once the task ended without a video.
+:func:`~kf2v_tasks.generation.outcome.record_outcome` releases the claim once the task
+ended without a video.
 
 Secrets never land here: every string is passed through :func:`kf2v_tasks.redaction.scrub`
 (URL query strings such as the signatures of ``video_url``, and anything shaped like an
@@ -32,20 +33,11 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
-from typing import Any, Optional, Union
+from datetime import datetime, timedelta
+from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
-from kf2v_tasks.errors import (
-    QueueTimeoutError,
-    TaskCanceledError,
-    TaskExpiredError,
-    TaskFailedError,
-    TaskTimeoutError,
-)
-from kf2v_tasks.generation.claims import release_claim
 from kf2v_tasks.generation.ledger_record import (
     TASK_TTL,
     TASK_TTL_MARGIN,
@@ -66,7 +58,6 @@ __all__ = [
     "LedgerRecord",
     "LedgerState",
     "UNREAD",
-    "record_outcome",
 ]
 
 logger = logging.getLogger("kf2v_tasks.generation.ledger")
@@ -395,93 +386,3 @@ def _both(
         return then(record) or wrote
 
     return change
-
-
-#: How each "ended without a video" error reads as a task status.
-_DEAD_ERRORS: dict[type, TaskStatus] = {
-    TaskFailedError: TaskStatus.FAILED,
-    TaskCanceledError: TaskStatus.CANCELED,
-    QueueTimeoutError: TaskStatus.CANCELED,
-    TaskExpiredError: TaskStatus.UNKNOWN,
-}
-
-
-async def record_outcome(
-    ledger: Optional[Ledger],
-    fingerprint: Optional[str],
-    outcome: Union[TaskState, BaseException],
-    *,
-    persist_follows: bool = False,
-) -> None:
-    """Write how a task ended into its ledger record, so a dead task is never reused.
-
-    ``outcome`` is the final :class:`~kf2v_tasks.dashscope.models.TaskState` or the error
-    that polling raised. A terminal state or a task error moves the record with
-    :meth:`LedgerRecord.ended`; a :class:`~kf2v_tasks.errors.TaskTimeoutError` is only
-    logged as an event (the task may still finish, and a resume re-attaches to it); any
-    other error says nothing about the task and writes nothing. Nothing is written when
-    there is no ledger, no record, or the record now follows another task (the work was
-    re-created since).
-
-    ``persist_follows``: the caller keeps the video next, with this ledger
-    (:func:`~kf2v_tasks.generation.persist.persist_task_video`). A success is then not
-    written now but put off (:meth:`Ledger.defer`) and written with "persisted", one write
-    instead of two; if the video cannot be kept, persisting writes it alone. A success is
-    the one outcome a record may lack for a while: "submitted" is reused exactly alike.
-    """
-    if ledger is None or not fingerprint:
-        return
-    # The row's work is over unless the task succeeded (then persisting releases the claim).
-    over = isinstance(outcome, BaseException) or (
-        outcome.status.is_terminal and outcome.status is not TaskStatus.SUCCEEDED
-    )
-    try:
-        await _write_outcome(ledger, fingerprint, outcome, persist_follows)
-    finally:
-        if over:
-            await release_claim(ledger, fingerprint)
-
-
-async def _write_outcome(
-    ledger: Ledger,
-    fingerprint: str,
-    outcome: Union[TaskState, BaseException],
-    persist_follows: bool,
-) -> None:
-    timed_out = isinstance(outcome, TaskTimeoutError)
-    seen_at = datetime.now(UTC)
-    if isinstance(outcome, TaskState):
-        if not outcome.status.is_terminal:
-            return
-        status, code, message = outcome.status, outcome.code, outcome.message
-    elif type(outcome) in _DEAD_ERRORS:
-        status = _DEAD_ERRORS[type(outcome)]
-        code, message = getattr(outcome, "code", type(outcome).__name__), str(outcome)
-    elif not timed_out:
-        return
-    task_id = getattr(outcome, "task_id", None)
-
-    def change(record: LedgerRecord) -> bool:
-        if not record.task_id:
-            return False
-        if task_id and task_id != record.task_id:
-            logger.info(
-                "fingerprint %s now follows task %s; not recording how task %s ended",
-                fingerprint[:12],
-                record.task_id,
-                task_id,
-            )
-            return False
-        if timed_out:
-            history = getattr(outcome, "history", [])
-            record.timed_out(
-                str(outcome), [f"{h.status.value}@{h.seen_at.isoformat()}" for h in history]
-            )
-        else:
-            record.ended(status, code, message, at=seen_at)
-        return True
-
-    if persist_follows and isinstance(outcome, TaskState) and status is TaskStatus.SUCCEEDED:
-        ledger.defer(fingerprint, change)
-        return
-    await ledger.modify(fingerprint, change)
