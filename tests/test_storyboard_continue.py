@@ -99,3 +99,14 @@ async def test_a_chain_the_model_cannot_make_is_refused_before_any_create(
             keys(tmp_path, n), str(tmp_path / "f.mp4"), defaults=defaults, continue_clips=True
         )
     assert sim.stats()["creates"] == before
+
+
+def test_the_command_names_a_chain_it_cannot_make_before_anything_starts(tmp_path, capsys):
+    from kf2v_tasks._cli.main import main
+
+    frames = keys(tmp_path, 3)
+    assert main(["storyboard", *frames, "--continue", "--output", str(tmp_path / "f.mp4")]) == 2
+    assert capsys.readouterr().err == (
+        "kf2v storyboard: error: argument --continue: wan2.2-kf2v-flash cannot continue a "
+        "clip (models that can: wan2.7-i2v)\n"
+    )
