@@ -179,25 +179,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     prog = f"kf2v {args.command}"
     if args.command in _PREFECT_COMMANDS:
         _telemetry_off()
-    if args.command in _PREFECT_COMMANDS:
-        signal.signal(signal.SIGTERM, _terminated)  # inside a flow run Prefect's own applies
+        # Ctrl-C stays Python's own (asyncio.run cancels the flow run's task on it); inside
+        # a flow run Prefect's SIGTERM handler applies (TerminationSignal).
+        signal.signal(signal.SIGTERM, _on_signal)
     try:
         return _COMMANDS[args.command](args)
-    except Exception as exc:
-        if getattr(args, "debug", False):
-            raise
-        code = exit_code(exc)
-        hint = "" if code == 2 else " (--debug shows the traceback)"
-        print(f"{prog}: error: {describe(exc)}{hint}", file=sys.stderr, flush=True)
-        return code
-    except BaseException as exc:  # Ctrl-C, SIGTERM: the run has stopped and said what is left
-        code = _signal_exit_code(exc)
+    except BaseException as exc:
+        # A signal may surface as another error (a library wrapping it): it still decides.
+        code = 128 + _RECEIVED[0] if _RECEIVED else _signal_exit_code(exc)
         if code is None:
-            raise
+            if not isinstance(exc, Exception) or getattr(args, "debug", False):
+                raise
+            code = exit_code(exc)
+            hint = "" if code == 2 else " (--debug shows the traceback)"
+            print(f"{prog}: error: {describe(exc)}{hint}", file=sys.stderr, flush=True)
+            return code
+        # Ctrl-C, SIGTERM: the run has stopped and said what is left.
         print(f"{prog}: {'interrupted' if code == 130 else 'terminated'}", file=sys.stderr)
+        _release_claims()
         if argv is None:  # the command itself, not a caller in Python: stop in a blink
             _exit_now(code)
         return code
+
+
+#: Signals this command received, first first.
+_RECEIVED: list[int] = []
 
 
 class _Terminated(BaseException):
@@ -206,8 +212,17 @@ class _Terminated(BaseException):
     signal = signal.SIGTERM
 
 
-def _terminated(signum: int, frame: object) -> None:
+def _on_signal(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
     raise _Terminated()
+
+
+def _release_claims() -> None:
+    """Claims still held (work started before the flow run, say) go with the command."""
+    if "kf2v_tasks.generation.claims" in sys.modules:
+        from kf2v_tasks.generation.claims import release_held_claims
+
+        release_held_claims()
 
 
 def _exit_now(code: int) -> None:
@@ -221,16 +236,21 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _signal_exit_code(exc: BaseException) -> Optional[int]:
-    """130 for Ctrl-C, 128 + the signal's number for SIGTERM (Prefect's or ours), else None."""
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
+def _signal_exit_code(exc: Optional[BaseException]) -> Optional[int]:
+    """130 for Ctrl-C, 128 + the signal's number for SIGTERM (Prefect's or ours), else None;
+    also when a library wrapped the signal into an error of its own (pydantic does)."""
     prefect_exceptions = sys.modules.get("prefect.exceptions")
-    external = (_Terminated,)
+    external: tuple[type[BaseException], ...] = (_Terminated,)
     if prefect_exceptions is not None:
         external += (prefect_exceptions.ExternalSignal,)
-    if isinstance(exc, external) and isinstance(getattr(exc, "signal", None), int):
-        return 128 + exc.signal
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, external) and isinstance(getattr(exc, "signal", None), int):
+            return 128 + exc.signal
+        exc = exc.__cause__ or exc.__context__
     return None
 
 

@@ -288,6 +288,7 @@ def prefect_api(out: Optional[TextIO] = None) -> Iterator[_Ready]:
     from importlib.util import find_spec
 
     from kf2v_tasks._cli.processes import free_port, spawn, stop_process
+    from kf2v_tasks.lanes.gcl import TEMPORARY_API_URLS
 
     # Prefect's path only: its imports (seconds) happen in the server process.
     site = Path(find_spec("prefect").origin).parent.parent  # type: ignore[union-attr,arg-type]
@@ -299,8 +300,11 @@ def prefect_api(out: Optional[TextIO] = None) -> Iterator[_Ready]:
     env["PREFECT__SERVER_FINAL"] = "1"
     log = Path(tempfile.mkdtemp(prefix="kf2v-prefect-")) / "server.log"
     server = spawn("the temporary Prefect server", cmd, env, log)
+    url = f"http://127.0.0.1:{port}/api"
+    # Its leases end with it: lanes share through lock files, as in ephemeral mode.
+    TEMPORARY_API_URLS.add(url)
     try:
-        yield _Ready(f"http://127.0.0.1:{port}/api", server, out)
+        yield _Ready(url, server, out)
     finally:
         stop_process(server.proc, timeout=5.0)
         shutil.rmtree(log.parent, ignore_errors=True)

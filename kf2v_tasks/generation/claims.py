@@ -85,6 +85,7 @@ __all__ = [
     "ClaimPolicy",
     "Claimed",
     "release_claim",
+    "release_held_claims",
     "wait_for_other_holder",
 ]
 
@@ -397,6 +398,24 @@ def _holder_gone(doc: ClaimDoc) -> bool:
     except OSError:  # it runs, as another user
         return False
     return False
+
+
+def release_held_claims() -> int:
+    """Give back every claim this process holds (a command that stops); how many.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claims import release_held_claims
+        release_held_claims()   # on the way out of a stopped command
+        ```
+    """
+    from kf2v_tasks.generation import claim_lease
+
+    with claim_lease._registry_lock:
+        held = list(claim_lease._registry.values())
+    for h in held:
+        release_sync(h)
+    return len(held)
 
 
 async def release_claim(ledger: Optional[Ledger], fingerprint: Optional[str]) -> bool:

@@ -122,6 +122,22 @@ def _lease_folder() -> Path:
     return Path(get_current_settings().home) / "kf2v" / "gcl-leases"
 
 
+#: API URLs of servers this process started for one command (kf2v run's temporary server):
+#: their leases live in the server's memory and end with it, while the slots they counted
+#: stay taken in the database the next one opens. As in ephemeral mode, lanes then share
+#: through lock files, not global limits.
+TEMPORARY_API_URLS: set[str] = set()
+
+
+def shared_server() -> bool:
+    """Whether a Prefect server that outlives this process is configured (its global
+    limits can be shared)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return bool(url) and str(url) not in TEMPORARY_API_URLS
+
+
 def _api_url() -> str:
     from prefect.settings import get_current_settings
 
@@ -308,9 +324,7 @@ async def usable_limit(name: str, size: int, create_missing: bool) -> bool:
 
 
 async def _limit_status(name: str, size: int, create_missing: bool) -> bool:
-    from prefect.settings import get_current_settings
-
-    if not get_current_settings().api.url:
+    if not shared_server():
         # Ephemeral mode: each process runs its own server over a shared SQLite file, and
         # the slots of a killed process would stay taken there for good.
         logger.info(

@@ -36,6 +36,7 @@ from kf2v_tasks.lanes.gcl import (
     acquire_slot,
     ensure_limit,
     keep_lease,
+    shared_server,
     usable_limit,
 )
 from kf2v_tasks.lanes.machine_slots import MachineSlot, slot_folder
@@ -186,9 +187,7 @@ class SlotPool:
         in-process only. Which applies is logged.
         """
         if gcl_name and not await usable_limit(gcl_name, size, create_missing):
-            from prefect.settings import get_current_settings
-
-            if not get_current_settings().api.url:
+            if not shared_server():
                 # No server to share through: runs on this machine share lock files instead.
                 folder = slot_folder(gcl_name)
                 logger.info(
