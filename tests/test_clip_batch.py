@@ -7,6 +7,8 @@ any create, one line per broken limit.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import av
@@ -75,6 +77,10 @@ async def test_rows_continuing_a_clip_last_their_duration_and_a_rerun_pays_nothi
     assert sim.stats()["creates"] - before == 2
     assert _seconds(out / "to-end.mp4") == pytest.approx(8.0, abs=0.1)
     assert _seconds(out / "free.mp4") == pytest.approx(6.0, abs=0.1)
+    side = json.loads((out / "to-end.json").read_text())
+    clip_sha = hashlib.sha256((src / "shot.mp4").read_bytes()).hexdigest()
+    assert (side["clip_source"], side["clip_sha256"]) == (str(src / "shot.mp4"), clip_sha)
+    assert side["duration_seconds"] == 8
     # Billed for the whole output (8 s at wan2.7-i2v's 1080P price), the clip's 3 s included.
     costs = {r.id: r.cost for r in summary.results}
     assert costs["to-end"] == pytest.approx(8 * costs["free"] / 6)

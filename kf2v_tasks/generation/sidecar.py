@@ -218,6 +218,12 @@ def build_sidecar(
         "audio": facts.audio,
         "audio_source": facts.audio_source,
         "audio_sha256": submission.audio_sha256 if submission else None,
+        # Only for a video that continues a clip: earlier sidecars keep their shape.
+        **(
+            {"clip_source": _shown(submission.clip_source), "clip_sha256": submission.clip_sha256}
+            if submission and submission.clip_source
+            else {}
+        ),
         "cost": facts.cost,
         "currency": facts.currency,
         "parameters": submission.parameters if submission else None,

@@ -91,6 +91,10 @@ class Submission(BaseModel):
         default=None, description="The driving audio as the user gave it (media models)."
     )
     audio_sha256: Optional[str] = Field(default=None, description="sha256 of the driving audio.")
+    clip_source: Optional[str] = Field(
+        default=None, description="The first_clip continued, as the user gave it (media models)."
+    )
+    clip_sha256: Optional[str] = Field(default=None, description="sha256 of the first_clip.")
     already_persisted_at: Optional[datetime] = Field(
         default=None, description="When the ledger recorded this work's video as kept, if it has."
     )
@@ -167,6 +171,8 @@ async def submit_generation(
         parameters=options.parameters(),
         audio_source=frames.audio.source if frames.audio else None,
         audio_sha256=frames.audio.sha256 if frames.audio else None,
+        clip_source=frames.clip.source if frames.clip else None,
+        clip_sha256=frames.clip.sha256 if frames.clip else None,
     )
     work = _Work(client, frames, prompt, negative_prompt, options, storage_options)
     if ledger is None:
