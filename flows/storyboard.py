@@ -38,6 +38,7 @@ from kf2v_tasks._twins import twin_flow
 from kf2v_tasks.batch.config import ConcurrencySettings, PollingSettings, normalize_output
 from kf2v_tasks.batch.manifest import ExtraColumns, RowDefaults, load_manifest
 from kf2v_tasks.batch.reporting import PrefectReporter
+from kf2v_tasks.batch.results import RowStatus
 from kf2v_tasks.batch.runner import BatchRunner
 from kf2v_tasks.batch.steps import TaskRuns
 from kf2v_tasks.credentials import DashScopeCredentials, resolve_storage_options
@@ -116,7 +117,9 @@ async def generate_storyboard(
         continue_clips: With frames: continue each clip toward the next keyframe
             (``first_clip`` + ``last_frame``, a model that continues clips) instead of
             stitching separate transitions; transition i lasts i times the row duration and
-            the film is the last clip. The transitions run one after the other.
+            the film is the last clip. The transitions run one after the other
+            (``max_cost`` holds for all of them; a dry run plans the first only, as the
+            others' clips do not exist yet).
 
     Returns:
         A StoryboardSummary: every film (path, frames, whether it was re-encoded and why)
@@ -149,6 +152,7 @@ async def generate_storyboard(
     own_columns = manifest_extra_columns(extra_columns)
     # A continuation's clip exists once the transition before it is made: one at a time.
     ends = range(2, len(frames) + 1) if frames is not None and step else [None]
+    spent = 0.0  # by the steps before: max_cost is the whole storyboard's budget
     for end in ends:
         if frames is not None:
             manifest, root, films = await write_transitions(
@@ -174,7 +178,7 @@ async def generate_storyboard(
             credentials=credentials_block,
             storage_options=opts,
             price_table=price_table,
-            max_cost=max_cost,
+            max_cost=None if max_cost is None else max(0.0, max_cost - spent),
             dry_run=dry_run,
             fail_fast=fail_fast,
             ambiguous_policy=ambiguous_policy,
@@ -183,6 +187,7 @@ async def generate_storyboard(
             extra_columns=own_columns,
         )
         batch = await runner.run()
+        spent += sum(r.cost or 0.0 for r in batch.results if r.status is RowStatus.SUCCEEDED)
         if dry_run or batch.failed or batch.over_budget:
             break
     by_row = {r.row: r for r in batch.results}

@@ -110,3 +110,21 @@ def test_the_command_names_a_chain_it_cannot_make_before_anything_starts(tmp_pat
         "kf2v storyboard: error: argument --continue: wan2.2-kf2v-flash cannot continue a "
         "clip (models that can: wan2.7-i2v)\n"
     )
+
+
+async def test_max_cost_holds_for_the_whole_chain_not_each_step(sim, tmp_path):
+    from kf2v_tasks.errors import StoryboardFailedError
+
+    # 720P is 0.6 (Beijing) to 0.73 (Singapore) CNY/s: 5 + 10 s fit in 15 CNY, 15 s more not,
+    # though the last step alone (15 s) would.
+    before = sim.stats()["creates"]
+    with pytest.raises(StoryboardFailedError, match="over"):
+        await generate_storyboard(
+            keys(tmp_path, 4),
+            str(tmp_path / "f.mp4"),
+            defaults=W27,
+            concurrency=FAST,
+            continue_clips=True,
+            max_cost=15.0,
+        )
+    assert sim.stats()["creates"] - before == 2
