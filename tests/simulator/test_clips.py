@@ -135,3 +135,20 @@ def test_client_and_simulator_agree_on_every_clip_limit(sim, tmp_path, case):
         client_accepts = False
     resp = post(sim, payload(("first_clip", data), ("last_frame", MEDIA_LAST)))
     assert (client_accepts, resp.status_code == 200) == (accepted, accepted), resp.text
+
+
+def test_a_media_model_that_continues_no_clip_refuses_one_on_both_sides(sim, tmp_path):
+    from kf2v_tasks.dashscope.catalog import register_model, reset_catalog
+
+    name = "wan2.8-noclip"
+    register_model({"name": name, "protocol": "media", "resolutions": ["720P"], "duration_max": 15})
+    try:
+        resp = post(sim, {**payload(("first_clip", CLIP)), "model": name})
+        assert resp.status_code == 400
+        assert resp.json()["message"] == f"first_clip is not supported by model {name}."
+        (tmp_path / "c.mp4").write_bytes(CLIP)
+        with pytest.raises(ClipValidationError, match=f"{name} cannot continue a clip"):
+            asyncio.run(inspect_clip(str(tmp_path / "c.mp4"), get_model(name)))
+    finally:
+        reset_catalog()
+    assert sim.stats()["creates"] == 0
