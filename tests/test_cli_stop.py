@@ -161,4 +161,6 @@ def test_ctrl_c_on_the_built_in_simulator_then_a_rerun_makes_every_row(tmp_path)
     again, err2 = start_run(tmp_path, env, "again.log")
     assert again.wait(timeout=300) == 0, err2.read_text()[-3000:]
     assert {r["status"] for r in results(tmp_path).values()} == {"succeeded"}
-    assert "ClaimHeld" not in err2.read_text()
+    rerun = err2.read_text()
+    assert "ClaimHeld" not in rerun
+    assert "left at its built-in simulator ended with it" in rerun  # said, in one line

@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 markup=False,
             )
 
+    _tasks_gone_with_simulator(args, console)
     with flow_service(args, meanwhile=first_creates) as credentials:
         from kf2v_flows.batch import generate_batch
 
@@ -170,6 +171,29 @@ def _check_inputs(args: argparse.Namespace, model: str) -> None:
         )
     except AudioValidationError as exc:
         raise UsageError(f"argument --audio: {exc.reason}") from exc
+
+
+def _tasks_gone_with_simulator(args: argparse.Namespace, console: Any) -> None:
+    """On the built-in simulator, a stopped run's tasks ended with its simulator: say so
+    once (the new one answers them unknown, and those rows are created again)."""
+    from kf2v_tasks.batch.config import normalize_output
+    from kf2v_tasks.generation.ledger import Ledger, LedgerState
+    from kf2v_tasks.settings import get_settings
+
+    if args.credentials_block or get_settings().api_key is not None:
+        return  # a service that outlives this command keeps its tasks: they are re-attached
+    ledger = Ledger(normalize_output(args.output), storage_options=args.storage_options)
+    try:
+        records = asyncio.run(ledger.list())
+    except Exception:  # only a message: the run itself reads the ledger again
+        return
+    gone = [r for r in records if r.is_reusable() and r.state is not LedgerState.PERSISTED]
+    if gone:
+        console.print(
+            f"{len(gone)} task(s) an earlier run left at its built-in simulator ended with "
+            "it; their rows are created again (nothing is billed)",
+            markup=False,
+        )
 
 
 def _result(state: Any) -> Any:
