@@ -3,11 +3,10 @@
 Checks follow reference §4 and §16: JPEG/PNG/BMP/WEBP, a PNG without alpha (both Model
 Studio pages say so, for both protocols: refused here, before anything is paid), each side
 within [min_side, max_side] px (240..8000 by default; older docs say 360..2000, so both are
-configurable), at most 10 MiB.
-Each model's own bounds are in the models table (:meth:`FrameLimits.for_model`; wan2.7-i2v:
-360..2000 px, UNCERTAIN). A driving audio, for the models that take one, is checked with
-the frames (:mod:`kf2v_tasks.generation.audio`), and so is a first_clip that takes the first
-frame's place (:mod:`kf2v_tasks.generation.clip`).
+configurable), at most 10 MiB; each model's own bounds are in the models table
+(:meth:`FrameLimits.for_model`), the decoding in :mod:`~kf2v_tasks.generation.frame_decode`.
+A driving audio (:mod:`~kf2v_tasks.generation.audio`) and a first_clip in the first frame's
+place (:mod:`~kf2v_tasks.generation.clip`) are checked with the frames.
 Small files are inlined as ``data:`` URIs, larger ones go through the temporary ``oss://``
 upload (§10), public ``http(s)`` URLs are passed through untouched.
 
@@ -26,15 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import logging
 import os
 import re
-import threading
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kf2v_tasks.dashscope.catalog import get_model
@@ -42,6 +38,7 @@ from kf2v_tasks.dashscope.models import DEFAULT_MODEL, Kf2vModel
 from kf2v_tasks.errors import FrameValidationError
 from kf2v_tasks.generation.audio import AudioValidationError, inspect_audio
 from kf2v_tasks.generation.clip import inspect_clip
+from kf2v_tasks.generation.frame_decode import _decode, _Reject
 from kf2v_tasks.generation.frame_source import (
     MIB,
     display_source,
@@ -65,28 +62,6 @@ MIME_TYPES: dict[str, str] = {
     "WEBP": "image/webp",
 }
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp"}
-
-#: Colour modes a standard 8-bit decoder reads ("1" is bilevel, still 8-bit-compatible).
-#: A PNG must also have no alpha (:data:`NO_ALPHA_FORMATS`).
-ACCEPTED_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "1"})
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-#: Formats the service takes only without an alpha channel (reference §4, §16).
-NO_ALPHA_FORMATS = frozenset({"PNG"})
-_MODE_NOTES = {
-    "CMYK": "CMYK",
-    "I;16": "16-bit",
-    "I;16B": "16-bit",
-    "I;16L": "16-bit",
-    "I;16N": "16-bit",
-    "I": "32-bit integer",
-    "F": "32-bit float",
-    "YCbCr": "YCbCr",
-    "LAB": "Lab",
-    "HSV": "HSV",
-}
-
-# Decoding a max-size frame can take ~200 MB; bound how many decode at once per process.
-_DECODE_SLOTS = threading.BoundedSemaphore(max(2, min(8, os.cpu_count() or 2)))
 
 
 class FrameLimits(BaseModel):
@@ -144,90 +119,6 @@ class FrameLimits(BaseModel):
         if unknown:
             raise ValueError(f"formats {unknown} are not supported by the service")
         return self
-
-
-class _Decoded(BaseModel):
-    format: str
-    mode: str
-    width: int
-    height: int
-    has_alpha: bool
-
-
-class _Reject(Exception):
-    """Internal: a decode-time rejection with a human reason."""
-
-
-def _decode(data: bytes, limits: FrameLimits) -> _Decoded:
-    """Identify and fully decode the image (runs in a worker thread)."""
-    with _DECODE_SLOTS:
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise _Reject(f"image is too large to decode safely ({exc})") from None
-        except UnidentifiedImageError:
-            raise _Reject(
-                "not a recognised image (expected " + ", ".join(limits.allowed_formats) + ")"
-            ) from None
-        except Exception as exc:  # Pillow raises many types on garbage headers
-            raise _Reject(f"cannot read the image header ({exc})") from None
-        with im:
-            fmt = im.format or "unknown"
-            # Camera JPEGs often open as MPO (extra preview/depth images): still a JPEG.
-            is_mpo = fmt == "MPO"
-            if is_mpo:
-                fmt = "JPEG"
-            if fmt not in limits.allowed_formats:
-                raise _Reject(f"format {fmt} is not accepted ({', '.join(limits.allowed_formats)})")
-            frames = getattr(im, "n_frames", 1) or 1
-            if frames > 1 and not is_mpo:
-                raise _Reject(f"animated image ({frames} frames) is not accepted; use a still")
-            w, h = im.size
-            lo, hi = limits.min_side, limits.max_side
-            if not (lo <= w <= hi and lo <= h <= hi):
-                raise _Reject(f"image is {w}×{h} px; each side must be {lo}..{hi} px")
-            wide = limits.max_aspect
-            if wide and max(w, h) > wide * min(w, h):
-                raise _Reject(
-                    f"image is {w}×{h} px, an aspect of {max(w, h) / min(w, h):.2f}:1; it must "
-                    f"be between 1:{wide:g} and {wide:g}:1"
-                )
-            mode = im.mode
-            if mode not in ACCEPTED_MODES:
-                note = _MODE_NOTES.get(mode, mode)
-                raise _Reject(
-                    f"colour mode {mode} ({note}) is not accepted; save it as 8-bit RGB "
-                    "(or grayscale), without transparency"
-                )
-            if fmt == "PNG" and len(data) > 24 and data[24] == 16:
-                # IHDR bit depth: Pillow silently reads 16-bit RGB PNGs as 8-bit "RGB".
-                raise _Reject(f"16-bit PNG (mode {mode}) is not accepted; save it with 8 bits")
-            has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
-            if has_alpha and fmt in NO_ALPHA_FORMATS:
-                kind = (
-                    f"mode {mode}"
-                    if mode in _ALPHA_MODES
-                    else f"mode {mode} with a transparent colour"
-                )
-                raise _Reject(
-                    f"{fmt} with an alpha channel ({kind}) is not accepted: the service "
-                    f"takes {fmt} without alpha; save it without transparency (flattened "
-                    "onto a background, as an RGB PNG or a JPEG)"
-                )
-            try:
-                im.verify()
-            except Exception as exc:
-                raise _Reject(f"image data is corrupt or truncated ({exc})") from None
-        # verify() leaves the image unusable; reopen and decode every pixel for truncation.
-        try:
-            with Image.open(io.BytesIO(data)) as im2:
-                if fmt == "JPEG":
-                    # Decoding at 1/8 scale still walks the whole entropy-coded stream.
-                    im2.draft(im2.mode, (max(1, w // 8), max(1, h // 8)))
-                im2.load()
-        except Exception as exc:
-            raise _Reject(f"image data is truncated or corrupt ({exc})") from None
-        return _Decoded(format=fmt, mode=mode, width=w, height=h, has_alpha=has_alpha)
 
 
 async def inspect_frame(
