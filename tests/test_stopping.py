@@ -152,3 +152,52 @@ async def test_a_signal_that_kills_a_background_task_stops_the_run():
     with pytest.raises(TerminationSignal):
         await asyncio.wait_for(run_rows([row()], cleanup), timeout=10)
     assert cleaned == [True]
+
+
+async def test_a_claim_whose_holder_process_is_gone_is_taken_over_at_once(tmp_path):
+    """A stopped or killed run on this machine renews nothing: its re-run need not wait."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from kf2v_tasks.generation.claims import ClaimBook, ClaimDoc, release_held_claims
+    from kf2v_tasks.generation.ledger import Ledger
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid names no process now
+    book = ClaimBook(Ledger(str(tmp_path / "out")))
+    fp = "ab" * 32
+    now = datetime.now(UTC)
+    doc = ClaimDoc(
+        fingerprint=fp, holder="a-stopped-run", token="t", host=socket.gethostname(),
+        pid=gone.pid, acquired_at=now, renewed_at=now, expires_at=now + timedelta(hours=1),
+        lease_seconds=3600,
+    )  # fmt: skip
+    os.makedirs(os.path.dirname(book.url_of(fp)), exist_ok=True)
+    with open(book.url_of(fp), "wb") as f:
+        f.write(doc.to_bytes())
+    held, other = await book.try_acquire(fp, row_id="r1")
+    assert held is not None and other is None
+    assert release_held_claims() == 1 and not os.path.exists(book.url_of(fp))
+
+
+def test_a_signal_wrapped_by_a_library_still_decides_the_exit_code():
+    """pydantic turns a KeyboardInterrupt raised in a serializer into an error of its own."""
+    from pydantic import BaseModel, model_serializer
+
+    from kf2v_tasks._cli.main import _signal_exit_code
+
+    class Model(BaseModel):
+        x: int = 1
+
+        @model_serializer(mode="wrap")
+        def _ser_model(self, handler):
+            raise KeyboardInterrupt
+
+    with pytest.raises(Exception) as wrapped:
+        Model().model_dump()
+    assert _signal_exit_code(wrapped.value) == 130
+    assert _signal_exit_code(TerminationSignal(15)) == 143
+    assert _signal_exit_code(ValueError("plain")) is None
