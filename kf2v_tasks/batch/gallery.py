@@ -17,15 +17,6 @@ when this process has just written it.
 A page never shows less than the output holds: the rows of the output's results.csv that
 this run's manifest has no row for (another manifest into the same folder) keep their
 cards, after this run's, marked "earlier run" (as results.csv keeps them).
-
-Example:
-    ```python
-    from kf2v_tasks.batch.gallery import GalleryWriter
-    from kf2v_tasks.batch.reporting import run_observer
-    from kf2v_tasks.batch.runner import BatchRunner
-
-    runner = BatchRunner("manifest.csv", "out/", observer=run_observer(GalleryWriter()))
-    ```
 """
 
 from __future__ import annotations
@@ -85,14 +76,7 @@ _MADE = frozenset({RowStatus.SUCCEEDED, RowStatus.SKIPPED})
 async def write_gallery(
     root: str, page: str, *, storage_options: Optional[dict] = None, name: str = GALLERY_NAME
 ) -> str:
-    """Write ``page`` to ``<root>/<name>`` atomically; return where it went.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.gallery import render_gallery, write_gallery
-        path = await write_gallery("out", render_gallery([]))   # out/index.html
-        ```
-    """
+    """Write ``page`` to ``<root>/<name>`` atomically; return where it went."""
     dest = join(root, name)
     # On S3 the object says text/html: static hosting serves what the object says.
     await write_bytes_atomic(
@@ -169,13 +153,6 @@ class GalleryWriter:
         storage_options: fsspec options of the output folder.
         min_interval: seconds between two rewrites while rows finish.
         link: how a stored file becomes a link (default: relative to the output root).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.gallery import GalleryWriter
-        from kf2v_tasks.batch.reporting import ObserverGroup, PrefectReporter
-        observer = ObserverGroup([PrefectReporter(), GalleryWriter({"anon": False})])
-        ```
     """
 
     def __init__(
@@ -288,12 +265,6 @@ class GalleryWriter:
 
         Args:
             link: how a stored file becomes a link (default: this writer's ``link``).
-
-        Example:
-            ```python
-            cards = await writer.cards()
-            print([c.status for c in cards])
-            ```
         """
         results = self._rows()
         todo = [r for r in results if r.status in _MADE and r.output and _key(r) not in self._made]
@@ -308,14 +279,7 @@ class GalleryWriter:
         return [self._results[n] for n in sorted(self._results)] + list(self._earlier or [])
 
     def files(self) -> list[str]:
-        """Every video, poster and strip the cards link to (after :meth:`cards`).
-
-        Example:
-            ```python
-            await writer.cards()
-            links = await presign_many(writer.files())
-            ```
-        """
+        """Every video, poster and strip the cards link to (after :meth:`cards`)."""
         out: list[str] = []
         for r in self._rows():
             made = self._made.get(_key(r))
@@ -330,13 +294,7 @@ class GalleryWriter:
         return made.poster if made else None
 
     def render(self, cards: list[GalleryCard], subtitle: Optional[str] = None) -> str:
-        """The page for ``cards``, titled for this batch.
-
-        Example:
-            ```python
-            page = writer.render(await writer.cards())
-            ```
-        """
+        """The page for ``cards``, titled for this batch."""
         if subtitle is None:
             subtitle = f"{n_rows(sum(not c.earlier_run for c in cards))} finished so far"
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -11,15 +11,6 @@ one is escaped with :func:`html.escape` and every link is percent-encoded (and o
 relative or http(s) link is ever written into an attribute), so a prompt such as
 ``<img src=x onerror=alert(1)>`` stays text. Writing the page, and keeping it up to date
 while a batch runs, is :mod:`kf2v_tasks.batch.gallery`.
-
-Example:
-    ```python
-    from kf2v_tasks.batch.gallery_page import GalleryCard, render_gallery
-
-    page = render_gallery([GalleryCard(row=2, id="sunrise", status="succeeded",
-                                       video="sunrise.mp4", poster="sunrise.poster.jpg")])
-    assert page.startswith("<!doctype html>")
-    ```
 """
 
 from __future__ import annotations
@@ -38,16 +29,7 @@ __all__ = ["GalleryCard", "relative_link", "render_gallery"]
 
 
 class GalleryCard(BaseModel):
-    """One row of the gallery: what it shows, with links already made (relative or absolute).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.gallery_page import GalleryCard
-        card = GalleryCard(row=2, id="sunrise", status="succeeded", video="sunrise.mp4",
-                           poster="sunrise.poster.jpg", cost=0.5)
-        assert card.made
-        ```
-    """
+    """One row of the gallery: what it shows, with links already made (relative or absolute)."""
 
     row: int
     id: Optional[str] = None
@@ -78,14 +60,6 @@ def relative_link(root: str, path: Optional[str]) -> Optional[str]:
 
     Every character but ``/`` and unreserved ones is encoded, so a name can neither end
     an attribute nor become a ``javascript:`` URL.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.gallery_page import relative_link
-        assert relative_link("s3://b/out", "s3://b/out/a b/c.mp4") == "a%20b/c.mp4"
-        assert relative_link("out", "out/x:1.mp4") == "x%3A1.mp4"
-        assert relative_link("out", "elsewhere/a.mp4") is None
-        ```
     """
     if not path:
         return None
@@ -217,16 +191,7 @@ def render_gallery(
     subtitle: str = "",
     counts: Optional[dict[str, int]] = None,
 ) -> str:
-    """The gallery page for ``cards``, in the order given (self-contained HTML, escaped).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.gallery_page import GalleryCard, render_gallery
-        page = render_gallery([GalleryCard(row=2, status="failed",
-                                           prompt="<img src=x onerror=alert(1)>")])
-        assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img src=x" not in page
-        ```
-    """
+    """The gallery page for ``cards``, in the order given (self-contained HTML, escaped)."""
     cards = list(cards)
     if counts is None:  # an earlier run's cards are counted apart
         counts = _count("earlier_run" if c.earlier_run else c.status for c in cards)

@@ -47,15 +47,6 @@ class BatchPlan(BaseModel):
 
     After :func:`assess_plan` it also says what each runnable row will do (see the module
     docstring): which are already made, picked up again, copies, and over the budget.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.plan import plan_batch
-
-        plan = asyncio.run(plan_batch("examples/manifest.csv", "out/"))
-        print(len(plan.runnable), "runnable;", [r.error_message for r in plan.invalid])
-        ```
     """
 
     manifest: ParsedManifest
@@ -149,14 +140,6 @@ def shard_manifest(parsed: ParsedManifest, index: int, count: int) -> ParsedMani
 
     Raises:
         ValueError: ``index`` is not in ``0..count-1``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import parse_manifest
-        from kf2v_tasks.batch.plan import shard_manifest
-        parsed = parse_manifest("first_frame,last_frame\\na,b\\nc,d\\n", source="m", base_dir="")
-        assert [r.row_number for r in shard_manifest(parsed, 1, 2).rows] == [3]
-        ```
     """
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard {index} is not in 0..{count - 1}")
@@ -216,16 +199,6 @@ async def plan_batch(
         ManifestFileError: the manifest cannot be read or has a file-level problem
             (wrong encoding, no header, a required column missing, an unknown column).
         ValueError: the shard is out of range.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.plan import plan_batch
-
-        plan = asyncio.run(plan_batch("examples/manifest.csv", "out/", validate_concurrency=4))
-        for bad in plan.invalid:
-            print(bad.error_message)   # row 5, column 'seed': '-3' is not an integer ...
-        ```
     """
     if validate_concurrency < 1:
         raise ValueError("validate_concurrency must be ≥ 1")

@@ -97,17 +97,6 @@ async def assess_plan(
 
     Raises:
         ValueError: ``max_cost`` is negative or not a number.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.plan import assess_plan, plan_batch
-        from kf2v_tasks.generation.ledger import Ledger
-
-        plan = asyncio.run(plan_batch("examples/manifest.csv", "out/"))
-        asyncio.run(assess_plan(plan, Ledger("out/"), max_cost=1.2))
-        print(plan.budget_line())
-        ```
     """
     budget = Budget(max_cost)  # the same arithmetic (and float slack) as at run time
     plan.max_cost = budget.max_cost
@@ -175,13 +164,6 @@ def dry_run_results(plan: BatchPlan, *, invalid: bool = True) -> list[RowResult]
     Rows already made are ``skipped`` with their task id and sha256 (as a real run reports
     them); rows over the budget are ``over_budget``; the rest ``planned``; invalid rows as
     validated (left out with ``invalid=False``).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.plan import dry_run_results
-        from kf2v_tasks.batch.results import to_csv
-        text = to_csv(dry_run_results(plan))   # what results.dry-run.csv holds
-        ```
     """
     out = list(plan.invalid) if invalid else []
     for row in plan.runnable:

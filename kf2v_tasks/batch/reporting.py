@@ -90,20 +90,7 @@ RETRYABLE_STATUSES = frozenset({RowStatus.FAILED, RowStatus.CANCELLED, RowStatus
 
 
 class BatchObserver:
-    """Told what a batch does; every method is a no-op here, override the ones you need.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import BatchObserver, observing
-
-        class Printer(BatchObserver):
-            def on_row(self, result, counts, total):
-                print(f"{sum(counts.values())}/{total}: row {result.row} {result.status.value}")
-
-        with observing(Printer()):
-            summary = asyncio.run(generate_batch("manifest.csv", "out/"))
-        ```
-    """
+    """Told what a batch does; every method is a no-op here, override the ones you need."""
 
     async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
         """Every row is validated and the cost estimated; nothing is spent yet."""
@@ -119,14 +106,7 @@ class BatchObserver:
 
 
 class ObserverGroup(BatchObserver):
-    """Several observers as one; a failing observer is logged and the others still run.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import ObserverGroup, PrefectReporter
-        observer = ObserverGroup([PrefectReporter(), my_observer])
-        ```
-    """
+    """Several observers as one; a failing observer is logged and the others still run."""
 
     def __init__(self, observers: Iterable[BatchObserver]) -> None:
         self.observers = list(observers)
@@ -170,16 +150,7 @@ _registered: list[BatchObserver] = []
 
 @contextlib.contextmanager
 def observing(observer: BatchObserver) -> Iterator[BatchObserver]:
-    """Tell ``observer`` about every batch that runs in this process while inside the block.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import BatchObserver, observing
-
-        with observing(BatchObserver()) as watcher:
-            ...  # run batches; watcher.on_row is called for each finished row
-        ```
-    """
+    """Tell ``observer`` about every batch that runs in this process while inside the block."""
     _registered.append(observer)
     try:
         yield observer
@@ -189,14 +160,7 @@ def observing(observer: BatchObserver) -> Iterator[BatchObserver]:
 
 
 def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
-    """The one observer a run calls: ``extra`` plus every :func:`observing` registration.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import PrefectReporter, run_observer
-        observer = run_observer(PrefectReporter())
-        ```
-    """
+    """The one observer a run calls: ``extra`` plus every :func:`observing` registration."""
     return ObserverGroup([o for o in extra if o is not None] + list(_registered))
 
 
@@ -216,12 +180,6 @@ class EventReporter(BatchObserver):
 
     Args:
         assets: record each video made as a Prefect asset.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import EventReporter, ObserverGroup, PrefectReporter
-        observer = ObserverGroup([PrefectReporter(events=False), EventReporter(assets=False)])
-        ```
     """
 
     def __init__(self, *, assets: bool = True) -> None:
@@ -375,15 +333,6 @@ class PrefectReporter(BatchObserver):
         max_images: posters shown as image artifacts (S3 outputs only).
         events: emit the batch's Prefect events (an :class:`EventReporter`).
         assets: with events, record each video made as a Prefect asset.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting import PrefectReporter
-        from kf2v_tasks.batch.runner import BatchRunner
-
-        reporter = PrefectReporter(storage_options={"anon": False}, link_expiry=24 * 3600)
-        runner = BatchRunner("manifest.csv", "s3://bucket/out", observer=reporter)
-        ```
     """
 
     def __init__(

@@ -9,14 +9,6 @@ Links are ones a browser can follow from the Prefect UI: presigned HTTPS URLs (w
 their expiry stated) or http(s) paths; any other stored path (``s3://``, a local file)
 is shown as text, since a browser blocks ``file://`` from an http page and cannot open
 ``s3://``. Creating the artifacts is :mod:`kf2v_tasks.batch.reporting`.
-
-Example:
-    ```python
-    from kf2v_tasks.batch.reporting_markdown import summary_markdown
-    from kf2v_tasks.batch.results import BatchSummary
-
-    print(summary_markdown(BatchSummary(manifest="m.csv", output="out", total=0)))
-    ```
 """
 
 from __future__ import annotations
@@ -44,14 +36,7 @@ ERROR_CELL_CHARS = 120
 
 
 def artifact_key(text: str) -> str:
-    """A valid artifact key derived from ``text``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting_markdown import artifact_key
-        assert artifact_key("KF2V batch #1") == "kf2v-batch-1"
-        ```
-    """
+    """A valid artifact key derived from ``text``."""
     key = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return (key or "kf2v")[:100]
 
@@ -83,15 +68,6 @@ def results_table(
     table out at its natural width and clips what does not fit, so the cells a person
     reads come first and long values (absolute paths) are shortened; the sha256, the byte
     count and the whole message stay in ``results.csv``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting_markdown import results_table
-        from kf2v_tasks.batch.results import RowResult, RowStatus
-        rows = results_table([RowResult(row=2, id="a_b", status=RowStatus.SUCCEEDED,
-                                        output="s3://b/out/a_b.mp4")], "s3://b/out")
-        assert rows[0]["id"] == "a\\_b" and rows[0]["video"] == "a\\_b.mp4"
-        ```
     """
     return [
         {
@@ -122,13 +98,6 @@ def _where(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
 def link_target(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
     """The target of a link artifact to a stored file: as :func:`_where`, and a local file
     as a ``file://`` URI (a link artifact is one place a person can copy it from).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting_markdown import link_target
-        assert link_target("/data/out/index.html", {}) == "file:///data/out/index.html"
-        assert link_target("gs://b/out/index.html", {}) is None
-        ```
     """
     where = _where(path, links)
     if where is not None:
@@ -158,14 +127,6 @@ def summary_markdown(
             become links, with their expiry stated; any other stored path is shown as
             text, since a browser cannot follow ``s3://`` or ``file://`` from the UI.
         gallery: where the gallery (``index.html``) is.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.reporting_markdown import summary_markdown
-        from kf2v_tasks.batch.results import BatchSummary
-        text = summary_markdown(BatchSummary(manifest="m.csv", output="out", total=0))
-        assert text.startswith("# kf2v batch")
-        ```
     """
     s = summary
     links = links or {}

@@ -136,15 +136,6 @@ def to_csv(results: list[RowResult], extra_columns: Optional[list[str]] = None) 
     ``extra_columns`` defaults to the rows' extra columns in the order first seen, which
     is manifest order when every row carries all of them (as the runner's rows do). Rows
     kept from an earlier run come after this run's, with their own extra columns too.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import RowResult, RowStatus, from_csv, to_csv
-        rows = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, cost=0.5,
-                          extra={"job": "42"})]
-        assert to_csv(rows).splitlines()[0].endswith(",earlier_run,job")
-        assert from_csv(to_csv(rows)) == rows
-        ```
     """
     if extra_columns is None:
         extra_columns = list(dict.fromkeys(k for r in results for k in r.extra))
@@ -165,13 +156,6 @@ def from_csv(text: str) -> list[RowResult]:
     """Parse a ``results.csv`` written by :func:`to_csv` (used to merge shards).
 
     Columns that are not the file's own are the manifest's extras, kept in ``extra``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import from_csv
-        rows = from_csv("row,id,status,job\\n2,a,skipped,42\\n")
-        assert rows[0].status.value == "skipped" and rows[0].extra == {"job": "42"}
-        ```
     """
     out = []
     for cells in csv.DictReader(io.StringIO(text)):
@@ -194,16 +178,6 @@ def earlier_rows(current: list[RowResult], previous: list[RowResult]) -> list[Ro
     A row is the same row when it has the same id or the same output (the same video); a
     row with neither is matched by its row number. What is left is returned marked
     ``earlier_run``, in its own row order.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import RowResult, RowStatus, earlier_rows
-        now = [RowResult(row=2, id="a", status=RowStatus.SUCCEEDED, output="out/a.mp4")]
-        before = [RowResult(row=2, id="a", status=RowStatus.FAILED),
-                  RowResult(row=3, id="b", status=RowStatus.SUCCEEDED, output="out/b.mp4")]
-        kept = earlier_rows(now, before)
-        assert [(r.id, r.earlier_run) for r in kept] == [("b", True)]
-        ```
     """
     ids = {r.id for r in current if r.id}
     outputs = {r.output for r in current if r.output}
@@ -224,11 +198,6 @@ async def read_results(path: str, *, storage_options: Optional[dict] = None) -> 
     Raises:
         OSError: the file exists but cannot be read (it is not taken as empty).
         ValueError: the file is not a results table.
-
-    Example:
-        ```python
-        rows = await read_results("out/results.csv")
-        ```
     """
     from kf2v_tasks.storage.files import read_bytes
 
@@ -252,12 +221,6 @@ async def with_earlier_rows(
     existing results.csv that cannot be parsed is kept beside it as
     ``results.unreadable.csv`` (never lost), and a warning says so; one that cannot be
     read at all raises (it is not taken as empty).
-
-    Example:
-        ```python
-        rows = await with_earlier_rows("out", "results.csv", results)
-        text = to_csv(rows, extra_columns)   # this run's rows first, then the earlier ones
-        ```
     """
     from kf2v_tasks.storage.files import read_bytes, write_bytes_atomic
     from kf2v_tasks.storage.paths import join
@@ -280,14 +243,7 @@ async def with_earlier_rows(
 
 
 def n_rows(n: int, what: str = "") -> str:
-    """``"1 row"``, ``"2 rows"``; ``what`` goes between: ``n_rows(1, "valid")`` is ``"1 valid row"``.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.results import n_rows
-        assert (n_rows(1), n_rows(0), n_rows(3, "valid")) == ("1 row", "0 rows", "3 valid rows")
-        ```
-    """
+    """``"1 row"``, ``"2 rows"``; ``what`` goes between: ``n_rows(1, "valid")`` is ``"1 valid row"``."""
     word = "row" if n == 1 else "rows"
     return f"{n} {what} {word}" if what else f"{n} {word}"
 

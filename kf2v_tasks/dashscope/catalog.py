@@ -18,15 +18,6 @@ Python with :func:`register_model`.
 Every fact carries a :class:`FactSource`: ``sdk`` (the official SDK's source),
 ``official-doc`` (Model Studio's pages), ``third-party (UNCERTAIN)`` or
 ``assumed (UNCERTAIN)``; the README lists them.
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.catalog import Protocol, get_model
-
-    spec = get_model("wan2.7-i2v-2026-04-25")       # a dated variant: its family's entry
-    assert spec.protocol is Protocol.MEDIA and spec.allows_duration(8)
-    assert get_model("wan2.2-kf2v-flash").durations() == [5]
-    ```
 """
 
 from __future__ import annotations
@@ -78,30 +69,14 @@ MODELS_FILE_ENV = "PREFECT_INTEGRATIONS_KF2V_MODELS_FILE"
 
 
 class ModelCatalog(BaseModel):
-    """A models table: look a model up by name (dated variants by prefix).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import BUILTIN_MODELS, ModelCatalog
-        cat = ModelCatalog(models=list(BUILTIN_MODELS))
-        assert cat.get("wan2.7-i2v").audio and "wan2.2-kf2v-flash" in cat.names()
-        ```
-    """
+    """A models table: look a model up by name (dated variants by prefix)."""
 
     model_config = ConfigDict(frozen=True)
 
     models: tuple[ModelSpec, ...] = Field(default=BUILTIN_MODELS)
 
     def find(self, model: str) -> Optional[ModelSpec]:
-        """The entry for ``model``: an exact name first, else the longest matching prefix.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import ModelCatalog
-            assert ModelCatalog().find("wan2.7-i2v-2026-04-25").name == "wan2.7-i2v"
-            assert ModelCatalog().find("wan9") is None
-            ```
-        """
+        """The entry for ``model``: an exact name first, else the longest matching prefix."""
         name = str(getattr(model, "value", model)).strip()
         for spec in self.models:
             if spec.name == name:
@@ -110,14 +85,7 @@ class ModelCatalog(BaseModel):
         return max(prefixed, key=lambda s: len(s.name)) if prefixed else None
 
     def get(self, model: str) -> ModelSpec:
-        """Like :meth:`find`, but an unknown name raises :class:`UnknownModelError`.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import ModelCatalog
-            assert ModelCatalog().get("wan2.1-kf2v-plus").protocol == "kf2v"
-            ```
-        """
+        """Like :meth:`find`, but an unknown name raises :class:`UnknownModelError`."""
         spec = self.find(model)
         if spec is None:
             raise UnknownModelError(
@@ -127,26 +95,11 @@ class ModelCatalog(BaseModel):
         return spec
 
     def names(self) -> list[str]:
-        """Entry names, in table order.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import ModelCatalog
-            assert ModelCatalog().names()[-1] == "wan2.7-i2v"
-            ```
-        """
+        """Entry names, in table order."""
         return [s.name for s in self.models]
 
     def with_entries(self, entries: Iterable[Union[ModelSpec, Mapping[str, Any]]]) -> ModelCatalog:
-        """A new table with ``entries`` added; a mapping naming an existing entry patches it.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import ModelCatalog
-            cat = ModelCatalog().with_entries([{"name": "wan2.7-i2v", "prices": {"720P": 0.5}}])
-            assert cat.get("wan2.7-i2v").prices == {"any": {"720P": 0.5}}  # every region
-            ```
-        """
+        """A new table with ``entries`` added; a mapping naming an existing entry patches it."""
         models = list(self.models)
         for entry in entries:
             if isinstance(entry, ModelSpec):
@@ -193,12 +146,6 @@ def load_models_file(path: Union[str, Path], base: Optional[ModelCatalog] = None
 
     Raises:
         ValueError: the file cannot be read or an entry is invalid (the message names it).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import load_models_file
-        cat = load_models_file("models.toml")   # [[models]] name = "wan2.7-i2v" ...
-        ```
     """
     p = Path(path).expanduser()
     try:
@@ -255,12 +202,6 @@ def active_catalog() -> ModelCatalog:
 
     Cached; the cache follows a change of ``PREFECT_INTEGRATIONS_KF2V_MODELS_FILE`` in the
     environment.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import active_catalog
-        assert "wan2.7-i2v" in active_catalog().names()
-        ```
     """
     global _cache
     key = os.environ.get(MODELS_FILE_ENV)
@@ -277,27 +218,12 @@ def active_catalog() -> ModelCatalog:
 
 
 def get_model(model: str) -> ModelSpec:
-    """The active table's entry for ``model`` (see :meth:`ModelCatalog.get`).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import get_model
-        assert get_model("wan2.1-kf2v-plus").resolutions == ("720P",)
-        ```
-    """
+    """The active table's entry for ``model`` (see :meth:`ModelCatalog.get`)."""
     return active_catalog().get(model)
 
 
 def register_model(spec: Union[ModelSpec, Mapping[str, Any]]) -> ModelSpec:
-    """Add (or patch) an entry of the active table for this process.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import get_model, register_model
-        register_model({"name": "wan2.7-i2v", "prices": {"720P": 0.5, "1080P": 0.9}})
-        assert get_model("wan2.7-i2v").price("singapore", "720P") == 0.5
-        ```
-    """
+    """Add (or patch) an entry of the active table for this process."""
     global _cache
     catalog = active_catalog().with_entries([spec])
     name = spec.name if isinstance(spec, ModelSpec) else str(spec.get("name", "")).strip()
@@ -309,14 +235,7 @@ def register_model(spec: Union[ModelSpec, Mapping[str, Any]]) -> ModelSpec:
 
 
 def reset_catalog() -> None:
-    """Forget :func:`register_model` entries and the cache (tests use this).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import reset_catalog
-        reset_catalog()
-        ```
-    """
+    """Forget :func:`register_model` entries and the cache (tests use this)."""
     global _cache
     with _lock:
         _registered.clear()

@@ -5,12 +5,6 @@ protocol is the official SDK's (``dashscope/v2/resources/videos.py``), its limit
 come from Model Studio's own pages (reference §16). Every price, per region, is Model
 Studio's pricing page's (reference §16); a region it does not list a model in has no price
 (unknown). All overridable (see :mod:`kf2v_tasks.dashscope.catalog`).
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.catalog_builtin import BUILTIN_MODELS
-    assert [m.name for m in BUILTIN_MODELS][-1] == "wan2.7-i2v"
-    ```
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """The entry of the models table: :class:`ModelSpec`, its protocols and fact sources.
 
 See :mod:`kf2v_tasks.dashscope.catalog` for the table itself and how to change it.
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.catalog_spec import ModelSpec, Protocol
-    spec = ModelSpec(name="m", protocol="media", resolutions=["720P"], duration_max=10,
-                     audio=True, audio_formats=["mp3"])
-    assert spec.protocol is Protocol.MEDIA and spec.allows_duration(10)
-    ```
 """
 
 from __future__ import annotations
@@ -81,20 +73,7 @@ class UnknownModelError(ValueError):
 
 
 class ModelSpec(BaseModel):
-    """One model: protocol, what it accepts, what it costs, and the source of each fact.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import ModelSpec
-        spec = ModelSpec(
-            name="wan2.8-i2v", match_prefix=True, protocol="media",
-            resolutions=["720P", "1080P"], duration_min=2, duration_max=15,
-            audio=True, audio_formats=["mp3", "wav"], prices={"720P": 0.6, "1080P": 1.0},
-        )
-        assert spec.create_path == "/services/aigc/video-generation/video-synthesis"
-        assert spec.matches("wan2.8-i2v-2027-01-01")
-        ```
-    """
+    """One model: protocol, what it accepts, what it costs, and the source of each fact."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -161,15 +140,7 @@ class ModelSpec(BaseModel):
         return by_region(value) if isinstance(value, Mapping) else value
 
     def price(self, region: str, resolution: str) -> Optional[float]:
-        """Price per second in ``region`` at ``resolution``; ``None``: not known there.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.7-i2v").price("singapore", "720P") == 0.733924
-            assert get_model("wan2.2-kf2v-flash").price("singapore", "720P") is None
-            ```
-        """
+        """Price per second in ``region`` at ``resolution``; ``None``: not known there."""
         res = resolution.upper()
         for key in (region.lower(), ANY_REGION):
             if res in self.prices.get(key, {}):
@@ -201,99 +172,41 @@ class ModelSpec(BaseModel):
 
     @property
     def create_path(self) -> str:
-        """The create endpoint of this model's protocol.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.2-kf2v-flash").create_path.endswith("image2video/video-synthesis")
-            ```
-        """
+        """The create endpoint of this model's protocol."""
         return KF2V_CREATE_PATH if self.protocol is Protocol.KF2V else MEDIA_CREATE_PATH
 
     @property
     def resolution(self) -> str:
-        """The default tier: ``default_resolution``, else 720P if offered, else the first.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.7-i2v").resolution == "1080P"  # the service's own default
-            ```
-        """
+        """The default tier: ``default_resolution``, else 720P if offered, else the first."""
         if self.default_resolution:
             return self.default_resolution.upper()
         return "720P" if "720P" in self.resolutions else self.resolutions[0]
 
     def matches(self, model: str) -> bool:
-        """Whether ``model`` is this entry (or, with ``match_prefix``, a dated variant).
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            spec = get_model("wan2.7-i2v")
-            assert spec.matches("wan2.7-i2v-2026-04-25") and not spec.matches("wan2.7-i2vx")
-            ```
-        """
+        """Whether ``model`` is this entry (or, with ``match_prefix``, a dated variant)."""
         return model == self.name or (self.match_prefix and model.startswith(self.name + "-"))
 
     def durations(self) -> list[int]:
-        """Every allowed length in seconds.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.7-i2v").durations() == list(range(2, 16))
-            ```
-        """
+        """Every allowed length in seconds."""
         return list(range(self.duration_min, self.duration_max + 1))
 
     def allows_duration(self, seconds: int) -> bool:
-        """Whether ``seconds`` is an allowed length.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert not get_model("wan2.2-kf2v-flash").allows_duration(8)
-            ```
-        """
+        """Whether ``seconds`` is an allowed length."""
         return self.duration_min <= seconds <= self.duration_max
 
     def duration_text(self) -> str:
-        """``"5"`` or ``"2..15"``, for messages.
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import get_model
-            assert get_model("wan2.7-i2v").duration_text() == "2..15"
-            ```
-        """
+        """``"5"`` or ``"2..15"``, for messages."""
         if self.duration_min == self.duration_max:
             return str(self.duration_min)
         return f"{self.duration_min}..{self.duration_max}"
 
     def source(self, fact: str) -> FactSource:
-        """Where ``fact`` comes from (unsourced facts count as assumed).
-
-        Example:
-            ```python
-            from kf2v_tasks.dashscope.catalog import FactSource, get_model
-            assert get_model("wan2.7-i2v").source("protocol") is FactSource.SDK
-            ```
-        """
+        """Where ``fact`` comes from (unsourced facts count as assumed)."""
         return self.sources.get(fact, FactSource.ASSUMED)
 
 
 def by_region(prices: Mapping[str, Any]) -> dict[str, Any]:
-    """``prices`` as region -> resolution -> price; a flat ``{res: price}`` is every region's.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog_spec import by_region
-        assert by_region({"720p": 0.5}) == {"any": {"720P": 0.5}}
-        assert by_region({"Beijing": {"720p": 0.6}}) == {"beijing": {"720P": 0.6}}
-        ```
-    """
+    """``prices`` as region -> resolution -> price; a flat ``{res: price}`` is every region's."""
     if not any(isinstance(v, Mapping) for v in prices.values()):
         return {ANY_REGION: {str(k).strip().upper(): v for k, v in prices.items()}}
     return {

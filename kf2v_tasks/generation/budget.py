@@ -19,16 +19,6 @@ class Budget:
     that would take ``spent + reserved`` over ``max_cost`` is refused. ``max_cost=None``
     never refuses but still tracks spending. The lock makes it safe from threads and,
     as the critical sections never await, from tasks of one event loop.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.budget import Budget
-        b = Budget(max_cost=2.0)
-        assert b.try_reserve(1.0) and b.try_reserve(1.0) and not b.try_reserve(1.0)
-        b.release(1.0)              # that task failed: not billed
-        b.commit(1.0)               # that one succeeded
-        assert (b.spent, b.reserved) == (1.0, 0.0) and b.try_reserve(1.0)
-        ```
     """
 
     #: Relative slack so that 10 x 0.2 fits a 2.0 budget despite float rounding.

@@ -6,16 +6,6 @@ asked duration), on success only: failed tasks are free. Prices depend on the re
 which a models file can patch), for the region of the credentials in use. A model the
 price list does not list in that region has no price there: its rows are counted as
 "price unknown", and ``max_cost`` does not run them (it cannot be kept without a price).
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.models import GenerationOptions
-    from kf2v_tasks.generation.pricing import PriceTable, estimate
-
-    table = PriceTable.from_value({"wan2.2-kf2v-flash": {"720P": 0.25}}, region="beijing")
-    est = estimate([GenerationOptions(), GenerationOptions(resolution="480P")], table)
-    assert est.total == 1.75  # 5 s x 0.25 + 5 s x 0.10
-    ```
 """
 
 from __future__ import annotations
@@ -242,12 +232,6 @@ def video_cost(
     Raises:
         ValueError: the table has no price for that model and resolution, or ``seconds``
             is negative.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.pricing import PriceTable, video_cost
-        assert video_cost("wan2.2-kf2v-flash", "480P", 5, PriceTable.default("beijing")) == 0.5
-        ```
     """
     if seconds < 0:
         raise ValueError(f"video length must be >= 0 seconds, got {seconds}")
@@ -256,16 +240,7 @@ def video_cost(
 
 
 def estimate_row(options: GenerationOptions, table: Optional[PriceTable] = None) -> Optional[float]:
-    """Cost of one successful generation: its duration x price per second; ``None``: unknown.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.pricing import PriceTable, estimate_row
-        beijing = PriceTable.default("beijing")
-        assert estimate_row(GenerationOptions(resolution="1080P"), beijing) == 2.4
-        ```
-    """
+    """Cost of one successful generation: its duration x price per second; ``None``: unknown."""
     table = table or PriceTable.default()
     price = table.find(options.model, options.resolution)
     seconds = options.duration or VIDEO_DURATION_SECONDS
@@ -277,14 +252,6 @@ class CostEstimate(BaseModel):
 
     Rows whose price is unknown in the region are counted apart (``unpriced_rows``), as
     are videos an earlier run already kept (``kept_rows``, at what they cost then).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.pricing import PriceTable, estimate
-        est = estimate([GenerationOptions(resolution="480P")] * 2, PriceTable.default("beijing"))
-        assert est.describe() == "2 rows, 10 s of video, about 1.00 CNY at beijing prices"
-        ```
     """
 
     rows: int = Field(description="Rows counted.")
@@ -349,14 +316,6 @@ def estimate(
 
     ``table`` defaults to :meth:`PriceTable.default` of ``region``; ``kept`` are the costs
     (when made) of videos already kept, shown apart and not counted.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.pricing import estimate
-        est = estimate([GenerationOptions()] * 3, region="beijing")
-        assert (est.rows, est.total, est.currency) == (3, 3.0, "CNY")
-        ```
     """
     table = table or PriceTable.default(region)
     total = 0.0

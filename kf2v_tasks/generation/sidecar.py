@@ -8,19 +8,6 @@ places: the submission (what was asked), the task (what the service did and bill
 The last sidecars this process wrote are kept in memory (:func:`remember_sidecar`,
 :func:`written_sidecar`): the gallery and a retried persist in the same process read them
 there instead of fetching them back from storage (on S3, one GetObject each).
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.models import TaskState
-    from kf2v_tasks.generation.sidecar import build_sidecar, video_facts
-
-    state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED"},
-                                     "usage": {"video_duration": 5, "SR": 720}})
-    facts = video_facts(state, None, None)
-    assert (facts.resolution, facts.duration_seconds) == ("720P", 5)
-    doc = build_sidecar(state, sha256="ff" * 32, size=10, path="out/a.mp4")
-    assert doc["resolution"] == "720P" and doc["cost"] is None  # no model known, no price
-    ```
 """
 
 from __future__ import annotations
@@ -63,16 +50,7 @@ _written_lock = threading.Lock()
 
 
 class VideoFacts(BaseModel):
-    """What a video is and what it cost (each field empty when it is not known).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.pricing import PriceTable
-        from kf2v_tasks.generation.sidecar import VideoFacts
-        facts = VideoFacts(model="wan2.2-kf2v-flash", resolution="480P", duration_seconds=5)
-        assert facts.priced(PriceTable.default("beijing")).cost == 0.5
-        ```
-    """
+    """What a video is and what it cost (each field empty when it is not known)."""
 
     model: Optional[str] = None
     resolution: Optional[Resolution] = None
@@ -111,14 +89,7 @@ class VideoFacts(BaseModel):
 
 
 def as_resolution(value: Any) -> Optional[Resolution]:
-    """``value`` ("720P", "720p") as a :class:`Resolution`; ``None`` when it is not one.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.sidecar import as_resolution
-        assert as_resolution("1080p") == "1080P" and as_resolution("4K") is None
-        ```
-    """
+    """``value`` ("720P", "720p") as a :class:`Resolution`; ``None`` when it is not one."""
     try:
         return Resolution(str(value).upper()) if value else None
     except ValueError:
@@ -132,15 +103,6 @@ def video_facts(
 
     The resolution is the one asked, else the one ``usage.SR`` reports; the length is the
     billed ``usage.video_duration``, else the one asked.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import TaskState
-        from kf2v_tasks.generation.sidecar import video_facts
-        state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED",
-                                         "actual_prompt": "a cat, cinematic"}})
-        assert video_facts(state, None, None).actual_prompt == "a cat, cinematic"
-        ```
     """
     params = submission.parameters if submission else {}
     usage = state.usage
@@ -184,19 +146,7 @@ def build_sidecar(
     extra: Optional[dict[str, Any]] = None,
     price_table: Optional[PriceTable] = None,
 ) -> dict[str, Any]:
-    """The JSON document kept beside each video (signed URLs reduced to scheme, host, path).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import TaskState
-        from kf2v_tasks.generation.persist import build_sidecar
-        state = TaskState.from_response({"output": {"task_id": "t", "task_status": "SUCCEEDED",
-                                         "video_url": "https://oss.test/v.mp4?Signature=x"},
-                                         "usage": {"video_duration": 5, "SR": 480}})
-        doc = build_sidecar(state, sha256="ff" * 32, size=10, path="out/a.mp4")
-        assert doc["video_source"] == "https://oss.test/v.mp4" and doc["resolution"] == "480P"
-        ```
-    """
+    """The JSON document kept beside each video (signed URLs reduced to scheme, host, path)."""
     facts = video_facts(state, submission, price_table)
 
     def iso(d: Optional[datetime]) -> Optional[str]:
@@ -252,15 +202,7 @@ def build_sidecar(
 
 
 def remember_sidecar(path: str, doc: dict[str, Any]) -> None:
-    """Note that this process has just written ``doc`` as the sidecar at ``path``.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.sidecar import remember_sidecar, written_sidecar
-        remember_sidecar("memory://doc/a.json", {"task_id": "t-1"})
-        assert written_sidecar("memory://doc/a.json", forget=True) == {"task_id": "t-1"}
-        ```
-    """
+    """Note that this process has just written ``doc`` as the sidecar at ``path``."""
     with _written_lock:
         _written.pop(path, None)
         _written[path] = doc
@@ -274,12 +216,6 @@ def written_sidecar(path: str, *, forget: bool = False) -> Optional[dict[str, An
     ``forget``: the caller keeps what it needs (the gallery reads each row once).
     Another process may have rewritten the file since: use it where that is harmless
     (what a page shows, whether a download is needed again), never to decide payment.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.sidecar import written_sidecar
-        assert written_sidecar("memory://doc/never-written.json") is None
-        ```
     """
     with _written_lock:
         return _written.pop(path, None) if forget else _written.get(path)
