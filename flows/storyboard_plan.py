@@ -125,13 +125,6 @@ def continuation_step(frames: Optional[list[str]], defaults: RowDefaults) -> int
     Raises:
         ValueError: no keyframes, a model that continues no clip, or a chain too long for
             the limits (the message names the limit and the value).
-
-    Example:
-        ```python
-        from kf2v_flows.storyboard_plan import continuation_step
-        from kf2v_tasks.batch.manifest import RowDefaults
-        assert continuation_step(["a", "b", "c", "d"], RowDefaults(model="wan2.7-i2v")) == 5
-        ```
     """
     if frames is None:
         raise ValueError("continue_clips: give keyframes (frames), not a manifest")

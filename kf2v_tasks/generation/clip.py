@@ -5,16 +5,6 @@ at most 100 MB) up to the row's ``duration`` in total, and bills all of ``durati
 Everything is checked before anything is paid; every limit a clip breaks is named, with
 its value. A public ``http(s)`` URL is passed through (after the check); a file anywhere
 else goes through the temporary ``oss://`` upload (a clip is too large for a data URI).
-
-Example:
-    ```python
-    import asyncio
-    from kf2v_tasks.dashscope.catalog import get_model
-    from kf2v_tasks.generation.clip import inspect_clip
-
-    clip = asyncio.run(inspect_clip("shot.mp4", get_model("wan2.7-i2v")))
-    print(clip.seconds, clip.width, clip.height)
-    ```
 """
 
 from __future__ import annotations
@@ -50,15 +40,7 @@ _MIB = 1024 * 1024
 
 
 class ClipValidationError(FrameValidationError):
-    """A first_clip is unusable: ``clip '<source>': <problems>``; ``problems`` lists each.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.clip import ClipValidationError
-        err = ClipValidationError("a.mp4", ["is 12.0 s long; the limit is 2..10 s"])
-        assert str(err) == "clip 'a.mp4': is 12.0 s long; the limit is 2..10 s"
-        ```
-    """
+    """A first_clip is unusable: ``clip '<source>': <problems>``; ``problems`` lists each."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         super().__init__(source, "; ".join(problems), role=ROLE)
@@ -89,18 +71,7 @@ def _probe(data: bytes) -> tuple[str, float, int, int]:
 
 
 def clip_problems(seconds: float, width: int, height: int) -> list[str]:
-    """Each §16 limit a clip of this length and size breaks, with its value.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.clip import clip_problems
-        assert clip_problems(5.0, 640, 480) == []
-        assert clip_problems(1.0, 200, 480) == [
-            "is 1.0 s long; a first_clip must be 2..10 s",
-            "is 200×480 px; each side must be 240..4096 px",
-        ]
-        ```
-    """
+    """Each §16 limit a clip of this length and size breaks, with its value."""
     problems = []
     if not CLIP_MIN_SECONDS - 0.05 <= seconds <= CLIP_MAX_SECONDS + 0.05:
         problems.append(
@@ -131,12 +102,6 @@ async def inspect_clip(
         ClipValidationError: the model continues no clip, or the file is missing, larger
             than 100 MB, not an mp4/mov video, or breaks the length, side or aspect
             limits; ``problems`` names every limit broken and the clip's value.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import get_model
-        clip = await inspect_clip("s3://bucket/shot.mov", get_model("wan2.7-i2v"))
-        ```
     """
     shown = display_source(source)
     if not spec.clip:
@@ -187,11 +152,6 @@ async def prepare_clip(
     Raises:
         ClipValidationError: the file changed since validation.
         FrameValidationError: the file vanished or cannot be read.
-
-    Example:
-        ```python
-        url = await prepare_clip(pair.clip, client=client, model="wan2.7-i2v")
-        ```
     """
     if info.transport is FrameTransport.URL:
         return info.source
