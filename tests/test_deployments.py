@@ -239,6 +239,13 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
                     "kf2v-generate-batch/batch", parameters=parameters, timeout=0
                 )
                 parent = await wait_final(client, parent.id, stack, RUN_TIMEOUT)
+                # No credentials_block, and none in the workers' environment.
+                bare = {k: v for k, v in parameters.items() if k != "credentials_block"}
+                bare.update(output=f"{output_url}-bare", shards=1)
+                uncredentialed = await run_deployment(
+                    "kf2v-generate-batch/batch", parameters=bare, timeout=0
+                )
+                uncredentialed = await wait_final(client, uncredentialed.id, stack, RUN_TIMEOUT)
                 batch = await client.read_deployment_by_name("kf2v-generate-batch/batch")
                 runs = await runs_of(client, batch.id)
                 nightly = await client.read_deployment_by_name("kf2v-generate-batch/nightly")
@@ -249,17 +256,17 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
                     for x in await client.read_global_concurrency_limits(limit=200, offset=0)
                     if x.name.startswith("kf2v-") and x.name.endswith("-wan2.2-kf2v-flash")
                 ]
-                return parent, batch, runs, nightly, single, limit
+                return parent, batch, runs, nightly, single, limit, uncredentialed
 
         with api(stack.api_url):
-            parent, batch, runs, nightly, single, limit = asyncio.run(scenario())
+            parent, batch, runs, nightly, single, limit, uncredentialed = asyncio.run(scenario())
         run_seconds = time.monotonic() - started - setup_seconds
         stats = sim.stats()
         diag = diagnostics(stack, f"parent: {parent.state}")
 
     # ------------------------------------------------------------------ the run
     assert parent.state.is_completed(), diag
-    shard_runs = [r for r in runs if r.id != parent.id]
+    shard_runs = [r for r in runs if r.id not in (parent.id, uncredentialed.id)]
     assert sorted(r.name for r in shard_runs) == [
         f"shard-{i}-of-{SHARDS}" for i in range(1, SHARDS + 1)
     ], diag
@@ -301,6 +308,15 @@ def test_batch_deployment_sharded_on_two_workers_with_s3(tmp_path, s3_server):
     assert len(merged) == ROWS
     assert {r.status.value for r in merged} == {"succeeded"}, merged
     assert sorted(r.row for r in merged) == list(range(2, ROWS + 2))
+
+    # ------------------------------------------------------------------ no credentials
+    # The watching side gets the reason in one line; results.csv says it of every row.
+    assert uncredentialed.state.is_failed(), uncredentialed.state
+    assert "no DashScope credentials" in uncredentialed.state.message, uncredentialed.state
+    assert "\n" not in uncredentialed.state.message.strip()
+    bare_rows = from_csv(fs.cat_file(f"{out}-bare/results.csv").decode())
+    assert len(bare_rows) == ROWS and {r.error_code for r in bare_rows} == {"NoCredentials"}
+    assert all("no credentials" in r.error_message for r in bare_rows), bare_rows
 
     # ------------------------------------------------------------------ the schedule
     assert len(nightly.schedules) == 1, nightly.schedules
