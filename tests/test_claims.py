@@ -167,6 +167,8 @@ while not os.path.exists(go):
     time.sleep(0.005)
 held, other = asyncio.run(book.try_acquire(fp, row_id="r"))
 print("won" if held else "lost", flush=True)
+while not os.path.exists(go + ".done"):  # alive until both answered: a holder that
+    time.sleep(0.005)  # exited would be taken over, not raced
 """
 
 
@@ -186,11 +188,11 @@ def test_two_processes_claim_at_once_and_one_wins(root, tmp_path):
     while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)  # until both are imported, warm and spinning on the start file
     go.write_text("go")
-    outs = []
+    outs = [p.stdout.readline().strip() for p in procs]
+    (tmp_path / "go.done").write_text("done")
     for p in procs:
-        out, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err[-2000:]
-        outs.append(out.strip())
     assert sorted(outs) == ["lost", "won"], outs
 
 
