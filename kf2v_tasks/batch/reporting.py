@@ -1,37 +1,32 @@
-"""Reporting a batch as one observer: the plan, each finished row, and the final summary.
+"""The batch's Prefect artifacts and gallery, as one observer.
 
-The runner calls one :class:`BatchObserver`. :class:`PrefectReporter` turns the calls into
-Prefect artifacts (progress, a results table, a markdown summary, the posters) and keeps
-the output folder's gallery (``index.html``, :mod:`kf2v_tasks.batch.gallery`) up to date;
-the CLI's progress bar registers itself for the whole process with :func:`observing`,
-because a flow cannot take a callable as a parameter. An observer that fails is logged
-and ignored: reporting never fails a batch.
+:class:`PrefectReporter` turns the runner's calls into Prefect artifacts (progress, a
+results table, a markdown summary, the posters), keeps the output folder's gallery
+(``index.html``, :mod:`kf2v_tasks.batch.gallery`) up to date, and runs an
+:class:`~kf2v_tasks.batch.reporting_events.EventReporter` unless told not to. The observer
+interface is :mod:`kf2v_tasks.batch.observer`; the artifacts' text (every value from users
+or the service escaped) is :mod:`kf2v_tasks.batch.reporting_markdown`. Their names are
+exported here too.
 
 Links in artifacts are ones a browser can follow from the Prefect UI: ``s3://`` videos,
 posters and the gallery are linked by presigned HTTPS URLs, and the summary says when
 they expire; a local file is shown as its path, as text (a ``file://`` link from an http
-page is blocked by every browser). Posters of S3 outputs are also image artifacts.
-
-The artifacts' text (the results table, the summary, artifact keys; every value from
-users or the service escaped) is made by :mod:`kf2v_tasks.batch.reporting_markdown`; its
-names are exported here too. :class:`EventReporter` turns the same calls into Prefect
-events (:mod:`kf2v_tasks.events`); :class:`PrefectReporter` runs one unless told not to.
-Progress updates are throttled (at most one API call per
-second) so a 10,000-row batch does not spend its time reporting.
+page is blocked by every browser). Progress updates are throttled (at most one API call
+per second) so a 10,000-row batch does not spend its time reporting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Optional
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery import GalleryWriter, write_gallery
+from kf2v_tasks.batch.observer import BatchObserver, ObserverGroup, observing, run_observer
+from kf2v_tasks.batch.reporting_events import RETRYABLE_STATUSES, EventReporter
 from kf2v_tasks.batch.reporting_markdown import (
     ERROR_CELL_CHARS,
     artifact_key,
@@ -40,17 +35,7 @@ from kf2v_tasks.batch.reporting_markdown import (
     summary_markdown,
 )
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
-from kf2v_tasks.events import (
-    MAX_LISTED_ROWS,
-    attempt_from_tags,
-    emit_batch_finished,
-    emit_budget_exceeded,
-    emit_possible_duplicate,
-    emit_video_asset,
-    emit_video_failed,
-    is_shard,
-)
-from kf2v_tasks.redaction import md_escape, redact_text, redact_url
+from kf2v_tasks.redaction import md_escape, redact_url
 from kf2v_tasks.storage.presign import (
     DEFAULT_EXPIRY_SECONDS,
     PresignedUrl,
@@ -59,7 +44,6 @@ from kf2v_tasks.storage.presign import (
 )
 
 if TYPE_CHECKING:
-    from kf2v_tasks.batch.manifest import ManifestRow
     from kf2v_tasks.batch.plan import BatchPlan
     from kf2v_tasks.generation.pricing import CostEstimate
 
@@ -85,239 +69,6 @@ logger = logging.getLogger("kf2v_tasks.batch.reporting")
 MAX_IMAGE_ARTIFACTS = 12
 #: The gallery with presigned links, written beside index.html for S3 outputs.
 PRESIGNED_GALLERY_NAME = "index.presigned.html"
-#: Rows a re-run of the batch could make: failed at the service, cancelled, interrupted.
-RETRYABLE_STATUSES = frozenset({RowStatus.FAILED, RowStatus.CANCELLED, RowStatus.NOT_RUN})
-
-
-class BatchObserver:
-    """Told what a batch does; every method is a no-op here, override the ones you need."""
-
-    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
-        """Every row is validated and the cost estimated; nothing is spent yet."""
-
-    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """A row finished (``counts``: rows per status so far, ``total``: rows in all)."""
-
-    async def on_finish(self, summary: BatchSummary) -> None:
-        """The batch is done; ``summary.results`` has every row, in row order."""
-
-    async def on_stopped(self, summary: BatchSummary) -> None:
-        """The batch ended early (``summary.stopped`` says why): what is known so far."""
-
-
-class ObserverGroup(BatchObserver):
-    """Several observers as one; a failing observer is logged and the others still run."""
-
-    def __init__(self, observers: Iterable[BatchObserver]) -> None:
-        self.observers = list(observers)
-
-    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
-        """Tell every observer the plan."""
-        for o in self.observers:
-            try:
-                await o.on_plan(plan, cost, dry_run)
-            except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_plan", o)
-
-    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """Tell every observer a row finished."""
-        for o in self.observers:
-            try:
-                o.on_row(result, counts, total)
-            except Exception:  # a broken progress bar must not break the batch
-                logger.exception("observer %r failed in on_row", o)
-
-    async def on_finish(self, summary: BatchSummary) -> None:
-        """Tell every observer the batch is done."""
-        for o in self.observers:
-            try:
-                await o.on_finish(summary)
-            except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_finish", o)
-
-    async def on_stopped(self, summary: BatchSummary) -> None:
-        """Tell every observer the batch ended early."""
-        for o in self.observers:
-            try:
-                await o.on_stopped(summary)
-            except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_stopped", o)
-
-
-#: Observers registered for every batch run in this process (the CLI's progress bar).
-_registered: list[BatchObserver] = []
-
-
-@contextlib.contextmanager
-def observing(observer: BatchObserver) -> Iterator[BatchObserver]:
-    """Tell ``observer`` about every batch that runs in this process while inside the block."""
-    _registered.append(observer)
-    try:
-        yield observer
-    finally:
-        with contextlib.suppress(ValueError):
-            _registered.remove(observer)
-
-
-def run_observer(*extra: Optional[BatchObserver]) -> ObserverGroup:
-    """The one observer a run calls: ``extra`` plus every :func:`observing` registration."""
-    return ObserverGroup([o for o in extra if o is not None] + list(_registered))
-
-
-# -- the Prefect events ---------------------------------------------------------------------
-
-
-class EventReporter(BatchObserver):
-    """Emits a batch's Prefect events (:mod:`kf2v_tasks.events`), as the rows end and once at the end.
-
-    Per row: ``kf2v.video.failed`` for a failed or cancelled row,
-    ``kf2v.video.possible-duplicate`` for a row whose create was retried after an
-    ambiguous answer, and each video made as a Prefect asset (its frames and audio
-    upstream). Per batch: ``kf2v.budget.exceeded`` when ``max_cost`` left rows out, then
-    ``kf2v.batch.finished`` (also when the batch ends Failed). A dry run emits nothing, and
-    a shard run only its rows' events: the parent run reports the batch.
-    (``kf2v.video.persisted`` is emitted by the persist step itself.)
-
-    Args:
-        assets: record each video made as a Prefect asset.
-    """
-
-    def __init__(self, *, assets: bool = True) -> None:
-        self.assets = assets
-        self.batch_id = uuid4().hex  # the flow run's id once one is seen
-        self.flow_run_id: Optional[str] = None
-        self.attempt = 1
-        self.shard = False
-        self._dry_run = False
-        self._rows: dict[int, ManifestRow] = {}
-        self._fingerprints: dict[str, str] = {}
-        self._models: set[str] = set()
-
-    def _see_run(self) -> None:
-        from prefect.context import FlowRunContext
-
-        ctx = FlowRunContext.get()
-        run = ctx.flow_run if ctx is not None else None
-        if run is not None and self.flow_run_id is None:
-            self.flow_run_id = self.batch_id = str(run.id)
-            self.attempt = attempt_from_tags(run.tags)
-            self.shard = is_shard(run.tags)
-
-    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
-        """Note the run, and each row's model, fingerprint and inputs for its events."""
-        self._see_run()
-        self._dry_run = dry_run
-        self._rows = {r.row_number: r for r in plan.runnable}
-        self._fingerprints = dict(plan.fingerprints)
-        self._models = {r.options.model for r in plan.runnable}
-
-    def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """The row's events: failed, possible duplicate, and the video as an asset."""
-        if self._dry_run:
-            return
-        row = self._rows.get(result.row)
-        model = row.options.model if row is not None else None
-        about = dict(
-            output=result.output,
-            model=model,
-            task_id=result.task_id,
-            fingerprint=self._fingerprints.get(result.id or ""),
-            row_id=result.id,
-            row=result.row,
-            batch_id=self.batch_id,
-        )
-        status = result.status
-        if status in (RowStatus.FAILED, RowStatus.CANCELLED):
-            emit_video_failed(
-                error_code=result.error_code,
-                error_message=result.error_message,
-                # A failed row costs only if its task succeeded (None: billed, price unknown).
-                billed=result.cost is None or result.cost > 0,
-                status=status.value,
-                cost=result.cost,
-                possible_duplicate=result.possible_duplicate,
-                **about,
-            )
-        if result.possible_duplicate and status in (RowStatus.SUCCEEDED, RowStatus.FAILED):
-            emit_possible_duplicate(status=status.value, **about)
-        if self.assets and status is RowStatus.SUCCEEDED and result.output:
-            inputs = [row.first_clip, row.first_frame, row.last_frame, row.audio] if row else []
-            emit_video_asset(
-                result.output,
-                upstream=inputs,
-                name=result.id,
-                metadata={
-                    "sha256": result.sha256,
-                    "bytes": result.bytes,
-                    "task_id": result.task_id,
-                    "model": model,
-                    "cost": result.cost,
-                    "row": result.row,
-                },
-            )
-
-    async def on_stopped(self, summary: BatchSummary) -> None:
-        """A batch that ended early finishes too: ``kf2v.batch.finished``, Failed."""
-        await self.on_finish(summary)
-
-    async def on_finish(self, summary: BatchSummary) -> None:
-        """``kf2v.budget.exceeded`` if rows were left out, then ``kf2v.batch.finished``."""
-        self._see_run()
-        if summary.dry_run or self.shard:
-            return
-        results = summary.results
-
-        def ids(statuses) -> list[str]:
-            return [r.id or str(r.row) for r in results if r.status in statuses][:MAX_LISTED_ROWS]
-
-        facts = dict(
-            flow_run_id=self.flow_run_id,
-            manifest=redact_url(summary.manifest),
-            results_csv=redact_url(summary.results_path),
-            currency=summary.currency,
-            estimated_cost=summary.estimated_cost,
-            spent=summary.spent,
-            max_cost=summary.max_cost,
-            stopped=redact_text(summary.stopped) if summary.stopped else None,
-        )
-        models = sorted(self._models)
-        if summary.over_budget:
-            emit_budget_exceeded(
-                batch_id=self.batch_id,
-                rows=ids({RowStatus.OVER_BUDGET}),
-                output=summary.output,
-                models=models,
-                **facts,
-            )
-        retry = [r for r in results if r.status in RETRYABLE_STATUSES]
-        emit_batch_finished(
-            batch_id=self.batch_id,
-            state="Failed"
-            if summary.failed or summary.over_budget or summary.stopped
-            else "Completed",
-            # A re-run needs the run's parameters: only a flow run can be re-run.
-            retryable=bool(retry or summary.counts.get("shard_failed"))
-            and self.flow_run_id is not None,
-            attempt=self.attempt,
-            output=summary.output,
-            models=models,
-            total=summary.total,
-            counts=summary.counts,
-            failed=summary.failed,
-            over_budget=summary.over_budget,
-            submitted=summary.submitted,
-            reattached=summary.reattached,
-            skipped=summary.skipped,
-            cancelled=summary.cancelled,
-            possible_duplicates=summary.possible_duplicates,
-            wall_seconds=summary.wall_seconds,
-            failed_rows=ids(RETRYABLE_STATUSES),
-            invalid_rows=ids({RowStatus.INVALID}),
-            **facts,
-        )
-
-
-# -- the Prefect artifacts ------------------------------------------------------------------
 
 
 class PrefectReporter(BatchObserver):

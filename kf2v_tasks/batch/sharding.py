@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from kf2v_tasks.batch.reporting import BatchObserver
+from kf2v_tasks.batch.observer import BatchObserver
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
     BatchSummary,
