@@ -5,16 +5,27 @@ Everything a test starts it stops again (servers by process id).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
-import httpx
-import pytest
+# Before Prefect is imported (it reads its settings then): this session's own PREFECT_HOME.
+# Under pytest-xdist each worker is a session, so ephemeral servers' databases, the lanes'
+# lock and lease files and anything else kept there are never shared by tests running at
+# once, nor taken from the developer's own ~/.prefect.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="kf2v-tests-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
-from kf2v_tasks._cli.stack import free_port, stop_process  # noqa: F401  (re-exported for tests)
-from kf2v_tasks.testing import MotoS3Server
-from kf2v_tasks.testing_s3faults import S3FaultProxy
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+from kf2v_tasks._cli.stack import free_port, stop_process  # noqa: F401,E402  (re-exported for tests)
+from kf2v_tasks.testing import MotoS3Server  # noqa: E402
+from kf2v_tasks.testing_s3faults import S3FaultProxy  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -43,6 +54,17 @@ def wait_for_http(url: str, timeout: float = 60.0) -> None:
             last = exc
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up in {timeout}s: {last}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m reads the markers
+def pytest_collection_modifyitems(config, items):
+    """Every test on the Prefect server is slow (it runs flows on a server that takes a
+    while to start); slow tests first, so that on pytest-xdist workers the longest ones
+    start at once instead of being the tail that everyone else waits for."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")
