@@ -1,22 +1,11 @@
 """The fingerprint of a piece of work: same fingerprint, same (paid) video.
 
-It hashes the frames' bytes (not their URLs, which differ between a data URI and an
-upload of the same file), both prompts and every generation parameter (the duration among
-them), and the driving audio's and the first_clip's bytes when there are. The ledger keys
-its records by it, so it must never change for the same work: the document hashed is
-versioned (``"v": 1``) and any change to it needs a new version. Fields added since
-(``audio``, ``clip``) enter the document only when set, so the work of earlier rows keeps
-its fingerprint. A clip's work has no first frame (``"first": ""``), and no last frame
-unless it ends on one.
-
-Example:
-    ```python
-    from kf2v_tasks.dashscope.models import GenerationOptions
-    from kf2v_tasks.generation.fingerprint import fingerprint
-
-    fp = fingerprint(GenerationOptions(), "a cat", None, "ab" * 32, "cd" * 32)
-    assert len(fp) == 64
-    ```
+It hashes the frames' bytes (not their URLs: a data URI and an upload of one file differ),
+both prompts, every generation parameter, and the driving audio's and first_clip's bytes
+when there are. The ledger keys records by it, so it must never change for the same work:
+the hashed document is versioned (``"v": 1``); fields added since (``audio``, ``clip``)
+enter it only when set, so earlier rows keep their fingerprint. A clip's work has no first
+frame (``"first": ""``), and no last frame unless it ends on one.
 """
 
 from __future__ import annotations
@@ -46,17 +35,7 @@ def fingerprint(
 ) -> str:
     """Content fingerprint of a piece of work, as 64 hex characters.
 
-    An empty prompt and no prompt are the same work (the service sends neither). The
-    duration is in the parameters; ``audio_sha256`` (driving audio) and ``clip_sha256``
-    (first_clip) are hashed when given.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.fingerprint import fingerprint
-        a = fingerprint(GenerationOptions(), "", None, "ab" * 32, "cd" * 32)
-        assert a == fingerprint(GenerationOptions(), None, "", "ab" * 32, "cd" * 32)
-        ```
+    An empty prompt and no prompt are the same work (the service sends neither).
     """
     doc = {
         "v": FINGERPRINT_VERSION,
@@ -80,21 +59,7 @@ def request_fingerprint(
     negative_prompt: Optional[str],
     options: GenerationOptions,
 ) -> str:
-    """Fingerprint of a generation from its validated frames (and audio), prompts and options.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import GenerationOptions
-        from kf2v_tasks.generation.fingerprint import fingerprint, request_fingerprint
-        from kf2v_tasks.generation.models import FrameInfo, FramePair
-        info = FrameInfo(
-            source="a.png", sha256="ab" * 32, size_bytes=10, width=320, height=240,
-            format="PNG", mode="RGB", transport="data_uri",
-        )
-        fp = request_fingerprint(FramePair(first=info, last=info), "pan", None, GenerationOptions())
-        assert fp == fingerprint(GenerationOptions(), "pan", None, "ab" * 32, "ab" * 32)
-        ```
-    """
+    """Fingerprint of a generation from its validated frames (and audio), prompts and options."""
     first, last, audio, clip = (
         f.sha256 if f is not None else None
         for f in (frames.first, frames.last, frames.audio, frames.clip)

@@ -1,25 +1,16 @@
 """The durable ledger: one JSON record per fingerprint, so the same work is never paid twice.
 
-Layout: ``<root>/.kf2v/ledger/<fingerprint>.json`` on the output storage (local disk or any
-fsspec URL). Every write replaces the whole record atomically — a temp file plus
-``os.replace`` on local disk, a single PUT on object stores — so a reader sees the old
-record or the new one, never half of one.
+Layout: ``<root>/.kf2v/ledger/<fingerprint>.json`` on the output storage. Every write
+replaces the whole record atomically (temp file + ``os.replace`` locally, one PUT on object
+stores), so a reader never sees half a record. The record's state machine is
+:mod:`kf2v_tasks.generation.ledger_record` (re-exported here); how a task ended is written
+by :mod:`kf2v_tasks.generation.outcome`.
 
-The record and its state machine live in :mod:`kf2v_tasks.generation.ledger_record`
-(re-exported here); this module stores records. How a task ended is written by
-:mod:`kf2v_tasks.generation.outcome`.
-
-Concurrency: the flow deduplicates rows by fingerprint before submitting, so two workers
-of one run never write the same record at the same time. Two *separate* runs on the same
-output root (an overlapping schedule, a retry of a run marked crashed) are kept apart by
-claims (:mod:`kf2v_tasks.generation.claims`): only the run holding a fingerprint's claim
-creates its task and writes its record until the task id is known; the others re-attach.
-:func:`~kf2v_tasks.generation.outcome.record_outcome` releases the claim once the task
-ended without a video.
-
-Secrets never land here: every string is passed through :func:`kf2v_tasks.redaction.scrub`
-(URL query strings such as the signatures of ``video_url``, and anything shaped like an
-API key) before every write.
+Concurrency: a run deduplicates rows by fingerprint, so its workers never write one record
+at once; separate runs on one output are kept apart by claims
+(:mod:`kf2v_tasks.generation.claims`): only the claim holder creates the task and writes the
+record until the task id is known. Every string is scrubbed
+(:func:`kf2v_tasks.redaction.scrub`) before every write: no signed URL or key lands here.
 """
 
 from __future__ import annotations

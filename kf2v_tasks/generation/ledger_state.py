@@ -1,12 +1,9 @@
-"""The vocabulary of the ledger: the states of a piece of work, its errors, task lifetimes.
+"""The ledger's vocabulary: the states of a piece of work, its errors, task lifetimes.
 
-A ledger record (:mod:`kf2v_tasks.generation.ledger_record`) is in one of the
-:class:`LedgerState` states and moves between them only through its transitions; a move
-from the wrong state raises :class:`IllegalTransitionError`. Whether a recorded task can
-still deliver its video depends on how it ended (:data:`DEAD_STATUSES`) and on its age
-(:data:`TASK_TTL`, :data:`TASK_TTL_MARGIN`). Times are aware UTC (:func:`utc`).
-
-Everything here is also exported by :mod:`kf2v_tasks.generation.ledger_record`.
+A record moves between :class:`LedgerState` states only through its transitions
+(:mod:`kf2v_tasks.generation.ledger_record`, which re-exports all of this). Whether a task
+can still deliver depends on how it ended (:data:`DEAD_STATUSES`) and its age
+(:data:`TASK_TTL`, :data:`TASK_TTL_MARGIN`). Times are aware UTC.
 """
 
 from __future__ import annotations

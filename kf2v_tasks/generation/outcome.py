@@ -43,19 +43,13 @@ async def record_outcome(
 ) -> None:
     """Write how a task ended into its ledger record, so a dead task is never reused.
 
-    ``outcome`` is the final :class:`~kf2v_tasks.dashscope.models.TaskState` or the error
-    that polling raised. A terminal state or a task error moves the record with
-    :meth:`LedgerRecord.ended`; a :class:`~kf2v_tasks.errors.TaskTimeoutError` is only
-    logged as an event (the task may still finish, and a resume re-attaches to it); any
-    other error says nothing about the task and writes nothing. Nothing is written when
-    there is no ledger, no record, or the record now follows another task (the work was
-    re-created since).
+    ``outcome`` is the final state or the error polling raised. A timeout is only an event
+    (the task may still finish, a resume re-attaches); other errors say nothing about the task
+    and write nothing; nor does a record that now follows another task (re-created since).
 
-    ``persist_follows``: the caller keeps the video next, with this ledger
-    (:func:`~kf2v_tasks.generation.persist.persist_task_video`). A success is then not
-    written now but put off (:meth:`Ledger.defer`) and written with "persisted", one write
-    instead of two; if the video cannot be kept, persisting writes it alone. A success is
-    the one outcome a record may lack for a while: "submitted" is reused exactly alike.
+    ``persist_follows``: the caller keeps the video next with this ledger, so a success is
+    deferred (:meth:`Ledger.defer`) and written with "persisted", one write instead of two.
+    Safe because "submitted" is reused exactly as a recorded success is.
     """
     if ledger is None or not fingerprint:
         return

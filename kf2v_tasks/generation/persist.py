@@ -1,15 +1,12 @@
 """Keeping a finished task's video: stream it to storage, preview it, write its sidecar, close
 its ledger entry.
 
-Order matters for crash safety: the video is committed first (atomically), then its
-previews (poster and strip, :mod:`kf2v_tasks.generation.previews`), then the sidecar, then
-the ledger says "persisted" with the previews in the record. A crash anywhere in between
-leaves the ledger at "submitted", so a re-run re-attaches to the same task and downloads
-again — it never generates again. A video whose previews cannot be made is still kept
-(it was paid for): the record says so by having none, and the next run tries again. A
-record written before previews existed gets them from the stored video on the next run
-(:func:`find_persisted`), with no DashScope call. Keeping a video (or failing to) ends the row's work, so this process's
-claim on the fingerprint is released (:mod:`kf2v_tasks.generation.claims`).
+Order matters for crash safety: video (atomically), previews, sidecar, then the ledger says
+"persisted". A crash in between leaves the ledger at "submitted", so a re-run re-attaches
+and downloads again, never generates again. A video whose previews fail is still kept (it
+was paid for); the record has none and the next run makes them from the stored file
+(:func:`find_persisted`), with no DashScope call. Keeping a video (or failing to) releases
+this process's claim on the fingerprint (:mod:`kf2v_tasks.generation.claims`).
 """
 
 from __future__ import annotations
@@ -122,31 +119,22 @@ async def persist_task_video(
 ) -> PersistedVideo:
     """Stream ``state.video_url`` to ``destination`` atomically and record it.
 
-    The video is paid for, so its download never gives up on a transient failure while
-    the URL can still work: it keeps retrying (with backoff, refreshing an expired URL)
-    until 24 service hours after the task ended (:func:`link_expiry`), or until
-    ``deadline``. Only a permanent answer ends it sooner; the error then says that the
-    video is still at the service and that a re-run fetches it (nothing is paid twice).
+    The video is paid for, so a transient failure never ends the download while the URL can
+    still work: it retries (refreshing an expired URL) until 24 service hours after the task
+    ended (:func:`link_expiry`) or ``deadline``. A permanent answer ends it sooner; the error
+    says the video is still at the service and a re-run fetches it (nothing paid twice).
 
     Args:
-        state: a SUCCEEDED task state (from ``poll_until_done``).
-        destination: any fsspec URL or local path of the video.
-        client: used to re-query the task when the signed URL has expired.
-        submission: the submission, for the sidecar and the ledger.
+        client: re-queries the task when the signed URL has expired.
         ledger: marks the fingerprint "persisted" once the files are committed.
-        storage_options: fsspec options of the destination.
         extra: more fields for the sidecar (e.g. the manifest row).
         price_table: prices for the video's cost (default: the built-in table).
-        deadline: the run's own deadline, a :func:`kf2v_tasks.clock.now` reading (service
-            seconds) after which the download starts no new wait; ``None``: the URL's life.
-
-    Returns:
-        The :class:`PersistedVideo`, with its model, resolution, length, prompts and cost.
+        deadline: a :func:`kf2v_tasks.clock.now` reading after which the download starts no
+            new wait; ``None``: the URL's life.
 
     Raises:
         ValueError: ``state`` is not SUCCEEDED with a video URL.
-        DownloadError: the video could not be fetched now; the message says until when
-            it stays at the service (a re-run re-attaches to the task and fetches it).
+        DownloadError: not fetchable now; the message says until when it stays at the service.
         TaskExpiredError: the service no longer has the task: its video is gone.
     """
     fingerprint = submission.fingerprint if submission else None
@@ -292,12 +280,9 @@ async def _persist(
 
 
 def _created_here(submission: Optional[Submission]) -> bool:
-    """Whether this submission created its task, and the task can still deliver its video.
-
-    Then no sidecar of this task can be in storage unless this process wrote it (and it
-    remembers that) or another run that re-attached to the task kept it while we still
-    held the claim past its wait for us: then we fetch it again, nothing lost or paid. A
-    task past its lifetime could not be fetched again: its sidecar is always looked for.
+    """Whether this submission created its still-deliverable task, so no sidecar of it can be
+    in storage unless we wrote it (or a re-attached run kept it: we fetch again, nothing
+    paid). A task past its lifetime could not be fetched again: its sidecar is always sought.
     """
     if submission is None or submission.reused:
         return False
@@ -383,18 +368,12 @@ async def find_persisted(
 ) -> Optional[PersistedVideo]:
     """The video of this work if an earlier run already kept it at ``destination``, intact.
 
-    Checked without any DashScope call: the ledger says "persisted" at this path and the
-    file still hashes to the recorded sha256. Its model, resolution, length and cost come
-    from the ledger record; the prompts, its sound (``audio``, ``audio_source``) and anything
-    an older record lacks from the sidecar. A video made at an unknown price keeps it
-    unknown; only one kept before costs were written is priced with ``price_table``.
-    Pass ``record`` (possibly ``None``) when the caller has already read the ledger, to
-    skip reading it again.
-
-    A record kept before previews existed (or whose previews could not be made) gets
-    them now, from the stored video, and records them in the ledger: no DashScope call,
-    nothing paid. ``make_missing_previews=False`` writes nothing (the video is returned
-    with ``previews=None``); a record that has previews never makes them again.
+    No DashScope call: the ledger says "persisted" at this path and the file still hashes to
+    the recorded sha256. Facts come from the record, the prompts, sound and whatever an older
+    record lacks from the sidecar. An unknown price stays unknown; only a video kept before
+    costs were recorded is priced with ``price_table``. ``record`` (possibly ``None``) skips a
+    second ledger read. Missing previews are made now from the stored video (nothing paid)
+    unless ``make_missing_previews=False``, which writes nothing (``previews=None``).
     """
     from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file
 

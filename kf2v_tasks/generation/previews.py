@@ -1,17 +1,10 @@
 """Previews of a kept video: a poster (its middle frame) and a strip of first, middle, last.
 
-Both are JPEGs beside the video, named after it (:func:`preview_paths`)::
-
-    out/sunrise.mp4          the video
-    out/sunrise.poster.jpg   its middle frame, at the video's own size
-    out/sunrise.strip.jpg    first | middle | last, each STRIP_HEIGHT px high, side by side
-
-They are decoded from the stored video itself (PyAV), never from the keyframes the row
-was asked with, so they show what was actually made. The video is read once: its frame
-count comes from the container (or, when the container does not say, from counting
-packets, which decodes nothing), then one decoding pass keeps the three frames. Each JPEG
-is written atomically through :mod:`kf2v_tasks.storage.files`, so a reader never sees
-half a poster. PyAV is imported when a preview is made, not when this module is.
+JPEGs beside the video (``out/a.poster.jpg``, ``out/a.strip.jpg``; :func:`preview_paths`),
+decoded from the stored video itself, never from the row's keyframes, so they show what
+was actually made. One decoding pass: the frame count comes from the container, or from
+counting packets (which decodes nothing). Written atomically; PyAV loads only when a
+preview is made.
 """
 
 from __future__ import annotations
@@ -208,14 +201,7 @@ async def make_previews(
 ) -> Previews:
     """Decode the stored video at ``video_path`` and write its poster and strip beside it.
 
-    Args:
-        video_path: any fsspec URL or local path of a kept video.
-        storage_options: fsspec options of that storage.
-        size: the video's size in bytes, when the caller has just written it (saves
-            asking the store; on S3 one HeadObject).
-
-    Returns:
-        The :class:`Previews`: where the JPEGs are and which frames they show.
+    ``size``: the video's bytes when the caller just wrote it (saves a HeadObject on S3).
 
     Raises:
         PreviewError: the video cannot be decoded.
@@ -240,25 +226,11 @@ async def make_previews(
 async def copy_previews(
     src_video: str, dest_video: str, *, storage_options: Optional[dict] = None
 ) -> Optional[Previews]:
-    """Previews for ``dest_video``, a byte-for-byte copy of the kept ``src_video``.
+    """Previews for ``dest_video``, a byte-for-byte copy of the kept ``src_video`` (no DashScope call).
 
-    A row that does the same work as an earlier row gets a copy of its video
-    (:func:`~kf2v_tasks.storage.files.copy_video`); this gives the copy its own poster and
-    strip, named after it. The source's JPEGs are copied when its sidecar records them for
-    the very video that was copied (same sha256 as the copy's sidecar); otherwise (a
-    source kept before previews existed, JPEGs gone) they are decoded from the copy. The
-    copy's sidecar then names its own previews, not the source's. No DashScope call.
-
-    Previews never fail a row: when they cannot be made this logs a warning and returns
-    ``None`` (the copied video stays).
-
-    Args:
-        src_video: the kept video that was copied.
-        dest_video: the copy.
-        storage_options: fsspec options of both (one output folder).
-
-    Returns:
-        The copy's :class:`Previews`, or ``None`` when none could be made.
+    The source's JPEGs are copied when its sidecar records them for the very video copied
+    (same sha256); otherwise they are decoded from the copy. The copy's sidecar then names its
+    own previews. Previews never fail a row: ``None`` (logged) when none could be made.
     """
     dest_side = await _sidecar(dest_video, storage_options)
     try:

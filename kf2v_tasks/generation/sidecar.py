@@ -211,11 +211,12 @@ def remember_sidecar(path: str, doc: dict[str, Any]) -> None:
 
 
 def written_sidecar(path: str, *, forget: bool = False) -> Optional[dict[str, Any]]:
-    """The sidecar this process last wrote at ``path`` (``None``: none kept; read the file).
+    """The sidecar this process last wrote at ``path`` (``None``: read the file).
 
     ``forget``: the caller keeps what it needs (the gallery reads each row once).
-    Another process may have rewritten the file since: use it where that is harmless
-    (what a page shows, whether a download is needed again), never to decide payment.
+
+    Another process may have rewritten it since: use it where that is harmless (what a page
+    shows, whether to download again), never to decide payment.
     """
     with _written_lock:
         return _written.pop(path, None) if forget else _written.get(path)

@@ -1,18 +1,14 @@
 """Join the clips of a storyboard into one MP4, without the duplicated boundary frames.
 
-Clip ``k`` of a storyboard ends on keyframe ``k+1`` and clip ``k+1`` starts on it, so the
-film keeps the first frame of clip 1 and drops the first frame of every later clip: ``n``
-clips of ``f`` frames give ``n*f - (n-1)`` frames.
+Clip ``k`` ends on keyframe ``k+1`` and clip ``k+1`` starts on it, so every clip after the
+first loses its first frame: ``n`` clips of ``f`` frames give ``n*f - (n-1)`` frames.
 
-The film is **remuxed** (the clips' packets copied, nothing decoded) when the streams allow
-it: every clip has the same codec, size, pixel format, frame rate and codec parameters, and
-every later clip's first frame can be skipped cleanly, which needs its second packet to be
-a keyframe (an all-intra stream). Long-GOP H.264, as DashScope and the simulator send,
-predicts frame 2 from frame 1: dropping frame 1 without decoding would corrupt the start of
-each clip, so the film is then **re-encoded** (decoded, boundary frames dropped, encoded
-once at CRF 18) and :attr:`StitchResult.reencode_reason` says why. Audio is not carried.
-
-Plain functions, no Prefect; the heavy work runs in a worker thread.
+The film is **remuxed** (packets copied) when every clip has the same codec, size, pixel
+format, frame rate and parameters and each later clip's second packet is a keyframe.
+Long-GOP H.264, as DashScope and the simulator send, predicts frame 2 from frame 1, so
+dropping frame 1 without decoding would corrupt each clip's start: the film is then
+**re-encoded** (CRF 18) and :attr:`StitchResult.reencode_reason` says why. Audio is not
+carried. The heavy work runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -241,14 +237,8 @@ def _reencode(clips: Sequence[_Clip], dest: str) -> tuple[int, str]:
 def stitch_local(
     clips: Sequence[str], dest: str, *, reencode: Optional[bool] = None
 ) -> StitchResult:
-    """Stitch local clip files into the local file ``dest`` (written in place; see
-    :func:`stitch_clips` for the atomic, any-storage version).
-
-    Args:
-        clips: the clips, in order (at least one).
-        dest: the film, a local path.
-        reencode: None: remux when the streams allow, else re-encode; True: always
-            re-encode; False: remux or raise :class:`StitchError`.
+    """Stitch local clips into the local file ``dest``, in place (:func:`stitch_clips` is the
+    atomic, any-storage version); ``reencode`` as there.
     """
     if not clips:
         raise StitchError("no clips to stitch")
@@ -337,18 +327,12 @@ async def stitch_clips(
 ) -> StitchResult:
     """Join ``clips`` (in order) into the MP4 ``output``, dropping each duplicated boundary frame.
 
-    Remuxes when the streams allow, else re-encodes (see the module docstring); the
-    result and the log say which, and why. The film appears complete or not at all.
+    The film appears complete or not at all; the result and the log say whether it was
+    re-encoded, and why.
 
     Args:
-        clips: the clips, paths or fsspec URLs, in storyboard order.
-        output: the film, a path or fsspec URL ending in .mp4.
-        storage_options: fsspec options for the clips and the film.
         reencode: None: decide from the streams; True: always re-encode; False: remux
             or raise :class:`StitchError`.
-
-    Returns:
-        What was written: frames, whether it was re-encoded and why, sha256, size.
 
     Raises:
         StitchError: a clip cannot be read or has no video (the clip is named).

@@ -1,13 +1,11 @@
 """Submitting a generation without ever paying twice for the same work.
 
-Before a create, the ledger is asked whether this fingerprint already has a valid
-task (submitted < 24 h ago, not FAILED/UNKNOWN/CANCELED): if so it is reused. The
-intent to create is written *before* the POST ("submitting"), so a crash between the
-POST and recording its task id is seen on resume as an ambiguous create, never as
-"nothing happened". Every change of the record goes through its transitions
-(:mod:`kf2v_tasks.generation.ledger_record`). Two runs on the same output (an overlapping
-schedule, a retry of a run marked crashed) are kept from both creating by a claim on the
-fingerprint (:mod:`kf2v_tasks.generation.claims`): the loser re-attaches to the winner's task.
+The ledger is asked first whether this fingerprint has a task that can still deliver
+(submitted < 24 h ago, not FAILED/UNKNOWN/CANCELED): then it is reused. The intent to create
+is written *before* the POST, so a crash between the POST and recording its task id is seen
+on resume as an ambiguous create, never as "nothing happened". Two runs on one output are
+kept from both creating by a claim on the fingerprint
+(:mod:`kf2v_tasks.generation.claims`): the loser re-attaches to the winner's task.
 """
 
 from __future__ import annotations
@@ -124,34 +122,22 @@ async def submit_generation(
 ) -> Submission:
     """Create the remote task for a validated frame pair, or reuse a valid earlier one.
 
-    With a ledger, the work is claimed before a create (:mod:`~kf2v_tasks.generation.claims`):
-    when another run holds the claim, this one waits (bounded) for that run's task id and
-    re-attaches to it (``reused=True``), so overlapping runs never pay twice. The claim
-    stays held (and renewed) while the caller polls and persists; it is released when the
-    video is persisted or the task ended without one (or here, when the create fails).
+    With a ledger, the work is claimed before a create: when another run holds the claim,
+    this one waits (bounded) for its task id and re-attaches (``reused=True``). The claim stays
+    held while the caller polls and persists; it is released once the video is persisted or
+    the task ended without one (or here, when the create fails).
 
     Args:
-        client: an open :class:`~kf2v_tasks.dashscope.client.Kf2vClient`.
-        frames: the validated pair from ``validate_frames``.
-        prompt: text prompt.
-        negative_prompt: what to avoid.
-        options: model and parameters.
-        ledger: the durable record; without one, nothing protects a re-run from paying twice.
-        ambiguous_policy: what an ambiguous create leads to.
+        ledger: without one, nothing protects a re-run from paying twice.
         row_id: manifest row id, recorded in the ledger for people reading it.
-        account: the name of the account the task is created on (never a key), recorded
-            in the ledger so that a re-run polls and downloads from that account.
+        account: the account's name (never a key), recorded so a re-run polls and downloads
+            from that account.
         storage_options: fsspec options for reading the frames again at send time.
-        claims: lease and wait lengths of the claim (default :class:`ClaimPolicy`);
-            ``ClaimPolicy(enabled=False)`` skips claiming (a single run on its own output).
-        record: this work's ledger record (or ``None``) as the caller already read it (a
-            batch, at planning): it decides whether to claim, in place of a read. It may
-            be old: the record is read again under the claim before any create, and a
-            task it names is checked at the service before it is reused. Ignored when
-            claims are off (then the one read is the only guard, and is made here).
-
-    Returns:
-        The :class:`Submission` (``already_persisted_at`` set when the video is kept already).
+        claims: lease and wait lengths; ``ClaimPolicy(enabled=False)`` skips claiming.
+        record: this work's record (or ``None``) as the caller already read it: it decides
+            whether to claim, in place of a read. It may be old: it is read again under the
+            claim before any create, and a task it names is checked at the service before
+            reuse. Ignored when claims are off (then the one read is made here).
 
     Raises:
         AmbiguousCreateError: when the policy forbids (another) retry.
