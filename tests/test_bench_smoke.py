@@ -80,6 +80,7 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
         assert 0 < b8[key]["min"] <= b8[key]["median"] <= b8[key]["max"]
     assert b8["traces"][0]["first create"] < b8["traces"][0]["end"]
     assert b8["server_fresh_home_s"] > 0 and b8["server_used_home_s"] > 0
+    assert b8["server_phases"]["import_s"] > 0 and b8["server_phases"]["migrate_s"] > 0
 
     # B7: one kf2v batch over two accounts (credentials_block a list of two blocks).
     b7 = res["b7"]
