@@ -141,8 +141,11 @@ def test_lifecycle_and_usage_shapes(make_sim):
 
 
 def test_queueing_respects_max_concurrent(make_sim):
+    # Speed 100: tasks of 0.4-1.2 real s outlast a create on a loaded machine, so the queue fills.
     sim = make_sim(
-        max_concurrent=2, runtime=RuntimeDistribution(kind="uniform", low=40.0, high=120.0)
+        max_concurrent=2,
+        speed=100.0,
+        runtime=RuntimeDistribution(kind="uniform", low=40.0, high=120.0),
     )
     ids = [create(sim).json()["output"]["task_id"] for _ in range(7)]
     for task_id in ids:
