@@ -356,3 +356,10 @@ def test_a_prefect_cancellation_cancels_the_queued_tasks(tmp_path):
     assert stats["pending"] == 0, diagnostics(stack, str(stats))
     cancelled = [t for t in rows if t["status"] == "CANCELED"]
     assert len(cancelled) == queued and all(t["started"] is None for t in cancelled)
+    # Under a worker too, results.csv says what is left and no claim outlives the run.
+    results = from_csv((tmp_path / "out" / "results.csv").read_text())
+    assert len(results) == 6 and {r.status.value for r in results} <= {
+        "succeeded", "cancelled", "not_run"
+    }, results  # fmt: skip
+    assert sum(r.status.value == "cancelled" for r in results) == queued
+    assert not list((tmp_path / "out" / ".kf2v" / "claims").glob("*.json"))
