@@ -1,15 +1,8 @@
 """One way to keep secrets out of text: API keys, bearer tokens and signed-URL queries.
 
-Everything this package writes where people or other programs can read it (log lines,
-exception messages, ledger records, sidecars, results, artifacts) goes through these
-helpers first:
-
-* :func:`redact_text` blanks the secrets it is given, drops the query string of every
-  ``http(s)://`` / ``oss://`` URL in the text (signatures and expiry live there), drops a
-  URL's ``user:password@`` part, and masks ``sk-...`` API-key shapes and
-  ``Bearer <token>`` values it was *not* told about;
-* :func:`redact_url` trims one URL to scheme, host and path;
-* :func:`scrub` applies :func:`redact_text` to every string inside dicts, lists and tuples.
+Everything this package writes where people or programs can read it (logs, exception
+messages, ledger records, sidecars, results, artifacts) goes through these helpers first:
+:func:`redact_text` for text, :func:`redact_url` for one URL, :func:`scrub` for documents.
 """
 
 from __future__ import annotations
@@ -36,16 +29,10 @@ _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
 def redact_text(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
     """``text`` with secrets, signed-URL queries, URL credentials and key shapes removed.
 
-    Args:
-        text: any text (a server message, an exception string, a log argument).
-        secrets: exact values to blank out (e.g. the API key in use); empty ones are
-            ignored. Each becomes ``[secure]``.
-
-    Returns:
-        The text with every given secret replaced by ``[secure]``, the query string (and
-        fragment) of every ``http(s)://`` / ``oss://`` URL dropped, ``user:pass@`` removed
-        from URLs, ``sk-...`` keys shown as ``sk-[secure]`` and ``Bearer <token>`` as
-        ``Bearer [secure]``.
+    Every given ``secrets`` value becomes ``[secure]``; the query string and fragment of every
+    ``http(s)://`` / ``oss://`` URL are dropped (signatures and expiry live there), and so is
+    a URL's ``user:pass@``; ``sk-...`` keys and ``Bearer <token>`` values it was *not* told
+    about are masked too.
     """
     # Longest first: a secret that contains another is blanked whole.
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
@@ -74,14 +61,8 @@ def redact_url(url: Optional[str]) -> Optional[str]:
 
 
 def scrub(value: Any, secrets: Iterable[Optional[str]] = ()) -> Any:
-    """``value`` with :func:`redact_text` applied to every string inside it.
-
-    Walks dicts (values only: keys are field names), lists and tuples, returning new
-    containers of the same kind; enum members and anything else are returned as is.
-
-    Args:
-        value: a JSON-like document (a ledger record, a sidecar, an error detail).
-        secrets: exact values to blank out, as for :func:`redact_text`.
+    """``value`` with :func:`redact_text` applied to every string inside it: dict values (keys
+    are field names), lists and tuples, as new containers of the same kind.
     """
     known = tuple(s for s in secrets if s)
     return _scrub(value, known)

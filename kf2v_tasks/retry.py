@@ -67,12 +67,8 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * 2.0**exponent)
 
     def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
-        """Service seconds to wait after failed attempt number ``attempt`` (1-based).
-
-        Args:
-            attempt: how many attempts have failed so far.
-            retry_after: the server's ``Retry-After`` in seconds, if it sent one; the
-                result is never shorter than it.
+        """Service seconds to wait after failed attempt number ``attempt`` (1-based); never
+        shorter than the server's ``retry_after``.
         """
         base = self.backoff(attempt)
         wait = base * (1.0 - self.jitter * self.rand())
@@ -98,18 +94,12 @@ async def retry_call(
 ) -> T:
     """Await ``fn()`` until it succeeds, retrying the errors ``is_retryable`` accepts.
 
-    ``fn`` is called at most ``policy.max_attempts`` times in total, the first call
-    included. Between calls it sleeps ``policy.delay(attempt, error.retry_after)``
-    service seconds through :func:`kf2v_tasks.clock.sleep`: at most
-    ``policy.worst_case_wait()`` in all, unless a ``Retry-After`` asks for longer. The
-    last error is re-raised when it is not retryable or the attempts are used up.
-    Cancellation (``BaseException``) is never retried.
-
-    Args:
-        fn: a zero-argument coroutine function; each call is one attempt.
-        policy: the backoff schedule.
-        is_retryable: which errors to retry (default: :class:`~kf2v_tasks.errors.TransientError`).
-        on_retry: called as ``on_retry(attempt, error, delay)`` before each wait.
+    At most ``policy.max_attempts`` calls, the first included, with ``policy.delay(...)``
+    service seconds between them (at most ``policy.worst_case_wait()`` unless a
+    ``Retry-After`` asks for longer). The last error is re-raised when not retryable or out
+    of attempts. Cancellation (``BaseException``) is never retried. ``is_retryable`` defaults
+    to :class:`~kf2v_tasks.errors.TransientError`; ``on_retry(attempt, error, delay)`` runs
+    before each wait.
     """
     attempt = 0
     while True:

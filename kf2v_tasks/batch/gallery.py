@@ -1,22 +1,15 @@
 """The gallery: ``index.html`` in the output folder, one card per row, rewritten as rows finish.
 
-Each card shows the row's poster and an inline ``<video>`` player, its strip (first,
-middle and last frames), the prompt and the prompt the service actually used, the status,
-the cost and, for a row that did not succeed, its error. The page itself (self-contained,
-every value escaped) is made by :mod:`kf2v_tasks.batch.gallery_page`; its names are
-exported here too. On S3 the page is stored as ``text/html``, so static hosting and a
-presigned URL show it rather than download it.
+Each card shows the poster, an inline player, the strip, the prompt (and the one the
+service actually used), status, cost and error. The page (self-contained, every value
+escaped) is :mod:`kf2v_tasks.batch.gallery_page`, re-exported here. On S3 it is stored as
+``text/html``, so static hosting and a presigned URL show it rather than download it.
 
-:class:`GalleryWriter` has the three methods of a
-:class:`~kf2v_tasks.batch.reporting.BatchObserver`: it learns the prompts from the plan,
-rewrites the page at most once per ``min_interval`` seconds while rows finish (less often
-for pages that take long to build), and once more at the end. What a finished row's video
-holds (the actual prompt, its previews) is read once from its sidecar, or taken from memory
-when this process has just written it.
-
-A page never shows less than the output holds: the rows of the output's results.csv that
-this run's manifest has no row for (another manifest into the same folder) keep their
-cards, after this run's, marked "earlier run" (as results.csv keeps them).
+:class:`GalleryWriter` rewrites the page at most once per ``min_interval`` (less often
+when pages take long to build) and once at the end; a row's sidecar is read once, or taken
+from memory when this process just wrote it. A page never shows less than the output
+holds: rows of the output's results.csv this run has none for keep their cards, marked
+"earlier run" (as results.csv keeps them).
 """
 
 from __future__ import annotations
@@ -146,13 +139,9 @@ def _key(r: RowResult) -> tuple[bool, int]:
 class GalleryWriter:
     """Keeps ``index.html`` in the output folder up to date while a batch runs.
 
-    It has :class:`~kf2v_tasks.batch.reporting.BatchObserver`'s three methods; it never
-    fails a batch (a failed write is logged and the next one tries again).
-
-    Args:
-        storage_options: fsspec options of the output folder.
-        min_interval: seconds between two rewrites while rows finish.
-        link: how a stored file becomes a link (default: relative to the output root).
+    It has :class:`~kf2v_tasks.batch.observer.BatchObserver`'s methods; it never fails a
+    batch (a failed write is logged and the next one tries again). ``link`` makes a stored
+    file a link (default: relative to the output root).
     """
 
     def __init__(
@@ -261,11 +250,7 @@ class GalleryWriter:
     async def cards(
         self, link: Optional[Callable[[str, Optional[str]], Optional[str]]] = None
     ) -> list[GalleryCard]:
-        """The gallery's cards for the rows known so far, in row order.
-
-        Args:
-            link: how a stored file becomes a link (default: this writer's ``link``).
-        """
+        """The gallery's cards for the rows known so far, in row order (``link``: as the writer's)."""
         results = self._rows()
         todo = [r for r in results if r.status in _MADE and r.output and _key(r) not in self._made]
         found = await asyncio.gather(

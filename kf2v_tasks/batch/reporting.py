@@ -75,15 +75,14 @@ class PrefectReporter(BatchObserver):
     """Creates and updates the batch's artifacts in the current flow run, and its gallery.
 
     Args:
-        key_prefix: artifact keys start with it.
         min_interval: seconds between two progress updates (and two gallery rewrites).
         storage_options: fsspec options of the output folder (to write the gallery and
-            to presign links to S3 objects).
-        gallery: keep ``index.html`` in the output folder up to date (not in dry runs).
+            presign links to S3 objects).
+        gallery: keep ``index.html`` up to date (not in dry runs).
         link_expiry: seconds the presigned links of S3 outputs work (at most 7 days).
         max_images: posters shown as image artifacts (S3 outputs only).
-        events: emit the batch's Prefect events (an :class:`EventReporter`).
-        assets: with events, record each video made as a Prefect asset.
+        events: emit the batch's Prefect events (an :class:`EventReporter`); ``assets``:
+            with them, record each video made as a Prefect asset.
     """
 
     def __init__(

@@ -36,18 +36,11 @@ RETRYABLE_STATUSES = frozenset({RowStatus.FAILED, RowStatus.CANCELLED, RowStatus
 
 
 class EventReporter(BatchObserver):
-    """Emits a batch's Prefect events (:mod:`kf2v_tasks.events`), as the rows end and once at the end.
+    """Emits a batch's events as the rows end and once at the end (see the module docstring).
 
-    Per row: ``kf2v.video.failed`` for a failed or cancelled row,
-    ``kf2v.video.possible-duplicate`` for a row whose create was retried after an
-    ambiguous answer, and each video made as a Prefect asset (its frames and audio
-    upstream). Per batch: ``kf2v.budget.exceeded`` when ``max_cost`` left rows out, then
-    ``kf2v.batch.finished`` (also when the batch ends Failed). A dry run emits nothing, and
-    a shard run only its rows' events: the parent run reports the batch.
-    (``kf2v.video.persisted`` is emitted by the persist step itself.)
-
-    Args:
-        assets: record each video made as a Prefect asset.
+    ``kf2v.batch.finished`` is emitted also when the batch ends Failed;
+    ``kf2v.video.persisted`` is emitted by the persist step itself, not here. ``assets``:
+    record each video made as a Prefect asset (its frames and audio upstream).
     """
 
     def __init__(self, *, assets: bool = True) -> None:

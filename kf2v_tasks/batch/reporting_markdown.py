@@ -119,14 +119,10 @@ def summary_markdown(
 ) -> str:
     """The markdown summary: counts, cost, time, the videos and the failures.
 
-    Args:
-        summary: the batch's summary.
-        max_links: videos listed at most (the rest are in results.csv and the gallery).
-        max_failures: failures listed at most.
-        links: presigned links by stored path (videos, posters, the gallery): those
-            become links, with their expiry stated; any other stored path is shown as
-            text, since a browser cannot follow ``s3://`` or ``file://`` from the UI.
-        gallery: where the gallery (``index.html``) is.
+    ``max_links`` videos and ``max_failures`` failures are listed at most (the rest are in
+    results.csv and the gallery). Paths in ``links`` (presigned) become links with their
+    expiry stated; any other stored path is text, since a browser cannot follow ``s3://`` or
+    ``file://`` from the UI.
     """
     s = summary
     links = links or {}

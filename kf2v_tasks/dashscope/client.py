@@ -1,18 +1,14 @@
 """Async HTTP client for the DashScope kf2v API (create, query, cancel, list, upload).
 
 Creates go to the path of the model's protocol (kf2v or media, see
-:mod:`kf2v_tasks.dashscope.catalog`); everything after the create is the same task API.
-
-One pooled :class:`httpx.AsyncClient` per :class:`Kf2vClient` (the plumbing, and how the
-API key is kept out of every repr, log line and error, is in
-:mod:`kf2v_tasks.dashscope.session`). Answers become typed errors through the one table in
-:mod:`kf2v_tasks.dashscope.error_table`, read by :mod:`kf2v_tasks.dashscope.responses`.
-Every request goes through the client's :class:`~kf2v_tasks.retry.RetryPolicy` (the only
-retry layer: Prefect tasks do not retry on top of it): at most ``retry.max_attempts``
+:mod:`kf2v_tasks.dashscope.catalog`); everything after is the same task API. The HTTP
+plumbing (and how the API key stays out of every repr, log line and error) is
+:mod:`kf2v_tasks.dashscope.session`; answers become typed errors through
+:mod:`kf2v_tasks.dashscope.error_table`. The client's :class:`~kf2v_tasks.retry.RetryPolicy`
+is the only retry layer (Prefect tasks do not retry on top of it): ``retry.max_attempts``
 attempts in total, the first included (8 by default). A create is resent only when it
 certainly created no task (429, 503, connection never established); anything that leaves
-its outcome open raises :class:`~kf2v_tasks.errors.AmbiguousCreateError` at once and is
-never resent.
+its outcome open raises :class:`~kf2v_tasks.errors.AmbiguousCreateError` at once.
 """
 
 from __future__ import annotations
@@ -118,21 +114,17 @@ class Kf2vClient(DashScopeSession):
         """Submit a generation: ``POST {base}{request.create_path}``.
 
         kf2v models go to ``/services/aigc/image2video/video-synthesis``, media-protocol
-        models (``wan2.7-i2v``) to ``/services/aigc/video-generation/video-synthesis``, as
-        the models table says (:mod:`kf2v_tasks.dashscope.catalog`).
+        ones (``wan2.7-i2v``) to ``/services/aigc/video-generation/video-synthesis``.
 
-        Only failures that certainly created no task are retried (429 throttling, 503,
-        connection never established), at most ``self.retry.max_attempts`` POSTs in total,
-        the first included (8 by default). Anything that leaves the outcome open (500, 502,
-        504, 408, a timeout or reset after sending, an unusable 200) raises
-        :class:`AmbiguousCreateError` after that one POST: it is never resent, because the
-        task may exist and be billed. Refusals (4xx) raise at once, after one POST.
+        Only failures that certainly created no task are retried (429, 503, connection never
+        established). Anything that leaves the outcome open (500, 502, 504, 408, a timeout or
+        reset after sending, an unusable 200) raises after that one POST: it is never resent,
+        because the task may exist and be billed. Refusals (4xx) raise at once.
 
         Args:
             request: the generation to create.
-            before_send: awaited right before each POST leaves (after the rate-limit
-                wait), so a durable record of "a create may be in flight" is written
-                only when one really may be.
+            before_send: awaited right before each POST leaves (after the rate-limit wait), so
+                a durable record of "a create may be in flight" is written only when one may be.
 
         Returns:
             The new task, normally ``PENDING``.
@@ -183,11 +175,9 @@ class Kf2vClient(DashScopeSession):
     async def get_task(self, task_id: str) -> TaskState:
         """Query a task: ``GET {base}/tasks/{task_id}``.
 
-        Any HTTP 200 body becomes a :class:`TaskState`, including ``FAILED`` (with
-        ``code``/``message``), ``CANCELED`` and ``UNKNOWN`` (no such task, or expired):
-        interpreting them is the caller's job. Transient errors (429, 5xx, transport
-        failures, an unreadable 200) are retried: at most ``self.retry.max_attempts``
-        GETs in total, the first included (8 by default); other errors raise at once.
+        Any HTTP 200 body becomes a :class:`TaskState`, including ``FAILED``, ``CANCELED`` and
+        ``UNKNOWN`` (no such task, or expired): interpreting them is the caller's job. Transient
+        errors (429, 5xx, transport failures, an unreadable 200) are retried; others raise at once.
         """
         path = f"{_TASKS_PATH}/{_quote_id(task_id)}"
         limiter = self.limits.query_limiter if self.limits else None
@@ -206,15 +196,12 @@ class Kf2vClient(DashScopeSession):
         return await self._with_retries(attempt, "GET", path, limiter=limiter)
 
     async def cancel_task(self, task_id: str) -> None:
-        """Cancel a PENDING task: ``POST {base}/tasks/{task_id}/cancel`` (empty body).
-
-        Transient errors are retried: at most ``self.retry.max_attempts`` POSTs in total,
-        the first included (8 by default). Resending a cancel is harmless.
+        """Cancel a PENDING task: ``POST {base}/tasks/{task_id}/cancel``; transient errors are
+        retried (resending a cancel is harmless).
 
         Raises:
-            UnsupportedOperationError: the task is no longer PENDING. (If an earlier
-                attempt was lost in transit and then retried, this can also mean that
-                attempt already cancelled it; query the task to know.)
+            UnsupportedOperationError: the task is no longer PENDING (or a retried attempt
+                already cancelled it: query the task to know).
         """
         path = f"{_TASKS_PATH}/{_quote_id(task_id)}/cancel"
         limiter = self.limits.query_limiter if self.limits else None
@@ -238,11 +225,9 @@ class Kf2vClient(DashScopeSession):
     ) -> dict[str, Any]:
         """List tasks: ``GET {base}/tasks``; returns the service's flat JSON as is.
 
-        ``start_time``/``end_time`` are ``YYYYMMDDhhmmss`` strings or datetimes (naive
-        ones are taken as service time, UTC+8). The answer looks like
-        ``{"total", "data": [...], "total_page", "page_no", "page_size", "request_id"}``
-        with epoch-millisecond times. Transient errors are retried: at most
-        ``self.retry.max_attempts`` GETs in total, the first included (8 by default).
+        ``start_time``/``end_time`` are ``YYYYMMDDhhmmss`` strings or datetimes (naive ones are
+        service time, UTC+8). The answer is ``{"total", "data": [...], "total_page", "page_no",
+        "page_size", "request_id"}`` with epoch-millisecond times. Transient errors are retried.
         """
         params: dict[str, Any] = {"page_no": page_no, "page_size": page_size}
         if start_time is not None:
@@ -269,13 +254,11 @@ class Kf2vClient(DashScopeSession):
     async def upload_file(self, data: bytes, filename: str, model: Union[Kf2vModel, str]) -> str:
         """Upload a local file to DashScope's temporary storage; returns its ``oss://`` URL.
 
-        Fetches an upload policy (``GET {base}/uploads?action=getPolicy&model=...``),
-        then posts the file to the policy's OSS host as multipart form data *without*
-        DashScope credentials. The URL is valid for 48 h, for ``model`` only, and needs
-        ``X-DashScope-OssResourceResolve: enable`` on create (``create_task`` adds it).
-        Transient failures of either step retry the pair with a fresh policy (so a fresh
-        object key): at most ``self.retry.max_attempts`` pairs in total, the first
-        included (8 by default), so at most twice that many requests.
+        Gets an upload policy (``GET {base}/uploads?action=getPolicy&model=...``), then posts the
+        file to the policy's OSS host *without* DashScope credentials. The URL is valid for 48 h,
+        for ``model`` only, and needs ``X-DashScope-OssResourceResolve: enable`` on create
+        (``create_task`` adds it). A transient failure of either step retries the pair with a
+        fresh policy (so a fresh object key): up to ``retry.max_attempts`` pairs.
         """
         name = os.path.basename(filename.replace("\\", "/"))
         if not name:

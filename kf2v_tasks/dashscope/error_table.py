@@ -109,14 +109,10 @@ def _quota_gone(code: str, message: str) -> bool:
 class ErrorRule:
     """One row of :data:`ERROR_RULES`: what it matches, which error, what a create may do.
 
-    Args:
-        name: a short label for logs and tests.
-        error: the exception class raised for a matching answer.
-        status: predicate over the HTTP status (default: any).
-        code: predicate over ``(code, message)`` of the error body (default: any).
-        create_retryable: a create that got this answer created no task and may be resent.
-        create_may_have_happened: a create that got this answer may have created a task.
-        reads_retry_after: the error carries the server's ``Retry-After``.
+    ``status`` and ``code`` are predicates over the HTTP status and ``(code, message)``
+    (default: any); ``create_retryable``: a create that got this answer created no task and
+    may be resent; ``create_may_have_happened``: it may have; ``reads_retry_after``: the
+    error carries the server's ``Retry-After``.
     """
 
     name: str

@@ -63,18 +63,15 @@ async def wait_for_task(
     """Poll ``task_id`` until it ends; return its final state with the status history.
 
     Args:
-        client: an open client (its ``AccountLimits`` shares the query budget).
-        task_id: the task to wait for.
-        schedule: the polling schedule.
         deadline: service seconds after which we stop waiting (the task may still finish;
             resuming later re-attaches to it).
-        queue_deadline: service seconds a task may stay PENDING before we cancel it
-            (a PENDING task was never started, so cancelling it costs nothing).
+        queue_deadline: service seconds a task may stay PENDING before we cancel it (a
+            PENDING task never started, so cancelling it costs nothing).
         raise_on_failure: raise typed errors for FAILED, CANCELED and UNKNOWN.
         on_status: awaited with every new status (progress reporting).
-        queue_clock: measures PENDING time that our own queue does not explain (a task
-            queued on purpose behind our running ones is not late); without it, all of the
-            task's time since its first poll counts against ``queue_deadline``.
+        queue_clock: measures PENDING time our own queue does not explain (a task queued on
+            purpose behind our running ones is not late); without it, all the time since
+            the first poll counts against ``queue_deadline``.
 
     Raises:
         TaskFailedError: FAILED, with the task's code and message.
@@ -82,8 +79,8 @@ async def wait_for_task(
         TaskExpiredError: UNKNOWN (no such task, or older than 24 h).
         QueueTimeoutError: still PENDING past ``queue_deadline``; it was cancelled.
         TaskTimeoutError: still running past ``deadline``.
-        TransientError: queries kept failing (each after the client's own retries) until
-            ``deadline``; a query that fails earlier is simply asked again on schedule.
+        TransientError: queries kept failing until ``deadline`` (a query that fails earlier
+            is simply asked again on schedule).
         PermanentError: a query the service refused (bad id, auth).
     """
     schedule = schedule or PollSchedule()

@@ -95,13 +95,9 @@ def _build(
 def error_from_response(
     response: httpx.Response, *, secrets: Iterable[Optional[str]] = ()
 ) -> ApiError:
-    """The typed error for a non-2xx DashScope answer (flat ``{code, message, request_id}``).
-
-    Non-JSON bodies give code ``"Unknown"`` and a truncated excerpt as the message.
-
-    Args:
-        response: the answer.
-        secrets: values to blank out of the server's text (the API key in use).
+    """The typed error for a non-2xx DashScope answer (flat ``{code, message, request_id}``);
+    a non-JSON body gives code ``"Unknown"`` and a truncated excerpt. ``secrets`` are blanked
+    out of the server's text.
     """
     body = json_object(response)
     if body is not None and (body.get("code") or body.get("message")):
@@ -135,19 +131,12 @@ def error_from_transport(
     create: bool = False,
     secrets: Iterable[Optional[str]] = (),
 ) -> Kf2vError:
-    """Our error for an httpx transport failure; it keeps no reference to ``exc``.
+    """Our error for an httpx transport failure; it keeps no reference to ``exc`` (which holds
+    the request, so its headers).
 
-    Args:
-        exc: the httpx error (it holds the request, so its headers: never keep it).
-        method: HTTP method, for the message.
-        shown: the path or redacted URL, for the message.
-        create: whether the request was a create.
-        secrets: values to blank out of the exception text.
-
-    Returns:
-        :class:`~kf2v_tasks.errors.AmbiguousCreateError` for a create that may have been
-        sent; else :class:`~kf2v_tasks.errors.ConnectionFailedError` with ``request_sent``
-        telling whether it may have reached the server.
+    Returns :class:`~kf2v_tasks.errors.AmbiguousCreateError` for a create that may have been
+    sent; else :class:`~kf2v_tasks.errors.ConnectionFailedError`, whose ``request_sent`` says
+    whether it may have reached the server.
     """
     sent = not isinstance(exc, TRANSPORT_NOT_SENT)
     what = redact_text(f"{type(exc).__name__}: {exc}".rstrip(": "), secrets)

@@ -1,15 +1,12 @@
 """The HTTP under the kf2v client: connection pools, bearer auth, one exchange, the retry loop.
 
-:class:`DashScopeSession` is the plumbing :class:`~kf2v_tasks.dashscope.client.Kf2vClient`
-stands on: one pooled :class:`httpx.AsyncClient` for the API, another (without credentials)
-for result downloads, :meth:`~DashScopeSession._send` for one exchange whose transport
-failures become typed errors, and :meth:`~DashScopeSession._with_retries` for the client's
-one retry budget.
+:class:`DashScopeSession` is what :class:`~kf2v_tasks.dashscope.client.Kf2vClient` stands
+on: one pooled client for the API, another (without credentials) for downloads, one
+exchange whose transport failures become typed errors, and the client's one retry budget.
 
-The API key lives only in the ``Authorization`` header of DashScope requests. It is
-not in the client's repr, nor in any log line or error message this module produces
-(server text is scrubbed of it too), and httpx exceptions, which hold the request and
-so its headers, are never kept as a cause or context.
+The API key lives only in the ``Authorization`` header of DashScope requests: not in the
+repr, nor in any log line or error made here (server text is scrubbed of it too), and
+httpx exceptions, which hold the request and so its headers, are never kept as a cause.
 """
 
 from __future__ import annotations
@@ -64,10 +61,8 @@ class _BearerAuth(httpx.Auth):
 
 
 class DashScopeSession:
-    """The HTTP plumbing of :class:`~kf2v_tasks.dashscope.client.Kf2vClient` (no endpoints).
-
-    Use :class:`~kf2v_tasks.dashscope.client.Kf2vClient`, whose docstring lists these
-    arguments; this class owns the connection pools, the credentials and the retry budget.
+    """The HTTP plumbing of :class:`~kf2v_tasks.dashscope.client.Kf2vClient` (whose docstring
+    lists these arguments): connection pools, credentials, the retry budget; no endpoints.
     """
 
     def __init__(
@@ -115,9 +110,8 @@ class DashScopeSession:
     def download_http(self) -> httpx.AsyncClient:
         """A pooled client for result downloads: no credentials, redirects followed.
 
-        Signed OSS URLs must never see the API key, so downloads use their own pool
-        (created on first use, shared by every download of this client, closed with it):
-        a client per download costs ~36 ms of CPU loading certificates each time.
+        Signed OSS URLs must never see the API key, so downloads have their own pool (shared,
+        closed with the client): a client per download costs ~36 ms of CPU loading certificates.
         """
         if self._downloads is None:
             self._downloads = httpx.AsyncClient(
@@ -171,12 +165,10 @@ class DashScopeSession:
         on_answer: Optional[Callable[[httpx.Response], None]] = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """One HTTP exchange; transport failures become our own typed errors.
-
-        ``dashscope=False`` sends ``path_or_url`` as an absolute URL with no credentials
-        and no DashScope headers (the OSS upload). A create, once it leaves, is not
-        abandoned when its caller is cancelled: it may be creating a task, so its answer
-        is still read and given to ``on_answer`` (see :meth:`settle_creates`).
+        """One HTTP exchange; transport failures become our typed errors. ``dashscope=False``:
+        an absolute URL with no credentials (the OSS upload). A create that has left is not
+        abandoned on cancellation: it may be creating a task, so its answer still goes to
+        ``on_answer`` (see :meth:`settle_creates`).
         """
         if limiter is not None:
             await limiter.acquire()
@@ -236,9 +228,8 @@ class DashScopeSession:
     async def settle_creates(self, timeout: float = 10.0) -> None:
         """Wait (at most ``timeout`` s) for the creates already sent to answer.
 
-        A run stopping early calls this after cancelling its rows: each answer that
-        arrives names a new task (``created_hooks``), which the run can then cancel
-        instead of leaving it queued and billed.
+        A run stopping early calls this after cancelling its rows: each answer names a new task
+        (``created_hooks``) the run can then cancel instead of leaving it queued and billed.
         """
         if self._creates_sent:
             await asyncio.wait(set(self._creates_sent), timeout=timeout)

@@ -1,29 +1,16 @@
 """Prefect events for automations: what happened to each video and to each batch.
 
-========================================  ===================================================
-``kf2v.video.persisted``                  a video was kept (batch row or ``persist_video``)
-``kf2v.video.failed``                     a row or task failed or was cancelled (code,
-                                          message, whether it was billed)
-``kf2v.video.possible-duplicate``         an ambiguous create was retried: a second billed
-                                          task may exist
-``kf2v.batch.finished``                   once per batch, Completed or Failed (counts, cost,
-                                          output, results.csv)
-``kf2v.budget.exceeded``                  ``max_cost`` left rows of a batch out
-========================================  ===================================================
+``kf2v.video.persisted`` (a video was kept), ``kf2v.video.failed`` (failed or cancelled;
+whether it was billed), ``kf2v.video.possible-duplicate`` (an ambiguous create was
+retried: a second billed task may exist), ``kf2v.batch.finished`` (once per batch) and
+``kf2v.budget.exceeded`` (``max_cost`` left rows out).
 
-The batch (through its reporter) and the standalone tasks emit the same per-video events,
-so an automation works whichever way the video was made. Each event names the model
-(``kf2v.model.<name>``, role ``model``) and, for batch rows, the batch
-(``kf2v.batch.<flow run id>``, role ``batch``) as related resources; Prefect adds the
-flow run, flow, deployment and tags. Row id, output URL and model are also resource
-labels (``kf2v.row.id``, ``kf2v.output``, ``kf2v.model``) so a trigger can match them.
-
-Every string goes through :mod:`kf2v_tasks.redaction` first: no key, no signed URL query.
-Emitting is best effort: an event that cannot be sent is logged, never raised.
-
-Kept videos are also Prefect assets where ``prefect.assets`` exists
-(:func:`emit_video_asset`): the same ``prefect.asset.*`` events ``@materialize`` emits,
-with the frames and audio as upstream assets, without a task run per video.
+The batch and the standalone tasks emit the same per-video events, so an automation works
+whichever way the video was made. Related resources name the model and the batch; row id,
+output and model are also resource labels so a trigger can match them. Every string is
+redacted first (:mod:`kf2v_tasks.redaction`); emitting is best effort: logged, never
+raised. Kept videos are also Prefect assets where ``prefect.assets`` exists
+(:func:`emit_video_asset`), without a task run per video.
 """
 
 from kf2v_tasks.events.assets import asset_key, emit_video_asset

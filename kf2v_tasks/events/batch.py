@@ -28,19 +28,10 @@ def emit_batch_finished(
 ) -> bool:
     """Emit ``kf2v.batch.finished``, once per batch, whether it ended Completed or Failed.
 
-    Resource labels a trigger can match: ``kf2v.batch.state`` (``Completed``/``Failed``),
-    ``kf2v.batch.retryable`` (``"true"`` when rows failed at the service or were
-    cancelled or interrupted, so a re-run could make them), ``kf2v.batch.attempt``
-    (``"1"`` for a first run) and ``kf2v.output``.
-
-    Args:
-        batch_id: the batch's id (its flow run id).
-        state: ``Completed`` or ``Failed``: how the batch flow run ends.
-        retryable: a re-run could make rows this one did not.
-        attempt: 1, or the attempt of a re-run.
-        output: the output folder.
-        models: the models the batch's rows asked for.
-        facts: the payload: counts, costs, manifest, results.csv, failed row ids...
+    Resource labels a trigger can match: ``kf2v.batch.state`` (how the flow run ends),
+    ``kf2v.batch.retryable`` (``"true"`` when a re-run could make rows this one did not),
+    ``kf2v.batch.attempt`` (``"1"`` for a first run) and ``kf2v.output``. ``facts`` is the
+    payload: counts, costs, manifest, results.csv, failed row ids...
     """
     out = redact_url(output)
     resource = {

@@ -140,17 +140,12 @@ _clients: dict[tuple[int, str], _Shared] = {}
 async def open_account(
     credentials: CredentialsLike = None, *, optional: bool = False
 ) -> AsyncIterator[Optional[Account]]:
-    """Resolve ``credentials`` (a block, a saved block's name, or the environment) and open a client.
+    """Resolve ``credentials`` (a block, a saved block's name, or ``None`` for the environment)
+    and open a client.
 
-    Tasks that run at the same time on one event loop share one client (one connection
-    pool, one poller that answers for all their tasks with shared list sweeps); it is
-    closed when the last of them is done.
-
-    Args:
-        credentials: a ``DashScopeCredentials`` block, its saved name, or ``None`` for
-            ``DASHSCOPE_API_KEY`` (and ``DASHSCOPE_HTTP_BASE_URL``).
-        optional: yield ``None`` instead of raising when no credentials are configured
-            anywhere (a fresh video URL downloads without them).
+    Tasks running at once on one event loop share one client (one pool, one poller whose list
+    sweeps answer for all); it closes when the last is done. ``optional``: yield ``None``
+    when no credentials are configured (a fresh video URL downloads without them).
     """
     try:
         creds = await aresolve_credentials(credentials)

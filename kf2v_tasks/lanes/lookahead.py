@@ -1,19 +1,13 @@
 """Look-ahead: a few tasks kept PENDING at the service, so the account never idles.
 
-With ``queue_ahead`` tasks queued beyond the account's running slots, the service starts
-the next one the moment a running one ends, whatever our poll interval; without them,
-each hand-off waits for us to notice the end, create the next task, and for the service
-to start it. :class:`LookAhead` is what a run keeps about it:
-
-- the status of every task of this run at the service, as the pollers see it;
-- a *queue clock* (:class:`~kf2v_tasks.dashscope.polling.QueueClock`) that runs only
-  while fewer of our tasks run than the account allows and some wait: a task queued on
-  purpose behind our running ones is not late, one PENDING past that is;
-- the fall-back: when the service refuses a task beyond its running slots (a 429 on a
-  create that is not the per-second rate) or a queued task never starts, look-ahead is
-  switched off for the run, once, and it says so;
-- :meth:`cancel_pending`: every way a run can stop early ends here, cancelling the tasks
-  that never started (free) and counting them.
+With ``queue_ahead`` tasks queued beyond the running slots, the service starts the next
+the moment one ends, whatever our poll interval; without them each hand-off waits for us
+to notice, create, and for the service to start. :class:`LookAhead` keeps the status of
+this run's tasks, a *queue clock* (:class:`~kf2v_tasks.dashscope.polling.QueueClock`) that
+runs only while fewer of our tasks run than allowed and some wait (a task queued on purpose
+is not late), the fall-back (a 429 on a create beyond the running slots, or a queued task
+that never starts, switches look-ahead off once, and says so), and
+:meth:`cancel_pending`, where every early stop cancels the never-started (free) tasks.
 """
 
 from __future__ import annotations
@@ -42,11 +36,8 @@ def is_concurrency_refusal(error: BaseException) -> bool:
 class LookAhead:
     """This run's tasks at the service, its queue clock, and the switch that turns look-ahead off.
 
-    Args:
-        running: the account's running slots (``max_in_flight``).
-        queue_ahead: tasks kept PENDING beyond them (0: off).
-        on_fall_back: called once when look-ahead is switched off (e.g. shrink the pool).
-        held: how many tasks this run has at the service or on their way there.
+    ``on_fall_back`` is called once when look-ahead is switched off (e.g. to shrink the pool);
+    ``held``: tasks this run has at the service or on their way there.
     """
 
     def __init__(

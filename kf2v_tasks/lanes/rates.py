@@ -45,9 +45,8 @@ def runs_limit_name(global_limit: str) -> str:
 class RateShare:
     """This run's share of the account's rates: each rate divided by the runs using it now.
 
-    Args:
-        global_limit: the account's in-flight limit; the counting limit is named after it.
-        limiters: each local limiter with the account's whole rate for it.
+    ``global_limit``: the account's in-flight limit, after which the counting limit is named;
+    ``limiters``: each local limiter with the account's whole rate for it.
     """
 
     def __init__(self, global_limit: str, limiters: dict[RateLimiter, float]) -> None:

@@ -1,18 +1,13 @@
 """Streaming persistence: download a video into any fsspec storage, resumably and atomically.
 
-The body is streamed in chunks into a hidden temp object next to the destination
+The body streams into a hidden temp object beside the destination
 (``<dir>/.kf2v/tmp/<uuid>-<name>``) while its sha256 is computed; only a complete,
-length-checked file is committed to the final name (``os.replace`` on local disk, copy +
-delete on object stores, where the copy appears atomically). On S3 the hidden temp is a
-multipart upload to the final key itself: no object exists until the upload is completed,
-which happens only after the same checks (and saves a server-side copy of the whole video).
-The final path therefore never holds a partial video, and an existing file is replaced
-only by a verified new one.
-
-Hashing and writing (or uploading) run on two threads of their own while the event loop
-receives the next batch (:mod:`kf2v_tasks.storage.pipeline`): at most three batches are in
-memory (two on S3, where a batch is a whole part). Small committed files (sidecars, CSVs, copies) live in
-:mod:`kf2v_tasks.storage.files`; their names are re-exported here for older imports.
+length-checked file is committed to the final name. On S3 the temp is a multipart upload
+to the final key itself: no object exists until it is completed, after the same checks
+(and it saves a server-side copy of the whole video). So the final path never holds a
+partial video. Hashing and writing run on threads of their own
+(:mod:`kf2v_tasks.storage.pipeline`). Small files live in :mod:`kf2v_tasks.storage.files`;
+their names are re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -185,40 +180,27 @@ async def stream_to_storage(
 ) -> StoredFile:
     """Stream ``url`` into ``dest`` (any fsspec URL or local path) and commit it atomically.
 
-    Interrupted bodies resume with ``Range: bytes=<written>-`` (a server answering 200
-    instead of 206 restarts the file from zero); 403 (expired signed URL) asks
-    ``refresh_url`` for a fresh URL and tries again at once (a fresh URL that answers 403
-    too waits first); 429/5xx, short bodies, connection errors and a refresh that failed
-    transiently wait ``retry.delay(...)`` service seconds (never less than a
-    ``Retry-After``; the backoff starts again from 1 s after a request that brought bytes)
-    through :func:`kf2v_tasks.clock.sleep`.
+    Interrupted bodies resume with ``Range: bytes=<written>-`` (a 200 instead of 206 restarts
+    from zero); a 403 (expired signed URL) asks ``refresh_url`` for a fresh URL and retries at
+    once (a fresh URL that answers 403 too waits first); 429/5xx, short bodies, connection
+    errors and a transiently failed refresh wait ``retry.delay(...)`` service seconds (never
+    less than a ``Retry-After``; the backoff restarts from 1 s after a request that brought
+    bytes).
 
-    How long: transient failures are retried for ``patience`` service seconds (default
-    :data:`DOWNLOAD_PATIENCE`, the 24 h a video URL lives), however many requests that
-    takes; a ``retry`` passed by the caller also caps the requests at its
-    ``max_attempts`` (the first included). Only a permanent answer ends it sooner: a 4xx
-    other than 403/416, or ``refresh_url`` raising a permanent error (the task is gone).
-    Memory stays bounded by three batches (one being received, up to two being hashed
-    and written by worker threads; one on S3) plus the filesystem's write block, whatever
-    the video size: a batch is ``chunk_size``, or one 8 MiB part on S3.
+    Transient failures are retried for ``patience`` service seconds (default
+    :data:`DOWNLOAD_PATIENCE`, the 24 h a video URL lives); a caller's ``retry`` also caps the
+    requests at its ``max_attempts``. Only a permanent answer ends it sooner: a 4xx other than
+    403/416, or ``refresh_url`` raising a permanent error (the task is gone). Memory stays
+    bounded by three batches (``chunk_size``, or one 8 MiB part on S3), whatever the size.
 
     Args:
         url: the signed video URL; no Authorization header is ever sent to it.
-        dest: final path of the video.
-        storage_options: fsspec options of ``dest``.
-        http: an ``httpx.AsyncClient`` to use (a plain one with timeouts by default).
         refresh_url: coroutine returning a fresh URL when the current one answers 403.
-        chunk_size: bytes per write batch (S3 batches are at least one upload part).
         expected_bytes: size the video must have, when known from elsewhere.
-        retry: the backoff (default :data:`DOWNLOAD_RETRY`, no cap on requests); a policy
-            given here caps the requests at its ``max_attempts`` too.
-        content_type: the object's Content-Type on S3 (default: from ``dest``'s name,
-            ``video/mp4`` for ``.mp4``), so a browser plays it inline from a presigned URL.
-        patience: service seconds from now after which no new wait is started (default
-            :data:`DOWNLOAD_PATIENCE`); the first request is always made.
-
-    Returns:
-        :class:`~kf2v_tasks.storage.files.StoredFile` (``sidecar_path`` is ``None``).
+        content_type: the object's Content-Type on S3 (default: from ``dest``'s name), so a
+            browser plays it inline from a presigned URL.
+        patience: service seconds after which no new wait starts; the first request is
+            always made.
 
     Raises:
         UrlExpiredError: 403 and no ``refresh_url``.

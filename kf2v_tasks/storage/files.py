@@ -176,12 +176,8 @@ async def write_bytes_atomic(
 ) -> None:
     """Write small ``data`` to ``dest`` so readers see the old or the new content, never half.
 
-    Args:
-        dest: any fsspec URL or local path.
-        data: the whole content.
-        storage_options: fsspec options of ``dest``.
-        content_type: the object's Content-Type on S3 (default: from the name, see
-            :func:`content_type_for`; S3's own default when the name says nothing).
+    ``content_type``: the object's Content-Type on S3 (default: from the name,
+    :func:`content_type_for`).
     """
     kind = content_type or content_type_for(dest)
     await run_sync(_write_bytes_atomic_sync, dest, data, storage_options, kind)

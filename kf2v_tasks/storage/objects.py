@@ -1,20 +1,12 @@
 """One object, one request: read, stat or probe a single file with the fewest store requests.
 
-s3fs answers ``info()``/``exists()`` with a HeadObject and, when the key is not there, a
-ListObjects of ``<key>/`` as well (a missing key might be a "folder"); its ``cat_file``
-asks for the size first (a HeadObject) before the GetObject. For a plain object key we
-know names a file, one request says everything:
-
-* :func:`read_object` — one GetObject (``FileNotFoundError`` on 404), no HeadObject;
-* :func:`stat_object` — one HeadObject (``FileNotFoundError`` on 404), no ListObjects;
-* :func:`object_exists` — :func:`stat_object` as a bool;
-* :func:`open_object` — a seekable reader of ranges; given the size (the caller has just
-  written the file), it sends no HeadObject first;
-* :func:`list_files` — the files directly in a folder, one ListObjectsV2 per 1,000 keys
-  (bounded: it says how far it got), never a HeadObject per key.
-
-None of them looks at fsspec's listing cache: the answer is the store's, now. On other
-filesystems they are the plain fsspec calls (local disk: the OS, one syscall each).
+s3fs answers ``info()``/``exists()`` with a HeadObject and, for a missing key, a ListObjects
+of ``<key>/`` too (it might be a "folder"); its ``cat_file`` sends a HeadObject before the
+GetObject. For a key we know names a file, one request says everything: :func:`read_object`
+(one GetObject), :func:`stat_object` (one HeadObject), :func:`object_exists`,
+:func:`open_object` (no HeadObject when the size is given), :func:`list_files` (one
+ListObjectsV2 per 1,000 keys, bounded). None reads fsspec's listing cache: the answer is
+the store's, now. Elsewhere they are the plain fsspec calls.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Presigned HTTPS links to objects on S3, so a browser can open a kept video or poster.
 
-An ``s3://`` URL is not something a browser can follow; a presigned URL is, until it
-expires. Links are signed with the output's own storage options through s3fs
-(``S3FileSystem.sign(path, expiration=seconds)``, which asks botocore for a presigned
-``get_object`` URL); nothing is sent to S3 to sign. SigV4 signatures live at most seven
-days, so a longer expiry is cut to that and the link says when it stops working.
-
-A presigned URL carries a signature in its query string: it is a capability for that one
-object until it expires, which is the point of putting it in an artifact. It is never
-logged (see :mod:`kf2v_tasks.redaction`, which strips query strings from logged URLs).
+Signed locally with the output's own storage options through s3fs (botocore's presigned
+``get_object``); nothing is sent to S3. SigV4 signatures live at most seven days, so a
+longer expiry is cut to that and the link says when it stops working. A presigned URL is a
+capability for one object until it expires (the point of an artifact link); it is never
+logged (:mod:`kf2v_tasks.redaction` strips query strings from logged URLs).
 """
 
 from __future__ import annotations
@@ -98,12 +94,8 @@ async def presign(
     storage_options: Optional[dict] = None,
     expires_in: int = DEFAULT_EXPIRY_SECONDS,
 ) -> PresignedUrl:
-    """A presigned HTTPS link to the S3 object ``url``, valid ``expires_in`` seconds.
-
-    Args:
-        url: an ``s3://bucket/key`` URL.
-        storage_options: s3fs options (credentials, endpoint) of that bucket.
-        expires_in: seconds the link works; cut to :data:`MAX_EXPIRY_SECONDS`.
+    """A presigned HTTPS link to the S3 object ``url``, valid ``expires_in`` seconds (cut to
+    :data:`MAX_EXPIRY_SECONDS`), signed with that bucket's s3fs ``storage_options``.
 
     Raises:
         ValueError: ``url`` is not on S3, or ``expires_in`` is below one second.
