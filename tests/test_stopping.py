@@ -162,7 +162,8 @@ async def test_a_claim_whose_holder_process_is_gone_is_taken_over_at_once(tmp_pa
     import sys
     from datetime import UTC, datetime, timedelta
 
-    from kf2v_tasks.generation.claims import ClaimBook, ClaimDoc, release_held_claims
+    from kf2v_tasks.generation.claim_lease import release_all
+    from kf2v_tasks.generation.claims import ClaimBook, ClaimDoc
     from kf2v_tasks.generation.ledger import Ledger
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -180,7 +181,7 @@ async def test_a_claim_whose_holder_process_is_gone_is_taken_over_at_once(tmp_pa
         f.write(doc.to_bytes())
     held, other = await book.try_acquire(fp, row_id="r1")
     assert held is not None and other is None
-    assert release_held_claims() == 1 and not os.path.exists(book.url_of(fp))
+    assert release_all() == 1 and not os.path.exists(book.url_of(fp))
 
 
 def test_a_signal_wrapped_by_a_library_still_decides_the_exit_code():

@@ -219,10 +219,10 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def _release_claims() -> None:
     """Claims still held (work started before the flow run, say) go with the command."""
-    if "kf2v_tasks.generation.claims" in sys.modules:
-        from kf2v_tasks.generation.claims import release_held_claims
+    if "kf2v_tasks.generation.claim_lease" in sys.modules:
+        from kf2v_tasks.generation.claim_lease import release_all
 
-        release_held_claims()
+        release_all()
 
 
 def _exit_now(code: int) -> None:

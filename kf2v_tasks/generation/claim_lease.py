@@ -23,6 +23,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -99,6 +101,19 @@ class ClaimDoc(BaseModel):
     def is_live(self, now: Optional[datetime] = None) -> bool:
         """Whether the lease has not yet expired."""
         return (now or _now()) < self.expires_at
+
+    def holder_gone(self) -> bool:
+        """Whether the holder was a process of this host that no longer runs (stopped,
+        killed -9): it renews nothing, so its lease need not be waited out."""
+        if self.host != socket.gethostname() or self.holder == HOLDER_ID or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it runs, as another user
+            return False
+        return False
 
     def who(self) -> str:
         """The holder as a person reads it (no secrets: ids, host, pid)."""
@@ -267,6 +282,22 @@ def hold(held: HeldClaim) -> HeldClaim:
             _renewer.start()
     _wake.set()  # the renewer sleeps until its next due claim: let it count this one
     return held
+
+
+def release_all() -> int:
+    """Give back every claim this process holds (a command that stops); how many.
+
+    Example:
+        ```python
+        from kf2v_tasks.generation.claim_lease import release_all
+        release_all()   # on the way out of a stopped command
+        ```
+    """
+    with _registry_lock:
+        held = list(_registry.values())
+    for h in held:
+        release_sync(h)
+    return len(held)
 
 
 def release_sync(held: HeldClaim) -> None:

@@ -85,7 +85,6 @@ __all__ = [
     "ClaimPolicy",
     "Claimed",
     "release_claim",
-    "release_held_claims",
     "wait_for_other_holder",
 ]
 
@@ -278,7 +277,7 @@ class ClaimBook:
             if current is None:
                 continue  # released between our create and our read: try again
             other, version = current
-            if other.is_live() and not _holder_gone(other):
+            if other.is_live() and not other.holder_gone():
                 return None, other
             doc = self._new_doc(fingerprint, row_id, taken_over_from=other.holder)
             try:
@@ -384,38 +383,6 @@ class ClaimBook:
             if current is None or not current[0].is_live() or current[0].holder == HOLDER_ID:
                 return
             await clock.sleep(self.policy.poll_seconds)
-
-
-def _holder_gone(doc: ClaimDoc) -> bool:
-    """The holder was a process of this host that no longer runs (stopped, killed -9): its
-    lease cannot be renewed, so it need not be waited out."""
-    if doc.host != socket.gethostname() or doc.holder == HOLDER_ID or doc.pid <= 0:
-        return False
-    try:
-        os.kill(doc.pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # it runs, as another user
-        return False
-    return False
-
-
-def release_held_claims() -> int:
-    """Give back every claim this process holds (a command that stops); how many.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import release_held_claims
-        release_held_claims()   # on the way out of a stopped command
-        ```
-    """
-    from kf2v_tasks.generation import claim_lease
-
-    with claim_lease._registry_lock:
-        held = list(claim_lease._registry.values())
-    for h in held:
-        release_sync(h)
-    return len(held)
 
 
 async def release_claim(ledger: Optional[Ledger], fingerprint: Optional[str]) -> bool:
