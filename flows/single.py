@@ -13,7 +13,7 @@ from kf2v_tasks.dashscope.models import GenerationOptions
 from kf2v_tasks.dashscope.polling import PollSchedule
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.ledger import Ledger
-from kf2v_tasks.generation.persist import PersistedVideo, find_persisted
+from kf2v_tasks.generation.persisted import PersistedVideo, find_persisted
 from kf2v_tasks.storage.paths import parent
 from kf2v_tasks.tasks import apersist_video, apoll_until_done, asubmit_kf2v, avalidate_frames
 

@@ -39,7 +39,7 @@ _EXPORTS = {
     # results and requests
     "FramePair": "kf2v_tasks.generation.models",
     "Submission": "kf2v_tasks.generation.submit",
-    "PersistedVideo": "kf2v_tasks.generation.persist",
+    "PersistedVideo": "kf2v_tasks.generation.persisted",
     "BatchSummary": "kf2v_tasks.batch.results",
     "RowResult": "kf2v_tasks.batch.results",
     "RowStatus": "kf2v_tasks.batch.results",

@@ -16,7 +16,8 @@ import pytest
 
 from kf2v_tasks.dashscope.models import GenerationOptions, TaskState, TaskStatus
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
-from kf2v_tasks.generation.persist import PersistedVideo, find_persisted, persist_task_video
+from kf2v_tasks.generation.persist import persist_task_video
+from kf2v_tasks.generation.persisted import PersistedVideo, find_persisted
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import Submission
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
-from kf2v_tasks.generation.persist import find_persisted, persist_task_video
+from kf2v_tasks.generation.persist import persist_task_video
+from kf2v_tasks.generation.persisted import find_persisted
 from kf2v_tasks.generation.previews import (
     STRIP_HEIGHT,
     PreviewError,

@@ -20,7 +20,7 @@ from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
 from kf2v_tasks.generation.frames import FrameLimits, FrameMemo, check_pair
 from kf2v_tasks.generation.models import FramePair
-from kf2v_tasks.generation.persist import PersistedVideo
+from kf2v_tasks.generation.persisted import PersistedVideo
 from kf2v_tasks.generation.pricing import (
     CostEstimate,
     PriceTable,
@@ -172,32 +172,19 @@ async def plan_batch(
 ) -> BatchPlan:
     """Parse ``manifest`` and validate every row and its frames; submit nothing.
 
-    Row problems never raise: each bad row becomes one ``invalid`` result naming the row,
-    the column and the reason. Only a manifest that cannot be read or parsed at all raises.
+    Row problems never raise: each bad row becomes one ``invalid`` result naming the row, the
+    column and the reason. Only a manifest that cannot be read or parsed at all raises.
 
     Args:
-        manifest: CSV manifest, local path or any fsspec URL.
-        output: the output root (row outputs must stay inside it).
-        defaults: values for the manifest's empty optional cells.
-        storage_options: fsspec options for the manifest and the frames.
-        frame_limits: size and dimension limits of the frames, for every row; ``None``
-            (or the defaults, :class:`FrameLimits()`): each row's model's own limits from
-            the models table (:meth:`FrameLimits.for_model`).
-        validate_concurrency: frame pairs read and checked at the same time.
-        shard_index: which shard of the manifest to plan (0-based).
-        shard_count: how many shards the manifest is split into.
-        gate: ``await gate(rows, work)`` runs the validation (``work``); the batch flow
-            passes one that makes it a single Prefect task run. Default: run it directly.
+        frame_limits: limits for every row; ``None`` (or :class:`FrameLimits()`): each row's
+            model's own limits from the models table (:meth:`FrameLimits.for_model`).
+        gate: ``await gate(rows, work)`` runs the validation; the batch flow passes one that
+            makes it a single Prefect task run. Default: run it directly.
         extra_columns: accept the manifest's own columns (else an unknown column is a
-            file-level error), see :func:`~kf2v_tasks.batch.manifest.parse_manifest`.
-
-    Returns:
-        The plan: runnable rows with their frames and request fingerprints, and the
-        invalid rows as results, sorted by row.
+            file-level error).
 
     Raises:
-        ManifestFileError: the manifest cannot be read or has a file-level problem
-            (wrong encoding, no header, a required column missing, an unknown column).
+        ManifestFileError: the manifest cannot be read or has a file-level problem.
         ValueError: the shard is out of range.
     """
     if validate_concurrency < 1:

@@ -28,7 +28,7 @@ from kf2v_tasks.batch.plan import BatchPlan, output_path
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.generation.budget import Budget
 from kf2v_tasks.generation.ledger import Ledger
-from kf2v_tasks.generation.persist import find_persisted
+from kf2v_tasks.generation.persisted import find_persisted
 from kf2v_tasks.generation.pricing import (
     PriceTable,
     configured_region,
@@ -79,21 +79,11 @@ async def assess_plan(
 ) -> BatchPlan:
     """Decide what each runnable row will do, reading only the ledger (see the module docstring).
 
-    Read-only by default, so a dry run and ``kf2v validate --output`` write nothing: a
-    video kept before previews existed is reported as made, without its previews. A real
-    run passes ``make_missing_previews=True`` to make them now, from the stored video (no
-    DashScope call, nothing paid; see
-    :func:`~kf2v_tasks.generation.persist.find_persisted`).
-
-    Args:
-        plan: a plan from :func:`plan_batch`; filled in place (and returned).
-        ledger: the output folder's ledger; ``None`` (nothing written there yet, or
-            ``kf2v validate`` without ``--output``): no row is made yet.
-        prices: the price table (default: the models table's, in the configured region).
-        max_cost: the budget; ``None``: every row fits.
-        storage_options: fsspec options of the output folder (to check kept files).
-        make_missing_previews: make (and record) the missing previews of kept videos;
-            ``False`` (the default) writes nothing anywhere.
+    Read-only by default, so a dry run and ``kf2v validate --output`` write nothing: a video
+    kept before previews existed is reported as made, without previews. A real run passes
+    ``make_missing_previews=True`` to make them now from the stored video (nothing paid).
+    ``plan`` is filled in place and returned; ``ledger=None`` (nothing written there yet):
+    no row is made yet; ``max_cost=None``: every row fits.
 
     Raises:
         ValueError: ``max_cost`` is negative or not a number.

@@ -14,7 +14,7 @@ from kf2v_tasks.events.core import (
 )
 
 if TYPE_CHECKING:
-    from kf2v_tasks.generation.persist import PersistedVideo
+    from kf2v_tasks.generation.persisted import PersistedVideo
 
 
 def video_resource_id(video: PersistedVideo) -> str:
@@ -31,11 +31,7 @@ def emit_video_persisted(
 ) -> None:
     """Emit ``kf2v.video.persisted`` for ``video`` (best effort: the video is already safe).
 
-    Args:
-        video: the persisted video.
-        row_id: the manifest row id, when the video belongs to a batch row.
-        row: the manifest row number.
-        batch_id: the batch's id (its flow run id), when the video belongs to a batch.
+    ``row_id``, ``row`` and ``batch_id`` are given when the video belongs to a batch row.
     """
     resource = _video_resource(
         fingerprint=video.fingerprint,
@@ -76,25 +72,12 @@ def emit_video_failed(
     possible_duplicate: bool = False,
     batch_id: Optional[str] = None,
 ) -> bool:
-    """Emit ``kf2v.video.failed``: a video was not made (failed or cancelled).
+    """Emit ``kf2v.video.failed``: a video was not made (failed or cancelled); returns whether
+    the event was handed to Prefect.
 
-    Args:
-        error_code: the service's or the package's error code.
-        error_message: what went wrong (redacted; at most 1000 characters).
-        billed: the service charged for it (the task succeeded, keeping the video failed).
-        status: ``failed`` or ``cancelled``.
-        output: where the video should have gone.
-        model: the model asked.
-        task_id: the DashScope task, if one was created.
-        fingerprint: the work's fingerprint, if known.
-        row_id: the manifest row id (batch rows).
-        row: the manifest row number.
-        cost: what was charged (0 unless billed).
-        possible_duplicate: an ambiguous create happened: a second task may exist.
-        batch_id: the batch's id, for batch rows.
-
-    Returns:
-        Whether the event was handed to Prefect.
+    ``billed``: the service charged for it (the task succeeded, keeping the video failed);
+    ``error_message`` is redacted and cut to 1000 characters; ``possible_duplicate``: an
+    ambiguous create happened, so a second task may exist.
     """
     resource = _video_resource(
         fingerprint=fingerprint, task_id=task_id, output=output, row_id=row_id, model=model

@@ -3,7 +3,7 @@
 The facts of a video (model, resolution, billed length, prompts, cost) come from three
 places: the submission (what was asked), the task (what the service did and billed, in
 ``usage``) and the price table. :func:`video_facts` gathers them once, so the sidecar, the
-:class:`~kf2v_tasks.generation.persist.PersistedVideo` and the ledger record agree.
+:class:`~kf2v_tasks.generation.persisted.PersistedVideo` and the ledger record agree.
 
 The last sidecars this process wrote are kept in memory (:func:`remember_sidecar`,
 :func:`written_sidecar`): the gallery and a retried persist in the same process read them

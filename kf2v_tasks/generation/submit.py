@@ -56,7 +56,7 @@ class Submission(BaseModel):
 
     ``already_persisted_at`` is set when the ledger says this work's video was already
     kept (by an earlier or an overlapping run) at ``persisted_path``: the caller may check
-    that file (e.g. with :func:`~kf2v_tasks.generation.persist.find_persisted`) and report
+    that file (e.g. with :func:`~kf2v_tasks.generation.persisted.find_persisted`) and report
     the row ``skipped`` instead of polling and downloading again. Polling and persisting
     such a submission still works (the task is SUCCEEDED; the kept file is reused).
 
