@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -51,7 +52,9 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def _timed(cmd: list[str], env: dict) -> tuple[float, float, list[tuple[float, str]], int]:
-    """(wall-clock start, seconds, [(s, stderr line)], exit code) of one whole command."""
+    """(wall-clock start, seconds, [(s, stderr line)], exit code) of one whole command; its
+    CPU seconds (user + sys, with the children it waited for) in ``_timed.cpu``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_wall, start = time.time(), time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     lines: list[tuple[float, str]] = []
@@ -64,6 +67,10 @@ def _timed(cmd: list[str], env: dict) -> tuple[float, float, list[tuple[float, s
     reader.start()
     code = proc.wait(timeout=600)
     took = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _timed.cpu = round(  # type: ignore[attr-defined]
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+    )
     reader.join(timeout=5)
     return start_wall, took, lines, code
 
@@ -92,8 +99,15 @@ def one_run(tmp: Path) -> dict:
     _, rerun, lines, code = _timed([KF2V, "run", MANIFEST, "--output", str(out)], _env(tmp / "b"))
     if code != 0 or not any("skipped" in text for _, text in lines):
         raise RuntimeError(f"the re-run exited {code}: {lines[-5:]}")
+    rerun_cpu = _timed.cpu  # type: ignore[attr-defined]
     _, check, _, code = _timed([KF2V, "validate", MANIFEST], _env(tmp / "c"))
-    return {"trace": trace, "rerun_s": round(rerun, 2), "validate_s": round(check, 2)}
+    return {
+        "trace": trace,
+        "rerun_s": round(rerun, 2),
+        "validate_s": round(check, 2),
+        "rerun_cpu_s": rerun_cpu,
+        "validate_cpu_s": _timed.cpu,  # type: ignore[attr-defined]
+    }
 
 
 def server_alone(tmp: Path) -> float:
@@ -161,6 +175,8 @@ def run(runs: int = 5) -> dict:
         "first_create_s": _stats([r["trace"]["first create"] for r in rounds]),
         "rerun_s": _stats([r["rerun_s"] for r in rounds]),
         "validate_s": _stats([r["validate_s"] for r in rounds]),
+        "rerun_cpu_s": _stats([r["rerun_cpu_s"] for r in rounds]),
+        "validate_cpu_s": _stats([r["validate_cpu_s"] for r in rounds]),
         "traces": [r["trace"] for r in rounds],
         "server_fresh_home_s": fresh,
         "server_used_home_s": used,
@@ -191,6 +207,14 @@ def markdown(b8: dict) -> list[str]:
         s = b8[key]
         L.append(f"| {name} | ≤ {target:g} | {s['min']} | {s['median']} | {s['max']} |")
     L.append("")
+    if "rerun_cpu_s" in b8:  # what the process itself spends, whatever else runs
+        L.append(
+            "CPU seconds (user + sys) of the whole process, min / median / max: re-run "
+            + " / ".join(str(b8["rerun_cpu_s"][k]) for k in ("min", "median", "max"))
+            + "; validate "
+            + " / ".join(str(b8["validate_cpu_s"][k]) for k in ("min", "median", "max"))
+            + ".\n"
+        )
     L.append("Each first run's trace, seconds after `kf2v run` started:\n")
     phases = ["simulator up", "server slow", "plan printed", "first create", "end"]
     L.append("| round | " + " | ".join(phases) + " |")

@@ -76,7 +76,7 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     # B8: a new user's kf2v run, re-run (every row kept) and validate, each figure measured.
     b8 = res["b8"]
     assert b8["runs"] == 1 and len(b8["traces"]) == 1
-    for key in ("first_create_s", "rerun_s", "validate_s"):
+    for key in ("first_create_s", "rerun_s", "validate_s", "rerun_cpu_s", "validate_cpu_s"):
         assert 0 < b8[key]["min"] <= b8[key]["median"] <= b8[key]["max"]
     assert b8["traces"][0]["first create"] < b8["traces"][0]["end"]
     assert b8["server_fresh_home_s"] > 0 and b8["server_used_home_s"] > 0
