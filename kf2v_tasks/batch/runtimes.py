@@ -2,24 +2,16 @@
 
 The service runs a few tasks at once per (account, model) lane (kf2v models 2,
 ``wan2.7-i2v`` 5). Within a lane, starting the longest tasks first shrinks the batch's
-tail (LPT scheduling), so rows are ordered by a predicted run time:
+tail (LPT scheduling), so rows are ordered by a predicted run time: a prior
+(:func:`prior_seconds`) until tasks have finished, then the median of observed
+``run_seconds / duration`` per (model, resolution) over the last :data:`MAX_SAMPLES`,
+blended with the next fallback until :data:`FULL_WEIGHT_SAMPLES` exist, so one odd task
+cannot reorder a batch.
 
-* before anything is known, a prior (:func:`prior_seconds`): seconds grow with the
-  video's duration and with its resolution;
-* once tasks have finished, a robust rate per (model, resolution): the median of observed
-  ``run_seconds / duration`` over the last :data:`MAX_SAMPLES` tasks, blended with the
-  next fallback (the model's family, its other resolutions, the prior) until
-  :data:`FULL_WEIGHT_SAMPLES` samples exist, so one odd task cannot reorder a batch.
-
-History lives in one small JSON file beside the ledger, ``<output>/.kf2v/runtimes.json``::
-
-    {"version": 1,
-     "samples": {"wan2.7-i2v": {"720P": [[5.0, 61.2], [10.0, 130.0]]},
-                 "wan2.2-kf2v-flash": {"480P": [[5.0, 100.5]]}}}
-
-Each sample is ``[duration_seconds, run_seconds]``, oldest first, at most
-:data:`MAX_SAMPLES` per (model, resolution). Predictions only decide the *order* of rows,
-never whether a row runs, so an unreadable file costs a worse order, not a failed batch.
+History is ``<output>/.kf2v/runtimes.json``: ``{"version": 1, "samples": {model:
+{resolution: [[duration_seconds, run_seconds], ...]}}}``, oldest first. Predictions only
+decide the *order* of rows, never whether one runs, so an unreadable file costs a worse
+order, not a failed batch.
 """
 
 from __future__ import annotations
@@ -128,9 +120,8 @@ def base_seconds(model: str) -> float:
 
 
 def prior_seconds(model: str, resolution: Optional[str], duration: Optional[float]) -> float:
-    """Predicted service seconds before any run time is known: base × duration/5 × factor.
-
-    An unknown resolution counts as 720P; no duration as 5 s.
+    """Predicted service seconds before any run time is known (unknown resolution: 720P; no
+    duration: 5 s).
     """
     res = _resolution_name(resolution)
     return base_seconds(model) * (_duration(duration) / _BASE_DURATION) * _factor(res)
@@ -233,10 +224,8 @@ class RunTimeHistory:
 
     @classmethod
     async def load(cls, output: str, storage_options: Optional[dict] = None) -> RunTimeHistory:
-        """The history stored under ``output``; empty if there is none or it is unreadable.
-
-        Never raises for a missing, corrupt or unreachable file: it logs a warning and
-        leaves the file alone (only :meth:`save` replaces it).
+        """The history stored under ``output``; empty (logged, the file left alone) if it is
+        missing, corrupt or unreachable: only :meth:`save` replaces it.
         """
         samples = await _read(history_path(output), storage_options)
         return cls(samples or {})
@@ -315,11 +304,9 @@ class RunTimeHistory:
     def _rate(self, key: _Key) -> float:
         """Seconds per video second of ``key``: each level blended into the next one.
 
-        Levels, most specific first: the model's own samples at this resolution; its
-        family's (other names of the same family) at this resolution; the model's other
-        resolutions; the family's other resolutions; the prior. A level with ``n`` samples
-        weighs ``min(n, FULL_WEIGHT_SAMPLES) / FULL_WEIGHT_SAMPLES`` against the levels
-        after it.
+        Levels, most specific first: the model's own samples at this resolution, its family's,
+        the model's other resolutions, the family's, the prior. A level with ``n`` samples weighs
+        ``min(n, FULL_WEIGHT_SAMPLES) / FULL_WEIGHT_SAMPLES`` against the levels after it.
         """
         if key in self._rates:
             return self._rates[key]
@@ -350,12 +337,9 @@ class RunTimeHistory:
 
 
 def run_seconds_of(state: TaskState) -> Optional[float]:
-    """How long the service ran a SUCCEEDED task: ``end_time - scheduled_time`` in seconds.
-
-    ``None`` when the task did not succeed (a failure's time says little about a video's),
-    when either time is missing, or when the difference is negative (clock skew).
-    Queueing (``submit_time`` to ``scheduled_time``) is left out: it depends on the lane's
-    load, not on the row.
+    """How long the service ran a SUCCEEDED task (``end_time - scheduled_time``); ``None``
+    otherwise (a failure's time says little about a video's), or on missing times or skew.
+    Queueing is left out: it depends on the lane's load, not on the row.
     """
     if state.status is not TaskStatus.SUCCEEDED:
         return None

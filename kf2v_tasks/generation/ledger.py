@@ -359,11 +359,7 @@ class Ledger:
         ttl: timedelta = TASK_TTL,
         margin: timedelta = TASK_TTL_MARGIN,
     ) -> bool:
-        """Whether the recorded task can still deliver its video (no new create needed).
-
-        The same as :meth:`LedgerRecord.is_reusable`: a task id, submitted less than
-        ``ttl - margin`` ago, and not ended FAILED, CANCELED or UNKNOWN.
-        """
+        """Whether the recorded task can still deliver its video: :meth:`LedgerRecord.is_reusable`."""
         return record.is_reusable(now, ttl, margin)
 
 

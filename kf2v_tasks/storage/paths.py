@@ -45,10 +45,7 @@ def is_url(value: str) -> bool:
 def open_fs(
     url: str, storage_options: Optional[dict] = None
 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and in-filesystem path of ``url``.
-
-    Plain paths and ``file://`` URLs map to the local filesystem (``~`` expanded).
-    """
+    """The filesystem and in-filesystem path of ``url`` (plain paths: local, ``~`` expanded)."""
     if not is_url(url):
         url = os.path.abspath(os.path.expanduser(url))
     fs, path = fsspec.core.url_to_fs(url, **with_s3_retries(url, storage_options))
