@@ -1,16 +1,12 @@
 """The gallery page: one card per row, as self-contained HTML in which every value is escaped.
 
-The page has its CSS inline, no script (and a Content-Security-Policy that forbids any),
-no font, no network address. Videos and previews are linked by paths relative to the page
-(:func:`relative_link`), so the same file works opened from disk and served by S3 static
-hosting; :func:`render_gallery` also takes absolute links (presigned URLs), for a copy
-opened through a presigned URL.
-
-Prompts, ids, error messages and file names come from users and from the service: every
-one is escaped with :func:`html.escape` and every link is percent-encoded (and only a
-relative or http(s) link is ever written into an attribute), so a prompt such as
-``<img src=x onerror=alert(1)>`` stays text. Writing the page, and keeping it up to date
-while a batch runs, is :mod:`kf2v_tasks.batch.gallery`.
+Inline CSS, no script (a Content-Security-Policy forbids any), no font, no network
+address. Files are linked relative to the page (:func:`relative_link`), so one file works
+from disk and from S3 static hosting; absolute (presigned) links serve the copy opened
+through a presigned URL. Prompts, ids, errors and file names come from users and the
+service: all are escaped, links percent-encoded, and only relative or http(s) links reach
+an attribute, so ``<img src=x onerror=alert(1)>`` stays text. Writing and updating the
+page is :mod:`kf2v_tasks.batch.gallery`.
 """
 
 from __future__ import annotations

@@ -1,36 +1,19 @@
 """The one table that says what a DashScope answer means: which error, and what a create may do.
 
-Every non-2xx answer becomes a typed error (see :mod:`kf2v_tasks.errors`) through
-:data:`ERROR_RULES`, a list of rows read top to bottom, first match wins. A row says which
-statuses and which ``code``/``message`` it matches, the exception class, and what the
-answer means for a *create* (``POST .../video-synthesis``):
+Every non-2xx answer becomes a typed error (:mod:`kf2v_tasks.errors`) through
+:data:`ERROR_RULES`, rows read top to bottom, first match wins. Each row also says what the
+answer means for a *create*:
 
-* ``create_retryable`` — the service certainly created no task (throttling, 503): the
-  create may be sent again after a backoff;
-* ``create_may_have_happened`` — a task may exist and be billed (500, 502, 504, 408, an
-  unexpected status): the create is never resent; the caller gets
+* ``create_retryable``: the service certainly created no task (429, 503): resend after a
+  backoff;
+* ``create_may_have_happened``: a task may exist and be billed (500, 502, 504, 408, an
+  unexpected status): never resent; the caller gets
   :class:`~kf2v_tasks.errors.AmbiguousCreateError`;
-* neither — the service refused (bad input, auth, quota, moderation): no task, and
-  resending cannot help.
+* neither: the service refused (bad input, auth, quota, moderation): resending cannot help.
 
-The table, as rows of *status · code → class · create*::
-
-    any     UnsupportedOperation                  → UnsupportedOperationError   refused
-    any     DataInspectionFailed*, IPInfringement* → ContentRejectedError        refused
-    any     Arrearage, CommodityNotPurchased, …   → QuotaExhaustedError         refused
-            *BillOverdue, "Free allocated quota exceeded…"
-    401     any                                   → AuthenticationError         refused
-    403     any                                   → AccessDeniedError           refused
-    429     any                                   → ThrottledError              retried
-    503     any                                   → ServerError                 retried
-    408,5xx any                                   → ServerError                 ambiguous
-    4xx     any                                   → InvalidRequestError         refused
-    other   InvalidParameter*, BadRequest*, …     → InvalidRequestError         refused
-    other   any (1xx, 3xx)                        → ServerError                 ambiguous
-
-OSS answers (XML ``<Code>``/``<Message>``) go through the same rows, their code prefixed
-``OSS.`` so no DashScope code row matches them by accident. Turning an answer into the
-error is :mod:`kf2v_tasks.dashscope.responses`'s job; this module only holds the rows.
+OSS answers (XML) go through the same rows with their code prefixed
+``OSS.``, so no DashScope code row matches them by accident. Reading an answer into the
+error is :mod:`kf2v_tasks.dashscope.responses`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """fsspec ``storage_options`` from a loaded Prefect block, so storage secrets are never parameters.
 
-Loading the block by name (``"<block-type-slug>/<block-name>"``) needs Prefect, so it
-happens one layer up, in :func:`kf2v_tasks.credentials.resolve_storage_options`; this
-module only reads a block already loaded, by duck typing, and imports nothing of Prefect.
-The kinds understood:
-
-* ``aws-credentials/<name>`` — prefect-aws ``AwsCredentials`` (key, secret, session
-  token, region, endpoint URL from its client parameters);
-* ``remote-file-system/<name>`` — Prefect's ``RemoteFileSystem``; its ``settings`` are
-  fsspec options;
-* ``secret/<name>`` — a Prefect ``Secret`` holding a JSON object of fsspec options.
-
-Non-secret ``storage_options`` given beside it are merged on top (e.g. an endpoint).
+Loading a block by name needs Prefect, so it happens one layer up
+(:func:`kf2v_tasks.credentials.resolve_storage_options`); this module reads a loaded block
+by duck typing and imports nothing of Prefect. Understood: ``aws-credentials/<name>``
+(prefect-aws ``AwsCredentials``), ``remote-file-system/<name>`` (its ``settings`` are
+fsspec options) and ``secret/<name>`` (a JSON object of fsspec options). Non-secret
+``storage_options`` given beside it are merged on top (e.g. an endpoint).
 """
 
 from __future__ import annotations
