@@ -56,13 +56,26 @@ def wait_for_http(url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout}s: {last}")
 
 
+#: Whole files of slow tests: each test runs the `kf2v` command (a fresh interpreter that
+#: imports Prefect, seconds of CPU) or soaks S3 under faults.
+SLOW_FILES = {
+    "test_cli_keeps_results.py",
+    "test_cli_output.py",
+    "test_cli_stop.py",
+    "test_cli_validate.py",
+    "test_s3_faults.py",
+    "test_startup.py",
+}
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m reads the markers
 def pytest_collection_modifyitems(config, items):
     """Every test on the Prefect server is slow (it runs flows on a server that takes a
-    while to start); slow tests first, so that on pytest-xdist workers the longest ones
-    start at once instead of being the tail that everyone else waits for."""
+    while to start), and so is every test in SLOW_FILES; slow tests first, so that on
+    pytest-xdist workers the longest ones start at once instead of being the tail that
+    everyone else waits for."""
     for item in items:
-        if "prefect_server" in getattr(item, "fixturenames", ()):
+        if "prefect_server" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 

@@ -344,6 +344,7 @@ async def test_a_batch_that_never_runs_its_rows_still_finishes_failed(tmp_path):
     assert finished.payload["stopped"].startswith("ManifestFileError")
 
 
+@pytest.mark.slow  # a real kf2v process, interrupted
 async def test_an_interrupted_batch_says_so_before_it_exits(tmp_path, monkeypatch):
     """Ctrl-C, SIGTERM or a cancellation mid-run: results.csv and kf2v.batch.finished."""
     from kf2v_tasks.batch.reporting import BatchObserver

@@ -218,6 +218,7 @@ def _recorded_tasks(out: Path) -> int:
     return count
 
 
+@pytest.mark.slow  # real kf2v processes on a real Prefect server
 def test_sigterm_cancels_the_queued_tasks_and_says_so_in_results(tmp_path):
     log = tmp_path / "run.log"
     with _sim("queue", runtime=3000.0) as sim:  # 5 s real: still queued when cancelled
@@ -248,6 +249,7 @@ def test_sigterm_cancels_the_queued_tasks_and_says_so_in_results(tmp_path):
     assert TEST_API_KEY not in output
 
 
+@pytest.mark.slow  # real kf2v processes on a real Prefect server
 def test_after_a_sigkill_the_next_run_reattaches_to_the_queued_tasks(tmp_path):
     with _sim("queue", runtime=120.0) as sim:
         manifest = _manifest(tmp_path / "in", 4)
@@ -297,6 +299,7 @@ async def test_a_budget_stop_leaves_nothing_queued_and_pays_only_what_fits(tmp_p
     assert summary.spent <= 1.6
 
 
+@pytest.mark.slow  # real kf2v processes on a real Prefect server
 def test_a_prefect_cancellation_cancels_the_queued_tasks(tmp_path):
     """Cancel a deployment's flow run from the API, as the UI's Cancel button does."""
     import asyncio
