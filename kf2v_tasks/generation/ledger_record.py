@@ -1,39 +1,19 @@
 """One ledger record and its state machine: every legal move of a piece of work, and no other.
 
 A record is what is known about one fingerprint (one piece of paid work). Its ``state``
-can only change through the transition methods below; each checks that the move is legal
-from the current state, changes the fields that go with it and appends its event to the
-record's log. Assigning ``record.state`` directly raises, so no other module can move a
-record behind the state machine's back.
+changes only through the transition methods below, each of which checks the move is legal
+from the current state, sets the fields that go with it and appends its event; assigning
+``record.state`` raises, so no other module can move a record behind the machine's back.
 
-Transitions (``new`` and ``recreate_after`` start a record in ``submitting``):
+The create transitions (``begin_create``, ``create_ambiguous``, ``create_rejected``,
+``create_outcome_unknown``, ``submitted``) need no task id yet; the others (``ended``,
+``not_reusable``, ``timed_out``, ``persisted``, ``previews_made``) need one. A record with
+a task starts a new create only through ``recreate_after``, which refuses while that task
+can still deliver its video (a new create would pay twice).
 
-===========================  ================================  =====================
-transition                   legal from                        to
-===========================  ================================  =====================
-``begin_create``             submitting, ambiguous, terminal   submitting
-                             (no task id)
-``create_ambiguous``         submitting (no task id)           ambiguous
-``create_rejected``          submitting, ambiguous, terminal   terminal (ambiguous if
-                             (no task id)                      a duplicate may exist)
-``create_outcome_unknown``   submitting, ambiguous (no task)   ambiguous
-``submitted``                submitting (no task id)           submitted
-``ended``                    submitted, terminal, persisted    terminal (persisted
-                                                               stays persisted)
-``not_reusable``             submitted, terminal, persisted    terminal
-``timed_out``                submitted, terminal, persisted    (unchanged: event only)
-``persisted``                submitted, terminal, persisted    persisted
-``previews_made``            persisted                         (unchanged: previews)
-===========================  ================================  =====================
-
-``ended`` and the transitions below it need a recorded task id; the create transitions
-above need its absence: a record with a task starts a new create only through
-``recreate_after``, which refuses while that task can still deliver its video.
-
-The values on disk are the plain strings of :class:`LedgerState`, as they always were, so
-records written before this module existed load unchanged. The states, the errors and the
-task lifetimes live in :mod:`kf2v_tasks.generation.ledger_state` and are exported here
-too.
+On disk the states are the plain strings of :class:`LedgerState`, as they always were, so
+older records load unchanged. States, errors and task lifetimes live in
+:mod:`kf2v_tasks.generation.ledger_state` and are exported here too.
 """
 
 from __future__ import annotations
