@@ -233,6 +233,10 @@ def targets(res: dict) -> list[dict]:
         if b8:  # issue 25: median of the rounds, a new PREFECT_HOME each
             v = b8[key]["median"]
             out.append(dict(name=f"B8: {name} ≤ {goal:g} s (median)", value=v, met=v <= goal))
+    b9 = res.get("b9")
+    if b9:  # issue 25: Ctrl-C mid-run exits within 5 s with 130
+        ok = b9["median"] <= 5.0 and set(b9["codes"]) == {130}
+        out.append(dict(name="B9: Ctrl-C → exit 130 ≤ 5 s (median)", value=b9["median"], met=ok))
     return out
 
 
@@ -635,6 +639,10 @@ def markdown(res: dict) -> str:
         from bench.b8_startup import markdown as b8_markdown
 
         L.extend(b8_markdown(res["b8"]))
+    if res.get("b9"):
+        from bench.stop_time import markdown as b9_markdown
+
+        L.extend(b9_markdown(res["b9"]))
     L.append("## Reproduce\n")
     L.append(f"```\n{m['command']}\n```\n")
     return "\n".join(L)

@@ -35,6 +35,7 @@ from bench import (
     b7_pool,
     b8_startup,
     report,
+    stop_time,
 )
 from bench.common import ROOT, PrefectServer, log
 
@@ -52,6 +53,7 @@ FULL = dict(
     b7_rows=b7_pool.ROWS,
     b7_repeats=b7_pool.REPEATS,
     b8_runs=5,
+    b9_runs=5,
 )
 QUICK = dict(
     b1_rows=8,
@@ -69,6 +71,7 @@ QUICK = dict(
     b7_rows=4,
     b7_repeats=1,
     b8_runs=1,
+    b9_runs=1,
 )
 #: Variants of our side: label -> extra flow parameters (shipped options, not patches).
 VARIANTS = {"ours per_row": {"task_runs": "per_row"}}
@@ -77,7 +80,7 @@ B1_VARIANTS = {**VARIANTS, "ours queue_ahead=0": {"queue_ahead": 0}}
 
 
 #: The sections of BENCHMARKS.md, each measured by one part of the run.
-ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8")
+ALL_SECTIONS = ("b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "b9")
 
 
 def _commit() -> str:
@@ -654,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}  # each section's own wall time (the server's start aside)
     # B3 needs no Prefect, and B8 starts its own (a new user's); the rest share this one.
     prefect = None
-    if only - {"b3", "b8"}:
+    if only - {"b3", "b8", "b9"}:
         log(f"starting the Prefect API server ({'quick' if args.quick else 'full'} run)")
         prefect = PrefectServer()
     try:
@@ -705,6 +708,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             res["b8"] = b8_startup.run(sizes["b8_runs"])
             walls["b8"] = round(time.monotonic() - t, 1)
+        if "b9" in only:  # Ctrl-C to a new user's kf2v run
+            t = time.monotonic()
+            res["b9"] = stop_time.run(sizes["b9_runs"])
+            walls["b9"] = round(time.monotonic() - t, 1)
     finally:
         if prefect is not None:
             prefect.stop()

@@ -82,6 +82,11 @@ def test_every_benchmark_runs_at_a_tiny_size(tmp_path):
     assert b8["server_fresh_home_s"] > 0 and b8["server_used_home_s"] > 0
     assert b8["server_phases"]["import_s"] > 0 and b8["server_phases"]["migrate_s"] > 0
 
+    # B9: Ctrl-C to a new user's kf2v run: it stops, says so (130) and writes results.csv.
+    b9 = res["b9"]
+    assert b9["runs"] == 1 and b9["codes"] == [130] and b9["written"] == [True]
+    assert 0 < b9["min"] <= b9["median"] <= b9["max"]
+
     # B7: one kf2v batch over two accounts (credentials_block a list of two blocks).
     b7 = res["b7"]
     assert b7["rows_succeeded"] == b7["rows"] and b7["duplicate_tasks"] == 0
