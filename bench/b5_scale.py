@@ -3,7 +3,7 @@
 What grows with a batch must grow at most linearly: this measures rows/s, the client's
 CPU per row, the Prefect API server's CPU per row, the client's peak RSS, and the S3
 requests per row (ledger records and claims, videos, sidecars, previews, the gallery and
-results included), counted by a proxy in front of moto (kf2v_tasks.testing_s3faults, no
+results included), counted by a proxy in front of moto (kf2v_testing.s3_faults, no
 faults injected), broken down by S3 operation.
 """
 
@@ -19,8 +19,8 @@ from bench.common import API_KEY_OURS, SimProcess, log, make_inputs, start_side
 
 def run(rows: int, concurrency: int, prefect) -> dict:
     """Ours (``generate_batch``, default settings) over ``rows`` rows into ``s3://``."""
-    from kf2v_tasks.testing import MotoS3Server
-    from kf2v_tasks.testing_s3faults import S3FaultProxy
+    from kf2v_testing.moto_server import MotoS3Server
+    from kf2v_testing.s3_faults import S3FaultProxy
 
     work = Path(tempfile.mkdtemp(prefix="kf2v-b5-"))
     moto = MotoS3Server()

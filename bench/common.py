@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from kf2v_tasks._cli.stack import free_port, stop_process
-from kf2v_tasks.testing import MotoS3Server
+from kf2v_testing.moto_server import MotoS3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

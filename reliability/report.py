@@ -122,7 +122,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"- S3 phases: {r.get('s3_rows')} rows, each video "
             f"{r.get('s3_video_bytes', 0) / 2**20:g} MiB (a two-part multipart upload), "
             "output on a real moto server behind the S3 fault proxy "
-            f"(`kf2v_tasks.testing_s3faults`), per request: {rates}."
+            f"(`kf2v_testing.s3_faults`), per request: {rates}."
         )
     lines += [
         f"- Overall: **{'PASS' if r['ok'] else 'FAIL'}**.",
@@ -211,7 +211,7 @@ def _how_checked() -> list[str]:
         "  to a delivered row. On S3 the audit reads moto directly, never through the proxy.",
         "- **Lost ledger records**: delivered videos whose sha256 no ledger record in state",
         "  `persisted` carries.",
-        "- **S3 faults** (`kf2v_tasks.testing_s3faults.S3FaultProxy`): a loopback proxy in",
+        "- **S3 faults** (`kf2v_testing.s3_faults.S3FaultProxy`): a loopback proxy in",
         "  front of a real moto server answers by seeded probability with `503 SlowDown` or",
         "  `500 InternalError` (S3 XML bodies), or resets the connection half-way through an",
         "  `UploadPart` body. botocore (5 attempts) and s3fs (5 rounds for SlowDown and",

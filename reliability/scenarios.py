@@ -1,6 +1,6 @@
 """The soak's storage scenarios: output on S3 behind the fault proxy, and overlapping runs.
 
-* :func:`s3_output` — a moto server, the :class:`~kf2v_tasks.testing_s3faults.S3FaultProxy`
+* :func:`s3_output` — a moto server, the :class:`~kf2v_testing.s3_faults.S3FaultProxy`
   in front of it and a fresh bucket: the run writes through the faults, the audit reads
   moto directly.
 * :func:`run_with_restart` — one ``kf2v run`` with moto restarted once mid-batch.
@@ -57,8 +57,8 @@ def s3_output(
                               storage_options=s3.run_options)
         ```
     """
-    from kf2v_tasks.testing import MOTO_KEY, MotoS3Server
-    from kf2v_tasks.testing_s3faults import S3FaultProxy
+    from kf2v_testing.moto_server import MOTO_KEY, MotoS3Server
+    from kf2v_testing.s3_faults import S3FaultProxy
 
     moto = MotoS3Server()
     proxy = None

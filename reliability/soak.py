@@ -17,7 +17,7 @@ downloads cut mid-stream and 2% expired URLs:
 * **overlap** — two runs of the same manifest into the same output, the second started
   ``--overlap-delay`` seconds after the first;
 * **S3 faults** — output on a real moto server behind the S3 fault proxy
-  (:mod:`kf2v_tasks.testing_s3faults`: 503 SlowDown, 500 InternalError, resets mid
+  (:mod:`kf2v_testing.s3_faults`: 503 SlowDown, 500 InternalError, resets mid
   UploadPart), moto restarted once mid-batch;
 * **S3 overlap** — the overlap, on S3 under the same S3 faults.
 

@@ -24,8 +24,8 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from kf2v_tasks._cli.stack import free_port, stop_process  # noqa: F401,E402  (re-exported for tests)
-from kf2v_tasks.testing import MotoS3Server  # noqa: E402
-from kf2v_tasks.testing_s3faults import S3FaultProxy  # noqa: E402
+from kf2v_testing.moto_server import MotoS3Server  # noqa: E402
+from kf2v_testing.s3_faults import S3FaultProxy  # noqa: E402
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

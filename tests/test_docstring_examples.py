@@ -81,7 +81,10 @@ def test_example_runs(code, prefect_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tree = compile(code, "<example>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace: dict = {"__name__": "__example__"}
-    with fast_service(RuntimeDistribution(kind="fixed", low=30), seed=7) as sim, pointed_at(sim, monkeypatch):
+    with (
+        fast_service(RuntimeDistribution(kind="fixed", low=30), seed=7) as sim,
+        pointed_at(sim, monkeypatch),
+    ):
         result = eval(tree, namespace)
         if inspect.iscoroutine(result):
             asyncio.run(result)

@@ -362,7 +362,7 @@ async def test_keeping_a_video_on_s3_sends_no_head_and_no_listing(s3_server):
     from PIL import Image
 
     from kf2v_tasks.simulator.render import render_video
-    from kf2v_tasks.testing_s3faults import S3FaultProxy
+    from kf2v_testing.s3_faults import S3FaultProxy
 
     def png(colour) -> bytes:
         buf = io.BytesIO()

@@ -27,7 +27,7 @@ from kf2v_tasks._cli.stack import LocalStack, free_port
 from kf2v_tasks.generation.claims import ClaimDoc
 from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
-from kf2v_tasks.testing import MOTO_KEY
+from kf2v_testing.moto_server import MOTO_KEY
 
 from conftest import TEST_API_KEY
 from helpers import make_pairs, manifest_text

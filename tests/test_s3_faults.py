@@ -19,8 +19,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kf2v_tasks.storage.download import S3_PART_SIZE, stream_to_storage  # noqa: E402
-from kf2v_tasks.testing import MotoS3Server  # noqa: E402
-from kf2v_tasks.testing_s3faults import S3FaultProxy, s3_operation  # noqa: E402
+from kf2v_testing.moto_server import MotoS3Server  # noqa: E402
+from kf2v_testing.s3_faults import S3FaultProxy, s3_operation  # noqa: E402
 
 VIDEO = bytes(range(256)) * (S3_PART_SIZE // 256 + 4096)  # 8 MiB + 1 MiB: two parts
 

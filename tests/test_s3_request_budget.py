@@ -21,7 +21,7 @@ import pytest
 from kf2v_flows.batch import generate_batch
 from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.simulator import RuntimeDistribution
-from kf2v_tasks.testing_s3faults import S3FaultProxy
+from kf2v_testing.s3_faults import S3FaultProxy
 
 from helpers import fast_service, make_pairs, manifest_text, pointed_at
 

@@ -1,7 +1,7 @@
 """One object, one request: kf2v_tasks.storage.objects and the readers built on it.
 
 On S3 the requests are counted by the proxy in front of a real moto server
-(kf2v_tasks.testing_s3faults, no faults injected): a missing key must cost one request,
+(kf2v_testing.s3_faults, no faults injected): a missing key must cost one request,
 never s3fs's HeadObject + ListObjects, and a read one GetObject, never HeadObject + GET.
 The same calls on local disk and ``memory://`` give the same answers.
 """
@@ -27,8 +27,8 @@ from kf2v_tasks.storage.objects import (
     stat_object,
 )
 from kf2v_tasks.storage.paths import open_fs
-from kf2v_tasks.testing import MotoS3Server
-from kf2v_tasks.testing_s3faults import S3FaultProxy
+from kf2v_testing.moto_server import MotoS3Server
+from kf2v_testing.s3_faults import S3FaultProxy
 
 FP = "ab" * 32
 

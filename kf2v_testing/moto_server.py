@@ -65,7 +65,7 @@ class MotoS3Server:
 
         moto keeps its state in memory, so the new server starts EMPTY: a caller that
         needs the objects back must save and restore them (see
-        :class:`kf2v_tasks.testing_s3faults.S3FaultProxy.restart_upstream`).
+        :class:`kf2v_testing.s3_faults.S3FaultProxy.restart_upstream`).
 
         Example:
             ```python

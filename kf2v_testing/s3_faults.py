@@ -1,6 +1,6 @@
 """S3 faults on loopback: a proxy in front of a real moto server (dev extra: moto).
 
-:class:`S3FaultProxy` forwards every S3 request to a :class:`~kf2v_tasks.testing.MotoS3Server`
+:class:`S3FaultProxy` forwards every S3 request to a :class:`~kf2v_testing.moto_server.MotoS3Server`
 and, by seeded probability per kind (or a script of faults for the next requests), answers
 instead of the server:
 
@@ -44,7 +44,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 
-from kf2v_tasks.testing import MOTO_KEY, MotoS3Server
+from kf2v_testing.moto_server import MOTO_KEY, MotoS3Server
 
 #: The fault kinds :class:`S3FaultProxy` injects.
 FAULT_KINDS = ("slowdown", "error500", "reset_upload_part")
@@ -78,7 +78,7 @@ def s3_operation(method: str, target: str, headers: dict[str, str]) -> str:
 
     Example:
         ```python
-        from kf2v_tasks.testing_s3faults import s3_operation
+        from kf2v_testing.s3_faults import s3_operation
         assert s3_operation("PUT", "/b/k?partNumber=1&uploadId=x", {}) == "UploadPart"
         assert s3_operation("HEAD", "/b/k", {}) == "HeadObject"
         ```
@@ -129,8 +129,8 @@ class S3FaultProxy:
 
     Example:
         ```python
-        from kf2v_tasks.testing import MotoS3Server
-        from kf2v_tasks.testing_s3faults import S3FaultProxy
+        from kf2v_testing.moto_server import MotoS3Server
+        from kf2v_testing.s3_faults import S3FaultProxy
 
         moto = MotoS3Server()
         proxy = S3FaultProxy(moto, rates={"slowdown": 0.05, "error500": 0.05})
