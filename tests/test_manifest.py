@@ -766,6 +766,7 @@ def manifests(draw) -> str | bytes:
     return text if encoding == "str" else text.encode(encoding)
 
 
+@pytest.mark.slow  # 300 generated manifests, each a file parsed and checked
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(manifests())
 def test_fuzz_structured_manifests(data):
