@@ -14,9 +14,9 @@ manifest, a ``sequence`` column groups the rows: the rows of one sequence, in fi
 are its transitions (each row's ``last_frame`` is the next row's ``first_frame``), and
 each sequence becomes ``<output>/<sequence>.mp4``.
 
-The flow is here; which rows make which film in :mod:`kf2v_flows.storyboard_plan`,
-stitching in :mod:`kf2v_flows.storyboard_films`, the results in
-:mod:`kf2v_flows.storyboard_results`.
+The flow is here; which rows make which film in :mod:`kf2v_tasks.storyboard.plan`,
+stitching in :mod:`kf2v_tasks.storyboard.films`, the results in
+:mod:`kf2v_tasks.storyboard.results`.
 """
 
 from __future__ import annotations
@@ -25,15 +25,6 @@ from typing import Optional, Union
 
 from prefect.states import Completed, Failed
 
-from kf2v_flows.storyboard_films import make_film
-from kf2v_flows.storyboard_plan import (
-    SEQUENCE_COLUMN,
-    continuation_step,
-    manifest_extra_columns,
-    sequences,
-    write_transitions,
-)
-from kf2v_flows.storyboard_results import StoryboardFilm, StoryboardSummary
 from kf2v_tasks._twins import twin_flow
 from kf2v_tasks.batch.config import ConcurrencySettings, PollingSettings, normalize_output
 from kf2v_tasks.batch.manifest import ExtraColumns, RowDefaults, load_manifest
@@ -45,6 +36,15 @@ from kf2v_tasks.credentials import DashScopeCredentials, resolve_storage_options
 from kf2v_tasks.errors import StoryboardFailedError
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
+from kf2v_tasks.storyboard.films import make_film
+from kf2v_tasks.storyboard.plan import (
+    SEQUENCE_COLUMN,
+    continuation_step,
+    manifest_extra_columns,
+    sequences,
+    write_transitions,
+)
+from kf2v_tasks.storyboard.results import StoryboardFilm, StoryboardSummary
 
 __all__ = [
     "SEQUENCE_COLUMN",

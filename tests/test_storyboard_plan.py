@@ -8,16 +8,16 @@ import pytest
 
 import kf2v_tasks
 from kf2v_flows import storyboard
-from kf2v_flows.storyboard_plan import (
+from kf2v_tasks.batch.manifest import parse_manifest
+from kf2v_tasks.batch.results import BatchSummary
+from kf2v_tasks.errors import BatchFailedError, ManifestFileError, StoryboardFailedError
+from kf2v_tasks.storyboard.plan import (
     SEQUENCE_COLUMN,
     manifest_extra_columns,
     sequences,
     write_transitions,
 )
-from kf2v_flows.storyboard_results import StoryboardFilm, StoryboardSummary
-from kf2v_tasks.batch.manifest import parse_manifest
-from kf2v_tasks.batch.results import BatchSummary
-from kf2v_tasks.errors import BatchFailedError, ManifestFileError, StoryboardFailedError
+from kf2v_tasks.storyboard.results import StoryboardFilm, StoryboardSummary
 
 
 def parse(text: str, extra_columns=False):

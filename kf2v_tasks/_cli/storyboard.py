@@ -74,7 +74,7 @@ def cmd_storyboard(args: argparse.Namespace) -> int:
     check_storyboard_args(args)
     defaults = defaults_from_args(args)
     if args.continue_clips:  # a chain the model cannot make is said before anything starts
-        from kf2v_flows.storyboard_plan import continuation_step
+        from kf2v_tasks.storyboard.plan import continuation_step
 
         try:
             continuation_step(list(args.frames), defaults)

@@ -8,7 +8,7 @@ transitions, each row's ``last_frame`` the next row's ``first_frame``
 
 Example:
     ```python
-    from kf2v_flows.storyboard_plan import SEQUENCE_COLUMN, manifest_extra_columns
+    from kf2v_tasks.storyboard.plan import SEQUENCE_COLUMN, manifest_extra_columns
     assert manifest_extra_columns(False) == [SEQUENCE_COLUMN]
     assert manifest_extra_columns(["shot"]) == [SEQUENCE_COLUMN, "shot"]
     ```
@@ -47,7 +47,7 @@ def manifest_extra_columns(extra_columns: ExtraColumns) -> ExtraColumns:
 
     Example:
         ```python
-        from kf2v_flows.storyboard_plan import manifest_extra_columns
+        from kf2v_tasks.storyboard.plan import manifest_extra_columns
         assert manifest_extra_columns(True) is True
         ```
     """

@@ -5,7 +5,7 @@ clips it would be made from, and whose file is intact, is not stitched again.
 
 Example:
     ```python
-    from kf2v_flows.storyboard_films import make_film
+    from kf2v_tasks.storyboard.films import make_film
     film = await make_film("day", "out/day.mp4", [2, 3], by_row, dry_run=False, opts=None)
     print(film.status, film.stitch.frames)
     ```
@@ -17,10 +17,10 @@ from typing import Optional
 
 from prefect.logging import get_run_logger
 
-from kf2v_flows.storyboard_results import StoryboardFilm
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.generation.stitch import StitchResult, stitch_clips
 from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file, write_json_atomic
+from kf2v_tasks.storyboard.results import StoryboardFilm
 
 __all__ = ["make_film"]
 
