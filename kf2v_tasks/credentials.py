@@ -69,11 +69,11 @@ class DashScopeCredentials(CredentialsBlock):
         ```python
         from kf2v_tasks import DashScopeCredentials
 
-        DashScopeCredentials(api_key="sk-...", region="singapore").save("my-dashscope", overwrite=True)
+        DashScopeCredentials(api_key="sk-...", region="singapore").save("BLOCK_NAME", overwrite=True)
 
-        credentials = DashScopeCredentials.load("my-dashscope")
+        credentials = DashScopeCredentials.load("BLOCK_NAME")
         assert credentials.resolved_base_url == "https://dashscope-intl.aliyuncs.com/api/v1"
-        # generate_batch(..., credentials_block="my-dashscope")
+        # generate_batch(..., credentials_block="BLOCK_NAME")
         ```
     """
 
