@@ -73,11 +73,19 @@ def pytest_collection_modifyitems(config, items):
     """Every test on the Prefect server is slow (it runs flows on a server that takes a
     while to start), and so is every test in SLOW_FILES; slow tests first, so that on
     pytest-xdist workers the longest ones start at once instead of being the tail that
-    everyone else waits for."""
+    everyone else waits for (those marked slow by hand first: the longest ones)."""
+    rank: dict[str, int] = {}
     for item in items:
+        rank[item.nodeid] = 0 if item.get_closest_marker("slow") else 2
         if "prefect_server" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+            rank[item.nodeid] = min(rank[item.nodeid], 1)
+    items.sort(key=lambda item: rank[item.nodeid])
+    # --dist worksteal hands each worker one contiguous share of this list and steals from
+    # its end: deal the sorted list out, so every share starts with its part of the slow.
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    if workers > 1:
+        items[:] = [item for share in range(workers) for item in items[share::workers]]
 
 
 @pytest.fixture(scope="session")
