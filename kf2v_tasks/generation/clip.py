@@ -16,8 +16,6 @@ import os
 import re
 from typing import Any, Optional
 
-import av
-
 from kf2v_tasks.dashscope.catalog import ModelSpec, active_catalog
 from kf2v_tasks.dashscope.models import (
     CLIP_FORMATS,
@@ -50,6 +48,8 @@ class ClipValidationError(FrameValidationError):
 
 def _probe(data: bytes) -> tuple[str, float, int, int]:
     """``(format, seconds, width, height)``; raises ValueError when it is no mp4/mov video."""
+    import av  # lazily: `kf2v run` without PyAV says so in one line before it gets here
+
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if "mp4" not in container.format.name.split(","):
