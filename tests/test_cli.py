@@ -141,3 +141,33 @@ def test_a_credentials_block_that_cannot_be_loaded_is_one_line_and_exit_2(env, t
     assert "cannot be loaded" in errors[0]
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "out" / "results.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "first"),
+    [((), "1080P"), (("--order", "manifest"), "480P")],
+    ids=["longest", "manifest"],
+)
+def test_run_order_flag_reaches_the_flow(tmp_path, flag, first):
+    """Rows of one lane start longest first (1080P predicted longest), or in manifest order."""
+    pairs = make_pairs(tmp_path, 3)
+    rows = [
+        {"id": f"r{i}", "first_frame": a, "last_frame": b, "resolution": res}
+        for i, ((a, b), res) in enumerate(zip(pairs, ["480P", "720P", "1080P"], strict=True))
+    ]
+    (tmp_path / "m.csv").write_text(manifest_text(rows))
+    cfg = SimulatorConfig(speed=SPEED, runtime=RuntimeDistribution(kind="fixed", low=60))
+    with run_simulator(cfg) as own:
+        env = user_env(
+            tmp_path,
+            DASHSCOPE_API_KEY=TEST_API_KEY,
+            DASHSCOPE_HTTP_BASE_URL=own.base_url,
+            KF2V_TIME_SCALE=str(SPEED),
+        )
+        p = kf2v(
+            "run", str(tmp_path / "m.csv"), "--output", str(tmp_path / "out"),
+            "--concurrency", "1", *flag, env=env,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+        created = [t["resolution"] for t in own.tasks()]
+    assert created[0] == first and sorted(created) == ["1080P", "480P", "720P"]

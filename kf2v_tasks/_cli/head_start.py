@@ -76,7 +76,7 @@ async def _create_first(args, defaults, concurrency, credentials) -> dict[str, f
     first = []
     for model in models:
         busy = sum(1 for r in plan.runnable if r.id in plan.live and r.options.model == model)
-        lane = [r for r in order_rows(rows, key, history) if r.options.model == model]
+        lane = [r for r in order_rows(rows, key, history, args.order) if r.options.model == model]
         first += lane[: max(0, quotas[model].running - busy)]
     if not first:
         return {}

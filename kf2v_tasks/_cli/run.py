@@ -73,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     max_cost=args.max_cost,
                     fail_fast=args.fail_fast,
                     task_runs=args.task_runs,
+                    order=args.order,
                     extra_columns=args.extra_columns,
                     credentials_block=credentials,
                     storage_block=args.storage_block,
