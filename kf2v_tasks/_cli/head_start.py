@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional
 
 from kf2v_tasks.batch.manifest import RowDefaults
 
@@ -22,7 +23,11 @@ logger = logging.getLogger("kf2v_tasks.cli.head_start")
 
 
 def head_start(
-    args: argparse.Namespace, defaults: RowDefaults, concurrency: Any, credentials: Any
+    args: argparse.Namespace,
+    defaults: RowDefaults,
+    concurrency: Any,
+    credentials: Any,
+    announce: Optional[Callable[[Any, Any, bool], Awaitable[None]]] = None,
 ) -> dict[str, float]:
     """Create the first rows' tasks now; the price of each task created, by task id.
 
@@ -38,13 +43,13 @@ def head_start(
     if isinstance(credentials, (str, list)):  # saved blocks: the server reads them
         return {}
     try:
-        return asyncio.run(_create_first(args, defaults, concurrency, credentials))
+        return asyncio.run(_create_first(args, defaults, concurrency, credentials, announce))
     except Exception as exc:  # the flow plans again and says what is wrong
         logger.debug("no head start: %s", exc)
         return {}
 
 
-async def _create_first(args, defaults, concurrency, credentials) -> dict[str, float]:
+async def _create_first(args, defaults, concurrency, credentials, announce) -> dict[str, float]:
     from kf2v_tasks.batch.config import normalize_output
     from kf2v_tasks.batch.plan import plan_batch
     from kf2v_tasks.batch.plan_assess import assess_plan, run_prices
@@ -80,6 +85,8 @@ async def _create_first(args, defaults, concurrency, credentials) -> dict[str, f
         first += lane[: max(0, quotas[model].running - busy)]
     if not first:
         return {}
+    if announce is not None:  # the estimate and any region warning, before paying
+        await announce(plan, plan.estimate(prices), False)
     creds = await aresolve_credentials(credentials)
     async with creds.get_client(limits=limits_for(creds, quotas)) as client:
         subs = await asyncio.gather(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 from kf2v_tasks.batch.reporting import BatchObserver, observing
 
@@ -42,11 +42,19 @@ class ProgressBar(BatchObserver):
             transient=False,
         )
         self.task_id = self.bar.add_task("starting", total=None)
+        self.announced = False
 
     async def on_plan(self, plan: Any, cost: Any, dry_run: bool) -> None:
-        """Say what will run, what it should cost and what fits max_cost, before spending."""
+        """Say what will run, what it should cost and what fits max_cost, before spending.
+
+        Once: when the head start said it before its first creates, the flow's own plan
+        (which then counts those tasks as picked up) is not said again.
+        """
         from rich.markup import escape  # ids and paths may hold "[...]"
 
+        if self.announced:
+            return
+        self.announced = True
         from kf2v_tasks.batch.results import n_rows
 
         console = self.bar.console
@@ -79,7 +87,7 @@ class ProgressBar(BatchObserver):
 
 
 @contextlib.contextmanager
-def progress(console: Any) -> Iterator[ProgressBar]:
+def progress(console: Any, bar: Optional[ProgressBar] = None) -> Iterator[ProgressBar]:
     """A :class:`ProgressBar` shown and registered for every batch run inside the block.
 
     Example:
@@ -88,8 +96,8 @@ def progress(console: Any) -> Iterator[ProgressBar]:
             state = asyncio.run(generate_batch("m.csv", "out/", return_state=True))
         ```
     """
-    with ProgressBar(console) as bar, observing(bar):
-        yield bar
+    with bar or ProgressBar(console) as shown, observing(shown):
+        yield shown
 
 
 def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:

@@ -49,8 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     concurrency = concurrency_from_args(args)
     head: dict[str, float] = {}  # tasks created while the temporary server starts
 
+    bar = ProgressBar(console)  # the plan is said once, before the first create
+
     def first_creates(credentials: Any) -> None:
-        head.update(head_start(args, defaults, concurrency, credentials))
+        head.update(head_start(args, defaults, concurrency, credentials, announce=bar.on_plan))
         if head:
             console.print(
                 f"{len(head)} task(s) created while the temporary Prefect server starts; "
@@ -62,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with flow_service(args, meanwhile=first_creates) as credentials:
         from kf2v_flows.batch import generate_batch
 
-        with progress(console):
+        with progress(console, bar):
             state = asyncio.run(
                 generate_batch(
                     manifest=args.manifest,
