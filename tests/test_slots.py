@@ -74,7 +74,7 @@ async def test_a_missing_gcl_is_created_with_the_runs_limit_once_even_by_two_at_
     assert all(r["limit"] == 3 and r["active"] for r in results)
     assert (await ensure_limit(name, 5))["limit"] == 3  # an existing size is left alone
 
-    caplog.set_level(logging.INFO, logger="kf2v_tasks.lanes.slots")
+    caplog.set_level(logging.INFO, logger="kf2v_tasks.lanes.gcl")  # says what it made
     fresh = f"kf2v-test-pool-{uuid.uuid4().hex[:8]}"
     pool = await SlotPool.create(2, fresh)
     assert pool.gcl_name == fresh
