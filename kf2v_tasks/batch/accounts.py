@@ -49,9 +49,12 @@ class RunAccount:
 
 
 async def resolve_accounts(
-    credentials: Union[CredentialsArg, Sequence[CredentialsArg]],
+    credentials: Union[CredentialsArg, Sequence[CredentialsArg]], *, quiet: bool = False
 ) -> list[RunAccount]:
     """The distinct accounts behind ``credentials`` (one, or a list), in the order given.
+
+    ``quiet``: a caller that only reads them (the prices' regions) leaves the warning about
+    a key given twice to the run that uses the accounts: said once.
 
     Raises:
         ValueError: a block cannot be loaded (the message names it), or none is configured.
@@ -72,6 +75,8 @@ async def resolve_accounts(
         name = item if isinstance(item, str) and item else _block_name(creds) or label
         aid = account_id(creds)
         if aid in seen:
+            if quiet:
+                continue
             logger.warning(
                 "credentials %r and %r hold the same key: one account, used once",
                 seen[aid].name,

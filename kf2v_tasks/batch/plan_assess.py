@@ -64,7 +64,7 @@ async def run_prices(
     if named:
         from kf2v_tasks.batch.accounts import resolve_accounts
 
-        regions = [a.credentials.region for a in await resolve_accounts(named)]
+        regions = [a.credentials.region for a in await resolve_accounts(named, quiet=True)]
     return PriceTable.from_value(price_table, list(dict.fromkeys(regions)) or configured_region())
 
 
