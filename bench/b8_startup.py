@@ -233,10 +233,10 @@ def markdown(b8: dict) -> list[str]:
             if "server_phases" in b8
             else ""
         )
-        + ". *Plan printed* comes after the server is up, the flow run is created and every "
-        "row is planned. The first create does not wait for it: each lane's first creates "
-        "go out once the simulator is up (*simulator up* includes importing Prefect, which "
-        "the credentials block needs).\n"
+        + ". The first create does not wait for the server: once the simulator is up, the "
+        "run plans the manifest, says its plan and estimate (*plan printed*), and each lane "
+        "sends its first creates; the flow picks those tasks up when the server is ready "
+        "(*simulator up* includes importing Prefect, which the credentials block needs).\n"
     )
     return L
 
