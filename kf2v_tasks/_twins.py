@@ -84,18 +84,7 @@ class TwinFlow(Flow):
 
 
 def twin_flow(**flow_options: Any) -> Callable[[Callable[..., Any]], TwinFlow]:
-    """``@flow(...)`` for an async flow that sync parents can call too.
-
-    Example:
-        ```python
-        @twin_flow(name="kf2v-generate-video")
-        async def generate_video(...): ...
-
-        @flow
-        def nightly():
-            video = generate_video("a.png", "b.png", "out/clip.mp4")   # a value, not a coroutine
-        ```
-    """
+    """``@flow(...)`` for an async flow that sync parents can call too."""
 
     def decorate(fn: Callable[..., Any]) -> TwinFlow:
         if not inspect.iscoroutinefunction(fn):
@@ -113,19 +102,6 @@ def sync_twin(aio: Task, *, doc: str, **task_options: Any) -> TwinTask:
 
     Its body runs ``aio``'s function on Prefect's "run sync" event loop, so the twins
     share one implementation and one signature.
-
-    Example:
-        ```python
-        @task(name="Ping")
-        async def aping(host: str) -> str:
-            return f"pong from {host}"
-
-        ping = sync_twin(aping, doc="Ping, sync.", name="Ping")
-
-        @flow
-        def check():
-            return ping("a")            # "pong from a", not a coroutine
-        ```
     """
     if not aio.isasync:
         raise TypeError("sync_twin needs an async task")

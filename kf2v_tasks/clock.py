@@ -39,14 +39,6 @@ def time_scale() -> float:
 
     Raises:
         ValueError: the configured value is not a number > 0; names the variable.
-
-    Example:
-        ```python
-        from kf2v_tasks import clock
-        clock.set_time_scale(60)
-        assert clock.time_scale() == 60.0
-        clock.set_time_scale(None)   # back to KF2V_TIME_SCALE (default 1)
-        ```
     """
     global _cached
     if _override is not None:
@@ -90,14 +82,6 @@ def set_time_scale(value: float | None) -> None:
 
     Raises:
         ValueError: ``value`` is not a finite number > 0.
-
-    Example:
-        ```python
-        from kf2v_tasks import clock
-        clock.set_time_scale(600)       # a rehearsal at 600x
-        assert clock.real_seconds(60) == 0.1
-        clock.set_time_scale(None)
-        ```
     """
     global _override, _cached
     if value is None:
@@ -114,39 +98,15 @@ def set_time_scale(value: float | None) -> None:
 
 
 def now() -> float:
-    """Monotonic clock in service seconds.
-
-    Example:
-        ```python
-        from kf2v_tasks import clock
-        started = clock.now()
-        elapsed = clock.now() - started   # service seconds
-        ```
-    """
+    """Monotonic clock in service seconds."""
     return monotonic() * time_scale()
 
 
 def real_seconds(service_seconds: float) -> float:
-    """How long ``service_seconds`` take in real time at the current scale.
-
-    Example:
-        ```python
-        from kf2v_tasks import clock
-        clock.set_time_scale(60)
-        assert clock.real_seconds(120) == 2.0
-        clock.set_time_scale(None)
-        ```
-    """
+    """How long ``service_seconds`` take in real time at the current scale."""
     return max(0.0, service_seconds) / time_scale()
 
 
 async def sleep(service_seconds: float) -> None:
-    """``asyncio.sleep`` for a duration given in service seconds.
-
-    Example:
-        ```python
-        from kf2v_tasks import clock
-        await clock.sleep(30)   # half a real second at a time scale of 60
-        ```
-    """
+    """``asyncio.sleep`` for a duration given in service seconds."""
     await asyncio.sleep(real_seconds(service_seconds))

@@ -41,15 +41,7 @@ NO_CREDENTIALS_MESSAGE = (
 
 
 class MissingCredentialsError(PermanentError, ValueError):
-    """Neither a credentials block nor a key where the flow runs (a worker's environment).
-
-    Example:
-        ```python
-        from kf2v_tasks.credentials import NO_CREDENTIALS_MESSAGE, MissingCredentialsError
-        err = MissingCredentialsError(NO_CREDENTIALS_MESSAGE)
-        assert err.code == "NoCredentials" and "no credentials" in err.row_message
-        ```
-    """
+    """Neither a credentials block nor a key where the flow runs (a worker's environment)."""
 
     code = "NoCredentials"
     #: What results.csv says of each row the run could not submit.

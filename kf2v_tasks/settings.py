@@ -137,4 +137,3 @@ def get_settings() -> Kf2vSettings:
     clock's time scale) cache what they need instead of calling this per use.
     """
     return Kf2vSettings()
-

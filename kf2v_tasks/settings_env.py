@@ -19,15 +19,7 @@ _PREFIX = "prefect_integrations_kf2v_"
 
 
 def may_be_set(name: str, *legacy: str) -> bool:
-    """Whether setting ``name`` (or a ``legacy`` variable of it) may have a value.
-
-    Example:
-        ```python
-        from kf2v_tasks.settings_env import may_be_set
-        if not may_be_set("region", "kf2v_region"):
-            region = "singapore"   # the default: no need to read Prefect's settings
-        ```
-    """
+    """Whether setting ``name`` (or a ``legacy`` variable of it) may have a value."""
     names = {_PREFIX + name, *legacy}
     if any(key.lower() in names for key in os.environ):
         return True
@@ -66,14 +58,7 @@ def check_lane_specs(specs: dict[str, str]) -> dict[str, str]:
 
 
 def parse_lane_spec(spec: str, model: str = "") -> tuple[int, Optional[float]]:
-    """``"RUNNING[:CREATES]"`` as (running, creates/s or None); a bad one names the model.
-
-    Example:
-        ```python
-        from kf2v_tasks.settings_env import parse_lane_spec
-        assert parse_lane_spec("8:5") == (8, 5.0) and parse_lane_spec("3") == (3, None)
-        ```
-    """
+    """``"RUNNING[:CREATES]"`` as (running, creates/s or None); a bad one names the model."""
     running, _, creates = str(spec).strip().partition(":")
     try:
         n = int(running)

@@ -32,11 +32,6 @@ def head_start(
     """Create the first rows' tasks now; the price of each task created, by task id.
 
     Never raises for a failed create: the flow's own row then tries (and reports) it.
-
-    Example:
-        ```python
-        created = head_start(args, defaults, concurrency_from_args(args), credentials)
-        ```
     """
     if args.dry_run or args.storage_block or args.max_cost is not None:
         return {}

@@ -18,16 +18,7 @@ from kf2v_tasks.batch.manifest import RowDefaults
 
 
 def defaults_from_args(args: argparse.Namespace) -> RowDefaults:
-    """The :class:`RowDefaults` that ``--model``, ``--seed``, ``--prompt`` … describe.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.inputs import defaults_from_args
-        from kf2v_tasks._cli.parser import build_parser
-        args = build_parser().parse_args(["validate", "m.csv", "--seed", "7"])
-        assert defaults_from_args(args).seed == 7
-        ```
-    """
+    """The :class:`RowDefaults` that ``--model``, ``--seed``, ``--prompt`` … describe."""
     values: dict[str, Any] = {}
     for name in ("model", "resolution", "seed", "negative_prompt", "prompt", "duration"):
         if getattr(args, name, None) is not None:
@@ -43,12 +34,6 @@ async def storage_options_from_args(args: argparse.Namespace) -> Optional[dict]:
     """``--storage-options``, merged over the options of ``--storage-block`` when given.
 
     Loading a block needs the Prefect API; without ``--storage-block`` nothing is loaded.
-
-    Example:
-        ```python
-        import asyncio
-        opts = asyncio.run(storage_options_from_args(args))
-        ```
     """
     if not args.storage_block:
         return args.storage_options
@@ -66,11 +51,6 @@ def check_manifest(args: argparse.Namespace, defaults: RowDefaults) -> None:
     Raises:
         ManifestFileError: the file cannot be read, is not UTF-8 text, or its header is wrong
             (a required column missing, an unknown column without ``--extra-columns``).
-
-    Example:
-        ```python
-        check_manifest(args, defaults_from_args(args))
-        ```
     """
     if args.storage_block:
         return
@@ -94,11 +74,6 @@ def check_output(args: argparse.Namespace, *, folder: bool = True) -> None:
 
     Raises:
         UsageError: one line naming ``--output``, the reason and the fix (exit 2).
-
-    Example:
-        ```python
-        check_output(args)   # before Prefect or the simulator start
-        ```
     """
     import fsspec
 
@@ -164,15 +139,7 @@ def _check_writable(folder: str) -> None:
 
 
 def concurrency_from_args(args: argparse.Namespace) -> Any:
-    """The account quota of ``--concurrency``, ``--lane``, ``--queue-ahead`` and the rates.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        args = build_parser().parse_args(["run", "m.csv", "--output", "o", "--queue-ahead", "0"])
-        assert concurrency_from_args(args).queue_ahead == 0
-        ```
-    """
+    """The account quota of ``--concurrency``, ``--lane``, ``--queue-ahead`` and the rates."""
     from kf2v_tasks.batch.config import ConcurrencySettings
 
     return ConcurrencySettings(

@@ -8,12 +8,6 @@ failed work; ``--debug`` shows the traceback instead. With no ``DASHSCOPE_API_KE
 Nothing heavy is imported at module level: ``kf2v --help``, ``kf2v --version`` and
 ``kf2v validate`` start neither Prefect nor the simulator, and the flows are imported
 only by the commands that run them.
-
-Example:
-    ```python
-    from kf2v_tasks._cli.main import main
-    exit_code = main(["validate", "examples/manifest.csv"])
-    ```
 """
 
 from __future__ import annotations
@@ -166,12 +160,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     Returns:
         0 done; 1 the work ran and something failed; 2 bad options or input (said in one
         line); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.main import main
-        assert main(["validate", "examples/manifest.csv"]) in (0, 1)
-        ```
     """
     parser = build_parser()
     args = parser.parse_args(argv)

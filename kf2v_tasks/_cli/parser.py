@@ -31,13 +31,6 @@ class KfParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``kf2v run: error: argument --x: reason``.
 
     The usage block argparse would print first is left out: ``--help`` shows it.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import KfParser
-        parser = KfParser(prog="kf2v")
-        parser.error("argument --concurrency: must be >= 1, got 0")   # exits 2
-        ```
     """
 
     def error(self, message: str) -> NoReturn:
@@ -45,14 +38,7 @@ class KfParser(argparse.ArgumentParser):
 
 
 def version_text() -> str:
-    """``kf2v <version> (Prefect <version>)``, read without importing Prefect.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import version_text
-        assert version_text().startswith("kf2v ")
-        ```
-    """
+    """``kf2v <version> (Prefect <version>)``, read without importing Prefect."""
     try:
         prefect = version("prefect")
     except PackageNotFoundError:  # pragma: no cover - prefect is a dependency
@@ -415,15 +401,7 @@ def _add_stack(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``kf2v``.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        args = build_parser().parse_args(["validate", "m.csv"])
-        assert args.command == "validate"
-        ```
-    """
+    """The argument parser of ``kf2v``."""
     parser = KfParser(
         prog="kf2v",
         description=_DESCRIPTION,

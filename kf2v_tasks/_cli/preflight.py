@@ -24,11 +24,6 @@ def finish_if_all_kept(
 ) -> Optional[Any]:
     """The run's :class:`~kf2v_tasks.batch.results.BatchSummary` if nothing is left to make,
     else ``None`` (having written nothing). ``bar`` says the plan as a run does.
-
-    Example:
-        ```python
-        summary = finish_if_all_kept(args, defaults, time.monotonic(), bar)
-        ```
     """
     from kf2v_tasks.storage.paths import RESERVED_DIR, is_url, join
 

@@ -2,15 +2,6 @@
 
 Every process is started with ``start_new_session=True`` so it can be stopped with its
 children by signalling its process group, by process id, never by name.
-
-Example:
-    ```python
-    from kf2v_tasks._cli.processes import free_port, spawn, stop_process
-    from pathlib import Path
-    port = free_port()
-    proc = spawn("http", ["python", "-m", "http.server", str(port)], {}, Path("/tmp/http.log"))
-    stop_process(proc.proc)
-    ```
 """
 
 from __future__ import annotations
@@ -29,28 +20,13 @@ from typing import Any, Optional
 
 
 def prefect_bin() -> str:
-    """The ``prefect`` executable next to this Python (the same virtualenv).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import prefect_bin
-        cmd = [prefect_bin(), "version"]
-        ```
-    """
+    """The ``prefect`` executable next to this Python (the same virtualenv)."""
     here = Path(sys.executable).parent / "prefect"
     return str(here) if here.exists() else (shutil.which("prefect") or "prefect")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether nothing listens on ``host:port``.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import port_is_free
-        if not port_is_free(4200):
-            print("port 4200 is taken")
-        ```
-    """
+    """Whether nothing listens on ``host:port``."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -61,28 +37,14 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port on ``host`` (free now; bind it soon).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import free_port
-        port = free_port()
-        ```
-    """
+    """A free TCP port on ``host`` (free now; bind it soon)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def tail(path: Path | str, lines: int = 60) -> str:
-    """The last ``lines`` lines of a log file ('' if missing).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import tail
-        print(tail("/tmp/kf2v-stack/logs/server.log", lines=20))
-        ```
-    """
+    """The last ``lines`` lines of a log file ('' if missing)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
@@ -91,16 +53,7 @@ def tail(path: Path | str, lines: int = 60) -> str:
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop a process we started, by its id: SIGTERM to its process group, then SIGKILL.
-
-    Example:
-        ```python
-        import subprocess
-        from kf2v_tasks._cli.processes import stop_process
-        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-        stop_process(proc)
-        ```
-    """
+    """Stop a process we started, by its id: SIGTERM to its process group, then SIGKILL."""
     if proc.poll() is not None:
         return
     try:
@@ -116,16 +69,7 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    """Stop several processes at once: SIGTERM to every group, wait, then SIGKILL stragglers.
-
-    Example:
-        ```python
-        import subprocess
-        from kf2v_tasks._cli.processes import stop_processes
-        procs = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
-        stop_processes(procs, timeout=5)
-        ```
-    """
+    """Stop several processes at once: SIGTERM to every group, wait, then SIGKILL stragglers."""
     for proc in procs:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -141,14 +85,7 @@ def stop_processes(procs: list[subprocess.Popen], timeout: float = 15.0) -> None
 
 
 def prefect_env(home: Path | str, api_url: Optional[str] = None, **extra: str) -> dict[str, str]:
-    """The environment of a Prefect process of the stack (server, worker or CLI call).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import prefect_env
-        env = prefect_env("/tmp/kf2v-stack", "http://127.0.0.1:4200/api", KF2V_TIME_SCALE="60")
-        ```
-    """
+    """The environment of a Prefect process of the stack (server, worker or CLI call)."""
     env = dict(os.environ)
     # A profile's settings must not leak in: this stack is self-contained.
     env.pop("PREFECT_PROFILE", None)
@@ -167,16 +104,7 @@ def prefect_env(home: Path | str, api_url: Optional[str] = None, **extra: str) -
 
 @dataclass
 class StackProcess:
-    """One process the stack started, with its log file.
-
-    Example:
-        ```python
-        from pathlib import Path
-        from kf2v_tasks._cli.processes import spawn
-        sim = spawn("simulator", ["python", "-m", "kf2v_tasks.simulator"], {}, Path("sim.log"))
-        assert sim.alive()
-        ```
-    """
+    """One process the stack started, with its log file."""
 
     name: str
     proc: subprocess.Popen
@@ -194,16 +122,7 @@ def spawn(
     log: Path,
     cwd: Optional[Path | str] = None,
 ) -> StackProcess:
-    """Start ``cmd`` in its own session (so it can be stopped with its children).
-
-    Example:
-        ```python
-        from pathlib import Path
-        from kf2v_tasks._cli.processes import spawn, stop_process
-        server = spawn("http", ["python", "-m", "http.server", "0"], {}, Path("/tmp/http.log"))
-        stop_process(server.proc)
-        ```
-    """
+    """Start ``cmd`` in its own session (so it can be stopped with its children)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -221,14 +140,7 @@ def spawn(
 def wait_for_health(
     api_url: str, timeout: float = 120.0, process: Optional[StackProcess] = None
 ) -> None:
-    """Wait until ``<api_url>/health`` answers 200 (fail early if ``process`` exits).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.processes import wait_for_health
-        wait_for_health("http://127.0.0.1:4200/api", timeout=60)
-        ```
-    """
+    """Wait until ``<api_url>/health`` answers 200 (fail early if ``process`` exits)."""
     import httpx
 
     deadline = time.monotonic() + timeout

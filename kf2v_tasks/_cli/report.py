@@ -10,18 +10,7 @@ from kf2v_tasks.batch.reporting import BatchObserver, observing
 
 
 class ProgressBar(BatchObserver):
-    """A rich progress bar fed by the batch runs of this process.
-
-    Example:
-        ```python
-        from rich.console import Console
-        from kf2v_tasks._cli.report import ProgressBar
-        from kf2v_tasks.batch.reporting import observing
-
-        with ProgressBar(Console(stderr=True)) as bar, observing(bar):
-            ...  # run the batch flow in this process
-        ```
-    """
+    """A rich progress bar fed by the batch runs of this process."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import (
@@ -88,26 +77,13 @@ class ProgressBar(BatchObserver):
 
 @contextlib.contextmanager
 def progress(console: Any, bar: Optional[ProgressBar] = None) -> Iterator[ProgressBar]:
-    """A :class:`ProgressBar` shown and registered for every batch run inside the block.
-
-    Example:
-        ```python
-        with progress(Console(stderr=True)):
-            state = asyncio.run(generate_batch("m.csv", "out/", return_state=True))
-        ```
-    """
+    """A :class:`ProgressBar` shown and registered for every batch run inside the block."""
     with bar or ProgressBar(console) as shown, observing(shown):
         yield shown
 
 
 def print_summary(console: Any, summary: Any, max_rows: int = 20) -> None:
-    """The failed rows (at most ``max_rows``), the headline, the counts and where results are.
-
-    Example:
-        ```python
-        print_summary(Console(stderr=True), summary)
-        ```
-    """
+    """The failed rows (at most ``max_rows``), the headline, the counts and where results are."""
     from rich.markup import escape  # messages and paths may hold "[...]"
 
     from kf2v_tasks.batch.results import FAILED_STATUSES, RowStatus, n_rows

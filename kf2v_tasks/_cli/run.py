@@ -20,14 +20,7 @@ from kf2v_tasks._cli.service import flow_service
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Generate every row of a manifest; 0 done, 1 rows failed, 3 rows left out by max_cost.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        cmd_run(build_parser().parse_args(["run", "m.csv", "--output", "out/"]))
-        ```
-    """
+    """Generate every row of a manifest; 0 done, 1 rows failed, 3 rows left out by max_cost."""
     from rich.console import Console
 
     from kf2v_tasks._cli.errors import summary_exit_code
@@ -102,15 +95,7 @@ def _count_head_start(summary: Any, head: dict[str, float]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Generate one video; 0 when it is kept, else the one-line reason (exit 1).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        cmd_generate(build_parser().parse_args(
-            ["generate", "--first", "a.png", "--last", "b.png", "--output", "clip.mp4"]))
-        ```
-    """
+    """Generate one video; 0 when it is kept, else the one-line reason (exit 1)."""
     from rich.console import Console
 
     from kf2v_tasks.dashscope.catalog import get_model

@@ -47,13 +47,6 @@ def dashscope_service(
 
     Raises:
         UsageError: no key, no block, and the ``simulator`` extra is not installed.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.service import dashscope_service
-        with dashscope_service(None, simulator_speed=60) as credentials:
-            ...  # generate_batch(..., credentials_block=credentials)
-        ```
     """
     out = out or sys.stderr
     scaled = time_scale is not None
@@ -149,13 +142,6 @@ def quiet_prefect(verbose: bool, api_url: Optional[str] = None) -> Iterator[None
     the console handlers are silenced, so a failure is reported by the CLI in one line
     instead of an engine traceback. They stay silent for the rest of the process: the
     ephemeral server says goodbye at exit, after the command is done.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.service import quiet_prefect
-        with quiet_prefect(verbose=False):
-            ...  # run a flow
-        ```
     """
     from prefect.settings import (
         PREFECT_API_URL,
@@ -201,12 +187,6 @@ def flow_service(args: Any, meanwhile: Optional[Callable[[Any], None]] = None) -
     With no Prefect server configured, a temporary one starts first and comes up while
     the simulator starts and the flow is imported (see :func:`prefect_api`);
     ``meanwhile(credentials)`` runs while it is still starting.
-
-    Example:
-        ```python
-        with flow_service(args) as credentials:
-            generate_batch(..., credentials_block=credentials)
-        ```
     """
     if not args.credentials_block and not _key_configured():
         _simulator_installed()  # said before a Prefect server starts for nothing

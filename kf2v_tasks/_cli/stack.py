@@ -5,17 +5,6 @@ creates the work pool, the account's global concurrency limit and the block type
 starts the simulator and ``prefect worker start`` processes, and stops everything it
 started (by process id). ``kf2v stack`` (:mod:`kf2v_tasks._cli.stack_command`) and the
 deployment integration test are built on it.
-
-Example:
-    ```python
-    from kf2v_tasks._cli.stack import LocalStack
-
-    with LocalStack(home="/tmp/kf2v-stack", prefect_port=4200) as stack:
-        stack.start_server()
-        stack.prepare(pool="kf2v-process")
-        stack.start_worker("kf2v-process", name="worker-1")
-        ...
-    ```
 """
 
 from __future__ import annotations
@@ -71,17 +60,7 @@ DEFAULT_POOL = "kf2v-process"
 
 @dataclass
 class LocalStack:
-    """A Prefect server, workers and a simulator on loopback; ``close()`` stops them all.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.stack import LocalStack
-
-        with LocalStack(home="/tmp/kf2v-stack", prefect_port=4200, ui=False) as stack:
-            stack.start_server()
-            stack.start_worker("kf2v-process", name="worker-1")
-        ```
-    """
+    """A Prefect server, workers and a simulator on loopback; ``close()`` stops them all."""
 
     home: Path | str
     prefect_port: int = 4200
@@ -270,14 +249,7 @@ class LocalStack:
 
 
 def run(coro: Any) -> Any:
-    """Run ``coro`` to completion from synchronous code (in a thread if a loop is running).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.stack import ensure_work_pool, run
-        created = run(ensure_work_pool("http://127.0.0.1:4200/api", "kf2v-process"))
-        ```
-    """
+    """Run ``coro`` to completion from synchronous code (in a thread if a loop is running)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -290,15 +262,7 @@ def run(coro: Any) -> Any:
 
 @contextlib.contextmanager
 def api(api_url: str) -> Iterator[None]:
-    """Point this process's Prefect client at ``api_url`` for the ``with`` block.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.stack import api
-        with api("http://127.0.0.1:4200/api"):
-            ...  # Prefect client calls go to that server
-        ```
-    """
+    """Point this process's Prefect client at ``api_url`` for the ``with`` block."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}):
@@ -306,13 +270,7 @@ def api(api_url: str) -> Iterator[None]:
 
 
 async def ensure_work_pool(api_url: str, pool: str, pool_type: str = "process") -> bool:
-    """Create the work pool unless it exists; True if it was created.
-
-    Example:
-        ```python
-        created = await ensure_work_pool("http://127.0.0.1:4200/api", "kf2v-process")
-        ```
-    """
+    """Create the work pool unless it exists; True if it was created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound

@@ -1,12 +1,5 @@
 """The ``kf2v stack`` command: a :class:`~kf2v_tasks._cli.stack.LocalStack` with the
 simulator, a saved credentials block and process workers, until Ctrl-C or SIGTERM.
-
-Example:
-    ```python
-    from kf2v_tasks._cli.parser import build_parser
-    from kf2v_tasks._cli.stack_command import run_stack
-    run_stack(build_parser().parse_args(["stack", "--workers", "2"]))   # until Ctrl-C
-    ```
 """
 
 from __future__ import annotations
@@ -33,13 +26,7 @@ from kf2v_tasks._cli.stack import (
 async def save_simulator_credentials(
     api_url: str, base_url: str, name: str = SIMULATOR_BLOCK, api_key: str = SIMULATOR_API_KEY
 ) -> None:
-    """Save a DashScopeCredentials block ``name`` that points at a simulator.
-
-    Example:
-        ```python
-        await save_simulator_credentials("http://127.0.0.1:4200/api", "http://127.0.0.1:8910/api/v1")
-        ```
-    """
+    """Save a DashScopeCredentials block ``name`` that points at a simulator."""
     from pydantic import SecretStr
 
     from kf2v_tasks.credentials import DashScopeCredentials
@@ -51,14 +38,7 @@ async def save_simulator_credentials(
 
 
 def project_dir() -> Path:
-    """The repository root when run from a checkout (where deployments/prefect.yaml is).
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.stack import project_dir
-        print(project_dir() / "deployments" / "prefect.yaml")
-        ```
-    """
+    """The repository root when run from a checkout (where deployments/prefect.yaml is)."""
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "deployments" / "prefect.yaml").exists():
             return base
@@ -66,13 +46,7 @@ def project_dir() -> Path:
 
 
 def next_steps(stack: LocalStack, pool: str, sim_url: str) -> str:
-    """What to type next, printed once the stack is up.
-
-    Example:
-        ```python
-        print(next_steps(stack, "kf2v-process", "http://127.0.0.1:8910/api/v1"))
-        ```
-    """
+    """What to type next, printed once the stack is up."""
     root = project_dir()
     return f"""
 kf2v stack is up (Ctrl-C stops everything):
@@ -98,13 +72,6 @@ def run_stack(args: Any) -> int:
     """Entry point of ``kf2v stack`` (args: prefect_port, simulator_port, speed, pool, workers).
 
     Returns 2 at once, in one line, when the ``simulator`` extra is missing.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        from kf2v_tasks._cli.stack_command import run_stack
-        run_stack(build_parser().parse_args(["stack", "--workers", "2"]))   # until Ctrl-C
-        ```
     """
     from kf2v_tasks.simulator import INSTALL_HINT, missing_dependencies
 

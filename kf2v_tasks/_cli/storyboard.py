@@ -21,14 +21,6 @@ def check_storyboard_args(args: argparse.Namespace) -> None:
     Raises:
         UsageError: fewer than 2 keyframes, a --prompt-each count that is not one per
             transition, a local keyframe that does not exist, an --output that is not .mp4.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        args = build_parser().parse_args(
-            ["storyboard", "a.png", "b.png", "--prompt-each", "x", "y", "--output", "f.mp4"])
-        check_storyboard_args(args)   # UsageError: argument --prompt-each: expected 1 ...
-        ```
     """
     from kf2v_tasks.storage.paths import is_url
 
@@ -55,15 +47,7 @@ def check_storyboard_args(args: argparse.Namespace) -> None:
 
 
 def cmd_storyboard(args: argparse.Namespace) -> int:
-    """Generate the transitions and stitch the film; 0 made, 1 failed, 3 over max_cost.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        cmd_storyboard(build_parser().parse_args(
-            ["storyboard", "a.png", "b.png", "c.png", "--prompt", "dolly", "--output", "f.mp4"]))
-        ```
-    """
+    """Generate the transitions and stitch the film; 0 made, 1 failed, 3 over max_cost."""
     from rich.console import Console
     from rich.markup import escape
 

@@ -34,12 +34,6 @@ def cmd_validate(args: argparse.Namespace, *, out: Optional[TextIO] = None) -> i
 
     Raises:
         ManifestFileError: the manifest cannot be read or its header is wrong.
-
-    Example:
-        ```python
-        from kf2v_tasks._cli.parser import build_parser
-        code = cmd_validate(build_parser().parse_args(["validate", "examples/manifest.csv"]))
-        ```
     """
     from kf2v_tasks.generation.pricing import PriceTable
 

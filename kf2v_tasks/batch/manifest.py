@@ -39,17 +39,6 @@ This module reads the file (encoding, delimiter, records); the header is checked
 :mod:`~kf2v_tasks.batch.manifest_claims`), frame paths resolved in
 :mod:`~kf2v_tasks.batch.manifest_paths`, and the typed results are defined in
 :mod:`~kf2v_tasks.batch.manifest_schema` (all re-exported here).
-
-Example:
-    ```python
-    from kf2v_tasks.batch.manifest import parse_manifest
-    text = "id,first_frame,last_frame,seed\\nshot1,a.png,b.png,7\\nshot2,c.png,d.png,-3\\n"
-    parsed = parse_manifest(text, source="m.csv", base_dir="s3://bucket/batch")
-    assert [r.first_frame for r in parsed.rows] == ["s3://bucket/batch/a.png"]
-    assert parsed.errors[0].message() == (
-        "row 3, column 'seed': '-3' is not an integer in 0..2147483647"
-    )
-    ```
 """
 
 from __future__ import annotations
@@ -142,21 +131,6 @@ def parse_manifest(
         ManifestFileError: file-level problems only (encoding, header, missing or unknown
             columns, malformed quoting). Row problems never raise.
         ValueError: ``extra_columns`` lists a column the plugin reads itself.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import ManifestFileError, parse_manifest
-        parsed = parse_manifest(b"first_frame,last_frame\\na.png,b.png\\n",
-                                source="m.csv", base_dir="/data")
-        assert parsed.rows[0].output == "row-0002.mp4"
-        try:
-            parse_manifest("first_frame,last_frame,promt\\n", source="m.csv", base_dir="")
-        except ManifestFileError as exc:
-            assert "'promt' (did you mean 'prompt'?)" in str(exc)
-        text = "first_frame,last_frame,sequence\\na.png,b.png,day\\n"
-        parsed = parse_manifest(text, source="m.csv", base_dir="", extra_columns=["sequence"])
-        assert parsed.extras == {2: {"sequence": "day"}}
-        ```
     """
     defaults = defaults or RowDefaults()
     text = _decode(data, source)
@@ -226,14 +200,6 @@ async def load_manifest(
     Raises:
         ManifestFileError: the file cannot be read, has a file-level problem, or has no
             data row.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.manifest import load_manifest
-        parsed = asyncio.run(load_manifest("s3://bucket/batch/manifest.csv",
-                                           storage_options={"anon": False}))
-        ```
     """
     data = await asyncio.to_thread(_read_bytes, url, dict(storage_options or {}))
     parsed = parse_manifest(

@@ -3,13 +3,6 @@
 Each check answers in words a user can act on; the row parser
 (:mod:`~kf2v_tasks.batch.manifest_rows`) turns a reason into a ``RowError`` naming the
 row and the column.
-
-Example:
-    ```python
-    from kf2v_tasks.batch.manifest_cells import check_output, parse_seed
-    assert check_output("shots/a") == ("shots/a.mp4", None)
-    assert parse_seed("+5") is None and parse_seed("7") == 7
-    ```
 """
 
 from __future__ import annotations
@@ -46,15 +39,7 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 
 
 def id_problem(value: str) -> Optional[str]:
-    """Why ``value`` cannot be a row id (too long, a character outside A-Z a-z 0-9 . _ -).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import id_problem
-        assert id_problem("shot-1") is None
-        assert id_problem("a b").startswith("id 'a b' contains ' ' at position 2")
-        ```
-    """
+    """Why ``value`` cannot be a row id (too long, a character outside A-Z a-z 0-9 . _ -)."""
     if len(value) > ID_MAX_CHARS:
         return f"id has {len(value)} characters (at most {ID_MAX_CHARS})"
     if not _ID_RE.fullmatch(value):
@@ -67,14 +52,7 @@ def id_problem(value: str) -> Optional[str]:
 
 
 def parse_seed(value: str) -> Optional[int]:
-    """A seed cell as an integer in 0..SEED_MAX, or ``None`` when it is not one.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import parse_seed
-        assert parse_seed("42") == 42 and parse_seed("1_000") is None
-        ```
-    """
+    """A seed cell as an integer in 0..SEED_MAX, or ``None`` when it is not one."""
     # Only plain ASCII digits: int() would also take "+5", "1_000" and "５".
     if not _DIGITS_RE.fullmatch(value) or len(value) > len(str(SEED_MAX)) + 5:
         return None
@@ -83,29 +61,14 @@ def parse_seed(value: str) -> Optional[int]:
 
 
 def whole_seconds(value: str) -> Optional[int]:
-    """A duration cell as whole seconds (plain digits), or ``None`` when it is not one.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import whole_seconds
-        assert whole_seconds("8") == 8 and whole_seconds("8.5") is None
-        ```
-    """
+    """A duration cell as whole seconds (plain digits), or ``None`` when it is not one."""
     if not _DIGITS_RE.fullmatch(value) or len(value) > 6:
         return None
     return int(value)
 
 
 def check_output(value: str) -> tuple[Optional[str], Optional[str]]:
-    """Normalise an output name: ``(name, None)`` when fine, ``(None, reason)`` otherwise.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import check_output
-        assert check_output("a/./b") == ("a/b.mp4", None)
-        assert check_output("../x.mp4")[1].endswith("outputs must stay inside the output folder")
-        ```
-    """
+    """Normalise an output name: ``(name, None)`` when fine, ``(None, reason)`` otherwise."""
     if "\\" in value:
         return None, f"{show(value)} contains a backslash; use '/' between folders"
     if has_control(value):
@@ -150,26 +113,12 @@ def check_output(value: str) -> tuple[Optional[str], Optional[str]]:
 
 
 def has_control(value: str) -> bool:
-    """Whether ``value`` holds a control character (a pasted newline, a NUL …).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import has_control
-        assert has_control("a\\x00b") and not has_control("a b")
-        ```
-    """
+    """Whether ``value`` holds a control character (a pasted newline, a NUL …)."""
     return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
 
 
 def show(value: str, limit: int = 60) -> str:
-    """repr of a cell, shortened so one absurd cell does not flood the report.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_cells import show
-        assert show("x" * 100, limit=5) == "'xxxx…'"
-        ```
-    """
+    """repr of a cell, shortened so one absurd cell does not flood the report."""
     if len(value) > limit:
         return repr(value[: limit - 1] + "…")
     return repr(value)

@@ -4,15 +4,6 @@ Ids and output names must be unique in a manifest, and no row can know that alon
 row records what it claims in one :class:`Claims` for the file, and once every row is read
 :meth:`Claims.shared_errors` makes **every** row of a shared id or output invalid (not only
 the later ones: which of them the user meant is anybody's guess, so none is paid for).
-
-Example:
-    ```python
-    from kf2v_tasks.batch.manifest_claims import Claims
-    claims = Claims()
-    claims.claim_output("a.mp4", 2, "one", from_cell=True)
-    claims.claim_output("A.mp4", 3, "two", from_cell=True)
-    assert sorted(claims.shared_errors()) == [2, 3]
-    ```
 """
 
 from __future__ import annotations
@@ -34,19 +25,7 @@ class _OutputClaim:
 
 @dataclass
 class Claims:
-    """The ids and output names the rows of one manifest claim, to find the shared ones.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_claims import Claims
-        claims = Claims()
-        claims.claim_id("x", 2)
-        claims.claim_id("x", 4)
-        claims.claim_id("y", 3)
-        [err] = claims.shared_errors()[4]
-        assert err.message() == "row 4, column 'id': 'x' is also used by row 2"
-        ```
-    """
+    """The ids and output names the rows of one manifest claim, to find the shared ones."""
 
     ids: dict[str, list[int]] = field(default_factory=dict)
     derived: set[int] = field(default_factory=set)  # rows whose id is row-<line>

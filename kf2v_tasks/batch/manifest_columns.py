@@ -5,13 +5,6 @@ would make a video without the prompt the user wrote. A caller with columns of i
 passes ``extra_columns``: ``True`` accepts any other column, a list accepts exactly the
 columns it names (case-insensitively; each may be absent) and still refuses the rest
 with the same hints. Accepted columns must not collide with a column of ``results.csv``.
-
-Example:
-    ```python
-    from kf2v_tasks.batch.manifest_columns import check_columns
-    columns = ["first_frame", "last_frame", "sequence"]
-    assert check_columns(columns, 1, "m.csv", ["Sequence"]) == [2]
-    ```
 """
 
 from __future__ import annotations
@@ -40,39 +33,17 @@ __all__ = [
 
 
 def trim(name: str) -> str:
-    """A header cell without surrounding blanks and byte order mark, case kept.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import trim
-        assert trim("\\ufeff Job ID ") == "Job ID"
-        ```
-    """
+    """A header cell without surrounding blanks and byte order mark, case kept."""
     return name.strip().lstrip("\ufeff").strip()
 
 
 def normalise_header(name: str) -> str:
-    """A header cell as the parser compares it: trimmed, lower-case.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import normalise_header
-        assert normalise_header(" First_Frame") == "first_frame"
-        ```
-    """
+    """A header cell as the parser compares it: trimmed, lower-case."""
     return trim(name).lower()
 
 
 def did_you_mean(column: str, also: Iterable[str] = ()) -> Optional[str]:
-    """The known column (or one of ``also``) ``column`` is probably a misspelling of.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import did_you_mean
-        assert did_you_mean("first frame") == "first_frame" and did_you_mean("colour") is None
-        assert did_you_mean("sequense", also=["sequence"]) == "sequence"
-        ```
-    """
+    """The known column (or one of ``also``) ``column`` is probably a misspelling of."""
     # "First Frame" and "first-frame" are the same mistake as a typo.
     key = column.replace(" ", "_").replace("-", "_")
     close = difflib.get_close_matches(key, [*KNOWN_COLUMNS, *also], n=1, cutoff=0.6)
@@ -84,13 +55,6 @@ def wanted_columns(extra_columns: ExtraColumns) -> Optional[frozenset[str]]:
 
     Raises:
         ValueError: a listed name is empty, not text, or a column the plugin reads itself.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import wanted_columns
-        assert wanted_columns([" Sequence "]) == frozenset({"sequence"})
-        assert wanted_columns(True) is None
-        ```
     """
     if isinstance(extra_columns, bool):
         return None
@@ -129,13 +93,6 @@ def check_columns(
         ManifestFileError: an unknown column that is not accepted, or an accepted one that
             collides with a column of results.csv.
         ValueError: ``extra_columns`` lists a name that cannot be a column of one's own.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import check_columns
-        check_columns(["first_frame", "last_frame", "promt"], 1, "m.csv", ["sequence"])
-        # ManifestFileError: ... unknown column 'promt' (did you mean 'prompt'?) ...
-        ```
     """
     wanted = wanted_columns(extra_columns)
     problems: list[str] = []
@@ -190,12 +147,6 @@ def check_header(columns: list[str], line: int, source: str) -> None:
 
     Raises:
         ManifestFileError: naming the column(s) and the header's line.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_columns import check_header
-        check_header(["first_frame", "last_frame"], 1, "m.csv")   # fine: returns None
-        ```
     """
     seen: dict[str, int] = {}
     for i, c in enumerate(columns, start=1):

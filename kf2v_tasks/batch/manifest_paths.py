@@ -15,14 +15,7 @@ _URL_PREFIX_RE = re.compile(r"^(.*?://[^/]*)(.*)$", re.DOTALL)
 
 
 def manifest_base_dir(url: str) -> str:
-    """The folder of a manifest URL or path, which relative frame paths are resolved against.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import manifest_base_dir
-        assert manifest_base_dir("s3://bucket/dir/m.csv") == "s3://bucket/dir/"
-        ```
-    """
+    """The folder of a manifest URL or path, which relative frame paths are resolved against."""
     if _URL_RE.match(url):
         if url.lower().startswith(("http://", "https://")):
             url = url.split("#", 1)[0].split("?", 1)[0]
@@ -32,15 +25,7 @@ def manifest_base_dir(url: str) -> str:
 
 
 def resolve_frame(value: str, base_dir: str) -> str:
-    """Resolve a frame cell against the manifest folder; absolute paths and URLs pass through.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import resolve_frame
-        assert resolve_frame("../f/a.png", "s3://b/dir/sub") == "s3://b/dir/f/a.png"
-        assert resolve_frame("https://x/a.png", "/data") == "https://x/a.png"
-        ```
-    """
+    """Resolve a frame cell against the manifest folder; absolute paths and URLs pass through."""
     from kf2v_tasks.storage.paths import resolve_relative  # lazy: imports fsspec
 
     if not base_dir or _is_absolute(value):

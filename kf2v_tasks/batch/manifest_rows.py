@@ -85,20 +85,6 @@ def parse_row(
 
     Returns:
         ``(row, [])`` for a row whose cells are all good; ``(None, errors)`` otherwise.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_rows import Claims, parse_row
-        from kf2v_tasks.batch.manifest_schema import RowDefaults
-        claims = Claims()
-        columns = ["first_frame", "last_frame", "seed"]
-        row, errors = parse_row(2, ["a.png", "b.png", "7"], columns, "/data", RowDefaults(),
-                                claims)
-        assert row.first_frame == "/data/a.png" and row.options.seed == 7 and not errors
-        row, errors = parse_row(3, ["a.png", "b.png", "x"], columns, "/data", RowDefaults(),
-                                claims)
-        assert errors[0].message() == "row 3, column 'seed': 'x' is not an integer in 0..2147483647"
-        ```
     """
     errors: list[RowError] = []
 

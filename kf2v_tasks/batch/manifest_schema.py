@@ -68,15 +68,7 @@ RESULT_FILE_COLUMNS: tuple[str, ...] = (
 
 
 def resolution_names(resolutions: Iterable[Union[Resolution, str]]) -> str:
-    """The resolutions as a sorted, comma-separated list, for messages.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest_schema import resolution_names
-        from kf2v_tasks.dashscope.models import Resolution
-        assert resolution_names(frozenset({Resolution.P720, Resolution.P480})) == "480P, 720P"
-        ```
-    """
+    """The resolutions as a sorted, comma-separated list, for messages."""
     return ", ".join(sorted(str(getattr(r, "value", r)) for r in resolutions))
 
 
@@ -188,16 +180,7 @@ class ManifestRow(BaseModel):
 
 
 class RowError(BaseModel):
-    """One problem with one cell (or a whole row) of the manifest.
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import RowError
-        err = RowError(row_number=7, id=None, column="seed",
-                       reason="'-3' is not an integer in 0..2147483647")
-        assert err.message() == "row 7, column 'seed': '-3' is not an integer in 0..2147483647"
-        ```
-    """
+    """One problem with one cell (or a whole row) of the manifest."""
 
     model_config = ConfigDict(frozen=True)
 

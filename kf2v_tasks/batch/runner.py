@@ -88,18 +88,7 @@ TURN_SECONDS = 2.0
 
 
 class BatchRunner:
-    """Runs one manifest (or one shard of it) to an output root.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.runner import BatchRunner
-
-        runner = BatchRunner("examples/manifest.csv", "out/", dry_run=True)
-        summary = asyncio.run(runner.run())   # normally called by the batch flow
-        print(summary.headline())
-        ```
-    """
+    """Runs one manifest (or one shard of it) to an output root."""
 
     def __init__(
         self,

@@ -41,20 +41,6 @@ async def run_rows(
 
     Returns:
         Each row's result, in order.
-
-    Example:
-        ```python
-        import asyncio
-        from kf2v_tasks.batch.stopping import run_rows
-
-        async def row(n):
-            return n * 2
-
-        async def nothing():
-            pass
-
-        assert asyncio.run(run_rows([row(1), row(2)], nothing)) == [2, 4]
-        ```
     """
     loop = asyncio.get_running_loop()
     tasks = [asyncio.ensure_future(r) for r in rows]

@@ -352,15 +352,7 @@ def format_service_time(value: datetime) -> str:
 
 
 class Usage(BaseModel):
-    """Billing usage of a SUCCEEDED task (``SR`` on 2.2 models, ``video_ratio`` on 2.1).
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.models import Usage
-        usage = Usage.model_validate({"video_duration": 5, "video_count": 1, "SR": 480})
-        assert usage.resolution == "480P" and usage.video_duration == 5
-        ```
-    """
+    """Billing usage of a SUCCEEDED task (``SR`` on 2.2 models, ``video_ratio`` on 2.1)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 

@@ -149,14 +149,6 @@ class TaskWatcher:
 
     Use :func:`watcher_for` to get the client's watcher;
     :func:`~kf2v_tasks.dashscope.polling.wait_for_task` does, so callers rarely touch it.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.watcher import watcher_for
-        watcher = watcher_for(client)
-        async with watcher.watch("task-id", schedule, deadline=3600, queue_deadline=600) as w:
-            state = await w.next_state()
-        ```
     """
 
     def __init__(self, client: Kf2vClient) -> None:

@@ -8,16 +8,6 @@ an MP3), with no codec library, so validation runs before anything is paid.
 
 A public ``http(s)`` URL is passed through (after the check); a file anywhere else is sent
 through the temporary ``oss://`` upload: ``data:`` URIs are documented for images only.
-
-Example:
-    ```python
-    import asyncio
-    from kf2v_tasks.dashscope.catalog import get_model
-    from kf2v_tasks.generation.audio import inspect_audio
-
-    audio = asyncio.run(inspect_audio("voice.wav", get_model("wan2.7-i2v")))
-    print(audio.format, audio.seconds, audio.transport)
-    ```
 """
 
 from __future__ import annotations
@@ -45,15 +35,7 @@ class AudioProblem(ValueError):
 
 
 class AudioValidationError(FrameValidationError):
-    """A driving audio is unusable: ``audio '<source>': <reason>`` (``role`` is "audio").
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.audio import AudioValidationError
-        err = AudioValidationError("voice.ogg", "not an mp3 or wav file")
-        assert str(err) == "audio 'voice.ogg': not an mp3 or wav file" and err.role == "audio"
-        ```
-    """
+    """A driving audio is unusable: ``audio '<source>': <reason>`` (``role`` is "audio")."""
 
     def __init__(self, source: str, reason: str) -> None:
         super().__init__(source, reason, role=ROLE)
@@ -141,17 +123,6 @@ def audio_length(data: bytes) -> tuple[str, float]:
 
     Raises:
         AudioProblem: anything else, or a broken file.
-
-    Example:
-        ```python
-        import io, wave
-        from kf2v_tasks.generation.audio import audio_length
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
-            w.writeframes(b"\\0\\0" * 8000 * 3)
-        assert audio_length(buf.getvalue()) == ("wav", 3.0)
-        ```
     """
     if data[:4] == b"RIFF":
         return "wav", _wav_seconds(data)
@@ -171,12 +142,6 @@ async def inspect_audio(
     Raises:
         AudioValidationError: the model takes no audio, or the file is
             missing, too large, not mp3/wav, or too short or long; ``reason`` says which.
-
-    Example:
-        ```python
-        from kf2v_tasks.dashscope.catalog import get_model
-        audio = await inspect_audio("s3://bucket/voice.mp3", get_model("wan2.7-i2v"))
-        ```
     """
     shown = display_source(source)
     if not spec.audio:
@@ -236,11 +201,6 @@ async def prepare_audio(
     Raises:
         AudioValidationError: the file changed since validation.
         FrameValidationError: the file vanished or cannot be read.
-
-    Example:
-        ```python
-        url = await prepare_audio(pair.audio, client=client, model="wan2.7-i2v")
-        ```
     """
     if info.transport is FrameTransport.URL:
         return info.source

@@ -10,14 +10,6 @@ it expires. A thread, so the lease outlives any event loop (sync twins and task 
 and close their own) and dies with the process, as a lease should. A renewal that finds
 the claim changed (taken over after we stalled past the lease, or removed) gives it up and
 says so in the log.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.claim_lease import HOLDER_ID, held_at
-
-    held = held_at("out/.kf2v/claims/" + "ab" * 32 + ".json")
-    print(HOLDER_ID, held is not None)
-    ```
 """
 
 from __future__ import annotations
@@ -72,19 +64,7 @@ def _now() -> datetime:
 
 
 class ClaimDoc(BaseModel):
-    """The content of a claim file: who holds the work, until when.
-
-    Example:
-        ```python
-        from datetime import UTC, datetime, timedelta
-        from kf2v_tasks.generation.claims import ClaimDoc
-        now = datetime.now(UTC)
-        doc = ClaimDoc(fingerprint="ab" * 32, holder="h1", token="t1", host="box", pid=42,
-                       acquired_at=now, renewed_at=now, expires_at=now + timedelta(minutes=2),
-                       lease_seconds=120)
-        assert doc.is_live() and "pid 42" in doc.who()
-        ```
-    """
+    """The content of a claim file: who holds the work, until when."""
 
     fingerprint: str
     holder: str = Field(description="Process uuid of the holder.")
@@ -126,15 +106,7 @@ class ClaimDoc(BaseModel):
 
 
 class HeldClaim:
-    """A claim this process holds; the renewer thread keeps it alive until released.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import HeldClaim
-        held = HeldClaim("out/.kf2v/claims/x.json", None, doc, version, max_hold=86400)
-        assert not held.released
-        ```
-    """
+    """A claim this process holds; the renewer thread keeps it alive until released."""
 
     def __init__(
         self,
@@ -174,29 +146,14 @@ _wake = threading.Event()
 
 
 def held_at(url: str) -> Optional[HeldClaim]:
-    """The claim this process holds at ``url``, if any.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import held_at
-        assert held_at("/nowhere/.kf2v/claims/x.json") is None
-        ```
-    """
+    """The claim this process holds at ``url``, if any."""
     with _registry_lock:
         held = _registry.get(url)
     return held if held is not None and not held.released else None
 
 
 def lease_doc(base: ClaimDoc, lease: float, **changes: Any) -> ClaimDoc:
-    """``base`` renewed now for ``lease`` service seconds (with ``changes`` applied).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import lease_doc
-        renewed = lease_doc(doc, 120)
-        assert renewed.expires_at > doc.expires_at
-        ```
-    """
+    """``base`` renewed now for ``lease`` service seconds (with ``changes`` applied)."""
     now = _now()
     real = clock.real_seconds(lease)
     return base.model_copy(
@@ -264,14 +221,7 @@ def _renew_loop() -> None:
 
 
 def hold(held: HeldClaim) -> HeldClaim:
-    """Register ``held`` with this process's renewer (started on first use) and return it.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import HeldClaim, hold
-        held = hold(HeldClaim(url, None, doc, version))   # renewed from now on
-        ```
-    """
+    """Register ``held`` with this process's renewer (started on first use) and return it."""
     global _renewer
     with _registry_lock:
         _registry[held.url] = held
@@ -285,14 +235,7 @@ def hold(held: HeldClaim) -> HeldClaim:
 
 
 def release_all() -> int:
-    """Give back every claim this process holds (a command that stops); how many.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import release_all
-        release_all()   # on the way out of a stopped command
-        ```
-    """
+    """Give back every claim this process holds (a command that stops); how many."""
     with _registry_lock:
         held = list(_registry.values())
     for h in held:
@@ -301,14 +244,7 @@ def release_all() -> int:
 
 
 def release_sync(held: HeldClaim) -> None:
-    """Stop renewing ``held`` and delete its file if it is still ours (blocking).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claim_lease import release_sync
-        release_sync(held)   # the row's video is kept
-        ```
-    """
+    """Stop renewing ``held`` and delete its file if it is still ours (blocking)."""
     with held.lock:
         if held.released:
             return

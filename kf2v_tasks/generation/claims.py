@@ -26,20 +26,6 @@ What holds where: on local disk and S3 the create, renew and takeover are atomic
 winner). On other fsspec stores (``memory://``, GCS, Azure via fsspec) they are
 write-then-read-back-and-compare, which narrows but does not close the race: two runs
 starting within milliseconds of each other could both believe they hold the claim.
-
-Example:
-    ```python
-    from kf2v_tasks.generation.claims import ClaimBook
-    from kf2v_tasks.generation.ledger import Ledger
-
-    book = ClaimBook(Ledger("out"))
-    got = await book.acquire(fp, row_id="sunrise")   # waits while another run creates
-    if got.held is not None:
-        ...  # create, poll, persist; then:
-        await book.release(fp)
-    else:
-        print("re-attach to", got.record.task_id)
-    ```
 """
 
 from __future__ import annotations
@@ -97,15 +83,7 @@ MIN_LEASE_REAL_SECONDS = 6.0
 
 
 class ClaimPolicy(BaseModel):
-    """How long a claim lasts and how long a run waits for someone else's.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import ClaimPolicy
-        policy = ClaimPolicy(lease_seconds=60)
-        assert policy.wait_limit() == 90.0   # the lease plus half of it
-        ```
-    """
+    """How long a claim lasts and how long a run waits for someone else's."""
 
     enabled: bool = Field(default=True, description="Claim work before creating it.")
     lease_seconds: float = Field(
@@ -134,15 +112,7 @@ class ClaimPolicy(BaseModel):
 
 
 class ClaimHeldError(PermanentError):
-    """Another run holds the claim and no task id appeared within the wait limit.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import ClaimHeldError
-        err = ClaimHeldError("ab" * 32, "holder 1234 (host box, pid 7)", 180.0)
-        assert "holder 1234" in str(err) and err.code == "ClaimHeld"
-        ```
-    """
+    """Another run holds the claim and no task id appeared within the wait limit."""
 
     code = "ClaimHeld"
 
@@ -160,14 +130,7 @@ class ClaimHeldError(PermanentError):
 
 @dataclass
 class Claimed:
-    """What :meth:`ClaimBook.acquire` got: the claim (``held``), or another run's usable task.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import Claimed
-        assert Claimed().held is None and Claimed().record is None
-        ```
-    """
+    """What :meth:`ClaimBook.acquire` got: the claim (``held``), or another run's usable task."""
 
     held: Optional[HeldClaim] = None
     record: Optional[LedgerRecord] = None
@@ -183,14 +146,6 @@ class ClaimBook:
     Args:
         ledger: the ledger of the output root; takeovers are written into its records.
         policy: lease and wait lengths.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import ClaimBook
-        from kf2v_tasks.generation.ledger import Ledger
-        book = ClaimBook(Ledger("out"))
-        assert book.url_of("ab" * 32).endswith("claims/" + "ab" * 32 + ".json")
-        ```
     """
 
     def __init__(self, ledger: Ledger, policy: Optional[ClaimPolicy] = None) -> None:
@@ -386,28 +341,14 @@ class ClaimBook:
 
 
 async def release_claim(ledger: Optional[Ledger], fingerprint: Optional[str]) -> bool:
-    """Release this process's claim on ``fingerprint`` under ``ledger``'s root, if it holds one.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import release_claim
-        await release_claim(ledger, sub.fingerprint)   # the row's video is kept
-        ```
-    """
+    """Release this process's claim on ``fingerprint`` under ``ledger``'s root, if it holds one."""
     if ledger is None or not fingerprint:
         return False
     return await ClaimBook(ledger).release(fingerprint)
 
 
 async def wait_for_other_holder(ledger: Optional[Ledger], fingerprint: Optional[str]) -> None:
-    """Wait (bounded) while another process holds a live claim on ``fingerprint``.
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.claims import wait_for_other_holder
-        await wait_for_other_holder(ledger, sub.fingerprint)   # then look for its file
-        ```
-    """
+    """Wait (bounded) while another process holds a live claim on ``fingerprint``."""
     if ledger is None or not fingerprint:
         return
     await ClaimBook(ledger).wait_until_free(fingerprint)

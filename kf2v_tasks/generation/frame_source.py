@@ -4,14 +4,6 @@ Local paths, ``file://``, ``http(s)://`` and any fsspec URL. Reads stop one byte
 limit, so an oversized file can never exhaust memory; when the size is known up front (file
 size, ``Content-Length``) it is rejected without reading. Messages name the frame without
 its URL query string (signed URLs must not reach a log or an error).
-
-Example:
-    ```python
-    import asyncio
-    from kf2v_tasks.generation.frame_source import read_frame_bytes
-
-    data = asyncio.run(read_frame_bytes("first.png", max_bytes=10 * 1024 * 1024))
-    ```
 """
 
 from __future__ import annotations
@@ -37,27 +29,12 @@ def display_source(source: str) -> str:
     """``source`` as it may appear in a message: a URL loses its query, fragment and
     ``user:password@`` part (see :func:`kf2v_tasks.redaction.redact_url`); a local path
     is shown as it is (its ``#`` or ``?`` are part of the file name).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.frame_source import display_source
-        assert display_source("https://h/a.png?Signature=x") == "https://h/a.png"
-        assert display_source("s3://key:secret@bucket/a.png") == "s3://bucket/a.png"
-        assert display_source("frames/a#1.png") == "frames/a#1.png"
-        ```
     """
     return redact_url(source) if "://" in source else source
 
 
 def is_http(source: str) -> bool:
-    """Whether ``source`` is an ``http(s)://`` URL (passed to the service as it is).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.frame_source import is_http
-        assert is_http("HTTPS://h/a.png") and not is_http("s3://b/a.png")
-        ```
-    """
+    """Whether ``source`` is an ``http(s)://`` URL (passed to the service as it is)."""
     return source.lower().startswith(("http://", "https://"))
 
 
@@ -70,16 +47,7 @@ def _human_bytes(n: int) -> str:
 
 
 def too_large(size: Optional[int], max_bytes: int) -> str:
-    """The reason given for a frame over ``max_bytes`` (``size`` when it is known).
-
-    Example:
-        ```python
-        from kf2v_tasks.generation.frame_source import too_large
-        assert too_large(12 * 1024 * 1024, 10 * 1024 * 1024) == (
-            "file is 12 MiB; frames may be at most 10 MiB"
-        )
-        ```
-    """
+    """The reason given for a frame over ``max_bytes`` (``size`` when it is known)."""
     what = f"file is {_human_bytes(size)}" if size is not None else "file is larger than that"
     return f"{what}; frames may be at most {_human_bytes(max_bytes)}"
 
@@ -106,11 +74,6 @@ async def read_frame_bytes(
 
     Raises:
         FrameValidationError: missing file, HTTP error, unreadable source.
-
-    Example:
-        ```python
-        data = await read_frame_bytes("s3://bucket/a.png", storage_options={"anon": True})
-        ```
     """
     if is_http(source):
         return await _read_http(source, max_bytes)

@@ -9,15 +9,6 @@ A driving audio (:mod:`~kf2v_tasks.generation.audio`) and a first_clip in the fi
 place (:mod:`~kf2v_tasks.generation.clip`) are checked with the frames.
 Small files are inlined as ``data:`` URIs, larger ones go through the temporary ``oss://``
 upload (§10), public ``http(s)`` URLs are passed through untouched.
-
-Example:
-    ```python
-    import asyncio
-    from kf2v_tasks.generation.frames import check_pair
-
-    pair = asyncio.run(check_pair("first.png", "s3://bucket/last.jpg"))
-    print(pair.first.transport, pair.warnings)
-    ```
 """
 
 from __future__ import annotations
@@ -143,12 +134,6 @@ async def inspect_frame(
 
     Raises:
         FrameValidationError: the frame is unusable; ``reason`` says why in plain words.
-
-    Example:
-        ```python
-        info = await inspect_frame("first.png", role="first")
-        assert info.transport.value in ("data_uri", "upload")
-        ```
     """
     limits = limits or FrameLimits()
     shown = display_source(source)
@@ -214,13 +199,6 @@ class FrameMemo:
     Storyboards chain their frames (a row's last frame is the next row's first) and
     prompt sweeps reuse one pair: one read, hash and decode per file instead of per row.
     A failure is raised again for every row that names the frame, with that row's role.
-
-    Example:
-        ```python
-        memo = FrameMemo()
-        a = await check_pair("a.png", "b.png", inspect=memo)
-        b = await check_pair("b.png", "c.png", inspect=memo)   # b.png is not read again
-        ```
     """
 
     def __init__(self) -> None:
@@ -284,11 +262,6 @@ async def check_pair(
             :class:`~kf2v_tasks.generation.audio.AudioValidationError` (``role="audio"``)
             when the frames are fine, a bad clip
             :class:`~kf2v_tasks.generation.clip.ClipValidationError` (``role="clip"``).
-
-    Example:
-        ```python
-        pair = await check_pair("a.png", "b.png", limits=FrameLimits(min_side=360))
-        ```
     """
     limits = limits or FrameLimits()
     read = inspect or inspect_frame
@@ -373,11 +346,6 @@ async def prepare_frame(
 
     Raises:
         FrameValidationError: the file changed (or vanished) since validation.
-
-    Example:
-        ```python
-        url = await prepare_frame(pair.first, client=client, model="wan2.2-kf2v-flash")
-        ```
     """
     if info.transport is FrameTransport.URL:
         return info.source

@@ -2,13 +2,6 @@
 
 A film whose record (``<film>.json``: the clips' hashes and the stitch) matches the
 clips it would be made from, and whose file is intact, is not stitched again.
-
-Example:
-    ```python
-    from kf2v_tasks.storyboard.films import make_film
-    film = await make_film("day", "out/day.mp4", [2, 3], by_row, dry_run=False, opts=None)
-    print(film.status, film.stitch.frames)
-    ```
 """
 
 from __future__ import annotations
@@ -45,12 +38,6 @@ async def make_film(
         by_row: the batch's result of every row.
         dry_run: plan only: the film stays ``planned``.
         opts: fsspec options of the output.
-
-    Example:
-        ```python
-        film = await make_film("day", "out/day.mp4", [2, 3], by_row, dry_run=False, opts=None)
-        assert film.status in ("made", "reused", "failed")
-        ```
     """
     film = StoryboardFilm(sequence=name, path=path, rows=rows, status="planned")
     results = [by_row[n] for n in rows]

@@ -5,13 +5,6 @@ From keyframes, the transitions' manifest (``storyboard.csv``) is written into
 ``sequence`` column groups the rows: the rows of one sequence, in file order, are its
 transitions, each row's ``last_frame`` the next row's ``first_frame``
 (:func:`sequences`). Both refuse what cannot make a film before anything is spent.
-
-Example:
-    ```python
-    from kf2v_tasks.storyboard.plan import SEQUENCE_COLUMN, manifest_extra_columns
-    assert manifest_extra_columns(False) == [SEQUENCE_COLUMN]
-    assert manifest_extra_columns(["shot"]) == [SEQUENCE_COLUMN, "shot"]
-    ```
 """
 
 from __future__ import annotations
@@ -43,14 +36,7 @@ SEQUENCE_COLUMN = "sequence"
 
 
 def manifest_extra_columns(extra_columns: ExtraColumns) -> ExtraColumns:
-    """The manifest's accepted own columns: ``sequence``, plus the caller's (True: any).
-
-    Example:
-        ```python
-        from kf2v_tasks.storyboard.plan import manifest_extra_columns
-        assert manifest_extra_columns(True) is True
-        ```
-    """
+    """The manifest's accepted own columns: ``sequence``, plus the caller's (True: any)."""
     if extra_columns is True:
         return True
     return [SEQUENCE_COLUMN, *(extra_columns or [])]
@@ -77,13 +63,6 @@ async def write_transitions(
     Raises:
         ValueError: fewer than 2 frames, a prompt count that is not one per transition,
             an output that is not an .mp4 file.
-
-    Example:
-        ```python
-        manifest, root, films = await write_transitions(
-            ["a.png", "b.png", "c.png"], "out/film.mp4", "dolly", None, None)
-        assert root == "out/film.storyboard" and films == {"film": "out/film.mp4"}
-        ```
     """
     if len(frames) < 2:
         raise ValueError(f"frames: a storyboard needs at least 2 keyframes, got {len(frames)}")
@@ -161,11 +140,6 @@ def sequences(
     Raises:
         ManifestFileError: no sequence column, a row without a sequence, a broken chain
             of keyframes, or a film name that is unusable or overwrites a clip.
-
-    Example:
-        ```python
-        found = sequences(parsed, "out", None)   # {"day": ("out/day.mp4", [2, 3, 4])}
-        ```
     """
     source = parsed.source
     column = next((c for c in parsed.extra_columns if c.lower() == SEQUENCE_COLUMN), None)
