@@ -100,17 +100,19 @@ def test_a_concurrency_refusal_is_told_apart_from_the_rate_and_switches_look_ahe
 
 @pytest.mark.usefixtures("prefect_server")
 async def test_queue_ahead_keeps_the_next_task_waiting_at_the_service(tmp_path, monkeypatch):
-    with _sim("queue", runtime=300.0) as sim, pointed_at(sim, monkeypatch):
+    # 2 real s per task: long enough that a create made late on a loaded machine (4 test
+    # workers on 2 cores) still finds the lane busy and waits at the service.
+    with _sim("queue", runtime=1200.0) as sim, pointed_at(sim, monkeypatch):
         manifest = _manifest(tmp_path / "in", 8)
         summary = await generate_batch(str(manifest), str(tmp_path / "out"), concurrency=_quota(2))
         tasks = sim.tasks()
         stats = sim.stats()
     assert summary.counts == {"succeeded": 8} and summary.look_ahead_off is None
     assert stats["creates"] == 8 and stats["peak_concurrency"] == 2
-    # The simulator's task times are real seconds: a run lasts 300 / SPEED = 0.5 s. Every
+    # The simulator's task times are real seconds: a run lasts 1200 / SPEED = 2 s. Every
     # task after the first two waited at the service and started the moment a running one
     # ended: no hand-off gap for our poll interval, our next create or the service's queue.
-    run = 300.0 / SPEED
+    run = 1200.0 / SPEED
     starts = sorted(t["started"] for t in tasks)
     ends = sorted(t["ended"] for t in tasks)
     queued = [t for t in tasks if t["started"] - t["created"] > run / 2]

@@ -79,7 +79,10 @@ async def test_two_runs_together_make_no_more_calls_than_one_would(monkeypatch):
         assert share is not None
         await share.leave()
     wall = max(stamps) - min(stamps)
-    assert len(stamps) <= 10 * wall + 2, (len(stamps), wall)  # not 20 per second
+    # Not 20 per second. The bound allows each limiter's first token and, for the run that
+    # joined first, one refresh (0.2 s) at its whole rate before it reads that a second run
+    # came: the share is followed every REFRESH_SECONDS, not per call.
+    assert len(stamps) <= 10 * wall + 2 + 10 * 0.2, (len(stamps), wall)
     assert len(stamps) >= 10 * wall * 0.8, (len(stamps), wall)
 
 

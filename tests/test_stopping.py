@@ -181,7 +181,8 @@ async def test_a_claim_whose_holder_process_is_gone_is_taken_over_at_once(tmp_pa
         f.write(doc.to_bytes())
     held, other = await book.try_acquire(fp, row_id="r1")
     assert held is not None and other is None
-    assert release_all() == 1 and not os.path.exists(book.url_of(fp))
+    # At exit every claim this process holds goes (other tests' too, in a shared worker).
+    assert release_all() >= 1 and not os.path.exists(book.url_of(fp))
 
 
 def test_a_signal_wrapped_by_a_library_still_decides_the_exit_code():
