@@ -87,7 +87,10 @@ class RateShare:
                 others,
                 share.runs,
             )
-            await asyncio.sleep(REFRESH_SECONDS)  # real seconds: the others' refresh period
+            # Real seconds: one of the others' refresh periods, and half again for their
+            # read to land (with exactly one period, a run whose read was slow kept its
+            # whole rate a moment too long: one 429 seen across two shards in CI).
+            await asyncio.sleep(REFRESH_SECONDS * 1.5)
         return share
 
     async def _start(self) -> int:
