@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import re
 import struct
 from typing import Any, Optional
 
 from kf2v_tasks.dashscope.catalog import ModelSpec
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.generation.frame_source import display_source, is_http, read_frame_bytes
+from kf2v_tasks.generation.frame_source import (
+    display_source,
+    is_http,
+    read_frame_bytes,
+    read_validated,
+    upload_name,
+)
 from kf2v_tasks.generation.models import AudioInfo, FrameTransport
-from kf2v_tasks.storage.paths import basename
 
 __all__ = ["AudioProblem", "AudioValidationError", "audio_length", "inspect_audio", "prepare_audio"]
 
@@ -183,12 +186,6 @@ async def inspect_audio(
     )
 
 
-def _upload_name(info: AudioInfo) -> str:
-    stem = os.path.splitext(basename(info.source))[0]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80] or "audio"
-    return f"{stem}.{info.format}"
-
-
 async def prepare_audio(
     info: AudioInfo,
     *,
@@ -204,12 +201,10 @@ async def prepare_audio(
     """
     if info.transport is FrameTransport.URL:
         return info.source
-    shown = display_source(info.source)
-    data = await read_frame_bytes(
-        info.source, storage_options=storage_options, max_bytes=info.size_bytes
-    )
-    if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+    data = await read_validated(info, storage_options)
+    if data is None:
         raise AudioValidationError(
-            shown, "audio changed since validation (sha256 differs); validate it again"
+            display_source(info.source),
+            "audio changed since validation (sha256 differs); validate it again",
         )
-    return await client.upload_file(data, _upload_name(info), model)
+    return await client.upload_file(data, upload_name(info.source, info.format, "audio"), model)

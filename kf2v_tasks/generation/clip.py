@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import os
-import re
 from typing import Any, Optional
 
 from kf2v_tasks.dashscope.catalog import ModelSpec, active_catalog
@@ -27,9 +25,14 @@ from kf2v_tasks.dashscope.models import (
     CLIP_MIN_SIDE,
 )
 from kf2v_tasks.errors import FrameValidationError
-from kf2v_tasks.generation.frame_source import display_source, is_http, read_frame_bytes
+from kf2v_tasks.generation.frame_source import (
+    display_source,
+    is_http,
+    read_frame_bytes,
+    read_validated,
+    upload_name,
+)
 from kf2v_tasks.generation.models import ClipInfo, FrameTransport
-from kf2v_tasks.storage.paths import basename
 
 __all__ = ["ClipValidationError", "clip_problems", "inspect_clip", "prepare_clip"]
 
@@ -155,14 +158,10 @@ async def prepare_clip(
     """
     if info.transport is FrameTransport.URL:
         return info.source
-    data = await read_frame_bytes(
-        info.source, storage_options=storage_options, max_bytes=info.size_bytes
-    )
-    if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+    data = await read_validated(info, storage_options)
+    if data is None:
         raise ClipValidationError(
             display_source(info.source),
             ["clip changed since validation (sha256 differs); validate it again"],
         )
-    stem = os.path.splitext(basename(info.source))[0]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80] or "clip"
-    return await client.upload_file(data, f"{stem}.{info.format}", model)
+    return await client.upload_file(data, upload_name(info.source, info.format, "clip"), model)

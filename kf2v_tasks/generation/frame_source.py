@@ -8,16 +8,27 @@ its URL query string (signed URLs must not reach a log or an error).
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+import os
+import re
+from typing import Any, Optional
 
 import httpx
 
 from kf2v_tasks import clock
 from kf2v_tasks.errors import FrameValidationError
 from kf2v_tasks.redaction import redact_url
-from kf2v_tasks.storage.paths import forget_cached, open_fs, run_sync
+from kf2v_tasks.storage.paths import basename, forget_cached, open_fs, run_sync
 
-__all__ = ["MIB", "display_source", "is_http", "read_frame_bytes", "too_large"]
+__all__ = [
+    "MIB",
+    "display_source",
+    "is_http",
+    "read_frame_bytes",
+    "read_validated",
+    "too_large",
+    "upload_name",
+]
 
 MIB = 1024 * 1024
 
@@ -149,3 +160,22 @@ async def _read_http(url: str, max_bytes: Optional[int]) -> bytes:
             if attempt < _HTTP_ATTEMPTS:
                 await clock.sleep(float(attempt))
     raise FrameValidationError(shown, f"{last} after {_HTTP_ATTEMPTS} attempts")
+
+
+async def read_validated(info: Any, storage_options: Optional[dict]) -> Optional[bytes]:
+    """The bytes of a validated file (frame, audio, clip) read again for sending; ``None``
+    when they are no longer what was validated (size or sha256 differ)."""
+    # One byte more than validated is enough to see that the file grew.
+    data = await read_frame_bytes(
+        info.source, storage_options=storage_options, max_bytes=info.size_bytes
+    )
+    if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+        return None
+    return data
+
+
+def upload_name(source: str, ext: str, fallback: str) -> str:
+    """A safe object name for an upload: the source's basename with the extension ``ext``."""
+    stem = os.path.splitext(basename(source))[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80] or fallback
+    return f"{stem}.{ext}"

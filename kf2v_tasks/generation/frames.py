@@ -17,8 +17,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import os
-import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
@@ -35,10 +33,11 @@ from kf2v_tasks.generation.frame_source import (
     display_source,
     is_http,
     read_frame_bytes,
+    read_validated,
     too_large,
+    upload_name,
 )
 from kf2v_tasks.generation.models import FrameInfo, FramePair, FrameTransport
-from kf2v_tasks.storage.paths import basename
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
@@ -323,14 +322,6 @@ async def check_pair(
     return FramePair(first=a, last=b, audio=sound, clip=video, warnings=warnings)
 
 
-def _upload_name(info: FrameInfo) -> str:
-    """A safe object name for the upload key: the source's basename with the right extension."""
-    ext = _EXTENSIONS.get(info.format, "img")
-    stem = os.path.splitext(basename(info.source))[0]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[:80] or "frame"
-    return f"{stem}.{ext}"
-
-
 async def prepare_frame(
     info: FrameInfo,
     *,
@@ -350,11 +341,8 @@ async def prepare_frame(
     if info.transport is FrameTransport.URL:
         return info.source
     shown = display_source(info.source)
-    # One byte more than validated is enough to see that the file grew.
-    data = await read_frame_bytes(
-        info.source, storage_options=storage_options, max_bytes=info.size_bytes
-    )
-    if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
+    data = await read_validated(info, storage_options)
+    if data is None:
         raise FrameValidationError(
             shown, "frame changed since validation (sha256 differs); validate it again"
         )
@@ -364,4 +352,5 @@ async def prepare_frame(
     if info.transport is FrameTransport.DATA_URI:
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
     model_name = model.value if isinstance(model, Kf2vModel) else str(model)
-    return await client.upload_file(data, _upload_name(info), model_name)
+    name = upload_name(info.source, _EXTENSIONS.get(info.format, "img"), "frame")
+    return await client.upload_file(data, name, model_name)
