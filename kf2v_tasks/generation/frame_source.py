@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import httpx
 
@@ -19,6 +19,9 @@ from kf2v_tasks import clock
 from kf2v_tasks.errors import FrameValidationError
 from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.storage.paths import basename, forget_cached, open_fs, run_sync
+
+if TYPE_CHECKING:
+    from kf2v_tasks.generation.models import ValidatedFile
 
 __all__ = [
     "MIB",
@@ -162,7 +165,7 @@ async def _read_http(url: str, max_bytes: Optional[int]) -> bytes:
     raise FrameValidationError(shown, f"{last} after {_HTTP_ATTEMPTS} attempts")
 
 
-async def read_validated(info: Any, storage_options: Optional[dict]) -> Optional[bytes]:
+async def read_validated(info: ValidatedFile, storage_options: Optional[dict]) -> Optional[bytes]:
     """The bytes of a validated file (frame, audio, clip) read again for sending; ``None``
     when they are no longer what was validated (size or sha256 differ)."""
     # One byte more than validated is enough to see that the file grew.

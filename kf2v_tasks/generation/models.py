@@ -23,22 +23,27 @@ class FrameTransport(StrEnum):
     UPLOAD = "upload"  # larger file through the temporary (oss://) upload
 
 
-class FrameInfo(BaseModel):
-    """A frame that passed validation: where it is, what it is, how it will be sent.
+class ValidatedFile(BaseModel):
+    """A file (frame, audio, clip) that passed validation: where it is and how it travels.
 
-    The bytes are not kept here (results stay small); ``prepare_frame`` re-reads the
-    source at submit time and checks its sha256 against this record.
+    The bytes are not kept here (results stay small): they are read again at submit time
+    and checked against ``sha256`` (:func:`~kf2v_tasks.generation.frame_source.read_validated`).
     """
 
-    source: str = Field(description="The frame as the user gave it (path or URL).")
+    source: str = Field(description="The file as the user gave it (path or URL).")
     sha256: str
     size_bytes: int
+    transport: FrameTransport
+
+
+class FrameInfo(ValidatedFile):
+    """A frame that passed validation: what it is, and how it will be sent."""
+
     width: int
     height: int
     format: str = Field(description="Image format as Pillow names it (JPEG, PNG, BMP, WEBP).")
     mode: str = Field(description="Pillow colour mode, e.g. RGB, RGBA, L.")
     has_alpha: bool = False
-    transport: FrameTransport
     warnings: list[str] = Field(default_factory=list)
 
     @property
@@ -47,19 +52,11 @@ class FrameInfo(BaseModel):
         return self.width / self.height
 
 
-class AudioInfo(BaseModel):
-    """A driving audio that passed validation (mp3 or wav): where, what, how long.
+class AudioInfo(ValidatedFile):
+    """A driving audio that passed validation (mp3 or wav): what it is, how long."""
 
-    Like a frame, the bytes are not kept: they are read again at submit time and checked
-    against ``sha256``.
-    """
-
-    source: str = Field(description="The audio as the user gave it (path or URL).")
-    sha256: str
-    size_bytes: int
     format: str = Field(description="mp3 or wav.")
     seconds: float = Field(description="Length of the audio in seconds.")
-    transport: FrameTransport
     warnings: list[str] = Field(default_factory=list)
 
     @property
@@ -68,21 +65,13 @@ class AudioInfo(BaseModel):
         return "audio/mpeg" if self.format == "mp3" else "audio/wav"
 
 
-class ClipInfo(BaseModel):
-    """A ``first_clip`` that passed validation (mp4 or mov), to be continued by the model.
+class ClipInfo(ValidatedFile):
+    """A ``first_clip`` that passed validation (mp4 or mov), to be continued by the model."""
 
-    Like a frame, the bytes are not kept: they are read again at submit time and checked
-    against ``sha256``.
-    """
-
-    source: str = Field(description="The clip as the user gave it (path or URL).")
-    sha256: str
-    size_bytes: int
     format: str = Field(description="mp4 or mov.")
     seconds: float = Field(description="Length of the clip in seconds.")
     width: int
     height: int
-    transport: FrameTransport
 
 
 class FramePair(BaseModel):
