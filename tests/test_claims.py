@@ -440,3 +440,34 @@ async def test_claims_can_be_switched_off(tmp_path, pair):
     sub = await submit(ScriptedClient("ok"), pair, ledger, claims=ClaimPolicy(enabled=False))
     assert not ClaimBook(ledger).holds(sub.fingerprint)
     assert not (tmp_path / "out" / ".kf2v" / "claims").exists()
+
+
+async def test_a_claim_whose_acquisition_is_cancelled_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C while the claim file is being written (in a worker thread, which a cancel
+    does not stop): the file still lands, and must be taken back, not left for nobody."""
+    from kf2v_tasks.storage import conditional
+
+    entered, go, landed = threading.Event(), threading.Event(), threading.Event()
+    real = conditional.create_exclusive_sync
+
+    def slow_create(*args, **kwargs):
+        entered.set()
+        go.wait(10)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            landed.set()
+
+    monkeypatch.setattr(conditional, "create_exclusive_sync", slow_create)
+    book = ClaimBook(Ledger(str(tmp_path / "out")))
+    fp = "cd" * 32
+    acquiring = asyncio.ensure_future(book.try_acquire(fp, row_id="r1"))
+    await asyncio.to_thread(entered.wait, 10)
+    acquiring.cancel()
+    await asyncio.sleep(0)  # the cancel reaches the waiting caller first
+    go.set()  # then the write lands
+    with pytest.raises(asyncio.CancelledError):
+        await acquiring
+    await asyncio.to_thread(landed.wait, 10)  # the write has landed: was it taken back?
+    assert not os.path.exists(book.url_of(fp))
+    assert claim_lease.held_at(book.url_of(fp)) is None

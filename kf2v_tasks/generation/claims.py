@@ -30,10 +30,13 @@ starting within milliseconds of each other could both believe they hold the clai
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Optional
@@ -55,6 +58,7 @@ from kf2v_tasks.generation.ledger_record import LedgerRecord
 from kf2v_tasks.storage.conditional import (
     ConditionFailedError,
     create_exclusive,
+    delete_if,
     read_versioned,
     replace_if,
 )
@@ -222,8 +226,8 @@ class ClaimBook:
                 return None, mine.doc  # another caller in this process is creating it
             doc = self._new_doc(fingerprint, row_id)
             try:
-                version = await create_exclusive(
-                    url, doc.to_bytes(), storage_options=self.storage_options
+                version = await self._write(
+                    url, create_exclusive(url, doc.to_bytes(), storage_options=self.storage_options)
                 )
                 return self._hold(url, doc, version), None
             except FileExistsError:
@@ -236,8 +240,9 @@ class ClaimBook:
                 return None, other
             doc = self._new_doc(fingerprint, row_id, taken_over_from=other.holder)
             try:
-                version = await replace_if(
-                    url, doc.to_bytes(), version, storage_options=self.storage_options
+                version = await self._write(
+                    url,
+                    replace_if(url, doc.to_bytes(), version, storage_options=self.storage_options),
                 )
             except ConditionFailedError:
                 continue  # renewed, released or taken by a third run meanwhile
@@ -250,6 +255,21 @@ class ClaimBook:
             return held, None
         current = await self.read(fingerprint)
         return None, current[0] if current else None
+
+    async def _write(self, url: str, write: Awaitable[str]) -> str:
+        """A claim file's write (create or takeover): its version once it has landed.
+
+        The write runs in a worker thread, which a cancelled caller (Ctrl-C) does not stop:
+        the file would land with nobody holding it, and the next run would wait out its
+        lease. Cancelled, this waits for the write and takes the file back before raising.
+        """
+        op = asyncio.ensure_future(write)
+        try:
+            return await asyncio.shield(op)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await delete_if(url, await op, storage_options=self.storage_options)
+            raise
 
     async def _record_takeover(
         self, fingerprint: str, doc: ClaimDoc, old: ClaimDoc, row_id: Optional[str]
