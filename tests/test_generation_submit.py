@@ -155,6 +155,41 @@ async def test_an_expired_task_is_created_again_without_a_query(pair, ledger):
     assert second.task_id == "task-2" and client.queries == []
 
 
+async def _kept_long_ago(client, pair, ledger, tmp_path: Path) -> tuple[str, Path]:
+    """Work created, its video kept at a path, and its task now past the 24 h TTL."""
+    import hashlib
+
+    first = await submit(client, pair, ledger)
+    video = tmp_path / "out" / "row-1.mp4"
+    video.write_bytes(b"a kept video")
+    rec = await ledger.get(first.fingerprint)
+    rec.persisted(str(video), hashlib.sha256(video.read_bytes()).hexdigest(), 12)
+    rec.submitted_at = datetime.now(UTC) - timedelta(hours=25)
+    await ledger.put(rec)
+    return first.fingerprint, video
+
+
+async def test_a_kept_video_outlives_its_task_and_is_never_made_again(pair, ledger, tmp_path):
+    # A run that planned before another run kept this video reaches it after the task's
+    # 24 h (seed 20261215 of the soak, where 24 h are 144 s): it must not pay again.
+    client = ScriptedClient("ok", "ok")
+    fp, video = await _kept_long_ago(client, pair, ledger, tmp_path)
+    stale = LedgerRecord.new(fp, row_id="row-1")  # what the late run's plan had read
+    again = await submit(client, pair, ledger, record=stale)
+    assert again.reused and again.task_id == "task-1" and client.posts == 1
+    assert again.persisted_path == str(video) and again.already_persisted_at is not None
+
+
+async def test_a_kept_video_that_is_gone_is_made_again_once_its_task_expired(
+    pair, ledger, tmp_path
+):
+    client = ScriptedClient("ok", "ok")
+    _, video = await _kept_long_ago(client, pair, ledger, tmp_path)
+    video.write_bytes(b"not the kept video")
+    again = await submit(client, pair, ledger)
+    assert not again.reused and again.task_id == "task-2" and client.posts == 2
+
+
 async def test_one_guarded_retry_after_an_ambiguous_create(pair, ledger):
     client = ScriptedClient(ambiguous(), "ok")
     sub = await submit(client, pair, ledger)

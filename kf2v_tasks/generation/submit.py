@@ -28,6 +28,7 @@ from kf2v_tasks.generation.frames import prepare_frame
 from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.ledger_record import DEAD_STATUSES
 from kf2v_tasks.generation.models import FramePair
+from kf2v_tasks.storage.files import verify_file
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
@@ -171,7 +172,7 @@ async def submit_generation(
     # An old read is enough to decide whether to claim: the claim's own read decides a
     # create. Without claims this read is the only guard: it is made fresh.
     record = await _current(client, ledger, fp, record if book is not None else UNREAD)
-    if record is not None and Ledger.is_task_reusable(record):
+    if await _done(record, storage_options):
         if book is not None and record.state is not LedgerState.PERSISTED:
             # Hold the claim while we poll and persist if nobody does (free, or expired:
             # its holder died); a live holder keeps it and we share its task.
@@ -194,7 +195,7 @@ async def submit_generation(
         if book is not None:
             # Read again under the claim: the work may have been done while we waited.
             record = await _current(client, ledger, fp)
-            if record is not None and Ledger.is_task_reusable(record):
+            if await _done(record, storage_options):
                 if record.state is LedgerState.PERSISTED:
                     await book.release(fp)
                 return _reused(record, base)
@@ -205,6 +206,21 @@ async def submit_generation(
         if book is not None:  # the create failed (or we were cancelled): the row is over
             await book.release(fp)
         raise
+
+
+async def _done(record: Optional[LedgerRecord], storage_options: Optional[dict]) -> bool:
+    """Whether this work needs no create: its task can still deliver, or its video is kept.
+
+    A kept video outlives its task: a run that planned before another run kept it may reach
+    this work after the task's 24 h (and under ``KF2V_TIME_SCALE`` that is minutes).
+    """
+    if record is None:
+        return False
+    if Ledger.is_task_reusable(record):
+        return True
+    if record.state is not LedgerState.PERSISTED or not record.output_path or not record.sha256:
+        return False
+    return await verify_file(record.output_path, record.sha256, storage_options=storage_options)
 
 
 def _reused(record: LedgerRecord, base: dict) -> Submission:
