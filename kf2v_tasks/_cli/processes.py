@@ -121,19 +121,36 @@ def spawn(
     env: dict[str, str],
     log: Path,
     cwd: Optional[Path | str] = None,
+    *,
+    tethered: bool = False,
 ) -> StackProcess:
-    """Start ``cmd`` in its own session (so it can be stopped with its children)."""
+    """Start ``cmd`` in its own session (so it can be stopped with its children).
+
+    ``tethered``: it also ends when this process ends, even by SIGKILL (``tether.py``),
+    so a killed ``kf2v run`` leaves no server behind.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=str(cwd) if cwd else None,
-            start_new_session=True,
-        )
+    keep: tuple[int, ...] = ()
+    if tethered:
+        # Only this process holds the write end (os.pipe is not inherited): its death is EOF.
+        read, _write = os.pipe()
+        cmd = [sys.executable, str(Path(__file__).with_name("tether.py")), str(read), "--", *cmd]
+        keep = (read,)
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,
+                pass_fds=keep,
+            )
+    finally:
+        for fd in keep:
+            os.close(fd)
     return StackProcess(name, proc, log)
 
 

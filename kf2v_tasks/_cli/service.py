@@ -279,7 +279,7 @@ def prefect_api(out: Optional[TextIO] = None) -> Iterator[_Ready]:
     env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1")
     env["PREFECT__SERVER_FINAL"] = "1"
     log = Path(tempfile.mkdtemp(prefix="kf2v-prefect-")) / "server.log"
-    server = spawn("the temporary Prefect server", cmd, env, log)
+    server = spawn("the temporary Prefect server", cmd, env, log, tethered=True)
     url = f"http://127.0.0.1:{port}/api"
     # Its leases end with it: lanes share through lock files, as in ephemeral mode.
     TEMPORARY_API_URLS.add(url)
