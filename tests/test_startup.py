@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import kf2v_tasks.batch.runner as runner_module
+import kf2v_tasks.batch.fan_out as fan_out_module
 from kf2v_flows.batch import generate_batch
 from kf2v_tasks.batch.config import ConcurrencySettings
-from kf2v_tasks.batch.runner import STARTING_ROWS
+from kf2v_tasks.batch.create_order import STARTING_ROWS
 from kf2v_tasks.simulator import RuntimeDistribution, SimulatorConfig, run_simulator
 
 from helpers import SPEED, make_pairs, manifest_text, pointed_at
@@ -42,7 +42,7 @@ async def test_rows_start_a_few_at_a_time(tmp_path: Path, monkeypatch, task_runs
         manifest_text(rows, ["id", "first_frame", "last_frame", "prompt"])
     )
     starting, most = 0, 0
-    make_steps = runner_module.make_steps
+    make_steps = fan_out_module.make_steps
 
     def counting_steps(*args, **kwargs):
         steps = make_steps(*args, **kwargs)
@@ -61,7 +61,7 @@ async def test_rows_start_a_few_at_a_time(tmp_path: Path, monkeypatch, task_runs
         steps.submit = counted
         return steps
 
-    monkeypatch.setattr(runner_module, "make_steps", counting_steps)
+    monkeypatch.setattr(fan_out_module, "make_steps", counting_steps)
     cfg = SimulatorConfig(
         speed=SPEED,
         runtime=RuntimeDistribution(kind="fixed", low=5.0),

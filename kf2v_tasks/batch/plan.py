@@ -133,6 +133,11 @@ def output_path(output_root: str, row: ManifestRow) -> str:
     return join(output_root, safe_child(output_root, row.output))
 
 
+def row_base(output_root: str, row: ManifestRow) -> dict[str, Any]:
+    """What every result of ``row`` says: its row number, id and output."""
+    return dict(row=row.row_number, id=row.id, output=output_path(output_root, row))
+
+
 def shard_manifest(parsed: ParsedManifest, index: int, count: int) -> ParsedManifest:
     """Keep the rows (and row errors) of shard ``index`` of ``count``.
 

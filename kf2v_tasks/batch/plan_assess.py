@@ -24,8 +24,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from kf2v_tasks.batch.plan import BatchPlan, output_path
-from kf2v_tasks.batch.results import RowResult, RowStatus
+from kf2v_tasks.batch.plan import BatchPlan, output_path, row_base
+from kf2v_tasks.batch.results import RowResult, RowStatus, kept_result, over_budget_result
 from kf2v_tasks.generation.budget import Budget
 from kf2v_tasks.generation.ledger import Ledger
 from kf2v_tasks.generation.persisted import find_persisted
@@ -157,28 +157,13 @@ def dry_run_results(plan: BatchPlan, *, invalid: bool = True) -> list[RowResult]
     """
     out = list(plan.invalid) if invalid else []
     for row in plan.runnable:
-        base = dict(row=row.row_number, id=row.id, output=output_path(plan.output, row))
+        base = row_base(plan.output, row)
         kept = plan.persisted.get(row.id)
         if kept is not None:
-            out.append(
-                RowResult(
-                    **base,
-                    status=RowStatus.SKIPPED,
-                    task_id=kept.task_id or None,
-                    sha256=kept.sha256,
-                    bytes=kept.bytes,
-                    cost=kept.cost,  # what it cost when it was made
-                )
-            )
+            out.append(kept_result(base, kept))
         elif row.id in plan.over_budget:
             out.append(
-                RowResult(
-                    **base,
-                    status=RowStatus.OVER_BUDGET,
-                    error_code="BudgetExceeded",
-                    error_message=plan.over_budget[row.id],
-                    cost=plan.costs.get(row.id, 0.0),
-                )
+                over_budget_result(base, plan.over_budget[row.id], plan.costs.get(row.id, 0.0))
             )
         else:
             out.append(

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field
 
-from kf2v_tasks.batch.manifest_schema import RESULT_FILE_COLUMNS
+from kf2v_tasks.batch.manifest_columns import RESULT_FILE_COLUMNS
 from kf2v_tasks.errors import AmbiguousCreateError
 
 logger = logging.getLogger("kf2v_tasks.batch.results")
@@ -127,6 +127,39 @@ def failed_result(
         cost=cost,
         possible_duplicate=bool(getattr(submission, "possible_duplicate", False))
         or isinstance(exc, AmbiguousCreateError),
+    )
+
+
+def kept_result(
+    base: dict[str, Any],
+    kept: Any,
+    *,
+    task_id: Optional[str] = None,
+    possible_duplicate: bool = False,
+) -> RowResult:
+    """The ``skipped`` result of a row whose video is already kept (``kept``: a PersistedVideo).
+
+    It keeps the cost the video was made for; ``task_id`` stands in when the ledger has none.
+    """
+    return RowResult(
+        **base,
+        status=RowStatus.SKIPPED,
+        task_id=kept.task_id or task_id,
+        sha256=kept.sha256,
+        bytes=kept.bytes,
+        cost=kept.cost,
+        possible_duplicate=possible_duplicate,
+    )
+
+
+def over_budget_result(base: dict[str, Any], reason: str, cost: Optional[float] = 0.0) -> RowResult:
+    """The ``over_budget`` result of a row never submitted because of ``max_cost``."""
+    return RowResult(
+        **base,
+        status=RowStatus.OVER_BUDGET,
+        error_code="BudgetExceeded",
+        error_message=reason,
+        cost=cost,
     )
 
 
