@@ -54,7 +54,7 @@ _EXPORTS = {
     "PollSchedule": "kf2v_tasks.dashscope.watcher",
     "TaskRef": "kf2v_tasks.tasks_results",
     "Ledger": "kf2v_tasks.generation.ledger",
-    "RowDefaults": "kf2v_tasks.batch.manifest_schema",
+    "RowDefaults": "kf2v_tasks.batch.manifest",
     "ConcurrencySettings": "kf2v_tasks.batch.config",
     "PollingSettings": "kf2v_tasks.batch.config",
     "TaskRuns": "kf2v_tasks.batch.steps",

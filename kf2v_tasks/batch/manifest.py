@@ -10,13 +10,9 @@ resolved like the frames) are refused, row by row, on a model that does not take
 so is ``first_clip`` (an mp4/mov to continue, instead of ``first_frame``; ``last_frame`` is
 then optional).
 
-Any other named column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring
-it would make a video without the prompt the user wrote. Pipelines that carry columns of
-their own pass ``extra_columns=True`` (any other column) or a list of their names
-(``extra_columns=["sequence"]``: those only, every other unknown column is still refused
-with its did-you-mean); those columns are then kept per row (:attr:`ParsedManifest.extras`)
-and written to ``results.csv`` after its own columns. A column listed in
-:data:`UNSUPPORTED_COLUMNS` (none today) is refused either way.
+Any other named column is refused with a did-you-mean, unless the caller names it in
+``extra_columns`` (see :mod:`~kf2v_tasks.batch.manifest_columns`): such columns are kept per
+row (:attr:`ParsedManifest.extras`) and written to ``results.csv`` after its own columns.
 
 Problems are split in two kinds:
 
@@ -33,12 +29,9 @@ normally line 1 and the first data row line 2. A row whose quoted cell spans sev
 lines is numbered by the line it starts on. ``ManifestFileError.line`` uses the same
 numbering when the problem has a place in the file (``None`` otherwise).
 
-This module reads the file (encoding, delimiter, records); the header is checked in
-:mod:`~kf2v_tasks.batch.manifest_columns`, one row's cells in
-:mod:`~kf2v_tasks.batch.manifest_rows` (with :mod:`~kf2v_tasks.batch.manifest_cells` and
-:mod:`~kf2v_tasks.batch.manifest_claims`), frame paths resolved in
-:mod:`~kf2v_tasks.batch.manifest_paths`, and the typed results are defined in
-:mod:`~kf2v_tasks.batch.manifest_schema` (all re-exported here).
+This module reads the file and checks what spans rows (shared ids and outputs); the
+header is checked in :mod:`~kf2v_tasks.batch.manifest_columns`, each row by the Pydantic
+validators of :mod:`~kf2v_tasks.batch.manifest_row`.
 """
 
 from __future__ import annotations
@@ -49,46 +42,23 @@ import io
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
-from kf2v_tasks.batch.manifest_cells import (
-    ID_MAX_CHARS,
-    OUTPUT_MAX_CHARS,
-    OUTPUT_SEGMENT_MAX_CHARS,
-    OUTPUT_SUFFIX,
-    RESERVED_OUTPUT_DIR,
-)
-from kf2v_tasks.batch.manifest_claims import Claims
-from kf2v_tasks.batch.manifest_columns import (
-    check_columns,
-    check_header,
-    did_you_mean,
-    normalise_header,
-    trim,
-)
+from pydantic import BaseModel, Field
+
+from kf2v_tasks.batch.manifest_columns import REQUIRED_COLUMNS, ExtraColumns, read_header
 from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
-from kf2v_tasks.batch.manifest_rows import PROMPT_ABSURD_CHARS, parse_row
-from kf2v_tasks.batch.manifest_schema import (
+from kf2v_tasks.batch.manifest_row import (
     KNOWN_COLUMNS,
-    REQUIRED_COLUMNS,
-    UNSUPPORTED_COLUMNS,
-    ExtraColumns,
     ManifestRow,
-    ParsedManifest,
     RowDefaults,
     RowError,
+    parse_row,
 )
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.redaction import redact_text
 
 __all__ = [
-    "ID_MAX_CHARS",
     "KNOWN_COLUMNS",
-    "OUTPUT_MAX_CHARS",
-    "OUTPUT_SEGMENT_MAX_CHARS",
-    "OUTPUT_SUFFIX",
-    "PROMPT_ABSURD_CHARS",
     "REQUIRED_COLUMNS",
-    "RESERVED_OUTPUT_DIR",
-    "UNSUPPORTED_COLUMNS",
     "ExtraColumns",
     "ManifestFileError",
     "ManifestRow",
@@ -102,6 +72,40 @@ __all__ = [
 ]
 
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class ParsedManifest(BaseModel):
+    """The outcome of parsing a manifest: the valid rows, and the reasons for the others."""
+
+    source: str = Field(description="Where the manifest came from (URL or path).")
+    rows: list[ManifestRow] = Field(default_factory=list, description="Valid rows, in order.")
+    errors: list[RowError] = Field(
+        default_factory=list, description="Row-level problems, one per bad cell, in order."
+    )
+    columns: list[str] = Field(
+        default_factory=list, description="Header names as normalised (trimmed, lower-case)."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Non-fatal remarks (unnamed columns, long prompts)."
+    )
+    extra_columns: list[str] = Field(
+        default_factory=list,
+        description="The user's own columns (parsed with extra_columns), as named in the header.",
+    )
+    extras: dict[int, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Row number -> the row's cells in extra_columns (valid and invalid rows).",
+    )
+
+    @property
+    def invalid_row_numbers(self) -> list[int]:
+        """Row numbers that have at least one error, ascending."""
+        return sorted({e.row_number for e in self.errors})
+
+    @property
+    def total(self) -> int:
+        """Number of data rows (valid and invalid; blank lines do not count)."""
+        return len(self.rows) + len(self.invalid_row_numbers)
 
 
 def parse_manifest(
@@ -134,53 +138,95 @@ def parse_manifest(
     """
     defaults = defaults or RowDefaults()
     text = _decode(data, source)
-    delimiter = _guess_delimiter(text)
-    records = _records(text, delimiter, source)
-
-    header_line, header = _read_header(records, source)
-    columns = [normalise_header(h) for h in header]
-    check_header(columns, header_line, source)
-    extra = check_columns(columns, header_line, source, extra_columns)
-
-    warnings: list[str] = []
-    unnamed = sum(1 for c in columns if not c)
-    if unnamed:
-        warnings.append(f"ignoring {unnamed} column(s) with an empty header name")
-    for i in extra if extra_columns is True else ():  # a listed column is no typo
-        near = did_you_mean(columns[i])
-        if near:  # carried through as asked; but a typo here still loses the setting
-            warnings.append(
-                f"column {trim(header[i])!r} is carried through as your own column; "
-                f"if you meant {near!r}, rename it"
-            )
-
+    records = _records(text, _guess_delimiter(text), source)
+    header_line, header_cells = next(records, (1, []))
+    if not header_cells:
+        raise ManifestFileError(
+            source, f"is empty: expected a header with {', '.join(REQUIRED_COLUMNS)}", line=1
+        )
+    header = read_header(header_cells, header_line, source, extra_columns)
+    columns = header.columns
     parsed = ParsedManifest(
-        source=source,
-        columns=columns,
-        warnings=warnings,
-        extra_columns=[trim(header[i]) for i in extra],
+        source=source, columns=columns, warnings=header.warnings, extra_columns=header.names
     )
-    claims = Claims()
-    rows, errors = [], []
+    rows: list[ManifestRow] = []
+    claims: dict[int, dict[str, Any]] = {}
     for line, cells in records:
-        row, bad = parse_row(line, cells, columns, base_dir, defaults, claims)
-        if row is not None:
-            rows.append(row)
-        errors.extend(bad)
-        if extra:
+        if header.extra:
             parsed.extras[line] = {
-                trim(header[i]): cells[i] if i < len(cells) else "" for i in extra
+                name: cells[i] if i < len(cells) else ""
+                for name, i in zip(header.names, header.extra, strict=True)
             }
-    shared = claims.shared_errors()
-    for line_errors in shared.values():
-        errors.extend(line_errors)
-    errors.sort(key=lambda e: e.row_number)  # stable: a row's own errors stay in order
+        # Trailing empty cells beyond the header are spreadsheet padding, not data.
+        if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns) :]):
+            reason = (
+                f"row has {len(cells)} cells but the header has {len(columns)} "
+                "(a comma inside a cell that is not quoted?)"
+            )  # misaligned cells: checking each column would only produce noise
+            parsed.errors.append(RowError(row_number=line, reason=reason))
+            continue
+        raw = {c: v for c, v in zip(columns, cells, strict=False) if c}
+        row, claims[line] = parse_row(line, raw, base_dir, defaults)
+        if isinstance(row, ManifestRow):
+            rows.append(row)
+        else:
+            parsed.errors.extend(row)
+    shared = _shared(claims)
+    for errors in shared.values():
+        parsed.errors.extend(errors)
+    parsed.errors.sort(key=lambda e: e.row_number)  # stable: a row's own errors stay first
     for row in rows:
         if row.row_number not in shared:
             parsed.rows.append(row)
             parsed.warnings.extend(f"row {row.row_number}: {w}" for w in row.warnings)
-    parsed.errors = errors
     return parsed
+
+
+def _shared(claims: dict[int, dict[str, Any]]) -> dict[int, list[RowError]]:
+    """Row number → errors, for every row whose id or output name another row also takes.
+
+    Every such row is invalid, not only the later ones: which one the user meant is
+    anybody's guess, so none is paid for.
+    """
+    errors: dict[int, list[RowError]] = {}
+
+    def add(line: int, column: str, reason: str) -> None:
+        error = RowError(row_number=line, id=claims[line]["id"], column=column, reason=reason)
+        errors.setdefault(line, []).append(error)
+
+    def others(lines: list[int], line: int) -> str:  # "row 2" or "rows 2, 7"
+        rest = sorted(n for n in lines if n != line)
+        return f"row{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}"
+
+    for row_id, lines in _groups(claims, "id", str).items():
+        for line in lines:
+            what = f"derived id {row_id!r}" if claims[line]["derived"] else repr(row_id)
+            add(line, "id", f"{what} is also used by {others(lines, line)}")
+    # Compared case-insensitively: some filesystems are.
+    for lines in _groups(claims, "output", str.casefold).values():
+        for line in lines:
+            name, from_cell = claims[line]["output"], claims[line]["from_cell"]
+            if not from_cell and line in errors:
+                continue  # its name comes from its id, already reported as shared
+            spelt = sorted({claims[n]["output"] for n in lines} - {name})
+            also = (
+                f" (as {', '.join(map(repr, spelt))}; names that differ only in case are one "
+                "file on some systems)"
+                if spelt
+                else ""
+            )
+            reason = f"output {name!r} is also used by {others(lines, line)}{also}"
+            add(line, "output" if from_cell else "id", reason)
+    return errors
+
+
+def _groups(claims: dict[int, dict[str, Any]], key: str, norm: Any) -> dict[str, list[int]]:
+    """Claimed values taken by more than one row → those rows."""
+    groups: dict[str, list[int]] = {}
+    for line, claim in claims.items():
+        if key in claim:
+            groups.setdefault(norm(claim[key]), []).append(line)
+    return {value: lines for value, lines in groups.items() if len(lines) > 1}
 
 
 async def load_manifest(
@@ -293,12 +339,3 @@ def _records(text: str, delimiter: str, source: str) -> Iterator[tuple[int, list
         end = reader.line_num
         if cells and any(c.strip() for c in cells):
             yield start, cells
-
-
-def _read_header(records: Iterator[tuple[int, list[str]]], source: str) -> tuple[int, list[str]]:
-    try:
-        return next(records)
-    except StopIteration:
-        raise ManifestFileError(
-            source, f"is empty: expected a header with {', '.join(REQUIRED_COLUMNS)}", line=1
-        ) from None

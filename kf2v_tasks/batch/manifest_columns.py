@@ -1,45 +1,48 @@
 """A manifest's header: the columns the plugin reads, and the caller's own (``extra_columns``).
 
 An unknown column is refused with a did-you-mean (``promt`` → ``prompt``): ignoring it
-would make a video without the prompt the user wrote. A caller with columns of its own
-passes ``extra_columns``: ``True`` accepts any other column, a list accepts exactly the
-columns it names (case-insensitively; each may be absent) and still refuses the rest
-with the same hints. Accepted columns must not collide with a column of ``results.csv``.
+would make a video without the prompt the user wrote. ``extra_columns=True`` accepts any
+other column, a list exactly the ones it names (case-insensitively; each may be absent).
+Accepted columns must not collide with a column of ``results.csv``.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Union
 
-from kf2v_tasks.batch.manifest_schema import (
-    KNOWN_COLUMNS,
-    REQUIRED_COLUMNS,
-    RESULT_FILE_COLUMNS,
-    UNSUPPORTED_COLUMNS,
-    ExtraColumns,
-)
+from kf2v_tasks.batch.manifest_row import KNOWN_COLUMNS
 from kf2v_tasks.errors import ManifestFileError
 
-__all__ = [
-    "check_columns",
-    "check_header",
-    "did_you_mean",
-    "normalise_header",
-    "trim",
-    "wanted_columns",
-]
+REQUIRED_COLUMNS: tuple[str, ...] = ("first_frame", "last_frame")
+
+#: What a caller says about columns of its own: False (refuse every unknown column), True
+#: (accept them all) or the names of the ones to accept (any other is still refused).
+ExtraColumns = Union[bool, list[str]]
+
+#: The columns of ``results.csv``, in order; here so the header can refuse a column of the
+#: user's own that would collide with one of them.
+RESULT_FILE_COLUMNS: tuple[str, ...] = tuple(
+    "row id status output task_id error_code error_message cost sha256 bytes reattached "
+    "possible_duplicate account earlier_run".split()
+)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked header: normalised names, where the caller's own columns are, remarks."""
+
+    columns: list[str]  # trimmed, lower-case; "" for an unnamed column
+    extra: list[int]  # positions of the caller's own columns
+    names: list[str]  # those columns as the header spells them
+    warnings: list[str]
 
 
 def trim(name: str) -> str:
     """A header cell without surrounding blanks and byte order mark, case kept."""
     return name.strip().lstrip("\ufeff").strip()
-
-
-def normalise_header(name: str) -> str:
-    """A header cell as the parser compares it: trimmed, lower-case."""
-    return trim(name).lower()
 
 
 def did_you_mean(column: str, also: Iterable[str] = ()) -> Optional[str]:
@@ -50,77 +53,48 @@ def did_you_mean(column: str, also: Iterable[str] = ()) -> Optional[str]:
     return close[0] if close else None
 
 
-def wanted_columns(extra_columns: ExtraColumns) -> Optional[frozenset[str]]:
-    """The caller's own columns a list names (normalised); ``None`` for True or False.
+def read_header(header: list[str], line: int, source: str, extra_columns: ExtraColumns) -> Header:
+    """Check a header row and find the caller's own columns in it.
 
     Raises:
-        ValueError: a listed name is empty, not text, or a column the plugin reads itself.
-    """
-    if isinstance(extra_columns, bool):
-        return None
-    if isinstance(extra_columns, str) or not isinstance(extra_columns, Iterable):
-        raise ValueError(
-            f"extra_columns: expected True, False or a list of column names, got "
-            f"{type(extra_columns).__name__}"
-        )
-    names: set[str] = set()
-    for name in extra_columns:
-        if not isinstance(name, str) or not normalise_header(name):
-            raise ValueError(f"extra_columns: {name!r} is not a column name")
-        key = normalise_header(name)
-        if key in KNOWN_COLUMNS:
-            raise ValueError(
-                f"extra_columns: {name!r} is a column the plugin reads itself; list only "
-                "columns of your own"
-            )
-        names.add(key)
-    return frozenset(names)
-
-
-def check_columns(
-    columns: list[str], line: int, source: str, extra_columns: ExtraColumns
-) -> list[int]:
-    """Refuse columns the plugin would ignore; the positions of the caller's own columns.
-
-    Args:
-        columns: the normalised header names, in file order (``""`` for unnamed ones).
-        line: the header's line in the file, for messages.
-        source: the manifest's path or URL, for messages.
-        extra_columns: False (refuse every unknown column), True (accept them all) or
-            the names of the columns to accept.
-
-    Raises:
-        ManifestFileError: an unknown column that is not accepted, or an accepted one that
-            collides with a column of results.csv.
+        ManifestFileError: a column named twice, a required one missing, an unknown one not
+            accepted, or an accepted one that collides with a column of results.csv.
         ValueError: ``extra_columns`` lists a name that cannot be a column of one's own.
     """
-    wanted = wanted_columns(extra_columns)
-    problems: list[str] = []
-    unsupported = [c for c in columns if c in UNSUPPORTED_COLUMNS]
-    for c in unsupported:
-        problems.append(f"column {c!r} is not supported: {UNSUPPORTED_COLUMNS[c]}")
-    own = [
-        i for i, c in enumerate(columns) if c and c not in KNOWN_COLUMNS and c not in unsupported
-    ]
-    if wanted is None:
-        accepted, refused = (own, []) if extra_columns else ([], own)
-    else:
-        accepted = [i for i in own if columns[i] in wanted]
-        refused = [i for i in own if columns[i] not in wanted]
+
+    def refuse(problem: str) -> ManifestFileError:
+        return ManifestFileError(source, f"line {line} (header): {problem}", line=line)
+
+    columns = [trim(h).lower() for h in header]
+    seen: dict[str, int] = {}
+    for i, c in enumerate(columns, start=1):
+        if c in seen:
+            raise refuse(f"column {c!r} appears more than once (columns {seen[c]} and {i})")
+        if c:
+            seen[c] = i
+    # Rows that continue a clip need no frame columns (each row is checked on its own).
+    missing = [c for c in REQUIRED_COLUMNS if c not in seen and "first_clip" not in seen]
+    if missing:
+        found = ", ".join(repr(c) for c in columns if c) or "none"
+        names = ", ".join(missing).replace("first_frame", "first_frame (or first_clip)")
+        raise refuse(f"missing required column(s) {names} (header has: {found})")
+
+    wanted = _wanted(extra_columns)
+    own = [i for i, c in enumerate(columns) if c and c not in KNOWN_COLUMNS]
+    accepted = [i for i in own if extra_columns is True or columns[i] in (wanted or ())]
+    refused = [i for i in own if i not in accepted]
+    problems = []
     if refused:
+        hints = sorted(wanted or ())
         names = ", ".join(
             repr(columns[i])
-            + (
-                f" (did you mean {near!r}?)"
-                if (near := did_you_mean(columns[i], sorted(wanted or ())))
-                else ""
-            )
+            + (f" (did you mean {near!r}?)" if (near := did_you_mean(columns[i], hints)) else "")
             for i in refused
         )
         how = (
             "pass extra_columns=True (kf2v: --extra-columns)"
             if wanted is None
-            else f"add them to extra_columns (it names {_listed(wanted)})"
+            else f"add them to extra_columns (it names {', '.join(map(repr, hints)) or 'none'})"
         )
         problems.append(
             f"unknown column{'s' if len(refused) > 1 else ''} {names}; known: "
@@ -134,39 +108,40 @@ def check_columns(
             f"{'them' if len(clash) > 1 else 'it'}"
         )
     if problems:
-        raise ManifestFileError(source, f"line {line} (header): " + "; ".join(problems), line=line)
-    return accepted
+        raise refuse("; ".join(problems))
 
-
-def _listed(names: frozenset[str]) -> str:
-    return ", ".join(repr(n) for n in sorted(names)) if names else "none"
-
-
-def check_header(columns: list[str], line: int, source: str) -> None:
-    """Refuse a header that names a column twice or lacks a required one.
-
-    Raises:
-        ManifestFileError: naming the column(s) and the header's line.
-    """
-    seen: dict[str, int] = {}
-    for i, c in enumerate(columns, start=1):
-        if not c:
-            continue
-        if c in seen:
-            raise ManifestFileError(
-                source,
-                f"line {line} (header): column {c!r} appears more than once "
-                f"(columns {seen[c]} and {i})",
-                line=line,
+    warnings = []
+    unnamed = columns.count("")
+    if unnamed:
+        warnings.append(f"ignoring {unnamed} column(s) with an empty header name")
+    for i in accepted if extra_columns is True else ():  # a listed column is no typo
+        near = did_you_mean(columns[i])
+        if near:  # carried through as asked; but a typo here still loses the setting
+            warnings.append(
+                f"column {trim(header[i])!r} is carried through as your own column; "
+                f"if you meant {near!r}, rename it"
             )
-        seen[c] = i
-    # Rows that continue a clip need no frame columns (each row is checked on its own).
-    missing = [c for c in REQUIRED_COLUMNS if c not in seen and "first_clip" not in seen]
-    if missing:
-        found = ", ".join(repr(c) for c in columns if c) or "none"
-        names = ", ".join(missing).replace("first_frame", "first_frame (or first_clip)")
-        raise ManifestFileError(
-            source,
-            f"line {line} (header): missing required column(s) {names} (header has: {found})",
-            line=line,
+    return Header(columns, accepted, [trim(header[i]) for i in accepted], warnings)
+
+
+def _wanted(extra_columns: ExtraColumns) -> Optional[frozenset[str]]:
+    """The caller's own columns a list names (normalised); ``None`` for True or False."""
+    if isinstance(extra_columns, bool):
+        return None
+    if isinstance(extra_columns, str) or not isinstance(extra_columns, Iterable):
+        raise ValueError(
+            f"extra_columns: expected True, False or a list of column names, got "
+            f"{type(extra_columns).__name__}"
         )
+    names: set[str] = set()
+    for name in extra_columns:
+        key = trim(name).lower() if isinstance(name, str) else ""
+        if not key:
+            raise ValueError(f"extra_columns: {name!r} is not a column name")
+        if key in KNOWN_COLUMNS:
+            raise ValueError(
+                f"extra_columns: {name!r} is a column the plugin reads itself; list only "
+                "columns of your own"
+            )
+        names.add(key)
+    return frozenset(names)
