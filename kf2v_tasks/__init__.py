@@ -51,7 +51,7 @@ _EXPORTS = {
     # the tasks' and flows' parameter types
     "FrameLimits": "kf2v_tasks.generation.frames",
     "AmbiguousPolicy": "kf2v_tasks.generation.submit",
-    "PollSchedule": "kf2v_tasks.dashscope.watcher",
+    "PollSchedule": "kf2v_tasks.dashscope.schedule",
     "TaskRef": "kf2v_tasks.tasks_results",
     "Ledger": "kf2v_tasks.generation.ledger",
     "RowDefaults": "kf2v_tasks.batch.manifest",
