@@ -9,9 +9,10 @@ An observer that fails is logged and ignored: reporting never fails a batch.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from kf2v_tasks.batch.results import BatchSummary, RowResult
 
@@ -46,37 +47,30 @@ class ObserverGroup(BatchObserver):
     def __init__(self, observers: Iterable[BatchObserver]) -> None:
         self.observers = list(observers)
 
-    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
-        """Tell every observer the plan."""
+    async def _tell(self, method: str, *args: Any) -> None:
         for o in self.observers:
             try:
-                await o.on_plan(plan, cost, dry_run)
+                told = getattr(o, method)(*args)
+                if inspect.isawaitable(told):
+                    await told
             except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_plan", o)
+                logger.exception("observer %r failed in %s", o, method)
+
+    async def on_plan(self, plan: BatchPlan, cost: CostEstimate, dry_run: bool) -> None:
+        await self._tell("on_plan", plan, cost, dry_run)
 
     def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
-        """Tell every observer a row finished."""
-        for o in self.observers:
+        for o in self.observers:  # synchronous: called from the row's own code path
             try:
                 o.on_row(result, counts, total)
             except Exception:  # a broken progress bar must not break the batch
                 logger.exception("observer %r failed in on_row", o)
 
     async def on_finish(self, summary: BatchSummary) -> None:
-        """Tell every observer the batch is done."""
-        for o in self.observers:
-            try:
-                await o.on_finish(summary)
-            except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_finish", o)
+        await self._tell("on_finish", summary)
 
     async def on_stopped(self, summary: BatchSummary) -> None:
-        """Tell every observer the batch ended early."""
-        for o in self.observers:
-            try:
-                await o.on_stopped(summary)
-            except Exception:  # reporting must never fail the batch
-                logger.exception("observer %r failed in on_stopped", o)
+        await self._tell("on_stopped", summary)
 
 
 #: Observers registered for every batch run in this process (the CLI's progress bar).

@@ -134,14 +134,19 @@ def _local_read(path: str) -> tuple[bytes, str]:
     return data, _digest(data)
 
 
+def _local_check(path: str, version: str) -> None:
+    """Raise unless ``path`` is still at ``version`` (call under its folder's lock)."""
+    try:
+        _, current = _local_read(path)
+    except FileNotFoundError:
+        raise ConditionFailedError(path, "it no longer exists") from None
+    if current != version:
+        raise ConditionFailedError(path, "it changed since it was read")
+
+
 def _local_replace(path: str, data: bytes, version: str) -> str:
     with _folder_lock(os.path.dirname(path)):
-        try:
-            _, current = _local_read(path)
-        except FileNotFoundError:
-            raise ConditionFailedError(path, "it no longer exists") from None
-        if current != version:
-            raise ConditionFailedError(path, "it changed since it was read")
+        _local_check(path, version)
         tmp = _local_write_temp(path, data)
         try:
             os.replace(tmp, path)
@@ -154,12 +159,7 @@ def _local_replace(path: str, data: bytes, version: str) -> str:
 
 def _local_delete(path: str, version: str) -> None:
     with _folder_lock(os.path.dirname(path)):
-        try:
-            _, current = _local_read(path)
-        except FileNotFoundError:
-            raise ConditionFailedError(path, "it no longer exists") from None
-        if current != version:
-            raise ConditionFailedError(path, "it changed since it was read")
+        _local_check(path, version)
         os.remove(path)
 
 

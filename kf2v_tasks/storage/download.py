@@ -6,8 +6,7 @@ length-checked file is committed to the final name. On S3 the temp is a multipar
 to the final key itself: no object exists until it is completed, after the same checks
 (and it saves a server-side copy of the whole video). So the final path never holds a
 partial video. Hashing and writing run on threads of their own
-(:mod:`kf2v_tasks.storage.pipeline`). Small files live in :mod:`kf2v_tasks.storage.files`;
-their names are re-exported here for older imports.
+(:mod:`kf2v_tasks.storage.pipeline`). Small files live in :mod:`kf2v_tasks.storage.files`.
 """
 
 from __future__ import annotations
@@ -27,19 +26,8 @@ from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.retry import RetryPolicy, parse_retry_after
 from kf2v_tasks.storage.files import (
     MIB,
-    WRITE_BLOCK_SIZE,
     StoredFile,
     content_type_for,
-    copy_video,
-    read_bytes,
-    read_json,
-    read_text,
-    remove_stale_temps,
-    sidecar_path,
-    verify_file,
-    write_bytes_atomic,
-    write_json_atomic,
-    write_text_atomic,
 )
 from kf2v_tasks.storage.paths import open_fs
 from kf2v_tasks.storage.pipeline import S3_PART_SIZE, _Download
@@ -49,21 +37,6 @@ __all__ = [
     "DOWNLOAD_RETRY",
     "S3_PART_SIZE",
     "stream_to_storage",
-    # Re-exported from kf2v_tasks.storage.files for callers that import them from here.
-    "MIB",
-    "WRITE_BLOCK_SIZE",
-    "StoredFile",
-    "content_type_for",
-    "copy_video",
-    "read_bytes",
-    "read_json",
-    "read_text",
-    "remove_stale_temps",
-    "sidecar_path",
-    "verify_file",
-    "write_bytes_atomic",
-    "write_json_atomic",
-    "write_text_atomic",
 ]
 
 logger = logging.getLogger("kf2v_tasks.storage.download")
