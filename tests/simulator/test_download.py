@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from kf2v_tasks.simulator import downloads
 
 from .simkit import create, wait_status
 
@@ -32,7 +35,7 @@ def test_download_and_range(sim):
     assert sim.stats()["renders"] == 1  # rendered once, served four times
 
 
-def test_signature_and_expiry(make_sim):
+def test_signature_and_expiry(make_sim, monkeypatch):
     sim = make_sim(url_ttl=300.0)  # 0.3 real seconds at speed 1000
     url = finished_url(sim)
     assert httpx.get(url).status_code == 200
@@ -40,7 +43,9 @@ def test_signature_and_expiry(make_sim):
     tampered = url.replace(query["Expires"][0], str(int(query["Expires"][0]) + 1000))
     resp = httpx.get(tampered)
     assert resp.status_code == 403 and b"SignatureDoesNotMatch" in resp.content
-    time.sleep(1.5)  # Expires has one-second resolution
+    # Expires has one-second resolution: the URL checks it 2 s later (its clock moved on).
+    later = time.time() + 2.0
+    monkeypatch.setattr(downloads, "time", SimpleNamespace(time=lambda: later))
     resp = httpx.get(url)
     assert resp.status_code == 403
     assert b"<Code>AccessDenied</Code>" in resp.content and b"Request has expired." in resp.content
