@@ -57,6 +57,7 @@ def test_every_option_of_every_command_has_help():
     assert len(seen) > 60  # the walk really went through every subcommand
 
 
+@pytest.mark.slow  # two `kf2v` processes: seconds of imports
 def test_version_from_the_script_and_the_module(tmp_path):
     env = user_env(tmp_path)
     for result in (kf2v("--version", env=env), kf2v("--version", env=env, module=True)):
@@ -119,6 +120,7 @@ def test_a_bad_flag_is_named_in_one_line(argv, line, capsys):
     assert captured.err == line + "\n" and captured.out == ""
 
 
+@pytest.mark.slow  # a `kf2v` process per flag: seconds of imports
 def test_bad_flags_from_the_script_are_one_line_without_traceback(tmp_path):
     env = user_env(tmp_path)
     for argv, flag in [

@@ -77,6 +77,7 @@ def test_without_the_extra_it_says_what_to_install(monkeypatch: pytest.MonkeyPat
     assert "DASHSCOPE_API_KEY" in str(info.value)
 
 
+@pytest.mark.slow  # a `kf2v` process per command: seconds of imports
 @pytest.mark.parametrize(
     ("argv", "start"),
     [

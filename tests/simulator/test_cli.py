@@ -118,6 +118,7 @@ def _stop(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
+@pytest.mark.slow  # a simulator process: seconds of imports
 def test_module_runs_until_sigterm():
     proc = subprocess.Popen(
         [sys.executable, "-m", "kf2v_tasks.simulator", "--port", "0", "--render", "tiny"],
@@ -170,6 +171,7 @@ USER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a `kf2v simulator` process and a client process
 def test_printed_environment_is_all_a_users_own_script_needs(tmp_path):
     """``kf2v simulator`` prints export lines; applied to a fresh process, they let plain
     client code create a task and poll it to the end at the simulator's speed."""
