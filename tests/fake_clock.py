@@ -126,3 +126,26 @@ class LeaseTime:
         else:
             raise RuntimeError("claims kept falling due without time passing")
         self.t = target
+
+
+def manual_sim_clock(sim: Any) -> Any:
+    """Stop an in-process simulator's clock: it moves only by ``advance(real_seconds)``.
+
+    Every task's timeline, its expiry and the rate limits read that clock; set it before
+    the first request, so every account and bucket starts at its zero.
+    """
+    from kf2v_tasks.simulator.state import SimClock
+
+    class ManualSimClock(SimClock):
+        def __init__(self, speed: float) -> None:
+            super().__init__(speed)
+            self._now = 0.0
+
+        def now(self) -> float:
+            return self._now
+
+        def advance(self, seconds: float) -> None:
+            self._now += seconds
+
+    sim.state.clock = ManualSimClock(sim.state.config.speed)
+    return sim.state.clock

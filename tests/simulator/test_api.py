@@ -6,7 +6,6 @@ import functools
 import hashlib
 import http.server
 import threading
-import time
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from kf2v_tasks.generation.fingerprint import fingerprint
 from kf2v_tasks.simulator import RuntimeDistribution
 
 from .simkit import FIRST, HEADERS, LAST, body, create, data_uri, query, wait_status
+from fake_clock import manual_sim_clock
 
 
 def test_auth_errors(make_sim):
@@ -190,13 +190,17 @@ def test_reject_mode_holds_for_creates_that_arrive_together(make_sim):
 
 def test_unknown_and_expired_ids(make_sim):
     sim = make_sim(task_ttl=200.0)
+    # The simulator's own clock, stopped: under load a real 0.2 s could pass between two
+    # queries and expire the task before it was ever seen SUCCEEDED.
+    clock = manual_sim_clock(sim)
     doc = query(sim, "no-such-task")
     assert doc["output"] == {"task_id": "no-such-task", "task_status": "UNKNOWN"}
     task_id = create(sim).json()["output"]["task_id"]
     other = {**HEADERS, "Authorization": "Bearer sk-another-account"}
     assert query(sim, task_id, other)["output"]["task_status"] == "UNKNOWN"
-    wait_status(sim, task_id, {"SUCCEEDED"})
-    time.sleep(0.25)  # 250 service seconds > task_ttl
+    clock.advance(0.061)  # past the 60 service-second run
+    assert query(sim, task_id)["output"]["task_status"] == "SUCCEEDED"
+    clock.advance(0.25)  # 250 service seconds > task_ttl
     assert query(sim, task_id)["output"]["task_status"] == "UNKNOWN"
 
 
