@@ -1,7 +1,8 @@
 """Run every benchmark and write bench/results/latest.json, BENCHMARKS.md and the B1 plot.
 
     python -m bench.run            # the full run (≈14 min on 2 cores), rewrites BENCHMARKS.md
-    python -m bench.run --quick    # tiny sizes (≈1 min), writes to a temp dir (smoke test)
+    python -m bench.run --quick    # tiny sizes, writes to a temp dir (smoke test): ≈5 min
+                                   # on 2 cores at load average 12-15
 
 Sides: ours = the batch flow with its defaults (``task_runs="per_step"``), ``ours per_row``
 = the same flow with ``task_runs="per_row"`` (a real flow parameter), peer = the official
@@ -11,7 +12,9 @@ sides side by side, each started once the previous one has filled its slots, so 
 start-ups share the CPU), then the B4 floor, ours and ours per_row (each alone), B5, and
 B6 (a mixed wan2.7-i2v + kf2v manifest on default settings, order longest then manifest,
 each alone; ≈35 s) and B7 (one kf2v batch over two accounts, ``credentials_block`` a list,
-three times; ≈60 s). B2 is read from the B1 runs.
+three times; ≈60 s). B2 is read from the B1 runs. ``--quick`` measures nothing: it runs
+every section at a tiny size, B1's sides side by side at both concurrencies, and B3, B8
+and B9 in two worker processes beside the rest.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from bench.common import ROOT, PrefectServer, log
 FULL = dict(
     b1_rows=200,
     b1_concurrency=(32, 2),
+    # At 32 the CPU is the limit: each side alone, one after the other; at 2 side by side.
+    b1_side_by_side=(False, True),
     b3_bytes=500 * 2**20,
     b3_repeats=3,
     b4_rows=2000,
@@ -56,13 +61,16 @@ FULL = dict(
     b9_runs=5,
 )
 QUICK = dict(
-    b1_rows=8,
+    # One round of tasks at concurrency 4, two at 2: every side of both modes still runs.
+    b1_rows=4,
     b1_concurrency=(4, 2),
+    b1_side_by_side=(True, True),  # a quick run measures nothing: no side waits for another
     b3_bytes=8 * 2**20,
     b3_repeats=1,
-    b4_rows=40,
+    # Two rounds of the concurrency: each row costs ≈0.25 CPU s (client and server).
+    b4_rows=16,
     b4_concurrency=8,
-    b5_rows=40,
+    b5_rows=16,
     b5_concurrency=8,
     # B6 is short already (≈10 s per side); fewer than 6 wan rows would not fill its lane.
     b6_wan_durations=b6_lanes.WAN_DURATIONS,
@@ -587,6 +595,22 @@ def b7_note(b7: dict) -> str:
     return text
 
 
+#: Sections that need no shared Prefect server: B3 needs none, B8 and B9 start a new user's.
+BESIDE = ("b8", "b3", "b9")
+
+
+def _beside(section: str, sizes: dict) -> tuple[dict, float]:
+    """One of :data:`BESIDE` in a worker process (``--quick``): its result and wall seconds."""
+    t = time.monotonic()
+    if section == "b3":
+        result = b3_persistence.run(sizes["b3_bytes"], sizes["b3_repeats"])
+    elif section == "b8":
+        result = b8_startup.run(sizes["b8_runs"])
+    else:
+        result = stop_time.run(sizes["b9_runs"])
+    return result, round(time.monotonic() - t, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -655,6 +679,16 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     walls: dict[str, float] = {}  # each section's own wall time (the server's start aside)
+    # A quick run checks that every benchmark runs end to end; its figures measure nothing.
+    # So there the sections that need no shared server run in two worker processes beside
+    # the rest (from the server's start on), not each alone on the machine as in a full run.
+    pool, beside = None, {}
+    if args.quick and only & set(BESIDE):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+        beside = {k: pool.submit(_beside, k, sizes) for k in BESIDE if k in only}
     # B3 needs no Prefect, and B8 starts its own (a new user's); the rest share this one.
     prefect = None
     if only - {"b3", "b8", "b9"}:
@@ -663,22 +697,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         variants = {} if args.no_variants else VARIANTS
         b1_variants = {} if args.no_variants else B1_VARIANTS
-        if "b3" in only:
+        if "b3" in only and "b3" not in beside:
             # Alone on the machine: the transfer is CPU-bound on 2 cores.
             res["b3"] = b3_persistence.run(sizes["b3_bytes"], sizes["b3_repeats"])
         if "b1" in only or "b2" in only:
             c_big, c_small = sizes["b1_concurrency"]
+            big_together, small_together = sizes["b1_side_by_side"]
             # At concurrency 32 the CPU is the limit: each side alone, one after the other.
             res["b1"] = [
                 b1_utilisation.run(
-                    sizes["b1_rows"], c_big, prefect.env(), variants=b1_variants, parallel=False
+                    sizes["b1_rows"],
+                    c_big,
+                    prefect.env(),
+                    variants=b1_variants,
+                    parallel=big_together,
                 )
             ]
             # At concurrency 2 the sides mostly wait (~5 min): they run side by side, each
             # started once the previous one has filled its slots.
             res["b1"].append(
                 b1_utilisation.run(
-                    sizes["b1_rows"], c_small, prefect.env(), variants=b1_variants, parallel=True
+                    sizes["b1_rows"],
+                    c_small,
+                    prefect.env(),
+                    variants=b1_variants,
+                    parallel=small_together,
                 )
             )
             res["b1"].sort(key=lambda r: r["concurrency"])
@@ -704,17 +747,25 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             res["b7"] = b7_pool.run(prefect.env(), sizes["b7_rows"], sizes["b7_repeats"])
             walls["b7"] = round(time.monotonic() - t, 1)
-        if "b8" in only:  # a new user's kf2v commands, each with its own temporary server
+        # A new user's kf2v commands, each with its own temporary server.
+        if "b8" in only and "b8" not in beside:
             t = time.monotonic()
             res["b8"] = b8_startup.run(sizes["b8_runs"])
             walls["b8"] = round(time.monotonic() - t, 1)
-        if "b9" in only:  # Ctrl-C to a new user's kf2v run
+        if "b9" in only and "b9" not in beside:  # Ctrl-C to a new user's kf2v run
             t = time.monotonic()
             res["b9"] = stop_time.run(sizes["b9_runs"])
             walls["b9"] = round(time.monotonic() - t, 1)
+        if prefect is not None and beside:  # what is left needs no shared server
+            prefect.stop()
+            prefect = None
+        for key, future in beside.items():
+            res[key], walls[key] = future.result()
     finally:
         if prefect is not None:
             prefect.stop()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     res["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     res["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     stamp = {
