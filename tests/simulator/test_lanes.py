@@ -12,6 +12,7 @@ from kf2v_tasks.simulator import RuntimeDistribution
 from kf2v_tasks.simulator.state import SimState
 
 from .simkit import HEADERS, body, create, fast_config, media_body, wait_status
+from fake_clock import manual_sim_clock
 
 KF2V = "wan2.2-kf2v-flash"
 WAN = "wan2.7-i2v"
@@ -45,12 +46,15 @@ def sweep_peaks(rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
 
 def test_each_model_runs_its_own_limit_and_queued_tasks_start_on_their_lane(make_sim):
     sim = make_sim(runtime=RuntimeDistribution(kind="fixed", low=2000.0))
+    clock = manual_sim_clock(sim)  # 2 real s per task, skipped: the clock moves when told
     wan = [task_id(create(sim, media_body())) for _ in range(7)]
     kf = [task_id(create(sim, body())) for _ in range(3)]
     # A kf2v task runs at once although 5 wan2.7 tasks hold their slots.
     stats = sim.stats()
     assert stats["peak_by_model"] == {WAN: 5, KF2V: 2}, stats
     assert stats["peak_concurrency"] == 7
+    clock.advance(2.0)  # the first tasks end; the queued ones start at their ends
+    clock.advance(2.0)
     for tid in wan + kf:
         wait_status(sim, tid, {"SUCCEEDED"})
     rows = sim.tasks()
@@ -117,6 +121,9 @@ def test_reject_mode_checks_the_models_lane(make_sim):
 
 def test_create_rate_is_per_account_and_model(make_sim):
     sim = make_sim(rate_limits_real_time=True, submits_per_second=None, runtime=FOREVER)
+    # The simulator's clock stopped: no bucket refills while the creates go out (under
+    # load, 12 real creates took long enough to refill the first one, and no 429 came).
+    manual_sim_clock(sim)
     # Burst of one second's worth: 5 for wan2.7-i2v, then 429 before the bucket refills.
     wan = [create(sim, media_body()).status_code for _ in range(12)]
     assert wan[:5] == [200] * 5 and 429 in wan[5:], wan
