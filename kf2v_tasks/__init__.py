@@ -45,7 +45,7 @@ _EXPORTS = {
     "RowStatus": "kf2v_tasks.batch.results",
     "GenerationOptions": "kf2v_tasks.dashscope.models",
     "Kf2vRequest": "kf2v_tasks.dashscope.models",
-    "TaskState": "kf2v_tasks.dashscope.models",
+    "TaskState": "kf2v_tasks.dashscope.task_state",
     "TaskStatus": "kf2v_tasks.dashscope.models",
     "PriceTable": "kf2v_tasks.generation.pricing",
     # the tasks' and flows' parameter types

@@ -33,13 +33,14 @@ from prefect.logging import get_run_logger
 
 from kf2v_tasks._twins import sync_twin
 from kf2v_tasks.credentials import aresolve_credentials
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.dashscope.polling import (
     DEFAULT_DEADLINE,
     DEFAULT_QUEUE_DEADLINE,
     PollSchedule,
     wait_for_task,
 )
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import TaskError, TaskTimeoutError
 from kf2v_tasks.events import emit_video_asset, emit_video_failed, emit_video_persisted
 from kf2v_tasks.generation.models import FramePair
@@ -235,7 +236,7 @@ async def apoll_until_done(
         storage_options: fsspec options of the ledger.
 
     Returns:
-        The final :class:`~kf2v_tasks.dashscope.models.TaskState`, with its status history.
+        The final :class:`~kf2v_tasks.dashscope.task_state.TaskState`, with its status history.
 
     Example:
         ```python

@@ -14,7 +14,8 @@ from PIL import Image
 from kf2v_tasks import clock
 from kf2v_tasks.dashscope.client import Kf2vClient
 from kf2v_tasks.dashscope.limits import AccountLimits
-from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import (
     AmbiguousCreateError,
     AuthenticationError,

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kf2v_tasks.dashscope.models import GenerationOptions, TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import GenerationOptions, TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.persist import persist_task_video
 from kf2v_tasks.generation.persisted import PersistedVideo, find_persisted

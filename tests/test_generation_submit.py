@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import (
     AmbiguousCreateError,
     ConnectionFailedError,

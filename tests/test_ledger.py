@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from kf2v_tasks.dashscope.models import StatusChange, TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import StatusChange, TaskState
 from kf2v_tasks.errors import (
     QueueTimeoutError,
     TaskCanceledError,

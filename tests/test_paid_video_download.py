@@ -142,7 +142,7 @@ async def test_a_permanent_answer_says_the_video_is_still_at_the_service(
 
 
 def test_the_link_lives_24_service_hours_from_the_tasks_end(monkeypatch):
-    from kf2v_tasks.dashscope.models import StatusChange, TaskState
+    from kf2v_tasks.dashscope.task_state import StatusChange, TaskState
 
     clock.set_time_scale(1)
     now = datetime.now(UTC)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kf2v_tasks.dashscope.models import TaskState
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
 from kf2v_tasks.generation.persist import persist_task_video
 from kf2v_tasks.generation.persisted import find_persisted

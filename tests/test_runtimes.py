@@ -18,7 +18,8 @@ from kf2v_tasks.batch.runtimes import (
     prior_seconds,
     run_seconds_of,
 )
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 
 KF2V = "wan2.2-kf2v-flash"
 WAN27 = "wan2.7-i2v"

@@ -29,7 +29,8 @@ from typing import Any, Literal, Optional, TypeVar, Union
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.dashscope.catalog import active_catalog
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.storage.files import read_bytes, write_text_atomic
 from kf2v_tasks.storage.paths import RESERVED_DIR, join
 

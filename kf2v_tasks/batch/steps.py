@@ -29,8 +29,8 @@ from prefect.logging import get_run_logger
 
 from kf2v_tasks.batch.config import RowConfig
 from kf2v_tasks.batch.manifest import ManifestRow
-from kf2v_tasks.dashscope.models import TaskState
 from kf2v_tasks.dashscope.polling import wait_for_task
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import QueueTimeoutError
 from kf2v_tasks.events import emit_video_persisted
 from kf2v_tasks.generation.ledger import UNREAD

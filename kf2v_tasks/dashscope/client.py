@@ -24,13 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
-from kf2v_tasks.dashscope.models import (
-    SERVICE_TZ,
-    Kf2vModel,
-    Kf2vRequest,
-    TaskState,
-    TaskStatus,
-)
+from kf2v_tasks.dashscope.models import Kf2vModel, Kf2vRequest, TaskStatus
 from kf2v_tasks.dashscope.responses import (
     MAX_ERROR_TEXT,
     bad_body_error,
@@ -47,6 +41,7 @@ from kf2v_tasks.dashscope.session import (
     DEFAULT_TIMEOUT,
     DashScopeSession,
 )
+from kf2v_tasks.dashscope.task_state import SERVICE_TZ, TaskState
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Optional, Protocol
 
 from kf2v_tasks import clock
-from kf2v_tasks.dashscope.models import StatusChange, TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.dashscope.schedule import PollSchedule
+from kf2v_tasks.dashscope.task_state import StatusChange, TaskState
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.errors import (
     QueueTimeoutError,

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from kf2v_tasks import clock
 from kf2v_tasks.background import spawn
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.dashscope.schedule import PollSchedule
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import Kf2vError, PermanentError, TransientError
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Optional
 
 from kf2v_tasks import clock
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, utc
 from kf2v_tasks.generation.submit import Submission
 

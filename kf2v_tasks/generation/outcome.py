@@ -10,7 +10,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Optional, Union
 
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import (
     QueueTimeoutError,
     TaskCanceledError,

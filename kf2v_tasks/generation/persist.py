@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Optional
 
 from kf2v_tasks import clock
-from kf2v_tasks.dashscope.models import TaskState, TaskStatus
+from kf2v_tasks.dashscope.models import TaskStatus
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import DownloadError, TaskExpiredError, UrlExpiredError
 from kf2v_tasks.generation.claims import release_claim, wait_for_other_holder
 from kf2v_tasks.generation.ledger import Ledger, LedgerRecord

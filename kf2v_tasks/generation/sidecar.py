@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.dashscope.catalog import active_catalog
-from kf2v_tasks.dashscope.models import Resolution, TaskState
+from kf2v_tasks.dashscope.models import Resolution
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.generation.pricing import PriceTable, video_cost
 from kf2v_tasks.redaction import redact_url
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, Field
 
-from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution, TaskState
+from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resolution
+from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import AmbiguousCreateError
 from kf2v_tasks.generation.audio import prepare_audio
 from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy

@@ -8,7 +8,8 @@ from typing import Any, Optional
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kf2v_tasks.dashscope.models import SERVICE_TZ, Kf2vModel, format_service_time
+from kf2v_tasks.dashscope.models import Kf2vModel
+from kf2v_tasks.dashscope.task_state import SERVICE_TZ, format_service_time
 from kf2v_tasks.simulator.downloads import video_url
 from kf2v_tasks.simulator.gate import BAD_PARAMETER, authenticate, inject, rate_limit
 from kf2v_tasks.simulator.state import SimState, SimTask
