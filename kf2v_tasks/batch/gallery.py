@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery_page import GalleryCard, relative_link, render_gallery
 from kf2v_tasks.batch.results import (
+    MADE_STATUSES,
     RESULTS_NAME,
     BatchSummary,
     RowResult,
@@ -62,8 +63,6 @@ logger = logging.getLogger("kf2v_tasks.batch.gallery")
 GALLERY_NAME = "index.html"
 #: What index.html is served as (S3 static hosting and presigned URLs serve the stored type).
 HTML_CONTENT_TYPE = "text/html; charset=utf-8"
-#: Statuses whose rows have a video to show.
-_MADE = frozenset({RowStatus.SUCCEEDED, RowStatus.SKIPPED})
 
 
 async def write_gallery(
@@ -126,7 +125,7 @@ async def _read_made(video: str, storage_options: Optional[dict]) -> _Made:
 
 
 def _error_text(r: RowResult) -> Optional[str]:
-    if r.status in _MADE or not (r.error_code or r.error_message):
+    if r.status in MADE_STATUSES or not (r.error_code or r.error_message):
         return None
     return redact_text(": ".join(x for x in (r.error_code, r.error_message) if x))
 
@@ -252,7 +251,11 @@ class GalleryWriter:
     ) -> list[GalleryCard]:
         """The gallery's cards for the rows known so far, in row order (``link``: as the writer's)."""
         results = self._rows()
-        todo = [r for r in results if r.status in _MADE and r.output and _key(r) not in self._made]
+        todo = [
+            r
+            for r in results
+            if r.status in MADE_STATUSES and r.output and _key(r) not in self._made
+        ]
         found = await asyncio.gather(
             *(_read_made(r.output or "", self.storage_options) for r in todo)
         )
@@ -268,7 +271,7 @@ class GalleryWriter:
         out: list[str] = []
         for r in self._rows():
             made = self._made.get(_key(r))
-            if made is None or r.status not in _MADE or not r.output:
+            if made is None or r.status not in MADE_STATUSES or not r.output:
                 continue
             out += [p for p in (r.output, made.poster, made.strip) if p]
         return out
@@ -288,7 +291,7 @@ class GalleryWriter:
     def _card(
         self, r: RowResult, link: Callable[[str, Optional[str]], Optional[str]]
     ) -> GalleryCard:
-        made = self._made.get(_key(r)) if r.status in _MADE else None
+        made = self._made.get(_key(r)) if r.status in MADE_STATUSES else None
         root = self.root or ""
         previews = made.previews if made else None
         return GalleryCard(

@@ -34,7 +34,7 @@ from kf2v_tasks.batch.reporting_markdown import (
     results_table,
     summary_markdown,
 )
-from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
+from kf2v_tasks.batch.results import MADE_STATUSES, BatchSummary, RowResult
 from kf2v_tasks.redaction import md_escape, redact_url
 from kf2v_tasks.storage.presign import (
     DEFAULT_EXPIRY_SECONDS,
@@ -293,11 +293,7 @@ class PrefectReporter(BatchObserver):
                 logger.warning("the %s link artifact failed", name, exc_info=True)
 
     def _made(self, summary: BatchSummary) -> list[RowResult]:
-        return [
-            r
-            for r in summary.results
-            if r.output and r.status in (RowStatus.SUCCEEDED, RowStatus.SKIPPED)
-        ]
+        return [r for r in summary.results if r.output and r.status in MADE_STATUSES]
 
     async def _presigned(
         self, summary: BatchSummary, gallery_path: Optional[str]

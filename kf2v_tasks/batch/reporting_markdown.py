@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 from kf2v_tasks.batch.results import (
     FAILED_STATUSES,
+    MADE_STATUSES,
     BatchSummary,
     RowResult,
-    RowStatus,
     n_rows,
 )
 from kf2v_tasks.redaction import md_escape
@@ -163,9 +163,7 @@ def summary_markdown(
         *[f"| {md_escape(k)} | {v} |" for k, v in sorted(s.counts.items())],
         "",
     ]
-    done = [
-        r for r in s.results if r.output and r.status in (RowStatus.SUCCEEDED, RowStatus.SKIPPED)
-    ]
+    done = [r for r in s.results if r.output and r.status in MADE_STATUSES]
     if done:
         lines += ["## Videos", ""]
         for r in done[:max_links]:

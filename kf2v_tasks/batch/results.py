@@ -48,6 +48,8 @@ class RowStatus(str, Enum):
 
 #: Statuses that count as a failure of the batch.
 FAILED_STATUSES = frozenset({RowStatus.FAILED, RowStatus.INVALID})
+#: Statuses whose row has its video at its output (made in this run, or kept from before).
+MADE_STATUSES = frozenset({RowStatus.SUCCEEDED, RowStatus.SKIPPED})
 
 RESULT_COLUMNS = list(RESULT_FILE_COLUMNS)
 

@@ -21,6 +21,7 @@ from kf2v_tasks.batch.create_order import STARTING_ROWS, LaneTurns, StartPermit
 from kf2v_tasks.batch.manifest import ManifestRow
 from kf2v_tasks.batch.plan import BatchPlan, row_base
 from kf2v_tasks.batch.results import (
+    MADE_STATUSES,
     RowResult,
     RowStatus,
     failed_result,
@@ -248,7 +249,7 @@ class RowLifecycle:
     async def _follow(self, leader: asyncio.Future, dest: str, base: dict) -> RowResult:
         """A row identical to an earlier one: copy the earlier row's video."""
         first: RowResult = await leader
-        if first.status not in (RowStatus.SUCCEEDED, RowStatus.SKIPPED) or not first.output:
+        if first.status not in MADE_STATUSES or not first.output:
             return RowResult(
                 **base,
                 status=RowStatus.FAILED,

@@ -10,14 +10,12 @@ from typing import Optional
 
 from prefect.logging import get_run_logger
 
-from kf2v_tasks.batch.results import RowResult, RowStatus
+from kf2v_tasks.batch.results import MADE_STATUSES, RowResult
 from kf2v_tasks.generation.stitch import StitchResult, stitch_clips
 from kf2v_tasks.storage.files import read_json, sidecar_path, verify_file, write_json_atomic
 from kf2v_tasks.storyboard.results import StoryboardFilm
 
 __all__ = ["make_film"]
-
-_MADE = (RowStatus.SUCCEEDED, RowStatus.SKIPPED)
 
 
 async def make_film(
@@ -41,7 +39,7 @@ async def make_film(
     """
     film = StoryboardFilm(sequence=name, path=path, rows=rows, status="planned")
     results = [by_row[n] for n in rows]
-    bad = [r for r in results if r.status not in _MADE]
+    bad = [r for r in results if r.status not in MADE_STATUSES]
     if dry_run:
         return film
     if bad:
