@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from kf2v_tasks import clock
 from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.dashscope.limits import AccountLimits, LaneQuota, RateLimiter
 from kf2v_tasks.lanes.account import (
@@ -178,7 +179,10 @@ async def test_slots_of_tasks_nobody_polls_are_freed_by_asking(monkeypatch):
     assert asked and asked[0] == ["forgotten"]
 
 
-async def test_rate_limiter_spaces_callers_across_threads():
+async def test_rate_limiter_spaces_callers_across_threads(monkeypatch):
+    # A stopped clock: under load the threads' reservations spread over real time, and the
+    # last one's wait shrank below 0.19 s although every reservation was spaced.
+    monkeypatch.setattr(clock, "monotonic", lambda: 1000.0)
     limiter = RateLimiter(rate=1000.0)
     waits = []
 
