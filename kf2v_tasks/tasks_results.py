@@ -45,7 +45,8 @@ from kf2v_tasks.errors import TaskError, TaskTimeoutError
 from kf2v_tasks.events import emit_video_asset, emit_video_failed, emit_video_persisted
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.outcome import record_outcome
-from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.persist import persist_task_video
+from kf2v_tasks.generation.persisted import PersistedVideo
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import Submission
 from kf2v_tasks.lanes.account import CredentialsLike, open_account

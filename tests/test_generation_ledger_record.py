@@ -16,12 +16,8 @@ from pydantic import ValidationError
 
 from kf2v_tasks.dashscope.models import TaskStatus
 from kf2v_tasks.errors import PermanentError
-from kf2v_tasks.generation.ledger_record import (
-    IllegalTransitionError,
-    LedgerError,
-    LedgerRecord,
-    LedgerState,
-)
+from kf2v_tasks.generation.ledger_record import LedgerRecord
+from kf2v_tasks.generation.ledger_state import IllegalTransitionError, LedgerError, LedgerState
 from kf2v_tasks.generation.previews import Previews
 
 FP = "c" * 64

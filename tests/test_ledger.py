@@ -25,12 +25,8 @@ from kf2v_tasks.errors import (
     TaskTimeoutError,
     ThrottledError,
 )
-from kf2v_tasks.generation.ledger import (
-    Ledger,
-    LedgerError,
-    LedgerRecord,
-    LedgerState,
-)
+from kf2v_tasks.generation.ledger import Ledger, LedgerRecord, LedgerState
+from kf2v_tasks.generation.ledger_state import LedgerError
 from kf2v_tasks.generation.outcome import record_outcome
 
 FP = "a" * 64

@@ -79,7 +79,8 @@ async def test_poster_and_strip_are_the_videos_own_middle_first_and_last_frames(
     assert previews.frames == len(frames) == 120
     assert previews.poster == str(tmp_path / "out" / "sunrise.poster.jpg")
     assert previews.strip == str(tmp_path / "out" / "sunrise.strip.jpg")
-    assert previews.strip_frames == [0, 60, 119]
+    strip_frames = [0, previews.poster_frame, previews.frames - 1]  # left to right
+    assert strip_frames == [0, 60, 119]
 
     poster = _decode_jpeg(previews.poster)
     assert poster.shape == frames[0].shape == (previews.height, previews.width, 3)
@@ -95,7 +96,7 @@ async def test_poster_and_strip_are_the_videos_own_middle_first_and_last_frames(
     def small(i: int) -> np.ndarray:
         return np.asarray(Image.fromarray(frames[i]).resize((w, h), Image.Resampling.LANCZOS))
 
-    for third, index in enumerate(previews.strip_frames):
+    for third, index in enumerate(strip_frames):
         got = strip[:, third * w : (third + 1) * w]
         # Small JPEG thumbnails of sharp stripes: close to their frame, far from the others.
         scores = {i: _psnr(got, small(i)) for i in (0, 30, 60, 90, 119)}

@@ -3,7 +3,7 @@
 Layout: ``<root>/.kf2v/ledger/<fingerprint>.json`` on the output storage. Every write
 replaces the whole record atomically (temp file + ``os.replace`` locally, one PUT on object
 stores), so a reader never sees half a record. The record's state machine is
-:mod:`kf2v_tasks.generation.ledger_record` (re-exported here); how a task ended is written
+:mod:`kf2v_tasks.generation.ledger_record`; how a task ended is written
 by :mod:`kf2v_tasks.generation.outcome`.
 
 Concurrency: a run deduplicates rows by fingerprint, so its workers never write one record
@@ -29,27 +29,15 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from kf2v_tasks.generation.ledger_record import (
-    TASK_TTL,
-    TASK_TTL_MARGIN,
-    IllegalTransitionError,
-    LedgerError,
-    LedgerRecord,
-    LedgerState,
-)
+from kf2v_tasks.generation.ledger_record import LedgerRecord
+from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, LedgerError, LedgerState
 from kf2v_tasks.redaction import scrub
 from kf2v_tasks.storage.conditional import ConditionFailedError, replace_if
 from kf2v_tasks.storage.objects import get_object, is_s3, list_files, read_object
 from kf2v_tasks.storage.paths import RESERVED_DIR, forget_cached, is_local, join, open_fs, run_sync
 
-__all__ = [
-    "IllegalTransitionError",
-    "Ledger",
-    "LedgerError",
-    "LedgerRecord",
-    "LedgerState",
-    "UNREAD",
-]
+# LedgerRecord and LedgerState are re-exported for batch/ and _cli/.
+__all__ = ["Ledger", "LedgerRecord", "LedgerState", "UNREAD"]
 
 logger = logging.getLogger("kf2v_tasks.generation.ledger")
 

@@ -11,9 +11,8 @@ The create transitions (``begin_create``, ``create_ambiguous``, ``create_rejecte
 a task starts a new create only through ``recreate_after``, which refuses while that task
 can still deliver its video (a new create would pay twice).
 
-On disk the states are the plain strings of :class:`LedgerState`, as they always were, so
-older records load unchanged. States, errors and task lifetimes live in
-:mod:`kf2v_tasks.generation.ledger_state` and are exported here too.
+On disk the states are the plain strings of :class:`LedgerState`, so older records load
+unchanged. States, errors and task lifetimes live in :mod:`kf2v_tasks.generation.ledger_state`.
 """
 
 from __future__ import annotations
@@ -31,22 +30,12 @@ from kf2v_tasks.generation.ledger_state import (
     TASK_TTL,
     TASK_TTL_MARGIN,
     IllegalTransitionError,
-    LedgerError,
     LedgerState,
     utc,
 )
 from kf2v_tasks.generation.previews import Previews
 
-__all__ = [
-    "DEAD_STATUSES",
-    "TASK_TTL",
-    "TASK_TTL_MARGIN",
-    "IllegalTransitionError",
-    "LedgerError",
-    "LedgerRecord",
-    "LedgerState",
-    "utc",
-]
+__all__ = ["LedgerRecord"]
 
 _S = LedgerState
 

@@ -1,7 +1,7 @@
 """The ledger's vocabulary: the states of a piece of work, its errors, task lifetimes.
 
 A record moves between :class:`LedgerState` states only through its transitions
-(:mod:`kf2v_tasks.generation.ledger_record`, which re-exports all of this). Whether a task
+(:mod:`kf2v_tasks.generation.ledger_record`). Whether a task
 can still deliver depends on how it ended (:data:`DEAD_STATUSES`) and its age
 (:data:`TASK_TTL`, :data:`TASK_TTL_MARGIN`). Times are aware UTC.
 """

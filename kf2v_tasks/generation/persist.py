@@ -48,14 +48,8 @@ from kf2v_tasks.generation.submit import Submission
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
-# build_sidecar (generation.sidecar), PersistedVideo and find_persisted (generation.persisted)
-# are re-exported for callers of their old home.
-__all__ = [
-    "PersistedVideo",
-    "build_sidecar",
-    "find_persisted",
-    "persist_task_video",
-]
+# PersistedVideo and find_persisted (generation.persisted) are re-exported for batch/.
+__all__ = ["PersistedVideo", "find_persisted", "persist_task_video"]
 
 logger = logging.getLogger("kf2v_tasks.generation.persist")
 

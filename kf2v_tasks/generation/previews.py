@@ -67,11 +67,6 @@ class Previews(BaseModel):
     width: int = Field(ge=1, description="Width of the video (and of the poster), px.")
     height: int = Field(ge=1, description="Height of the video (and of the poster), px.")
 
-    @property
-    def strip_frames(self) -> list[int]:
-        """Indices of the frames the strip shows, left to right."""
-        return [0, self.poster_frame, self.frames - 1]
-
 
 def preview_paths(video_path: str) -> tuple[str, str]:
     """The poster and strip paths of a video: same folder, same stem."""

@@ -22,26 +22,20 @@ from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, Resoluti
 from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import AmbiguousCreateError
 from kf2v_tasks.generation.audio import prepare_audio
-from kf2v_tasks.generation.claims import ClaimBook, ClaimHeldError, ClaimPolicy
+from kf2v_tasks.generation.claims import ClaimBook, ClaimPolicy
 from kf2v_tasks.generation.clip import prepare_clip
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import prepare_frame
 from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerRecord, LedgerState
-from kf2v_tasks.generation.ledger_record import DEAD_STATUSES
+from kf2v_tasks.generation.ledger_state import DEAD_STATUSES
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.storage.files import verify_file
 
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
-__all__ = [
-    "AmbiguousPolicy",
-    "ClaimHeldError",
-    "ClaimPolicy",
-    "Submission",
-    "request_fingerprint",
-    "submit_generation",
-]
+# request_fingerprint is re-exported for batch/plan.py.
+__all__ = ["AmbiguousPolicy", "Submission", "request_fingerprint", "submit_generation"]
 
 logger = logging.getLogger("kf2v_tasks.generation.submit")
 
