@@ -45,14 +45,9 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.batch.manifest_columns import REQUIRED_COLUMNS, ExtraColumns, read_header
+from kf2v_tasks.batch.manifest_defaults import RowDefaults
 from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
-from kf2v_tasks.batch.manifest_row import (
-    KNOWN_COLUMNS,
-    ManifestRow,
-    RowDefaults,
-    RowError,
-    parse_row,
-)
+from kf2v_tasks.batch.manifest_row import KNOWN_COLUMNS, ManifestRow, RowError, parse_row
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.redaction import redact_text
 

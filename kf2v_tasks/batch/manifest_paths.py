@@ -1,11 +1,21 @@
-"""The manifest's folder, and relative frame paths resolved against it (URLs, fsspec chains)."""
+"""Paths in a manifest: frame paths resolved against its folder (URLs, fsspec chains), and
+output names kept inside the output folder."""
 
 from __future__ import annotations
 
 import os
 import posixpath
 import re
+from typing import NoReturn
 from urllib.parse import urljoin
+
+from kf2v_tasks.storage.paths import RESERVED_DIR
+
+OUTPUT_MAX_CHARS = 1024
+OUTPUT_SEGMENT_MAX_CHARS = 255
+OUTPUT_SUFFIX = ".mp4"
+#: Folder under the output root that holds run state (ledger, temp files).
+RESERVED_OUTPUT_DIR = RESERVED_DIR
 
 # A URL or fsspec chain ("s3://", "simplecache::s3://") or a data: URI. A bare "x:y" is
 # deliberately *not* a scheme so that odd-but-relative file names still resolve.
@@ -50,3 +60,60 @@ def _split_url(url: str) -> tuple[str, str]:
     if not m:  # "data:" or "x::y" without "://": no path to split
         return url, ""
     return m.group(1), m.group(2)
+
+
+def output_name(value: str) -> str:
+    """An output cell normalised (``.mp4`` added when it has no extension).
+
+    Raises:
+        ValueError: its one problem, in words a user can act on.
+    """
+
+    def fail(reason: str) -> NoReturn:
+        raise ValueError(reason)
+
+    shown = show_cell(value)
+    if "\\" in value:
+        fail(f"{shown} contains a backslash; use '/' between folders")
+    if has_control(value):
+        fail(f"{shown} contains a control character")
+    if ":" in value:
+        fail(f"{shown} contains ':'; URL schemes and drive letters are not allowed")
+    if value.startswith("/"):
+        fail(f"{shown} is absolute; give a name relative to the output folder")
+    if value.endswith("/"):
+        fail(f"{shown} names a folder, not a file")
+    if ".." in value.split("/"):
+        fail(f"{shown} contains '..'; outputs must stay inside the output folder")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not parts:
+        fail(f"{shown} is not a file name")
+    if parts[0] == RESERVED_OUTPUT_DIR:
+        fail(f"{shown} is inside {RESERVED_OUTPUT_DIR!r}, reserved for run state")
+    if value.startswith("~"):
+        fail(f"{shown} starts with '~'; give a name relative to the output folder")
+    if any(len(p) > OUTPUT_SEGMENT_MAX_CHARS for p in parts):
+        fail(f"a part of {shown} is longer than {OUTPUT_SEGMENT_MAX_CHARS} characters")
+    ext = posixpath.splitext(parts[-1])[1]
+    if ext and ext.lower() != OUTPUT_SUFFIX:
+        fail(f"{shown} must end in {OUTPUT_SUFFIX} (videos are MP4)")
+    name = "/".join(parts) + ("" if ext else OUTPUT_SUFFIX)
+    if len(name) > OUTPUT_MAX_CHARS:
+        fail(f"output name has {len(name)} characters (at most {OUTPUT_MAX_CHARS})")
+    from kf2v_tasks.storage.paths import safe_child  # lazy: imports fsspec
+
+    try:
+        # Backstop: the runner writes through safe_child, so it must accept every name we do.
+        return safe_child("the output folder", name)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def has_control(value: str) -> bool:
+    """Whether ``value`` holds a control character (a pasted newline, a NUL …)."""
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+
+
+def show_cell(value: str, limit: int = 60) -> str:
+    """repr of a cell, shortened so one absurd cell does not flood the report."""
+    return repr(value[: limit - 1] + "…") if len(value) > limit else repr(value)

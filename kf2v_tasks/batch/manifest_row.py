@@ -10,7 +10,6 @@ model lacks is the ``model`` cell's fault).
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,17 +26,22 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from kf2v_tasks.batch.manifest_paths import resolve_frame
-from kf2v_tasks.dashscope.catalog import BUILTIN_MODELS, ModelSpec, active_catalog, get_model
+from kf2v_tasks.batch.manifest_defaults import RowDefaults
+from kf2v_tasks.batch.manifest_paths import (
+    OUTPUT_SUFFIX,
+    has_control,
+    output_name,
+    resolve_frame,
+    show_cell,
+)
+from kf2v_tasks.dashscope.catalog import ModelSpec, active_catalog
 from kf2v_tasks.dashscope.models import (
-    DEFAULT_MODEL,
     NEGATIVE_PROMPT_MAX_CHARS,
     PROMPT_MAX_CHARS,
     SEED_MAX,
     GenerationOptions,
     Resolution,
 )
-from kf2v_tasks.storage.paths import RESERVED_DIR
 
 #: Columns the parser understands, in the order messages list them.
 KNOWN_COLUMNS: tuple[str, ...] = tuple(
@@ -45,11 +49,6 @@ KNOWN_COLUMNS: tuple[str, ...] = tuple(
     "watermark duration audio first_clip output".split()
 )
 ID_MAX_CHARS = 128
-OUTPUT_MAX_CHARS = 1024
-OUTPUT_SEGMENT_MAX_CHARS = 255
-OUTPUT_SUFFIX = ".mp4"
-#: Folder under the output root that holds run state (ledger, temp files).
-RESERVED_OUTPUT_DIR = RESERVED_DIR
 #: Longer prompts are certainly a mistake (a pasted file?), not something to truncate.
 PROMPT_ABSURD_CHARS = 100_000
 
@@ -57,78 +56,6 @@ _PROMPT_LIMITS = {"prompt": PROMPT_MAX_CHARS, "negative_prompt": NEGATIVE_PROMPT
 _FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _ID_CHAR_RE = re.compile(r"[A-Za-z0-9._-]")
 _DIGITS_RE = re.compile(r"[0-9]+")
-
-
-class RowDefaults(BaseModel):
-    """Values used for every optional column a row leaves empty (or does not have).
-
-    Example:
-        ```python
-        from kf2v_tasks.batch.manifest import RowDefaults
-        defaults = RowDefaults(resolution="480P", seed=42, prompt="slow camera move")
-        ```
-    """
-
-    model_config = ConfigDict(
-        frozen=True, json_schema_extra={"description": "Values for the columns a row leaves empty."}
-    )
-
-    prompt: Optional[str] = Field(
-        default=None, description="Prompt for rows whose prompt cell is empty."
-    )
-    negative_prompt: Optional[str] = Field(
-        default=None, description="Negative prompt for rows whose negative_prompt cell is empty."
-    )
-    model: str = Field(
-        default=DEFAULT_MODEL,
-        examples=[spec.name for spec in BUILTIN_MODELS],
-        description="Model for rows whose model cell is empty (wan2.2-kf2v-flash, "
-        "wanx2.1-kf2v-plus, wan2.1-kf2v-plus, wan2.7-i2v, or one of a models file).",
-    )
-    resolution: Optional[Resolution] = Field(
-        default=None,
-        description="Resolution for rows whose resolution cell is empty; empty: each row's "
-        "model's own default (kf2v 720P, wan2.7-i2v 1080P).",
-    )
-    seed: Optional[int] = Field(
-        default=None,
-        ge=0,
-        le=SEED_MAX,
-        description="Seed (0..2147483647) for rows whose seed cell is empty; empty for random.",
-    )
-    prompt_extend: bool = Field(
-        default=True, description="Let the service rewrite prompts, unless a row says otherwise."
-    )
-    watermark: bool = Field(
-        default=False, description='Add the "AI生成" watermark, unless a row says otherwise.'
-    )
-    duration: Optional[int] = Field(
-        default=None,
-        ge=1,
-        description="Video length (s) for rows whose duration cell is empty; empty: each "
-        "model's default (5 s). kf2v models take 5 only, wan2.7-i2v 2..15.",
-    )
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_name(cls, value: Any) -> Any:
-        value = getattr(value, "value", value)  # a Kf2vModel member is its name
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _fits_model(self) -> RowDefaults:
-        spec = get_model(self.model)  # an unknown model is a ValueError naming the known ones
-        if self.resolution is not None and self.resolution.value not in spec.resolutions:
-            raise ValueError(
-                f"default resolution {self.resolution.value} is not available for the default "
-                f"model {self.model} (allowed: {', '.join(sorted(spec.resolutions))})"
-            )
-        if self.duration is not None and not spec.allows_duration(self.duration):
-            raise ValueError(
-                f"default duration {self.duration} s is not available for the default model "
-                f"{self.model} (allowed: {spec.duration_text()} s)"
-            )
-        return self
 
 
 class RowError(BaseModel):
@@ -201,7 +128,7 @@ class _Options(BaseModel):
     def _model(value: str, row: _Row, column: str) -> Optional[str]:
         if value and row.spec is None:
             names = ", ".join(active_catalog().names())
-            _fail(f"{_show(value)} is not a known model (one of: {names})", column=column)
+            _fail(f"{show_cell(value)} is not a known model (one of: {names})", column=column)
         return row.model
 
     @_cell("resolution")
@@ -212,7 +139,7 @@ class _Options(BaseModel):
                 resolution = Resolution(value.upper())
             except ValueError:
                 names = ", ".join(r.value for r in Resolution)
-                _fail(f"{_show(value)} is not a resolution (one of: {names})", column=column)
+                _fail(f"{show_cell(value)} is not a resolution (one of: {names})", column=column)
         spec = row.spec
         if spec is not None and resolution is not None and resolution.value not in spec.resolutions:
             # Blame the cell the row set; defaults are consistent (RowDefaults checks).
@@ -228,7 +155,7 @@ class _Options(BaseModel):
         seconds = row.defaults.duration
         if value:
             if not _DIGITS_RE.fullmatch(value) or len(value) > 6:
-                _fail(f"{_show(value)} is not a whole number of seconds", column=column)
+                _fail(f"{show_cell(value)} is not a whole number of seconds", column=column)
             seconds = int(value)
         spec = row.spec
         if spec is None or seconds is None:  # an unknown model is the model cell's error
@@ -252,7 +179,7 @@ class _Options(BaseModel):
             return row.defaults.seed
         # Only plain ASCII digits: int() would also take "+5", "1_000" and "５".
         if not _DIGITS_RE.fullmatch(value) or len(value) > 15 or int(value) > SEED_MAX:
-            _fail(f"{_show(value)} is not an integer in 0..{SEED_MAX}", column=column)
+            _fail(f"{show_cell(value)} is not an integer in 0..{SEED_MAX}", column=column)
         return int(value)
 
     @_cell("prompt_extend", "watermark")
@@ -260,7 +187,7 @@ class _Options(BaseModel):
         if not value:
             return getattr(row.defaults, column)
         if value.lower() not in _FLAGS:
-            _fail(f"{_show(value)} is not a boolean (true/false, 1/0, yes/no)", column=column)
+            _fail(f"{show_cell(value)} is not a boolean (true/false, 1/0, yes/no)", column=column)
         return _FLAGS[value.lower()]
 
 
@@ -307,7 +234,7 @@ class ManifestRow(BaseModel):
         bad = next(((i, c) for i, c in enumerate(value, 1) if not _ID_CHAR_RE.fullmatch(c)), None)
         if bad:
             _fail(
-                f"id {_show(value)} contains {bad[1]!r} at position {bad[0]}; "
+                f"id {show_cell(value)} contains {bad[1]!r} at position {bad[0]}; "
                 "allowed: letters A-Z a-z, digits, '.', '_' and '-'",
                 column=column,
             )
@@ -321,8 +248,8 @@ class ManifestRow(BaseModel):
         problems = []
         if row.cells["first_frame"]:
             problems.append("a row continues a first_clip or starts from a first_frame, not both")
-        if _has_control(value):
-            problems.append(f"{_show(value)} contains a control character")
+        if has_control(value):
+            problems.append(f"{show_cell(value)} contains a control character")
         if row.spec is not None and not row.spec.clip:
             takers = ", ".join(s.name for s in active_catalog().models if s.clip)
             problems.append(f"{row.model} cannot continue a clip (models that can: {takers})")
@@ -334,7 +261,9 @@ class ManifestRow(BaseModel):
             if not row.cells["first_clip"]:
                 _fail("is empty; every row needs a first and a last frame", column=column)
             return None
-        problems = [f"{_show(value)} contains a control character"] if _has_control(value) else []
+        problems = (
+            [f"{show_cell(value)} contains a control character"] if has_control(value) else []
+        )
         return _resolved(value, row, column, problems)
 
     @_cell("prompt", "negative_prompt")
@@ -360,8 +289,8 @@ class ManifestRow(BaseModel):
         problems = []
         if row.cells["first_clip"]:
             problems.append("a row that continues a first_clip takes no driving audio")
-        if _has_control(value):
-            problems.append(f"{_show(value)} contains a control character")
+        if has_control(value):
+            problems.append(f"{show_cell(value)} contains a control character")
         elif row.spec is not None and not row.spec.audio:
             takers = ", ".join(s.name for s in active_catalog().models if s.audio)
             problems.append(
@@ -373,7 +302,7 @@ class ManifestRow(BaseModel):
     @_cell("output")
     def _output(value: str, row: _Row, column: str) -> str:
         row_id = row.claims.get("id")  # claimed by the id validator, which runs first
-        name = _output_name(value) if value else f"{row_id or ''}{OUTPUT_SUFFIX}"
+        name = _output(value) if value else f"{row_id or ''}{OUTPUT_SUFFIX}"
         if row_id is not None:  # unique names are checked once every row is read
             row.claims.update(output=name, from_cell=bool(value))
         return name
@@ -424,49 +353,6 @@ def parse_row(
         return errors, row.claims
 
 
-def _output_name(value: str) -> str:
-    """An output cell normalised (``.mp4`` added when it has no extension), or its problem."""
-
-    def fail(reason: str) -> NoReturn:
-        _fail(reason, column="output")
-
-    shown = _show(value)
-    if "\\" in value:
-        fail(f"{shown} contains a backslash; use '/' between folders")
-    if _has_control(value):
-        fail(f"{shown} contains a control character")
-    if ":" in value:
-        fail(f"{shown} contains ':'; URL schemes and drive letters are not allowed")
-    if value.startswith("/"):
-        fail(f"{shown} is absolute; give a name relative to the output folder")
-    if value.endswith("/"):
-        fail(f"{shown} names a folder, not a file")
-    if ".." in value.split("/"):
-        fail(f"{shown} contains '..'; outputs must stay inside the output folder")
-    parts = [p for p in value.split("/") if p not in ("", ".")]
-    if not parts:
-        fail(f"{shown} is not a file name")
-    if parts[0] == RESERVED_OUTPUT_DIR:
-        fail(f"{shown} is inside {RESERVED_OUTPUT_DIR!r}, reserved for run state")
-    if value.startswith("~"):
-        fail(f"{shown} starts with '~'; give a name relative to the output folder")
-    if any(len(p) > OUTPUT_SEGMENT_MAX_CHARS for p in parts):
-        fail(f"a part of {shown} is longer than {OUTPUT_SEGMENT_MAX_CHARS} characters")
-    ext = posixpath.splitext(parts[-1])[1]
-    if ext and ext.lower() != OUTPUT_SUFFIX:
-        fail(f"{shown} must end in {OUTPUT_SUFFIX} (videos are MP4)")
-    name = "/".join(parts) + ("" if ext else OUTPUT_SUFFIX)
-    if len(name) > OUTPUT_MAX_CHARS:
-        fail(f"output name has {len(name)} characters (at most {OUTPUT_MAX_CHARS})")
-    from kf2v_tasks.storage.paths import safe_child  # lazy: imports fsspec
-
-    try:
-        # Backstop: the runner writes through safe_child, so it must accept every name we do.
-        return safe_child("the output folder", name)
-    except ValueError as exc:
-        fail(str(exc))
-
-
 def _resolved(value: str, row: _Row, column: str, problems: list[str]) -> str:
     """A path cell resolved against the manifest's folder, unless it has problems."""
     if problems:
@@ -474,11 +360,8 @@ def _resolved(value: str, row: _Row, column: str, problems: list[str]) -> str:
     return resolve_frame(value, row.base_dir)
 
 
-def _has_control(value: str) -> bool:
-    """Whether ``value`` holds a control character (a pasted newline, a NUL …)."""
-    return any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
-
-
-def _show(value: str, limit: int = 60) -> str:
-    """repr of a cell, shortened so one absurd cell does not flood the report."""
-    return repr(value[: limit - 1] + "…") if len(value) > limit else repr(value)
+def _output(value: str) -> str:
+    try:
+        return output_name(value)
+    except ValueError as exc:
+        _fail(str(exc), column="output")
