@@ -120,7 +120,7 @@ async def test_lane_slots_pass_between_threads_and_loops_in_order():
     threading.Thread(target=release_task, args=("task-1",)).start()  # freed elsewhere
     await asyncio.wait_for(asyncio.gather(*waiters), timeout=5)
     await asyncio.sleep(0.01)
-    assert order == [0, 1, 2] and lane.in_use == 0 and lane.peak == 1
+    assert order == [0, 1, 2] and lane.in_use == 0 and lane.pool.peak == 1
 
 
 def test_a_slot_taken_on_one_loop_is_freed_from_another():

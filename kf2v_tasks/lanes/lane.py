@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Optional
 
 from kf2v_tasks import clock
@@ -102,11 +102,6 @@ class Lane:
         """Slots held in this process now."""
         return self.pool.in_use
 
-    @property
-    def peak(self) -> int:
-        """Most slots held at once in this process."""
-        return self.pool.peak
-
     async def take(self, probe: Optional[Probe] = None) -> LaneSlot:
         """Wait for a slot, from any loop.
 
@@ -137,15 +132,6 @@ class Lane:
 
             future.add_done_callback(undo)
             raise
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[LaneSlot]:
-        """Hold a slot for the body; ``release()`` inside it gives it back early."""
-        held = await self.take()
-        try:
-            yield held
-        finally:
-            held.release()
 
     def shrink(self, running: int) -> None:
         """No look-ahead from now on (the service refused tasks beyond the running ones)."""

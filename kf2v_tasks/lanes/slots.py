@@ -1,22 +1,14 @@
 """In-flight task slots: a local limit, backed by a Prefect global concurrency limit.
 
-Within one run the limit is an in-process semaphore: handing a slot from a finished
-task to the next row costs nothing. Each local slot also holds one slot of the account's
-global concurrency limit (GCL) on the Prefect server, so several runs and workers on one
-server (or one ``PREFECT_HOME``) together keep no more tasks at the service than one run
-would. The limit is created with the run's ``max_in_flight`` when it is missing
-(:func:`~kf2v_tasks.lanes.gcl.ensure_limit`); an existing one is used as it is, and an
-inactive one (switched off on purpose) or an unreachable server leaves the run limited
-in-process only, as does ephemeral mode (no ``PREFECT_API_URL``: nothing to share, and
-no service there frees a killed process's slots): then runs on the same machine share the
-slots through lock files (:mod:`~kf2v_tasks.lanes.machine_slots`), which the kernel frees
-when a process dies. Which of these applies is logged. The
-ids of held leases are written under ``PREFECT_HOME`` so that the next run on the machine
-gives back the slots of a run that was killed (:class:`~kf2v_tasks.lanes.gcl.LeaseBook`)
-rather than waiting for them. Prefect hands GCL slots over slowly
-(seconds; see PrefectHQ/prefect#15618 and #23183), so a GCL slot that this run holds is
-*kept* and passed straight to the next waiting row of this run instead of being
-released and re-acquired; it goes back to the server only when no row here wants it.
+Within a run the limit is a semaphore; each local slot also holds one slot of the lane's
+global concurrency limit (GCL), so all runs on one server keep within the account's quota.
+A missing limit is created (:func:`~kf2v_tasks.lanes.gcl.ensure_limit`); an inactive one or
+an unreachable server limits in-process only, and with no server at all (ephemeral mode)
+runs on one machine share lock files (:mod:`~kf2v_tasks.lanes.machine_slots`). Held lease
+ids are written down (:class:`~kf2v_tasks.lanes.gcl.LeaseBook`) so the next run gives back a
+killed run's slots. Prefect hands GCL slots over slowly (PrefectHQ/prefect#15618, #23183),
+so a held GCL slot is passed straight to the next waiting row and goes back to the server
+only when no row here wants it.
 """
 
 from __future__ import annotations
@@ -213,10 +205,7 @@ class SlotPool:
             return self._hand_out(lease)
         if not self.gcl_name:
             return None
-        if self._book is None:
-            self._book = LeaseBook()
-        if self._gate is None:
-            self._gate = _ServerGate()
+        self._open_server()
         self._needing += 1
         try:
             while True:
@@ -233,6 +222,10 @@ class SlotPool:
                 await changed.wait()
         finally:
             self._needing -= 1
+
+    def _open_server(self) -> None:
+        self._book = self._book or LeaseBook()
+        self._gate = self._gate or _ServerGate()
 
     def _ask(self) -> None:
         """Ask the server, once at a time, for a slot for every row of this run that needs one."""
@@ -302,10 +295,7 @@ class SlotPool:
         self.expect(rows)  # also the hint for a later ask, when this one is not made
         if not self.gcl_name or rows < 1 or self._idle or self._asking is not None:
             return
-        if self._book is None:
-            self._book = LeaseBook()
-        if self._gate is None:
-            self._gate = _ServerGate()
+        self._open_server()
         self._warm = True
         self._ask()
         asking = self._asking
@@ -345,11 +335,7 @@ class SlotPool:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[HeldSlot]:
-        """Hold one in-flight slot for the body (submit until the remote task ends).
-
-        The body may hand the slot back early with ``held.release()`` (the moment the
-        remote task is seen ended, before the bookkeeping that follows).
-        """
+        """Hold one in-flight slot for the body (``held.release()`` gives it back early)."""
         held = await self.take()
         try:
             yield held
