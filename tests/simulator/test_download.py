@@ -36,6 +36,11 @@ def test_download_and_range(sim):
 
 
 def test_signature_and_expiry(make_sim, monkeypatch):
+    # The downloads check Expires on a clock the test moves: no real second has to pass
+    # (Expires has one-second resolution), and a slow machine cannot expire the URL
+    # (0.3 real seconds) before its first download.
+    now = [time.time()]  # before the simulator starts: before any URL's Expires
+    monkeypatch.setattr(downloads, "time", SimpleNamespace(time=lambda: now[0]))
     sim = make_sim(url_ttl=300.0)  # 0.3 real seconds at speed 1000
     url = finished_url(sim)
     assert httpx.get(url).status_code == 200
@@ -43,9 +48,7 @@ def test_signature_and_expiry(make_sim, monkeypatch):
     tampered = url.replace(query["Expires"][0], str(int(query["Expires"][0]) + 1000))
     resp = httpx.get(tampered)
     assert resp.status_code == 403 and b"SignatureDoesNotMatch" in resp.content
-    # Expires has one-second resolution: the URL checks it 2 s later (its clock moved on).
-    later = time.time() + 2.0
-    monkeypatch.setattr(downloads, "time", SimpleNamespace(time=lambda: later))
+    now[0] = int(query["Expires"][0]) + 1  # one second past it
     resp = httpx.get(url)
     assert resp.status_code == 403
     assert b"<Code>AccessDenied</Code>" in resp.content and b"Request has expired." in resp.content
