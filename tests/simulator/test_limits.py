@@ -7,10 +7,12 @@ import time
 import httpx
 
 from .simkit import HEADERS, create
+from fake_clock import manual_sim_clock
 
 
 def test_submit_rate_limit_real_time(make_sim):
     sim = make_sim(rate_limits_real_time=True, submits_per_second=2.0, queries_per_second=1000.0)
+    clock = manual_sim_clock(sim)  # stopped: no token comes back until the test says
     codes = [create(sim).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and 429 in codes[2:]
     throttled = create(sim)
@@ -19,7 +21,7 @@ def test_submit_rate_limit_real_time(make_sim):
         assert (
             throttled.json()["message"] == "Requests rate limit exceeded, please try again later."
         )
-    time.sleep(0.6)  # refill at 2 per real second
+    clock.advance(0.6)  # refill at 2 per real second
     assert create(sim).status_code == 200
     stats = sim.stats()
     assert stats["throttled_by_endpoint"]["create"] >= 1 and stats["creates"] >= 3

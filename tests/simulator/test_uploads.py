@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 
 from .simkit import FIRST, HEADERS, LAST, body, create
+from fake_clock import manual_sim_clock
 
 
 def policy(sim, model: str = "wan2.2-kf2v-flash") -> dict:
@@ -89,9 +88,10 @@ def test_upload_and_oss_resolution(sim):
 
 
 def test_upload_rejections(make_sim):
-    # 1500 service seconds = 1.5 real seconds at speed 1000: the first checks must
-    # finish before the policy expires even on a loaded machine.
+    # 1500 service seconds = 1.5 real seconds at speed 1000, on the simulator's stopped
+    # clock: the first checks cannot outlive the policy, and its expiry needs no wait.
     sim = make_sim(policy_ttl=1500.0)
+    clock = manual_sim_clock(sim)
     data = policy(sim)
     bad_sig = upload(data, "a.png", FIRST, Signature="AAAA")
     assert bad_sig.status_code == 403 and b"SignatureDoesNotMatch" in bad_sig.content
@@ -99,6 +99,6 @@ def test_upload_rejections(make_sim):
     assert bad_key.status_code == 403 and b"starts-with" in bad_key.content
     bad_id = upload(data, "a.png", FIRST, OSSAccessKeyId="nope")
     assert bad_id.status_code == 403
-    time.sleep(1.6)
+    clock.advance(1.6)
     expired = upload(data, "a.png", FIRST)
     assert expired.status_code == 403 and b"Policy expired" in expired.content
