@@ -251,13 +251,6 @@ async def test_existing_destination_replaced_by_complete_file(tmp_path, server):
     assert dest.stat().st_size == server.body.size and res.sha256 == server.body.sha256()
 
 
-async def test_expected_bytes_mismatch(tmp_path, server):
-    dest = tmp_path / "v.mp4"
-    with pytest.raises(DownloadError, match="expected 5"):
-        await stream_to_storage(server.url, str(dest), expected_bytes=5)
-    assert not dest.exists() and leftovers(tmp_path) == []
-
-
 async def test_404_is_not_retried(tmp_path):
     class NotFound(http.server.BaseHTTPRequestHandler):
         def log_message(self, *a, **k):

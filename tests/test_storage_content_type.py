@@ -16,9 +16,9 @@ from PIL import Image
 from kf2v_tasks.batch.gallery import render_gallery, write_gallery
 from kf2v_tasks.generation.previews import copy_previews, make_previews
 from kf2v_tasks.retry import RetryPolicy
+from kf2v_tasks.storage.content_types import content_type_for
 from kf2v_tasks.storage.download import S3_PART_SIZE, stream_to_storage
 from kf2v_tasks.storage.files import (
-    content_type_for,
     copy_video,
     write_bytes_atomic,
     write_json_atomic,

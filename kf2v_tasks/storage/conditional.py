@@ -27,7 +27,7 @@ import errno
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Optional
 
 from kf2v_tasks.storage.objects import get_object, is_s3, object_exists, stat_object
@@ -134,10 +134,10 @@ def _local_read(path: str) -> tuple[bytes, str]:
     return data, _digest(data)
 
 
-def _local_check(path: str, version: str) -> None:
-    """Raise unless ``path`` is still at ``version`` (call under its folder's lock)."""
+def _check(path: str, read: Callable[[], tuple[bytes, str]], version: str) -> None:
+    """Raise unless ``read()`` finds ``path`` still at ``version``."""
     try:
-        _, current = _local_read(path)
+        _, current = read()
     except FileNotFoundError:
         raise ConditionFailedError(path, "it no longer exists") from None
     if current != version:
@@ -146,7 +146,7 @@ def _local_check(path: str, version: str) -> None:
 
 def _local_replace(path: str, data: bytes, version: str) -> str:
     with _folder_lock(os.path.dirname(path)):
-        _local_check(path, version)
+        _check(path, lambda: _local_read(path), version)
         tmp = _local_write_temp(path, data)
         try:
             os.replace(tmp, path)
@@ -159,7 +159,7 @@ def _local_replace(path: str, data: bytes, version: str) -> str:
 
 def _local_delete(path: str, version: str) -> None:
     with _folder_lock(os.path.dirname(path)):
-        _local_check(path, version)
+        _check(path, lambda: _local_read(path), version)
         os.remove(path)
 
 
@@ -231,12 +231,7 @@ def _other_create(fs: Any, path: str, data: bytes) -> str:
 
 
 def _other_replace(fs: Any, path: str, data: bytes, version: str) -> str:
-    try:
-        _, current = _other_read(fs, path)
-    except FileNotFoundError:
-        raise ConditionFailedError(path, "it no longer exists") from None
-    if current != version:
-        raise ConditionFailedError(path, "it changed since it was read")
+    _check(path, lambda: _other_read(fs, path), version)
     fs.pipe_file(path, data)
     back, new = _other_read(fs, path)
     if back != data:
@@ -245,12 +240,7 @@ def _other_replace(fs: Any, path: str, data: bytes, version: str) -> str:
 
 
 def _other_delete(fs: Any, path: str, version: str) -> None:
-    try:
-        _, current = _other_read(fs, path)
-    except FileNotFoundError:
-        raise ConditionFailedError(path, "it no longer exists") from None
-    if current != version:
-        raise ConditionFailedError(path, "it changed since it was read")
+    _check(path, lambda: _other_read(fs, path), version)
     fs.rm_file(path)
 
 

@@ -24,11 +24,8 @@ from kf2v_tasks import clock
 from kf2v_tasks.errors import DownloadError, TransientError, UrlExpiredError
 from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.retry import RetryPolicy, parse_retry_after
-from kf2v_tasks.storage.files import (
-    MIB,
-    StoredFile,
-    content_type_for,
-)
+from kf2v_tasks.storage.content_types import content_type_for
+from kf2v_tasks.storage.files import MIB, StoredFile
 from kf2v_tasks.storage.paths import open_fs
 from kf2v_tasks.storage.pipeline import S3_PART_SIZE, _Download
 
@@ -146,9 +143,7 @@ async def stream_to_storage(
     http: Optional[httpx.AsyncClient] = None,
     refresh_url: Optional[Callable[[], Awaitable[str]]] = None,
     chunk_size: int = 4 * MIB,
-    expected_bytes: Optional[int] = None,
     retry: Optional[RetryPolicy] = None,
-    content_type: Optional[str] = None,
     patience: Optional[float] = None,
 ) -> StoredFile:
     """Stream ``url`` into ``dest`` (any fsspec URL or local path) and commit it atomically.
@@ -169,9 +164,6 @@ async def stream_to_storage(
     Args:
         url: the signed video URL; no Authorization header is ever sent to it.
         refresh_url: coroutine returning a fresh URL when the current one answers 403.
-        expected_bytes: size the video must have, when known from elsewhere.
-        content_type: the object's Content-Type on S3 (default: from ``dest``'s name), so a
-            browser plays it inline from a presigned URL.
         patience: service seconds after which no new wait starts; the first request is
             always made.
 
@@ -184,7 +176,7 @@ async def stream_to_storage(
     max_attempts = retry.max_attempts if retry is not None else None
     window = DOWNLOAD_PATIENCE if patience is None else max(0.0, patience)
     fs, path = open_fs(dest, storage_options)
-    dl = _Download(fs, path, content_type or content_type_for(dest))
+    dl = _Download(fs, path, content_type_for(dest))  # S3: a browser plays it inline
     own_http = http is None
     if http is None:
         http = httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True)
@@ -242,8 +234,6 @@ async def stream_to_storage(
         size = dl.written
         if dl.total is not None and size != dl.total:  # defensive: loop exits only when equal
             raise DownloadError(f"downloaded {size} bytes, expected {dl.total}")
-        if expected_bytes is not None and size != expected_bytes:
-            raise DownloadError(f"downloaded {size} bytes, expected {expected_bytes}")
         await dl.finish()
     except BaseException:
         # Cancellation included: never leave the temp behind, never touch ``dest``.

@@ -37,9 +37,7 @@ from kf2v_tasks.storage.paths import (
 
 __all__ = [
     "MIB",
-    "WRITE_BLOCK_SIZE",
     "StoredFile",
-    "content_type_for",
     "copy_video",
     "read_bytes",
     "read_json",
@@ -200,10 +198,8 @@ async def write_text_atomic(
     storage_options: Optional[dict] = None,
     content_type: Optional[str] = None,
 ) -> None:
-    """Write a UTF-8 text file (e.g. ``results.csv``) atomically.
-
-    ``content_type`` as in :func:`write_bytes_atomic` (default: from the name).
-    """
+    """Write a UTF-8 text file (e.g. ``results.csv``) atomically (``content_type``: as
+    :func:`write_bytes_atomic`)."""
     await write_bytes_atomic(
         dest, text.encode(), storage_options=storage_options, content_type=content_type
     )
@@ -300,7 +296,6 @@ async def copy_video(
     dest: str,
     *,
     storage_options: Optional[dict] = None,
-    with_sidecar: bool = True,
 ) -> StoredFile:
     """Copy a committed video (and its sidecar, if any) to ``dest`` atomically, streamed.
 
@@ -309,27 +304,31 @@ async def copy_video(
     """
     digest, size = await run_sync(_copy_sync, src, dest, storage_options)
     side: Optional[str] = None
-    if with_sidecar:
-        try:
-            doc = await read_json(sidecar_path(src), storage_options=storage_options)
-        except (FileNotFoundError, ValueError):
-            doc = None
-        if isinstance(doc, dict):
-            doc.update(video=dest, copied_from=src, sha256=digest, bytes=size)
-            side = sidecar_path(dest)
-            await write_json_atomic(side, doc, storage_options=storage_options)
+    try:
+        doc = await read_json(sidecar_path(src), storage_options=storage_options)
+    except (FileNotFoundError, ValueError):
+        doc = None
+    if isinstance(doc, dict):
+        doc.update(video=dest, copied_from=src, sha256=digest, bytes=size)
+        side = sidecar_path(dest)
+        await write_json_atomic(side, doc, storage_options=storage_options)
     return StoredFile(path=dest, sha256=digest, bytes=size, sidecar_path=side, attempts=0)
 
 
 # ---------------------------------------------------------------------- cleanup
 
 
-def _remove_stale_temps_sync(folder: str, older_than: float) -> int:
+#: Seconds a temp file must be untouched before it counts as abandoned: another shard of the
+#: same run may still be writing a younger one.
+STALE_TEMP_SECONDS = 900.0
+
+
+def _remove_stale_temps_sync(folder: str) -> int:
     tmp = os.path.join(folder, RESERVED_DIR, "tmp")
     removed = 0
     if not os.path.isdir(tmp):
         return 0
-    cutoff = time.time() - older_than
+    cutoff = time.time() - STALE_TEMP_SECONDS
     for entry in os.scandir(tmp):
         # A temp still being written keeps a fresh mtime; only abandoned ones age.
         if entry.is_file() and entry.stat().st_mtime < cutoff:
@@ -339,14 +338,12 @@ def _remove_stale_temps_sync(folder: str, older_than: float) -> int:
     return removed
 
 
-async def remove_stale_temps(root: str, *, older_than: float = 900.0) -> int:
+async def remove_stale_temps(root: str) -> int:
     """Delete temp files a killed run left under ``<root>/.kf2v/tmp`` (local roots only).
 
     Object stores need nothing: an interrupted multipart upload never becomes an object.
-    Files written to within ``older_than`` seconds are kept, since another shard of the
-    same run may still be writing them.
     """
     local = root[len("file://") :] if root.startswith("file://") else root
     if is_url(local):
         return 0
-    return await run_sync(_remove_stale_temps_sync, local, older_than)
+    return await run_sync(_remove_stale_temps_sync, local)
