@@ -1,8 +1,8 @@
 """Run every benchmark and write bench/results/latest.json, BENCHMARKS.md and the B1 plot.
 
     python -m bench.run            # the full run (≈14 min on 2 cores), rewrites BENCHMARKS.md
-    python -m bench.run --quick    # tiny sizes, writes to a temp dir (smoke test): ≈5 min
-                                   # on 2 cores at load average 12-15
+    python -m bench.run --quick    # tiny sizes, writes to a temp dir (smoke test): 5-6 min
+                                   # on 2 cores at load average 10-15
 
 Sides: ours = the batch flow with its defaults (``task_runs="per_step"``), ``ours per_row``
 = the same flow with ``task_runs="per_row"`` (a real flow parameter), peer = the official

@@ -2,10 +2,10 @@
 
 The real numbers come from ``python -m bench.run`` (BENCHMARKS.md); this only checks that
 each benchmark still runs end to end against the simulator and yields sane values.
-It starts its own Prefect API server, simulators and a moto S3 server: 307 s on 2 cores at
-load average 12-15 (≈30 Python processes, each importing Prefect, the SDK or moto: 210 CPU
-seconds), against 550-750 s before the quick sizes were cut and B3, B8 and B9 ran beside
-the rest.
+It starts its own Prefect API server, simulators and a moto S3 server: 307-364 s on 2 cores
+at load average 10-15 (≈30 Python processes, each importing Prefect, the SDK or moto:
+210-250 CPU seconds), against 550-750 s before the quick sizes were cut and B3, B8 and B9
+ran beside the rest.
 """
 
 from __future__ import annotations
