@@ -57,15 +57,6 @@ async def test_gcl_leases_are_kept_and_handed_on_in_process():
 
 
 @pytest.mark.usefixtures("prefect_server")
-async def test_missing_gcl_falls_back_to_local_limiting_when_not_to_be_created():
-    pool = await SlotPool.create(2, "kf2v-no-such-limit", create_missing=False)
-    assert pool.gcl_name is None
-    await _run_jobs(pool, 4, 0.01)
-    assert pool.peak == 2
-    assert "kf2v-no-such-limit" not in {x["name"] for x in await show_limits()}
-
-
-@pytest.mark.usefixtures("prefect_server")
 async def test_a_missing_gcl_is_created_with_the_runs_limit_once_even_by_two_at_once(caplog):
     """Two runs starting together both ensure the limit: one creates it, the other reads it."""
     name = f"kf2v-test-ensure-{uuid.uuid4().hex[:8]}"

@@ -238,7 +238,8 @@ def stitch_local(
     clips: Sequence[str], dest: str, *, reencode: Optional[bool] = None
 ) -> StitchResult:
     """Stitch local clips into the local file ``dest``, in place (:func:`stitch_clips` is the
-    atomic, any-storage version); ``reencode`` as there.
+    atomic, any-storage version). ``reencode``: None decides from the streams; True always
+    re-encodes; False remuxes or raises :class:`StitchError`.
     """
     if not clips:
         raise StitchError("no clips to stitch")
@@ -287,7 +288,7 @@ def _hash(path: str) -> tuple[str, int]:
 
 
 def _stitch_sync(
-    clips: Sequence[str], output: str, storage_options: Optional[dict], reencode: Optional[bool]
+    clips: Sequence[str], output: str, storage_options: Optional[dict]
 ) -> StitchResult:
     with tempfile.TemporaryDirectory(prefix="kf2v-stitch-") as work:
         local = []
@@ -307,7 +308,7 @@ def _stitch_sync(
         else:
             tmp = os.path.join(work, "film.mp4")
         try:
-            result = stitch_local(local, tmp, reencode=reencode)
+            result = stitch_local(local, tmp)
             if is_local(fs):
                 os.replace(tmp, dest)
             else:
@@ -323,21 +324,16 @@ async def stitch_clips(
     output: str,
     *,
     storage_options: Optional[dict] = None,
-    reencode: Optional[bool] = None,
 ) -> StitchResult:
     """Join ``clips`` (in order) into the MP4 ``output``, dropping each duplicated boundary frame.
 
     The film appears complete or not at all; the result and the log say whether it was
-    re-encoded, and why.
-
-    Args:
-        reencode: None: decide from the streams; True: always re-encode; False: remux
-            or raise :class:`StitchError`.
+    re-encoded (only when the clips cannot be remuxed), and why.
 
     Raises:
         StitchError: a clip cannot be read or has no video (the clip is named).
     """
-    result = await run_sync(_stitch_sync, list(clips), output, storage_options, reencode)
+    result = await run_sync(_stitch_sync, list(clips), output, storage_options)
     if result.reencoded:
         logger.info(
             "stitched %d clips into %s (%d frames), re-encoded: %s",

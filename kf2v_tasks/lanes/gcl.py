@@ -312,9 +312,9 @@ class LimitMissingError(RuntimeError):
 MAX_FULL_WAIT = 1.0
 
 
-async def usable_limit(name: str, size: int, create_missing: bool) -> bool:
-    """Whether the pool can hold slots of ``name`` (creating it first if allowed); logs which."""
-    if not await _limit_status(name, size, create_missing):
+async def usable_limit(name: str, size: int) -> bool:
+    """Whether the pool can hold slots of ``name`` (creating it first if missing); logs which."""
+    if not await _limit_status(name, size):
         return False
     try:
         await free_dead_leases()
@@ -323,7 +323,7 @@ async def usable_limit(name: str, size: int, create_missing: bool) -> bool:
     return True
 
 
-async def _limit_status(name: str, size: int, create_missing: bool) -> bool:
+async def _limit_status(name: str, size: int) -> bool:
     if not shared_server():
         # Ephemeral mode: each process runs its own server over a shared SQLite file, and
         # the slots of a killed process would stay taken there for good.
@@ -331,12 +331,6 @@ async def _limit_status(name: str, size: int, create_missing: bool) -> bool:
             "no Prefect server configured (PREFECT_API_URL); limiting in-process to %d tasks",
             size,
         )
-        return False
-    if not create_missing:
-        if await gcl_exists(name):
-            logger.info("sharing the lane's tasks through global concurrency limit %r", name)
-            return True
-        logger.info("no global concurrency limit %r on the server; limiting in-process", name)
         return False
     try:
         status = await ensure_limit(name, size)
@@ -372,19 +366,3 @@ async def _limit_status(name: str, size: int, create_missing: bool) -> bool:
             size,
         )
     return True
-
-
-async def gcl_exists(name: str) -> bool:
-    """Whether the Prefect API knows an active global concurrency limit called ``name``."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        async with get_client() as client:
-            limit = await client.read_global_concurrency_limit_by_name(name)
-            return bool(limit.active)
-    except ObjectNotFound:
-        return False
-    except Exception as exc:  # no server reachable: local limiting still protects the account
-        logger.warning("could not read global concurrency limit %r: %s", name, exc)
-        return False

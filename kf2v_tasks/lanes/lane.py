@@ -162,7 +162,6 @@ async def open_lane(
     *,
     queue_ahead: int = DEFAULT_QUEUE_AHEAD,
     limit_prefix: Optional[str] = "kf2v",
-    create_missing: bool = True,
 ) -> Lane:
     """This process's lane of ``model`` on ``account`` (opened on first use).
 
@@ -189,7 +188,7 @@ async def open_lane(
             future = _lanes[key] = asyncio.get_running_loop().create_future()
             try:
                 size = quota.running + queue_ahead
-                pool = await SlotPool.create(size, name, create_missing=create_missing)
+                pool = await SlotPool.create(size, name)
                 future.set_result(Lane(account, model, quota, queue_ahead, pool))
             except BaseException as exc:
                 del _lanes[key]

@@ -168,17 +168,14 @@ class SlotPool:
         self.gcl_acquisitions = 0
 
     @classmethod
-    async def create(
-        cls, size: int, gcl_name: Optional[str] = None, *, create_missing: bool = True
-    ) -> SlotPool:
+    async def create(cls, size: int, gcl_name: Optional[str] = None) -> SlotPool:
         """A pool that also holds slots of the global limit ``gcl_name``.
 
-        The limit is created with ``size`` slots when missing (``create_missing``), so
-        overlapping runs share the account without ``kf2v limits apply``. Without a
-        usable limit (none and not created, inactive, or no server) the pool limits
-        in-process only. Which applies is logged.
+        The limit is created with ``size`` slots when missing, so overlapping runs share the
+        account without ``kf2v limits apply``. Without a usable limit (inactive, or no
+        server) the pool limits in-process only. Which applies is logged.
         """
-        if gcl_name and not await usable_limit(gcl_name, size, create_missing):
+        if gcl_name and not await usable_limit(gcl_name, size):
             if not shared_server():
                 # No server to share through: runs on this machine share lock files instead.
                 folder = slot_folder(gcl_name)
