@@ -15,45 +15,18 @@ raised. Kept videos are also Prefect assets where ``prefect.assets`` exists
 
 from kf2v_tasks.events.assets import asset_key, emit_video_asset
 from kf2v_tasks.events.batch import emit_batch_finished, emit_budget_exceeded
-from kf2v_tasks.events.core import (
-    ATTEMPT_TAG,
-    BATCH_FINISHED,
-    BUDGET_EXCEEDED,
-    EVENTS,
-    MATERIALIZED_BY,
-    MAX_LISTED_ROWS,
-    SHARD_TAG,
-    VIDEO_FAILED,
-    VIDEO_PERSISTED,
-    VIDEO_POSSIBLE_DUPLICATE,
-    attempt_from_tags,
-    attempt_tag,
-    batch_resource,
-    is_shard,
-    model_resource,
-)
+from kf2v_tasks.events.core import MAX_LISTED_ROWS, attempt_from_tags, attempt_tag, is_shard
 from kf2v_tasks.events.video import (
     emit_possible_duplicate,
     emit_video_failed,
     emit_video_persisted,
-    video_resource_id,
 )
 
 __all__ = [
-    "ATTEMPT_TAG",
-    "BATCH_FINISHED",
-    "BUDGET_EXCEEDED",
-    "EVENTS",
-    "MATERIALIZED_BY",
     "MAX_LISTED_ROWS",
-    "SHARD_TAG",
-    "VIDEO_FAILED",
-    "VIDEO_PERSISTED",
-    "VIDEO_POSSIBLE_DUPLICATE",
     "asset_key",
     "attempt_from_tags",
     "attempt_tag",
-    "batch_resource",
     "emit_batch_finished",
     "emit_budget_exceeded",
     "emit_possible_duplicate",
@@ -61,6 +34,4 @@ __all__ = [
     "emit_video_failed",
     "emit_video_persisted",
     "is_shard",
-    "model_resource",
-    "video_resource_id",
 ]

@@ -16,8 +16,6 @@ VIDEO_FAILED = "kf2v.video.failed"
 VIDEO_POSSIBLE_DUPLICATE = "kf2v.video.possible-duplicate"
 BATCH_FINISHED = "kf2v.batch.finished"
 BUDGET_EXCEEDED = "kf2v.budget.exceeded"
-#: Every event this package emits.
-EVENTS = (VIDEO_PERSISTED, VIDEO_FAILED, VIDEO_POSSIBLE_DUPLICATE, BATCH_FINISHED, BUDGET_EXCEEDED)
 
 #: Tag of a flow run that re-runs a batch (``kf2v-attempt:2``); absent on a first run.
 ATTEMPT_TAG = "kf2v-attempt:"

@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     from kf2v_tasks.generation.persisted import PersistedVideo
 
 
-def video_resource_id(video: PersistedVideo) -> str:
-    """The event resource of a video: its work fingerprint, else its task id."""
-    return f"kf2v.video.{video.fingerprint or video.task_id}"
-
-
 def emit_video_persisted(
     video: PersistedVideo,
     *,
