@@ -72,22 +72,10 @@ async def read_frame_bytes(
     storage_options: Optional[dict] = None,
     max_bytes: Optional[int] = None,
 ) -> bytes:
-    """Read a frame's bytes from a local path, ``file://``, ``http(s)://`` or any fsspec URL.
+    """A frame's bytes from a local path, ``file://``, ``http(s)://`` or any fsspec URL.
 
-    At most ``max_bytes + 1`` bytes are read, so an oversized file cannot exhaust memory
-    (the caller sees ``len(data) > max_bytes``); when the size is known up front
-    (file size, ``Content-Length``) an oversized file is rejected without reading it.
-
-    Args:
-        source: the frame as the user gave it.
-        storage_options: fsspec options (credentials) for remote filesystems; never logged.
-        max_bytes: stop reading after this many bytes (plus one).
-
-    Returns:
-        The bytes read.
-
-    Raises:
-        FrameValidationError: missing file, HTTP error, unreadable source.
+    At most ``max_bytes + 1`` bytes are read, so an oversized file cannot exhaust memory;
+    one whose size is known up front is refused unread. Raises FrameValidationError.
     """
     if is_http(source):
         return await _read_http(source, max_bytes)
