@@ -447,7 +447,7 @@ async def test_a_success_put_off_is_written_with_persisted_or_alone_if_not_kept(
         )  # fmt: skip
     assert writes == ["terminal"]
     rec = await ledger.get("e" * 64)
-    assert rec.terminal_status is TaskStatus.SUCCEEDED and Ledger.is_task_reusable(rec)
+    assert rec.terminal_status is TaskStatus.SUCCEEDED and rec.is_reusable()
 
 
 async def test_previews_made_for_a_record_read_at_planning_are_noted_without_a_read(s3_server):

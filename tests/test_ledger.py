@@ -219,18 +219,18 @@ def rec_at(age: timedelta, status: TaskStatus | None = None, task_id="t") -> Led
     ],
 )
 def test_is_task_reusable(age, status, task_id, expected):
-    assert Ledger.is_task_reusable(rec_at(age, status, task_id), now=T0) is expected
+    assert rec_at(age, status, task_id).is_reusable(now=T0) is expected
 
 
 def test_is_task_reusable_needs_submitted_at_and_honours_ttl():
     rec = LedgerRecord(fingerprint=FP, state="submitted", task_id="t")
-    assert not Ledger.is_task_reusable(rec, now=T0)
+    assert not rec.is_reusable(now=T0)
     rec2 = rec_at(timedelta(hours=2))
-    assert not Ledger.is_task_reusable(rec2, now=T0, ttl=timedelta(hours=2), margin=timedelta(0))
+    assert not rec2.is_reusable(now=T0, ttl=timedelta(hours=2), margin=timedelta(0))
     recent = LedgerRecord(
         fingerprint=FP, state="submitted", task_id="t", submitted_at=datetime.now(UTC)
     )
-    assert Ledger.is_task_reusable(recent)  # default now
+    assert recent.is_reusable()  # default now
 
 
 # -- records written before the state machine -------------------------------------------
@@ -338,7 +338,7 @@ async def test_record_outcome_writes_how_the_task_ended(tmp_path, outcome, statu
     assert rec.events[-1]["event"] == "ended" and rec.events[-1]["status"] == status.value
     assert rec.error_code == code
     # A dead task is never reused; a SUCCEEDED one still can be (its video is not kept yet).
-    assert Ledger.is_task_reusable(rec) is (status is TaskStatus.SUCCEEDED)
+    assert rec.is_reusable() is (status is TaskStatus.SUCCEEDED)
 
 
 async def test_record_outcome_timeout_is_only_an_event(tmp_path):
@@ -348,7 +348,7 @@ async def test_record_outcome_timeout_is_only_an_event(tmp_path):
     assert rec.state is LedgerState.SUBMITTED and rec.terminal_status is None
     assert rec.events[-1]["event"] == "timeout"
     assert rec.events[-1]["history"] == [f"RUNNING@{T0.isoformat()}"]
-    assert Ledger.is_task_reusable(rec)
+    assert rec.is_reusable()
 
 
 @pytest.mark.parametrize(
@@ -386,7 +386,7 @@ async def test_record_outcome_keeps_a_persisted_video_persisted(tmp_path):
     await record_outcome(ledger, FP, TaskExpiredError("task-1", "expired"))
     rec = await ledger.get(FP)
     assert rec.state is LedgerState.PERSISTED and rec.terminal_status is TaskStatus.UNKNOWN
-    assert rec.output_path == "out/a.mp4" and not Ledger.is_task_reusable(rec)
+    assert rec.output_path == "out/a.mp4" and not rec.is_reusable()
 
 
 # ---------------------------------------------------------------------- modify() on S3
@@ -538,5 +538,5 @@ async def test_only_a_success_is_put_off(tmp_path):
     await ledger.put(full_record())
     await record_outcome(ledger, FP, state_of(TaskStatus.FAILED), persist_follows=True)
     rec = await ledger.get(FP)
-    assert rec.terminal_status is TaskStatus.FAILED and not Ledger.is_task_reusable(rec)
+    assert rec.terminal_status is TaskStatus.FAILED and not rec.is_reusable()
     assert ledger._deferred == {}

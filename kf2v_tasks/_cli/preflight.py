@@ -38,7 +38,8 @@ def finish_if_all_kept(
 
 async def _plan(args, defaults: RowDefaults, output: str, started: float, bar: Any):
     from kf2v_tasks.batch.plan import plan_batch
-    from kf2v_tasks.generation.ledger import Ledger, LedgerState
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.ledger_state import LedgerState
 
     so = args.storage_options
     plan = await plan_batch(

@@ -165,7 +165,8 @@ def _tasks_gone_with_simulator(args: argparse.Namespace, console: Any) -> None:
     """On the built-in simulator, a stopped run's tasks ended with its simulator: say so
     once (the new one answers them unknown, and those rows are created again)."""
     from kf2v_tasks.batch.config import normalize_output
-    from kf2v_tasks.generation.ledger import Ledger, LedgerState
+    from kf2v_tasks.generation.ledger import Ledger
+    from kf2v_tasks.generation.ledger_state import LedgerState
     from kf2v_tasks.settings import get_settings
 
     if args.credentials_block or get_settings().api_key is not None:

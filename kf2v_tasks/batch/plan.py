@@ -18,6 +18,7 @@ from kf2v_tasks.batch.config import normalize_output
 from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
+from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import FrameLimits, FrameMemo, check_pair
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.persisted import PersistedVideo
@@ -27,7 +28,6 @@ from kf2v_tasks.generation.pricing import (
     estimate,
     region_warning,
 )
-from kf2v_tasks.generation.submit import request_fingerprint
 from kf2v_tasks.storage.paths import join, resolves_outside, safe_child
 
 #: The manifest column a validation error's ``role`` points at.

@@ -127,7 +127,7 @@ async def assess_plan(
                 )
             continue
         rec = plan.records.get(row.id)
-        if rec is not None and rec.task_id and Ledger.is_task_reusable(rec):
+        if rec is not None and rec.task_id and rec.is_reusable():
             plan.live.append(row.id)  # picked up, not created again: outside max_cost
             continue
         price = plan.costs[row.id]

@@ -32,7 +32,8 @@ from kf2v_tasks.batch.runtimes import RunTimeHistory, run_seconds_of
 from kf2v_tasks.batch.steps import run_row_task
 from kf2v_tasks.dashscope.watcher import watcher_for
 from kf2v_tasks.generation.budget import Budget
-from kf2v_tasks.generation.ledger import UNREAD, Ledger, LedgerState
+from kf2v_tasks.generation.ledger import UNREAD
+from kf2v_tasks.generation.ledger_state import LedgerState
 from kf2v_tasks.generation.persisted import find_persisted
 from kf2v_tasks.generation.previews import copy_previews
 from kf2v_tasks.lanes.lookahead import is_concurrency_refusal
@@ -148,7 +149,7 @@ class RowLifecycle:
         if kept is not None:
             duplicate = bool(record and record.possible_duplicate)
             return kept_result(base, kept, possible_duplicate=duplicate)
-        reattach = bool(record is not None and record.task_id and Ledger.is_task_reusable(record))
+        reattach = bool(record is not None and record.task_id and record.is_reusable())
         # A task that exists is polled on the account that holds it.
         pinned = self.pool.holder(record) if reattach else None
         reserved = 0.0

@@ -46,7 +46,7 @@ from kf2v_tasks.credentials import DashScopeCredentials
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.generation.budget import Budget
 from kf2v_tasks.generation.frames import FrameLimits
-from kf2v_tasks.generation.persist import find_persisted
+from kf2v_tasks.generation.persisted import find_persisted
 from kf2v_tasks.generation.pricing import PriceTable
 from kf2v_tasks.generation.submit import AmbiguousPolicy
 from kf2v_tasks.storage.files import remove_stale_temps, write_text_atomic

@@ -36,7 +36,8 @@ from kf2v_tasks.events import emit_video_persisted
 from kf2v_tasks.generation.ledger import UNREAD
 from kf2v_tasks.generation.models import FramePair
 from kf2v_tasks.generation.outcome import record_outcome
-from kf2v_tasks.generation.persist import PersistedVideo, persist_task_video
+from kf2v_tasks.generation.persist import persist_task_video
+from kf2v_tasks.generation.persisted import PersistedVideo
 from kf2v_tasks.generation.submit import Submission, submit_generation
 
 T = TypeVar("T")

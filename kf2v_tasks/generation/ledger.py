@@ -24,13 +24,12 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from kf2v_tasks.generation.ledger_record import LedgerRecord
-from kf2v_tasks.generation.ledger_state import TASK_TTL, TASK_TTL_MARGIN, LedgerError, LedgerState
+from kf2v_tasks.generation.ledger_state import LedgerError, LedgerState
 from kf2v_tasks.redaction import scrub
 from kf2v_tasks.storage.conditional import ConditionFailedError, replace_if
 from kf2v_tasks.storage.objects import get_object, is_s3, list_files, read_object
@@ -339,16 +338,6 @@ class Ledger:
                 continue
             out.append(self._parse(raw, name))
         return out
-
-    @staticmethod
-    def is_task_reusable(
-        record: LedgerRecord,
-        now: Optional[datetime] = None,
-        ttl: timedelta = TASK_TTL,
-        margin: timedelta = TASK_TTL_MARGIN,
-    ) -> bool:
-        """Whether the recorded task can still deliver its video: :meth:`LedgerRecord.is_reusable`."""
-        return record.is_reusable(now, ttl, margin)
 
 
 def _both(

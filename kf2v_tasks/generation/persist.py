@@ -31,7 +31,6 @@ from kf2v_tasks.generation.link_life import (
 )
 from kf2v_tasks.generation.persisted import (
     PersistedVideo,
-    find_persisted,
     previews_or_none,
     read_sidecar,
     recorded_previews,
@@ -48,8 +47,7 @@ from kf2v_tasks.generation.submit import Submission
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
-# PersistedVideo and find_persisted (generation.persisted) are re-exported for batch/.
-__all__ = ["PersistedVideo", "find_persisted", "persist_task_video"]
+__all__ = ["persist_task_video"]
 
 logger = logging.getLogger("kf2v_tasks.generation.persist")
 

@@ -34,8 +34,7 @@ from kf2v_tasks.storage.files import verify_file
 if TYPE_CHECKING:
     from kf2v_tasks.dashscope.client import Kf2vClient
 
-# request_fingerprint is re-exported for batch/plan.py.
-__all__ = ["AmbiguousPolicy", "Submission", "request_fingerprint", "submit_generation"]
+__all__ = ["AmbiguousPolicy", "Submission", "submit_generation"]
 
 logger = logging.getLogger("kf2v_tasks.generation.submit")
 
@@ -211,7 +210,7 @@ async def _done(record: Optional[LedgerRecord], storage_options: Optional[dict])
     """
     if record is None:
         return False
-    if Ledger.is_task_reusable(record):
+    if record.is_reusable():
         return True
     if record.state is not LedgerState.PERSISTED or not record.output_path or not record.sha256:
         return False
@@ -241,7 +240,7 @@ async def _current(
     against the service."""
     record = await ledger.get(fp) if known is UNREAD else known
     checked: Optional[str] = None
-    while record is not None and Ledger.is_task_reusable(record) and record.task_id != checked:
+    while record is not None and record.is_reusable() and record.task_id != checked:
         # One query makes reuse safe even when nobody recorded how the task ended.
         checked = record.task_id
         current = await client.get_task(checked)
