@@ -17,12 +17,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from kf2v_tasks.batch.gallery import (
-    GalleryCard,
-    GalleryWriter,
-    relative_link,
-    render_gallery,
-)
+from kf2v_tasks.batch.gallery import GalleryWriter
+from kf2v_tasks.batch.gallery_page import GalleryCard, relative_link, render_gallery
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus, to_csv
 from kf2v_tasks.storage.presign import (
     MAX_EXPIRY_SECONDS,

@@ -10,20 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kf2v_tasks.batch.manifest import (
-    KNOWN_COLUMNS,
-    ManifestFileError,
-    ManifestRow,
-    ParsedManifest,
-    RowDefaults,
-    RowError,
-    load_manifest,
-    manifest_base_dir,
-    parse_manifest,
-    resolve_frame,
-)
+from kf2v_tasks.batch.manifest import ParsedManifest, load_manifest, parse_manifest
+from kf2v_tasks.batch.manifest_defaults import RowDefaults
+from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
+from kf2v_tasks.batch.manifest_row import KNOWN_COLUMNS, ManifestRow, RowError
 from kf2v_tasks.dashscope.models import Kf2vModel, Resolution
-from kf2v_tasks.errors import ManifestError, PermanentError
+from kf2v_tasks.errors import ManifestError, ManifestFileError, PermanentError
 
 HEADER = "id,first_frame,last_frame"
 

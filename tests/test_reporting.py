@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kf2v_tasks.batch.reporting import (
-    ERROR_CELL_CHARS,
-    BatchObserver,
-    ObserverGroup,
-    md_escape,
-    observing,
-    results_table,
-    run_observer,
-    summary_markdown,
-)
+from kf2v_tasks.batch.observer import BatchObserver, ObserverGroup, observing, run_observer
+from kf2v_tasks.batch.reporting_markdown import ERROR_CELL_CHARS, results_table, summary_markdown
 from kf2v_tasks.batch.results import BatchSummary, RowResult, RowStatus
 from kf2v_tasks.batch.runner import BatchRunner
 from kf2v_tasks.errors import BatchFailedError
+from kf2v_tasks.redaction import md_escape
 
 from helpers import make_pairs, manifest_text
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from kf2v_tasks.batch.gallery import render_gallery, write_gallery
+from kf2v_tasks.batch.gallery import write_gallery
+from kf2v_tasks.batch.gallery_page import render_gallery
 from kf2v_tasks.generation.previews import copy_previews, make_previews
 from kf2v_tasks.retry import RetryPolicy
 from kf2v_tasks.storage.content_types import content_type_for

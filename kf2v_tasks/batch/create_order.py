@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kf2v_tasks.batch.accounts import RunAccount
-from kf2v_tasks.batch.manifest import ManifestRow
+from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.batch.plan import BatchPlan
 from kf2v_tasks.batch.runtimes import Order, RunTimeHistory, order_rows
 

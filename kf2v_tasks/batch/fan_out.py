@@ -14,7 +14,7 @@ from collections.abc import Container
 from typing import Any, Optional
 
 from kf2v_tasks.batch.accounts import on_created
-from kf2v_tasks.batch.manifest import ManifestRow
+from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.batch.plan import BatchPlan, row_base
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.batch.row_lifecycle import RowLifecycle

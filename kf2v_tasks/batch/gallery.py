@@ -2,7 +2,7 @@
 
 Each card shows the poster, an inline player, the strip, the prompt (and the one the
 service actually used), status, cost and error. The page (self-contained, every value
-escaped) is :mod:`kf2v_tasks.batch.gallery_page`, re-exported here. On S3 it is stored as
+escaped) is :mod:`kf2v_tasks.batch.gallery_page`. On S3 it is stored as
 ``text/html``, so static hosting and a presigned URL show it rather than download it.
 
 :class:`GalleryWriter` rewrites the page at most once per ``min_interval`` (less often
@@ -50,10 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GALLERY_NAME",
-    "GalleryCard",
     "GalleryWriter",
-    "relative_link",
-    "render_gallery",
     "write_gallery",
 ]
 

@@ -46,24 +46,18 @@ from pydantic import BaseModel, Field
 
 from kf2v_tasks.batch.manifest_columns import REQUIRED_COLUMNS, ExtraColumns, read_header
 from kf2v_tasks.batch.manifest_defaults import RowDefaults
-from kf2v_tasks.batch.manifest_paths import manifest_base_dir, resolve_frame
-from kf2v_tasks.batch.manifest_row import KNOWN_COLUMNS, ManifestRow, RowError, parse_row
+from kf2v_tasks.batch.manifest_paths import manifest_base_dir
+from kf2v_tasks.batch.manifest_row import ManifestRow, RowError, parse_row
 from kf2v_tasks.errors import ManifestFileError
 from kf2v_tasks.redaction import redact_text
 
 __all__ = [
-    "KNOWN_COLUMNS",
-    "REQUIRED_COLUMNS",
     "ExtraColumns",
     "ManifestFileError",
-    "ManifestRow",
     "ParsedManifest",
     "RowDefaults",
-    "RowError",
     "load_manifest",
-    "manifest_base_dir",
     "parse_manifest",
-    "resolve_frame",
 ]
 
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")

@@ -15,7 +15,9 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks.batch.config import normalize_output
-from kf2v_tasks.batch.manifest import ManifestRow, ParsedManifest, RowDefaults, load_manifest
+from kf2v_tasks.batch.manifest import ParsedManifest, load_manifest
+from kf2v_tasks.batch.manifest_defaults import RowDefaults
+from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.batch.results import RowResult, RowStatus
 from kf2v_tasks.errors import Kf2vError
 from kf2v_tasks.generation.fingerprint import request_fingerprint

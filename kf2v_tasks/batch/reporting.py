@@ -5,8 +5,7 @@ results table, a markdown summary, the posters), keeps the output folder's galle
 (``index.html``, :mod:`kf2v_tasks.batch.gallery`) up to date, and runs an
 :class:`~kf2v_tasks.batch.reporting_events.EventReporter` unless told not to. The observer
 interface is :mod:`kf2v_tasks.batch.observer`; the artifacts' text (every value from users
-or the service escaped) is :mod:`kf2v_tasks.batch.reporting_markdown`. Their names are
-exported here too.
+or the service escaped) is :mod:`kf2v_tasks.batch.reporting_markdown`.
 
 Links in artifacts are ones a browser can follow from the Prefect UI: ``s3://`` videos,
 posters and the gallery are linked by presigned HTTPS URLs, and the summary says when
@@ -25,10 +24,9 @@ from uuid import UUID
 
 from kf2v_tasks.background import spawn
 from kf2v_tasks.batch.gallery import GalleryWriter, write_gallery
-from kf2v_tasks.batch.observer import BatchObserver, ObserverGroup, observing, run_observer
-from kf2v_tasks.batch.reporting_events import RETRYABLE_STATUSES, EventReporter
+from kf2v_tasks.batch.observer import BatchObserver, observing, run_observer
+from kf2v_tasks.batch.reporting_events import EventReporter
 from kf2v_tasks.batch.reporting_markdown import (
-    ERROR_CELL_CHARS,
     artifact_key,
     link_target,
     results_table,
@@ -48,19 +46,12 @@ if TYPE_CHECKING:
     from kf2v_tasks.generation.pricing import CostEstimate
 
 __all__ = [
-    "ERROR_CELL_CHARS",
     "MAX_IMAGE_ARTIFACTS",
     "PRESIGNED_GALLERY_NAME",
-    "RETRYABLE_STATUSES",
     "BatchObserver",
-    "EventReporter",
-    "ObserverGroup",
     "PrefectReporter",
-    "artifact_key",
     "observing",
-    "results_table",
     "run_observer",
-    "summary_markdown",
 ]
 
 logger = logging.getLogger("kf2v_tasks.batch.reporting")

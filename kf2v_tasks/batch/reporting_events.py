@@ -25,7 +25,7 @@ from kf2v_tasks.events import (
 from kf2v_tasks.redaction import redact_text, redact_url
 
 if TYPE_CHECKING:
-    from kf2v_tasks.batch.manifest import ManifestRow
+    from kf2v_tasks.batch.manifest_row import ManifestRow
     from kf2v_tasks.batch.plan import BatchPlan
     from kf2v_tasks.generation.pricing import CostEstimate
 

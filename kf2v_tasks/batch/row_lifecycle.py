@@ -18,7 +18,7 @@ from typing import Any, Optional
 from kf2v_tasks.batch.accounts import AccountPool, RunAccount
 from kf2v_tasks.batch.config import RowConfig
 from kf2v_tasks.batch.create_order import STARTING_ROWS, LaneTurns, StartPermit
-from kf2v_tasks.batch.manifest import ManifestRow
+from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.batch.plan import BatchPlan, row_base
 from kf2v_tasks.batch.results import (
     MADE_STATUSES,

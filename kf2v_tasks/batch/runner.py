@@ -24,10 +24,12 @@ from kf2v_tasks.batch.accounts import AccountPool, resolve_accounts
 from kf2v_tasks.batch.config import ConcurrencySettings, PollingSettings, RowConfig
 from kf2v_tasks.batch.create_order import LaneTurns, start_order
 from kf2v_tasks.batch.fan_out import fan_out, unfinished_results
-from kf2v_tasks.batch.manifest import ExtraColumns, ManifestRow, RowDefaults
+from kf2v_tasks.batch.manifest_columns import ExtraColumns
+from kf2v_tasks.batch.manifest_defaults import RowDefaults
+from kf2v_tasks.batch.manifest_row import ManifestRow
+from kf2v_tasks.batch.observer import BatchObserver, run_observer
 from kf2v_tasks.batch.plan import BatchPlan, plan_batch, row_base, with_extras
 from kf2v_tasks.batch.plan_assess import assess_plan, dry_run_results, run_prices
-from kf2v_tasks.batch.reporting import BatchObserver, run_observer
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
     BatchSummary,

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from kf2v_tasks.batch.config import RowConfig
-from kf2v_tasks.batch.manifest import ManifestRow
+from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.dashscope.polling import wait_for_task
 from kf2v_tasks.dashscope.task_state import TaskState
 from kf2v_tasks.errors import QueueTimeoutError
