@@ -90,7 +90,7 @@ class BatchPlan(BaseModel):
         models = [r.options.model for r in self.runnable if r.id not in self.persisted]
         return est.model_copy(update={"warning": region_warning(models, prices.region)})
 
-    def budget_line(self, currency: str = "CNY", max_names: int = 10) -> Optional[str]:
+    def budget_line(self, currency: str = "CNY") -> Optional[str]:
         """With ``max_cost``: one line naming the rows that fit and those that do not.
 
         ``'max_cost 1.20 CNY: 1 row fits (1.00 CNY): 2 (a); 1 row over budget, not
@@ -106,8 +106,8 @@ class BatchPlan(BaseModel):
         total = sum(self.costs.get(r.id) or 0.0 for r in paid)
 
         def names(rows: list[ManifestRow]) -> str:
-            shown = ", ".join(f"{r.row_number} ({r.id})" for r in rows[:max_names])
-            more = len(rows) - max_names
+            shown = ", ".join(f"{r.row_number} ({r.id})" for r in rows[:10])
+            more = len(rows) - 10
             return shown + (f" and {more} more" if more > 0 else "")
 
         line = (

@@ -71,7 +71,6 @@ class PrefectReporter(BatchObserver):
             presign links to S3 objects).
         gallery: keep ``index.html`` up to date (not in dry runs).
         link_expiry: seconds the presigned links of S3 outputs work (at most 7 days).
-        max_images: posters shown as image artifacts (S3 outputs only).
         events: emit the batch's Prefect events (an :class:`EventReporter`); ``assets``:
             with them, record each video made as a Prefect asset.
     """
@@ -84,7 +83,6 @@ class PrefectReporter(BatchObserver):
         storage_options: Optional[dict] = None,
         gallery: bool = True,
         link_expiry: int = DEFAULT_EXPIRY_SECONDS,
-        max_images: int = MAX_IMAGE_ARTIFACTS,
         events: bool = True,
         assets: bool = True,
     ) -> None:
@@ -93,7 +91,6 @@ class PrefectReporter(BatchObserver):
         self.min_interval = min_interval
         self.storage_options = storage_options
         self.link_expiry = link_expiry
-        self.max_images = max_images
         self.gallery = (
             GalleryWriter(storage_options, min_interval=min_interval) if gallery else None
         )
@@ -329,6 +326,6 @@ class PrefectReporter(BatchObserver):
             poster = self.gallery.poster_of(r.row)
             if poster and poster in links:
                 out.append((r, links[poster]))
-            if len(out) >= self.max_images:
+            if len(out) >= MAX_IMAGE_ARTIFACTS:
                 break
         return out

@@ -33,6 +33,7 @@ __all__ = ["ERROR_CELL_CHARS", "artifact_key", "link_target", "results_table", "
 
 #: Longest error text shown in a results-table cell (results.csv has the whole message).
 ERROR_CELL_CHARS = 120
+_MAX_LINKS, _MAX_FAILURES = 50, 100  # videos and failures the summary lists at most
 
 
 def artifact_key(text: str) -> str:
@@ -111,16 +112,14 @@ def link_target(path: str, links: dict[str, PresignedUrl]) -> Optional[str]:
 
 def summary_markdown(
     summary: BatchSummary,
-    max_links: int = 50,
-    max_failures: int = 100,
     *,
     links: Optional[dict[str, PresignedUrl]] = None,
     gallery: Optional[str] = None,
 ) -> str:
     """The markdown summary: counts, cost, time, the videos and the failures.
 
-    ``max_links`` videos and ``max_failures`` failures are listed at most (the rest are in
-    results.csv and the gallery). Paths in ``links`` (presigned) become links with their
+    At most :data:`_MAX_LINKS` videos and :data:`_MAX_FAILURES` failures are listed (the
+    rest are in results.csv and the gallery). Paths in ``links`` (presigned) become links with their
     expiry stated; any other stored path is text, since a browser cannot follow ``s3://`` or
     ``file://`` from the UI.
     """
@@ -166,21 +165,21 @@ def summary_markdown(
     done = [r for r in s.results if r.output and r.status in MADE_STATUSES]
     if done:
         lines += ["## Videos", ""]
-        for r in done[:max_links]:
+        for r in done[:_MAX_LINKS]:
             name, target = md_escape(r.id or r.output), _where(r.output or "", links)
             lines.append(
                 f"- [{name}]({target})" if target else f"- {name}: {md_escape(r.output or '')}"
             )
-        if len(done) > max_links:
-            lines.append(f"- … and {len(done) - max_links} more in results.csv")
+        if len(done) > _MAX_LINKS:
+            lines.append(f"- … and {len(done) - _MAX_LINKS} more in results.csv")
     failed = [r for r in s.results if r.status in FAILED_STATUSES]
     if failed:
         lines += ["", "## Failures", ""]
         lines += [
             f"- row {r.row} {md_escape(r.id or '')}: {md_escape(r.error_code or r.status.value)}: "
             f"{md_escape(r.error_message or '')}"
-            for r in failed[:max_failures]
+            for r in failed[:_MAX_FAILURES]
         ]
-        if len(failed) > max_failures:
-            lines.append(f"- … and {len(failed) - max_failures} more in results.csv")
+        if len(failed) > _MAX_FAILURES:
+            lines.append(f"- … and {len(failed) - _MAX_FAILURES} more in results.csv")
     return "\n".join(lines) + "\n"
