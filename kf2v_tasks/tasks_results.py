@@ -59,53 +59,7 @@ __all__ = ["TaskRef", "apersist_video", "apoll_until_done", "persist_video", "po
 TaskRef = Union[Submission, str]
 
 
-# ------------------------------------------------------------------ the cores
-
-
-async def _poll(
-    task_id: TaskRef,
-    credentials: CredentialsLike,
-    schedule: Optional[PollSchedule],
-    deadline_seconds: float,
-    queue_deadline_seconds: float,
-    raise_on_failure: bool,
-    ledger_root: Optional[str],
-    storage_options: Optional[dict],
-) -> TaskState:
-    sub = task_id if isinstance(task_id, Submission) else None
-    fingerprint = sub.fingerprint if sub else None
-    tid = sub.task_id if sub else task_id
-    ledger = ledger_for(ledger_root, storage_options) if fingerprint else None
-    async with open_account(credentials) as account:
-        try:
-            state = await wait_for_task(
-                account.client,
-                tid,
-                schedule=schedule,
-                deadline=deadline_seconds,
-                queue_deadline=queue_deadline_seconds,
-                raise_on_failure=raise_on_failure,
-            )
-        except Exception as exc:
-            if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
-                release_task(tid)  # it ended; a timeout is still running
-            await record_outcome(ledger, fingerprint, exc)
-            _failed(exc, sub, tid)
-            raise
-        release_task(tid)
-    await record_outcome(ledger, fingerprint, state)
-    if state.status is not TaskStatus.SUCCEEDED:  # raise_on_failure=False: ended without video
-        emit_video_failed(
-            error_code=state.code or state.status.value,
-            error_message=state.message or f"task ended {state.status.value}",
-            status="cancelled" if state.status is TaskStatus.CANCELED else "failed",
-            model=sub.model if sub else None,
-            task_id=tid,
-            fingerprint=fingerprint,
-            possible_duplicate=bool(sub and sub.possible_duplicate),
-        )
-    get_run_logger().info("Task %s ended %s", tid, state.status.value)
-    return state
+# ------------------------------------------------------------------ helpers
 
 
 def _failed(exc: BaseException, sub: Optional[Submission], task_id: Optional[str], **more) -> None:
@@ -119,50 +73,6 @@ def _failed(exc: BaseException, sub: Optional[Submission], task_id: Optional[str
         possible_duplicate=bool(sub and sub.possible_duplicate),
         **more,
     )
-
-
-async def _persist(
-    state: TaskState,
-    destination: str,
-    submission: Optional[Submission],
-    credentials: CredentialsLike,
-    ledger_root: Optional[str],
-    storage_options: Optional[dict],
-    extra: Optional[dict],
-    price_table: Optional[PriceTable],
-    frames: Optional[FramePair] = None,
-) -> PersistedVideo:
-    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
-    try:
-        if price_table is None and credentials:  # priced in the region of the block in use
-            price_table = PriceTable.default((await aresolve_credentials(credentials)).region)
-        async with open_account(credentials, optional=True) as account:
-            video = await persist_task_video(
-                state,
-                destination,
-                client=account.client if account else None,
-                submission=submission,
-                ledger=ledger_for(ledger_root, storage_options),
-                storage_options=storage_options,
-                extra=extra,
-                price_table=price_table,
-            )
-    except Exception as exc:  # the task succeeded, so it is billed; only keeping it failed
-        _failed(exc, submission, state.task_id, billed=True, output=destination)
-        raise
-    get_run_logger().info(
-        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
-    )
-    emit_video_persisted(video)
-    emit_video_asset(
-        video.path,
-        upstream=frames.sources if frames else [],
-        name=video.path.rsplit("/", 1)[-1],
-        metadata={"sha256": video.sha256, "bytes": video.bytes, "task_id": video.task_id,
-                  "model": video.model, "cost": video.cost},
-    )  # fmt: skip
-    await _video_artifact(video)
-    return video
 
 
 async def _video_artifact(video: PersistedVideo) -> None:
@@ -254,16 +164,40 @@ async def apoll_until_done(
         asyncio.run(wait())
         ```
     """
-    return await _poll(
-        task_id,
-        credentials,
-        schedule,
-        deadline_seconds,
-        queue_deadline_seconds,
-        raise_on_failure,
-        ledger_root,
-        storage_options,
-    )
+    sub = task_id if isinstance(task_id, Submission) else None
+    fingerprint = sub.fingerprint if sub else None
+    tid = sub.task_id if sub else task_id
+    ledger = ledger_for(ledger_root, storage_options) if fingerprint else None
+    async with open_account(credentials) as account:
+        try:
+            state = await wait_for_task(
+                account.client,
+                tid,
+                schedule=schedule,
+                deadline=deadline_seconds,
+                queue_deadline=queue_deadline_seconds,
+                raise_on_failure=raise_on_failure,
+            )
+        except Exception as exc:
+            if isinstance(exc, TaskError) and not isinstance(exc, TaskTimeoutError):
+                release_task(tid)  # it ended; a timeout is still running
+            await record_outcome(ledger, fingerprint, exc)
+            _failed(exc, sub, tid)
+            raise
+        release_task(tid)
+    await record_outcome(ledger, fingerprint, state)
+    if state.status is not TaskStatus.SUCCEEDED:  # raise_on_failure=False: ended without video
+        emit_video_failed(
+            error_code=state.code or state.status.value,
+            error_message=state.message or f"task ended {state.status.value}",
+            status="cancelled" if state.status is TaskStatus.CANCELED else "failed",
+            model=sub.model if sub else None,
+            task_id=tid,
+            fingerprint=fingerprint,
+            possible_duplicate=bool(sub and sub.possible_duplicate),
+        )
+    get_run_logger().info("Task %s ended %s", tid, state.status.value)
+    return state
 
 
 poll_until_done = sync_twin(
@@ -352,17 +286,37 @@ async def apersist_video(
         asyncio.run(keep())
         ```
     """
-    return await _persist(
-        state,
-        destination,
-        submission,
-        credentials,
-        ledger_root,
-        storage_options,
-        extra,
-        price_table,
-        frames,
+    # The client only refreshes an expired URL: a fresh URL downloads without credentials.
+    try:
+        if price_table is None and credentials:  # priced in the region of the block in use
+            price_table = PriceTable.default((await aresolve_credentials(credentials)).region)
+        async with open_account(credentials, optional=True) as account:
+            video = await persist_task_video(
+                state,
+                destination,
+                client=account.client if account else None,
+                submission=submission,
+                ledger=ledger_for(ledger_root, storage_options),
+                storage_options=storage_options,
+                extra=extra,
+                price_table=price_table,
+            )
+    except Exception as exc:  # the task succeeded, so it is billed; only keeping it failed
+        _failed(exc, submission, state.task_id, billed=True, output=destination)
+        raise
+    get_run_logger().info(
+        "Persisted %s (%d bytes, sha256 %s)", video.path, video.bytes, video.sha256[:12]
     )
+    emit_video_persisted(video)
+    emit_video_asset(
+        video.path,
+        upstream=frames.sources if frames else [],
+        name=video.path.rsplit("/", 1)[-1],
+        metadata={"sha256": video.sha256, "bytes": video.bytes, "task_id": video.task_id,
+                  "model": video.model, "cost": video.cost},
+    )  # fmt: skip
+    await _video_artifact(video)
+    return video
 
 
 persist_video = sync_twin(

@@ -40,88 +40,6 @@ from kf2v_tasks.lanes.ledger import ledger_for
 __all__ = ["asubmit_kf2v", "avalidate_frames", "submit_kf2v", "validate_frames"]
 
 
-# ------------------------------------------------------------------ the cores
-
-
-async def _validate(
-    first_frame: Optional[str],
-    last_frame: Optional[str],
-    limits: Optional[FrameLimits],
-    storage_options: Optional[dict],
-    audio: Optional[str] = None,
-    model: Optional[str] = None,
-    first_clip: Optional[str] = None,
-) -> FramePair:
-    pair = await check_pair(
-        first_frame,
-        last_frame,
-        limits=limits or (FrameLimits.for_model(model) if model else FrameLimits()),
-        storage_options=storage_options,
-        audio=audio,
-        model=model,
-        clip=first_clip,
-    )
-    logger = get_run_logger()
-    for warning in pair.warnings:
-        logger.warning(warning)
-    return pair
-
-
-async def _submit(
-    frames: FramePair,
-    prompt: Optional[str],
-    negative_prompt: Optional[str],
-    options: Optional[GenerationOptions],
-    ledger_root: Optional[str],
-    credentials: CredentialsLike,
-    storage_options: Optional[dict],
-    ambiguous_policy: AmbiguousPolicy,
-) -> Submission:
-    model = (options or GenerationOptions()).model
-    async with open_account(credentials) as account:
-        slot = await account.take_slot(model)
-        try:
-            sub = await submit_generation(
-                account.client,
-                frames,
-                prompt,
-                negative_prompt,
-                options,
-                ledger=ledger_for(ledger_root, storage_options),
-                ambiguous_policy=ambiguous_policy,
-                storage_options=storage_options,
-                account=account.label,
-            )
-        except BaseException as exc:
-            slot.release()
-            if isinstance(exc, Exception):  # as a batch row that failed at submit says it
-                emit_video_failed(
-                    error_code=getattr(exc, "code", None) or type(exc).__name__,
-                    error_message=str(exc),
-                    model=model,
-                    task_id=getattr(exc, "task_id", None),
-                    possible_duplicate=isinstance(exc, AmbiguousCreateError),
-                )
-            raise
-        if sub.already_persisted_at is not None:
-            slot.release()  # another run kept this work already: nothing is at the service
-        else:
-            # The slot now belongs to the task: whoever sees it end frees it.
-            slot.bind(sub.task_id)
-    logger = get_run_logger()
-    if sub.reused:
-        logger.info("Reused task %s (the same work was submitted before)", sub.task_id)
-    else:
-        logger.info("Created task %s", sub.task_id)
-    if sub.possible_duplicate:
-        logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
-        if not sub.reused:  # a reused task's duplicate was reported when it was created
-            emit_possible_duplicate(
-                task_id=sub.task_id, model=sub.model, fingerprint=sub.fingerprint
-            )
-    return sub
-
-
 # ------------------------------------------------------------------ validate_frames
 
 _VALIDATE = dict(
@@ -176,9 +94,19 @@ async def avalidate_frames(
         asyncio.run(check())
         ```
     """
-    return await _validate(
-        first_frame, last_frame, limits, storage_options, audio, model, first_clip
+    pair = await check_pair(
+        first_frame,
+        last_frame,
+        limits=limits or (FrameLimits.for_model(model) if model else FrameLimits()),
+        storage_options=storage_options,
+        audio=audio,
+        model=model,
+        clip=first_clip,
     )
+    logger = get_run_logger()
+    for warning in pair.warnings:
+        logger.warning(warning)
+    return pair
 
 
 validate_frames = sync_twin(
@@ -270,16 +198,49 @@ async def asubmit_kf2v(
         asyncio.run(one())
         ```
     """
-    return await _submit(
-        frames,
-        prompt,
-        negative_prompt,
-        options,
-        ledger_root,
-        credentials,
-        storage_options,
-        ambiguous_policy,
-    )
+    model = (options or GenerationOptions()).model
+    async with open_account(credentials) as account:
+        slot = await account.take_slot(model)
+        try:
+            sub = await submit_generation(
+                account.client,
+                frames,
+                prompt,
+                negative_prompt,
+                options,
+                ledger=ledger_for(ledger_root, storage_options),
+                ambiguous_policy=ambiguous_policy,
+                storage_options=storage_options,
+                account=account.label,
+            )
+        except BaseException as exc:
+            slot.release()
+            if isinstance(exc, Exception):  # as a batch row that failed at submit says it
+                emit_video_failed(
+                    error_code=getattr(exc, "code", None) or type(exc).__name__,
+                    error_message=str(exc),
+                    model=model,
+                    task_id=getattr(exc, "task_id", None),
+                    possible_duplicate=isinstance(exc, AmbiguousCreateError),
+                )
+            raise
+        if sub.already_persisted_at is not None:
+            slot.release()  # another run kept this work already: nothing is at the service
+        else:
+            # The slot now belongs to the task: whoever sees it end frees it.
+            slot.bind(sub.task_id)
+    logger = get_run_logger()
+    if sub.reused:
+        logger.info("Reused task %s (the same work was submitted before)", sub.task_id)
+    else:
+        logger.info("Created task %s", sub.task_id)
+    if sub.possible_duplicate:
+        logger.warning("Task %s: possible duplicate after an ambiguous create", sub.task_id)
+        if not sub.reused:  # a reused task's duplicate was reported when it was created
+            emit_possible_duplicate(
+                task_id=sub.task_id, model=sub.model, fingerprint=sub.fingerprint
+            )
+    return sub
 
 
 submit_kf2v = sync_twin(
