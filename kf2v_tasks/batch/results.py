@@ -51,8 +51,6 @@ FAILED_STATUSES = frozenset({RowStatus.FAILED, RowStatus.INVALID})
 #: Statuses whose row has its video at its output (made in this run, or kept from before).
 MADE_STATUSES = frozenset({RowStatus.SUCCEEDED, RowStatus.SKIPPED})
 
-RESULT_COLUMNS = list(RESULT_FILE_COLUMNS)
-
 
 class RowResult(BaseModel):
     """How one manifest row ended: one line of ``results.csv``.
@@ -102,7 +100,7 @@ class RowResult(BaseModel):
             ```
         """
         data = self.model_dump(mode="json", exclude={"extra"})
-        cells = {k: "" if data.get(k) is None else str(data[k]) for k in RESULT_COLUMNS}
+        cells = {k: "" if data.get(k) is None else str(data[k]) for k in RESULT_FILE_COLUMNS}
         return {**cells, **{k: v for k, v in self.extra.items() if k not in cells}}
 
 
@@ -175,15 +173,13 @@ def to_csv(results: list[RowResult], extra_columns: Optional[list[str]] = None) 
     if extra_columns is None:
         extra_columns = list(dict.fromkeys(k for r in results for k in r.extra))
     earlier = (k for r in results if r.earlier_run for k in r.extra)
-    extras = [c for c in dict.fromkeys([*extra_columns, *earlier]) if c not in RESULT_COLUMNS]
+    columns = list(dict.fromkeys([*RESULT_FILE_COLUMNS, *extra_columns, *earlier]))
     buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=RESULT_COLUMNS + extras, lineterminator="\n", restval=""
-    )
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     for r in sorted(results, key=lambda r: (r.earlier_run, r.row)):
         cells = r.csv_row()
-        writer.writerow({k: cells.get(k, "") for k in RESULT_COLUMNS + extras})
+        writer.writerow({k: cells.get(k, "") for k in columns})
     return buf.getvalue()
 
 
@@ -195,13 +191,13 @@ def from_csv(text: str) -> list[RowResult]:
     out = []
     for cells in csv.DictReader(io.StringIO(text)):
         clean: dict[str, Any] = {
-            k: (v if v != "" else None) for k, v in cells.items() if k in RESULT_COLUMNS
+            k: (v if v != "" else None) for k, v in cells.items() if k in RESULT_FILE_COLUMNS
         }
         for flag in ("reattached", "possible_duplicate", "earlier_run"):
             clean[flag] = clean.get(flag) == "True"
         clean["cost"] = None if clean.get("cost") is None else float(clean["cost"])
         clean["extra"] = {
-            k: v or "" for k, v in cells.items() if k is not None and k not in RESULT_COLUMNS
+            k: v or "" for k, v in cells.items() if k is not None and k not in RESULT_FILE_COLUMNS
         }
         out.append(RowResult.model_validate(clean))
     return out

@@ -370,10 +370,8 @@ class BatchRunner:
 
 @contextlib.contextmanager
 def _long_lived_heap() -> Iterator[None]:
-    """Leave what exists when the run starts (modules, Prefect, the run's own set-up) out of
-    the garbage collector's full passes until it ends: it outlives the run anyway, and each
-    full pass walked all of it: full passes took 0.18 CPU s of a 200-row run at concurrency
-    32 (0.02 s with this), and one fell between the start and the first create."""
+    """Keep what exists at the start out of the GC's full passes: it outlives the run, and
+    walking it took 0.18 CPU s of a 200-row run (0.02 s frozen)."""
     gc.freeze()
     try:
         yield

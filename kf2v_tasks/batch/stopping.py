@@ -32,15 +32,8 @@ async def run_rows(
     rows: Iterable[Awaitable[Any]],
     cleanup: Callable[[], Awaitable[Any]],
 ) -> list[Any]:
-    """Run ``rows`` together; if one fails or the run is stopped, stop all, then ``cleanup``.
-
-    Args:
-        rows: one awaitable per row.
-        cleanup: awaited once every row has stopped (never while one still runs), and
-            only when the run stops early.
-
-    Returns:
-        Each row's result, in order.
+    """Run ``rows`` together (their results, in order); if one fails or the run is stopped,
+    stop all and, once none still runs, await ``cleanup``.
     """
     loop = asyncio.get_running_loop()
     tasks = [asyncio.ensure_future(r) for r in rows]
