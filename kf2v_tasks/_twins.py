@@ -13,13 +13,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect import Flow, Task, flow, task
 from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.utilities.asyncutils import run_coro_as_sync
-
-R = TypeVar("R")
 
 
 class TwinTask(Task):
@@ -77,10 +75,13 @@ class TwinFlow(Flow):
 
     def with_options(self, **options: Any) -> TwinFlow:
         """Like ``Flow.with_options``, keeping the sync-callable behaviour."""
-        plain = Flow.with_options(self, **options)
-        twin = TwinFlow.__new__(TwinFlow)
-        twin.__dict__.update(plain.__dict__)
-        return twin
+        return _as_twin_flow(Flow.with_options(self, **options))
+
+
+def _as_twin_flow(plain: Flow) -> TwinFlow:
+    twin = TwinFlow.__new__(TwinFlow)
+    twin.__dict__.update(plain.__dict__)
+    return twin
 
 
 def twin_flow(**flow_options: Any) -> Callable[[Callable[..., Any]], TwinFlow]:
@@ -89,10 +90,7 @@ def twin_flow(**flow_options: Any) -> Callable[[Callable[..., Any]], TwinFlow]:
     def decorate(fn: Callable[..., Any]) -> TwinFlow:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError("twin_flow decorates an async function")
-        plain = flow(**flow_options)(fn)
-        twin = TwinFlow.__new__(TwinFlow)
-        twin.__dict__.update(plain.__dict__)
-        return twin
+        return _as_twin_flow(flow(**flow_options)(fn))
 
     return decorate
 
