@@ -15,9 +15,11 @@ import pytest
 
 import kf2v_tasks
 from kf2v_tasks import clock
-from kf2v_tasks.dashscope.client import DEFAULT_TIMEOUT, Kf2vClient, error_from_response
+from kf2v_tasks.dashscope.client import Kf2vClient
 from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.dashscope.models import GenerationOptions, Kf2vRequest, TaskStatus
+from kf2v_tasks.dashscope.responses import error_from_response
+from kf2v_tasks.dashscope.session import DEFAULT_TIMEOUT
 from kf2v_tasks.errors import (
     AccessDeniedError,
     AmbiguousCreateError,

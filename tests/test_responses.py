@@ -8,18 +8,20 @@ import httpx
 import pytest
 
 from kf2v_tasks.dashscope import client as client_module
-from kf2v_tasks.dashscope.responses import (
+from kf2v_tasks.dashscope.error_table import (
     ERROR_RULES,
-    MAX_ERROR_TEXT,
     ErrorRule,
-    bad_body_error,
-    create_error,
     create_may_have_happened,
     create_retryable,
+    rule_for,
+)
+from kf2v_tasks.dashscope.responses import (
+    MAX_ERROR_TEXT,
+    bad_body_error,
+    create_error,
     error_from_oss_response,
     error_from_response,
     error_from_transport,
-    rule_for,
     unusable_create_answer,
 )
 from kf2v_tasks.errors import (

@@ -24,33 +24,20 @@ from urllib.parse import quote
 
 import httpx
 
+from kf2v_tasks.dashscope.error_table import create_retryable
 from kf2v_tasks.dashscope.models import Kf2vModel, Kf2vRequest, TaskStatus
 from kf2v_tasks.dashscope.responses import (
-    MAX_ERROR_TEXT,
     bad_body_error,
     create_error,
-    create_retryable,
     error_from_oss_response,
     error_from_response,
     json_object,
     unusable_create_answer,
 )
-from kf2v_tasks.dashscope.session import (
-    DEFAULT_BASE_URL,
-    DEFAULT_HTTP_LIMITS,
-    DEFAULT_TIMEOUT,
-    DashScopeSession,
-)
+from kf2v_tasks.dashscope.session import DashScopeSession
 from kf2v_tasks.dashscope.task_state import SERVICE_TZ, TaskState
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_HTTP_LIMITS",
-    "DEFAULT_TIMEOUT",
-    "MAX_ERROR_TEXT",
-    "Kf2vClient",
-    "error_from_response",  # re-exported from kf2v_tasks.dashscope.responses
-]
+__all__ = ["Kf2vClient"]
 
 _TASKS_PATH = "/tasks"
 _UPLOADS_PATH = "/uploads"

@@ -1,9 +1,8 @@
 """What an answer from DashScope (or its OSS upload host) means, read in one place.
 
 Every non-2xx answer becomes a typed error (see :mod:`kf2v_tasks.errors`) through the one
-table of :mod:`kf2v_tasks.dashscope.error_table` (:data:`ERROR_RULES`, re-exported here
-with :func:`rule_for`, :func:`create_retryable` and :func:`create_may_have_happened`);
-this module reads the answer (JSON, OSS XML, headers) and builds the error.
+table of :mod:`kf2v_tasks.dashscope.error_table`; this module reads the answer (JSON,
+OSS XML, headers) and builds the error.
 
 Transport failures are mapped here too (:func:`error_from_transport`): a request that
 certainly never left (connect error, pool timeout) is safe to resend; one that may have
@@ -22,13 +21,7 @@ from typing import Any, Optional
 
 import httpx
 
-from kf2v_tasks.dashscope.error_table import (
-    ERROR_RULES,
-    ErrorRule,
-    create_may_have_happened,
-    create_retryable,
-    rule_for,
-)
+from kf2v_tasks.dashscope.error_table import create_may_have_happened, rule_for
 from kf2v_tasks.errors import (
     AmbiguousCreateError,
     ApiError,
@@ -40,22 +33,16 @@ from kf2v_tasks.redaction import redact_text
 from kf2v_tasks.retry import parse_retry_after
 
 __all__ = [
-    "ERROR_RULES",
     "MAX_ERROR_TEXT",
     "TRANSPORT_NOT_SENT",
-    "ErrorRule",
     "bad_body_error",
     "create_error",
-    "create_may_have_happened",
-    "create_retryable",
     "error_from_oss_response",
     "error_from_response",
     "error_from_transport",
     "excerpt",
     "json_object",
     "request_id_of",
-    "retry_after_seconds",
-    "rule_for",
     "unusable_create_answer",
 ]
 
@@ -88,7 +75,7 @@ def _build(
         message,
         status_code=status,
         request_id=request_id,
-        retry_after=retry_after_seconds(response) if rule.reads_retry_after else None,
+        retry_after=parse_retry_after(response.headers) if rule.reads_retry_after else None,
     )
 
 
@@ -219,11 +206,6 @@ def excerpt(response: httpx.Response) -> str:
     if len(text) > MAX_ERROR_TEXT:
         text = text[: MAX_ERROR_TEXT - 1] + "…"
     return text or f"empty body (HTTP {response.status_code})"
-
-
-def retry_after_seconds(response: httpx.Response) -> Optional[float]:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    return parse_retry_after(response.headers)
 
 
 def _xml_tag(text: str, tag: str) -> Optional[str]:
