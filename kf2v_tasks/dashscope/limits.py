@@ -30,15 +30,11 @@ class RateLimiter:
     """
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be > 0, got {rate}")
-        self.rate = float(rate)
         # Burst of 1 by default: a fresh account sees evenly spaced calls, never a spike.
         self.burst = float(burst if burst is not None else 1.0)
-        self._interval = 1.0 / self.rate
-        self._tolerance = (self.burst - 1.0) * self._interval
-        self._tat = clock.now() - self._tolerance  # theoretical arrival time of the next call
         self._lock = threading.Lock()
+        self.set_rate(rate)
+        self._tat = clock.now() - self._tolerance  # theoretical arrival time of the next call
         #: Asked about each failed call on this limiter: True means "do not retry it here"
         #: (the caller has a better way, e.g. a create the service refused for concurrency).
         self.stop_retry: Optional[Callable[[BaseException], bool]] = None
