@@ -35,6 +35,7 @@ from kf2v_tasks.batch.results import (
     BatchSummary,
     RowResult,
     RowStatus,
+    kept_result,
     n_rows,
     to_csv,
     with_earlier_rows,
@@ -60,6 +61,8 @@ logger = logging.getLogger("kf2v_tasks.batch.runner")
 
 #: Real seconds a stopped run gives its observers to say so (events) before it exits.
 STOPPED_REPORT_SECONDS = 3.0
+#: What a row's result keeps when it turns out ``skipped`` after all.
+_ROW_FIELDS = {"row", "id", "output", "reattached", "account", "earlier_run", "extra"}
 
 
 class BatchRunner:
@@ -299,16 +302,9 @@ class BatchRunner:
                 price_table=self.prices,
             )
             if kept is not None:
-                self.results[number] = result.model_copy(
-                    update={
-                        "status": RowStatus.SKIPPED,
-                        "task_id": kept.task_id,
-                        "sha256": kept.sha256,
-                        "bytes": kept.bytes,
-                        "cost": kept.cost,  # what it cost when it was made
-                        "error_code": None,
-                        "error_message": None,
-                    }
+                base = result.model_dump(include=_ROW_FIELDS)
+                self.results[number] = kept_result(
+                    base, kept, possible_duplicate=result.possible_duplicate
                 )
 
     def _results_name(self) -> str:
