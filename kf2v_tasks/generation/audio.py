@@ -23,8 +23,7 @@ from kf2v_tasks.generation.frame_source import (
     display_source,
     is_http,
     read_frame_bytes,
-    read_validated,
-    upload_name,
+    resend_validated,
 )
 from kf2v_tasks.generation.models import AudioInfo, FrameTransport
 
@@ -199,12 +198,6 @@ async def prepare_audio(
         AudioValidationError: the file changed since validation.
         FrameValidationError: the file vanished or cannot be read.
     """
-    if info.transport is FrameTransport.URL:
-        return info.source
-    data = await read_validated(info, storage_options)
-    if data is None:
-        raise AudioValidationError(
-            display_source(info.source),
-            "audio changed since validation (sha256 differs); validate it again",
-        )
-    return await client.upload_file(data, upload_name(info.source, info.format, "audio"), model)
+    return await resend_validated(
+        info, "audio", AudioValidationError, client, model, storage_options
+    )

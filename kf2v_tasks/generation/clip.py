@@ -29,8 +29,7 @@ from kf2v_tasks.generation.frame_source import (
     display_source,
     is_http,
     read_frame_bytes,
-    read_validated,
-    upload_name,
+    resend_validated,
 )
 from kf2v_tasks.generation.models import ClipInfo, FrameTransport
 
@@ -156,12 +155,8 @@ async def prepare_clip(
         ClipValidationError: the file changed since validation.
         FrameValidationError: the file vanished or cannot be read.
     """
-    if info.transport is FrameTransport.URL:
-        return info.source
-    data = await read_validated(info, storage_options)
-    if data is None:
-        raise ClipValidationError(
-            display_source(info.source),
-            ["clip changed since validation (sha256 differs); validate it again"],
-        )
-    return await client.upload_file(data, upload_name(info.source, info.format, "clip"), model)
+
+    def _changed(shown: str, why: str) -> ClipValidationError:
+        return ClipValidationError(shown, [why])
+
+    return await resend_validated(info, "clip", _changed, client, model, storage_options)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
 
 import httpx
 
 from kf2v_tasks import clock
 from kf2v_tasks.errors import FrameValidationError
+from kf2v_tasks.generation.models import FrameTransport
 from kf2v_tasks.redaction import redact_url
 from kf2v_tasks.storage.paths import basename, forget_cached, open_fs, run_sync
 
@@ -29,6 +31,7 @@ __all__ = [
     "is_http",
     "read_frame_bytes",
     "read_validated",
+    "resend_validated",
     "too_large",
     "upload_name",
 ]
@@ -163,6 +166,25 @@ async def read_validated(info: ValidatedFile, storage_options: Optional[dict]) -
     if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
         return None
     return data
+
+
+async def resend_validated(
+    info: Any,
+    kind: str,
+    error: Callable[[str, str], Exception],
+    client: Any,
+    model: str,
+    storage_options: Optional[dict],
+) -> str:
+    """A validated audio or clip as sent: its own URL, or an ``oss://`` upload of the
+    bytes read again; ``error(shown, why)`` is raised when they changed since validation."""
+    if info.transport is FrameTransport.URL:
+        return info.source
+    data = await read_validated(info, storage_options)
+    if data is None:
+        why = f"{kind} changed since validation (sha256 differs); validate it again"
+        raise error(display_source(info.source), why)
+    return await client.upload_file(data, upload_name(info.source, info.format, kind), model)
 
 
 def upload_name(source: str, ext: str, fallback: str) -> str:
