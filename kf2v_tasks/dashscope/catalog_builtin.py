@@ -9,23 +9,13 @@ Studio's pricing page's (reference §16); a region it does not list a model in h
 
 from __future__ import annotations
 
-from kf2v_tasks.dashscope.catalog_spec import MIB, FactSource, ModelSpec, Protocol
+from kf2v_tasks.dashscope.catalog_spec import FACTS, MIB, FactSource, ModelSpec, Protocol
 
 __all__ = ["BUILTIN_MODELS"]
 
 _SDK, _DOC = FactSource.SDK, FactSource.OFFICIAL_DOC
 _3P = FactSource.THIRD_PARTY
-_KF2V_SOURCES = {
-    "protocol": _DOC,
-    "resolutions": _DOC,
-    "durations": _DOC,
-    "frame_limits": _DOC,
-    "audio": _DOC,
-    "prompt": _DOC,
-    "prices": _DOC,
-    "regions": _DOC,
-    "concurrency": _DOC,
-}
+_ALL_DOC = dict.fromkeys(FACTS, _DOC)
 #: Where the prices come from (reference §16).
 _PRICE_PAGE = "Model Studio's pricing page (2026)"
 
@@ -42,7 +32,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         price_note=f"{_PRICE_PAGE}: Beijing only; no Singapore price",
         concurrency=2,
         creates_per_second=2.0,
-        sources=_KF2V_SOURCES,
+        sources=_ALL_DOC,
     ),
     ModelSpec(
         name="wanx2.1-kf2v-plus",  # Beijing name
@@ -53,7 +43,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         price_note=f"{_PRICE_PAGE}: Beijing only",
         concurrency=2,
         creates_per_second=2.0,
-        sources=_KF2V_SOURCES,
+        sources=_ALL_DOC,
     ),
     ModelSpec(
         name="wan2.1-kf2v-plus",  # Singapore (international) name
@@ -64,7 +54,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         price_note=f"{_PRICE_PAGE}: Singapore only",
         concurrency=2,
         creates_per_second=2.0,
-        sources={**_KF2V_SOURCES, "resolutions": _3P},
+        sources={**_ALL_DOC, "resolutions": _3P},
     ),
     ModelSpec(
         name="wan2.7-i2v",
@@ -99,16 +89,6 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         # variant, has its own 5 running and 5 creates/s per main account.
         concurrency=5,
         creates_per_second=5.0,
-        sources={
-            "protocol": _SDK,
-            "resolutions": _DOC,
-            "durations": _DOC,
-            "frame_limits": _DOC,
-            "audio": _DOC,
-            "prompt": _DOC,
-            "prices": _DOC,
-            "regions": _DOC,
-            "concurrency": _DOC,
-        },
+        sources={**_ALL_DOC, "protocol": _SDK},
     ),
 )

@@ -28,8 +28,6 @@ __all__ = [
 KF2V_CREATE_PATH = "/services/aigc/image2video/video-synthesis"
 #: Create path of the media protocol (the SDK's ``videos.SERVICE``).
 MEDIA_CREATE_PATH = "/services/aigc/video-generation/video-synthesis"
-#: The setting (environment variable) naming a models file that extends or patches the table.
-MODELS_FILE_ENV = "PREFECT_INTEGRATIONS_KF2V_MODELS_FILE"
 
 MIB = 1024 * 1024
 
