@@ -334,7 +334,10 @@ def test_resume_after_sigkill_makes_no_extra_creates(tmp_path):
     for r in results:
         assert Path(r["output"]).stat().st_size == int(r["bytes"])
     dupes = [r for r in results if r["possible_duplicate"] == "True"]
-    assert len(dupes) == sum(n - 1 for n in fps.values())
+    # Every extra create is flagged. A flag may stand without one: a create the kill cut
+    # just before its POST left is recorded "outcome unknown" (we cannot know it did not
+    # leave), retried once and flagged, though the service saw a single create.
+    assert sum(n - 1 for n in fps.values()) <= len(dupes) <= 2  # one per running slot
 
 
 async def test_one_task_run_per_row_mode(sim, tmp_path):
