@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -19,15 +19,13 @@ from kf2v_tasks.batch.config import ConcurrencySettings
 from kf2v_tasks.credentials import DashScopeCredentials, aresolve_credentials
 from kf2v_tasks.dashscope.limits import AccountLimits
 from kf2v_tasks.errors import PermanentError
-from kf2v_tasks.lanes.account import account_id, account_label, limits_for
+from kf2v_tasks.lanes.account import CredentialsLike, account_id, account_label, limits_for
 from kf2v_tasks.lanes.lane import Lane, LaneSlot, open_lane
 from kf2v_tasks.lanes.lookahead import LookAhead
 from kf2v_tasks.lanes.names import account_limit_name
 from kf2v_tasks.lanes.rates import RateShare
 
 logger = logging.getLogger("kf2v_tasks.batch.accounts")
-
-CredentialsArg = Union[DashScopeCredentials, str, None]
 
 
 class AccountNotInRunError(PermanentError):
@@ -49,7 +47,7 @@ class RunAccount:
 
 
 async def resolve_accounts(
-    credentials: Union[CredentialsArg, Sequence[CredentialsArg]], *, quiet: bool = False
+    credentials: Union[CredentialsLike, Sequence[CredentialsLike]], *, quiet: bool = False
 ) -> list[RunAccount]:
     """The distinct accounts behind ``credentials`` (one, or a list), in the order given.
 
@@ -239,8 +237,3 @@ def _give_back(takes: list[asyncio.Future], keep: Optional[asyncio.Future]) -> N
         else:
             t.cancel()
             t.add_done_callback(release)
-
-
-def on_created(acct: RunAccount, hook: Callable[[RunAccount, Any], None]) -> Callable:
-    """A client's created-hook that says which account the task was created on."""
-    return lambda state: hook(acct, state)

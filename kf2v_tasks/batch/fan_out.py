@@ -13,7 +13,6 @@ import logging
 from collections.abc import Container
 from typing import Any, Optional
 
-from kf2v_tasks.batch.accounts import on_created
 from kf2v_tasks.batch.manifest_row import ManifestRow
 from kf2v_tasks.batch.plan import BatchPlan, row_base
 from kf2v_tasks.batch.results import RowResult, RowStatus
@@ -62,7 +61,7 @@ async def fan_out(
                 acct.steps.account_name = acct.name
                 # Known from the create answer on, not from the submit step's return: a
                 # stop landing in between must still cancel it.
-                acct.client.created_hooks.append(on_created(acct, rows.created))
+                acct.client.created_hooks.append(lambda state, a=acct: rows.created(a, state))
 
             async def stopped_early() -> None:
                 # Ctrl-C, SIGTERM, a Prefect cancellation, a row that raised: once every

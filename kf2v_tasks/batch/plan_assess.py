@@ -37,13 +37,13 @@ from kf2v_tasks.generation.pricing import (
 )
 
 if TYPE_CHECKING:  # the accounts load credentials blocks: Prefect, only when named
-    from kf2v_tasks.batch.accounts import CredentialsArg
+    from kf2v_tasks.lanes.account import CredentialsLike
 
 __all__ = ["assess_plan", "dry_run_results", "run_prices"]
 
 
 async def run_prices(
-    credentials: Union[CredentialsArg, Sequence[CredentialsArg]],
+    credentials: Union[CredentialsLike, Sequence[CredentialsLike]],
     price_table: Union[PriceTable, Mapping[str, Any], str, None] = None,
 ) -> PriceTable:
     """A run's prices: ``price_table`` if it is a whole table, else the models table's in
