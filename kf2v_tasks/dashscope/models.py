@@ -16,7 +16,7 @@ import warnings
 from enum import StrEnum
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kf2v_tasks.dashscope.catalog import (
     BUILTIN_MODELS,
@@ -251,16 +251,11 @@ class Kf2vRequest(BaseModel):
             raise ValueError("a first_clip takes no first frame or driving audio")
         return self
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
-    def _warn_long_prompt(cls, v: Optional[str]) -> Optional[str]:
-        warn_if_truncated("prompt", v, PROMPT_MAX_CHARS)
-        return v
-
-    @field_validator("negative_prompt")
-    @classmethod
-    def _warn_long_negative(cls, v: Optional[str]) -> Optional[str]:
-        warn_if_truncated("negative_prompt", v, NEGATIVE_PROMPT_MAX_CHARS)
+    def _warn_long(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        limit = PROMPT_MAX_CHARS if info.field_name == "prompt" else NEGATIVE_PROMPT_MAX_CHARS
+        warn_if_truncated(info.field_name, v, limit)
         return v
 
     @property

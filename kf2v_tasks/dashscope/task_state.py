@@ -22,13 +22,12 @@ def parse_service_time(value: Any) -> Optional[datetime]:
     """Parse DashScope's ``"YYYY-MM-DD HH:mm:ss.SSS"`` (UTC+8) into an aware datetime."""
     if not value or not isinstance(value, str):
         return None
-    try:
-        return datetime.strptime(value, SERVICE_TIME_FORMAT).replace(tzinfo=SERVICE_TZ)
-    except ValueError:
+    for fmt in (SERVICE_TIME_FORMAT, "%Y-%m-%d %H:%M:%S"):
         try:
-            return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=SERVICE_TZ)
+            return datetime.strptime(value, fmt).replace(tzinfo=SERVICE_TZ)
         except ValueError:
-            return None
+            pass
+    return None
 
 
 def format_service_time(value: datetime) -> str:
