@@ -379,3 +379,14 @@ class BatchSummary(BaseModel):
             verb = "would not be submitted" if self.dry_run else "not submitted"
             line += f"; {self.over_budget} {verb}: over max_cost{limit}"
         return line
+
+
+def row_totals(results: list[RowResult]) -> dict[str, Any]:
+    """The :class:`BatchSummary` fields that are sums over its rows."""
+    counts = BatchSummary.count(results)
+    return dict(
+        counts=counts,
+        skipped=counts.get(RowStatus.SKIPPED.value, 0),
+        possible_duplicates=sum(1 for r in results if r.possible_duplicate),
+        spent=round(sum(r.cost or 0.0 for r in results if r.status is RowStatus.SUCCEEDED), 4),
+    )

@@ -37,6 +37,7 @@ from kf2v_tasks.batch.results import (
     RowStatus,
     kept_result,
     n_rows,
+    row_totals,
     to_csv,
     with_earlier_rows,
 )
@@ -228,18 +229,14 @@ class BatchRunner:
     def _summary(self, plan, cost, started: float, submitted: int, reattached: int):
         """The run's summary from the rows' results so far."""
         results = self._sorted_results(plan)
-        counts = BatchSummary.count(results)
         return BatchSummary(
             manifest=self.config.manifest_url,
             output=self.output,
             total=plan.manifest.total,
-            counts=counts,
+            **row_totals(results),
             submitted=submitted,
             reattached=reattached,
-            skipped=counts.get(RowStatus.SKIPPED.value, 0),
-            possible_duplicates=sum(1 for r in results if r.possible_duplicate),
             estimated_cost=cost.total,
-            spent=round(sum(r.cost or 0.0 for r in results if r.status is RowStatus.SUCCEEDED), 4),
             currency=cost.currency,
             wall_seconds=round(time.monotonic() - started, 3),
             dry_run=self.dry_run,

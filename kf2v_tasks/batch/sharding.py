@@ -22,10 +22,11 @@ from typing import Any, Optional
 from kf2v_tasks.batch.observer import BatchObserver
 from kf2v_tasks.batch.results import (
     DRY_RUN_RESULTS_NAME,
+    RESULTS_NAME,
     BatchSummary,
     RowResult,
-    RowStatus,
     from_csv,
+    row_totals,
     to_csv,
     with_earlier_rows,
 )
@@ -36,8 +37,6 @@ logger = logging.getLogger("kf2v_tasks.batch.sharding")
 
 #: The batch flow's name: shard runs are runs of its current deployment.
 BATCH_FLOW_NAME = "kf2v-generate-batch"
-#: Name of the merged results file (and of an unsharded run's).
-RESULTS_NAME = "results.csv"
 
 _TAG = re.compile(r"^kf2v-shard:(\d+)-of-(\d+)$")
 
@@ -181,13 +180,10 @@ async def run_shards(
         output=output,
         results_path=final,
         total=len(results),
-        counts=BatchSummary.count(results),
+        **row_totals(results),
         submitted=sum(s.submitted for s in shard_summaries),
         reattached=sum(s.reattached for s in shard_summaries),
-        skipped=sum(1 for r in results if r.status is RowStatus.SKIPPED),
-        possible_duplicates=sum(1 for r in results if r.possible_duplicate),
         estimated_cost=round(sum(s.estimated_cost for s in shard_summaries), 4),
-        spent=round(sum(r.cost or 0.0 for r in results if r.status is RowStatus.SUCCEEDED), 4),
         currency=shard_summaries[0].currency if shard_summaries else "CNY",
         wall_seconds=round(time.monotonic() - started, 3),
         dry_run=bool(parameters.get("dry_run")),
