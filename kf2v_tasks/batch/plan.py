@@ -18,7 +18,7 @@ from kf2v_tasks.batch.config import normalize_output
 from kf2v_tasks.batch.manifest import ParsedManifest, load_manifest
 from kf2v_tasks.batch.manifest_defaults import RowDefaults
 from kf2v_tasks.batch.manifest_row import ManifestRow
-from kf2v_tasks.batch.results import RowResult, RowStatus
+from kf2v_tasks.batch.results import RowResult, RowStatus, n_rows
 from kf2v_tasks.errors import Kf2vError
 from kf2v_tasks.generation.fingerprint import request_fingerprint
 from kf2v_tasks.generation.frames import FrameLimits, FrameMemo, check_pair
@@ -111,23 +111,19 @@ class BatchPlan(BaseModel):
             return shown + (f" and {more} more" if more > 0 else "")
 
         line = (
-            f"max_cost {self.max_cost:.2f} {currency}: {_n(len(paid))} "
+            f"max_cost {self.max_cost:.2f} {currency}: {n_rows(len(paid))} "
             f"{'fits' if len(paid) == 1 else 'fit'} ({total:.2f} {currency})"
             + (f": {names(paid)}" if paid else "")
         )
         if over:
-            line += f"; {_n(len(over))} over budget, not submitted: {names(over)}"
+            line += f"; {n_rows(len(over))} over budget, not submitted: {names(over)}"
         if unpriced:  # the first reason names the model, the region and how to give a price
             whys = list(dict.fromkeys(self.over_budget[r.id] for r in unpriced))
             more = f" (and {len(whys) - 1} more model/resolution)" if len(whys) > 1 else ""
-            line += f"; {_n(len(unpriced))} {whys[0]}{more}: {names(unpriced)}"
+            line += f"; {n_rows(len(unpriced))} {whys[0]}{more}: {names(unpriced)}"
         if done:
-            line += f"; {_n(len(done))} already made, picked up or copied (not paid again)"
+            line += f"; {n_rows(len(done))} already made, picked up or copied (not paid again)"
         return line
-
-
-def _n(count: int) -> str:
-    return f"{count} row{'' if count == 1 else 's'}"
 
 
 def output_path(output_root: str, row: ManifestRow) -> str:
