@@ -17,9 +17,11 @@ per second) so a 10,000-row batch does not spend its time reporting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Optional
 from uuid import UUID
 
 from kf2v_tasks.background import spawn
@@ -55,6 +57,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger("kf2v_tasks.batch.reporting")
+
+
+@contextlib.contextmanager
+def _logged(*message: Any) -> Iterator[None]:
+    """A failure inside is logged with ``message``: reporting must never fail the batch."""
+    try:
+        yield
+    except Exception:
+        logger.warning(*message, exc_info=True)
+
 
 #: Posters shown as image artifacts (S3 outputs), first rows first: one artifact each.
 MAX_IMAGE_ARTIFACTS = 12
@@ -143,23 +155,17 @@ class PrefectReporter(BatchObserver):
         if self.events is not None:
             await self.events.on_plan(plan, cost, dry_run)
         if self.gallery is not None:
-            try:
+            with _logged("writing the gallery failed"):
                 await self.gallery.on_plan(plan, cost, dry_run)
-            except Exception:  # reporting must never fail the batch
-                logger.warning("writing the gallery failed", exc_info=True)
 
     def on_row(self, result: RowResult, counts: dict[str, int], total: int) -> None:
         """Schedule a throttled progress update (and gallery rewrite); the row's events."""
         if self.events is not None:
-            try:
+            with _logged("emitting the row's events failed"):
                 self.events.on_row(result, counts, total)
-            except Exception:  # reporting must never fail the batch
-                logger.warning("emitting the row's events failed", exc_info=True)
         if self.gallery is not None:
-            try:
+            with _logged("gallery update failed"):
                 self.gallery.on_row(result, counts, total)
-            except Exception:  # reporting must never fail the batch
-                logger.warning("gallery update failed", exc_info=True)
         self._done = sum(counts.values())
         self._total = total or self._total
         now = time.monotonic()
@@ -175,12 +181,10 @@ class PrefectReporter(BatchObserver):
 
         if self._progress_id is None or not self._total:
             return
-        try:
+        with _logged("progress artifact update failed"):
             await aupdate_progress_artifact(
                 self._progress_id, progress=round(100.0 * self._done / self._total, 1)
             )
-        except Exception:  # reporting must never fail the batch
-            logger.warning("progress artifact update failed", exc_info=True)
 
     async def on_stopped(self, summary: BatchSummary) -> None:
         """A batch that ended early: its events (the artifacts wait for a run that ends)."""
@@ -197,33 +201,26 @@ class PrefectReporter(BatchObserver):
         )
 
         if self.events is not None:
-            try:
+            with _logged("emitting the batch's events failed"):
                 await self.events.on_finish(summary)
-            except Exception:  # reporting must never fail the batch
-                logger.warning("emitting the batch's events failed", exc_info=True)
 
         if self._creating is not None:
-            try:
+            with _logged("progress artifact creation failed"):
                 await self._creating
-            except Exception:  # reporting must never fail the batch
-                logger.warning("progress artifact creation failed", exc_info=True)
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
         self._done = self._total = self._total or summary.total
         await self._update()
         gallery_path: Optional[str] = None
         if self.gallery is not None and not summary.dry_run:
-            try:
+            with _logged("writing the gallery failed"):
                 await self.gallery.on_finish(summary)
                 gallery_path = self.gallery.path
-            except Exception:  # reporting must never fail the batch
-                logger.warning("writing the gallery failed", exc_info=True)
         links: dict[str, PresignedUrl] = {}
         if can_presign(summary.output) and not summary.dry_run:
-            try:
+            # No links is better than no summary.
+            with _logged("presigning links to the outputs failed"):
                 links, gallery_path = await self._presigned(summary, gallery_path)
-            except Exception:  # no links is better than no summary
-                logger.warning("presigning links to the outputs failed", exc_info=True)
         await acreate_table_artifact(
             table=results_table(summary.results, summary.output),
             key=f"{self.key_prefix}-results",
@@ -252,13 +249,11 @@ class PrefectReporter(BatchObserver):
 
         results = summary.results_path
         if results and can_presign(results) and results not in links:
-            try:
+            with _logged("presigning results.csv failed"):  # the path is still in the summary
                 (signed,) = await presign_many(
                     [results], storage_options=self.storage_options, expires_in=self.link_expiry
                 )
                 links = {**links, results: signed}
-            except Exception:  # the path is still in the summary
-                logger.warning("presigning results.csv failed", exc_info=True)
         targets = [("gallery", gallery_path, "Open the gallery")]
         targets.append(("results-csv", results, "results.csv"))
         for name, path, text in targets:
@@ -270,15 +265,14 @@ class PrefectReporter(BatchObserver):
                 note += f"; the link expires at {links[path].expiry_text()}"
             elif target.startswith("file:"):
                 note += "; a local file: browsers open it when pasted in the address bar"
-            try:
+            # A link is a convenience; the summary has the path.
+            with _logged("the %s link artifact failed", name):
                 await acreate_link_artifact(
                     link=target,
                     link_text=text,
                     key=f"{self.key_prefix}-{name}",
                     description=note,
                 )
-            except Exception:  # a link is a convenience; the summary has the path
-                logger.warning("the %s link artifact failed", name, exc_info=True)
 
     def _made(self, summary: BatchSummary) -> list[RowResult]:
         return [r for r in summary.results if r.output and r.status in MADE_STATUSES]
