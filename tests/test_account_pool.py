@@ -102,9 +102,10 @@ async def test_a_rerun_reattaches_each_task_on_its_own_account(sim, tmp_path):
     # kept from the account that created it (a wrong one would read it as UNKNOWN and
     # create it again).
     summary = await generate_batch(manifest, str(out), credentials_block=["pool-b", "pool-a"])
-    assert summary.counts == {"succeeded": 6}
+    # A loaded machine lets the first run keep a few rows before its deadline: skipped now.
+    assert set(summary.counts) <= {"succeeded", "skipped"} and sum(summary.counts.values()) == 6
     stats = sim.stats()
-    assert summary.reattached == first
+    assert summary.reattached + summary.counts.get("skipped", 0) == first
     assert stats["creates"] == 6 and sorted(stats["creates_by_fingerprint"].values()) == [1] * 6
 
 
