@@ -471,3 +471,40 @@ async def test_a_claim_whose_acquisition_is_cancelled_leaves_no_file(tmp_path, m
     await asyncio.to_thread(landed.wait, 10)  # the write has landed: was it taken back?
     assert not os.path.exists(book.url_of(fp))
     assert claim_lease.held_at(book.url_of(fp)) is None
+
+
+def test_a_command_that_stops_takes_back_a_claim_written_but_never_held(tmp_path, monkeypatch):
+    """The stop abandons the event loop while a claim file's write is in its thread (CI saw
+    this after Ctrl-C): release_all, on the command's way out, waits for the write and
+    removes the file, and only a file of ours."""
+    from kf2v_tasks.storage import conditional
+
+    go, landed = threading.Event(), threading.Event()
+    real = conditional.create_exclusive_sync
+
+    def slow_create(*args, **kwargs):
+        go.wait(10)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            landed.set()
+
+    monkeypatch.setattr(conditional, "create_exclusive_sync", slow_create)
+    book = ClaimBook(Ledger(str(tmp_path / "out")))
+    mine, theirs = "ab" * 32, "ef" * 32
+
+    def abandoned_loop() -> None:  # a loop that stops with the claim's write in flight
+        loop = asyncio.new_event_loop()
+        loop.create_task(book.try_acquire(mine, row_id="r1"))
+        loop.run_until_complete(asyncio.sleep(0.2))
+
+    threading.Thread(target=abandoned_loop).start()
+    other = ClaimDoc.model_validate(
+        {**json.loads(book._new_doc(theirs, "r2").to_bytes()), "holder": "someone-else"}
+    )
+    with claim_lease.claim_write(book.url_of(theirs), None):  # a write whose file is not ours
+        real(book.url_of(theirs), other.to_bytes(), None)
+    threading.Timer(0.3, go.set).start()
+    assert claim_lease.release_all(wait=5.0) >= 1
+    assert landed.is_set() and not os.path.exists(book.url_of(mine))
+    assert os.path.exists(book.url_of(theirs))  # another holder's claim is left alone

@@ -14,13 +14,15 @@ says so in the log.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Optional
@@ -28,7 +30,12 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks import clock
-from kf2v_tasks.storage.conditional import ConditionFailedError, delete_if_sync, replace_if_sync
+from kf2v_tasks.storage.conditional import (
+    ConditionFailedError,
+    delete_if_sync,
+    read_versioned_sync,
+    replace_if_sync,
+)
 
 __all__ = [
     "HOLDER_ID",
@@ -143,6 +150,30 @@ _registry: dict[str, HeldClaim] = {}
 _registry_lock = threading.Lock()
 _renewer: Optional[threading.Thread] = None
 _wake = threading.Event()
+#: Claim files written (or being written) but not yet held: a write that lands as the command
+#: stops (Ctrl-C cancels its caller, not its thread) is found here by :func:`release_all`.
+_unheld: dict[str, Optional[dict]] = {}
+_writes_done = threading.Condition(_registry_lock)
+_writes_in_flight = 0
+
+
+@contextlib.contextmanager
+def claim_write(url: str, storage_options: Optional[dict]) -> Iterator[None]:
+    """Around a claim file's write, until the claim is held (:func:`hold`) or given up."""
+    global _writes_in_flight
+    with _writes_done:
+        _writes_in_flight += 1
+        _unheld[url] = storage_options
+    try:
+        yield
+    except Exception:
+        with _writes_done:
+            _unheld.pop(url, None)  # the write failed: the file is not ours
+        raise
+    finally:
+        with _writes_done:
+            _writes_in_flight -= 1
+            _writes_done.notify_all()
 
 
 def held_at(url: str) -> Optional[HeldClaim]:
@@ -225,6 +256,7 @@ def hold(held: HeldClaim) -> HeldClaim:
     global _renewer
     with _registry_lock:
         _registry[held.url] = held
+        _unheld.pop(held.url, None)
         if _renewer is None or not _renewer.is_alive():
             # A thread, not an asyncio task: it survives the event loops that come and go
             # (sync twins, task runs) and dies with the process, as a lease should.
@@ -234,13 +266,35 @@ def hold(held: HeldClaim) -> HeldClaim:
     return held
 
 
-def release_all() -> int:
-    """Give back every claim this process holds (a command that stops); how many."""
-    with _registry_lock:
+def release_all(wait: float = 2.0) -> int:
+    """Give back every claim this process holds (a command that stops); how many.
+
+    Claim writes still in flight are waited for (at most ``wait`` seconds), and a claim file
+    of ours that landed without being held is removed too.
+    """
+    with _writes_done:
+        _writes_done.wait_for(lambda: _writes_in_flight == 0, timeout=wait)
         held = list(_registry.values())
+        unheld = dict(_unheld)
+        _unheld.clear()
     for h in held:
         release_sync(h)
-    return len(held)
+    return len(held) + sum(_take_back(url, options) for url, options in unheld.items())
+
+
+def _take_back(url: str, storage_options: Optional[dict]) -> bool:
+    """Delete the claim file at ``url`` if this process's holder wrote it."""
+    try:
+        data, version = read_versioned_sync(url, storage_options)
+        if json.loads(data).get("holder") != HOLDER_ID:
+            return False
+        delete_if_sync(url, version, storage_options)
+        return True
+    except (FileNotFoundError, ConditionFailedError):
+        return False
+    except Exception as exc:  # it expires on its own; the next run takes it over
+        logger.warning("taking back claim file %s failed: %s", url, exc)
+        return False
 
 
 def release_sync(held: HeldClaim) -> None:

@@ -49,6 +49,7 @@ from kf2v_tasks.generation.claim_lease import (
     HOLDER_ID,
     ClaimDoc,
     HeldClaim,
+    claim_write,
     held_at,
     hold,
     lease_doc,
@@ -263,13 +264,14 @@ class ClaimBook:
         the file would land with nobody holding it, and the next run would wait out its
         lease. Cancelled, this waits for the write and takes the file back before raising.
         """
-        op = asyncio.ensure_future(write)
-        try:
-            return await asyncio.shield(op)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await delete_if(url, await op, storage_options=self.storage_options)
-            raise
+        with claim_write(url, self.storage_options):  # release_all finds it if we stop
+            op = asyncio.ensure_future(write)
+            try:
+                return await asyncio.shield(op)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await delete_if(url, await op, storage_options=self.storage_options)
+                raise
 
     async def _record_takeover(
         self, fingerprint: str, doc: ClaimDoc, old: ClaimDoc, row_id: Optional[str]
