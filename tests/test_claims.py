@@ -442,9 +442,9 @@ async def test_claims_can_be_switched_off(tmp_path, pair):
     assert not (tmp_path / "out" / ".kf2v" / "claims").exists()
 
 
-async def test_a_claim_whose_acquisition_is_cancelled_leaves_no_file(tmp_path, monkeypatch):
-    """Ctrl-C while the claim file is being written (in a worker thread, which a cancel
-    does not stop): the file still lands, and must be taken back, not left for nobody."""
+def _held_claim_writes(monkeypatch):
+    """Claim file creates that wait for ``go`` in their worker thread: (entered, go, landed,
+    the real create)."""
     from kf2v_tasks.storage import conditional
 
     entered, go, landed = threading.Event(), threading.Event(), threading.Event()
@@ -459,6 +459,13 @@ async def test_a_claim_whose_acquisition_is_cancelled_leaves_no_file(tmp_path, m
             landed.set()
 
     monkeypatch.setattr(conditional, "create_exclusive_sync", slow_create)
+    return entered, go, landed, real
+
+
+async def test_a_claim_whose_acquisition_is_cancelled_leaves_no_file(tmp_path, monkeypatch):
+    """Ctrl-C while the claim file is being written (in a worker thread, which a cancel
+    does not stop): the file still lands, and must be taken back, not left for nobody."""
+    entered, go, landed, _ = _held_claim_writes(monkeypatch)
     book = ClaimBook(Ledger(str(tmp_path / "out")))
     fp = "cd" * 32
     acquiring = asyncio.ensure_future(book.try_acquire(fp, row_id="r1"))
@@ -477,19 +484,7 @@ def test_a_command_that_stops_takes_back_a_claim_written_but_never_held(tmp_path
     """The stop abandons the event loop while a claim file's write is in its thread (CI saw
     this after Ctrl-C): release_all, on the command's way out, waits for the write and
     removes the file, and only a file of ours."""
-    from kf2v_tasks.storage import conditional
-
-    go, landed = threading.Event(), threading.Event()
-    real = conditional.create_exclusive_sync
-
-    def slow_create(*args, **kwargs):
-        go.wait(10)
-        try:
-            return real(*args, **kwargs)
-        finally:
-            landed.set()
-
-    monkeypatch.setattr(conditional, "create_exclusive_sync", slow_create)
+    _, go, landed, real = _held_claim_writes(monkeypatch)
     book = ClaimBook(Ledger(str(tmp_path / "out")))
     mine, theirs = "ab" * 32, "ef" * 32
 
