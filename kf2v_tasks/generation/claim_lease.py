@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field
 
 from kf2v_tasks import clock
+from kf2v_tasks.host import pid_alive
 from kf2v_tasks.storage.conditional import (
     ConditionFailedError,
     delete_if_sync,
@@ -94,13 +94,7 @@ class ClaimDoc(BaseModel):
         killed -9): it renews nothing, so its lease need not be waited out."""
         if self.host != socket.gethostname() or self.holder == HOLDER_ID or self.pid <= 0:
             return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # it runs, as another user
-            return False
-        return False
+        return not pid_alive(self.pid)
 
     def who(self) -> str:
         """The holder as a person reads it (no secrets: ids, host, pid)."""

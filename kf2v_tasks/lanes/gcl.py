@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+from kf2v_tasks.host import pid_alive
 from kf2v_tasks.lanes.names import DEFAULT_QUEUE_AHEAD
 
 logger = logging.getLogger("kf2v_tasks.lanes.gcl")
@@ -144,16 +145,6 @@ def _api_url() -> str:
     return str(get_current_settings().api.url or "")
 
 
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OSError):
-        return True  # someone else's process, or unknown: assume alive (the safe side)
-    return True
-
-
 class LeaseBook:
     """The lease ids this process holds, in a small file under ``PREFECT_HOME``.
 
@@ -217,7 +208,7 @@ async def free_dead_leases() -> int:
             continue
         # Any API URL: `kf2v run`'s temporary server has a new port each time, over the
         # same database; a lease this server does not know is refused, harmlessly.
-        if doc.get("host") != host or _alive(doc.get("pid")):
+        if doc.get("host") != host or pid_alive(doc.get("pid")):
             continue
         async with get_client() as client:
             for lease_id in doc.get("leases", []):
